@@ -1,1 +1,33 @@
+//! Content-addressed storage for MemoBuild: the [`BlobStore`] trait, its
+//! stores and wrappers, the action cache, and the REAPI gRPC services that
+//! serve them (Capabilities, ContentAddressableStorage, ByteStream,
+//! ActionCache).
 
+mod action_cache;
+mod blob_metadata;
+mod blob_store;
+mod clock;
+mod evicting;
+mod filesystem;
+mod memory;
+mod sqlite_metadata;
+mod tree;
+mod verified;
+mod zstd_codec;
+
+pub mod service;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+pub use action_cache::{output_digests, ActionCache};
+pub use blob_metadata::BlobMetadata;
+pub use blob_store::{collect, single_chunk, BlobStore, BlobStream, ByteRange, Usage};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use evicting::EvictingStore;
+pub use filesystem::FilesystemStore;
+pub use memory::MemoryStore;
+pub use sqlite_metadata::SqliteMetadata;
+pub use tree::walk_tree;
+pub use verified::{verify_stream, VerifiedStore};
+pub use zstd_codec::{StreamDecoder, StreamEncoder};

@@ -1,0 +1,114 @@
+use std::sync::Arc;
+
+use bytes::Bytes;
+use memobuild_proto::reapi::{ActionResult, Tree};
+use memobuild_proto::{Digest, Error, Result, ResultExt};
+use prost::Message;
+
+use crate::blob_store::BlobStore;
+
+/// The largest ActionResult or output Tree read into memory.
+const MAX_ENTRY_BYTES: u64 = 64 << 20;
+
+/// Action digest -> ActionResult, kept in a [`BlobStore`] of its own and
+/// separated by instance name. A result is served only while every blob it
+/// names is still in the CAS, so a hit is always usable.
+pub struct ActionCache {
+    results: Arc<dyn BlobStore>,
+    cas: Arc<dyn BlobStore>,
+}
+
+impl ActionCache {
+    pub fn new(results: Arc<dyn BlobStore>, cas: Arc<dyn BlobStore>) -> Self {
+        ActionCache { results, cas }
+    }
+
+    /// The cached result of `action`, if there is a complete one.
+    pub async fn get(&self, instance_name: &str, action: &Digest) -> Result<Option<ActionResult>> {
+        let data = match self.results.get_bytes(&key(instance_name, action)).await {
+            Ok(data) => data,
+            Err(e) if e.code() == tonic::Code::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let result = ActionResult::decode(data)
+            .with_context(|| format!("decoding the cached result of action {action}"))?;
+        let missing = self.missing_blobs(action, &result).await?;
+        if !missing.is_empty() {
+            tracing::debug!(%action, missing = missing.len(), "cached result names evicted blobs; treating as a miss");
+            return Ok(None);
+        }
+        Ok(Some(result))
+    }
+
+    /// Stores `result` as the result of `action`.
+    pub async fn update(&self, instance_name: &str, action: &Digest, result: &ActionResult) -> Result<()> {
+        let data = Bytes::from(result.encode_to_vec());
+        self.results
+            .put_bytes(&key(instance_name, action), data)
+            .await
+            .with_context(|| format!("storing the result of action {action}"))
+    }
+
+    /// The blobs `result` names that the CAS does not hold, including the
+    /// files inside its output directory trees.
+    pub async fn missing_blobs(&self, action: &Digest, result: &ActionResult) -> Result<Vec<Digest>> {
+        let direct = output_digests(result, &[], action)?;
+        let missing = self.cas.find_missing(&direct).await?;
+        if !missing.is_empty() {
+            return Ok(missing);
+        }
+        let mut trees = Vec::new();
+        for dir in &result.output_directories {
+            let Some(tree_digest) = &dir.tree_digest else { continue };
+            let digest = Digest::from_proto(action.function(), tree_digest)?;
+            if digest.size() > MAX_ENTRY_BYTES {
+                return Err(Error::resource_exhausted(format!(
+                    "output tree {} of action {action} is larger than {MAX_ENTRY_BYTES} bytes",
+                    digest.subject()
+                )));
+            }
+            let data = self.cas.get_bytes(&digest).await?;
+            trees.push(Tree::decode(data).with_context(|| format!("decoding output tree {}", digest.subject()))?);
+        }
+        let all = output_digests(result, &trees, action)?;
+        self.cas.find_missing(&all).await
+    }
+}
+
+/// The key an action's result is stored under: the action digest itself for
+/// the default instance, a digest of instance name and action otherwise.
+fn key(instance_name: &str, action: &Digest) -> Digest {
+    if instance_name.is_empty() {
+        *action
+    } else {
+        Digest::of(action.function(), format!("{instance_name}\0{action}").as_bytes())
+    }
+}
+
+/// Every blob digest `result` refers to, given the trees of its output
+/// directories, in the action's digest function.
+pub fn output_digests(result: &ActionResult, trees: &[Tree], action: &Digest) -> Result<Vec<Digest>> {
+    let function = action.function();
+    let parse = |d: &Option<memobuild_proto::reapi::Digest>, what: &str| -> Result<Option<Digest>> {
+        d.as_ref()
+            .map(|d| Digest::from_proto(function, d).context(what.to_string()))
+            .transpose()
+    };
+    let mut digests = Vec::new();
+    for file in &result.output_files {
+        digests.extend(parse(&file.digest, &format!("output file {}", file.path))?);
+    }
+    for dir in &result.output_directories {
+        digests.extend(parse(&dir.tree_digest, &format!("output directory {}", dir.path))?);
+    }
+    digests.extend(parse(&result.stdout_digest, "stdout")?);
+    digests.extend(parse(&result.stderr_digest, "stderr")?);
+    for tree in trees {
+        for dir in tree.root.iter().chain(&tree.children) {
+            for file in &dir.files {
+                digests.extend(parse(&file.digest, &format!("tree file {}", file.name))?);
+            }
+        }
+    }
+    Ok(digests)
+}

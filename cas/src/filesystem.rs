@@ -1,0 +1,257 @@
+use std::collections::HashMap;
+use std::fs;
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use memobuild_proto::{Digest, DigestFunction, Error, Result, ResultExt};
+use parking_lot::RwLock;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
+
+use crate::blob_store::{BlobStore, BlobStream, ByteRange, Usage};
+
+/// Chunk size of streamed reads.
+const READ_CHUNK: usize = 1 << 20;
+
+/// Blobs as files under a directory:
+/// `blobs/{function}/{first two hex digits}/{hash}-{size}`.
+///
+/// Writes go to `tmp/` and are renamed into place only once complete and
+/// synced, so a crash or a concurrent write of the same blob never leaves a
+/// torn blob. An in-memory index, rebuilt by a scan at open, answers
+/// `find_missing` and keeps exact byte accounts. One process owns the
+/// directory at a time (an advisory lock on `LOCK`).
+pub struct FilesystemStore {
+    root: PathBuf,
+    sync: bool,
+    index: RwLock<Index>,
+    _lock: fs::File,
+}
+
+#[derive(Default)]
+struct Index {
+    sizes: HashMap<Digest, u64>,
+    bytes: u64,
+}
+
+impl Index {
+    fn insert(&mut self, digest: Digest, size: u64) {
+        let previous = self.sizes.insert(digest, size).unwrap_or(0);
+        self.bytes = self.bytes - previous + size;
+    }
+
+    fn remove(&mut self, digest: &Digest) -> bool {
+        match self.sizes.remove(digest) {
+            Some(size) => {
+                self.bytes -= size;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl FilesystemStore {
+    /// Opens (creating if needed) the store at `root`. With `sync`, blobs
+    /// are flushed to disk before they become visible.
+    pub async fn open(root: impl Into<PathBuf>, sync: bool) -> Result<Self> {
+        let root = root.into();
+        let context = format!("opening filesystem store {}", root.display());
+        tokio::task::spawn_blocking(move || Self::open_blocking(root, sync))
+            .await
+            .map_err(|e| Error::internal(e.to_string()))?
+            .context(context)
+    }
+
+    fn open_blocking(root: PathBuf, sync: bool) -> Result<Self> {
+        fs::create_dir_all(&root)?;
+        let lock = fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join("LOCK"))?;
+        lock.try_lock().map_err(|_| {
+            Error::unavailable("the store is in use by another memobuild process".to_string())
+        })?;
+        let tmp = root.join("tmp");
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp)?;
+        }
+        fs::create_dir_all(&tmp)?;
+        let mut index = Index::default();
+        for function in DigestFunction::ALL {
+            let dir = root.join("blobs").join(function.name());
+            for prefix in 0..=255u8 {
+                let shard = dir.join(format!("{prefix:02x}"));
+                fs::create_dir_all(&shard)?;
+                scan_shard(&shard, function, &mut index)?;
+            }
+        }
+        Ok(FilesystemStore {
+            root,
+            sync,
+            index: RwLock::new(index),
+            _lock: lock,
+        })
+    }
+
+    fn path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.root
+            .join("blobs")
+            .join(digest.function().name())
+            .join(&hex[..2])
+            .join(format!("{hex}-{}", digest.size()))
+    }
+
+    /// Writes `data` to a new temporary file; returns its path and length.
+    async fn write_temp(&self, mut data: BlobStream) -> Result<(PathBuf, u64)> {
+        let path = self.root.join("tmp").join(uuid::Uuid::new_v4().to_string());
+        let result = async {
+            let mut file = tokio::fs::File::create(&path).await?;
+            let mut len = 0u64;
+            while let Some(chunk) = data.next().await {
+                let chunk = chunk?;
+                len += chunk.len() as u64;
+                file.write_all(&chunk).await?;
+            }
+            file.flush().await?;
+            if self.sync {
+                file.sync_data().await?;
+            }
+            Ok(len)
+        }
+        .await;
+        match result {
+            Ok(len) => Ok((path, len)),
+            Err(e) => {
+                // Best effort: the directory is emptied at the next open anyway.
+                let _ = tokio::fs::remove_file(&path).await;
+                Err(e)
+            }
+        }
+    }
+}
+
+fn scan_shard(shard: &Path, function: DigestFunction, index: &mut Index) -> Result<()> {
+    for entry in fs::read_dir(shard)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let parsed = name.to_str().and_then(|n| n.split_once('-')).and_then(|(hash, size)| {
+            let size = size.parse().ok()?;
+            Digest::parse(function, hash, size).ok()
+        });
+        match parsed {
+            Some(digest) => index.insert(digest, entry.metadata()?.len()),
+            None => tracing::warn!(path = %entry.path().display(), "ignoring unexpected file in store"),
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl BlobStore for FilesystemStore {
+    async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let index = self.index.read();
+        Ok(digests.iter().filter(|d| !index.sizes.contains_key(d)).copied().collect())
+    }
+
+    async fn get(&self, digest: &Digest, range: ByteRange) -> Result<BlobStream> {
+        let size = self
+            .index
+            .read()
+            .sizes
+            .get(digest)
+            .copied()
+            .ok_or_else(|| Error::blob_not_found(digest))?;
+        let (start, end) = range.bounds(digest, size)?;
+        let mut file = match tokio::fs::File::open(self.path(digest)).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(%digest, "blob vanished from disk; dropping it from the index");
+                self.index.write().remove(digest);
+                return Err(Error::blob_not_found(digest));
+            }
+            Err(e) => return Err(Error::from(e).context(format!("reading blob {}", digest.subject()))),
+        };
+        if start > 0 {
+            file.seek(SeekFrom::Start(start)).await?;
+        }
+        let digest = *digest;
+        let stream = ReaderStream::with_capacity(file.take(end - start), READ_CHUNK)
+            .map(move |r| r.map_err(|e| Error::from(e).context(format!("reading blob {}", digest.subject()))));
+        Ok(stream.boxed())
+    }
+
+    async fn put(&self, digest: &Digest, data: BlobStream) -> Result<()> {
+        let (temp, len) = self.write_temp(data).await?;
+        let path = self.path(digest);
+        let mut index = self.index.write();
+        if let Err(e) = fs::rename(&temp, &path) {
+            drop(index);
+            let _ = fs::remove_file(&temp);
+            return Err(Error::from(e).context(format!("storing blob {}", digest.subject())));
+        }
+        index.insert(*digest, len);
+        Ok(())
+    }
+
+    async fn delete(&self, digest: &Digest) -> Result<bool> {
+        let mut index = self.index.write();
+        let present = index.remove(digest);
+        match fs::remove_file(self.path(digest)) {
+            Ok(()) => Ok(present),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(present),
+            Err(e) => Err(Error::from(e).context(format!("deleting blob {}", digest.subject()))),
+        }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        let index = self.index.read();
+        Some(Usage {
+            bytes: index.bytes,
+            blobs: index.sizes.len() as u64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FilesystemStore::open(dir.path(), false).await.unwrap();
+        crate::conformance::run(&store).await;
+    }
+
+    #[tokio::test]
+    async fn blobs_and_accounts_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = Bytes::from_static(b"persistent");
+        let digest = Digest::of(DigestFunction::Blake3, &data);
+        {
+            let store = FilesystemStore::open(dir.path(), true).await.unwrap();
+            store.put_bytes(&digest, data.clone()).await.unwrap();
+        }
+        // A leftover temporary file, as after a crash mid-write.
+        fs::write(dir.path().join("tmp/partial"), b"half a blo").unwrap();
+        let store = FilesystemStore::open(dir.path(), true).await.unwrap();
+        assert_eq!(store.get_bytes(&digest).await.unwrap(), data);
+        assert_eq!(store.usage(), Some(Usage { bytes: 10, blobs: 1 }));
+        assert!(!dir.path().join("tmp/partial").exists());
+    }
+
+    #[tokio::test]
+    async fn second_process_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = FilesystemStore::open(dir.path(), false).await.unwrap();
+        let e = FilesystemStore::open(dir.path(), false).await.err().unwrap();
+        assert!(e.message().contains("in use by another memobuild process"), "{e}");
+    }
+}
