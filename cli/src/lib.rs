@@ -1,0 +1,6 @@
+//! The `memobuild` command line and the server roles it runs.
+
+pub mod admin;
+pub mod config;
+pub mod request_layer;
+pub mod server;
