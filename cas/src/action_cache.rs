@@ -30,8 +30,8 @@ impl ActionCache {
             Err(e) if e.code() == tonic::Code::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let result = ActionResult::decode(data)
-            .with_context(|| format!("decoding the cached result of action {action}"))?;
+        let result =
+            ActionResult::decode(data).with_context(|| format!("decoding the cached result of action {action}"))?;
         let missing = self.missing_blobs(action, &result).await?;
         if !missing.is_empty() {
             tracing::debug!(%action, missing = missing.len(), "cached result names evicted blobs; treating as a miss");
@@ -90,9 +90,7 @@ fn key(instance_name: &str, action: &Digest) -> Digest {
 pub fn output_digests(result: &ActionResult, trees: &[Tree], action: &Digest) -> Result<Vec<Digest>> {
     let function = action.function();
     let parse = |d: &Option<memobuild_proto::reapi::Digest>, what: &str| -> Result<Option<Digest>> {
-        d.as_ref()
-            .map(|d| Digest::from_proto(function, d).context(what.to_string()))
-            .transpose()
+        d.as_ref().map(|d| Digest::from_proto(function, d).context(what.to_string())).transpose()
     };
     let mut digests = Vec::new();
     for file in &result.output_files {

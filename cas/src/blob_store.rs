@@ -14,10 +14,7 @@ pub struct ByteRange {
 }
 
 impl ByteRange {
-    pub const ALL: ByteRange = ByteRange {
-        offset: 0,
-        limit: None,
-    };
+    pub const ALL: ByteRange = ByteRange { offset: 0, limit: None };
 
     pub fn new(offset: u64, limit: Option<u64>) -> Self {
         ByteRange { offset, limit }

@@ -33,7 +33,8 @@ fn blob(function: DigestFunction, len: usize, seed: u8) -> (Digest, Bytes) {
 
 /// `data` as a stream of `chunk`-sized pieces that yields between pieces.
 fn chunked(data: Bytes, chunk: usize) -> BlobStream {
-    let pieces: Vec<Bytes> = (0..data.len()).step_by(chunk.max(1)).map(|i| data.slice(i..(i + chunk).min(data.len()))).collect();
+    let pieces: Vec<Bytes> =
+        (0..data.len()).step_by(chunk.max(1)).map(|i| data.slice(i..(i + chunk).min(data.len()))).collect();
     futures::stream::iter(pieces)
         .then(|piece| async move {
             tokio::task::yield_now().await;
@@ -71,7 +72,13 @@ async fn missing_blob_is_not_found(store: &dyn BlobStore) {
 async fn ranges(store: &dyn BlobStore) {
     let (digest, data) = blob(DigestFunction::Sha256, 2 << 20, 4);
     store.put_bytes(&digest, data.clone()).await.unwrap();
-    let cases = [(0, None, 0..data.len()), (5, Some(10), 5..15), (1_500_000, None, 1_500_000..data.len()), (data.len() as u64 - 3, Some(100), data.len() - 3..data.len()), (data.len() as u64, None, data.len()..data.len())];
+    let cases = [
+        (0, None, 0..data.len()),
+        (5, Some(10), 5..15),
+        (1_500_000, None, 1_500_000..data.len()),
+        (data.len() as u64 - 3, Some(100), data.len() - 3..data.len()),
+        (data.len() as u64, None, data.len()..data.len()),
+    ];
     for (offset, limit, want) in cases {
         let got = collect(store.get(&digest, ByteRange::new(offset, limit)).await.unwrap()).await.unwrap();
         assert_eq!(got, data.slice(want), "offset {offset} limit {limit:?}");
@@ -82,7 +89,9 @@ async fn ranges(store: &dyn BlobStore) {
 
 async fn failed_write_stores_nothing(store: &dyn BlobStore) {
     let (digest, data) = blob(DigestFunction::Sha256, 100_000, 5);
-    let failing = chunked(data.slice(..50_000), 10_000).chain(futures::stream::iter([Err(Error::unavailable("client went away"))])).boxed();
+    let failing = chunked(data.slice(..50_000), 10_000)
+        .chain(futures::stream::iter([Err(Error::unavailable("client went away"))]))
+        .boxed();
     let e = store.put(&digest, failing).await.unwrap_err();
     assert!(e.message().contains("client went away"), "{e}");
     assert_eq!(store.find_missing(&[digest]).await.unwrap(), vec![digest]);

@@ -67,14 +67,9 @@ impl FilesystemStore {
 
     fn open_blocking(root: PathBuf, sync: bool) -> Result<Self> {
         fs::create_dir_all(&root)?;
-        let lock = fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(root.join("LOCK"))?;
-        lock.try_lock().map_err(|_| {
-            Error::unavailable("the store is in use by another memobuild process".to_string())
-        })?;
+        let lock = fs::File::options().create(true).truncate(false).write(true).open(root.join("LOCK"))?;
+        lock.try_lock()
+            .map_err(|_| Error::unavailable("the store is in use by another memobuild process".to_string()))?;
         let tmp = root.join("tmp");
         if tmp.exists() {
             fs::remove_dir_all(&tmp)?;
@@ -89,21 +84,12 @@ impl FilesystemStore {
                 scan_shard(&shard, function, &mut index)?;
             }
         }
-        Ok(FilesystemStore {
-            root,
-            sync,
-            index: RwLock::new(index),
-            _lock: lock,
-        })
+        Ok(FilesystemStore { root, sync, index: RwLock::new(index), _lock: lock })
     }
 
     fn path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
-        self.root
-            .join("blobs")
-            .join(digest.function().name())
-            .join(&hex[..2])
-            .join(format!("{hex}-{}", digest.size()))
+        self.root.join("blobs").join(digest.function().name()).join(&hex[..2]).join(format!("{hex}-{}", digest.size()))
     }
 
     /// Writes `data` to a new temporary file; returns its path and length.
@@ -159,13 +145,7 @@ impl BlobStore for FilesystemStore {
     }
 
     async fn get(&self, digest: &Digest, range: ByteRange) -> Result<BlobStream> {
-        let size = self
-            .index
-            .read()
-            .sizes
-            .get(digest)
-            .copied()
-            .ok_or_else(|| Error::blob_not_found(digest))?;
+        let size = self.index.read().sizes.get(digest).copied().ok_or_else(|| Error::blob_not_found(digest))?;
         let (start, end) = range.bounds(digest, size)?;
         let mut file = match tokio::fs::File::open(self.path(digest)).await {
             Ok(file) => file,
@@ -210,10 +190,7 @@ impl BlobStore for FilesystemStore {
 
     fn usage(&self) -> Option<Usage> {
         let index = self.index.read();
-        Some(Usage {
-            bytes: index.bytes,
-            blobs: index.sizes.len() as u64,
-        })
+        Some(Usage { bytes: index.bytes, blobs: index.sizes.len() as u64 })
     }
 }
 

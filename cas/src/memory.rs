@@ -27,12 +27,7 @@ impl BlobStore for MemoryStore {
     }
 
     async fn get(&self, digest: &Digest, range: ByteRange) -> Result<BlobStream> {
-        let data = self
-            .blobs
-            .read()
-            .get(digest)
-            .cloned()
-            .ok_or_else(|| Error::blob_not_found(digest))?;
+        let data = self.blobs.read().get(digest).cloned().ok_or_else(|| Error::blob_not_found(digest))?;
         let (start, end) = range.bounds(digest, data.len() as u64)?;
         Ok(single_chunk(data.slice(start as usize..end as usize)))
     }
@@ -49,10 +44,7 @@ impl BlobStore for MemoryStore {
 
     fn usage(&self) -> Option<Usage> {
         let blobs = self.blobs.read();
-        Some(Usage {
-            bytes: blobs.values().map(|b| b.len() as u64).sum(),
-            blobs: blobs.len() as u64,
-        })
+        Some(Usage { bytes: blobs.values().map(|b| b.len() as u64).sum(), blobs: blobs.len() as u64 })
     }
 }
 

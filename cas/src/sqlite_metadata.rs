@@ -43,10 +43,7 @@ impl SqliteMetadata {
             .fetch_one(&pool)
             .await
             .map_err(db_error("summing sizes"))?;
-        Ok(SqliteMetadata {
-            pool,
-            total_bytes: AtomicU64::new(total as u64),
-        })
+        Ok(SqliteMetadata { pool, total_bytes: AtomicU64::new(total as u64) })
     }
 }
 
@@ -120,9 +117,8 @@ impl BlobMetadata for SqliteMetadata {
             .map(|row| {
                 let function = DigestFunction::from_proto(row.get::<i64, _>(0) as i32)?;
                 let hash: Vec<u8> = row.get(1);
-                let hash: [u8; 32] = hash
-                    .try_into()
-                    .map_err(|_| Error::internal("blob metadata: a stored hash is not 32 bytes"))?;
+                let hash: [u8; 32] =
+                    hash.try_into().map_err(|_| Error::internal("blob metadata: a stored hash is not 32 bytes"))?;
                 Ok(Digest::new(function, hash, row.get::<i64, _>(2) as u64))
             })
             .collect()

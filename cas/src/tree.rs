@@ -20,8 +20,7 @@ pub async fn walk_tree(cas: &dyn BlobStore, root: Digest) -> Result<Vec<Director
             Err(e) if e.code() == tonic::Code::NotFound && digest != root => continue,
             Err(e) => return Err(e.context("reading the root directory")),
         };
-        let directory = Directory::decode(data)
-            .with_context(|| format!("decoding directory {}", digest.subject()))?;
+        let directory = Directory::decode(data).with_context(|| format!("decoding directory {}", digest.subject()))?;
         for child in &directory.directories {
             let what = format!("directory {:?} of {}", child.name, digest.subject());
             let child = Digest::from_proto_field(root.function(), child.digest.as_ref(), &what)?;

@@ -52,11 +52,7 @@ pub fn verify_stream(digest: Digest, data: BlobStream) -> BlobStream {
                 digest.size()
             )))
         } else if actual != digest {
-            Err(Error::invalid_argument(format!(
-                "blob {}: data hashes to {}",
-                digest.subject(),
-                actual.hex()
-            )))
+            Err(Error::invalid_argument(format!("blob {}: data hashes to {}", digest.subject(), actual.hex())))
         } else {
             Ok(Bytes::new())
         }

@@ -29,7 +29,7 @@ impl StreamDecoder {
         let mut out = vec![0u8; OUT_CHUNK];
         let mut written = 0;
         loop {
-            let mut src = InBuffer::around(*input);
+            let mut src = InBuffer::around(input);
             let mut dst = OutBuffer::around_pos(&mut out[..], written);
             let hint = self
                 .decoder

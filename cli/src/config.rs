@@ -94,7 +94,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors() {
-        let e = toml::from_str::<ServerConfig>("lisen = \"x\"\n[cas]\ntype=\"memory\"\n[action_cache]\ntype=\"memory\"").unwrap_err();
+        let e =
+            toml::from_str::<ServerConfig>("lisen = \"x\"\n[cas]\ntype=\"memory\"\n[action_cache]\ntype=\"memory\"")
+                .unwrap_err();
         assert!(e.to_string().contains("lisen"), "{e}");
     }
 

@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -42,7 +43,9 @@ impl ServerArgs {
     fn config(&self) -> anyhow::Result<ServerConfig> {
         let mut config = match (&self.config, &self.state_dir) {
             (Some(path), None) => ServerConfig::load(path)?,
-            (Some(_), Some(_)) => anyhow::bail!("--config and --state-dir cannot be combined: the config file names every path"),
+            (Some(_), Some(_)) => {
+                anyhow::bail!("--config and --state-dir cannot be combined: the config file names every path")
+            }
             (None, dir) => ServerConfig::embedded(&dir.clone().unwrap_or_else(default_state_dir)),
         };
         if let Some(listen) = self.listen {
@@ -77,10 +80,9 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MEMOBUILD_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MEMOBUILD_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     match cli.command {

@@ -30,9 +30,7 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the addresses `config` names.
     pub async fn bind(config: &ServerConfig) -> anyhow::Result<Self> {
-        let grpc = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("listening on {}", config.listen))?;
+        let grpc = TcpListener::bind(config.listen).await.with_context(|| format!("listening on {}", config.listen))?;
         let admin = match config.admin_listen {
             Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?),
             None => None,

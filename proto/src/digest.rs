@@ -30,9 +30,7 @@ impl DigestFunction {
                 "unsupported digest function {}: this server speaks sha256 and blake3",
                 other.as_str_name().to_ascii_lowercase()
             ))),
-            Err(_) => Err(Error::invalid_argument(format!(
-                "unknown digest function value {value}"
-            ))),
+            Err(_) => Err(Error::invalid_argument(format!("unknown digest function value {value}"))),
         }
     }
 
@@ -93,11 +91,7 @@ pub struct Digest {
 
 impl Digest {
     pub fn new(function: DigestFunction, hash: [u8; 32], size: u64) -> Self {
-        Digest {
-            function,
-            hash,
-            size,
-        }
+        Digest { function, hash, size }
     }
 
     /// The digest of `data`.
@@ -115,8 +109,8 @@ impl Digest {
     /// Parses a lowercase hex hash and a size, as they appear in protos and
     /// resource names.
     pub fn parse(function: DigestFunction, hash: &str, size: i64) -> Result<Self> {
-        let size = u64::try_from(size)
-            .map_err(|_| Error::invalid_argument(format!("digest {hash}/{size}: negative size")))?;
+        let size =
+            u64::try_from(size).map_err(|_| Error::invalid_argument(format!("digest {hash}/{size}: negative size")))?;
         if hash.len() != 64 || !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(Error::invalid_argument(format!(
                 "digest {hash}/{size}: a {function} hash is 64 lowercase hex characters"
@@ -133,11 +127,7 @@ impl Digest {
     }
 
     /// Like [`Digest::from_proto`] for a field that may be unset.
-    pub fn from_proto_field(
-        function: DigestFunction,
-        digest: Option<&reapi::Digest>,
-        field: &str,
-    ) -> Result<Self> {
+    pub fn from_proto_field(function: DigestFunction, digest: Option<&reapi::Digest>, field: &str) -> Result<Self> {
         match digest {
             Some(d) => Self::from_proto(function, d).map_err(|e| e.context(field)),
             None => Err(Error::invalid_argument(format!("{field} is missing"))),
@@ -145,10 +135,7 @@ impl Digest {
     }
 
     pub fn to_proto(&self) -> reapi::Digest {
-        reapi::Digest {
-            hash: self.hex(),
-            size_bytes: self.size as i64,
-        }
+        reapi::Digest { hash: self.hex(), size_bytes: self.size as i64 }
     }
 
     pub fn function(&self) -> DigestFunction {

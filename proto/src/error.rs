@@ -25,11 +25,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Error {
-            code,
-            message: message.into(),
-            details: Bytes::new(),
-        }
+        Error { code, message: message.into(), details: Bytes::new() }
     }
 
     pub fn invalid_argument(message: impl Into<String>) -> Self {
@@ -90,12 +86,9 @@ impl Error {
     pub fn missing_subjects(&self) -> Vec<String> {
         let status = tonic::Status::from(self.clone());
         match status.get_details_precondition_failure() {
-            Some(failure) => failure
-                .violations
-                .into_iter()
-                .filter(|v| v.r#type == VIOLATION_MISSING)
-                .map(|v| v.subject)
-                .collect(),
+            Some(failure) => {
+                failure.violations.into_iter().filter(|v| v.r#type == VIOLATION_MISSING).map(|v| v.subject).collect()
+            }
             None => Vec::new(),
         }
     }
@@ -145,11 +138,7 @@ impl From<Error> for tonic::Status {
 
 impl From<tonic::Status> for Error {
     fn from(s: tonic::Status) -> Self {
-        Error {
-            code: s.code(),
-            message: s.message().to_string(),
-            details: s.details().to_vec().into(),
-        }
+        Error { code: s.code(), message: s.message().to_string(), details: s.details().to_vec().into() }
     }
 }
 
@@ -157,9 +146,7 @@ impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         let code = match e.kind() {
             std::io::ErrorKind::NotFound => Code::NotFound,
-            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
-                Code::ResourceExhausted
-            }
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => Code::ResourceExhausted,
             _ => Code::Internal,
         };
         Error::new(code, e.to_string())

@@ -45,22 +45,13 @@ impl Compressor {
         match s {
             "zstd" => Ok(Compressor::Zstd),
             "identity" => Ok(Compressor::Identity),
-            _ => Err(Error::invalid_argument(format!(
-                "unsupported compressor {s:?}: this server speaks zstd"
-            ))),
+            _ => Err(Error::invalid_argument(format!("unsupported compressor {s:?}: this server speaks zstd"))),
         }
     }
 }
 
-const RESERVED: [&str; 7] = [
-    "blobs",
-    "compressed-blobs",
-    "uploads",
-    "actions",
-    "actionResults",
-    "operations",
-    "capabilities",
-];
+const RESERVED: [&str; 7] =
+    ["blobs", "compressed-blobs", "uploads", "actions", "actionResults", "operations", "capabilities"];
 
 /// A parsed ByteStream resource name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,19 +65,11 @@ pub struct ResourceName {
 
 impl ResourceName {
     pub fn read(instance_name: &str, digest: Digest, compressor: Compressor) -> Self {
-        ResourceName {
-            instance_name: instance_name.to_string(),
-            upload_id: None,
-            compressor,
-            digest,
-        }
+        ResourceName { instance_name: instance_name.to_string(), upload_id: None, compressor, digest }
     }
 
     pub fn write(instance_name: &str, upload_id: &str, digest: Digest, compressor: Compressor) -> Self {
-        ResourceName {
-            upload_id: Some(upload_id.to_string()),
-            ..Self::read(instance_name, digest, compressor)
-        }
+        ResourceName { upload_id: Some(upload_id.to_string()), ..Self::read(instance_name, digest, compressor) }
     }
 
     /// Parses the resource name of a `ByteStream.Read`.
@@ -108,17 +91,13 @@ impl ResourceName {
             .ok_or_else(|| Error::invalid_argument(format!("no {anchor:?} segment")))?;
         let instance_name = segments[..start].join("/");
         if segments[..start].iter().any(|s| s.is_empty() || RESERVED.contains(s)) {
-            return Err(Error::invalid_argument(format!(
-                "invalid instance name {instance_name:?}"
-            )));
+            return Err(Error::invalid_argument(format!("invalid instance name {instance_name:?}")));
         }
         let mut rest = segments[start..].iter().copied();
         let upload_id = if upload {
             rest.next();
-            let id = rest
-                .next()
-                .filter(|id| !id.is_empty())
-                .ok_or_else(|| Error::invalid_argument("missing upload id"))?;
+            let id =
+                rest.next().filter(|id| !id.is_empty()).ok_or_else(|| Error::invalid_argument("missing upload id"))?;
             Some(id.to_string())
         } else {
             None
@@ -149,16 +128,9 @@ impl ResourceName {
             (function, hash)
         };
         let size = rest.next().ok_or_else(|| Error::invalid_argument("missing size"))?;
-        let size: i64 = size
-            .parse()
-            .map_err(|_| Error::invalid_argument(format!("size {size:?} is not a number")))?;
+        let size: i64 = size.parse().map_err(|_| Error::invalid_argument(format!("size {size:?} is not a number")))?;
         let digest = Digest::parse(function, hash, size)?;
-        Ok(ResourceName {
-            instance_name,
-            upload_id,
-            compressor,
-            digest,
-        })
+        Ok(ResourceName { instance_name, upload_id, compressor, digest })
     }
 }
 
@@ -194,16 +166,12 @@ mod tests {
         assert_eq!(r, ResourceName::read("", s, Compressor::Identity));
         let r = ResourceName::parse_read(&format!("a/b/blobs/blake3/{}/5/extra", b.hex())).unwrap();
         assert_eq!(r, ResourceName::read("a/b", b, Compressor::Identity));
-        let r = ResourceName::parse_read(&format!("ci/compressed-blobs/zstd/blake3/{}/5", b.hex()))
-            .unwrap();
+        let r = ResourceName::parse_read(&format!("ci/compressed-blobs/zstd/blake3/{}/5", b.hex())).unwrap();
         assert_eq!(r, ResourceName::read("ci", b, Compressor::Zstd));
         let r = ResourceName::parse_write(&format!("uploads/u-1/blobs/{}/5", s.hex())).unwrap();
         assert_eq!(r, ResourceName::write("", "u-1", s, Compressor::Identity));
-        let r = ResourceName::parse_write(&format!(
-            "x/uploads/u/compressed-blobs/zstd/{}/5/meta/data",
-            s.hex()
-        ))
-        .unwrap();
+        let r =
+            ResourceName::parse_write(&format!("x/uploads/u/compressed-blobs/zstd/{}/5/meta/data", s.hex())).unwrap();
         assert_eq!(r, ResourceName::write("x", "u", s, Compressor::Zstd));
     }
 

@@ -33,7 +33,12 @@ impl ActionCacheService {
     }
 
     /// Fills in the contents the client asked to have inlined, within budget.
-    async fn inline_outputs(&self, result: &mut ActionResult, req: &GetActionResultRequest, function: DigestFunction) -> Result<()> {
+    async fn inline_outputs(
+        &self,
+        result: &mut ActionResult,
+        req: &GetActionResultRequest,
+        function: DigestFunction,
+    ) -> Result<()> {
         let mut budget = MAX_INLINE_BYTES;
         let cas = &self.state.cas;
         let mut fetch = async |digest: &Option<memobuild_proto::reapi::Digest>| -> Result<Option<bytes::Bytes>> {
@@ -84,7 +89,10 @@ impl ActionCache for ActionCacheService {
         Ok(Response::new(ActionCacheService::get_action_result(self, req.into_inner()).await?))
     }
 
-    async fn update_action_result(&self, req: Request<UpdateActionResultRequest>) -> Result<Response<ActionResult>, Status> {
+    async fn update_action_result(
+        &self,
+        req: Request<UpdateActionResultRequest>,
+    ) -> Result<Response<ActionResult>, Status> {
         Ok(Response::new(ActionCacheService::update_action_result(self, req.into_inner()).await?))
     }
 }

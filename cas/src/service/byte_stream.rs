@@ -58,7 +58,15 @@ impl Upload {
             Compressor::Identity => None,
             Compressor::Zstd => Some(StreamDecoder::new()?),
         };
-        Ok(Upload { key: key.to_string(), name, committed: 0, decoder, sender: Some(sender), put: Some(put), idle_since: Instant::now() })
+        Ok(Upload {
+            key: key.to_string(),
+            name,
+            committed: 0,
+            decoder,
+            sender: Some(sender),
+            put: Some(put),
+            idle_since: Instant::now(),
+        })
     }
 
     /// Feeds one WriteRequest's data at `offset`.
@@ -167,10 +175,8 @@ impl ByteStreamService {
 
     /// Runs a Write stream; returns the committed size to report.
     pub async fn write(&self, mut requests: impl Stream<Item = Result<WriteRequest>> + Unpin) -> Result<i64> {
-        let first = requests
-            .next()
-            .await
-            .ok_or_else(|| Error::invalid_argument("Write stream carried no request"))??;
+        let first =
+            requests.next().await.ok_or_else(|| Error::invalid_argument("Write stream carried no request"))??;
         let name = ResourceName::parse_write(&first.resource_name)?;
         let done_size = match name.compressor {
             Compressor::Identity => name.digest.size() as i64,
@@ -180,13 +186,16 @@ impl ByteStreamService {
             return Ok(done_size);
         }
         let upload = self.upload(&first.resource_name, name.clone())?;
-        let mut upload = upload.try_lock().map_err(|_| {
-            Error::new(tonic::Code::Aborted, format!("another Write of {name} is in progress"))
-        })?;
+        let mut upload = upload
+            .try_lock()
+            .map_err(|_| Error::new(tonic::Code::Aborted, format!("another Write of {name} is in progress")))?;
         let mut request = first;
         loop {
             if !request.resource_name.is_empty() && request.resource_name != upload.key {
-                let e = Error::invalid_argument(format!("Write stream switched resource from {name} to {}", request.resource_name));
+                let e = Error::invalid_argument(format!(
+                    "Write stream switched resource from {name} to {}",
+                    request.resource_name
+                ));
                 return Err(self.fail(&mut upload, e).await);
             }
             self.state.metrics.bytes_written.inc_by(request.data.len() as u64);
@@ -206,7 +215,9 @@ impl ByteStreamService {
                 Some(Ok(next)) => request = next,
                 Some(Err(e)) => {
                     upload.idle_since = Instant::now();
-                    return Err(e.context(format!("write of {name} interrupted at {} bytes; resumable", upload.committed)));
+                    return Err(
+                        e.context(format!("write of {name} interrupted at {} bytes; resumable", upload.committed))
+                    );
                 }
                 None => {
                     upload.idle_since = Instant::now();
@@ -262,9 +273,10 @@ fn rechunk(stream: BlobStream) -> BlobStream {
     stream
         .flat_map(|chunk| {
             let pieces: Vec<Result<Bytes>> = match chunk {
-                Ok(chunk) if chunk.len() > READ_CHUNK => {
-                    (0..chunk.len()).step_by(READ_CHUNK).map(|i| Ok(chunk.slice(i..(i + READ_CHUNK).min(chunk.len())))).collect()
-                }
+                Ok(chunk) if chunk.len() > READ_CHUNK => (0..chunk.len())
+                    .step_by(READ_CHUNK)
+                    .map(|i| Ok(chunk.slice(i..(i + READ_CHUNK).min(chunk.len()))))
+                    .collect(),
                 other => vec![other],
             };
             futures::stream::iter(pieces)
@@ -309,7 +321,9 @@ impl ByteStream for ByteStreamService {
 
     async fn read(&self, req: Request<ReadRequest>) -> Result<Response<ReadStream>, Status> {
         let stream = ByteStreamService::read(self, req.into_inner()).await?;
-        Ok(Response::new(stream.map(|r| r.map(|data| ReadResponse { data: data.to_vec() }).map_err(Status::from)).boxed()))
+        Ok(Response::new(
+            stream.map(|r| r.map(|data| ReadResponse { data: data.to_vec() }).map_err(Status::from)).boxed(),
+        ))
     }
 
     async fn write(&self, req: Request<Streaming<WriteRequest>>) -> Result<Response<WriteResponse>, Status> {
@@ -318,7 +332,10 @@ impl ByteStream for ByteStreamService {
         Ok(Response::new(WriteResponse { committed_size }))
     }
 
-    async fn query_write_status(&self, req: Request<QueryWriteStatusRequest>) -> Result<Response<QueryWriteStatusResponse>, Status> {
+    async fn query_write_status(
+        &self,
+        req: Request<QueryWriteStatusRequest>,
+    ) -> Result<Response<QueryWriteStatusResponse>, Status> {
         Ok(Response::new(ByteStreamService::query_write_status(self, req.into_inner()).await?))
     }
 }

@@ -44,7 +44,10 @@ impl CapabilitiesService {
 
 #[tonic::async_trait]
 impl Capabilities for CapabilitiesService {
-    async fn get_capabilities(&self, _: Request<GetCapabilitiesRequest>) -> Result<Response<ServerCapabilities>, Status> {
+    async fn get_capabilities(
+        &self,
+        _: Request<GetCapabilitiesRequest>,
+    ) -> Result<Response<ServerCapabilities>, Status> {
         Ok(Response::new(self.capabilities()))
     }
 }

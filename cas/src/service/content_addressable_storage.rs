@@ -75,10 +75,7 @@ impl CasService {
                 "BatchReadBlobs asks for {total} bytes, over the {MAX_BATCH_TOTAL_BYTES}-byte batch limit; use ByteStream.Read"
             )));
         }
-        let zstd = req
-            .acceptable_compressors
-            .iter()
-            .any(|c| Compressor::from_proto(*c).ok() == Some(Compressor::Zstd));
+        let zstd = req.acceptable_compressors.iter().any(|c| Compressor::from_proto(*c).ok() == Some(Compressor::Zstd));
         let reads = digests.into_iter().map(|digest| async move {
             let read = async {
                 let data = self.state.cas.get_bytes(&digest).await?;
@@ -163,15 +160,24 @@ fn no_chunking() -> Status {
 
 #[tonic::async_trait]
 impl ContentAddressableStorage for CasService {
-    async fn find_missing_blobs(&self, req: Request<FindMissingBlobsRequest>) -> Result<Response<FindMissingBlobsResponse>, Status> {
+    async fn find_missing_blobs(
+        &self,
+        req: Request<FindMissingBlobsRequest>,
+    ) -> Result<Response<FindMissingBlobsResponse>, Status> {
         Ok(Response::new(CasService::find_missing_blobs(self, req.into_inner()).await?))
     }
 
-    async fn batch_update_blobs(&self, req: Request<BatchUpdateBlobsRequest>) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
+    async fn batch_update_blobs(
+        &self,
+        req: Request<BatchUpdateBlobsRequest>,
+    ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
         Ok(Response::new(CasService::batch_update_blobs(self, req.into_inner()).await?))
     }
 
-    async fn batch_read_blobs(&self, req: Request<BatchReadBlobsRequest>) -> Result<Response<BatchReadBlobsResponse>, Status> {
+    async fn batch_read_blobs(
+        &self,
+        req: Request<BatchReadBlobsRequest>,
+    ) -> Result<Response<BatchReadBlobsResponse>, Status> {
         Ok(Response::new(CasService::batch_read_blobs(self, req.into_inner()).await?))
     }
 
@@ -188,7 +194,10 @@ impl ContentAddressableStorage for CasService {
 
     type GetChunkMappingStream = ChunkMappingStream;
 
-    async fn get_chunk_mapping(&self, _: Request<GetChunkMappingRequest>) -> Result<Response<ChunkMappingStream>, Status> {
+    async fn get_chunk_mapping(
+        &self,
+        _: Request<GetChunkMappingRequest>,
+    ) -> Result<Response<ChunkMappingStream>, Status> {
         Err(no_chunking())
     }
 

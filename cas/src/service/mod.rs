@@ -21,8 +21,9 @@ pub use content_addressable_storage::CasService;
 
 use crate::{ActionCache, BlobStore};
 
-/// The largest gRPC message accepted: a full batch plus framing.
-pub const MAX_MESSAGE_BYTES: usize = MAX_BATCH_TOTAL_BYTES as usize + (1 << 20);
+/// The largest gRPC message accepted. Well above the batch limit, so an
+/// oversized batch gets an explanation rather than a transport error.
+pub const MAX_MESSAGE_BYTES: usize = 4 * MAX_BATCH_TOTAL_BYTES as usize;
 
 /// Byte counters of the CAS services.
 #[derive(Clone)]
@@ -57,8 +58,8 @@ pub fn cas_routes(state: &CasState) -> tonic::service::Routes {
     let bytestream = ByteStreamServer::new(ByteStreamService::new(state.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let action_cache = ActionCacheServer::new(ActionCacheService::new(state.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let action_cache =
+        ActionCacheServer::new(ActionCacheService::new(state.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES);
     tonic::service::Routes::new(cas).add_service(bytestream).add_service(action_cache)
 }
 
@@ -66,16 +67,15 @@ pub fn cas_routes(state: &CasState) -> tonic::service::Routes {
 fn rpc_status(result: Result<(), Error>) -> rpc::Status {
     match result {
         Ok(()) => rpc::Status::default(),
-        Err(e) => rpc::Status {
-            code: e.code() as i32,
-            message: e.message().to_string(),
-            details: Vec::new(),
-        },
+        Err(e) => rpc::Status { code: e.code() as i32, message: e.message().to_string(), details: Vec::new() },
     }
 }
 
 /// Parses the digest list of a request, naming the bad entry.
-fn parse_digests(function: memobuild_proto::DigestFunction, digests: &[reapi::Digest]) -> Result<Vec<memobuild_proto::Digest>, Error> {
+fn parse_digests(
+    function: memobuild_proto::DigestFunction,
+    digests: &[reapi::Digest],
+) -> Result<Vec<memobuild_proto::Digest>, Error> {
     digests
         .iter()
         .enumerate()

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what MemoBuild builds and tests need on Debian, as root. Idempotent:
+# installs only what is missing. Prints the PATH line to use for cargo.
+set -euo pipefail
+
+packages=(build-essential ca-certificates curl git protobuf-compiler bazel-bootstrap)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing Debian packages: ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+# A Rust toolchain: the one on PATH, else rustup's, else install rustup.
+if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+  echo "installing the Rust toolchain with rustup" >&2
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+    sh -s -- -y --profile minimal --component clippy,rustfmt >&2
+fi

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh Debian machine (as root): installs what it
+# needs, then runs formatting, lints and every test, including real Bazel
+# against the real server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+source scripts/env.sh
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
