@@ -3,7 +3,7 @@
 # installs only what is missing. Prints the PATH line to use for cargo.
 set -euo pipefail
 
-packages=(build-essential ca-certificates curl git protobuf-compiler bazel-bootstrap)
+packages=(build-essential ca-certificates curl git procps util-linux protobuf-compiler bazel-bootstrap)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh Debian machine (as root): installs what it
-# needs, then runs formatting, lints and every test, including real Bazel
-# against the real server.
+# needs and starts PostgreSQL if it is not running, then runs formatting, lints
+# and every test, including real Bazel and PostgreSQL against the real server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+bash scripts/services.sh
 source scripts/env.sh
 
 cargo fmt --all -- --check

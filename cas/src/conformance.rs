@@ -1,5 +1,6 @@
 //! The conformance suite every [`BlobStore`] passes. Call [`run`] with a
-//! fresh, empty store.
+//! fresh, empty store, or [`run_with`] for a store that opts out of a
+//! capability it cannot offer.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use std::time::Duration;
@@ -13,8 +14,28 @@ use tonic::Code;
 
 use crate::blob_store::{collect, BlobStore, BlobStream, ByteRange};
 
+/// What a store under test supports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Whether `delete` removes blobs. A store without it (a remote CAS
+    /// manages its own eviction) must refuse `delete` with an error.
+    pub delete: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { delete: true }
+    }
+}
+
 /// Runs every check against `store`, which must start empty.
 pub async fn run(store: &dyn BlobStore) {
+    run_with(store, Options::default()).await;
+}
+
+/// Runs every check that `options` allows against `store`, which must
+/// start empty.
+pub async fn run_with(store: &dyn BlobStore, options: Options) {
     round_trip(store).await;
     find_missing_keeps_order(store).await;
     missing_blob_is_not_found(store).await;
@@ -22,8 +43,12 @@ pub async fn run(store: &dyn BlobStore) {
     failed_write_stores_nothing(store).await;
     partial_write_is_invisible(store).await;
     concurrent_writes_of_one_blob(store).await;
-    delete(store).await;
-    exact_usage(store).await;
+    if options.delete {
+        delete(store).await;
+    } else {
+        delete_is_refused(store).await;
+    }
+    exact_usage(store, options).await;
 }
 
 fn blob(function: DigestFunction, len: usize, seed: u8) -> (Digest, Bytes) {
@@ -138,7 +163,14 @@ async fn delete(store: &dyn BlobStore) {
     assert_eq!(store.find_missing(&[digest]).await.unwrap(), vec![digest]);
 }
 
-async fn exact_usage(store: &dyn BlobStore) {
+async fn delete_is_refused(store: &dyn BlobStore) {
+    let (digest, data) = blob(DigestFunction::Blake3, 777, 8);
+    store.put_bytes(&digest, data.clone()).await.unwrap();
+    assert!(store.delete(&digest).await.is_err());
+    assert_eq!(store.get_bytes(&digest).await.unwrap(), data);
+}
+
+async fn exact_usage(store: &dyn BlobStore, options: Options) {
     let Some(before) = store.usage() else { return };
     let blobs: Vec<_> = (0..5).map(|i| blob(DigestFunction::Sha256, 1000 + i, 9)).collect();
     for (digest, data) in &blobs {
@@ -148,6 +180,9 @@ async fn exact_usage(store: &dyn BlobStore) {
     let after = store.usage().unwrap();
     assert_eq!(after.bytes - before.bytes, (1000..1005).sum::<u64>());
     assert_eq!(after.blobs - before.blobs, 5);
+    if !options.delete {
+        return;
+    }
     store.delete(&blobs[0].0).await.unwrap();
     assert_eq!(store.usage().unwrap().bytes - before.bytes, (1001..1005).sum::<u64>());
 }

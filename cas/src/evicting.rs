@@ -1,4 +1,5 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -27,7 +28,9 @@ pub struct EvictingStore {
     clock: Arc<dyn Clock>,
     max_bytes: u64,
     low_watermark_bytes: u64,
-    touched: Mutex<HashMap<Digest, i64>>,
+    touched: Arc<Mutex<HashMap<Digest, i64>>>,
+    /// Whether a background flush of `touched` is running.
+    flushing: Arc<AtomicBool>,
     evicting: tokio::sync::Mutex<()>,
 }
 
@@ -45,7 +48,8 @@ impl EvictingStore {
             clock,
             max_bytes,
             low_watermark_bytes: low_watermark_bytes.min(max_bytes),
-            touched: Mutex::new(HashMap::new()),
+            touched: Arc::default(),
+            flushing: Arc::default(),
             evicting: tokio::sync::Mutex::new(()),
         }
     }
@@ -59,17 +63,32 @@ impl EvictingStore {
         self.metadata.touch(&batch).await
     }
 
-    async fn touch(&self, digests: impl IntoIterator<Item = Digest>) -> Result<()> {
+    /// Buffers access times. A full buffer is written by one background
+    /// task at a time, so no request waits on the database and writes never
+    /// pile up: while one runs, the buffer keeps absorbing touches.
+    fn touch(&self, digests: impl IntoIterator<Item = Digest>) {
         let now = self.clock.now_ms();
         let full = {
             let mut touched = self.touched.lock();
             touched.extend(digests.into_iter().map(|d| (d, now)));
             touched.len() >= TOUCH_BATCH
         };
-        if full {
-            self.flush().await?;
+        if !full || self.flushing.swap(true, Ordering::SeqCst) {
+            return;
         }
-        Ok(())
+        let (touched, flushing, metadata) = (self.touched.clone(), self.flushing.clone(), self.metadata.clone());
+        tokio::spawn(async move {
+            loop {
+                let batch: Vec<(Digest, i64)> = touched.lock().drain().collect();
+                if let Err(e) = metadata.touch(&batch).await {
+                    tracing::warn!(error = %e, "recording blob access times failed");
+                }
+                if touched.lock().len() < TOUCH_BATCH {
+                    break;
+                }
+            }
+            flushing.store(false, Ordering::SeqCst);
+        });
     }
 
     async fn evict_if_needed(&self) -> Result<()> {
@@ -111,13 +130,14 @@ impl BlobStore for EvictingStore {
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
         let missing = self.inner.find_missing(digests).await?;
         // What a client has just been told is present must not be the next to go.
-        self.touch(digests.iter().filter(|d| !missing.contains(d)).copied()).await?;
+        let absent: HashSet<&Digest> = missing.iter().collect();
+        self.touch(digests.iter().filter(|d| !absent.contains(d)).copied());
         Ok(missing)
     }
 
     async fn get(&self, digest: &Digest, range: ByteRange) -> Result<BlobStream> {
         let stream = self.inner.get(digest, range).await?;
-        self.touch([*digest]).await?;
+        self.touch([*digest]);
         Ok(stream)
     }
 

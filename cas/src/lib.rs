@@ -9,6 +9,7 @@ mod blob_store;
 mod clock;
 mod evicting;
 mod filesystem;
+mod grpc_store;
 mod memory;
 mod sqlite_metadata;
 mod store_config;
@@ -27,6 +28,7 @@ pub use blob_store::{collect, single_chunk, BlobStore, BlobStream, ByteRange, Us
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use evicting::EvictingStore;
 pub use filesystem::FilesystemStore;
+pub use grpc_store::GrpcStore;
 pub use memory::MemoryStore;
 pub use sqlite_metadata::SqliteMetadata;
 pub use store_config::{MetadataConfig, StoreConfig};

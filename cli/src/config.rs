@@ -1,6 +1,7 @@
 //! The server's configuration: a TOML file, embedded defaults under a state
 //! directory, and command-line overrides on top.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,75 @@ pub struct ServerConfig {
     pub cas: StoreConfig,
     /// Where action results are kept.
     pub action_cache: StoreConfig,
+    /// Remote execution; the endpoint serves only the cache without it.
+    pub scheduler: Option<SchedulerSection>,
+    /// A worker inside this process, dialing this process's scheduler.
+    pub worker: Option<WorkerSection>,
+}
+
+/// `[scheduler]`: durable operation state and the rules of dispatch.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSection {
+    pub store: OperationStoreConfig,
+    /// Seconds a worker may go without a heartbeat before its actions are requeued.
+    #[serde(default = "default_lease")]
+    pub lease_seconds: u64,
+    /// Times an action is handed out before it fails.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Timeout of actions that set none, and the cap on any action's timeout.
+    #[serde(default = "default_timeout")]
+    pub default_timeout_seconds: u64,
+    #[serde(default = "default_max_timeout")]
+    pub max_timeout_seconds: u64,
+}
+
+/// Where the scheduler keeps operations.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OperationStoreConfig {
+    Sqlite { path: PathBuf },
+    Postgres { url: String, schema: Option<String> },
+}
+
+/// `[worker]`: an executor of actions.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSection {
+    pub work_dir: PathBuf,
+    /// Bytes of the local input file cache.
+    #[serde(default = "default_worker_cache")]
+    pub cache_max_bytes: u64,
+    /// Actions run at once; the number of CPUs when unset.
+    pub slots: Option<u32>,
+    /// Platform properties offered to actions.
+    #[serde(default = "default_properties")]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_lease() -> u64 {
+    30
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+
+fn default_timeout() -> u64 {
+    3600
+}
+
+fn default_max_timeout() -> u64 {
+    4 * 3600
+}
+
+fn default_worker_cache() -> u64 {
+    10 << 30
+}
+
+fn default_properties() -> BTreeMap<String, String> {
+    BTreeMap::from([("OSFamily".to_string(), "Linux".to_string())])
 }
 
 fn default_listen() -> SocketAddr {
@@ -42,7 +112,27 @@ impl ServerConfig {
                 inner: Box::new(StoreConfig::Filesystem { path: state_dir.join("cas"), sync: true }),
             },
             action_cache: StoreConfig::Filesystem { path: state_dir.join("ac"), sync: true },
+            scheduler: Some(SchedulerSection {
+                store: OperationStoreConfig::Sqlite { path: state_dir.join("scheduler.db") },
+                lease_seconds: default_lease(),
+                max_attempts: default_attempts(),
+                default_timeout_seconds: default_timeout(),
+                max_timeout_seconds: default_max_timeout(),
+            }),
+            worker: Some(WorkerSection {
+                work_dir: state_dir.join("worker"),
+                cache_max_bytes: default_worker_cache(),
+                slots: None,
+                properties: default_properties(),
+            }),
         }
+    }
+
+    /// The cache alone: what `memobuild cas` serves.
+    pub fn cache_only(mut self) -> Self {
+        self.scheduler = None;
+        self.worker = None;
+        self
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Self> {

@@ -86,10 +86,12 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Server(args) | Command::Cas(args) => {
-            let config = args.config()?;
-            let listeners = Listeners::bind(&config).await?;
-            server::run(config, listeners, shutdown_signal()).await.context("memobuild server")
-        }
+        Command::Server(args) => serve(args.config()?).await,
+        Command::Cas(args) => serve(args.config()?.cache_only()).await,
     }
+}
+
+async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&config).await?;
+    server::run(config, listeners, shutdown_signal()).await.context("memobuild server")
 }

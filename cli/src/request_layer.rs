@@ -13,12 +13,14 @@ use tracing::Instrument;
 
 /// Services whose methods get their own metric label; anything else is
 /// counted as "unknown" so clients cannot grow the label set.
-const KNOWN_SERVICES: [&str; 5] = [
+const KNOWN_SERVICES: [&str; 7] = [
     "build.bazel.remote.execution.v2.ContentAddressableStorage",
     "build.bazel.remote.execution.v2.ActionCache",
     "build.bazel.remote.execution.v2.Capabilities",
     "build.bazel.remote.execution.v2.Execution",
     "google.bytestream.ByteStream",
+    "google.longrunning.Operations",
+    "memobuild.worker.v1.WorkerApi",
 ];
 
 #[derive(Clone)]

@@ -1,1 +1,309 @@
-fn main() {}
+//! `memobuild-loadtest`: measures any REAPI v2 server the same way.
+//!
+//! `find-missing` times FindMissingBlobs calls and checks every answer;
+//! `bytestream` times ByteStream writes and reads of one large blob.
+
+mod blob_source;
+mod byte_stream;
+mod connection;
+mod find_missing;
+mod size;
+mod stats;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use memobuild_proto::{Compressor, DigestFunction};
+use serde::Serialize;
+
+use crate::connection::ChannelOptions;
+use crate::size::{format_size, parse_size};
+
+/// Load generator for REAPI v2 servers (MemoBuild or any other).
+///
+/// Human-readable results go to standard output; with --json they go to
+/// standard error and standard output carries one JSON object instead.
+#[derive(Parser)]
+#[command(name = "memobuild-loadtest", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// FindMissingBlobs latency and throughput, every answer checked.
+    FindMissing(FindMissingArgs),
+    /// ByteStream Write and Read throughput of one large blob.
+    Bytestream(ByteStreamArgs),
+}
+
+#[derive(Args)]
+struct Common {
+    /// The server: grpc://HOST:PORT.
+    #[arg(long)]
+    endpoint: String,
+    /// REAPI instance name.
+    #[arg(long, default_value = "")]
+    instance_name: String,
+    #[arg(long, value_enum, default_value_t = Function::Sha256)]
+    digest_function: Function,
+    /// HTTP/2 max frame size this client accepts (e.g. 1MiB); 16 KiB when unset.
+    #[arg(long, value_parser = parse_frame_size)]
+    max_frame_size: Option<u32>,
+    /// Seed of the generated blobs [default: random].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print one JSON object with the figures on standard output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct FindMissingArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Digests per FindMissingBlobs call.
+    #[arg(long, default_value_t = 1000)]
+    digests: usize,
+    /// Timed calls in all.
+    #[arg(long, default_value_t = 10_000)]
+    requests: u64,
+    /// Tasks issuing calls at the same time.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// HTTP/2 connections the tasks share.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Share of each call's digests that are uploaded first.
+    #[arg(long, default_value_t = 0.5)]
+    present_fraction: f64,
+    /// Distinct digest sets; call i asks about set i mod N.
+    #[arg(long, default_value_t = 1)]
+    distinct_sets: usize,
+    /// Untimed calls made first.
+    #[arg(long, default_value_t = 100)]
+    warmup: u64,
+}
+
+#[derive(Args)]
+struct ByteStreamArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Blob size, e.g. 256MiB.
+    #[arg(long, value_parser = parse_size)]
+    size: u64,
+    /// Bytes per WriteRequest.
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    chunk: u64,
+    /// Rounds; each writes a new blob, then reads it back.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    #[arg(long, value_enum, default_value_t = CompressorArg::Identity)]
+    compressor: CompressorArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Function {
+    Sha256,
+    Blake3,
+}
+
+impl From<Function> for DigestFunction {
+    fn from(f: Function) -> Self {
+        match f {
+            Function::Sha256 => DigestFunction::Sha256,
+            Function::Blake3 => DigestFunction::Blake3,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CompressorArg {
+    Identity,
+    Zstd,
+}
+
+impl From<CompressorArg> for Compressor {
+    fn from(c: CompressorArg) -> Self {
+        match c {
+            CompressorArg::Identity => Compressor::Identity,
+            CompressorArg::Zstd => Compressor::Zstd,
+        }
+    }
+}
+
+fn parse_frame_size(text: &str) -> Result<u32, String> {
+    let size = parse_size(text)?;
+    // RFC 9113 §4.2: between 2^14 and 2^24 - 1.
+    if !(1 << 14..1 << 24).contains(&size) {
+        return Err(format!("HTTP/2 frame sizes lie between 16KiB and 16MiB - 1, got {text}"));
+    }
+    Ok(size as u32)
+}
+
+impl Common {
+    fn channel(&self) -> ChannelOptions {
+        ChannelOptions { endpoint: self.endpoint.clone(), max_frame_size: self.max_frame_size }
+    }
+
+    fn seed(&self) -> u64 {
+        self.seed.unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0)
+    }
+}
+
+/// Where the human-readable lines go: stdout, or stderr under --json.
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn line(&self, text: &str) -> anyhow::Result<()> {
+        if self.json {
+            writeln!(std::io::stderr().lock(), "{text}")?;
+        } else {
+            writeln!(std::io::stdout().lock(), "{text}")?;
+        }
+        Ok(())
+    }
+
+    fn json(&self, report: &impl Serialize) -> anyhow::Result<()> {
+        if self.json {
+            let text = serde_json::to_string(report).context("encoding the report")?;
+            writeln!(std::io::stdout().lock(), "{text}")?;
+        }
+        Ok(())
+    }
+}
+
+async fn find_missing(args: FindMissingArgs) -> anyhow::Result<bool> {
+    let out = Output { json: args.common.json };
+    let options = find_missing::FindMissingOptions {
+        channel: args.common.channel(),
+        connections: args.connections,
+        instance_name: args.common.instance_name.clone(),
+        digest_function: args.common.digest_function.into(),
+        digests: args.digests,
+        distinct_sets: args.distinct_sets,
+        requests: args.requests,
+        warmup: args.warmup,
+        concurrency: args.concurrency,
+        present_fraction: args.present_fraction,
+        seed: args.common.seed(),
+    };
+    let report = find_missing::run(options).await?;
+    out.line(&format!(
+        "find-missing: {} calls of {} digests ({} present, {}), concurrency {}, {} connection(s)",
+        report.requests,
+        report.digests_per_call,
+        report.present_per_set,
+        report.digest_function,
+        report.concurrency,
+        report.connections
+    ))?;
+    if let Some(l) = &report.latency {
+        out.line(&format!(
+            "latency us: p50 {} p90 {} p99 {} p99.9 {} max {} (mean {:.0})",
+            l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.mean_us
+        ))?;
+    }
+    out.line(&format!("throughput: {:.0} calls/s over {:.2} s", report.calls_per_second, report.wall_seconds))?;
+    out.line(&format!("answers: {} wrong, {} failed", report.wrong_answers, report.failed_calls))?;
+    if let Some(e) = &report.first_error {
+        out.line(&format!("first error: {e}"))?;
+    }
+    out.json(&report)?;
+    Ok(report.wrong_answers == 0 && report.failed_calls == 0)
+}
+
+async fn bytestream(args: ByteStreamArgs) -> anyhow::Result<bool> {
+    let out = Output { json: args.common.json };
+    let compressor: Compressor = args.compressor.into();
+    let options = byte_stream::ByteStreamOptions {
+        channel: args.common.channel(),
+        instance_name: args.common.instance_name.clone(),
+        digest_function: args.common.digest_function.into(),
+        size: args.size,
+        chunk: usize::try_from(args.chunk).context("--chunk does not fit in memory")?,
+        repeat: args.repeat,
+        compressor,
+        seed: args.common.seed(),
+    };
+    let report = byte_stream::run(options).await?;
+    out.line(&format!(
+        "bytestream: {} blob ({}, {}), {} chunks, {} repeat(s); MB = 10^6 bytes of blob",
+        format_size(report.size_bytes),
+        report.compressor,
+        report.digest_function,
+        format_size(report.chunk_bytes as u64),
+        report.repeats.len()
+    ))?;
+    for (i, r) in report.repeats.iter().enumerate() {
+        out.line(&format!(
+            "  #{}: write {:.0} MB/s ({:.3} s, wire {:.0} MB/s)  read {:.0} MB/s ({:.3} s, wire {:.0} MB/s)",
+            i + 1,
+            r.write_mb_per_s,
+            r.write_seconds,
+            r.write_wire_mb_per_s,
+            r.read_mb_per_s,
+            r.read_seconds,
+            r.read_wire_mb_per_s
+        ))?;
+    }
+    out.line(&format!(
+        "median: write {:.0} MB/s, read {:.0} MB/s",
+        report.median_write_mb_per_s.unwrap_or(0.0),
+        report.median_read_mb_per_s.unwrap_or(0.0)
+    ))?;
+    out.json(&report)?;
+    Ok(true)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::FindMissing(args) => find_missing(args).await,
+            Command::Bytestream(args) => bytestream(args).await,
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("error: some calls failed or gave wrong answers (see above)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_sizes_stay_in_the_http2_range() {
+        assert_eq!(parse_frame_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_frame_size("16KiB"), Ok(1 << 14));
+        assert!(parse_frame_size("1KiB").is_err());
+        assert!(parse_frame_size("16MiB").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -111,15 +111,12 @@ impl Digest {
     pub fn parse(function: DigestFunction, hash: &str, size: i64) -> Result<Self> {
         let size =
             u64::try_from(size).map_err(|_| Error::invalid_argument(format!("digest {hash}/{size}: negative size")))?;
-        if hash.len() != 64 || !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(Error::invalid_argument(format!(
+        match decode_hash(hash.as_bytes()) {
+            Some(bytes) => Ok(Digest::new(function, bytes, size)),
+            None => Err(Error::invalid_argument(format!(
                 "digest {hash}/{size}: a {function} hash is 64 lowercase hex characters"
-            )));
+            ))),
         }
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(hash, &mut bytes)
-            .map_err(|e| Error::invalid_argument(format!("digest {hash}/{size}: {e}")))?;
-        Ok(Digest::new(function, bytes, size))
     }
 
     pub fn from_proto(function: DigestFunction, digest: &reapi::Digest) -> Result<Self> {
@@ -159,6 +156,38 @@ impl Digest {
     pub fn subject(&self) -> String {
         format!("blobs/{self}")
     }
+}
+
+/// Lowercase hex digit values; 0xff marks anything else.
+const HEX_VALUES: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// Decodes 64 lowercase hex digits; `None` for anything else.
+fn decode_hash(hex: &[u8]) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut bytes = [0u8; 32];
+    for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
+        let (high, low) = (HEX_VALUES[pair[0] as usize], HEX_VALUES[pair[1] as usize]);
+        if (high | low) == 0xff {
+            return None;
+        }
+        *byte = high << 4 | low;
+    }
+    Some(bytes)
 }
 
 /// `{digest_function/}{hash}/{size}`, with the function left out for SHA-256.

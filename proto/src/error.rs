@@ -93,6 +93,24 @@ impl Error {
         }
     }
 
+    /// As a `google.rpc.Status` message, details included (for protos that
+    /// carry a status, such as ExecuteResponse).
+    pub fn to_rpc_status(&self) -> crate::rpc::Status {
+        use prost::Message;
+        let details = crate::rpc::Status::decode(self.details.clone()).map(|s| s.details).unwrap_or_default();
+        crate::rpc::Status { code: self.code as i32, message: self.message.clone(), details }
+    }
+
+    /// From a `google.rpc.Status` message; `None` when it is OK.
+    pub fn from_rpc_status(status: &crate::rpc::Status) -> Option<Self> {
+        use prost::Message;
+        if status.code == 0 {
+            return None;
+        }
+        let details = if status.details.is_empty() { Bytes::new() } else { status.encode_to_vec().into() };
+        Some(Error { code: Code::from(status.code), message: status.message.clone(), details })
+    }
+
     /// Prefixes the message with what was being done: `"{what}: {message}"`.
     pub fn context(mut self, what: impl fmt::Display) -> Self {
         self.message = format!("{what}: {}", self.message);
@@ -173,6 +191,17 @@ mod tests {
         assert_eq!(back.code(), Code::FailedPrecondition);
         assert_eq!(back.missing_subjects(), vec![format!("blobs/{}", digest)]);
         assert!(back.message().starts_with("executing action: missing blobs: blobs/blake3/"));
+    }
+
+    #[test]
+    fn rpc_status_round_trip_keeps_details() {
+        let digest = Digest::of(DigestFunction::Sha256, b"input");
+        let error = Error::missing_blobs(&[digest]);
+        let status = error.to_rpc_status();
+        assert_eq!(status.details.len(), 1);
+        let back = Error::from_rpc_status(&status).unwrap();
+        assert_eq!(back.missing_subjects(), vec![digest.subject()]);
+        assert!(Error::from_rpc_status(&crate::rpc::Status::default()).is_none());
     }
 
     #[test]

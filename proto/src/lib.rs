@@ -5,6 +5,7 @@
 mod digest;
 mod error;
 mod resource;
+pub mod worker;
 
 pub use digest::{Digest, DigestFunction, DigestHasher};
 pub use error::{Error, Result, ResultExt, VIOLATION_MISSING};

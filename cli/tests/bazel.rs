@@ -1,0 +1,196 @@
+//! Real Bazel against the real `memobuild server` binary, as a remote cache
+//! and as a remote executor: build, `bazel clean`, build again; every action
+//! must then be a remote cache hit and every output identical.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use memobuild_proto::{Digest, DigestFunction};
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the binary on a free port; returns it and its gRPC address.
+fn start_server(state_dir: &Path) -> (Server, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_memobuild"))
+        .args(["server", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(state_dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let address = loop {
+        let line = lines.next().expect("server exited before listening").unwrap();
+        if line.contains("memobuild listening") {
+            break line.rsplit("address=").next().unwrap().trim().to_string();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (Server(child), address)
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with("bazel-") {
+            continue;
+        }
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &to.join(&name));
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// Runs bazel; returns its combined output. Panics with it on failure.
+fn bazel(workspace: &Path, root: &Path, args: &[&str]) -> String {
+    let output = Command::new("bazel")
+        .arg(format!("--output_user_root={}", root.display()))
+        .args(args)
+        .current_dir(workspace)
+        .output()
+        .expect("bazel is not installed: run scripts/test.sh, which installs Debian's bazel-bootstrap");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "bazel {args:?} failed:\n{text}");
+    text
+}
+
+/// The "N processes: ..." summary line of a build.
+fn process_summary(output: &str) -> String {
+    output
+        .lines()
+        .find(|l| l.contains(" processes: "))
+        .unwrap_or_else(|| panic!("no process summary in:\n{output}"))
+        .to_string()
+}
+
+/// Digest of every regular file under `dir`, by relative path.
+fn file_digests(dir: &Path) -> BTreeMap<PathBuf, Digest> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        for entry in std::fs::read_dir(&current).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                let data = std::fs::read(entry.path()).unwrap();
+                out.insert(
+                    entry.path().strip_prefix(dir).unwrap().to_path_buf(),
+                    Digest::of(DigestFunction::Sha256, &data),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// "51 processes: 39 remote cache hit, 12 internal." -> the count before `what`.
+fn count(summary: &str, what: &str) -> usize {
+    summary
+        .split([':', ','])
+        .find_map(|part| part.trim().trim_end_matches('.').strip_suffix(what).and_then(|n| n.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// A workspace copy, a Bazel output root and a running server.
+struct Setup {
+    _temp: tempfile::TempDir,
+    workspace: PathBuf,
+    root: PathBuf,
+    _server: Server,
+    address: String,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let temp = tempfile::tempdir().unwrap();
+        let workspace = temp.path().join("ws");
+        let root = temp.path().join("bazel-root");
+        copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/bazel-workspace"), &workspace);
+        let (server, address) = start_server(&temp.path().join("state"));
+        Setup { workspace, root, _server: server, address, _temp: temp }
+    }
+
+    fn bazel(&self, args: &[&str]) -> String {
+        bazel(&self.workspace, &self.root, args)
+    }
+
+    fn outputs(&self) -> BTreeMap<PathBuf, Digest> {
+        file_digests(&std::fs::canonicalize(self.workspace.join("bazel-bin")).unwrap())
+    }
+
+    /// Cleans and rebuilds with `remote`: every action must be a remote cache hit.
+    fn rebuild_all_cached(&self, remote: &str, before: &BTreeMap<PathBuf, Digest>) {
+        self.bazel(&["clean"]);
+        let warm = process_summary(&self.bazel(&["build", "//...", remote]));
+        self.bazel(&["shutdown"]);
+        let total: usize = warm.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap();
+        let hits = count(&warm, "remote cache hit");
+        assert!(hits >= 39, "{warm}");
+        assert_eq!(hits + count(&warm, "internal"), total, "some actions ran again: {warm}");
+        assert_eq!(&self.outputs(), before, "outputs differ after the cached rebuild");
+    }
+}
+
+fn check_outputs(outputs: &BTreeMap<PathBuf, Digest>, bin: &Path) {
+    assert_eq!(std::fs::metadata(bin.join("big_file.bin")).unwrap().len(), 50 << 20);
+    assert!(outputs.keys().any(|p| p.starts_with("tree/sub/deeper")), "output directory missing: {outputs:?}");
+    assert!(outputs.contains_key(Path::new("cc/hello")));
+    assert!(outputs.contains_key(Path::new("tree_manifest.txt")), "the directory-consuming action did not run");
+}
+
+#[test]
+fn bazel_remote_cache_hits_every_action_after_clean() {
+    let setup = Setup::new();
+    let remote = format!("--remote_cache=grpc://{}", setup.address);
+    setup.bazel(&["build", "//...", &remote]);
+    let outputs = setup.outputs();
+    check_outputs(&outputs, &std::fs::canonicalize(setup.workspace.join("bazel-bin")).unwrap());
+    setup.rebuild_all_cached(&remote, &outputs);
+}
+
+#[test]
+fn bazel_remote_execution_runs_every_action_on_the_cluster() {
+    let setup = Setup::new();
+    let remote = format!("--remote_executor=grpc://{}", setup.address);
+    let cold = process_summary(&setup.bazel(&["build", "//...", &remote]));
+    assert!(count(&cold, "remote") >= 39, "not executed remotely: {cold}");
+    assert_eq!(count(&cold, "linux-sandbox") + count(&cold, "local"), 0, "ran locally: {cold}");
+    let outputs = setup.outputs();
+    check_outputs(&outputs, &std::fs::canonicalize(setup.workspace.join("bazel-bin")).unwrap());
+
+    // The sh_test runs remotely and passes.
+    let tested = setup.bazel(&["test", "//...", &remote, "--test_output=errors"]);
+    assert!(tested.contains("1 test passes") || tested.contains("PASSED"), "{tested}");
+
+    // A failing action: its exit code and stderr reach Bazel.
+    let output = Command::new("bazel")
+        .arg(format!("--output_user_root={}", setup.root.display()))
+        .args(["build", "//:expected_failure", &remote])
+        .current_dir(&setup.workspace)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("memobuild-expected-failure"), "stderr did not reach Bazel: {text}");
+    assert!(text.contains("Exit 3"), "exit code did not reach Bazel: {text}");
+
+    setup.rebuild_all_cached(&remote, &outputs);
+}

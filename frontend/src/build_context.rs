@@ -1,0 +1,327 @@
+//! A build context as REAPI `Directory` Merkle trees, with a path index so
+//! COPY/ADD sources can be looked up and digested.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use memobuild_proto::{protobuf, reapi, Digest, DigestFunction, DigestHasher, Error, Result};
+use prost::Message;
+
+use crate::{clean_path, DockerIgnore, IgnorePattern};
+
+/// One path of the context.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContextEntry {
+    File { digest: Digest, mode: u32 },
+    Symlink { target: String },
+    Directory { digest: Digest, mode: u32 },
+}
+
+/// The content of one path, before directory digests are known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContextNode {
+    File { digest: Digest, mode: u32 },
+    Symlink { target: String },
+    Directory { mode: u32 },
+}
+
+/// The build context: the root tree, every `Directory` message in it, and
+/// an index from relative path (`""` is the root) to entry.
+#[derive(Clone, Debug)]
+pub struct BuildContext {
+    root: Digest,
+    directories: BTreeMap<Digest, reapi::Directory>,
+    entries: BTreeMap<String, ContextEntry>,
+}
+
+const DIR_MODE: u32 = 0o755;
+
+impl BuildContext {
+    /// Builds the trees from relative paths (`/`-separated, no `.`/`..`)
+    /// and their content. Missing parent directories are added (mode 0755).
+    pub fn from_nodes(nodes: BTreeMap<String, ContextNode>) -> Result<Self> {
+        let mut nodes = nodes;
+        let paths: Vec<String> = nodes.keys().cloned().collect();
+        for path in paths.into_iter().filter(|p| !p.is_empty()) {
+            if path.starts_with('/') || clean_path(&path) != path {
+                return Err(Error::invalid_argument(format!("context path {path:?} is not a clean relative path")));
+            }
+            let mut parent = parent_of(&path);
+            while let Some(p) = parent {
+                nodes.entry(p.to_string()).or_insert(ContextNode::Directory { mode: DIR_MODE });
+                parent = parent_of(p);
+            }
+        }
+        let root_mode = match nodes.remove("") {
+            Some(ContextNode::Directory { mode }) => mode,
+            _ => DIR_MODE,
+        };
+        // Children of each directory, keyed by name (sorted bytewise).
+        let mut children: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        children.insert(String::new(), BTreeMap::new());
+        for (path, node) in &nodes {
+            let parent = parent_of(path).unwrap_or("");
+            let name = path.rsplit('/').next().unwrap_or(path);
+            children.entry(parent.to_string()).or_default().insert(name.to_string(), path.clone());
+            if matches!(node, ContextNode::Directory { .. }) {
+                children.entry(path.clone()).or_default();
+            }
+        }
+        let mut directories = BTreeMap::new();
+        let mut entries: BTreeMap<String, ContextEntry> = BTreeMap::new();
+        // Deepest directories first, so children digests are known.
+        let mut dirs: Vec<&String> = children.keys().collect();
+        dirs.sort_by_key(|d| std::cmp::Reverse(depth(d)));
+        for dir in dirs {
+            let mut message = reapi::Directory {
+                node_properties: Some(mode_properties(if dir.is_empty() {
+                    root_mode
+                } else {
+                    match nodes.get(dir.as_str()) {
+                        Some(ContextNode::Directory { mode }) => *mode,
+                        _ => DIR_MODE,
+                    }
+                })),
+                ..Default::default()
+            };
+            for (name, path) in &children[dir] {
+                match &nodes[path] {
+                    ContextNode::File { digest, mode } => {
+                        message.files.push(reapi::FileNode {
+                            name: name.clone(),
+                            digest: Some(digest.to_proto()),
+                            is_executable: mode & 0o111 != 0,
+                            node_properties: Some(mode_properties(*mode)),
+                        });
+                        entries.insert(path.clone(), ContextEntry::File { digest: *digest, mode: *mode });
+                    }
+                    ContextNode::Symlink { target } => {
+                        message.symlinks.push(reapi::SymlinkNode {
+                            name: name.clone(),
+                            target: target.clone(),
+                            node_properties: None,
+                        });
+                        entries.insert(path.clone(), ContextEntry::Symlink { target: target.clone() });
+                    }
+                    ContextNode::Directory { .. } => {
+                        let Some(ContextEntry::Directory { digest, .. }) = entries.get(path) else {
+                            return Err(Error::internal(format!("directory {path} not digested")));
+                        };
+                        message
+                            .directories
+                            .push(reapi::DirectoryNode { name: name.clone(), digest: Some(digest.to_proto()) });
+                    }
+                }
+            }
+            let digest = Digest::of(DigestFunction::Blake3, &message.encode_to_vec());
+            let mode = match nodes.get(dir.as_str()) {
+                Some(ContextNode::Directory { mode }) => *mode,
+                _ => root_mode,
+            };
+            entries.insert(dir.clone(), ContextEntry::Directory { digest, mode });
+            directories.insert(digest, message);
+        }
+        let root = match entries.get("") {
+            Some(ContextEntry::Directory { digest, .. }) => *digest,
+            _ => return Err(Error::internal("context root not digested")),
+        };
+        Ok(BuildContext { root, directories, entries })
+    }
+
+    /// An empty context.
+    pub fn empty() -> Self {
+        // An empty node map always builds.
+        Self::from_nodes(BTreeMap::new()).unwrap_or_else(|_| BuildContext {
+            root: Digest::empty(DigestFunction::Blake3),
+            directories: BTreeMap::new(),
+            entries: BTreeMap::new(),
+        })
+    }
+
+    /// The digest of the root `Directory`.
+    pub fn root_digest(&self) -> Digest {
+        self.root
+    }
+
+    /// Every `Directory` message of the tree, by digest.
+    pub fn directories(&self) -> &BTreeMap<Digest, reapi::Directory> {
+        &self.directories
+    }
+
+    /// The entry at a clean relative path (`""` for the root).
+    pub fn entry(&self, path: &str) -> Option<&ContextEntry> {
+        self.entries.get(path)
+    }
+
+    /// Every entry, by path.
+    pub fn entries(&self) -> &BTreeMap<String, ContextEntry> {
+        &self.entries
+    }
+
+    /// Resolves a source path the way COPY reads it: relative to the
+    /// context root (a leading `/` too), following symlinks inside the
+    /// context. `Ok(None)` if it does not exist; an error if the path or a
+    /// symlink on the way leads out of the context.
+    pub fn resolve(&self, path: &str) -> std::result::Result<Option<String>, String> {
+        let cleaned = clean_path(&format!("/{path}"));
+        if clean_path(path).starts_with("..") {
+            return Err(format!("{path:?} is outside the build context"));
+        }
+        let mut pending: Vec<String> = components(&cleaned);
+        pending.reverse();
+        let mut current: Vec<String> = Vec::new();
+        let mut hops = 0;
+        while let Some(component) = pending.pop() {
+            current.push(component);
+            let joined = current.join("/");
+            match self.entries.get(&joined) {
+                None => return Ok(None),
+                Some(ContextEntry::File { .. }) if !pending.is_empty() => return Ok(None),
+                Some(ContextEntry::Symlink { target }) => {
+                    hops += 1;
+                    if hops > 40 {
+                        return Err(format!("too many levels of symlinks resolving {path:?}"));
+                    }
+                    if target.starts_with('/') {
+                        return Err(format!(
+                            "{path:?}: symlink {joined:?} points to the absolute path {target:?}, outside the build context"
+                        ));
+                    }
+                    current.pop();
+                    let base = current.join("/");
+                    let next = clean_path(&join(&base, target));
+                    let next = if next == "." { "" } else { next.as_str() };
+                    if next == ".." || next.starts_with("../") {
+                        return Err(format!(
+                            "{path:?}: symlink {joined:?} -> {target:?} points outside the build context"
+                        ));
+                    }
+                    current.clear();
+                    let mut expanded = components(next);
+                    expanded.reverse();
+                    pending.extend(expanded);
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(Some(current.join("/")))
+    }
+
+    /// Expands a COPY source that may hold wildcards (`*`, `?`, `[...]`, per
+    /// path element, as Go's filepath.Match) into matching context paths.
+    pub fn glob(&self, pattern: &str) -> std::result::Result<Vec<String>, String> {
+        let cleaned = clean_path(&format!("/{pattern}"));
+        let mut found: BTreeSet<String> = BTreeSet::from([String::new()]);
+        for component in components(&cleaned) {
+            let mut next = BTreeSet::new();
+            for base in &found {
+                let dir = match self.resolve(base)? {
+                    Some(d) => d,
+                    None => continue,
+                };
+                if !has_wildcard(&component) {
+                    next.insert(join(base, &component));
+                    continue;
+                }
+                let matcher = IgnorePattern::glob(&component)?;
+                for name in self.children(&dir) {
+                    if matcher.matches(name) {
+                        next.insert(join(base, name));
+                    }
+                }
+            }
+            found = next;
+        }
+        Ok(found.into_iter().filter(|p| self.resolve(p).ok().flatten().is_some()).collect())
+    }
+
+    /// The names in directory `dir`.
+    pub fn children<'a>(&'a self, dir: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        let len = prefix.len();
+        self.entries
+            .range(prefix.clone()..)
+            .take_while(move |(p, _)| p.starts_with(&prefix))
+            .map(move |(p, _)| &p[len..])
+            .filter(|rest| !rest.is_empty() && !rest.contains('/'))
+    }
+
+    /// A digest of what copying `path` (resolved) brings, leaving out what
+    /// `exclude` matches (paths relative to `path`, or its name for a file).
+    pub fn selection_digest(&self, path: &str, exclude: &DockerIgnore) -> Option<Digest> {
+        let entry = self.entries.get(path)?;
+        match entry {
+            ContextEntry::Directory { digest, .. } if exclude.is_empty() => Some(*digest),
+            ContextEntry::Directory { mode, .. } => {
+                let mut hasher = DigestHasher::new(DigestFunction::Blake3);
+                hasher.update(format!("dir {mode:o}\0").as_bytes());
+                let prefix = if path.is_empty() { String::new() } else { format!("{path}/") };
+                for (p, e) in self.entries.range(prefix.clone()..) {
+                    let Some(rel) = p.strip_prefix(&prefix) else { break };
+                    if rel.is_empty() || exclude.is_excluded(rel) {
+                        continue;
+                    }
+                    hasher.update(rel.as_bytes());
+                    hasher.update(describe(e).as_bytes());
+                }
+                Some(hasher.finish())
+            }
+            _ => {
+                let name = path.rsplit('/').next().unwrap_or(path);
+                if exclude.is_excluded(name) {
+                    return None;
+                }
+                let mut hasher = DigestHasher::new(DigestFunction::Blake3);
+                hasher.update(describe(entry).as_bytes());
+                Some(hasher.finish())
+            }
+        }
+    }
+}
+
+fn describe(entry: &ContextEntry) -> String {
+    match entry {
+        ContextEntry::File { digest, mode } => format!("\0file {mode:o} {digest}\n"),
+        ContextEntry::Symlink { target } => format!("\0symlink {target}\n"),
+        ContextEntry::Directory { mode, .. } => format!("\0dir {mode:o}\n"),
+    }
+}
+
+fn mode_properties(mode: u32) -> reapi::NodeProperties {
+    reapi::NodeProperties {
+        properties: Vec::new(),
+        mtime: None,
+        unix_mode: Some(protobuf::UInt32Value { value: mode & 0o7777 }),
+    }
+}
+
+fn parent_of(path: &str) -> Option<&str> {
+    if path.is_empty() {
+        return None;
+    }
+    Some(path.rfind('/').map(|i| &path[..i]).unwrap_or(""))
+}
+
+fn depth(path: &str) -> usize {
+    if path.is_empty() {
+        0
+    } else {
+        path.matches('/').count() + 1
+    }
+}
+
+fn components(path: &str) -> Vec<String> {
+    path.split('/').filter(|c| !c.is_empty() && *c != ".").map(str::to_string).collect()
+}
+
+fn join(base: &str, name: &str) -> String {
+    if base.is_empty() {
+        name.to_string()
+    } else {
+        format!("{base}/{name}")
+    }
+}
+
+/// Whether a path element holds Go filepath.Match wildcards.
+pub fn has_wildcard(s: &str) -> bool {
+    s.contains(['*', '?', '[', '\\'])
+}

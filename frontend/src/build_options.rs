@@ -1,0 +1,64 @@
+//! What a build is asked for, besides the Dockerfile and the context.
+
+use std::collections::BTreeMap;
+
+use crate::Platform;
+
+/// `--build-arg`, `--target` and the platforms of a build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// `--build-arg K=V`: overrides ARG defaults (for declared ARGs only,
+    /// except the predefined proxy ARGs, which RUN always sees).
+    pub build_args: BTreeMap<String, String>,
+    /// `--target STAGE`; the last stage when `None`.
+    pub target: Option<String>,
+    /// `--platform`: TARGETPLATFORM and the default FROM platform.
+    pub target_platform: Platform,
+    /// Where the build runs: BUILDPLATFORM.
+    pub build_platform: Platform,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            build_args: BTreeMap::new(),
+            target: None,
+            target_platform: Platform::host(),
+            build_platform: Platform::host(),
+        }
+    }
+}
+
+/// The predefined proxy ARGs: usable in RUN without an ARG instruction, and
+/// left out of cache keys.
+pub const PROXY_ARGS: [&str; 10] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+impl BuildOptions {
+    /// The automatic platform ARGs, available in the global scope (and in a
+    /// stage after `ARG NAME`).
+    pub fn platform_args(&self) -> Vec<(String, String)> {
+        let t = &self.target_platform;
+        let b = &self.build_platform;
+        vec![
+            ("TARGETPLATFORM".into(), t.to_string()),
+            ("TARGETOS".into(), t.os.clone()),
+            ("TARGETARCH".into(), t.architecture.clone()),
+            ("TARGETVARIANT".into(), t.variant.clone().unwrap_or_default()),
+            ("BUILDPLATFORM".into(), b.to_string()),
+            ("BUILDOS".into(), b.os.clone()),
+            ("BUILDARCH".into(), b.architecture.clone()),
+            ("BUILDVARIANT".into(), b.variant.clone().unwrap_or_default()),
+        ]
+    }
+}

@@ -1,0 +1,201 @@
+//! Walks a build context directory, applies `.dockerignore`, hashes every
+//! regular file with BLAKE3 in parallel (reusing the stat cache) and builds
+//! the context's REAPI trees.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use memobuild_proto::{Digest, DigestFunction, Error, Result, ResultExt};
+
+use crate::stat_cache::{FileStat, StatCache};
+use crate::{BuildContext, ContextNode, DockerIgnore};
+
+/// Counters of one scan.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    pub files: usize,
+    /// Files read and hashed (the rest came from the stat cache).
+    pub hashed: usize,
+    pub bytes_hashed: u64,
+}
+
+/// Scans one context directory.
+#[derive(Clone, Debug)]
+pub struct ContextScanner {
+    root: PathBuf,
+    ignore: DockerIgnore,
+    cache_dir: Option<PathBuf>,
+    threads: usize,
+}
+
+struct PendingFile {
+    rel: String,
+    abs: PathBuf,
+    stat: FileStat,
+}
+
+impl ContextScanner {
+    pub fn new(root: impl Into<PathBuf>, ignore: DockerIgnore) -> Self {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        ContextScanner { root: root.into(), ignore, cache_dir: None, threads }
+    }
+
+    /// Keeps a stat cache in `dir` across scans.
+    pub fn with_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// Scans the context.
+    pub fn scan(&self) -> Result<(BuildContext, ScanStats)> {
+        let start_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
+        let root =
+            std::fs::canonicalize(&self.root).with_context(|| format!("build context {}", self.root.display()))?;
+        let mut nodes = BTreeMap::new();
+        let mut dir_modes = BTreeMap::new();
+        let mut files = Vec::new();
+        self.walk(&root, "", &mut nodes, &mut dir_modes, &mut files)?;
+
+        let mut cache = self.cache_dir.as_ref().map(|d| StatCache::open(d, &root));
+        let mut digests: Vec<Option<Digest>> =
+            files.iter().map(|f| cache.as_ref().and_then(|c| c.lookup(&f.rel, &f.stat))).collect();
+        let todo: Vec<usize> = (0..files.len()).filter(|&i| digests[i].is_none()).collect();
+        let hashed = self.hash_all(&files, &todo)?;
+        let mut stats = ScanStats { files: files.len(), hashed: todo.len(), bytes_hashed: 0 };
+        for (i, digest) in todo.iter().zip(hashed) {
+            stats.bytes_hashed += digest.size();
+            digests[*i] = Some(digest);
+        }
+        for (file, digest) in files.iter().zip(digests) {
+            let digest = digest.ok_or_else(|| Error::internal(format!("{} not hashed", file.rel)))?;
+            if let Some(c) = cache.as_mut() {
+                c.insert(&file.rel, file.stat, &digest, start_ns);
+            }
+            nodes.insert(file.rel.clone(), ContextNode::File { digest, mode: file.stat.mode & 0o7777 });
+        }
+        // Keep the real modes of directories that hold kept paths.
+        let kept: Vec<String> = nodes.keys().cloned().collect();
+        for path in kept {
+            let mut p = path.as_str();
+            while let Some(i) = p.rfind('/') {
+                p = &p[..i];
+                if let Some(mode) = dir_modes.get(p) {
+                    nodes.entry(p.to_string()).or_insert(ContextNode::Directory { mode: *mode });
+                }
+            }
+        }
+        if let Some(mode) = dir_modes.get("") {
+            nodes.insert(String::new(), ContextNode::Directory { mode: *mode });
+        }
+        if let Some(c) = cache {
+            // A cache that cannot be written only costs speed next time.
+            if let Err(e) = c.save() {
+                tracing::warn!(error = %e, "could not save the context stat cache");
+            }
+        }
+        Ok((BuildContext::from_nodes(nodes)?, stats))
+    }
+
+    fn walk(
+        &self,
+        dir: &Path,
+        rel: &str,
+        nodes: &mut BTreeMap<String, ContextNode>,
+        dir_modes: &mut BTreeMap<String, u32>,
+        files: &mut Vec<PendingFile>,
+    ) -> Result<()> {
+        let meta = std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+        dir_modes.insert(rel.to_string(), meta.mode() & 0o7777);
+        let read = std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
+        for entry in read {
+            let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+            let abs = entry.path();
+            let name = entry.file_name().into_string().map_err(|n| {
+                Error::invalid_argument(format!(
+                    "{}: file name {n:?} is not UTF-8, which REAPI trees cannot hold",
+                    abs.display()
+                ))
+            })?;
+            let rel = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let excluded = self.ignore.is_excluded(&rel);
+            let meta = std::fs::symlink_metadata(&abs).with_context(|| format!("reading {}", abs.display()))?;
+            let kind = meta.file_type();
+            if kind.is_dir() {
+                if excluded && !self.ignore.has_exclusions() {
+                    continue;
+                }
+                if !excluded {
+                    nodes.insert(rel.clone(), ContextNode::Directory { mode: meta.mode() & 0o7777 });
+                }
+                self.walk(&abs, &rel, nodes, dir_modes, files)?;
+            } else if excluded {
+                continue;
+            } else if kind.is_symlink() {
+                let target = std::fs::read_link(&abs).with_context(|| format!("reading link {}", abs.display()))?;
+                let target = target.into_os_string().into_string().map_err(|t| {
+                    Error::invalid_argument(format!("{}: symlink target {t:?} is not UTF-8", abs.display()))
+                })?;
+                nodes.insert(rel, ContextNode::Symlink { target });
+            } else if kind.is_file() {
+                let stat = FileStat {
+                    size: meta.size(),
+                    mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+                    inode: meta.ino(),
+                    mode: meta.mode(),
+                };
+                files.push(PendingFile { rel, abs, stat });
+            }
+            // Sockets, fifos and devices are not part of a build context.
+        }
+        Ok(())
+    }
+
+    /// Hashes `files[i]` for each `i` in `todo`, on up to `threads` threads.
+    fn hash_all(&self, files: &[PendingFile], todo: &[usize]) -> Result<Vec<Digest>> {
+        let next = AtomicUsize::new(0);
+        let results: Mutex<Vec<Option<Result<Digest>>>> = Mutex::new(vec![None; todo.len()]);
+        let threads = self.threads.min(todo.len()).max(1);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&i) = todo.get(n) else { break };
+                    let result = hash_file(&files[i].abs);
+                    if let Ok(mut r) = results.lock() {
+                        r[n] = Some(result);
+                    }
+                });
+            }
+        });
+        let results = results.into_inner().map_err(|_| Error::internal("a hashing thread panicked"))?;
+        results
+            .into_iter()
+            .zip(todo)
+            .map(|(r, &i)| r.unwrap_or_else(|| Err(Error::internal(format!("{} was not hashed", files[i].rel)))))
+            .collect()
+    }
+}
+
+fn hash_file(path: &Path) -> Result<Digest> {
+    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = DigestFunction::Blake3.hasher();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finish())
+}

@@ -1,0 +1,119 @@
+//! The Dockerfile front end of MemoBuild: Dockerfile text and a build
+//! context in, a [`BuildGraph`] out. Pure: no network, no containers.
+//!
+//! # Pipeline
+//!
+//! 1. [`Dockerfile::parse`] reads the whole Dockerfile reference: parser
+//!    directives (`syntax`, `escape`, `check`), comments, line
+//!    continuations, heredocs, the JSON (exec) and shell forms and every
+//!    instruction with its flags, into typed [`Instruction`]s that carry
+//!    their [`Location`] and original text. Words are kept as written.
+//! 2. [`DockerIgnore::load`] reads `<Dockerfile>.dockerignore` or
+//!    `.dockerignore`; [`ContextScanner`] walks the context, BLAKE3-hashes
+//!    files in parallel with a persistent stat cache ([`StatCache`]) and
+//!    builds the REAPI `Directory` trees ([`BuildContext`]).
+//! 3. [`plan`] (a [`Planner`]) splits stages, evaluates ARG scoping
+//!    (global ARGs, per-stage re-declaration, `--build-arg`, the automatic
+//!    platform ARGs), expands variables exactly where Docker does
+//!    ([`ShellLexer`]), keeps only the stages `--target` needs, rejects
+//!    cycles and chains the keys of every step.
+//!
+//! # Keys
+//!
+//! Each [`Step`] has a canonical [`StepDefinition`] (expanded arguments,
+//! the digests of exactly the context files a COPY/ADD brings, the full
+//! environment of a RUN, the keys of stages it reads) plus the variables it
+//! read, and `key = BLAKE3(definition + parent key)`, where the parent is
+//! the stage's last step that changed the filesystem. Config-only steps
+//! (ENV, ARG, LABEL, CMD, ...) do not move that chain: their effect reaches
+//! later steps only through what those steps read. So a `--build-arg` a
+//! step never reads leaves its key alone, and one changed byte in a copied
+//! file changes that COPY and everything after it, nothing else.
+//!
+//! These are *planning keys* (for `memobuild graph` and `--dry-run`). At
+//! build time the REAPI action digest is computed from the real parent
+//! filesystem tree and Command; base images are only known by reference
+//! here (their env, user and ONBUILD triggers are not applied).
+//!
+//! # Errors
+//!
+//! Every error is a [`memobuild_proto::Error`] (`INVALID_ARGUMENT` for bad
+//! input) whose message reads `Dockerfile:LINE:COL: message` followed by the
+//! offending line and a caret. Nothing panics on any input.
+
+mod build_context;
+mod build_graph;
+mod build_options;
+mod command_line;
+mod context_scanner;
+mod copy_instruction;
+mod directives;
+mod dockerfile;
+mod dockerignore;
+mod expander;
+mod flag_set;
+mod from_instruction;
+mod go_duration;
+mod healthcheck;
+mod heredoc;
+mod ignore_pattern;
+mod image_config;
+mod instruction;
+mod key_value;
+mod line_reader;
+mod location;
+mod logical_line;
+mod mount;
+mod parser;
+mod planner;
+mod platform;
+mod run_instruction;
+mod scope;
+mod shell_lexer;
+mod source_text;
+mod stage_planner;
+mod stat_cache;
+mod step_definition;
+pub mod words;
+
+pub use build_context::{BuildContext, ContextEntry, ContextNode};
+pub use build_graph::{BuildGraph, Stage, StageBase, Step};
+pub use build_options::{BuildOptions, PROXY_ARGS};
+pub use command_line::CommandLine;
+pub use context_scanner::{ContextScanner, ScanStats};
+pub use copy_instruction::{CopyInstruction, CopySource};
+pub use directives::Directives;
+pub use dockerfile::Dockerfile;
+pub use dockerignore::DockerIgnore;
+pub use from_instruction::FromInstruction;
+pub use go_duration::parse_go_duration;
+pub use healthcheck::Healthcheck;
+pub use heredoc::{Heredoc, HeredocOpener};
+pub use ignore_pattern::{clean_path, IgnorePattern};
+pub use image_config::ImageConfig;
+pub use instruction::{Instruction, InstructionKind};
+pub use key_value::{ArgDeclaration, KeyValue};
+pub use line_reader::LineReader;
+pub use location::Location;
+pub use logical_line::LogicalLine;
+pub use mount::{Mount, MountType, Sharing};
+pub use planner::Planner;
+pub use platform::Platform;
+pub use run_instruction::{MountSpec, NetworkMode, RunInstruction, SecurityMode};
+pub use scope::{Reads, Scope};
+pub use shell_lexer::ShellLexer;
+pub use source_text::SourceText;
+pub use stat_cache::{FileStat, StatCache};
+pub use step_definition::{MountDefinition, Origin, RunHeredoc, SourceDefinition, StepDefinition};
+
+use memobuild_proto::Result;
+
+/// Plans the build graph of `dockerfile` over `context`.
+pub fn plan(dockerfile: &Dockerfile, context: &BuildContext, options: &BuildOptions) -> Result<BuildGraph> {
+    Planner::new(dockerfile, context, options).plan()
+}
+
+/// Parses and plans in one go, for callers that hold the Dockerfile text.
+pub fn plan_text(name: &str, text: &str, context: &BuildContext, options: &BuildOptions) -> Result<BuildGraph> {
+    plan(&Dockerfile::parse(name, text)?, context, options)
+}

@@ -1,0 +1,654 @@
+//! Plans one stage: walks its instructions with the ARG/ENV scope, expands
+//! what Docker expands, pins every input (context digests, other stages'
+//! keys) into step definitions and chains the keys.
+
+use std::collections::BTreeMap;
+
+use memobuild_proto::{Digest, DigestFunction, Result};
+
+use crate::build_context::has_wildcard;
+use crate::expander::Expander;
+use crate::planner::StageSource;
+use crate::{
+    clean_path, BuildContext, CommandLine, CopyInstruction, CopySource, DockerIgnore, ImageConfig, Instruction,
+    InstructionKind, Location, Mount, MountDefinition, MountType, NetworkMode, Origin, Reads, RunHeredoc,
+    RunInstruction, Scope, SecurityMode, SourceDefinition, Stage, StageBase, Step, StepDefinition, PROXY_ARGS,
+};
+
+/// A planned stage plus the state a stage built `FROM` it inherits.
+pub struct PlannedStage {
+    pub stage: Stage,
+    /// Position in planning order (dependencies first).
+    pub order: usize,
+    env: Scope,
+    workdir: String,
+    user: Option<String>,
+    shell: Vec<String>,
+}
+
+/// What one instruction contributes.
+struct Planned {
+    definition: StepDefinition,
+    reads: Reads,
+    depends_on: Vec<usize>,
+    uncached_env: BTreeMap<String, String>,
+}
+
+impl Planned {
+    fn new(definition: StepDefinition, reads: Reads) -> Self {
+        Planned { definition, reads, depends_on: Vec::new(), uncached_env: BTreeMap::new() }
+    }
+}
+
+pub struct StagePlanner<'a> {
+    ex: &'a Expander<'a>,
+    context: &'a BuildContext,
+    source: &'a StageSource<'a>,
+    done: &'a BTreeMap<usize, PlannedStage>,
+    scope: Scope,
+    workdir: String,
+    user: Option<String>,
+    shell: Vec<String>,
+    config: ImageConfig,
+    cmd_inherited: bool,
+}
+
+fn default_shell() -> Vec<String> {
+    vec!["/bin/sh".to_string(), "-c".to_string()]
+}
+
+impl<'a> StagePlanner<'a> {
+    pub fn new(
+        ex: &'a Expander<'a>,
+        context: &'a BuildContext,
+        source: &'a StageSource<'a>,
+        done: &'a BTreeMap<usize, PlannedStage>,
+    ) -> Self {
+        StagePlanner {
+            ex,
+            context,
+            source,
+            done,
+            scope: Scope::default(),
+            workdir: "/".to_string(),
+            user: None,
+            shell: default_shell(),
+            config: ImageConfig::default(),
+            cmd_inherited: false,
+        }
+    }
+
+    pub fn plan(mut self) -> Result<PlannedStage> {
+        let index = self.source.index;
+        let from = self.source.from_instruction;
+        let mut reads = Reads::new();
+        let ex = self.ex;
+        let image = ex.word(&ex.global, &mut reads, &from.image, from.image_location)?;
+        if image.is_empty() {
+            return Err(ex.error(from.image_location, format!("base name ({}) should not be blank", from.image)));
+        }
+        let platform = match &from.platform {
+            Some(p) => ex.word(&ex.global, &mut reads, p, self.source.from.location)?,
+            None => ex.options.target_platform.to_string(),
+        };
+        let (base, parent_key, definition) = match ex.base_stage(&image, index) {
+            Some(i) => {
+                let parent = self.stage(i, from.image_location)?;
+                self.scope = parent.env.clone();
+                self.workdir = parent.workdir.clone();
+                self.user = parent.user.clone();
+                self.shell = parent.shell.clone();
+                self.config = parent.stage.config.clone();
+                self.cmd_inherited = self.config.cmd.is_some();
+                let def = StepDefinition::From { image: None, platform: platform.clone() };
+                (StageBase::Stage { index: i }, Some(parent.stage.key), def)
+            }
+            None if image.eq_ignore_ascii_case("scratch") => {
+                let def = StepDefinition::From { image: None, platform: platform.clone() };
+                (StageBase::Scratch, None, def)
+            }
+            None => {
+                let def = StepDefinition::From { image: Some(image.clone()), platform: platform.clone() };
+                (StageBase::Image { reference: image }, None, def)
+            }
+        };
+        let mut steps = Vec::new();
+        let mut depends_on = Vec::new();
+        if let StageBase::Stage { index } = base {
+            depends_on.push(index);
+        }
+        let key = Step::compute_key(&definition, &reads, parent_key.as_ref());
+        let from_id = format!("{index}.0");
+        steps.push(Step {
+            id: from_id.clone(),
+            location: self.source.from.location,
+            instruction: self.source.from.text.clone(),
+            definition,
+            reads,
+            depends_on: depends_on.clone(),
+            parent: None,
+            parent_key,
+            key,
+            uncached_env: BTreeMap::new(),
+        });
+        let (mut fs_key, mut fs_id) = (key, from_id);
+
+        for instruction in &self.source.body {
+            let planned = self.instruction(instruction)?;
+            let key = Step::compute_key(&planned.definition, &planned.reads, Some(&fs_key));
+            let id = format!("{index}.{}", steps.len());
+            for d in &planned.depends_on {
+                if !depends_on.contains(d) {
+                    depends_on.push(*d);
+                }
+            }
+            let changes_fs = planned.definition.changes_filesystem();
+            steps.push(Step {
+                id: id.clone(),
+                location: instruction.location,
+                instruction: instruction.text.clone(),
+                definition: planned.definition,
+                reads: planned.reads,
+                depends_on: planned.depends_on,
+                parent: Some(fs_id.clone()),
+                parent_key: Some(fs_key),
+                key,
+                uncached_env: planned.uncached_env,
+            });
+            if changes_fs {
+                fs_key = key;
+                fs_id = id;
+            }
+        }
+        self.config.env = self.scope.env().iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let image_key = Stage::compute_image_key(&fs_key, &self.config);
+        Ok(PlannedStage {
+            stage: Stage {
+                index,
+                name: from.stage.clone(),
+                platform,
+                base,
+                depends_on,
+                steps,
+                key: fs_key,
+                config: self.config,
+                image_key,
+            },
+            order: self.done.len(),
+            env: self.scope.inherit_env(),
+            workdir: self.workdir,
+            user: self.user,
+            shell: self.shell,
+        })
+    }
+
+    fn stage(&self, index: usize, at: Location) -> Result<&'a PlannedStage> {
+        self.done.get(&index).ok_or_else(|| {
+            self.ex.error(
+                at,
+                format!("stage {index} is used before it could be planned (its name depends on a variable this stage changes)"),
+            )
+        })
+    }
+
+    fn instruction(&mut self, instruction: &Instruction) -> Result<Planned> {
+        let ex = self.ex;
+        let at = instruction.location;
+        let mut reads = Reads::new();
+        let definition = match &instruction.kind {
+            InstructionKind::Run(run) => return self.run(run, at),
+            InstructionKind::Copy(copy) | InstructionKind::Add(copy) => return self.copy(copy, at),
+            InstructionKind::Arg(decls) => {
+                let args = ex.declare_args(&mut self.scope, &mut reads, decls, at, Some(&ex.global))?;
+                StepDefinition::Arg { args }
+            }
+            InstructionKind::Env(pairs) => {
+                let vars = ex.set_env(&mut self.scope, &mut reads, pairs, at)?;
+                StepDefinition::Env { vars }
+            }
+            InstructionKind::Label(pairs) => {
+                let mut labels = Vec::new();
+                for kv in pairs {
+                    let k = ex.word(&self.scope, &mut reads, &kv.key, at)?;
+                    let v = ex.word(&self.scope, &mut reads, &kv.value, at)?;
+                    self.config.labels.insert(k.clone(), v.clone());
+                    labels.push((k, v));
+                }
+                StepDefinition::Label { labels }
+            }
+            InstructionKind::Expose(ports) => {
+                let mut out = Vec::new();
+                for raw in ports {
+                    for port in ex.words(&self.scope, &mut reads, raw, at)? {
+                        let port = normalize_port(&port).map_err(|e| ex.error(at, e))?;
+                        self.config.exposed_ports.insert(port.clone());
+                        out.push(port);
+                    }
+                }
+                StepDefinition::Expose { ports: out }
+            }
+            InstructionKind::Volume(paths) => {
+                let mut out = Vec::new();
+                for raw in paths {
+                    let path = ex.word(&self.scope, &mut reads, raw, at)?;
+                    if path.trim().is_empty() {
+                        return Err(ex.error(at, "VOLUME specified can not be an empty string"));
+                    }
+                    self.config.volumes.insert(path.clone());
+                    out.push(path);
+                }
+                StepDefinition::Volume { paths: out }
+            }
+            InstructionKind::User(raw) => {
+                let user = ex.word(&self.scope, &mut reads, raw, at)?;
+                self.user = Some(user.clone());
+                self.config.user = Some(user.clone());
+                StepDefinition::User { user }
+            }
+            InstructionKind::Workdir(raw) => {
+                let path = ex.word(&self.scope, &mut reads, raw, at)?;
+                let path = if path.starts_with('/') {
+                    clean_path(&path)
+                } else {
+                    clean_path(&format!("{}/{path}", self.workdir))
+                };
+                self.workdir = path.clone();
+                self.config.workdir = Some(path.clone());
+                StepDefinition::Workdir { path }
+            }
+            InstructionKind::Stopsignal(raw) => {
+                let signal = ex.word(&self.scope, &mut reads, raw, at)?;
+                if !valid_signal(&signal) {
+                    return Err(ex.error(at, format!("invalid signal {signal:?}")));
+                }
+                self.config.stop_signal = Some(signal.clone());
+                StepDefinition::Stopsignal { signal }
+            }
+            InstructionKind::Cmd(command) => {
+                let argv = self.argv(command);
+                self.config.cmd = Some(argv.clone());
+                self.cmd_inherited = false;
+                StepDefinition::Cmd { argv }
+            }
+            InstructionKind::Entrypoint(command) => {
+                let argv = self.argv(command);
+                self.config.entrypoint = Some(argv.clone());
+                if self.cmd_inherited {
+                    self.config.cmd = None;
+                    self.cmd_inherited = false;
+                }
+                StepDefinition::Entrypoint { argv }
+            }
+            InstructionKind::Healthcheck(healthcheck) => {
+                self.config.healthcheck = Some(healthcheck.clone());
+                StepDefinition::Healthcheck { healthcheck: healthcheck.clone() }
+            }
+            InstructionKind::Shell(argv) => {
+                self.shell = argv.clone();
+                self.config.shell = Some(argv.clone());
+                StepDefinition::Shell { argv: argv.clone() }
+            }
+            InstructionKind::Maintainer(name) => {
+                self.config.maintainer = Some(name.clone());
+                StepDefinition::Maintainer { name: name.clone() }
+            }
+            InstructionKind::Onbuild(inner) => {
+                let text = inner.text.trim_start();
+                let trigger = strip_keyword(text, "ONBUILD").to_string();
+                self.config.onbuild.push(trigger.clone());
+                StepDefinition::Onbuild { trigger }
+            }
+            InstructionKind::From(_) => return Err(ex.error(at, "FROM inside a stage body (internal error)")),
+        };
+        Ok(Planned::new(definition, reads))
+    }
+
+    fn argv(&self, command: &CommandLine) -> Vec<String> {
+        match command {
+            CommandLine::Shell(s) if s.trim().is_empty() => Vec::new(),
+            _ => command.argv(&self.shell),
+        }
+    }
+
+    fn run(&mut self, run: &RunInstruction, at: Location) -> Result<Planned> {
+        let ex = self.ex;
+        let mut reads = Reads::new();
+        let mut mounts = Vec::new();
+        let mut depends_on = Vec::new();
+        for spec in &run.mounts {
+            let scope = &self.scope;
+            let mut expand = |v: &str| {
+                ex.lexer.process_word(v, &mut scope.recorder(&mut reads)).map_err(|e| format!("{e} in {v:?}"))
+            };
+            let mount = Mount::parse(&spec.raw, &mut expand)
+                .map_err(|e| ex.error(spec.location, format!("--mount={}: {e}", spec.raw)))?;
+            let (origin, source_digest) = match (mount.kind, &mount.from) {
+                (MountType::Bind | MountType::Cache, Some(name)) => {
+                    let origin = self.origin(name, spec.location)?;
+                    if let Some(i) = self.stage_index(name) {
+                        depends_on.push(i);
+                    }
+                    (Some(origin), None)
+                }
+                (MountType::Bind, None) => {
+                    let src = mount.source.clone().unwrap_or_default();
+                    let resolved = self
+                        .context
+                        .resolve(&src)
+                        .map_err(|e| ex.error(spec.location, format!("--mount source {e}")))?
+                        .ok_or_else(|| {
+                            ex.error(
+                                spec.location,
+                                format!(
+                                    "--mount source {src:?} not found in the build context (is it in .dockerignore?)"
+                                ),
+                            )
+                        })?;
+                    let digest = self.context.selection_digest(&resolved, &DockerIgnore::default());
+                    (Some(Origin::Context), digest.map(|d| d.hex()))
+                }
+                _ => (None, None),
+            };
+            mounts.push(MountDefinition { mount, origin, source_digest });
+        }
+        // The whole environment is in the definition; `reads` only lists
+        // what the flags expanded.
+        let env = self.scope.run_env();
+        let uncached_env = PROXY_ARGS
+            .iter()
+            .filter_map(|k| ex.options.build_args.get(*k).map(|v| (k.to_string(), v.clone())))
+            .collect();
+        let heredocs = run
+            .heredocs
+            .iter()
+            .map(|h| RunHeredoc {
+                name: h.name.clone(),
+                content: h.content.clone(),
+                expand: h.expand,
+                file_descriptor: h.file_descriptor,
+            })
+            .collect();
+        if run.command.is_empty() {
+            return Err(ex.error(at, "RUN requires at least one argument"));
+        }
+        let definition = StepDefinition::Run {
+            argv: run.command.argv(&self.shell),
+            heredocs,
+            env,
+            workdir: self.workdir.clone(),
+            user: self.user.clone(),
+            network: run.network.unwrap_or(NetworkMode::Default),
+            security: run.security.unwrap_or(SecurityMode::Sandbox),
+            mounts,
+        };
+        Ok(Planned { definition, reads, depends_on, uncached_env })
+    }
+
+    /// The stage index `--from=name` names, if it names a stage.
+    fn stage_index(&self, name: &str) -> Option<usize> {
+        self.ex.stage_ref(name, true)
+    }
+
+    /// Where `--from=name` reads: a stage (by name or index) or an image.
+    fn origin(&self, name: &str, at: Location) -> Result<Origin> {
+        match self.ex.stage_ref(name, true) {
+            Some(i) if i == self.source.index => {
+                Err(self.ex.error(at, format!("{name:?} refers to the current stage: a stage cannot read from itself")))
+            }
+            Some(i) => Ok(Origin::Stage { key: self.stage(i, at)?.stage.key.hex() }),
+            None => Ok(Origin::Image { reference: name.to_string() }),
+        }
+    }
+
+    fn copy(&mut self, copy: &CopyInstruction, at: Location) -> Result<Planned> {
+        let ex = self.ex;
+        let kw = if copy.add { "ADD" } else { "COPY" };
+        let mut reads = Reads::new();
+        let mut depends_on = Vec::new();
+        let origin = match &copy.from {
+            None => Origin::Context,
+            Some(raw) => {
+                let from_at = copy.from_location.unwrap_or(at);
+                let name = ex.word(&self.scope, &mut reads, raw, from_at)?;
+                let origin = self.origin(&name, from_at)?;
+                if let Some(i) = self.stage_index(&name) {
+                    depends_on.push(i);
+                }
+                origin
+            }
+        };
+        let word = |text: &str, scope: &Scope, reads: &mut Reads| ex.word(scope, reads, text, at);
+        let mut excludes = Vec::new();
+        for e in &copy.excludes {
+            excludes.push(word(e, &self.scope, &mut reads)?);
+        }
+        let exclude = DockerIgnore::from_patterns(&excludes).map_err(|e| ex.error(at, format!("--exclude: {e}")))?;
+        let chown = copy.chown.as_ref().map(|c| word(c, &self.scope, &mut reads)).transpose()?;
+        let chmod = copy.chmod.as_ref().map(|c| word(c, &self.scope, &mut reads)).transpose()?;
+        if let Some(mode) = &chmod {
+            if !valid_chmod(mode) {
+                return Err(ex.error(
+                    at,
+                    format!("invalid --chmod={mode}: use an octal mode like 0755 or a symbolic one like u+x"),
+                ));
+            }
+        }
+        let checksum = copy.checksum.as_ref().map(|c| word(c, &self.scope, &mut reads)).transpose()?;
+        let dest_raw = word(&copy.dest, &self.scope, &mut reads)?;
+        if copy.sources.len() > 1 && !dest_raw.ends_with('/') {
+            return Err(ex.error(
+                at,
+                format!("when using {kw} with more than one source file, the destination must be a directory and end with a /"),
+            ));
+        }
+        let dest = absolute_dest(&self.workdir, &dest_raw);
+
+        let mut sources = Vec::new();
+        for (i, source) in copy.sources.iter().enumerate() {
+            let src_at = copy.source_locations.get(i).copied().unwrap_or(at);
+            match source {
+                CopySource::Heredoc(h) => {
+                    let content = if h.expand {
+                        ex.lexer
+                            .process_heredoc(&h.content, &mut self.scope.recorder(&mut reads))
+                            .map_err(|e| ex.error(src_at, format!("heredoc {:?}: {e}", h.name)))?
+                    } else {
+                        h.content.clone()
+                    };
+                    sources.push(SourceDefinition::Heredoc {
+                        name: h.name.clone(),
+                        digest: Digest::of(DigestFunction::Blake3, content.as_bytes()).hex(),
+                    });
+                }
+                CopySource::Path(raw) => {
+                    let path = ex.word(&self.scope, &mut reads, raw, src_at)?;
+                    if is_url(&path) {
+                        if !copy.add {
+                            return Err(
+                                ex.error(src_at, format!("COPY source {path:?} is a URL: only ADD can fetch URLs"))
+                            );
+                        }
+                        sources.push(SourceDefinition::Url { url: path });
+                        continue;
+                    }
+                    let matches = match origin {
+                        Origin::Context => self.context_matches(kw, &path, &exclude, src_at)?,
+                        _ => Vec::new(),
+                    };
+                    sources.push(SourceDefinition::Path { path, matches });
+                }
+            }
+        }
+        if checksum.is_some() && !sources.iter().all(|s| matches!(s, SourceDefinition::Url { .. })) {
+            return Err(ex.error(at, "ADD --checksum can only be used with URL sources"));
+        }
+        let definition = StepDefinition::Copy {
+            add: copy.add,
+            origin,
+            sources,
+            dest,
+            chown,
+            chmod,
+            link: copy.link,
+            parents: copy.parents,
+            excludes,
+            keep_git_dir: copy.keep_git_dir,
+            checksum,
+            unpack: copy.unpack,
+        };
+        Ok(Planned { definition, reads, depends_on, uncached_env: BTreeMap::new() })
+    }
+
+    /// The context paths a source names, with the digest of what each
+    /// brings. A missing literal path is an error; a glob may match nothing.
+    fn context_matches(
+        &self,
+        kw: &str,
+        path: &str,
+        exclude: &DockerIgnore,
+        at: Location,
+    ) -> Result<Vec<(String, String)>> {
+        let ex = self.ex;
+        let outside = |e: String| ex.error(at, format!("{kw} source {e}"));
+        if clean_path(path).starts_with("..") {
+            return Err(outside(format!("{path:?} is outside the build context")));
+        }
+        let candidates = if path.split('/').any(has_wildcard) {
+            self.context.glob(path).map_err(outside)?
+        } else {
+            vec![path.to_string()]
+        };
+        let mut out = Vec::new();
+        for candidate in candidates {
+            let resolved = self.context.resolve(&candidate).map_err(outside)?.ok_or_else(|| {
+                ex.error(
+                    at,
+                    format!(
+                        "{kw} source {path:?} not found in the build context (missing, or excluded by .dockerignore)"
+                    ),
+                )
+            })?;
+            if let Some(digest) = self.context.selection_digest(&resolved, exclude) {
+                out.push((resolved, digest.hex()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn strip_keyword<'t>(text: &'t str, keyword: &str) -> &'t str {
+    match text.get(..keyword.len()) {
+        Some(k) if k.eq_ignore_ascii_case(keyword) => text[keyword.len()..].trim_start(),
+        _ => text,
+    }
+}
+
+fn is_url(path: &str) -> bool {
+    ["http://", "https://", "git://", "git@"].iter().any(|p| path.starts_with(p))
+}
+
+/// Joins a relative COPY destination to WORKDIR, keeping a trailing `/`
+/// (which makes it a directory).
+fn absolute_dest(workdir: &str, dest: &str) -> String {
+    let dir = dest.ends_with('/') || dest == "." || dest.ends_with("/.") || dest.is_empty();
+    let joined = if dest.starts_with('/') { clean_path(dest) } else { clean_path(&format!("{workdir}/{dest}")) };
+    if dir && joined != "/" {
+        format!("{joined}/")
+    } else {
+        joined
+    }
+}
+
+/// `80`, `80/tcp`, `53/udp`, `8000-8010/tcp` -> `port[-port]/proto`.
+fn normalize_port(port: &str) -> std::result::Result<String, String> {
+    let (range, proto) = match port.split_once('/') {
+        Some((r, p)) => (r, p.to_ascii_lowercase()),
+        None => (port, "tcp".to_string()),
+    };
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(format!("invalid protocol {proto:?} in EXPOSE {port} (tcp, udp or sctp)"));
+    }
+    let parse = |s: &str| s.parse::<u16>().ok().filter(|p| *p > 0);
+    let ok = match range.split_once('-') {
+        Some((a, b)) => matches!((parse(a), parse(b)), (Some(a), Some(b)) if a <= b),
+        None => parse(range).is_some(),
+    };
+    if !ok {
+        return Err(format!("invalid port {port:?} in EXPOSE (1-65535, or a range like 8000-8010)"));
+    }
+    Ok(format!("{range}/{proto}"))
+}
+
+fn valid_signal(signal: &str) -> bool {
+    if let Ok(n) = signal.parse::<u32>() {
+        return (1..=64).contains(&n);
+    }
+    let name = signal.strip_prefix("SIG").unwrap_or(signal);
+    const NAMES: [&str; 31] = [
+        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL", "PIPE", "POLL",
+        "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1",
+        "USR2", "WINCH",
+    ];
+    if NAMES.contains(&name) || ["XCPU", "XFSZ", "VTALRM"].contains(&name) {
+        return true;
+    }
+    let rt = |base: &str, sign: char| {
+        name.strip_prefix(base).is_some_and(|rest| {
+            rest.is_empty() || rest.strip_prefix(sign).is_some_and(|n| n.parse::<u8>().is_ok_and(|n| n <= 30))
+        })
+    };
+    rt("RTMIN", '+') || rt("RTMAX", '-')
+}
+
+/// Octal (`755`, `0644`) or symbolic (`u+x,go-w`).
+fn valid_chmod(mode: &str) -> bool {
+    if !mode.is_empty() && mode.len() <= 4 && mode.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return true;
+    }
+    !mode.is_empty()
+        && mode.split(',').all(|clause| {
+            let who = clause.bytes().take_while(|b| b"ugoa".contains(b)).count();
+            let rest = &clause.as_bytes()[who..];
+            !rest.is_empty() && b"+-=".contains(&rest[0]) && rest[1..].iter().all(|b| b"rwxXst".contains(b))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports() {
+        assert_eq!(normalize_port("80"), Ok("80/tcp".into()));
+        assert_eq!(normalize_port("53/UDP"), Ok("53/udp".into()));
+        assert_eq!(normalize_port("8000-8010"), Ok("8000-8010/tcp".into()));
+        for bad in ["0", "70000", "80/xyz", "a", "10-5"] {
+            assert!(normalize_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn signals_and_modes() {
+        for ok in ["SIGTERM", "KILL", "9", "SIGRTMIN+3"] {
+            assert!(valid_signal(ok), "{ok}");
+        }
+        for bad in ["SIGFOO", "0", "99", "SIGRTMIN+99"] {
+            assert!(!valid_signal(bad), "{bad}");
+        }
+        for ok in ["755", "0644", "u+x", "go-w,u=rwx"] {
+            assert!(valid_chmod(ok), "{ok}");
+        }
+        for bad in ["", "999", "12345", "x+y", "u"] {
+            assert!(!valid_chmod(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dest_joins_workdir() {
+        assert_eq!(absolute_dest("/app", "."), "/app/");
+        assert_eq!(absolute_dest("/app", "bin/"), "/app/bin/");
+        assert_eq!(absolute_dest("/app", "x"), "/app/x");
+        assert_eq!(absolute_dest("/app", "/etc/x"), "/etc/x");
+        assert_eq!(absolute_dest("/", "./"), "/");
+    }
+}

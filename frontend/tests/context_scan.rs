@@ -1,0 +1,128 @@
+//! Context scanning: trees, modes, symlinks, empty dirs, .dockerignore and
+//! the stat cache.
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use memobuild_frontend::{ContextEntry, ContextScanner, DockerIgnore};
+use memobuild_proto::{Digest, DigestFunction};
+
+fn write(root: &Path, rel: &str, data: &str) {
+    let path = root.join(rel);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(&path, data).unwrap();
+    // Old enough for the stat cache to trust it.
+    let old = SystemTime::now() - Duration::from_secs(3600);
+    fs::File::options().write(true).open(&path).unwrap().set_modified(old).unwrap();
+}
+
+fn sample() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "src/main.rs", "fn main() {}\n");
+    write(root, "src/lib.rs", "pub fn f() {}\n");
+    write(root, "build.sh", "#!/bin/sh\n");
+    fs::set_permissions(root.join("build.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    write(root, "target/debug/big", "junk");
+    write(root, "README.md", "# hi\n");
+    fs::create_dir_all(root.join("empty")).unwrap();
+    std::os::unix::fs::symlink("src/main.rs", root.join("link")).unwrap();
+    dir
+}
+
+#[test]
+fn tree_has_files_modes_symlinks_and_empty_dirs() {
+    let dir = sample();
+    let ignore = DockerIgnore::from_patterns(&["target"]).unwrap();
+    let (ctx, stats) = ContextScanner::new(dir.path(), ignore).scan().unwrap();
+    assert_eq!(stats.files, 4);
+    assert!(ctx.entry("target").is_none());
+    assert!(matches!(ctx.entry("empty"), Some(ContextEntry::Directory { .. })));
+    assert_eq!(ctx.entry("link"), Some(&ContextEntry::Symlink { target: "src/main.rs".into() }));
+    let Some(ContextEntry::File { digest, mode }) = ctx.entry("build.sh") else { panic!() };
+    assert_eq!(*mode & 0o777, 0o755);
+    assert_eq!(*digest, Digest::of(DigestFunction::Blake3, b"#!/bin/sh\n"));
+
+    let root = &ctx.directories()[&ctx.root_digest()];
+    let names: Vec<_> = root.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["README.md", "build.sh"]);
+    assert!(root.files[1].is_executable);
+    assert!(!root.files[0].is_executable);
+    let dirs: Vec<_> = root.directories.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(dirs, ["empty", "src"]);
+    assert_eq!(root.symlinks[0].target, "src/main.rs");
+    // Every directory message is there, under its BLAKE3 digest.
+    for (digest, message) in ctx.directories() {
+        use prost::Message;
+        assert_eq!(*digest, Digest::of(DigestFunction::Blake3, &message.encode_to_vec()));
+    }
+}
+
+#[test]
+fn digest_depends_on_content_not_on_scan() {
+    let dir = sample();
+    let a = ContextScanner::new(dir.path(), DockerIgnore::default()).scan().unwrap().0;
+    let b = ContextScanner::new(dir.path(), DockerIgnore::default()).with_threads(1).scan().unwrap().0;
+    assert_eq!(a.root_digest(), b.root_digest());
+    write(dir.path(), "src/lib.rs", "pub fn g() {}\n");
+    let c = ContextScanner::new(dir.path(), DockerIgnore::default()).scan().unwrap().0;
+    assert_ne!(a.root_digest(), c.root_digest());
+    assert_eq!(a.entry("README.md"), c.entry("README.md"));
+    assert_ne!(a.entry("src"), c.entry("src"));
+}
+
+#[test]
+fn stat_cache_skips_unchanged_files() {
+    let dir = sample();
+    let cache = tempfile::tempdir().unwrap();
+    let scanner = ContextScanner::new(dir.path(), DockerIgnore::default()).with_cache_dir(cache.path());
+    let (first, stats) = scanner.scan().unwrap();
+    assert_eq!(stats.hashed, 5);
+    let (second, stats) = scanner.scan().unwrap();
+    assert_eq!(stats.hashed, 0, "unchanged context is not re-read");
+    assert_eq!(first.root_digest(), second.root_digest());
+    write(dir.path(), "README.md", "# changed\n");
+    let (third, stats) = scanner.scan().unwrap();
+    assert_eq!(stats.hashed, 1);
+    assert_ne!(third.root_digest(), first.root_digest());
+}
+
+#[test]
+fn fresh_files_are_not_trusted_by_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("new"), "x").unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let scanner = ContextScanner::new(dir.path(), DockerIgnore::default()).with_cache_dir(cache.path());
+    scanner.scan().unwrap();
+    assert_eq!(scanner.scan().unwrap().1.hashed, 1);
+}
+
+#[test]
+fn exception_inside_excluded_dir_keeps_the_dir() {
+    let dir = sample();
+    let ignore = DockerIgnore::from_patterns(&["target", "!target/debug/big"]).unwrap();
+    let (ctx, _) = ContextScanner::new(dir.path(), ignore).scan().unwrap();
+    assert!(matches!(ctx.entry("target/debug/big"), Some(ContextEntry::File { .. })));
+    assert!(matches!(ctx.entry("target/debug"), Some(ContextEntry::Directory { .. })));
+}
+
+#[test]
+fn resolve_and_glob() {
+    let dir = sample();
+    std::os::unix::fs::symlink("/etc/passwd", dir.path().join("abs")).unwrap();
+    std::os::unix::fs::symlink("../../outside", dir.path().join("src/out")).unwrap();
+    let (ctx, _) = ContextScanner::new(dir.path(), DockerIgnore::default()).scan().unwrap();
+    assert_eq!(ctx.resolve("link").unwrap().as_deref(), Some("src/main.rs"));
+    assert_eq!(ctx.resolve("/src/../README.md").unwrap().as_deref(), Some("README.md"));
+    assert_eq!(ctx.resolve("nope").unwrap(), None);
+    assert!(ctx.resolve("abs").unwrap_err().contains("absolute"));
+    assert!(ctx.resolve("src/out").unwrap_err().contains("outside"));
+    assert!(ctx.resolve("../x").unwrap_err().contains("outside"));
+    assert_eq!(ctx.glob("src/*.rs").unwrap(), ["src/lib.rs", "src/main.rs"]);
+    assert_eq!(ctx.glob("*.md").unwrap(), ["README.md"]);
+    assert_eq!(ctx.glob("s?c/m[a-z]in.rs").unwrap(), ["src/main.rs"]);
+    assert!(ctx.glob("*.none").unwrap().is_empty());
+}

@@ -1,0 +1,111 @@
+//! `memobuild.worker.v1`: how workers and the scheduler talk. A worker dials
+//! the scheduler and holds one bidirectional stream: it announces itself,
+//! reports results and heartbeats; the scheduler assigns and cancels work.
+
+use crate::{protobuf, reapi, rpc};
+
+/// Worker -> scheduler.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WorkerMessage {
+    #[prost(oneof = "worker_message::Kind", tags = "1, 2, 3")]
+    pub kind: Option<worker_message::Kind>,
+}
+
+pub mod worker_message {
+    // Messages are short-lived; boxing the large variant buys nothing.
+    #[allow(clippy::large_enum_variant)]
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        /// First message of a stream.
+        #[prost(message, tag = "1")]
+        Hello(super::Hello),
+        #[prost(message, tag = "2")]
+        Finished(super::Finished),
+        #[prost(message, tag = "3")]
+        Heartbeat(super::Heartbeat),
+    }
+}
+
+/// A worker introduces itself.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Hello {
+    /// Unique and stable for the worker process, e.g. `host:pid`.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// What the worker offers; actions' platform properties are matched against these.
+    #[prost(message, repeated, tag = "2")]
+    pub properties: Vec<reapi::platform::Property>,
+    /// How many actions it runs at once.
+    #[prost(uint32, tag = "3")]
+    pub slots: u32,
+    /// Operations it is still running from before a reconnect.
+    #[prost(string, repeated, tag = "4")]
+    pub running: Vec<String>,
+}
+
+/// An assigned action ended: a result, or a status explaining why there is none.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Finished {
+    #[prost(string, tag = "1")]
+    pub operation: String,
+    #[prost(message, optional, tag = "2")]
+    pub result: Option<reapi::ActionResult>,
+    /// OK, or why the action could not be run (missing inputs, timeout, ...).
+    #[prost(message, optional, tag = "3")]
+    pub status: Option<rpc::Status>,
+}
+
+/// Renews the leases of the operations a worker is running.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Heartbeat {
+    #[prost(string, repeated, tag = "1")]
+    pub running: Vec<String>,
+}
+
+/// Scheduler -> worker.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SchedulerMessage {
+    #[prost(oneof = "scheduler_message::Kind", tags = "1, 2")]
+    pub kind: Option<scheduler_message::Kind>,
+}
+
+pub mod scheduler_message {
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        #[prost(message, tag = "1")]
+        Assign(super::Assign),
+        #[prost(message, tag = "2")]
+        Cancel(super::Cancel),
+    }
+}
+
+/// Run this action.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Assign {
+    #[prost(string, tag = "1")]
+    pub operation: String,
+    #[prost(string, tag = "2")]
+    pub instance_name: String,
+    #[prost(message, optional, tag = "3")]
+    pub action_digest: Option<reapi::Digest>,
+    #[prost(enumeration = "reapi::digest_function::Value", tag = "4")]
+    pub digest_function: i32,
+    /// The effective timeout (the action's, capped by the scheduler).
+    #[prost(message, optional, tag = "5")]
+    pub timeout: Option<protobuf::Duration>,
+    /// How often the worker must heartbeat to keep the lease.
+    #[prost(message, optional, tag = "6")]
+    pub lease: Option<protobuf::Duration>,
+    /// When the action was queued, for ExecutedActionMetadata.
+    #[prost(message, optional, tag = "7")]
+    pub queued: Option<protobuf::Timestamp>,
+}
+
+/// Stop running this action.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Cancel {
+    #[prost(string, tag = "1")]
+    pub operation: String,
+}
+
+include!(concat!(env!("OUT_DIR"), "/memobuild.worker.v1.WorkerApi.rs"));

@@ -1,0 +1,25 @@
+//! The REAPI execution side: a scheduler that queues actions, matches them
+//! to workers and keeps durable operation state, and the Execution,
+//! Operations and worker-protocol services in front of it.
+
+mod action_queue;
+mod metrics;
+mod operation_record;
+mod operation_store;
+mod platform;
+mod postgres_operation_store;
+mod scheduler;
+mod service;
+mod sqlite_operation_store;
+
+#[cfg(test)]
+mod operation_store_tests;
+
+pub use metrics::SchedulerMetrics;
+pub use operation_record::{OperationRecord, Stage};
+pub use operation_store::OperationStore;
+pub use platform::{Matcher, Platform};
+pub use postgres_operation_store::PostgresOperationStore;
+pub use scheduler::{OperationSnapshot, Scheduler, SchedulerConfig};
+pub use service::{add_execution_services, ExecutionService, OperationsService, WorkerApiService};
+pub use sqlite_operation_store::SqliteOperationStore;

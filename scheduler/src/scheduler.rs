@@ -1,0 +1,747 @@
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use memobuild_cas::{ActionCache, BlobStore, Clock};
+use memobuild_proto::reapi::{Action, Command, ExecuteRequest, ExecuteResponse};
+use memobuild_proto::worker::{scheduler_message, Assign, Cancel, Finished, Hello, SchedulerMessage};
+use memobuild_proto::{protobuf, rpc, Digest, DigestFunction, Error, Result, ResultExt};
+use parking_lot::Mutex;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::Code;
+
+use crate::action_queue::ActionQueue;
+use crate::metrics::SchedulerMetrics;
+use crate::operation_record::{OperationRecord, Stage};
+use crate::operation_store::OperationStore;
+use crate::platform::{Matcher, Platform};
+
+/// Input roots remembered per worker for affinity.
+const RECENT_ROOTS: usize = 64;
+/// Records written per transaction at most.
+const PERSIST_BATCH: usize = 256;
+
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// A worker must heartbeat within this time or lose its actions.
+    pub lease: Duration,
+    /// Times an action is handed out before it fails.
+    pub max_attempts: u32,
+    /// Timeout of actions that set none.
+    pub default_timeout: Duration,
+    /// Cap on any action's timeout.
+    pub max_timeout: Duration,
+    /// How long completed operations stay answerable.
+    pub retention: Duration,
+    /// Platform keys whose numeric values are minimums.
+    pub minimum_keys: Vec<String>,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            lease: Duration::from_secs(30),
+            max_attempts: 3,
+            default_timeout: Duration::from_secs(3600),
+            max_timeout: Duration::from_secs(4 * 3600),
+            retention: Duration::from_secs(3600),
+            minimum_keys: vec!["cores".into(), "memory-mb".into(), "disk-mb".into()],
+        }
+    }
+}
+
+/// What a client sees of an operation.
+#[derive(Clone, Debug)]
+pub struct OperationSnapshot {
+    pub name: String,
+    pub action_digest: Digest,
+    pub stage: Stage,
+    pub response: Option<ExecuteResponse>,
+}
+
+/// What the scheduler needs to know of an action, read from the CAS.
+#[derive(Clone, Debug)]
+struct ActionInfo {
+    platform: Platform,
+    input_root: Option<Digest>,
+    timeout: Duration,
+    do_not_cache: bool,
+}
+
+struct Entry {
+    record: OperationRecord,
+    info: ActionInfo,
+    lease_expires_ms: i64,
+    updates: watch::Sender<OperationSnapshot>,
+}
+
+impl Entry {
+    fn snapshot(&self) -> OperationSnapshot {
+        OperationSnapshot {
+            name: self.record.name.clone(),
+            action_digest: self.record.action_digest,
+            stage: self.record.stage,
+            response: self.record.response.clone(),
+        }
+    }
+
+    fn publish(&self) {
+        self.updates.send_replace(self.snapshot());
+    }
+}
+
+struct Worker {
+    platform: Platform,
+    slots: usize,
+    running: HashSet<String>,
+    sender: mpsc::UnboundedSender<SchedulerMessage>,
+    recent_roots: VecDeque<Digest>,
+    session: u64,
+}
+
+#[derive(Default)]
+struct State {
+    operations: HashMap<String, Entry>,
+    /// (instance, action) -> the unfinished operation running it.
+    in_flight: HashMap<(String, Digest), String>,
+    queue: ActionQueue,
+    workers: HashMap<String, Worker>,
+    next_session: u64,
+}
+
+enum Persist {
+    Save(Box<OperationRecord>, Option<oneshot::Sender<Result<()>>>),
+    Delete(String),
+}
+
+/// The execution scheduler: queues actions, matches them to workers, holds
+/// leases, retries lost work and answers for operations, durably.
+pub struct Scheduler {
+    state: Mutex<State>,
+    cas: Arc<dyn BlobStore>,
+    action_cache: Arc<ActionCache>,
+    clock: Arc<dyn Clock>,
+    config: SchedulerConfig,
+    matcher: Matcher,
+    persist: mpsc::UnboundedSender<Persist>,
+    metrics: SchedulerMetrics,
+}
+
+impl Scheduler {
+    /// Starts a scheduler over `store`, recovering the operations it holds.
+    pub async fn start(
+        config: SchedulerConfig,
+        cas: Arc<dyn BlobStore>,
+        action_cache: Arc<ActionCache>,
+        store: Arc<dyn OperationStore>,
+        clock: Arc<dyn Clock>,
+        metrics: SchedulerMetrics,
+    ) -> Result<Arc<Self>> {
+        let records = store.load().await.context("loading scheduler state")?;
+        let (persist, persisted) = mpsc::unbounded_channel();
+        tokio::spawn(run_persister(store, persisted));
+        let scheduler = Arc::new(Scheduler {
+            state: Mutex::new(State::default()),
+            matcher: Matcher::new(config.minimum_keys.clone()),
+            cas,
+            action_cache,
+            clock,
+            config,
+            persist,
+            metrics,
+        });
+        scheduler.recover(records).await;
+        tokio::spawn(run_janitor(Arc::downgrade(&scheduler)));
+        Ok(scheduler)
+    }
+
+    async fn recover(&self, records: Vec<OperationRecord>) {
+        let now = self.clock.now_ms();
+        let count = records.len();
+        for record in records {
+            let info = match record.stage {
+                Stage::Completed => None,
+                _ => match self.action_info(&record.action_digest).await {
+                    Ok(info) => Some(info),
+                    Err(e) => {
+                        tracing::warn!(operation = %record.name, error = %e, "cannot recover operation");
+                        None
+                    }
+                },
+            };
+            let mut state = self.state.lock();
+            let lost = record.stage != Stage::Completed && info.is_none();
+            let mut entry = Entry {
+                info: info.unwrap_or_else(|| ActionInfo {
+                    platform: Platform::default(),
+                    input_root: None,
+                    timeout: self.config.default_timeout,
+                    do_not_cache: true,
+                }),
+                updates: watch::channel(OperationSnapshot {
+                    name: record.name.clone(),
+                    action_digest: record.action_digest,
+                    stage: record.stage,
+                    response: record.response.clone(),
+                })
+                .0,
+                // Running work gets one lease for its worker to reconnect.
+                lease_expires_ms: now + self.config.lease.as_millis() as i64,
+                record,
+            };
+            let name = entry.record.name.clone();
+            if lost {
+                let error = Error::new(
+                    Code::FailedPrecondition,
+                    format!("action {} is no longer in the CAS", entry.record.action_digest),
+                );
+                self.finish_entry(&mut state, &mut entry, error_response(&error));
+            } else if entry.record.stage != Stage::Completed {
+                state.in_flight.insert((entry.record.instance_name.clone(), entry.record.action_digest), name.clone());
+                if entry.record.stage == Stage::Queued {
+                    state.queue.push(entry.record.priority, &entry.record.client, name.clone());
+                }
+            }
+            state.operations.insert(name, entry);
+        }
+        if count > 0 {
+            tracing::info!(operations = count, "recovered scheduler state");
+        }
+        self.refresh_gauges(&self.state.lock());
+    }
+
+    /// Reads the action (and, for its platform, the command) from the CAS.
+    async fn action_info(&self, digest: &Digest) -> Result<ActionInfo> {
+        let action = self.fetch::<Action>(digest, "action").await?;
+        let function = digest.function();
+        let command_digest = Digest::from_proto_field(function, action.command_digest.as_ref(), "command_digest")?;
+        let input_root = Digest::from_proto_field(function, action.input_root_digest.as_ref(), "input_root_digest")?;
+        let missing = self.cas.find_missing(&[command_digest, input_root]).await?;
+        if !missing.is_empty() {
+            return Err(Error::missing_blobs(&missing));
+        }
+        let platform = match &action.platform {
+            Some(platform) => Platform::from_proto(Some(platform)),
+            // Clients before REAPI v2.2 put the platform in the Command only.
+            #[allow(deprecated)]
+            None => Platform::from_proto(self.fetch::<Command>(&command_digest, "command").await?.platform.as_ref()),
+        };
+        let timeout = action
+            .timeout
+            .map(|t| Duration::from_secs(t.seconds.max(0) as u64) + Duration::from_nanos(t.nanos.max(0) as u64))
+            .filter(|t| !t.is_zero())
+            .unwrap_or(self.config.default_timeout)
+            .min(self.config.max_timeout);
+        Ok(ActionInfo { platform, input_root: Some(input_root), timeout, do_not_cache: action.do_not_cache })
+    }
+
+    async fn fetch<M: Message + Default>(&self, digest: &Digest, what: &str) -> Result<M> {
+        let data = match self.cas.get_bytes(digest).await {
+            Ok(data) => data,
+            Err(e) if e.code() == Code::NotFound => return Err(Error::missing_blobs(&[*digest])),
+            Err(e) => return Err(e),
+        };
+        M::decode(data).with_context(|| format!("decoding {what} {digest}"))
+    }
+
+    /// Starts (or joins) the execution of an action. `client` identifies the
+    /// caller for fairness.
+    pub async fn execute(&self, request: ExecuteRequest, client: &str) -> Result<watch::Receiver<OperationSnapshot>> {
+        let function = DigestFunction::from_proto(request.digest_function)?;
+        let digest = Digest::from_proto_field(function, request.action_digest.as_ref(), "action_digest")?;
+        let info = self.action_info(&digest).await.with_context(|| format!("executing action {digest}"))?;
+        let instance = request.instance_name;
+        let cached = match request.skip_cache_lookup {
+            true => None,
+            false => self.action_cache.get(&instance, &digest).await?,
+        };
+        let now = self.clock.now_ms();
+        let record = OperationRecord {
+            name: format!("operations/{}", uuid::Uuid::new_v4()),
+            instance_name: instance.clone(),
+            action_digest: digest,
+            client: client.to_string(),
+            priority: request.execution_policy.map(|p| p.priority).unwrap_or(0),
+            skip_cache_lookup: request.skip_cache_lookup,
+            stage: Stage::Queued,
+            attempts: 0,
+            worker: None,
+            queued_at_ms: now,
+            updated_at_ms: now,
+            response: None,
+        };
+        let (receiver, saved) = {
+            let mut state = self.state.lock();
+            let mut entry = Entry {
+                updates: watch::channel(OperationSnapshot {
+                    name: record.name.clone(),
+                    action_digest: digest,
+                    stage: Stage::Queued,
+                    response: None,
+                })
+                .0,
+                record,
+                info,
+                lease_expires_ms: 0,
+            };
+            if let Some(result) = cached {
+                self.metrics.outcome("cache_hit");
+                let response = ExecuteResponse {
+                    result: Some(result),
+                    cached_result: true,
+                    status: Some(rpc::Status::default()),
+                    ..Default::default()
+                };
+                let receiver = entry.updates.subscribe();
+                self.finish_entry(&mut state, &mut entry, response);
+                state.operations.insert(entry.record.name.clone(), entry);
+                return Ok(receiver);
+            }
+            if let Some(existing) =
+                state.in_flight.get(&(instance.clone(), digest)).and_then(|n| state.operations.get(n))
+            {
+                return Ok(existing.updates.subscribe());
+            }
+            self.check_matchable(&state, &digest, &entry.info.platform)?;
+            let receiver = entry.updates.subscribe();
+            let saved = self.save(&entry.record, true);
+            let name = entry.record.name.clone();
+            state.queue.push(entry.record.priority, client, name.clone());
+            state.in_flight.insert((instance, digest), name.clone());
+            state.operations.insert(name, entry);
+            self.refresh_gauges(&state);
+            (receiver, saved)
+        };
+        if let Some(saved) = saved {
+            saved.await.map_err(|_| Error::unavailable("the operation store stopped"))??;
+        }
+        self.dispatch();
+        Ok(receiver)
+    }
+
+    /// FAILED_PRECONDITION when workers are registered and none can ever
+    /// run an action with this platform.
+    fn check_matchable(&self, state: &State, digest: &Digest, platform: &Platform) -> Result<()> {
+        if state.workers.is_empty() || state.workers.values().any(|w| self.matcher.matches(&w.platform, platform)) {
+            return Ok(());
+        }
+        let unmet = state
+            .workers
+            .values()
+            .map(|w| self.matcher.unmet(&w.platform, platform))
+            .min_by_key(Vec::len)
+            .unwrap_or_default();
+        Err(Error::new(
+            Code::FailedPrecondition,
+            format!("no registered worker can run action {digest}: none offers {}", unmet.join(", ")),
+        ))
+    }
+
+    /// Watches an operation by name.
+    pub fn watch(&self, name: &str) -> Result<watch::Receiver<OperationSnapshot>> {
+        let state = self.state.lock();
+        state
+            .operations
+            .get(name)
+            .map(|e| e.updates.subscribe())
+            .ok_or_else(|| Error::not_found(format!("operation {name} not found (unknown, or completed and expired)")))
+    }
+
+    /// Operation names, sorted.
+    pub fn operation_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.state.lock().operations.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Cancels an operation: dequeues it or stops it on its worker.
+    pub fn cancel(&self, name: &str) -> Result<()> {
+        let mut state = self.state.lock();
+        let mut entry =
+            state.operations.remove(name).ok_or_else(|| Error::not_found(format!("operation {name} not found")))?;
+        if entry.record.stage != Stage::Completed {
+            state.queue.remove(name);
+            if let Some(worker) = entry.record.worker.as_ref().and_then(|w| state.workers.get_mut(w)) {
+                worker.running.remove(name);
+                let _ = worker
+                    .sender
+                    .send(message(scheduler_message::Kind::Cancel(Cancel { operation: name.to_string() })));
+            }
+            let error = Error::new(Code::Cancelled, format!("operation {name} was cancelled"));
+            self.metrics.outcome("cancelled");
+            self.finish_entry(&mut state, &mut entry, error_response(&error));
+        }
+        state.operations.insert(name.to_string(), entry);
+        drop(state);
+        self.dispatch();
+        Ok(())
+    }
+
+    /// Forgets an operation (cancelling it first if it is still running).
+    pub fn delete(&self, name: &str) -> Result<()> {
+        self.cancel(name)?;
+        let mut state = self.state.lock();
+        state.operations.remove(name);
+        let _ = self.persist.send(Persist::Delete(name.to_string()));
+        Ok(())
+    }
+
+    /// A worker opened a session; returns its session number.
+    pub fn connect_worker(&self, hello: &Hello, sender: mpsc::UnboundedSender<SchedulerMessage>) -> Result<u64> {
+        if hello.name.is_empty() || hello.slots == 0 {
+            return Err(Error::invalid_argument("a worker's Hello needs a name and at least one slot"));
+        }
+        let now = self.clock.now_ms();
+        let mut state = self.state.lock();
+        state.next_session += 1;
+        let session = state.next_session;
+        let mut running = HashSet::new();
+        for name in &hello.running {
+            let State { operations, queue, .. } = &mut *state;
+            if let Some(entry) = operations.get_mut(name).filter(|e| e.record.stage != Stage::Completed) {
+                queue.remove(name);
+                entry.record.stage = Stage::Executing;
+                entry.record.worker = Some(hello.name.clone());
+                entry.lease_expires_ms = now + self.config.lease.as_millis() as i64;
+                running.insert(name.clone());
+                self.save(&entry.record, false);
+                entry.publish();
+            }
+        }
+        let platform =
+            Platform::from_proto(Some(&memobuild_proto::reapi::Platform { properties: hello.properties.clone() }));
+        tracing::info!(worker = %hello.name, slots = hello.slots, reclaimed = running.len(), "worker connected");
+        let worker =
+            Worker { platform, slots: hello.slots as usize, running, sender, recent_roots: VecDeque::new(), session };
+        if let Some(old) = state.workers.insert(hello.name.clone(), worker) {
+            tracing::warn!(worker = %hello.name, "worker reconnected; dropping its previous session");
+            self.requeue_all(&mut state, old.running, &hello.name);
+        }
+        self.refresh_gauges(&state);
+        drop(state);
+        self.dispatch();
+        Ok(session)
+    }
+
+    /// A worker's session ended: its running actions go back to the queue.
+    pub fn disconnect_worker(&self, name: &str, session: u64) {
+        let mut state = self.state.lock();
+        if state.workers.get(name).is_none_or(|w| w.session != session) {
+            return;
+        }
+        if let Some(worker) = state.workers.remove(name) {
+            tracing::warn!(worker = %name, running = worker.running.len(), "worker disconnected");
+            self.requeue_all(&mut state, worker.running, name);
+        }
+        self.refresh_gauges(&state);
+        drop(state);
+        self.dispatch();
+    }
+
+    /// Renews the leases of what a worker says it is running.
+    pub fn heartbeat(&self, worker: &str, running: &[String]) {
+        let expires = self.clock.now_ms() + self.config.lease.as_millis() as i64;
+        let mut state = self.state.lock();
+        for name in running {
+            if let Some(entry) = state.operations.get_mut(name).filter(|e| e.record.worker.as_deref() == Some(worker)) {
+                entry.lease_expires_ms = expires;
+            }
+        }
+    }
+
+    /// A worker reports the end of an action.
+    pub async fn finish(&self, worker: &str, finished: Finished) {
+        let name = finished.operation.clone();
+        let (instance, digest, cacheable) = {
+            let state = self.state.lock();
+            match state.operations.get(&name) {
+                Some(e) if e.record.stage != Stage::Completed => {
+                    (e.record.instance_name.clone(), e.record.action_digest, !e.info.do_not_cache)
+                }
+                _ => {
+                    tracing::debug!(operation = %name, %worker, "result for an operation no longer running; ignored");
+                    return;
+                }
+            }
+        };
+        let status = finished.status.unwrap_or_default();
+        let mut response =
+            ExecuteResponse { result: finished.result, status: Some(status.clone()), ..Default::default() };
+        match (&response.result, Error::from_rpc_status(&status)) {
+            (Some(result), None) => {
+                let code = result.exit_code;
+                response.message = format!("action {digest} ran on {worker}: exit code {code}");
+                self.metrics.outcome(if code == 0 { "succeeded" } else { "failed" });
+                if code == 0 && cacheable {
+                    if let Err(e) = self.action_cache.update(&instance, &digest, result).await {
+                        tracing::warn!(%digest, error = %e, "could not cache an action result");
+                    }
+                }
+            }
+            (_, error) => {
+                let error =
+                    error.unwrap_or_else(|| Error::internal(format!("worker {worker} sent neither result nor error")));
+                response.message = format!("action {digest} on {worker}: {}", error.message());
+                response.status = Some(error.to_rpc_status());
+                self.metrics.outcome("error");
+            }
+        }
+        let mut state = self.state.lock();
+        if let Some(w) = state.workers.get_mut(worker) {
+            w.running.remove(&name);
+        }
+        if let Some(mut entry) = state.operations.remove(&name) {
+            if entry.record.stage != Stage::Completed {
+                self.finish_entry(&mut state, &mut entry, response);
+            }
+            state.operations.insert(name, entry);
+        }
+        self.refresh_gauges(&state);
+        drop(state);
+        self.dispatch();
+    }
+
+    /// Hands queued actions to workers with free slots.
+    pub fn dispatch(&self) {
+        let now = self.clock.now_ms();
+        let lease = self.config.lease;
+        let mut state = self.state.lock();
+        loop {
+            let State { operations, queue, workers, .. } = &mut *state;
+            if queue.is_empty() || !workers.values().any(|w| w.running.len() < w.slots) {
+                break;
+            }
+            let mut chosen = None;
+            let popped = queue.pop_first(|name| {
+                let Some(entry) = operations.get(name) else { return true };
+                chosen = self.best_worker(workers, &entry.info);
+                chosen.is_some()
+            });
+            let Some(name) = popped else { break };
+            // An entry with no operation behind it is stale: drop it.
+            let Some(worker_name) = chosen else { continue };
+            let (Some(entry), Some(worker)) = (operations.get_mut(&name), workers.get_mut(&worker_name)) else {
+                continue;
+            };
+            entry.record.stage = Stage::Executing;
+            entry.record.attempts += 1;
+            entry.record.worker = Some(worker_name.clone());
+            entry.record.updated_at_ms = now;
+            entry.lease_expires_ms = now + lease.as_millis() as i64;
+            worker.running.insert(name.clone());
+            if let Some(root) = entry.info.input_root {
+                worker.recent_roots.push_front(root);
+                worker.recent_roots.truncate(RECENT_ROOTS);
+            }
+            let assign = Assign {
+                operation: name.clone(),
+                instance_name: entry.record.instance_name.clone(),
+                action_digest: Some(entry.record.action_digest.to_proto()),
+                digest_function: entry.record.action_digest.function().to_proto(),
+                timeout: Some(duration(entry.info.timeout)),
+                lease: Some(duration(lease)),
+                queued: Some(timestamp(entry.record.queued_at_ms)),
+            };
+            let _ = worker.sender.send(message(scheduler_message::Kind::Assign(assign)));
+            self.metrics.dispatch_seconds.observe((now - entry.record.queued_at_ms).max(0) as f64 / 1000.0);
+            self.save(&entry.record, false);
+            entry.publish();
+        }
+        self.refresh_gauges(&state);
+    }
+
+    /// A free worker that can run the action: one that recently had its
+    /// input root first, then the least loaded.
+    fn best_worker(&self, workers: &HashMap<String, Worker>, info: &ActionInfo) -> Option<String> {
+        workers
+            .iter()
+            .filter(|(_, w)| w.running.len() < w.slots && self.matcher.matches(&w.platform, &info.platform))
+            .min_by(|(an, a), (bn, b)| {
+                let warm = |w: &Worker| info.input_root.is_some_and(|r| w.recent_roots.contains(&r));
+                let load = |w: &Worker| w.running.len() as f64 / w.slots as f64;
+                warm(b).cmp(&warm(a)).then(load(a).total_cmp(&load(b))).then(an.cmp(bn))
+            })
+            .map(|(name, _)| name.clone())
+    }
+
+    /// Requeues, or fails after too many attempts, the operations a worker lost.
+    fn requeue_all(&self, state: &mut State, names: HashSet<String>, worker: &str) {
+        for name in names {
+            let Some(mut entry) = state.operations.remove(&name) else { continue };
+            if entry.record.stage == Stage::Completed {
+                state.operations.insert(name, entry);
+                continue;
+            }
+            if entry.record.attempts >= self.config.max_attempts {
+                let error = Error::unavailable(format!(
+                    "action {} was lost {} times (last on worker {worker}); giving up",
+                    entry.record.action_digest, entry.record.attempts
+                ));
+                self.metrics.outcome("error");
+                self.finish_entry(state, &mut entry, error_response(&error));
+            } else {
+                tracing::info!(operation = %name, %worker, attempt = entry.record.attempts, "requeueing lost action");
+                entry.record.stage = Stage::Queued;
+                entry.record.worker = None;
+                entry.record.updated_at_ms = self.clock.now_ms();
+                state.queue.push(entry.record.priority, &entry.record.client, name.clone());
+                self.save(&entry.record, false);
+                entry.publish();
+            }
+            state.operations.insert(name, entry);
+        }
+    }
+
+    /// Requeues actions whose lease ran out and forgets expired results.
+    fn expire(&self) {
+        let now = self.clock.now_ms();
+        let retention = self.config.retention.as_millis() as i64;
+        let mut state = self.state.lock();
+        let expired: Vec<(String, Option<String>)> = state
+            .operations
+            .values()
+            .filter(|e| e.record.stage == Stage::Executing && e.lease_expires_ms < now)
+            .map(|e| (e.record.name.clone(), e.record.worker.clone()))
+            .collect();
+        for (name, worker) in expired {
+            let worker = worker.unwrap_or_default();
+            tracing::warn!(operation = %name, %worker, "lease expired");
+            if let Some(w) = state.workers.get_mut(&worker) {
+                w.running.remove(&name);
+                let _ = w.sender.send(message(scheduler_message::Kind::Cancel(Cancel { operation: name.clone() })));
+            }
+            self.requeue_all(&mut state, HashSet::from([name]), &worker);
+        }
+        let old: Vec<String> = state
+            .operations
+            .values()
+            .filter(|e| e.record.stage == Stage::Completed && e.record.updated_at_ms + retention < now)
+            .map(|e| e.record.name.clone())
+            .collect();
+        for name in old {
+            state.operations.remove(&name);
+            let _ = self.persist.send(Persist::Delete(name));
+        }
+        drop(state);
+        self.dispatch();
+    }
+
+    fn finish_entry(&self, state: &mut State, entry: &mut Entry, response: ExecuteResponse) {
+        entry.record.stage = Stage::Completed;
+        entry.record.worker = None;
+        entry.record.updated_at_ms = self.clock.now_ms();
+        entry.record.response = Some(response);
+        let key = (entry.record.instance_name.clone(), entry.record.action_digest);
+        if state.in_flight.get(&key) == Some(&entry.record.name) {
+            state.in_flight.remove(&key);
+        }
+        self.save(&entry.record, false);
+        entry.publish();
+    }
+
+    /// Queues a write of `record`; with `ack`, returns a receiver told when it is durable.
+    /// Called under the state lock, so writes reach the store in state order.
+    fn save(&self, record: &OperationRecord, ack: bool) -> Option<oneshot::Receiver<Result<()>>> {
+        let (sender, receiver) = match ack {
+            true => {
+                let (s, r) = oneshot::channel();
+                (Some(s), Some(r))
+            }
+            false => (None, None),
+        };
+        let _ = self.persist.send(Persist::Save(Box::new(record.clone()), sender));
+        receiver
+    }
+
+    fn refresh_gauges(&self, state: &State) {
+        self.metrics.queued.set(state.queue.len() as i64);
+        self.metrics.workers.set(state.workers.len() as i64);
+        self.metrics.executing.set(state.workers.values().map(|w| w.running.len() as i64).sum());
+    }
+}
+
+fn message(kind: scheduler_message::Kind) -> SchedulerMessage {
+    SchedulerMessage { kind: Some(kind) }
+}
+
+fn error_response(error: &Error) -> ExecuteResponse {
+    ExecuteResponse { status: Some(error.to_rpc_status()), message: error.message().to_string(), ..Default::default() }
+}
+
+pub(crate) fn duration(d: Duration) -> protobuf::Duration {
+    protobuf::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
+pub(crate) fn timestamp(ms: i64) -> protobuf::Timestamp {
+    protobuf::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+/// Writes records in order, batching whatever has queued up.
+async fn run_persister(store: Arc<dyn OperationStore>, mut requests: mpsc::UnboundedReceiver<Persist>) {
+    while let Some(first) = requests.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < PERSIST_BATCH {
+            match requests.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut saves = Vec::new();
+        let mut acks = Vec::new();
+        for request in batch {
+            match request {
+                Persist::Save(record, ack) => {
+                    saves.push(*record);
+                    acks.extend(ack);
+                }
+                Persist::Delete(name) => {
+                    if let Err(e) = flush(store.as_ref(), &mut saves).await {
+                        tracing::error!(error = %e, "saving operations failed");
+                    }
+                    if let Err(e) = store.delete(&[name]).await {
+                        tracing::error!(error = %e, "deleting an operation failed");
+                    }
+                }
+            }
+        }
+        let result = flush(store.as_ref(), &mut saves).await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "saving operations failed");
+        }
+        for ack in acks {
+            let _ = ack.send(result.clone());
+        }
+    }
+}
+
+async fn flush(store: &dyn OperationStore, saves: &mut Vec<OperationRecord>) -> Result<()> {
+    if saves.is_empty() {
+        return Ok(());
+    }
+    // Only the latest state of each operation matters.
+    let mut latest: HashMap<&str, usize> = HashMap::new();
+    for (i, record) in saves.iter().enumerate() {
+        latest.insert(&record.name, i);
+    }
+    let mut keep: Vec<usize> = latest.into_values().collect();
+    keep.sort_unstable();
+    let batch: Vec<OperationRecord> = keep.into_iter().map(|i| saves[i].clone()).collect();
+    saves.clear();
+    store.save(&batch).await
+}
+
+/// Expires leases and old results, until the scheduler is dropped.
+async fn run_janitor(scheduler: std::sync::Weak<Scheduler>) {
+    let period = match scheduler.upgrade() {
+        Some(s) => (s.config.lease / 4).max(Duration::from_millis(50)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        match scheduler.upgrade() {
+            Some(s) => s.expire(),
+            None => return,
+        }
+    }
+}

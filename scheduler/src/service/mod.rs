@@ -1,0 +1,53 @@
+//! Thin gRPC services in front of the [`Scheduler`].
+
+mod execution;
+mod operations;
+mod worker_api;
+
+use std::sync::Arc;
+
+use memobuild_proto::longrunning::{operation, Operation};
+use memobuild_proto::protobuf::Any;
+use memobuild_proto::reapi::execution_server::ExecutionServer;
+use memobuild_proto::reapi::ExecuteOperationMetadata;
+use memobuild_proto::worker::worker_api_server::WorkerApiServer;
+use prost::Message;
+
+pub use execution::ExecutionService;
+pub use operations::OperationsService;
+pub use worker_api::WorkerApiService;
+
+use crate::{OperationSnapshot, Scheduler, Stage};
+
+const METADATA_TYPE: &str = "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteOperationMetadata";
+const RESPONSE_TYPE: &str = "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteResponse";
+
+/// Adds Execution, Operations and WorkerApi to `routes`.
+pub fn add_execution_services(routes: tonic::service::Routes, scheduler: &Arc<Scheduler>) -> tonic::service::Routes {
+    routes
+        .add_service(ExecutionServer::new(ExecutionService::new(scheduler.clone())))
+        .add_service(memobuild_proto::longrunning::operations_server::OperationsServer::new(OperationsService::new(
+            scheduler.clone(),
+        )))
+        .add_service(WorkerApiServer::new(WorkerApiService::new(scheduler.clone())))
+}
+
+/// An operation as `google.longrunning` presents it.
+pub fn to_operation(snapshot: &OperationSnapshot) -> Operation {
+    let metadata = ExecuteOperationMetadata {
+        stage: snapshot.stage.to_proto() as i32,
+        action_digest: Some(snapshot.action_digest.to_proto()),
+        digest_function: snapshot.action_digest.function().to_proto(),
+        ..Default::default()
+    };
+    let result = snapshot
+        .response
+        .as_ref()
+        .map(|r| operation::Result::Response(Any { type_url: RESPONSE_TYPE.into(), value: r.encode_to_vec() }));
+    Operation {
+        name: snapshot.name.clone(),
+        metadata: Some(Any { type_url: METADATA_TYPE.into(), value: metadata.encode_to_vec() }),
+        done: snapshot.stage == Stage::Completed,
+        result,
+    }
+}

@@ -1,0 +1,382 @@
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use memobuild_cas::BlobStore;
+use memobuild_proto::protobuf::Timestamp;
+use memobuild_proto::reapi::{Action, ActionResult, Command, ExecutedActionMetadata, Platform};
+use memobuild_proto::{Digest, Error, Result, ResultExt};
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::file_cache::{CacheStats, FileCache};
+use crate::input_tree::InputTree;
+use crate::output_capture::{Output, OutputCapture, OutputKind};
+use crate::relative_path::RelativePath;
+use crate::runner::{RunSpec, Runner};
+
+/// The largest Action or Command proto read.
+const MAX_PROTO_BYTES: u64 = 16 << 20;
+/// Owner of the file cache's entries when the worker is root (`nobody`).
+const CACHE_OWNER: (u32, u32) = (65534, 65534);
+
+/// What executing an action produced.
+#[derive(Clone, Debug)]
+pub struct ExecutionOutcome {
+    pub result: ActionResult,
+    /// Set when the command did not finish on its own: DEADLINE_EXCEEDED
+    /// after a timeout (`result` then holds its exit code and what it wrote
+    /// to stdout and stderr, but no outputs).
+    pub status: Option<Error>,
+}
+
+/// Executes REAPI actions on this machine, one call per action, any number
+/// at once: fetch inputs -> run -> capture outputs -> upload -> clean up.
+///
+/// `work_dir` holds the file cache (`cache/`) and one fresh directory per
+/// running action (`actions/{id}/` with `root/`, the input root, and the
+/// captured `stdout` and `stderr`), removed when the action is done.
+pub struct ActionExecutor {
+    cas: Arc<dyn BlobStore>,
+    cache: FileCache,
+    actions_dir: PathBuf,
+    runner: Arc<dyn Runner>,
+}
+
+impl ActionExecutor {
+    /// Opens the file cache under `work_dir` (at most `cache_max_bytes`) and
+    /// removes action directories a previous run left behind.
+    pub async fn new(
+        cas: Arc<dyn BlobStore>,
+        work_dir: PathBuf,
+        cache_max_bytes: u64,
+        runner: Arc<dyn Runner>,
+    ) -> Result<Self> {
+        let actions_dir = work_dir.join("actions");
+        let stale = actions_dir.clone();
+        blocking(move || {
+            if stale.exists() {
+                force_remove_dir_all(&stale)?;
+            }
+            std::fs::create_dir_all(&stale)
+        })
+        .await
+        .with_context(|| format!("preparing {}", actions_dir.display()))?;
+        let owner = nix::unistd::geteuid().is_root().then_some(CACHE_OWNER);
+        let cache = FileCache::open(work_dir.join("cache"), cas.clone(), cache_max_bytes, owner).await?;
+        Ok(ActionExecutor { cas, cache, actions_dir, runner })
+    }
+
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// Executes the action: materializes its input root, runs its command,
+    /// uploads its outputs. A command that exits non-zero is an
+    /// `ActionResult` with that exit code, not an error. Errors:
+    /// FAILED_PRECONDITION naming every missing blob; INVALID_ARGUMENT for
+    /// bad protos and unsafe paths (naming the path); CANCELLED when `cancel`
+    /// fires. A timeout is an outcome with DEADLINE_EXCEEDED status.
+    pub async fn execute(
+        &self,
+        action_digest: &Digest,
+        worker_name: &str,
+        cancel: CancellationToken,
+    ) -> Result<ExecutionOutcome> {
+        let span = tracing::info_span!("execute", action = %action_digest, worker = worker_name);
+        let dir = ActionDir::create(&self.actions_dir).await?;
+        let outcome = self.execute_in(&dir.path, action_digest, worker_name, cancel).instrument(span).await;
+        dir.remove().await;
+        outcome.with_context(|| format!("executing action {}", action_digest.subject()))
+    }
+
+    async fn execute_in(
+        &self,
+        dir: &Path,
+        action_digest: &Digest,
+        worker_name: &str,
+        cancel: CancellationToken,
+    ) -> Result<ExecutionOutcome> {
+        let mut metadata = ExecutedActionMetadata {
+            worker: worker_name.to_string(),
+            worker_start_timestamp: Some(now()),
+            input_fetch_start_timestamp: Some(now()),
+            ..Default::default()
+        };
+        let root = dir.join("root");
+        let prepared = tokio::select! {
+            prepared = self.prepare(action_digest, &root) => prepared?,
+            () = cancel.cancelled() => return Err(cancelled("while fetching inputs")),
+        };
+        metadata.input_fetch_completed_timestamp = Some(now());
+
+        let spec = RunSpec {
+            argv: prepared.command.arguments.clone(),
+            env: prepared.command.environment_variables.iter().map(|v| (v.name.clone(), v.value.clone())).collect(),
+            working_dir: prepared.working_dir.under(&root),
+            root: root.clone(),
+            network: prepared.network,
+            timeout: prepared.timeout,
+            stdout: dir.join("stdout"),
+            stderr: dir.join("stderr"),
+        };
+        metadata.execution_start_timestamp = Some(now());
+        let run = self.runner.run(spec.clone(), cancel.clone()).await?;
+        metadata.execution_completed_timestamp = Some(now());
+        if run.cancelled {
+            return Err(cancelled("while running"));
+        }
+
+        metadata.output_upload_start_timestamp = Some(now());
+        let function = action_digest.function();
+        let mut capture = OutputCapture::new(function, prepared.command.output_directory_format);
+        let outputs = if run.timed_out { Vec::new() } else { prepared.outputs };
+        let (stdout, stderr, mut capture) = blocking(move || -> Result<_> {
+            let stdout = capture.add_file(&spec.stdout)?;
+            let stderr = capture.add_file(&spec.stderr)?;
+            capture.capture_outputs(&root, &outputs)?;
+            Ok((stdout, stderr, capture))
+        })
+        .await?;
+        let mut capture = tokio::select! {
+            uploaded = async move { capture.upload(self.cas.as_ref()).await.map(|()| capture) } => uploaded?,
+            () = cancel.cancelled() => return Err(cancelled("while uploading outputs")),
+        };
+        metadata.output_upload_completed_timestamp = Some(now());
+        metadata.worker_completed_timestamp = Some(now());
+
+        // Legacy clients read symlinks from the fields they declared them in.
+        #[allow(deprecated)]
+        let result = ActionResult {
+            output_files: std::mem::take(&mut capture.files),
+            output_file_symlinks: std::mem::take(&mut capture.file_symlinks),
+            output_symlinks: std::mem::take(&mut capture.symlinks),
+            output_directories: std::mem::take(&mut capture.output_directories),
+            output_directory_symlinks: std::mem::take(&mut capture.directory_symlinks),
+            exit_code: run.exit_code,
+            stdout_digest: Some(stdout.to_proto()),
+            stderr_digest: Some(stderr.to_proto()),
+            execution_metadata: Some(metadata),
+            ..Default::default()
+        };
+        let status = run.timed_out.then(|| {
+            let timeout = prepared.timeout.unwrap_or_default();
+            Error::new(tonic::Code::DeadlineExceeded, format!("the command timed out after {timeout:?}"))
+        });
+        tracing::debug!(exit_code = run.exit_code, timed_out = run.timed_out, "action executed");
+        Ok(ExecutionOutcome { result, status })
+    }
+
+    /// Reads the action and command, and materializes the input root at
+    /// `root` with the output paths' parent directories.
+    async fn prepare(&self, action_digest: &Digest, root: &Path) -> Result<Prepared> {
+        let function = action_digest.function();
+        let action: Action = self.read_proto(action_digest).await.context("reading the action")?;
+        let command_digest = Digest::from_proto_field(function, action.command_digest.as_ref(), "command_digest")?;
+        let root_digest = Digest::from_proto_field(function, action.input_root_digest.as_ref(), "input_root_digest")?;
+        let timeout = match &action.timeout {
+            Some(t) if t.seconds < 0 || t.nanos < 0 => {
+                return Err(Error::invalid_argument(format!("negative timeout {}s {}ns", t.seconds, t.nanos)))
+            }
+            Some(t) if t.seconds > 0 || t.nanos > 0 => Some(Duration::new(t.seconds as u64, t.nanos as u32)),
+            _ => None,
+        };
+        let (command, tree) =
+            tokio::join!(self.read_proto::<Command>(&command_digest), InputTree::load(&self.cache, root_digest));
+        let (command, missing_command) = match command {
+            Ok(command) => (Some(command), None),
+            Err(e) if e.code() == tonic::Code::FailedPrecondition => (None, Some(command_digest)),
+            Err(e) => return Err(e.context("reading the command")),
+        };
+        let tree = tree?;
+        tracing::debug!(files = tree.file_count(), "fetching the input root");
+        let pins = tree.fetch(&self.cache, missing_command.into_iter().collect()).await?;
+        let command = command.ok_or_else(|| Error::internal("the command was neither read nor reported missing"))?;
+        check_command(&command)?;
+        let working_dir = RelativePath::working_directory(&command.working_directory)?;
+        let outputs = outputs(&command, &working_dir)?;
+        // Command.platform is deprecated in favour of Action.platform; old clients set only it.
+        #[allow(deprecated)]
+        let network = wants_network(action.platform.as_ref()) || wants_network(command.platform.as_ref());
+        let root_owned = root.to_path_buf();
+        let (working_dir, outputs) = blocking(move || -> Result<_> {
+            std::fs::create_dir(&root_owned)?;
+            tree.materialize(&root_owned, &pins)?;
+            drop(pins);
+            create_dirs(&root_owned, &working_dir, true)?;
+            for output in &outputs {
+                if let Some(parent) = output.resolved.parent() {
+                    create_dirs(&root_owned, &parent, false)?;
+                }
+            }
+            Ok((working_dir, outputs))
+        })
+        .await
+        .context("materializing the input root")?;
+        Ok(Prepared { command, working_dir, outputs, network, timeout })
+    }
+
+    /// A proto through the cache; FAILED_PRECONDITION when the CAS lacks it.
+    async fn read_proto<M: Message + Default>(&self, digest: &Digest) -> Result<M> {
+        let data = match self.cache.get_bytes(digest, MAX_PROTO_BYTES).await {
+            Ok(data) => data,
+            Err(e) if e.code() == tonic::Code::NotFound => return Err(Error::missing_blobs(&[*digest])),
+            Err(e) => return Err(e),
+        };
+        M::decode(data).with_context(|| format!("decoding {}", digest.subject()))
+    }
+}
+
+/// What `prepare` learned.
+struct Prepared {
+    command: Command,
+    working_dir: RelativePath,
+    outputs: Vec<Output>,
+    network: bool,
+    timeout: Option<Duration>,
+}
+
+fn check_command(command: &Command) -> Result<()> {
+    if command.arguments.is_empty() {
+        return Err(Error::invalid_argument("the command has no arguments"));
+    }
+    if let Some(arg) = command.arguments.iter().find(|a| a.contains('\0')) {
+        return Err(Error::invalid_argument(format!("argument {arg:?} contains a NUL byte")));
+    }
+    for var in &command.environment_variables {
+        if var.name.is_empty() || var.name.contains(['=', '\0']) || var.value.contains('\0') {
+            return Err(Error::invalid_argument(format!(
+                "environment variable {:?}: names must be non-empty without = or NUL, values without NUL",
+                var.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The command's outputs: `output_paths`, or the legacy fields when it has none.
+#[allow(deprecated)]
+fn outputs(command: &Command, working_dir: &RelativePath) -> Result<Vec<Output>> {
+    let declared: Vec<(&String, OutputKind)> = if command.output_paths.is_empty() {
+        let files = command.output_files.iter().map(|p| (p, OutputKind::File));
+        files.chain(command.output_directories.iter().map(|p| (p, OutputKind::Directory))).collect()
+    } else {
+        command.output_paths.iter().map(|p| (p, OutputKind::Path)).collect()
+    };
+    declared
+        .into_iter()
+        .map(|(path, kind)| Ok(Output { path: path.clone(), resolved: working_dir.output(path)?, kind }))
+        .collect()
+}
+
+/// Whether the platform asks for network: `network` set to `on`, `true`,
+/// `1`, `enabled` or `standard`, or `dockerNetwork` set to `standard`.
+fn wants_network(platform: Option<&Platform>) -> bool {
+    platform.is_some_and(|p| {
+        p.properties.iter().any(|prop| match prop.name.as_str() {
+            "network" => matches!(prop.value.as_str(), "on" | "true" | "1" | "enabled" | "standard"),
+            "dockerNetwork" => prop.value == "standard",
+            _ => false,
+        })
+    })
+}
+
+/// Creates `path` under `root` and its parents, never through a symlink.
+/// A component that exists and is not a directory is an error when
+/// `strict`, else creation silently stops there (the command will see it).
+fn create_dirs(root: &Path, path: &RelativePath, strict: bool) -> Result<()> {
+    let mut current = root.to_path_buf();
+    for component in path.components() {
+        current.push(component);
+        match std::fs::symlink_metadata(&current) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) if strict => {
+                return Err(Error::invalid_argument(format!(
+                    "{path}: {component:?} is not a directory in the input root"
+                )))
+            }
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&current).with_context(|| format!("creating {path}"))?
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// One action's directory, removed when the action is done, also when its
+/// future is dropped midway.
+struct ActionDir {
+    path: PathBuf,
+    removed: bool,
+}
+
+impl ActionDir {
+    async fn create(actions_dir: &Path) -> Result<Self> {
+        let path = actions_dir.join(uuid::Uuid::new_v4().simple().to_string());
+        tokio::fs::create_dir(&path).await.with_context(|| format!("creating {}", path.display()))?;
+        Ok(ActionDir { path, removed: false })
+    }
+
+    async fn remove(mut self) {
+        let path = self.path.clone();
+        self.removed = true;
+        if let Err(e) = blocking(move || force_remove_dir_all(&path)).await {
+            tracing::warn!(path = %self.path.display(), error = %e, "removing the action directory");
+        }
+    }
+}
+
+impl Drop for ActionDir {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        let path = self.path.clone();
+        let remove = move || {
+            if let Err(e) = force_remove_dir_all(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "removing the action directory");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => drop(handle.spawn_blocking(remove)),
+            Err(_) => remove(),
+        }
+    }
+}
+
+/// Removes a tree even when the command left read-only directories in it.
+fn force_remove_dir_all(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::remove_dir_all(path).is_ok() || !path.exists() {
+        return Ok(());
+    }
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    std::fs::remove_dir_all(path)
+}
+
+async fn blocking<T: Send + 'static, E: Into<Error> + Send + 'static>(
+    f: impl FnOnce() -> std::result::Result<T, E> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(e.to_string()))?.map_err(Into::into)
+}
+
+fn cancelled(when: &str) -> Error {
+    Error::new(tonic::Code::Cancelled, format!("cancelled {when}"))
+}
+
+fn now() -> Timestamp {
+    let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Timestamp { seconds: since.as_secs() as i64, nanos: since.subsec_nanos() as i32 }
+}

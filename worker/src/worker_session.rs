@@ -1,0 +1,161 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use memobuild_proto::reapi::platform::Property;
+use memobuild_proto::worker::worker_api_client::WorkerApiClient;
+use memobuild_proto::worker::{scheduler_message, worker_message, Assign, Finished, Heartbeat, Hello, WorkerMessage};
+use memobuild_proto::{rpc, Digest, DigestFunction, Error, Result};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tracing::Instrument;
+
+use crate::ActionExecutor;
+
+/// Heartbeats renew leases; the scheduler's lease is several of these.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// The longest pause between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Who a worker says it is.
+#[derive(Clone, Debug)]
+pub struct WorkerIdentity {
+    pub name: String,
+    pub properties: Vec<(String, String)>,
+    pub slots: u32,
+}
+
+/// A worker's link to the scheduler: it dials, announces itself, runs what
+/// it is assigned, reports results and heartbeats, and reconnects (naming
+/// what it still runs) when the stream breaks. Returns once `shutdown`
+/// fires; running actions are cancelled.
+pub async fn run_worker(
+    identity: WorkerIdentity,
+    executor: Arc<ActionExecutor>,
+    scheduler: Channel,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let running: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
+    let (results, mut finished) = mpsc::unbounded_channel::<Finished>();
+    let mut backoff = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        let (outgoing, stream) = mpsc::unbounded_channel();
+        let hello = Hello {
+            name: identity.name.clone(),
+            properties: identity
+                .properties
+                .iter()
+                .map(|(n, v)| Property { name: n.clone(), value: v.clone() })
+                .collect(),
+            slots: identity.slots,
+            running: running.lock().keys().cloned().collect(),
+        };
+        let _ = outgoing.send(message(worker_message::Kind::Hello(hello)));
+        let mut client = WorkerApiClient::new(scheduler.clone());
+        let mut incoming = match client.session(UnboundedReceiverStream::new(stream)).await {
+            Ok(response) => response.into_inner(),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach the scheduler");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        tracing::info!(worker = %identity.name, slots = identity.slots, "connected to the scheduler");
+        backoff = Duration::from_millis(200);
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                received = incoming.message() => match received {
+                    Ok(Some(m)) => match m.kind {
+                        Some(scheduler_message::Kind::Assign(assign)) => {
+                            start(assign, &identity.name, &executor, &running, &results);
+                        }
+                        Some(scheduler_message::Kind::Cancel(cancel)) => {
+                            if let Some(token) = running.lock().get(&cancel.operation) {
+                                tracing::info!(operation = %cancel.operation, "cancelling");
+                                token.cancel();
+                            }
+                        }
+                        None => {}
+                    },
+                    Ok(None) | Err(_) => {
+                        tracing::warn!("scheduler stream ended; reconnecting");
+                        break;
+                    }
+                },
+                Some(done) = finished.recv() => {
+                    running.lock().remove(&done.operation);
+                    let _ = outgoing.send(message(worker_message::Kind::Finished(done)));
+                }
+                _ = heartbeat.tick() => {
+                    let beat = Heartbeat { running: running.lock().keys().cloned().collect() };
+                    let _ = outgoing.send(message(worker_message::Kind::Heartbeat(beat)));
+                }
+            }
+        }
+    }
+    for token in running.lock().values() {
+        token.cancel();
+    }
+    Ok(())
+}
+
+fn message(kind: worker_message::Kind) -> WorkerMessage {
+    WorkerMessage { kind: Some(kind) }
+}
+
+/// Runs an assignment in the background; its end goes to `results`.
+fn start(
+    assign: Assign,
+    worker: &str,
+    executor: &Arc<ActionExecutor>,
+    running: &Arc<Mutex<HashMap<String, CancellationToken>>>,
+    results: &mpsc::UnboundedSender<Finished>,
+) {
+    let token = CancellationToken::new();
+    running.lock().insert(assign.operation.clone(), token.clone());
+    let (executor, results, worker) = (executor.clone(), results.clone(), worker.to_string());
+    let span = tracing::info_span!("action", operation = %assign.operation);
+    tokio::spawn(
+        async move {
+            let (result, status) = match execute(&assign, &worker, &executor, token).await {
+                Ok(outcome) => (Some(outcome.result), outcome.status.map(|e| e.to_rpc_status()).unwrap_or_default()),
+                Err(e) => (None, e.to_rpc_status()),
+            };
+            if status != rpc::Status::default() {
+                tracing::info!(code = status.code, message = %status.message, "action ended without a result");
+            }
+            let _ = results.send(Finished { operation: assign.operation, result, status: Some(status) });
+        }
+        .instrument(span),
+    );
+}
+
+async fn execute(
+    assign: &Assign,
+    worker: &str,
+    executor: &ActionExecutor,
+    token: CancellationToken,
+) -> Result<crate::ExecutionOutcome> {
+    let function = DigestFunction::from_proto(assign.digest_function)?;
+    let digest = Digest::from_proto_field(function, assign.action_digest.as_ref(), "action_digest")?;
+    let run = executor.execute(&digest, worker, token);
+    // The scheduler's cap on the action's own timeout, plus time for uploads.
+    let Some(limit) = assign.timeout.as_ref().map(|t| Duration::from_secs(t.seconds.max(0) as u64)) else {
+        return run.await;
+    };
+    match tokio::time::timeout(limit + Duration::from_secs(30), run).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            Err(Error::new(tonic::Code::DeadlineExceeded, format!("action {digest} exceeded its {limit:?} timeout")))
+        }
+    }
+}
