@@ -1,10 +1,12 @@
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use memobuild_proto::reapi::{ActionResult, Tree};
 use memobuild_proto::{Digest, Error, Result, ResultExt};
 use prost::Message;
 
+use crate::action_results::ActionResults;
 use crate::blob_store::BlobStore;
 
 /// The largest ActionResult or output Tree read into memory.
@@ -21,32 +23,6 @@ pub struct ActionCache {
 impl ActionCache {
     pub fn new(results: Arc<dyn BlobStore>, cas: Arc<dyn BlobStore>) -> Self {
         ActionCache { results, cas }
-    }
-
-    /// The cached result of `action`, if there is a complete one.
-    pub async fn get(&self, instance_name: &str, action: &Digest) -> Result<Option<ActionResult>> {
-        let data = match self.results.get_bytes(&key(instance_name, action)).await {
-            Ok(data) => data,
-            Err(e) if e.code() == tonic::Code::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let result =
-            ActionResult::decode(data).with_context(|| format!("decoding the cached result of action {action}"))?;
-        let missing = self.missing_blobs(action, &result).await?;
-        if !missing.is_empty() {
-            tracing::debug!(%action, missing = missing.len(), "cached result names evicted blobs; treating as a miss");
-            return Ok(None);
-        }
-        Ok(Some(result))
-    }
-
-    /// Stores `result` as the result of `action`.
-    pub async fn update(&self, instance_name: &str, action: &Digest, result: &ActionResult) -> Result<()> {
-        let data = Bytes::from(result.encode_to_vec());
-        self.results
-            .put_bytes(&key(instance_name, action), data)
-            .await
-            .with_context(|| format!("storing the result of action {action}"))
     }
 
     /// The blobs `result` names that the CAS does not hold, including the
@@ -72,6 +48,33 @@ impl ActionCache {
         }
         let all = output_digests(result, &trees, action)?;
         self.cas.find_missing(&all).await
+    }
+}
+
+#[async_trait]
+impl ActionResults for ActionCache {
+    async fn get(&self, instance_name: &str, action: &Digest) -> Result<Option<ActionResult>> {
+        let data = match self.results.get_bytes(&key(instance_name, action)).await {
+            Ok(data) => data,
+            Err(e) if e.code() == tonic::Code::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let result =
+            ActionResult::decode(data).with_context(|| format!("decoding the cached result of action {action}"))?;
+        let missing = self.missing_blobs(action, &result).await?;
+        if !missing.is_empty() {
+            tracing::debug!(%action, missing = missing.len(), "cached result names evicted blobs; treating as a miss");
+            return Ok(None);
+        }
+        Ok(Some(result))
+    }
+
+    async fn update(&self, instance_name: &str, action: &Digest, result: &ActionResult) -> Result<()> {
+        let data = Bytes::from(result.encode_to_vec());
+        self.results
+            .put_bytes(&key(instance_name, action), data)
+            .await
+            .with_context(|| format!("storing the result of action {action}"))
     }
 }
 

@@ -51,37 +51,44 @@ pub struct GrpcStore {
     remote: String,
 }
 
+/// A lazily connecting channel to `endpoint` (`grpc://host:port` or
+/// `http://host:port`), tuned for blob transfers and kept alive. Must be
+/// called within a Tokio runtime.
+pub fn grpc_channel(endpoint: &str) -> Result<Channel> {
+    let invalid = |reason: &str| Error::invalid_argument(format!("endpoint {endpoint:?}: {reason}"));
+    let uri = match endpoint.split_once("://") {
+        Some(("grpc" | "http", rest)) => format!("http://{rest}"),
+        Some((scheme, _)) => {
+            return Err(invalid(&format!(
+                "unsupported scheme {scheme:?}; expected grpc://host:port or http://host:port"
+            )))
+        }
+        None => return Err(invalid("expected grpc://host:port or http://host:port")),
+    };
+    let endpoint_config = Endpoint::from_shared(uri).map_err(|e| invalid(&e.to_string()))?;
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(Error::new(
+            Code::FailedPrecondition,
+            format!("connecting to {endpoint}: not within a Tokio runtime"),
+        ));
+    }
+    Ok(endpoint_config
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_lazy())
+}
+
 impl GrpcStore {
     /// A store for `endpoint` (`grpc://host:port` or `http://host:port`).
     /// The channel connects lazily, on first use, and reconnects as needed.
     /// Must be called within a Tokio runtime.
     pub fn connect(endpoint: &str, instance_name: &str) -> Result<Self> {
-        let invalid = |reason: &str| Error::invalid_argument(format!("CAS endpoint {endpoint:?}: {reason}"));
-        let uri = match endpoint.split_once("://") {
-            Some(("grpc" | "http", rest)) => format!("http://{rest}"),
-            Some((scheme, _)) => {
-                return Err(invalid(&format!(
-                    "unsupported scheme {scheme:?}; expected grpc://host:port or http://host:port"
-                )))
-            }
-            None => return Err(invalid("expected grpc://host:port or http://host:port")),
-        };
-        let endpoint_config = Endpoint::from_shared(uri).map_err(|e| invalid(&e.to_string()))?;
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(Error::new(
-                Code::FailedPrecondition,
-                format!("connecting to CAS endpoint {endpoint}: not within a Tokio runtime"),
-            ));
-        }
-        let channel = endpoint_config
-            .tcp_nodelay(true)
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .connect_lazy();
+        let channel = grpc_channel(endpoint)?;
         Ok(Self::with_remote(channel, instance_name, endpoint))
     }
 

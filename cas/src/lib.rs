@@ -4,11 +4,13 @@
 //! ActionCache).
 
 mod action_cache;
+mod action_results;
 mod blob_metadata;
 mod blob_store;
 mod clock;
 mod evicting;
 mod filesystem;
+mod grpc_action_cache;
 mod grpc_store;
 mod memory;
 mod sqlite_metadata;
@@ -23,12 +25,14 @@ pub mod service;
 pub mod conformance;
 
 pub use action_cache::{output_digests, ActionCache};
+pub use action_results::ActionResults;
 pub use blob_metadata::BlobMetadata;
 pub use blob_store::{collect, single_chunk, BlobStore, BlobStream, ByteRange, Usage};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use evicting::EvictingStore;
 pub use filesystem::FilesystemStore;
-pub use grpc_store::GrpcStore;
+pub use grpc_action_cache::GrpcActionCache;
+pub use grpc_store::{grpc_channel, GrpcStore};
 pub use memory::MemoryStore;
 pub use sqlite_metadata::SqliteMetadata;
 pub use store_config::{MetadataConfig, StoreConfig};

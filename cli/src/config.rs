@@ -71,6 +71,31 @@ pub struct WorkerSection {
     pub properties: BTreeMap<String, String>,
 }
 
+impl Default for SchedulerSection {
+    /// Embedded defaults with the store in the current directory; set `store`.
+    fn default() -> Self {
+        SchedulerSection {
+            store: OperationStoreConfig::Sqlite { path: PathBuf::from("scheduler.db") },
+            lease_seconds: default_lease(),
+            max_attempts: default_attempts(),
+            default_timeout_seconds: default_timeout(),
+            max_timeout_seconds: default_max_timeout(),
+        }
+    }
+}
+
+impl WorkerSection {
+    /// A worker with the default cache size, slots and properties.
+    pub fn new(work_dir: PathBuf) -> Self {
+        WorkerSection {
+            work_dir,
+            cache_max_bytes: default_worker_cache(),
+            slots: None,
+            properties: default_properties(),
+        }
+    }
+}
+
 fn default_lease() -> u64 {
     30
 }
@@ -114,17 +139,9 @@ impl ServerConfig {
             action_cache: StoreConfig::Filesystem { path: state_dir.join("ac"), sync: true },
             scheduler: Some(SchedulerSection {
                 store: OperationStoreConfig::Sqlite { path: state_dir.join("scheduler.db") },
-                lease_seconds: default_lease(),
-                max_attempts: default_attempts(),
-                default_timeout_seconds: default_timeout(),
-                max_timeout_seconds: default_max_timeout(),
+                ..SchedulerSection::default()
             }),
-            worker: Some(WorkerSection {
-                work_dir: state_dir.join("worker"),
-                cache_max_bytes: default_worker_cache(),
-                slots: None,
-                properties: default_properties(),
-            }),
+            worker: Some(WorkerSection::new(state_dir.join("worker"))),
         }
     }
 

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use memobuild_cli::config::{default_state_dir, ServerConfig};
+use memobuild_cli::config::{default_state_dir, OperationStoreConfig, SchedulerSection, ServerConfig, WorkerSection};
 use memobuild_cli::server::{self, Listeners};
 
 /// MemoBuild: container image builds and a Remote Execution API cluster.
@@ -18,8 +18,62 @@ struct Cli {
 enum Command {
     /// All-in-one node on embedded defaults: CAS, action cache, ByteStream.
     Server(ServerArgs),
-    /// The CAS role of a cluster (the same services as `server`).
+    /// The CAS role of a cluster: CAS, ByteStream, action cache.
     Cas(ServerArgs),
+    /// The scheduler role: Execution and Operations; proxies the CAS role.
+    Scheduler(SchedulerArgs),
+    /// The worker role: runs actions for a scheduler.
+    Worker(WorkerArgs),
+}
+
+#[derive(Args)]
+struct SchedulerArgs {
+    /// gRPC address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8981")]
+    listen: std::net::SocketAddr,
+    /// HTTP address for /metrics and /healthz.
+    #[arg(long)]
+    admin_listen: Option<std::net::SocketAddr>,
+    /// The CAS role, e.g. grpc://cas:8980.
+    #[arg(long, env = "MEMOBUILD_CAS")]
+    cas: String,
+    /// Where the operation state lives (SQLite), unless --postgres is given.
+    #[arg(long, env = "MEMOBUILD_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Keep operation state in PostgreSQL (postgres://user@host/db).
+    #[arg(long, env = "MEMOBUILD_POSTGRES")]
+    postgres: Option<String>,
+    /// Seconds a worker may go silent before its actions are requeued.
+    #[arg(long, default_value_t = 30)]
+    lease_seconds: u64,
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    /// The scheduler to serve, e.g. grpc://scheduler:8981.
+    #[arg(long, env = "MEMOBUILD_SCHEDULER")]
+    scheduler: String,
+    /// The CAS role, e.g. grpc://cas:8980.
+    #[arg(long, env = "MEMOBUILD_CAS")]
+    cas: String,
+    /// Where the worker keeps its file cache and action directories.
+    #[arg(long, env = "MEMOBUILD_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Actions run at once [default: the number of CPUs].
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Bytes of the local input file cache.
+    #[arg(long, default_value_t = 10 << 30)]
+    cache_max_bytes: u64,
+    /// A platform property offered to actions, NAME=VALUE (repeatable).
+    #[arg(long = "property", value_parser = parse_property)]
+    properties: Vec<(String, String)>,
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))
 }
 
 #[derive(Args)]
@@ -88,10 +142,32 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => serve(args.config()?).await,
         Command::Cas(args) => serve(args.config()?.cache_only()).await,
+        Command::Scheduler(args) => {
+            let store = match (&args.postgres, &args.state_dir) {
+                (Some(url), _) => OperationStoreConfig::Postgres { url: url.clone(), schema: None },
+                (None, dir) => OperationStoreConfig::Sqlite {
+                    path: dir.clone().unwrap_or_else(default_state_dir).join("scheduler.db"),
+                },
+            };
+            let section = SchedulerSection { store, lease_seconds: args.lease_seconds, ..SchedulerSection::default() };
+            let admin = args.admin_listen;
+            let listeners = Listeners::bind(args.listen, admin).await?;
+            server::run_scheduler(&args.cas, section, listeners, shutdown_signal()).await.context("memobuild scheduler")
+        }
+        Command::Worker(args) => {
+            let state_dir = args.state_dir.unwrap_or_else(default_state_dir);
+            let mut section = WorkerSection::new(state_dir.join("worker"));
+            section.slots = args.slots;
+            section.cache_max_bytes = args.cache_max_bytes;
+            section.properties.extend(args.properties);
+            server::run_worker_role(&args.scheduler, &args.cas, section, shutdown_signal())
+                .await
+                .context("memobuild worker")
+        }
     }
 }
 
 async fn serve(config: ServerConfig) -> anyhow::Result<()> {
-    let listeners = Listeners::bind(&config).await?;
+    let listeners = Listeners::bind(config.listen, config.admin_listen).await?;
     server::run(config, listeners, shutdown_signal()).await.context("memobuild server")
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use memobuild_cas::service::{cas_routes, CapabilitiesService, CasMetrics, CasState};
-use memobuild_cas::{ActionCache, BlobStore, SystemClock, VerifiedStore};
+use memobuild_cas::{grpc_channel, ActionCache, BlobStore, GrpcActionCache, GrpcStore, SystemClock, VerifiedStore};
 use memobuild_proto::reapi::capabilities_server::CapabilitiesServer;
 use memobuild_proto::reapi::{digest_function, ExecutionCapabilities};
 use memobuild_proto::DigestFunction;
@@ -16,6 +16,7 @@ use memobuild_scheduler::{
     SqliteOperationStore,
 };
 use memobuild_worker::{run_worker, ActionExecutor, HostRunner, WorkerIdentity};
+use prometheus::core::Collector;
 use prometheus::{IntGauge, Registry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,10 +38,10 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds the addresses `config` names.
-    pub async fn bind(config: &ServerConfig) -> anyhow::Result<Self> {
-        let grpc = TcpListener::bind(config.listen).await.with_context(|| format!("listening on {}", config.listen))?;
-        let admin = match config.admin_listen {
+    /// Binds the gRPC address and, if given, the admin address.
+    pub async fn bind(listen: std::net::SocketAddr, admin: Option<std::net::SocketAddr>) -> anyhow::Result<Self> {
+        let grpc = TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+        let admin = match admin {
             Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?),
             None => None,
         };
@@ -48,7 +49,8 @@ impl Listeners {
     }
 }
 
-/// Serves until `shutdown` completes, then finishes in-flight calls.
+/// The all-in-one node (or, without `[scheduler]`, the CAS role): serves
+/// until `shutdown` completes, then finishes in-flight calls.
 pub async fn run(
     config: ServerConfig,
     listeners: Listeners,
@@ -63,63 +65,115 @@ pub async fn run(
         action_cache: Arc::new(ActionCache::new(results, cas)),
         metrics: CasMetrics::register(&registry)?,
     };
-    let scheduler = match &config.scheduler {
-        Some(section) => Some(start_scheduler(section, &state, &registry).await?),
-        None => None,
+    register_usage(&registry, cas_store)?;
+    let node = Node { state, scheduler: config.scheduler, worker: config.worker, registry };
+    node.serve(listeners, shutdown).await
+}
+
+/// The scheduler role of a cluster: Execution and Operations, plus the CAS
+/// and action cache of the CAS role at `cas` (proxied, so clients need one
+/// endpoint).
+pub async fn run_scheduler(
+    cas: &str,
+    scheduler: SchedulerSection,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let registry = Registry::new();
+    let channel = grpc_channel(cas)?;
+    let state = CasState {
+        cas: Arc::new(GrpcStore::connect(cas, "")?),
+        action_cache: Arc::new(GrpcActionCache::new(channel)),
+        metrics: CasMetrics::register(&registry)?,
     };
-    let capabilities = CapabilitiesService::new(scheduler.as_ref().map(|_| execution_capabilities()));
-    let mut routes = cas_routes(&state).add_service(CapabilitiesServer::new(capabilities));
-    if let Some(scheduler) = &scheduler {
-        routes = add_execution_services(routes, scheduler);
-    }
+    let node = Node { state, scheduler: Some(scheduler), worker: None, registry };
+    node.serve(listeners, shutdown).await
+}
 
+/// The worker role: runs actions for the scheduler at `scheduler`, with
+/// blobs from the CAS at `cas`, until `shutdown` completes.
+pub async fn run_worker_role(
+    scheduler: &str,
+    cas: &str,
+    section: WorkerSection,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let token = CancellationToken::new();
-    tokio::spawn({
-        let token = token.clone();
-        async move {
-            shutdown.await;
-            token.cancel();
+    cancel_on(shutdown, token.clone());
+    let worker = worker(&section, Arc::new(GrpcStore::connect(cas, "")?), grpc_channel(scheduler)?, token).await?;
+    worker.await.context("worker")
+}
+
+/// What one process serves.
+struct Node {
+    state: CasState,
+    scheduler: Option<SchedulerSection>,
+    worker: Option<WorkerSection>,
+    registry: Registry,
+}
+
+impl Node {
+    async fn serve(
+        self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Node { state, scheduler, worker: worker_section, registry } = self;
+        let scheduler = match &scheduler {
+            Some(section) => Some(start_scheduler(section, &state, &registry).await?),
+            None => None,
+        };
+        let capabilities = CapabilitiesService::new(scheduler.as_ref().map(|_| execution_capabilities()));
+        let mut routes = cas_routes(&state).add_service(CapabilitiesServer::new(capabilities));
+        if let Some(scheduler) = &scheduler {
+            routes = add_execution_services(routes, scheduler);
         }
+        let token = CancellationToken::new();
+        cancel_on(shutdown, token.clone());
+        if let Some(listener) = listeners.admin {
+            tracing::info!(address = %listener.local_addr()?, "admin listening (/metrics, /healthz)");
+            tokio::spawn(admin::serve(listener, registry.clone(), token.clone().cancelled_owned()));
+        }
+        let address = listeners.grpc.local_addr()?;
+        if let (Some(section), Some(_)) = (&worker_section, &scheduler) {
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("http://{address}"))?.tcp_nodelay(true).connect_lazy();
+            let worker = worker(section, state.cas.clone(), channel, token.clone()).await?;
+            tokio::spawn(async move {
+                if let Err(e) = worker.await {
+                    tracing::error!(error = %e, "worker stopped");
+                }
+            });
+        }
+        tracing::info!(%address, "memobuild listening");
+        // Small request/response calls must not wait on Nagle's algorithm.
+        let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+        tonic::transport::Server::builder()
+            .layer(RequestLayer::new(&registry)?)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
+            .await
+            .context("serving gRPC")?;
+        tracing::info!("memobuild stopped");
+        Ok(())
+    }
+}
+
+fn cancel_on(shutdown: impl Future<Output = ()> + Send + 'static, token: CancellationToken) {
+    tokio::spawn(async move {
+        shutdown.await;
+        token.cancel();
     });
+}
 
-    if let Some(listener) = listeners.admin {
-        let store_bytes = IntGauge::new("memobuild_cas_stored_bytes", "Bytes held by the CAS")?;
-        let store_blobs = IntGauge::new("memobuild_cas_stored_blobs", "Blobs held by the CAS")?;
-        registry.register(Box::new(store_bytes.clone()))?;
-        registry.register(Box::new(store_blobs.clone()))?;
-        let refresh: admin::Refresh = Arc::new(move || {
-            if let Some(usage) = cas_store.usage() {
-                store_bytes.set(usage.bytes as i64);
-                store_blobs.set(usage.blobs as i64);
-            }
-        });
-        tracing::info!(address = %listener.local_addr()?, "admin listening (/metrics, /healthz)");
-        let registry = registry.clone();
-        let token = token.clone();
-        tokio::spawn(async move {
-            if let Err(e) = admin::serve(listener, registry, refresh, token.cancelled_owned()).await {
-                tracing::error!(error = %e, "admin listener failed");
-            }
-        });
-    }
-
-    let address = listeners.grpc.local_addr()?;
-    if let (Some(section), Some(_)) = (&config.worker, &scheduler) {
-        start_worker(section, state.cas.clone(), address, token.clone()).await?;
-    }
-    tracing::info!(%address, "memobuild listening");
-    // Small request/response calls must not wait on Nagle's algorithm.
-    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .layer(RequestLayer::new(&registry)?)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
-        .await
-        .context("serving gRPC")?;
-    tracing::info!("memobuild stopped");
+/// Gauges of what the local CAS holds, refreshed at each scrape.
+fn register_usage(registry: &Registry, store: Arc<dyn BlobStore>) -> anyhow::Result<()> {
+    let bytes = IntGauge::new("memobuild_cas_stored_bytes", "Bytes held by the CAS")?;
+    let blobs = IntGauge::new("memobuild_cas_stored_blobs", "Blobs held by the CAS")?;
+    registry.register(Box::new(UsageCollector { store, bytes, blobs }))?;
     Ok(())
 }
 
@@ -163,13 +217,14 @@ async fn start_scheduler(
     Ok(scheduler)
 }
 
-/// Starts a worker in this process that dials the scheduler at `address`.
-async fn start_worker(
+/// A worker ready to run: executor, sandbox checked, identity set. The
+/// returned future runs it until `shutdown` fires.
+async fn worker(
     section: &WorkerSection,
     cas: Arc<dyn BlobStore>,
-    address: std::net::SocketAddr,
+    scheduler: tonic::transport::Channel,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<impl Future<Output = memobuild_proto::Result<()>>> {
     let runner = Arc::new(HostRunner::new());
     runner.check().await.context("checking the worker's sandbox")?;
     let executor = ActionExecutor::new(cas, section.work_dir.clone(), section.cache_max_bytes, runner)
@@ -182,18 +237,32 @@ async fn start_worker(
         properties: section.properties.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         slots,
     };
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{address}"))?.tcp_nodelay(true).connect_lazy();
-    tokio::spawn(async move {
-        if let Err(e) = run_worker(identity, Arc::new(executor), channel, shutdown).await {
-            tracing::error!(error = %e, "worker stopped");
-        }
-    });
-    Ok(())
+    Ok(run_worker(identity, Arc::new(executor), scheduler, shutdown))
 }
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+/// The usage gauges, read from the store at each scrape.
+struct UsageCollector {
+    store: Arc<dyn BlobStore>,
+    bytes: IntGauge,
+    blobs: IntGauge,
+}
+
+impl Collector for UsageCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.bytes.desc().into_iter().chain(self.blobs.desc()).collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        if let Some(usage) = self.store.usage() {
+            self.bytes.set(usage.bytes as i64);
+            self.blobs.set(usage.blobs as i64);
+        }
+        self.bytes.collect().into_iter().chain(self.blobs.collect()).collect()
+    }
 }

@@ -2,7 +2,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use memobuild_cas::{ActionCache, BlobStore, Clock};
+use memobuild_cas::{ActionResults, BlobStore, Clock};
 use memobuild_proto::reapi::{Action, Command, ExecuteRequest, ExecuteResponse};
 use memobuild_proto::worker::{scheduler_message, Assign, Cancel, Finished, Hello, SchedulerMessage};
 use memobuild_proto::{protobuf, rpc, Digest, DigestFunction, Error, Result, ResultExt};
@@ -120,7 +120,7 @@ enum Persist {
 pub struct Scheduler {
     state: Mutex<State>,
     cas: Arc<dyn BlobStore>,
-    action_cache: Arc<ActionCache>,
+    action_cache: Arc<dyn ActionResults>,
     clock: Arc<dyn Clock>,
     config: SchedulerConfig,
     matcher: Matcher,
@@ -133,7 +133,7 @@ impl Scheduler {
     pub async fn start(
         config: SchedulerConfig,
         cas: Arc<dyn BlobStore>,
-        action_cache: Arc<ActionCache>,
+        action_cache: Arc<dyn ActionResults>,
         store: Arc<dyn OperationStore>,
         clock: Arc<dyn Clock>,
         metrics: SchedulerMetrics,

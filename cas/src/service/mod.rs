@@ -19,7 +19,7 @@ pub use byte_stream::ByteStreamService;
 pub use capabilities::{CapabilitiesService, MAX_BATCH_TOTAL_BYTES};
 pub use content_addressable_storage::CasService;
 
-use crate::{ActionCache, BlobStore};
+use crate::{ActionResults, BlobStore};
 
 /// The largest gRPC message accepted. Well above the batch limit, so an
 /// oversized batch gets an explanation rather than a transport error.
@@ -46,7 +46,7 @@ impl CasMetrics {
 #[derive(Clone)]
 pub struct CasState {
     pub cas: Arc<dyn BlobStore>,
-    pub action_cache: Arc<ActionCache>,
+    pub action_cache: Arc<dyn ActionResults>,
     pub metrics: CasMetrics,
 }
 
