@@ -374,7 +374,7 @@ mod tests {
         for (endpoint, reason) in [
             ("grpcs://cas:8980", "unsupported scheme \"grpcs\""),
             ("cas:8980", "expected grpc://host:port"),
-            ("grpc://bad host", "CAS endpoint"),
+            ("grpc://bad host", "endpoint \"grpc://bad host\""),
         ] {
             let e = GrpcStore::connect(endpoint, "").err().unwrap();
             assert_eq!(e.code(), Code::InvalidArgument, "{endpoint}: {e}");

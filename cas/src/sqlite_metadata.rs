@@ -1,14 +1,13 @@
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use memobuild_proto::{Digest, DigestFunction, Error, Result};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
 
 use crate::blob_metadata::BlobMetadata;
+use crate::sqlite_pool::open_sqlite;
 
 /// [`BlobMetadata`] in a SQLite database (WAL mode), for embedded use.
 pub struct SqliteMetadata {
@@ -23,18 +22,7 @@ fn db_error(what: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
 impl SqliteMetadata {
     /// Opens (creating and migrating if needed) the database at `path`.
     pub async fn open(path: &Path) -> Result<Self> {
-        let url = format!("sqlite://{}", path.display());
-        let options = SqliteConnectOptions::from_str(&url)
-            .map_err(db_error("parsing path"))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(|e| Error::unavailable(format!("opening blob metadata {}: {e}", path.display())))?;
+        let pool = open_sqlite(path, 4, "blob metadata").await?;
         sqlx::migrate!("migrations/sqlite")
             .run(&pool)
             .await

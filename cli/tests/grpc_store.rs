@@ -4,25 +4,13 @@
 mod common;
 
 use bytes::Bytes;
-use common::TestServer;
+use common::{data, TestServer};
 use futures::StreamExt;
 use memobuild_cas::conformance::{self, Options};
 use memobuild_cas::{collect, BlobStore, BlobStream, ByteRange, GrpcStore};
 use memobuild_proto::bytestream::ReadRequest;
 use memobuild_proto::{Compressor, Digest, DigestFunction, Error, ResourceName};
 use tonic::Code;
-
-fn data(len: usize, seed: u32) -> Bytes {
-    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
 
 /// `data` in pieces of `chunk` bytes.
 fn chunked(data: Bytes, chunk: usize) -> BlobStream {

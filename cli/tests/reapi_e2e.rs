@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::TestServer;
+use common::{data, TestServer};
 use memobuild_proto::bytestream::{QueryWriteStatusRequest, ReadRequest, WriteRequest};
 use memobuild_proto::reapi::{
     batch_update_blobs_request, compressor, digest_function, ActionResult, BatchReadBlobsRequest,
@@ -14,18 +14,6 @@ use memobuild_proto::reapi::{
 use memobuild_proto::{Compressor, Digest, DigestFunction, ResourceName};
 use prost::Message;
 use tonic::Code;
-
-fn data(len: usize, seed: u32) -> Bytes {
-    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
 
 fn write_requests(name: &str, data: &[u8], offset: usize, chunk: usize, finish: bool) -> Vec<WriteRequest> {
     let mut requests: Vec<WriteRequest> = data

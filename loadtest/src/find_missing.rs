@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use memobuild_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
-use memobuild_proto::reapi::{batch_update_blobs_request, BatchUpdateBlobsRequest, FindMissingBlobsRequest};
+use memobuild_proto::reapi::FindMissingBlobsRequest;
 use memobuild_proto::{reapi, Digest, DigestFunction};
 use serde::Serialize;
 use tonic::transport::Channel;
@@ -17,13 +17,8 @@ use tonic::transport::Channel;
 use crate::blob_source::{BlobSource, Content};
 use crate::connection::{self, ChannelOptions};
 use crate::stats::LatencySummary;
+use crate::upload::{self, Uploader};
 
-/// The batch limit assumed when the server does not say (the common default).
-const DEFAULT_BATCH_BYTES: u64 = 4 << 20;
-/// Room left in a batch for the framing around the blobs' bytes.
-const BATCH_OVERHEAD: u64 = 64 << 10;
-/// Protobuf bytes per entry besides the data (digest, tags, lengths).
-const ENTRY_OVERHEAD: u64 = 96;
 /// Sizes of the generated blobs: small, like most of a build's inputs.
 const MIN_BLOB: u64 = 64;
 const MAX_BLOB: u64 = 4096;
@@ -112,72 +107,6 @@ fn generate_set(source: &mut BlobSource, function: DigestFunction, count: usize,
     blobs
 }
 
-/// Uploads `blobs` with BatchUpdateBlobs, as few batches as the limit allows.
-async fn upload(
-    client: &mut ContentAddressableStorageClient<Channel>,
-    options: &FindMissingOptions,
-    blobs: &[&SetBlob],
-    batch_limit: u64,
-) -> anyhow::Result<usize> {
-    let mut batches = 0;
-    let mut pending: Vec<batch_update_blobs_request::Request> = Vec::new();
-    let mut pending_bytes = 0u64;
-    for (i, blob) in blobs.iter().enumerate() {
-        let bytes = blob.data.len() as u64 + ENTRY_OVERHEAD;
-        if !pending.is_empty() && pending_bytes + bytes > batch_limit {
-            send_batch(client, options, std::mem::take(&mut pending)).await?;
-            batches += 1;
-            pending_bytes = 0;
-        }
-        pending.push(batch_update_blobs_request::Request {
-            digest: Some(blob.digest.to_proto()),
-            data: blob.data.clone(),
-            compressor: reapi::compressor::Value::Identity as i32,
-        });
-        pending_bytes += bytes;
-        if i + 1 == blobs.len() {
-            send_batch(client, options, std::mem::take(&mut pending)).await?;
-            batches += 1;
-        }
-    }
-    Ok(batches)
-}
-
-async fn send_batch(
-    client: &mut ContentAddressableStorageClient<Channel>,
-    options: &FindMissingOptions,
-    requests: Vec<batch_update_blobs_request::Request>,
-) -> anyhow::Result<()> {
-    let count = requests.len();
-    let request = BatchUpdateBlobsRequest {
-        instance_name: options.instance_name.clone(),
-        requests,
-        digest_function: options.digest_function.to_proto(),
-    };
-    let response = client
-        .batch_update_blobs(request)
-        .await
-        .with_context(|| format!("BatchUpdateBlobs of {count} blobs"))?
-        .into_inner();
-    if response.responses.len() != count {
-        bail!("BatchUpdateBlobs of {count} blobs answered for {}", response.responses.len());
-    }
-    for entry in response.responses {
-        let status = entry.status.unwrap_or_default();
-        if status.code != 0 {
-            let digest = entry.digest.unwrap_or_default();
-            bail!(
-                "BatchUpdateBlobs: blob {}/{} failed with code {}: {}",
-                digest.hash,
-                digest.size_bytes,
-                status.code,
-                status.message
-            );
-        }
-    }
-    Ok(())
-}
-
 /// What the workers share.
 struct Shared {
     probes: Vec<Probe>,
@@ -234,21 +163,8 @@ pub async fn run(options: FindMissingOptions) -> anyhow::Result<FindMissingRepor
     }
     let channels = connection::connect(&options.channel, options.connections).await?;
     let first = channels.first().cloned().context("no channel")?;
-    let batch_limit = match connection::capabilities(first.clone(), &options.instance_name).await? {
-        Some(caps) => {
-            let cache = caps.cache_capabilities.unwrap_or_default();
-            let function = options.digest_function.to_proto();
-            if !cache.digest_functions.is_empty() && !cache.digest_functions.contains(&function) {
-                bail!("the server does not list {} among its digest functions", options.digest_function);
-            }
-            match u64::try_from(cache.max_batch_total_size_bytes) {
-                Ok(0) | Err(_) => DEFAULT_BATCH_BYTES,
-                Ok(n) => n.min(DEFAULT_BATCH_BYTES),
-            }
-        }
-        None => DEFAULT_BATCH_BYTES,
-    };
-    let batch_limit = batch_limit.saturating_sub(BATCH_OVERHEAD).max(MAX_BLOB + ENTRY_OVERHEAD);
+    let batch_limit =
+        upload::batch_limit(first.clone(), &options.instance_name, options.digest_function, MAX_BLOB).await?;
 
     let present = (options.digests as f64 * options.present_fraction).round() as usize;
     let mut source = BlobSource::new(options.seed);
@@ -258,8 +174,15 @@ pub async fn run(options: FindMissingOptions) -> anyhow::Result<FindMissingRepor
     let mut batches = 0usize;
     for _ in 0..options.distinct_sets {
         let set = generate_set(&mut source, options.digest_function, options.digests, present);
-        let to_upload: Vec<&SetBlob> = set.iter().filter(|b| b.present).collect();
-        batches += upload(&mut setup, &options, &to_upload, batch_limit).await?;
+        let to_upload: Vec<(Digest, &[u8])> =
+            set.iter().filter(|b| b.present).map(|b| (b.digest, b.data.as_slice())).collect();
+        let mut uploader = Uploader {
+            client: &mut setup,
+            instance_name: &options.instance_name,
+            function: options.digest_function,
+            batch_limit,
+        };
+        batches += uploader.upload(&to_upload).await?;
         uploaded += to_upload.len();
         probes.push(Probe {
             request: FindMissingBlobsRequest {

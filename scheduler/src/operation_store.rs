@@ -63,7 +63,21 @@ macro_rules! row_columns {
     };
 }
 
-pub(crate) use {bind_columns, row_columns};
+/// Decodes rows selected with [`crate::operation_record::COLUMNS`].
+macro_rules! records_from_rows {
+    ($rows:expr) => {
+        $rows
+            .iter()
+            .map(|row| {
+                let columns = (|| -> Result<_, sqlx::Error> { Ok(row_columns!(row)) })()
+                    .map_err(db_error("reading an operation"))?;
+                OperationRecord::from_columns(columns)
+            })
+            .collect()
+    };
+}
+
+pub(crate) use {bind_columns, records_from_rows, row_columns};
 
 /// A database error as ours, naming what was being done.
 pub(crate) fn db_error(what: &'static str) -> impl Fn(sqlx::Error) -> memobuild_proto::Error {

@@ -4,7 +4,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Row;
 
 use crate::operation_record::{OperationRecord, COLUMNS, UPSERT};
-use crate::operation_store::{bind_columns, db_error, row_columns, OperationStore};
+use crate::operation_store::{bind_columns, db_error, records_from_rows, row_columns, OperationStore};
 
 /// [`OperationStore`] in PostgreSQL, for a cluster's scheduler.
 pub struct PostgresOperationStore {
@@ -72,13 +72,7 @@ impl OperationStore for PostgresOperationStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db_error("loading operations"))?;
-        rows.iter()
-            .map(|row| {
-                let columns = (|| -> Result<_, sqlx::Error> { Ok(row_columns!(row)) })()
-                    .map_err(db_error("reading an operation"))?;
-                OperationRecord::from_columns(columns)
-            })
-            .collect()
+        records_from_rows!(rows)
     }
 
     async fn delete_completed_before(&self, ms: i64) -> Result<u64> {

@@ -1,14 +1,12 @@
 use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use memobuild_proto::{Error, Result};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
 
 use crate::operation_record::{OperationRecord, COLUMNS, UPSERT};
-use crate::operation_store::{bind_columns, db_error, row_columns, OperationStore};
+use crate::operation_store::{bind_columns, db_error, records_from_rows, row_columns, OperationStore};
 
 /// [`OperationStore`] in SQLite, for the embedded scheduler.
 pub struct SqliteOperationStore {
@@ -17,17 +15,7 @@ pub struct SqliteOperationStore {
 
 impl SqliteOperationStore {
     pub async fn open(path: &Path) -> Result<Self> {
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-            .map_err(db_error("parsing the path"))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_with(options)
-            .await
-            .map_err(|e| Error::unavailable(format!("opening operation store {}: {e}", path.display())))?;
+        let pool = memobuild_cas::open_sqlite(path, 2, "operation store").await?;
         sqlx::migrate!("migrations/sqlite")
             .run(&pool)
             .await
@@ -70,13 +58,7 @@ impl OperationStore for SqliteOperationStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db_error("loading operations"))?;
-        rows.iter()
-            .map(|row| {
-                let columns = (|| -> Result<_, sqlx::Error> { Ok(row_columns!(row)) })()
-                    .map_err(db_error("reading an operation"))?;
-                OperationRecord::from_columns(columns)
-            })
-            .collect()
+        records_from_rows!(rows)
     }
 
     async fn delete_completed_before(&self, ms: i64) -> Result<u64> {

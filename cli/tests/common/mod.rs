@@ -14,6 +14,19 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
+/// `len` pseudo-random bytes, the same for the same seed.
+pub fn data(len: usize, seed: u32) -> bytes::Bytes {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
 pub const MAX_MESSAGE: usize = 64 << 20;
 
 pub struct TestServer {
