@@ -2,5 +2,6 @@
 
 pub mod admin;
 pub mod config;
+pub mod graph;
 pub mod request_layer;
 pub mod server;

@@ -1,9 +1,11 @@
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use memobuild_cli::config::{default_state_dir, OperationStoreConfig, SchedulerSection, ServerConfig, WorkerSection};
+use memobuild_cli::graph::{self, GraphFormat};
 use memobuild_cli::server::{self, Listeners};
 
 /// MemoBuild: container image builds and a Remote Execution API cluster.
@@ -24,6 +26,28 @@ enum Command {
     Scheduler(SchedulerArgs),
     /// The worker role: runs actions for a scheduler.
     Worker(WorkerArgs),
+    /// Print a Dockerfile's build graph (stages, steps, keys) without building.
+    Graph(GraphArgs),
+}
+
+#[derive(Args)]
+struct GraphArgs {
+    /// The build context directory.
+    context: PathBuf,
+    /// The Dockerfile [default: CONTEXT/Dockerfile].
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Build only this stage and what it needs.
+    #[arg(long)]
+    target: Option<String>,
+    /// A build argument, NAME=VALUE (repeatable).
+    #[arg(long = "build-arg", value_parser = parse_property)]
+    build_args: Vec<(String, String)>,
+    #[arg(long, value_enum, default_value = "text")]
+    format: GraphFormat,
+    /// Where the context scan keeps its stat cache [default: $XDG_STATE_HOME/memobuild].
+    #[arg(long, env = "MEMOBUILD_STATE_DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -132,7 +156,18 @@ async fn shutdown_signal() {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain of contexts, without a backtrace: messages name the problem.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MEMOBUILD_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -153,6 +188,13 @@ async fn main() -> anyhow::Result<()> {
             let admin = args.admin_listen;
             let listeners = Listeners::bind(args.listen, admin).await?;
             server::run_scheduler(&args.cas, section, listeners, shutdown_signal()).await.context("memobuild scheduler")
+        }
+        Command::Graph(args) => {
+            let cache_dir = args.state_dir.unwrap_or_else(default_state_dir).join("context-cache");
+            let build_args = args.build_args.into_iter().collect();
+            let graph = graph::plan(&args.context, args.file.as_deref(), args.target, build_args, &cache_dir)?;
+            std::io::stdout().write_all(graph::render(&graph, args.format).as_bytes())?;
+            Ok(())
         }
         Command::Worker(args) => {
             let state_dir = args.state_dir.unwrap_or_else(default_state_dir);

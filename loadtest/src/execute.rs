@@ -266,10 +266,15 @@ pub async fn run(options: ExecuteOptions) -> anyhow::Result<ExecuteReport> {
     let blobs: Vec<(Digest, &[u8])> =
         actions.iter().flat_map(|a| a.blobs.iter().map(|(d, data)| (*d, data.as_slice()))).collect();
     let largest = blobs.iter().map(|(_, data)| data.len() as u64).max().unwrap_or(0);
-    let batch_limit = upload::batch_limit(first.clone(), &options.instance_name, options.digest_function, largest).await?;
+    let batch_limit =
+        upload::batch_limit(first.clone(), &options.instance_name, options.digest_function, largest).await?;
     let mut cas = connection::cas_client(first);
-    let mut uploader =
-        Uploader { client: &mut cas, instance_name: &options.instance_name, function: options.digest_function, batch_limit };
+    let mut uploader = Uploader {
+        client: &mut cas,
+        instance_name: &options.instance_name,
+        function: options.digest_function,
+        batch_limit,
+    };
     let batches = uploader.upload(&blobs).await?;
     let upload_seconds = upload_start.elapsed().as_secs_f64();
     eprintln!(
@@ -351,10 +356,8 @@ mod tests {
         assert_eq!(outcome(&done_with(ok(false))), Some(Ok(false)));
         assert_eq!(outcome(&done_with(ok(true))), Some(Ok(true)));
 
-        let failed_exit = ExecuteResponse {
-            result: Some(ActionResult { exit_code: 1, ..Default::default() }),
-            ..Default::default()
-        };
+        let failed_exit =
+            ExecuteResponse { result: Some(ActionResult { exit_code: 1, ..Default::default() }), ..Default::default() };
         assert!(outcome(&done_with(failed_exit)).unwrap().unwrap_err().contains("exit code 1"));
 
         let bad_status = ExecuteResponse {

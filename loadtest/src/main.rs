@@ -1,17 +1,27 @@
 //! `memobuild-loadtest`: measures any REAPI v2 server the same way.
 //!
 //! `find-missing` times FindMissingBlobs calls and checks every answer;
-//! `bytestream` times ByteStream writes and reads of one large blob.
+//! `bytestream` times ByteStream writes and reads of one large blob;
+//! `execute` times Execute calls of distinct trivial actions, executed and
+//! as cache hits; `queue-memory` measures a scheduler's memory per queued
+//! action.
 
 mod blob_source;
 mod byte_stream;
 mod connection;
+mod execute;
 mod find_missing;
+mod metrics_scrape;
+mod process_stats;
+mod queue_memory;
 mod size;
 mod stats;
+mod trivial_action;
+mod upload;
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -38,6 +48,11 @@ enum Command {
     FindMissing(FindMissingArgs),
     /// ByteStream Write and Read throughput of one large blob.
     Bytestream(ByteStreamArgs),
+    /// Execute throughput and latency of distinct `/bin/true` actions.
+    Execute(ExecuteArgs),
+    /// A scheduler's resident memory per queued action (run it against a
+    /// scheduler with no worker, so every action stays queued).
+    QueueMemory(QueueMemoryArgs),
 }
 
 #[derive(Args)]
@@ -103,6 +118,77 @@ struct ByteStreamArgs {
     repeat: usize,
     #[arg(long, value_enum, default_value_t = CompressorArg::Identity)]
     compressor: CompressorArg,
+}
+
+#[derive(Args)]
+struct ExecuteArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Distinct actions; each pass runs every one once.
+    #[arg(long, default_value_t = 1000)]
+    actions: usize,
+    /// Tasks issuing Execute calls at the same time.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// HTTP/2 connections the tasks share.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Set skip_cache_lookup on the timed `execute` pass.
+    #[arg(long)]
+    skip_cache_lookup: bool,
+    /// execute: one timed pass. cached: an untimed pass that fills the
+    /// action cache, then a timed pass that must be all cache hits. both: a
+    /// timed execute pass, then a timed cache-hit pass of the same actions.
+    #[arg(long, value_enum, default_value_t = PhaseArg::Execute)]
+    phase: PhaseArg,
+    /// Seconds one Execute may take before it counts as an error.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// The server's process id, to report the CPU time it used per pass.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+#[derive(Args)]
+struct QueueMemoryArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Distinct actions to queue.
+    #[arg(long, default_value_t = 10_000)]
+    actions: usize,
+    /// Tasks submitting at the same time.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// The scheduler's process id (its VmRSS is read from /proc).
+    #[arg(long)]
+    pid: u32,
+    /// The scheduler's admin metrics, e.g. http://127.0.0.1:9091/metrics,
+    /// to check that the queue grew by --actions.
+    #[arg(long)]
+    metrics: Option<String>,
+    /// Upload the actions here instead of to --endpoint: grpc://HOST:PORT.
+    #[arg(long)]
+    cas_endpoint: Option<String>,
+    /// Milliseconds to wait after the last submission before reading memory.
+    #[arg(long, default_value_t = 2000)]
+    settle_ms: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PhaseArg {
+    Execute,
+    Cached,
+    Both,
+}
+
+impl From<PhaseArg> for execute::Phase {
+    fn from(p: PhaseArg) -> Self {
+        match p {
+            PhaseArg::Execute => execute::Phase::Execute,
+            PhaseArg::Cached => execute::Phase::Cached,
+            PhaseArg::Both => execute::Phase::Both,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -261,6 +347,100 @@ async fn bytestream(args: ByteStreamArgs) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+async fn execute(args: ExecuteArgs) -> anyhow::Result<bool> {
+    let out = Output { json: args.common.json };
+    let options = execute::ExecuteOptions {
+        channel: args.common.channel(),
+        connections: args.connections,
+        instance_name: args.common.instance_name.clone(),
+        digest_function: args.common.digest_function.into(),
+        actions: args.actions,
+        concurrency: args.concurrency,
+        skip_cache_lookup: args.skip_cache_lookup,
+        phase: args.phase.into(),
+        seed: args.common.seed(),
+        timeout: Duration::from_secs(args.timeout),
+        server_pid: args.server_pid,
+    };
+    let report = execute::run(options).await?;
+    out.line(&format!(
+        "execute: {} distinct {} actions ({}, seed {}), concurrency {}, {} connection(s)",
+        report.actions,
+        trivial_action::PROGRAM,
+        report.digest_function,
+        report.seed,
+        report.concurrency,
+        report.connections
+    ))?;
+    for pass in &report.passes {
+        out.line(&format!(
+            "{} pass (skip_cache_lookup {}): {:.0} actions/s over {:.2} s; {} cached, {} errors",
+            pass.pass, pass.skip_cache_lookup, pass.actions_per_second, pass.wall_seconds, pass.cached, pass.errors
+        ))?;
+        if let Some(l) = &pass.latency {
+            out.line(&format!(
+                "  latency us: p50 {} p90 {} p99 {} max {} (mean {:.0})",
+                l.p50_us, l.p90_us, l.p99_us, l.max_us, l.mean_us
+            ))?;
+        }
+        let per_action = |cpu: Option<f64>| cpu.map(|s| format!("{:.0} us/action", s * 1e6 / pass.actions as f64));
+        if let Some(server) = per_action(pass.server_cpu_seconds) {
+            out.line(&format!("  server CPU: {:.2} s, {server}", pass.server_cpu_seconds.unwrap_or_default()))?;
+        }
+        if let Some(client) = per_action(pass.client_cpu_seconds) {
+            out.line(&format!("  client CPU: {:.2} s, {client}", pass.client_cpu_seconds.unwrap_or_default()))?;
+        }
+        if pass.expect_cached && pass.cached != pass.actions as u64 {
+            out.line(&format!("  expected {} cache hits, got {}", pass.actions, pass.cached))?;
+        }
+        if let Some(e) = &pass.first_error {
+            out.line(&format!("  first error: {e}"))?;
+        }
+    }
+    out.json(&report)?;
+    Ok(report.ok())
+}
+
+async fn queue_memory(args: QueueMemoryArgs) -> anyhow::Result<bool> {
+    let out = Output { json: args.common.json };
+    let options = queue_memory::QueueMemoryOptions {
+        channel: args.common.channel(),
+        cas: args
+            .cas_endpoint
+            .clone()
+            .map(|endpoint| connection::ChannelOptions { endpoint, max_frame_size: args.common.max_frame_size }),
+        instance_name: args.common.instance_name.clone(),
+        digest_function: args.common.digest_function.into(),
+        actions: args.actions,
+        concurrency: args.concurrency,
+        seed: args.common.seed(),
+        pid: args.pid,
+        metrics: args.metrics.clone(),
+        settle: Duration::from_millis(args.settle_ms),
+    };
+    let report = queue_memory::run(options).await?;
+    out.line(&format!(
+        "queue-memory: {} actions submitted in {:.2} s: {} queued, {} done at once, {} errors",
+        report.actions, report.submit_seconds, report.queued, report.done_at_once, report.errors
+    ))?;
+    out.line(&format!(
+        "scheduler (pid {}) VmRSS: {} KiB before, {} KiB after: {:+} bytes, {} bytes per queued action",
+        report.pid,
+        report.rss_before_kib,
+        report.rss_after_kib,
+        report.rss_delta_bytes,
+        report.bytes_per_queued_action.map_or("-".to_string(), |b| format!("{b:.0}"))
+    ))?;
+    if let (Some(before), Some(after)) = (report.queued_gauge_before, report.queued_gauge_after) {
+        out.line(&format!("{}: {before} before, {after} after", queue_memory::QUEUED_GAUGE))?;
+    }
+    if let Some(e) = &report.first_error {
+        out.line(&format!("first error: {e}"))?;
+    }
+    out.json(&report)?;
+    Ok(report.ok())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -274,12 +454,14 @@ fn main() -> ExitCode {
         match cli.command {
             Command::FindMissing(args) => find_missing(args).await,
             Command::Bytestream(args) => bytestream(args).await,
+            Command::Execute(args) => execute(args).await,
+            Command::QueueMemory(args) => queue_memory(args).await,
         }
     });
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
-            eprintln!("error: some calls failed or gave wrong answers (see above)");
+            eprintln!("error: some calls failed, gave wrong answers or missed what was expected (see above)");
             ExitCode::FAILURE
         }
         Err(e) => {

@@ -1,0 +1,47 @@
+//! `memobuild graph`: a Dockerfile's build graph, without building.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use memobuild_frontend::{plan_text, BuildGraph, BuildOptions, ContextScanner, DockerIgnore};
+
+/// How the graph is printed.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum GraphFormat {
+    /// One line per step with its key.
+    Text,
+    Json,
+    /// Graphviz.
+    Dot,
+}
+
+/// Plans the build of `context` with `dockerfile` (default `CONTEXT/Dockerfile`).
+/// The context scan keeps its stat cache under `cache_dir`.
+pub fn plan(
+    context: &Path,
+    dockerfile: Option<&Path>,
+    target: Option<String>,
+    build_args: BTreeMap<String, String>,
+    cache_dir: &Path,
+) -> anyhow::Result<BuildGraph> {
+    let dockerfile: PathBuf = dockerfile.map(Path::to_path_buf).unwrap_or_else(|| context.join("Dockerfile"));
+    let text = std::fs::read_to_string(&dockerfile).with_context(|| format!("reading {}", dockerfile.display()))?;
+    let ignore = DockerIgnore::load(context, Some(&dockerfile)).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    let (scanned, _) = ContextScanner::new(context, ignore)
+        .with_cache_dir(cache_dir)
+        .scan()
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    let options = BuildOptions { build_args, target, ..BuildOptions::default() };
+    let name = dockerfile.to_string_lossy();
+    // The message already names the file, line and column, with a caret.
+    plan_text(&name, &text, &scanned, &options).map_err(|e| anyhow::anyhow!("{}", e.message()))
+}
+
+pub fn render(graph: &BuildGraph, format: GraphFormat) -> String {
+    match format {
+        GraphFormat::Text => graph.to_text(),
+        GraphFormat::Json => graph.to_json(),
+        GraphFormat::Dot => graph.to_dot(),
+    }
+}
