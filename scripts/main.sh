@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# MemoBuild's main job on embedded defaults: start `memobuild server` and build
-# a real Bazel workspace against it as remote cache, twice, with `bazel clean`
-# in between: the second build is served from the cache.
+# MemoBuild's main job on embedded defaults (until image builds exist): start
+# `memobuild server` and build a real Bazel workspace on it as remote executor,
+# twice, with `bazel clean` in between: the first build runs every action on
+# memobuild's worker, the second is served from its cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -27,8 +28,8 @@ cp -r tests/bazel-workspace "$work/ws"
 rm -f "$work/ws"/bazel-*
 cd "$work/ws"
 bazel=(bazel "--output_user_root=$work/bazel")
-"${bazel[@]}" build //... "--remote_cache=grpc://$address" 2>&1 | grep -E "processes|Elapsed"
+"${bazel[@]}" build //... "--remote_executor=grpc://$address" 2>&1 | grep -E "processes|Elapsed"
 "${bazel[@]}" clean 2>/dev/null
-"${bazel[@]}" build //... "--remote_cache=grpc://$address" 2>&1 | grep -E "processes|Elapsed"
+"${bazel[@]}" build //... "--remote_executor=grpc://$address" 2>&1 | grep -E "processes|Elapsed"
 "${bazel[@]}" shutdown 2>/dev/null
-curl -s "http://$admin/metrics" | grep -E '^memobuild_cas_(stored|read|written)'
+curl -s "http://$admin/metrics" | grep -E '^memobuild_(cas_(stored|read|written)|scheduler_actions_total)'
