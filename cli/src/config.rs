@@ -136,7 +136,9 @@ impl ServerConfig {
                 metadata: MetadataConfig::Sqlite { path: state_dir.join("cas.db") },
                 inner: Box::new(StoreConfig::Filesystem { path: state_dir.join("cas"), sync: true }),
             },
-            action_cache: StoreConfig::Filesystem { path: state_dir.join("ac"), sync: true },
+            // An action result lost in a power cut costs a re-run, never a wrong
+            // hit (each is renamed into place whole), so it is not synced.
+            action_cache: StoreConfig::Filesystem { path: state_dir.join("ac"), sync: false },
             scheduler: Some(SchedulerSection {
                 store: OperationStoreConfig::Sqlite { path: state_dir.join("scheduler.db") },
                 ..SchedulerSection::default()

@@ -90,6 +90,9 @@ pub struct PassReport {
     pub first_error: Option<String>,
     /// CPU seconds the server process used during the pass, if its pid was given.
     pub server_cpu_seconds: Option<f64>,
+    /// CPU seconds of the server's exited children (the commands its local
+    /// worker ran) during the pass.
+    pub server_children_cpu_seconds: Option<f64>,
     /// CPU seconds this load generator used during the pass.
     pub client_cpu_seconds: Option<f64>,
 }
@@ -218,6 +221,7 @@ async fn pass(
         first_error: Mutex::new(None),
     });
     let server_cpu = options.server_pid.map(process_stats::cpu_seconds).transpose()?;
+    let children_cpu = options.server_pid.map(process_stats::children_cpu_seconds).transpose()?;
     let client_cpu = process_stats::cpu_seconds(std::process::id()).ok();
     let start = Instant::now();
     let tasks: Vec<_> = (0..options.concurrency)
@@ -236,6 +240,10 @@ async fn pass(
         (Some(pid), Some(before)) => Some(process_stats::cpu_seconds(pid)? - before),
         _ => None,
     };
+    let server_children_cpu_seconds = match (options.server_pid, children_cpu) {
+        (Some(pid), Some(before)) => Some(process_stats::children_cpu_seconds(pid)? - before),
+        _ => None,
+    };
     let client_cpu_seconds =
         client_cpu.and_then(|before| Some(process_stats::cpu_seconds(std::process::id()).ok()? - before));
     Ok(PassReport {
@@ -250,6 +258,7 @@ async fn pass(
         errors: shared.errors.load(Ordering::Relaxed),
         first_error: shared.first_error.lock().ok().and_then(|mut e| e.take()),
         server_cpu_seconds,
+        server_children_cpu_seconds,
         client_cpu_seconds,
     })
 }

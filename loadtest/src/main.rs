@@ -387,6 +387,12 @@ async fn execute(args: ExecuteArgs) -> anyhow::Result<bool> {
         if let Some(server) = per_action(pass.server_cpu_seconds) {
             out.line(&format!("  server CPU: {:.2} s, {server}", pass.server_cpu_seconds.unwrap_or_default()))?;
         }
+        if let Some(children) = per_action(pass.server_children_cpu_seconds) {
+            out.line(&format!(
+                "  server's children (the commands run) CPU: {:.2} s, {children}",
+                pass.server_children_cpu_seconds.unwrap_or_default()
+            ))?;
+        }
         if let Some(client) = per_action(pass.client_cpu_seconds) {
             out.line(&format!("  client CPU: {:.2} s, {client}", pass.client_cpu_seconds.unwrap_or_default()))?;
         }

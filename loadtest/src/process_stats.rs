@@ -7,6 +7,15 @@ use anyhow::Context;
 /// is 100 on every Linux architecture this runs on.
 const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
+/// CPU seconds of process `pid`'s children that have exited and been
+/// waited for (`cutime + cstime`): the commands a worker ran.
+pub fn children_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let ticks = stat_children_cpu_ticks(&text).with_context(|| format!("{path}: unexpected format"))?;
+    Ok(ticks as f64 / CLOCK_TICKS_PER_SECOND)
+}
+
 /// `VmRSS` of process `pid`, in KiB.
 pub fn resident_kib(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
@@ -36,12 +45,20 @@ pub fn status_field_kib(status: &str, field: &str) -> Option<u64> {
 /// name (field 2) may hold spaces and parentheses, so fields are counted from
 /// the last `)`.
 pub fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    Some(stat_field(stat, 14)? + stat_field(stat, 15)?)
+}
+
+/// `cutime + cstime` (fields 16 and 17) of a `/proc/PID/stat` line.
+pub fn stat_children_cpu_ticks(stat: &str) -> Option<u64> {
+    Some(stat_field(stat, 16)? + stat_field(stat, 17)?)
+}
+
+/// Numeric field `n` (1-based, as in proc(5)) of a `/proc/PID/stat` line,
+/// counted from the last `)` since the command name may hold spaces.
+fn stat_field(stat: &str, n: usize) -> Option<u64> {
     let after_name = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // fields[0] is field 3 (state), so field N is fields[N - 3].
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    // The first field after the name is field 3 (state).
+    after_name.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -63,6 +80,9 @@ mod tests {
     fn counts_stat_fields_from_the_last_parenthesis() {
         let stat = "4242 (memo (build) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 1234 56 0 0 20 0 9 0 100 0 0";
         assert_eq!(stat_cpu_ticks(stat), Some(1290));
+        assert_eq!(stat_children_cpu_ticks(stat), Some(0));
+        let with_children = "7 (w) S 1 7 7 0 -1 0 0 0 0 0 10 20 300 40 20 0 1 0";
+        assert_eq!(stat_children_cpu_ticks(with_children), Some(340));
         assert_eq!(stat_cpu_ticks("4242 (short) S 1"), None);
         assert_eq!(stat_cpu_ticks("no parenthesis"), None);
     }
@@ -72,5 +92,6 @@ mod tests {
         let pid = std::process::id();
         assert!(resident_kib(pid).unwrap() > 0);
         assert!(cpu_seconds(pid).unwrap() >= 0.0);
+        assert!(children_cpu_seconds(pid).unwrap() >= 0.0);
     }
 }
