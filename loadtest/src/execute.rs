@@ -18,8 +18,7 @@ use tonic::transport::Channel;
 use crate::connection::{self, ChannelOptions};
 use crate::process_stats;
 use crate::stats::LatencySummary;
-use crate::trivial_action::trivial_actions;
-use crate::upload::{self, Uploader};
+use crate::trivial_action::upload_trivial_actions;
 
 /// Which timed passes over the actions a run makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -271,28 +270,10 @@ pub async fn run(options: ExecuteOptions) -> anyhow::Result<ExecuteReport> {
     let first = channels.first().cloned().context("no channel")?;
 
     let upload_start = Instant::now();
-    let actions = trivial_actions(options.digest_function, options.seed, options.actions);
-    let blobs: Vec<(Digest, &[u8])> =
-        actions.iter().flat_map(|a| a.blobs.iter().map(|(d, data)| (*d, data.as_slice()))).collect();
-    let largest = blobs.iter().map(|(_, data)| data.len() as u64).max().unwrap_or(0);
-    let batch_limit =
-        upload::batch_limit(first.clone(), &options.instance_name, options.digest_function, largest).await?;
-    let mut cas = connection::cas_client(first);
-    let mut uploader = Uploader {
-        client: &mut cas,
-        instance_name: &options.instance_name,
-        function: options.digest_function,
-        batch_limit,
-    };
-    let batches = uploader.upload(&blobs).await?;
+    let digests =
+        upload_trivial_actions(first, &options.instance_name, options.digest_function, options.seed, options.actions)
+            .await?;
     let upload_seconds = upload_start.elapsed().as_secs_f64();
-    eprintln!(
-        "uploaded {} actions ({} blobs) in {batches} BatchUpdateBlobs calls, {upload_seconds:.2} s (untimed)",
-        actions.len(),
-        blobs.len()
-    );
-
-    let digests: Vec<Digest> = actions.iter().map(|a| a.digest).collect();
     let mut passes = Vec::new();
     match options.phase {
         Phase::Execute => {

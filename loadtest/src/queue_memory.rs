@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use memobuild_proto::reapi::execution_client::ExecutionClient;
 use memobuild_proto::reapi::ExecuteRequest;
-use memobuild_proto::{Digest, DigestFunction};
+use memobuild_proto::DigestFunction;
 use serde::Serialize;
 use tonic::transport::Channel;
 
@@ -18,8 +18,7 @@ use crate::connection::{self, ChannelOptions};
 use crate::execute::outcome;
 use crate::metrics_scrape;
 use crate::process_stats;
-use crate::trivial_action::trivial_actions;
-use crate::upload::{self, Uploader};
+use crate::trivial_action::upload_trivial_actions;
 
 /// The scheduler's gauge of actions waiting for a worker.
 pub const QUEUED_GAUGE: &str = "memobuild_scheduler_queued_actions";
@@ -141,21 +140,14 @@ pub async fn run(options: QueueMemoryOptions) -> anyhow::Result<QueueMemoryRepor
         None => channel.clone(),
     };
 
-    let actions = trivial_actions(options.digest_function, options.seed, options.actions);
-    let blobs: Vec<(Digest, &[u8])> =
-        actions.iter().flat_map(|a| a.blobs.iter().map(|(d, data)| (*d, data.as_slice()))).collect();
-    let largest = blobs.iter().map(|(_, data)| data.len() as u64).max().unwrap_or(0);
-    let batch_limit =
-        upload::batch_limit(cas_channel.clone(), &options.instance_name, options.digest_function, largest).await?;
-    let mut cas = connection::cas_client(cas_channel);
-    let mut uploader = Uploader {
-        client: &mut cas,
-        instance_name: &options.instance_name,
-        function: options.digest_function,
-        batch_limit,
-    };
-    let batches = uploader.upload(&blobs).await?;
-    eprintln!("uploaded {} actions ({} blobs) in {batches} BatchUpdateBlobs calls", actions.len(), blobs.len());
+    let actions = upload_trivial_actions(
+        cas_channel,
+        &options.instance_name,
+        options.digest_function,
+        options.seed,
+        options.actions,
+    )
+    .await?;
 
     let gauge = |url: Option<String>| async move {
         match url {
@@ -174,7 +166,7 @@ pub async fn run(options: QueueMemoryOptions) -> anyhow::Result<QueueMemoryRepor
             .iter()
             .map(|a| ExecuteRequest {
                 instance_name: options.instance_name.clone(),
-                action_digest: Some(a.digest.to_proto()),
+                action_digest: Some(a.to_proto()),
                 digest_function: options.digest_function.to_proto(),
                 ..Default::default()
             })

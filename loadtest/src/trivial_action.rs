@@ -49,6 +49,31 @@ pub fn trivial_actions(function: DigestFunction, run: u64, count: usize) -> Vec<
     (0..count).map(|i| trivial_action(function, run, i)).collect()
 }
 
+/// Makes `count` trivial actions of run `run` and uploads their blobs through
+/// `channel` (untimed set-up); returns their action digests.
+pub async fn upload_trivial_actions(
+    channel: tonic::transport::Channel,
+    instance_name: &str,
+    function: DigestFunction,
+    run: u64,
+    count: usize,
+) -> anyhow::Result<Vec<Digest>> {
+    let actions = trivial_actions(function, run, count);
+    let blobs: Vec<(Digest, &[u8])> =
+        actions.iter().flat_map(|a| a.blobs.iter().map(|(d, data)| (*d, data.as_slice()))).collect();
+    let largest = blobs.iter().map(|(_, data)| data.len() as u64).max().unwrap_or(0);
+    let batch_limit = crate::upload::batch_limit(channel.clone(), instance_name, function, largest).await?;
+    let mut cas = crate::connection::cas_client(channel);
+    let mut uploader = crate::upload::Uploader { client: &mut cas, instance_name, function, batch_limit };
+    let batches = uploader.upload(&blobs).await?;
+    eprintln!(
+        "uploaded {} actions ({} blobs) in {batches} BatchUpdateBlobs calls (untimed)",
+        actions.len(),
+        blobs.len()
+    );
+    Ok(actions.iter().map(|a| a.digest).collect())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
