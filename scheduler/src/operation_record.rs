@@ -53,7 +53,7 @@ pub struct OperationRecord {
     pub response: Option<ExecuteResponse>,
 }
 
-/// A record as database columns, in the order of [`COLUMNS`].
+/// A record as database columns, in the order [`LOAD`] selects them.
 pub(crate) struct Columns {
     pub name: String,
     pub instance_name: String,
@@ -71,8 +71,13 @@ pub(crate) struct Columns {
     pub response: Option<Vec<u8>>,
 }
 
-pub(crate) const COLUMNS: &str = "name, instance_name, digest_function, action_hash, action_size, client, priority, \
-     skip_cache_lookup, stage, attempts, worker, queued_at_ms, updated_at_ms, response";
+/// Every stored operation, oldest first.
+pub(crate) const LOAD: &str = "SELECT name, instance_name, digest_function, action_hash, action_size, client, \
+     priority, skip_cache_lookup, stage, attempts, worker, queued_at_ms, updated_at_ms, response \
+     FROM operations ORDER BY queued_at_ms";
+
+/// Forgets operations in stage `$1` (completed) last updated before `$2`.
+pub(crate) const EXPIRE: &str = "DELETE FROM operations WHERE stage = $1 AND updated_at_ms < $2";
 
 /// The upsert both databases run, with `$n` placeholders.
 pub(crate) const UPSERT: &str =

@@ -41,7 +41,7 @@ macro_rules! bind_columns {
     };
 }
 
-/// Reads a row selected with [`crate::operation_record::COLUMNS`].
+/// Reads a row selected with [`crate::operation_record::LOAD`].
 macro_rules! row_columns {
     ($row:expr) => {
         crate::operation_record::Columns {
@@ -63,7 +63,7 @@ macro_rules! row_columns {
     };
 }
 
-/// Decodes rows selected with [`crate::operation_record::COLUMNS`].
+/// Decodes rows selected with [`crate::operation_record::LOAD`].
 macro_rules! records_from_rows {
     ($rows:expr) => {
         $rows

@@ -3,7 +3,7 @@ use memobuild_proto::{Error, Result};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Row;
 
-use crate::operation_record::{OperationRecord, COLUMNS, UPSERT};
+use crate::operation_record::{OperationRecord, EXPIRE, LOAD, UPSERT};
 use crate::operation_store::{bind_columns, db_error, records_from_rows, row_columns, OperationStore};
 
 /// [`OperationStore`] in PostgreSQL, for a cluster's scheduler.
@@ -68,16 +68,13 @@ impl OperationStore for PostgresOperationStore {
     }
 
     async fn load(&self) -> Result<Vec<OperationRecord>> {
-        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM operations ORDER BY queued_at_ms"))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error("loading operations"))?;
+        let rows = sqlx::query(LOAD).fetch_all(&self.pool).await.map_err(db_error("loading operations"))?;
         records_from_rows!(rows)
     }
 
     async fn delete_completed_before(&self, ms: i64) -> Result<u64> {
         let done = crate::operation_record::Stage::Completed.to_proto() as i64;
-        let result = sqlx::query("DELETE FROM operations WHERE stage = $1 AND updated_at_ms < $2")
+        let result = sqlx::query(EXPIRE)
             .bind(done)
             .bind(ms)
             .execute(&self.pool)

@@ -5,7 +5,7 @@ use memobuild_proto::{Error, Result};
 use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
 
-use crate::operation_record::{OperationRecord, COLUMNS, UPSERT};
+use crate::operation_record::{OperationRecord, EXPIRE, LOAD, UPSERT};
 use crate::operation_store::{bind_columns, db_error, records_from_rows, row_columns, OperationStore};
 
 /// [`OperationStore`] in SQLite, for the embedded scheduler.
@@ -54,16 +54,13 @@ impl OperationStore for SqliteOperationStore {
     }
 
     async fn load(&self) -> Result<Vec<OperationRecord>> {
-        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM operations ORDER BY queued_at_ms"))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error("loading operations"))?;
+        let rows = sqlx::query(LOAD).fetch_all(&self.pool).await.map_err(db_error("loading operations"))?;
         records_from_rows!(rows)
     }
 
     async fn delete_completed_before(&self, ms: i64) -> Result<u64> {
         let done = crate::operation_record::Stage::Completed.to_proto() as i64;
-        let result = sqlx::query("DELETE FROM operations WHERE stage = ?1 AND updated_at_ms < ?2")
+        let result = sqlx::query(&sqlite_sql(EXPIRE))
             .bind(done)
             .bind(ms)
             .execute(&self.pool)
