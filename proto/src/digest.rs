@@ -200,6 +200,37 @@ impl fmt::Display for Digest {
     }
 }
 
+/// Parses the [`fmt::Display`] form, `{digest_function/}{hash}/{size}`.
+impl FromStr for Digest {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let mut parts = s.rsplitn(3, '/');
+        let (Some(size), Some(hash)) = (parts.next(), parts.next()) else {
+            return Err(Error::invalid_argument(format!("digest {s:?}: expected HASH/SIZE")));
+        };
+        let function = match parts.next() {
+            Some(name) => name.parse()?,
+            None => DigestFunction::Sha256,
+        };
+        let size: i64 = size.parse().map_err(|_| Error::invalid_argument(format!("digest {s:?}: bad size")))?;
+        Digest::parse(function, hash, size)
+    }
+}
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Digest({self})")
@@ -254,6 +285,16 @@ impl DigestHasher {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn display_form_round_trips() {
+        for function in DigestFunction::ALL {
+            let digest = Digest::of(function, b"memobuild");
+            assert_eq!(digest.to_string().parse::<Digest>().ok(), Some(digest));
+        }
+        assert!("nothex/3".parse::<Digest>().is_err());
+        assert!("md5/00/3".parse::<Digest>().is_err());
+    }
 
     #[test]
     fn known_empty_digests() {
