@@ -2,7 +2,18 @@
 
 use std::collections::BTreeMap;
 
-use crate::Platform;
+use crate::{ImageConfig, Platform};
+
+/// A base image as the build resolved it: what a stage built `FROM` it
+/// starts with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseImage {
+    /// The manifest digest the reference resolved to (`sha256:...`).
+    pub digest: String,
+    /// The image's config: ENV, WORKDIR, USER, CMD, ... (ONBUILD triggers
+    /// are listed but not run).
+    pub config: ImageConfig,
+}
 
 /// `--build-arg`, `--target` and the platforms of a build.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,6 +27,10 @@ pub struct BuildOptions {
     pub target_platform: Platform,
     /// Where the build runs: BUILDPLATFORM.
     pub build_platform: Platform,
+    /// Base images resolved so far, by reference as written after
+    /// expansion. A stage whose base is missing here starts empty and its
+    /// key holds only the reference (enough for `memobuild graph`).
+    pub base_images: BTreeMap<String, BaseImage>,
 }
 
 impl Default for BuildOptions {
@@ -25,6 +40,7 @@ impl Default for BuildOptions {
             target: None,
             target_platform: Platform::host(),
             build_platform: Platform::host(),
+            base_images: BTreeMap::new(),
         }
     }
 }

@@ -78,7 +78,7 @@ pub mod words;
 
 pub use build_context::{BuildContext, ContextEntry, ContextNode};
 pub use build_graph::{BuildGraph, Stage, StageBase, Step};
-pub use build_options::{BuildOptions, PROXY_ARGS};
+pub use build_options::{BaseImage, BuildOptions, PROXY_ARGS};
 pub use command_line::CommandLine;
 pub use context_scanner::{ContextScanner, ScanStats};
 pub use copy_instruction::{CopyInstruction, CopySource};

@@ -100,15 +100,19 @@ impl<'a> StagePlanner<'a> {
                 self.shell = parent.shell.clone();
                 self.config = parent.stage.config.clone();
                 self.cmd_inherited = self.config.cmd.is_some();
-                let def = StepDefinition::From { image: None, platform: platform.clone() };
+                let def = StepDefinition::From { image: None, digest: None, platform: platform.clone() };
                 (StageBase::Stage { index: i }, Some(parent.stage.key), def)
             }
             None if image.eq_ignore_ascii_case("scratch") => {
-                let def = StepDefinition::From { image: None, platform: platform.clone() };
+                let def = StepDefinition::From { image: None, digest: None, platform: platform.clone() };
                 (StageBase::Scratch, None, def)
             }
             None => {
-                let def = StepDefinition::From { image: Some(image.clone()), platform: platform.clone() };
+                let digest = ex.options.base_images.get(&image).map(|base| {
+                    self.start_from_image(&base.config);
+                    base.digest.clone()
+                });
+                let def = StepDefinition::From { image: Some(image.clone()), digest, platform: platform.clone() };
                 (StageBase::Image { reference: image }, None, def)
             }
         };
@@ -180,6 +184,24 @@ impl<'a> StagePlanner<'a> {
             user: self.user,
             shell: self.shell,
         })
+    }
+
+    /// Starts from a base image's config: its ENV is in scope, its WORKDIR,
+    /// USER and CMD/ENTRYPOINT carry on. ONBUILD triggers are not inherited.
+    fn start_from_image(&mut self, config: &ImageConfig) {
+        for pair in &config.env {
+            let (name, value) = pair.split_once('=').unwrap_or((pair.as_str(), ""));
+            self.scope.set_env(name, value.to_string());
+        }
+        if let Some(workdir) = config.workdir.as_ref().filter(|w| !w.is_empty()) {
+            self.workdir = workdir.clone();
+        }
+        self.user = config.user.clone().filter(|u| !u.is_empty());
+        if let Some(shell) = config.shell.as_ref().filter(|s| !s.is_empty()) {
+            self.shell = shell.clone();
+        }
+        self.config = ImageConfig { onbuild: Vec::new(), ..config.clone() };
+        self.cmd_inherited = self.config.cmd.is_some();
     }
 
     fn stage(&self, index: usize, at: Location) -> Result<&'a PlannedStage> {

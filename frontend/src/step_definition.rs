@@ -67,6 +67,9 @@ pub enum StepDefinition {
         /// The image reference (`None` for `scratch` or a stage: a stage
         /// base is the step's parent key, see [`crate::Stage::base`]).
         image: Option<String>,
+        /// The manifest digest the reference resolved to, once known.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        digest: Option<String>,
         platform: String,
     },
     Run {

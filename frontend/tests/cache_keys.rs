@@ -239,3 +239,33 @@ fn stage_from_stage_chains_keys() {
     assert_eq!(order, [0, 1, 2, 3]);
     assert_eq!(a.stage(3).unwrap().depends_on, [1, 2]);
 }
+
+#[test]
+fn resolved_base_image_pins_from_and_seeds_env() {
+    use memobuild_frontend::{BaseImage, ImageConfig, StepDefinition};
+    let dockerfile = "FROM golang:1.22\nENV PATH=/app/bin:$PATH\nRUN go version\n";
+    let ctx = context(&[]);
+    let unresolved = plan(dockerfile, &ctx, &options(&[]));
+    let base = |digest: &str| BaseImage {
+        digest: digest.to_string(),
+        config: ImageConfig {
+            env: vec!["PATH=/usr/local/go/bin:/usr/bin".into(), "GOPATH=/go".into()],
+            workdir: Some("/go".into()),
+            cmd: Some(vec!["bash".into()]),
+            ..ImageConfig::default()
+        },
+    };
+    let mut first = options(&[]);
+    first.base_images.insert("golang:1.22".into(), base("sha256:aaaa"));
+    let mut second = options(&[]);
+    second.base_images.insert("golang:1.22".into(), base("sha256:bbbb"));
+    let a = plan(dockerfile, &ctx, &first);
+    let b = plan(dockerfile, &ctx, &second);
+    assert_eq!(changed(&unresolved, &a), ["0.0", "0.1", "0.2"]);
+    assert_eq!(changed(&a, &b), ["0.0", "0.1", "0.2"], "a new base digest changes every step");
+    let StepDefinition::Run { env, workdir, .. } = &a.stages[0].steps[2].definition else { panic!("not a RUN") };
+    assert_eq!(env.get("PATH").map(String::as_str), Some("/app/bin:/usr/local/go/bin:/usr/bin"));
+    assert_eq!(env.get("GOPATH").map(String::as_str), Some("/go"));
+    assert_eq!(workdir, "/go");
+    assert_eq!(a.stages[0].config.cmd, Some(vec!["bash".to_string()]));
+}

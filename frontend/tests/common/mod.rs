@@ -33,6 +33,7 @@ pub fn options(args: &[(&str, &str)]) -> BuildOptions {
         target: None,
         target_platform: Platform::new("linux", "amd64", None),
         build_platform: Platform::new("linux", "amd64", None),
+        base_images: Default::default(),
     }
 }
 
