@@ -20,12 +20,18 @@ const READ_CHUNK: usize = 1 << 20;
 ///
 /// Writes go to `tmp/` and are renamed into place only once complete and
 /// synced, so a crash or a concurrent write of the same blob never leaves a
-/// torn blob. An in-memory index, rebuilt by a scan at open, answers
-/// `find_missing` and keeps exact byte accounts. One process owns the
-/// directory at a time (an advisory lock on `LOCK`).
+/// torn blob.
+///
+/// Opened with [`FilesystemStore::open`], one process owns the directory (an
+/// exclusive advisory lock on `LOCK`) and an in-memory index, rebuilt by a
+/// scan at open, answers `find_missing` and keeps exact byte accounts.
+/// Opened with [`FilesystemStore::open_shared`], several processes (local
+/// builds on one state dir) use it at once: the index only remembers blobs
+/// seen, anything else is looked up on disk, and there are no byte accounts.
 pub struct FilesystemStore {
     root: PathBuf,
     sync: bool,
+    shared: bool,
     index: RwLock<Index>,
     _lock: fs::File,
 }
@@ -57,21 +63,36 @@ impl FilesystemStore {
     /// Opens (creating if needed) the store at `root`. With `sync`, blobs
     /// are flushed to disk before they become visible.
     pub async fn open(root: impl Into<PathBuf>, sync: bool) -> Result<Self> {
-        let root = root.into();
+        Self::open_with(root.into(), sync, false).await
+    }
+
+    /// Opens the store for use by several processes at once (see the type's
+    /// docs). A process holding it with [`FilesystemStore::open`] keeps
+    /// others out, and the other way round.
+    pub async fn open_shared(root: impl Into<PathBuf>, sync: bool) -> Result<Self> {
+        Self::open_with(root.into(), sync, true).await
+    }
+
+    async fn open_with(root: PathBuf, sync: bool, shared: bool) -> Result<Self> {
         let context = format!("opening filesystem store {}", root.display());
-        tokio::task::spawn_blocking(move || Self::open_blocking(root, sync))
+        tokio::task::spawn_blocking(move || Self::open_blocking(root, sync, shared))
             .await
             .map_err(|e| Error::internal(e.to_string()))?
             .context(context)
     }
 
-    fn open_blocking(root: PathBuf, sync: bool) -> Result<Self> {
+    fn open_blocking(root: PathBuf, sync: bool, shared: bool) -> Result<Self> {
         fs::create_dir_all(&root)?;
         let lock = fs::File::options().create(true).truncate(false).write(true).open(root.join("LOCK"))?;
-        lock.try_lock()
-            .map_err(|_| Error::unavailable("the store is in use by another memobuild process".to_string()))?;
+        let in_use = || Error::unavailable("the store is in use by another memobuild process".to_string());
+        // Alone, a process may clear the temporary files of crashed writers;
+        // a shared opener then downgrades its lock so others can join.
+        let alone = lock.try_lock().is_ok();
+        if !alone && !shared {
+            return Err(in_use());
+        }
         let tmp = root.join("tmp");
-        if tmp.exists() {
+        if alone && tmp.exists() {
             fs::remove_dir_all(&tmp)?;
         }
         fs::create_dir_all(&tmp)?;
@@ -81,10 +102,28 @@ impl FilesystemStore {
             for prefix in 0..=255u8 {
                 let shard = dir.join(format!("{prefix:02x}"));
                 fs::create_dir_all(&shard)?;
-                scan_shard(&shard, function, &mut index)?;
+                if !shared {
+                    scan_shard(&shard, function, &mut index)?;
+                }
             }
         }
-        Ok(FilesystemStore { root, sync, index: RwLock::new(index), _lock: lock })
+        if shared {
+            lock.try_lock_shared().map_err(|_| in_use())?;
+        }
+        Ok(FilesystemStore { root, sync, shared, index: RwLock::new(index), _lock: lock })
+    }
+
+    /// The blob's size from the index, or for a shared store from disk.
+    fn size_of(&self, digest: &Digest) -> Option<u64> {
+        if let Some(size) = self.index.read().sizes.get(digest) {
+            return Some(*size);
+        }
+        if !self.shared {
+            return None;
+        }
+        let size = fs::metadata(self.path(digest)).ok()?.len();
+        self.index.write().insert(*digest, size);
+        Some(size)
     }
 
     fn path(&self, digest: &Digest) -> PathBuf {
@@ -140,12 +179,15 @@ fn scan_shard(shard: &Path, function: DigestFunction, index: &mut Index) -> Resu
 #[async_trait]
 impl BlobStore for FilesystemStore {
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        if self.shared {
+            return Ok(digests.iter().filter(|d| self.size_of(d).is_none()).copied().collect());
+        }
         let index = self.index.read();
         Ok(digests.iter().filter(|d| !index.sizes.contains_key(d)).copied().collect())
     }
 
     async fn get(&self, digest: &Digest, range: ByteRange) -> Result<BlobStream> {
-        let size = self.index.read().sizes.get(digest).copied().ok_or_else(|| Error::blob_not_found(digest))?;
+        let size = self.size_of(digest).ok_or_else(|| Error::blob_not_found(digest))?;
         let (start, end) = range.bounds(digest, size)?;
         let mut file = match tokio::fs::File::open(self.path(digest)).await {
             Ok(file) => file,
@@ -189,6 +231,9 @@ impl BlobStore for FilesystemStore {
     }
 
     fn usage(&self) -> Option<Usage> {
+        if self.shared {
+            return None;
+        }
         let index = self.index.read();
         Some(Usage { bytes: index.bytes, blobs: index.sizes.len() as u64 })
     }
@@ -222,6 +267,22 @@ mod tests {
         assert_eq!(store.get_bytes(&digest).await.unwrap(), data);
         assert_eq!(store.usage(), Some(Usage { bytes: 10, blobs: 1 }));
         assert!(!dir.path().join("tmp/partial").exists());
+    }
+
+    #[tokio::test]
+    async fn shared_openers_see_each_others_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = FilesystemStore::open_shared(dir.path(), false).await.unwrap();
+        let b = FilesystemStore::open_shared(dir.path(), false).await.unwrap();
+        crate::conformance::run(&a).await;
+        let data = Bytes::from_static(b"written by a");
+        let digest = Digest::of(DigestFunction::Sha256, &data);
+        assert_eq!(b.find_missing(&[digest]).await.unwrap(), vec![digest]);
+        a.put_bytes(&digest, data.clone()).await.unwrap();
+        assert!(b.find_missing(&[digest]).await.unwrap().is_empty());
+        assert_eq!(b.get_bytes(&digest).await.unwrap(), data);
+        let e = FilesystemStore::open(dir.path(), false).await.err().unwrap();
+        assert!(e.message().contains("in use by another memobuild process"), "{e}");
     }
 
     #[tokio::test]

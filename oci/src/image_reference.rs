@@ -12,6 +12,7 @@ use oci_client::Reference;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageReference {
     inner: Reference,
+    written: String,
 }
 
 impl ImageReference {
@@ -48,9 +49,9 @@ impl ImageReference {
 
     /// The same repository pinned to `digest` (`sha256:<hex>`), without tag.
     pub fn with_digest(&self, digest: &str) -> ImageReference {
-        ImageReference {
-            inner: Reference::with_digest(self.registry().to_string(), self.repository().to_string(), digest.to_string()),
-        }
+        let inner =
+            Reference::with_digest(self.registry().to_string(), self.repository().to_string(), digest.to_string());
+        ImageReference { written: inner.to_string(), inner }
     }
 
     /// `registry/repository@digest`.
@@ -67,6 +68,11 @@ impl ImageReference {
         }
     }
 
+    /// The reference as it was written.
+    pub fn as_written(&self) -> &str {
+        &self.written
+    }
+
     pub(crate) fn as_oci(&self) -> &Reference {
         &self.inner
     }
@@ -78,7 +84,7 @@ impl FromStr for ImageReference {
     fn from_str(s: &str) -> Result<Self> {
         let inner = Reference::from_str(s)
             .map_err(|e| Error::invalid_argument(format!("invalid image reference {s:?}: {e}")))?;
-        Ok(ImageReference { inner })
+        Ok(ImageReference { inner, written: s.to_string() })
     }
 }
 
