@@ -1,6 +1,7 @@
 //! The `memobuild` command line and the server roles it runs.
 
 pub mod admin;
+pub mod build;
 pub mod config;
 pub mod graph;
 pub mod request_layer;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use memobuild_cli::build::{self, BuildArgs};
 use memobuild_cli::config::{default_state_dir, OperationStoreConfig, SchedulerSection, ServerConfig, WorkerSection};
 use memobuild_cli::graph::{self, GraphFormat};
 use memobuild_cli::server::{self, Listeners};
@@ -26,6 +27,10 @@ enum Command {
     Scheduler(SchedulerArgs),
     /// The worker role: runs actions for a scheduler.
     Worker(WorkerArgs),
+    /// Build an image from a Dockerfile on this machine (flags as docker buildx build).
+    Build(BuildArgs),
+    /// Tell why the steps of the last build of a Dockerfile missed the cache.
+    ExplainCache(BuildArgs),
     /// Print a Dockerfile's build graph (stages, steps, keys) without building.
     Graph(GraphArgs),
 }
@@ -168,13 +173,34 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // A build shows its own progress; servers log what they do.
+    let default_level = match cli.command {
+        Command::Build(_) | Command::ExplainCache(_) | Command::Graph(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MEMOBUILD_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MEMOBUILD_LOG").unwrap_or_else(|_| default_level.into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let cli = Cli::parse();
     match cli.command {
+        Command::Build(args) => {
+            let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+            let outcome = build::run(args, state_dir).await?;
+            if let Some(digest) = outcome.image_digest {
+                std::io::stdout().write_all(format!("{digest}\n").as_bytes())?;
+            }
+            Ok(())
+        }
+        Command::ExplainCache(args) => {
+            let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+            let text = build::explain_cache(&args, &state_dir)?;
+            std::io::stdout().write_all(text.as_bytes())?;
+            Ok(())
+        }
         Command::Server(args) => serve(args.config()?).await,
         Command::Cas(args) => serve(args.config()?.cache_only()).await,
         Command::Scheduler(args) => {

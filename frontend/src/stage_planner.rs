@@ -480,6 +480,7 @@ impl<'a> StagePlanner<'a> {
                     sources.push(SourceDefinition::Heredoc {
                         name: h.name.clone(),
                         digest: Digest::of(DigestFunction::Blake3, content.as_bytes()).hex(),
+                        content,
                     });
                 }
                 CopySource::Path(raw) => {

@@ -34,7 +34,13 @@ pub enum SourceDefinition {
     Path { path: String, matches: Vec<(String, String)> },
     /// An inline heredoc file: its name and the digest of its (expanded)
     /// content.
-    Heredoc { name: String, digest: String },
+    Heredoc {
+        name: String,
+        digest: String,
+        /// The content itself; `digest` stands for it in keys.
+        #[serde(skip)]
+        content: String,
+    },
     /// An ADD URL (http(s) or git), fetched at build time.
     Url { url: String },
 }

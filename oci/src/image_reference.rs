@@ -38,13 +38,7 @@ impl ImageReference {
     /// Whether the registry is this machine (`localhost`, `127.0.0.1`,
     /// `[::1]`, with or without a port), which is spoken to over plain HTTP.
     pub fn is_insecure_default(&self) -> bool {
-        let registry = self.registry();
-        let host = if let Some(rest) = registry.strip_prefix('[') {
-            rest.split(']').next().unwrap_or(rest)
-        } else {
-            registry.split(':').next().unwrap_or(registry)
-        };
-        matches!(host, "localhost" | "127.0.0.1" | "::1")
+        is_local_host(self.registry())
     }
 
     /// The same repository pinned to `digest` (`sha256:<hex>`), without tag.
@@ -88,6 +82,15 @@ impl FromStr for ImageReference {
     }
 }
 
+/// Whether a registry `host[:port]` is this machine.
+fn is_local_host(registry: &str) -> bool {
+    let host = match registry.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => registry.split(':').next().unwrap_or(registry),
+    };
+    matches!(host, "localhost" | "127.0.0.1" | "::1")
+}
+
 /// The full normalised form: `docker.io/library/busybox:latest`.
 impl fmt::Display for ImageReference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -102,7 +105,10 @@ mod tests {
     #[test]
     fn docker_defaults() {
         let r: ImageReference = "busybox".parse().unwrap();
-        assert_eq!((r.registry(), r.repository(), r.tag(), r.digest()), ("docker.io", "library/busybox", Some("latest"), None));
+        assert_eq!(
+            (r.registry(), r.repository(), r.tag(), r.digest()),
+            ("docker.io", "library/busybox", Some("latest"), None)
+        );
         assert_eq!(r.to_string(), "docker.io/library/busybox:latest");
         assert_eq!(r.familiar(), "busybox:latest");
         let hex = "a".repeat(64);
@@ -112,9 +118,10 @@ mod tests {
         assert_eq!(r.digest(), Some(format!("sha256:{hex}").as_str()));
         assert!(r.is_insecure_default());
         assert!("localhost/x:1".parse::<ImageReference>().unwrap().is_insecure_default());
-        assert!("[::1]:5000/x".parse::<ImageReference>().unwrap().is_insecure_default());
+        assert!(is_local_host("[::1]:5000") && is_local_host("[::1]") && is_local_host("localhost"));
+        assert!(!is_local_host("localhost.example.com:5000"));
         assert!(!"ghcr.io/x/y:1".parse::<ImageReference>().unwrap().is_insecure_default());
-        let e = "UPPER/x".parse::<ImageReference>().unwrap_err();
-        assert!(e.message().contains("UPPER/x"), "{e}");
+        let e = "busybox@sha256:abc".parse::<ImageReference>().unwrap_err();
+        assert!(e.message().contains("busybox@sha256:abc"), "{e}");
     }
 }

@@ -1,6 +1,32 @@
 //! OCI images for MemoBuild: layers, compression, registry pull and push,
-//! OCI layout and docker-archive export.
+//! OCI layout and docker-archive export, layer tar writing and extraction.
 
+mod blob_io;
+mod built_image;
+mod compression;
+mod docker_archive;
+mod docker_config;
+mod extract;
+mod image_reference;
 mod layer;
+mod layer_writer;
+mod manifest;
+mod oci_layout_reader;
+mod oci_layout_writer;
+mod platform;
+mod pulled_image;
+mod registry_client;
+mod tar_stream;
 
+pub use built_image::BuiltImage;
+pub use compression::{compress_layer, Compression, MEDIA_TYPE_DOCKER_TAR};
+pub use docker_archive::write_docker_archive;
+pub use extract::{extract_layers, ExtractLimits};
+pub use image_reference::ImageReference;
 pub use layer::{Layer, MEDIA_TYPE_DOCKER_TAR_GZIP, MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP, MEDIA_TYPE_TAR_ZSTD};
+pub use layer_writer::LayerWriter;
+pub use oci_layout_reader::read_oci_layout;
+pub use oci_layout_writer::{write_oci_layout, OciDestination, ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME};
+pub use platform::Platform;
+pub use pulled_image::PulledImage;
+pub use registry_client::RegistryClient;

@@ -24,6 +24,7 @@
 //! symlink out of the root (symlinks are reported as symlinks).
 
 mod action_executor;
+pub mod containerd;
 mod file_cache;
 mod host_runner;
 mod input_tree;

@@ -1,0 +1,547 @@
+//! COPY, ADD and WORKDIR without a container: the new layer is planned from
+//! the context (or another stage's mounted filesystem) and the parent
+//! filesystem (for symlinks on the destination path, existing directories
+//! and `--chown` names), then written by [`LayerPlan`].
+
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use memobuild_frontend::{BuildContext, ContextEntry, DockerIgnore, SourceDefinition};
+use memobuild_proto::{Error, Result, ResultExt};
+
+use super::layer_plan::{Content, Entry, LayerPlan, Meta};
+use super::rootfs::{lookup_user, resolve_in_root};
+
+/// Largest archive member ADD reads into memory.
+const MAX_ARCHIVE_MEMBER: u64 = 1 << 30;
+
+/// Where the sources of a COPY live.
+pub enum SourceRoot<'a> {
+    /// The build context: the scanned entries and the directory they are in.
+    Context { dir: &'a Path, context: &'a BuildContext },
+    /// Another stage's or an image's filesystem, mounted.
+    Filesystem(&'a Path),
+}
+
+/// A COPY/ADD, with its arguments expanded (from the step definition).
+pub struct CopyRequest<'a> {
+    pub add: bool,
+    pub sources: &'a [SourceDefinition],
+    pub dest: &'a str,
+    pub chown: Option<&'a str>,
+    pub chmod: Option<&'a str>,
+    pub excludes: &'a [String],
+    pub unpack: Option<bool>,
+    pub parents: bool,
+}
+
+/// Plans the layer of a COPY/ADD onto the filesystem mounted at `parent`.
+pub fn plan_copy(request: &CopyRequest<'_>, source: &SourceRoot<'_>, parent: &Path, mtime: u64) -> Result<LayerPlan> {
+    if request.parents {
+        return Err(Error::invalid_argument("--parents is not supported yet"));
+    }
+    let owner = match request.chown {
+        Some(spec) => Some(lookup_user(parent, spec).context("--chown")?),
+        None => None,
+    };
+    let chmod = request.chmod.map(Chmod::parse).transpose()?;
+    let exclude = DockerIgnore::from_patterns(request.excludes).map_err(Error::invalid_argument)?;
+    let mut copier = Copier { plan: LayerPlan::default(), owner, chmod, exclude, mtime };
+
+    let mut items: Vec<Item> = Vec::new();
+    for def in request.sources {
+        match def {
+            SourceDefinition::Path { path, matches } => match source {
+                SourceRoot::Context { .. } => {
+                    items.extend(matches.iter().map(|(p, _)| Item::Context(p.clone())));
+                }
+                SourceRoot::Filesystem(root) => {
+                    let found = glob_in_root(root, path)?;
+                    if found.is_empty() {
+                        return Err(Error::not_found(format!("source {path:?} not found in the --from filesystem")));
+                    }
+                    items.extend(found.into_iter().map(Item::Filesystem));
+                }
+            },
+            SourceDefinition::Heredoc { name, content, .. } => {
+                items.push(Item::Inline { name: name.clone(), content: content.clone().into_bytes() })
+            }
+            SourceDefinition::Url { url } => {
+                return Err(Error::invalid_argument(format!(
+                    "ADD {url}: fetching URLs is not supported yet; download it into the context and COPY it"
+                )))
+            }
+        }
+    }
+    let dest_is_dir = request.dest.ends_with('/') || items.len() > 1 || is_dir_in(parent, request.dest)?;
+    for item in items {
+        match item {
+            Item::Inline { name, content } => {
+                let target = if dest_is_dir { join(request.dest, &name) } else { request.dest.to_string() };
+                let at = copier.place(parent, &target)?;
+                let meta = copier.meta(0o644, 0, 0, false);
+                copier.plan.insert(&at, Entry::File(meta, Content::Bytes(content)));
+            }
+            Item::Context(path) => {
+                let SourceRoot::Context { dir, context } = source else { continue };
+                copier.context_item(request, dir, context, &path, parent, dest_is_dir)?;
+            }
+            Item::Filesystem(path) => {
+                let SourceRoot::Filesystem(root) = source else { continue };
+                copier.filesystem_item(root, &path, parent, request.dest, dest_is_dir)?;
+            }
+        }
+    }
+    Ok(copier.plan)
+}
+
+/// Plans WORKDIR: the directory and its missing parents, unless it exists.
+pub fn plan_workdir(path: &str, parent: &Path, mtime: u64) -> Result<LayerPlan> {
+    let mut copier = Copier {
+        plan: LayerPlan::default(),
+        owner: None,
+        chmod: None,
+        exclude: DockerIgnore::default(),
+        mtime,
+    };
+    if !is_dir_in(parent, path)? {
+        let at = resolve_in_root(parent, path)?;
+        copier.parents_of(parent, &format!("{at}/."))?;
+    }
+    Ok(copier.plan)
+}
+
+enum Item {
+    Context(String),
+    Filesystem(String),
+    Inline { name: String, content: Vec<u8> },
+}
+
+struct Copier {
+    plan: LayerPlan,
+    owner: Option<(u32, u32)>,
+    chmod: Option<Chmod>,
+    exclude: DockerIgnore,
+    mtime: u64,
+}
+
+impl Copier {
+    /// Metadata for a copied entry: `--chown`/`--chmod` win over the source's.
+    fn meta(&self, mode: u32, uid: u64, gid: u64, is_dir: bool) -> Meta {
+        let (uid, gid) = self.owner.map(|(u, g)| (u as u64, g as u64)).unwrap_or((uid, gid));
+        let mode = match &self.chmod {
+            Some(chmod) => chmod.apply(mode, is_dir),
+            None => mode,
+        };
+        Meta { mode, uid, gid, mtime: self.mtime }
+    }
+
+    /// Resolves `target` through the parent filesystem's symlinks (all but
+    /// the last component) and plans its missing parent directories.
+    fn place(&mut self, parent: &Path, target: &str) -> Result<String> {
+        let (dir, name) = split_last(target);
+        let resolved_dir = resolve_in_root(parent, dir)?;
+        let at = if resolved_dir.is_empty() { name.to_string() } else { format!("{resolved_dir}/{name}") };
+        self.parents_of(parent, &at)?;
+        Ok(at)
+    }
+
+    /// Plans the directories above `at`: existing ones keep their metadata,
+    /// new ones are 0755 and owned by the `--chown` user (root by default).
+    fn parents_of(&mut self, parent: &Path, at: &str) -> Result<()> {
+        let mut prefix = String::new();
+        let parts: Vec<&str> = at.split('/').filter(|p| !p.is_empty()).collect();
+        for part in parts.iter().take(parts.len().saturating_sub(1)) {
+            prefix = if prefix.is_empty() { part.to_string() } else { format!("{prefix}/{part}") };
+            if self.plan.contains(&prefix) {
+                continue;
+            }
+            let entry = match std::fs::symlink_metadata(parent.join(&prefix)) {
+                Ok(m) if m.is_dir() => Entry::Directory(Meta {
+                    mode: m.mode() & 0o7777,
+                    uid: m.uid() as u64,
+                    gid: m.gid() as u64,
+                    mtime: m.mtime().max(0) as u64,
+                }),
+                _ => {
+                    let (uid, gid) = self.owner.unwrap_or((0, 0));
+                    Entry::Directory(Meta { mode: 0o755, uid: uid as u64, gid: gid as u64, mtime: self.mtime })
+                }
+            };
+            self.plan.insert(&prefix, entry);
+        }
+        Ok(())
+    }
+
+    fn context_item(
+        &mut self,
+        request: &CopyRequest<'_>,
+        dir: &Path,
+        context: &BuildContext,
+        path: &str,
+        parent: &Path,
+        dest_is_dir: bool,
+    ) -> Result<()> {
+        let entry = context
+            .entry(path)
+            .ok_or_else(|| Error::not_found(format!("{path:?} is no longer in the build context")))?;
+        match entry {
+            ContextEntry::File { digest, mode } => {
+                let host = dir.join(path);
+                let target = if dest_is_dir { join(request.dest, base_name(path)) } else { request.dest.to_string() };
+                if request.add && request.unpack != Some(false) {
+                    if let Some(archive) = Archive::detect(&host)? {
+                        return self.unpack(&archive, &host, parent, request.dest);
+                    }
+                }
+                let at = self.place(parent, &target)?;
+                let meta = self.meta(*mode, 0, 0, false);
+                let content = Content::File { path: host, size: digest.size(), expect: Some(*digest) };
+                self.plan.insert(&at, Entry::File(meta, content));
+            }
+            ContextEntry::Symlink { target } => {
+                let dest = if dest_is_dir { join(request.dest, base_name(path)) } else { request.dest.to_string() };
+                let at = self.place(parent, &dest)?;
+                let meta = self.meta(0o777, 0, 0, false);
+                self.plan.insert(&at, Entry::Symlink(meta, target.clone()));
+            }
+            ContextEntry::Directory { mode, .. } => {
+                let root = self.place(parent, &format!("{}/.", request.dest.trim_end_matches('/')))?;
+                let root = root.trim_end_matches("/.").trim_end_matches('.').trim_end_matches('/').to_string();
+                if !root.is_empty() && !is_dir_in(parent, request.dest)? {
+                    self.plan.insert(&root, Entry::Directory(self.meta(*mode, 0, 0, true)));
+                }
+                let prefix = if path.is_empty() { String::new() } else { format!("{path}/") };
+                for (p, e) in context.entries().range(prefix.clone()..) {
+                    let Some(rel) = p.strip_prefix(&prefix) else { break };
+                    if rel.is_empty() || self.exclude.is_excluded(rel) {
+                        continue;
+                    }
+                    let at = if root.is_empty() { rel.to_string() } else { format!("{root}/{rel}") };
+                    let entry = match e {
+                        ContextEntry::File { digest, mode } => Entry::File(
+                            self.meta(*mode, 0, 0, false),
+                            Content::File { path: dir.join(p), size: digest.size(), expect: Some(*digest) },
+                        ),
+                        ContextEntry::Directory { mode, .. } => Entry::Directory(self.meta(*mode, 0, 0, true)),
+                        ContextEntry::Symlink { target } => Entry::Symlink(self.meta(0o777, 0, 0, false), target.clone()),
+                    };
+                    self.plan.insert(&at, entry);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn filesystem_item(&mut self, root: &Path, path: &str, parent: &Path, dest: &str, dest_is_dir: bool) -> Result<()> {
+        let host = root.join(path);
+        let meta = std::fs::symlink_metadata(&host).with_context(|| format!("reading {path} in the --from filesystem"))?;
+        if meta.is_dir() {
+            let at = self.place(parent, &format!("{}/.", dest.trim_end_matches('/')))?;
+            let at = at.trim_end_matches('.').trim_end_matches('/').to_string();
+            if !at.is_empty() && !is_dir_in(parent, dest)? {
+                let m = self.meta(meta.mode() & 0o7777, meta.uid() as u64, meta.gid() as u64, true);
+                self.plan.insert(&at, Entry::Directory(m));
+            }
+            return self.walk(&host, &at);
+        }
+        let target = if dest_is_dir { join(dest, base_name(path)) } else { dest.to_string() };
+        let at = self.place(parent, &target)?;
+        self.filesystem_entry(&host, &meta, &at)
+    }
+
+    fn walk(&mut self, dir: &Path, at: &str) -> Result<()> {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .collect::<std::io::Result<Vec<_>>>()?;
+        names.sort_by_key(|e| e.file_name());
+        for entry in names {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let child_at = if at.is_empty() { name.clone() } else { format!("{at}/{name}") };
+            let host = entry.path();
+            let meta = std::fs::symlink_metadata(&host)?;
+            self.filesystem_entry(&host, &meta, &child_at)?;
+            if meta.is_dir() {
+                self.walk(&host, &child_at)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn filesystem_entry(&mut self, host: &Path, meta: &std::fs::Metadata, at: &str) -> Result<()> {
+        let is_dir = meta.is_dir();
+        let m = self.meta(meta.mode() & 0o7777, meta.uid() as u64, meta.gid() as u64, is_dir);
+        let m = Meta { mtime: meta.mtime().max(0) as u64, ..m };
+        let entry = if is_dir {
+            Entry::Directory(m)
+        } else if meta.file_type().is_symlink() {
+            Entry::Symlink(m, std::fs::read_link(host)?.to_string_lossy().to_string())
+        } else if meta.is_file() {
+            Entry::File(m, Content::File { path: host.to_path_buf(), size: meta.len(), expect: None })
+        } else {
+            // Devices, sockets and fifos are not copied, as Docker does not.
+            return Ok(());
+        };
+        self.plan.insert(at, entry);
+        Ok(())
+    }
+
+    /// ADD of a local archive: its members land under `dest`.
+    fn unpack(&mut self, archive: &Archive, host: &Path, parent: &Path, dest: &str) -> Result<()> {
+        let root = self.place(parent, &format!("{}/.", dest.trim_end_matches('/')))?;
+        let root = root.trim_end_matches('.').trim_end_matches('/').to_string();
+        let file = std::fs::File::open(host)?;
+        let reader: Box<dyn Read> = match archive {
+            Archive::Tar => Box::new(file),
+            Archive::Gzip => Box::new(flate2::read::GzDecoder::new(file)),
+            Archive::Zstd => Box::new(zstd::stream::read::Decoder::new(file)?),
+        };
+        let name = host.display().to_string();
+        let mut tar = tar::Archive::new(reader);
+        for member in tar.entries().with_context(|| format!("reading archive {name}"))? {
+            let mut member = member.with_context(|| format!("reading archive {name}"))?;
+            let raw = member.path().with_context(|| format!("archive {name}"))?.to_string_lossy().to_string();
+            let rel = safe_member_path(&raw).ok_or_else(|| {
+                Error::invalid_argument(format!("archive {name}: member {raw:?} leaves the destination"))
+            })?;
+            if rel.is_empty() {
+                continue;
+            }
+            let at = if root.is_empty() { rel.clone() } else { format!("{root}/{rel}") };
+            let header = member.header();
+            let m = self.meta(
+                header.mode().unwrap_or(0o644) & 0o7777,
+                header.uid().unwrap_or(0),
+                header.gid().unwrap_or(0),
+                header.entry_type().is_dir(),
+            );
+            let m = Meta { mtime: header.mtime().unwrap_or(self.mtime), ..m };
+            let kind = header.entry_type();
+            let entry = if kind.is_dir() {
+                Entry::Directory(m)
+            } else if kind.is_symlink() {
+                let target = member.link_name()?.map(|l| l.to_string_lossy().to_string()).unwrap_or_default();
+                Entry::Symlink(m, target)
+            } else if kind.is_hard_link() {
+                let target = member.link_name()?.map(|l| l.to_string_lossy().to_string()).unwrap_or_default();
+                let target = safe_member_path(&target).ok_or_else(|| {
+                    Error::invalid_argument(format!("archive {name}: hard link {raw:?} points outside it"))
+                })?;
+                Entry::Hardlink(if root.is_empty() { target } else { format!("{root}/{target}") })
+            } else if kind.is_file() {
+                let size = member.size();
+                if size > MAX_ARCHIVE_MEMBER {
+                    return Err(Error::resource_exhausted(format!(
+                        "archive {name}: member {raw:?} is larger than {MAX_ARCHIVE_MEMBER} bytes"
+                    )));
+                }
+                let mut data = Vec::with_capacity(size as usize);
+                member.read_to_end(&mut data)?;
+                Entry::File(m, Content::Bytes(data))
+            } else {
+                continue;
+            };
+            self.plan.insert(&at, entry);
+        }
+        Ok(())
+    }
+}
+
+/// A member path made relative and clean; `None` if it climbs out.
+fn safe_member_path(raw: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in raw.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return None,
+            p => parts.push(p),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// The archive formats ADD unpacks.
+enum Archive {
+    Tar,
+    Gzip,
+    Zstd,
+}
+
+impl Archive {
+    fn detect(path: &Path) -> Result<Option<Archive>> {
+        let mut head = [0u8; 512];
+        let mut file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut n = 0;
+        while n < head.len() {
+            let read = file.read(&mut head[n..])?;
+            if read == 0 {
+                break;
+            }
+            n += read;
+        }
+        Ok(match &head[..n] {
+            [0x1f, 0x8b, ..] => Some(Archive::Gzip),
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => Some(Archive::Zstd),
+            h if h.len() >= 262 && &h[257..262] == b"ustar" => Some(Archive::Tar),
+            _ => None,
+        })
+    }
+}
+
+/// `--chmod`: octal (`0755`) or symbolic (`u+x,go-w`, `a=rX`).
+enum Chmod {
+    Octal(u32),
+    Symbolic(String),
+}
+
+impl Chmod {
+    fn parse(spec: &str) -> Result<Chmod> {
+        if let Ok(mode) = u32::from_str_radix(spec, 8) {
+            return Ok(Chmod::Octal(mode & 0o7777));
+        }
+        let valid = spec.split(',').all(|clause| {
+            let ops = clause.trim_start_matches(['u', 'g', 'o', 'a']);
+            !ops.is_empty()
+                && ops.split_inclusive(['+', '-', '=']).count() > 0
+                && ops.starts_with(['+', '-', '='])
+                && ops.chars().all(|c| "+-=rwxXst".contains(c))
+        });
+        if valid {
+            Ok(Chmod::Symbolic(spec.to_string()))
+        } else {
+            Err(Error::invalid_argument(format!("invalid --chmod={spec}")))
+        }
+    }
+
+    fn apply(&self, mode: u32, is_dir: bool) -> u32 {
+        match self {
+            Chmod::Octal(bits) => (mode & !0o7777) | bits,
+            Chmod::Symbolic(spec) => spec.split(',').fold(mode, |mode, clause| symbolic(clause, mode, is_dir)),
+        }
+    }
+}
+
+fn symbolic(clause: &str, mode: u32, is_dir: bool) -> u32 {
+    let who_end = clause.find(['+', '-', '=']).unwrap_or(clause.len());
+    let who = &clause[..who_end];
+    let mask = if who.is_empty() || who.contains('a') {
+        0o7777
+    } else {
+        who.chars().fold(0, |m, c| {
+            m | match c {
+                'u' => 0o4700,
+                'g' => 0o2070,
+                _ => 0o1007,
+            }
+        })
+    };
+    let mut mode = mode;
+    let mut rest = &clause[who_end..];
+    while let Some(op) = rest.chars().next() {
+        let perms_end = rest[1..].find(['+', '-', '=']).map(|i| i + 1).unwrap_or(rest.len());
+        let perms = &rest[1..perms_end];
+        let any_exec = is_dir || mode & 0o111 != 0;
+        let bits = perms.chars().fold(0, |b, c| {
+            b | match c {
+                'r' => 0o444,
+                'w' => 0o222,
+                'x' => 0o111,
+                'X' if any_exec => 0o111,
+                's' => 0o6000,
+                't' => 0o1000,
+                _ => 0,
+            }
+        }) & mask;
+        mode = match op {
+            '+' => mode | bits,
+            '-' => mode & !bits,
+            _ => (mode & !(mask & 0o7777)) | bits,
+        };
+        rest = &rest[perms_end..];
+    }
+    mode
+}
+
+/// Expands `pattern` (absolute in the image) against the filesystem at
+/// `root`, wildcards per path element; returns resolved relative paths.
+fn glob_in_root(root: &Path, pattern: &str) -> Result<Vec<String>> {
+    let mut found = vec![String::new()];
+    for part in pattern.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        let mut next = Vec::new();
+        for base in &found {
+            let dir = resolve_in_root(root, base)?;
+            if !part.contains(['*', '?', '[']) {
+                next.push(join_rel(&dir, part));
+                continue;
+            }
+            let matcher = memobuild_frontend::IgnorePattern::glob(part).map_err(Error::invalid_argument)?;
+            let Ok(entries) = std::fs::read_dir(root.join(&dir)) else { continue };
+            let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+            names.sort();
+            next.extend(names.into_iter().filter(|n| matcher.matches(n)).map(|n| join_rel(&dir, &n)));
+        }
+        found = next;
+    }
+    let mut resolved = Vec::new();
+    for path in found {
+        let at = resolve_in_root(root, &path)?;
+        if std::fs::symlink_metadata(root.join(&at)).is_ok() {
+            resolved.push(at);
+        }
+    }
+    Ok(resolved)
+}
+
+fn is_dir_in(root: &Path, path: &str) -> Result<bool> {
+    let at = resolve_in_root(root, path)?;
+    Ok(std::fs::metadata(root.join(at)).map(|m| m.is_dir()).unwrap_or(false))
+}
+
+fn join(dir: &str, name: &str) -> String {
+    format!("{}/{name}", dir.trim_end_matches('/'))
+}
+
+fn join_rel(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn base_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+fn split_last(path: &str) -> (&str, &str) {
+    let trimmed = path.trim_end_matches('/');
+    match trimmed.rsplit_once('/') {
+        Some((dir, name)) => (if dir.is_empty() { "/" } else { dir }, name),
+        None => ("/", trimmed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chmod_forms() {
+        assert_eq!(Chmod::Octal(0o755).apply(0o100644, false), 0o100755);
+        let sym = |s: &str, mode: u32, dir: bool| Chmod::parse(s).map(|c| c.apply(mode, dir)).ok();
+        assert_eq!(sym("u+x", 0o644, false), Some(0o744));
+        assert_eq!(sym("go-w", 0o666, false), Some(0o644));
+        assert_eq!(sym("a=rX", 0o700, true), Some(0o555));
+        assert_eq!(sym("a=rX", 0o600, false), Some(0o444));
+        assert_eq!(sym("u=rwx,g=rx,o=", 0o000, false), Some(0o750));
+        assert!(Chmod::parse("banana").is_err());
+    }
+
+    #[test]
+    fn archive_members_stay_inside() {
+        assert_eq!(safe_member_path("./a/b").as_deref(), Some("a/b"));
+        assert_eq!(safe_member_path("/etc/passwd").as_deref(), Some("etc/passwd"));
+        assert_eq!(safe_member_path("a/../../x"), None);
+    }
+}

@@ -1,0 +1,142 @@
+//! Reading an image's filesystem (a mounted view) without ever leaving it:
+//! paths resolve as they would inside the container, symlinks included.
+
+use std::path::{Path, PathBuf};
+
+use memobuild_proto::{Error, Result};
+
+/// Symlinks followed in one resolution before giving up (as Linux does).
+const MAX_SYMLINKS: usize = 40;
+
+/// Resolves `path` (absolute, as inside the image) under `root`, following
+/// symlinks as the kernel would if `root` were `/`; `..` stops at the root.
+/// Returns the resolved path relative to the root, `/`-separated, without a
+/// leading slash (`""` is the root). Components that do not exist are kept
+/// as written.
+pub fn resolve_in_root(root: &Path, path: &str) -> Result<String> {
+    let mut resolved: Vec<String> = Vec::new();
+    let mut pending: Vec<String> = components(path).rev().map(str::to_string).collect();
+    let mut followed = 0;
+    while let Some(part) = pending.pop() {
+        match part.as_str() {
+            "." => continue,
+            ".." => {
+                resolved.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let candidate = root.join(resolved.join("/")).join(&part);
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                followed += 1;
+                if followed > MAX_SYMLINKS {
+                    return Err(Error::invalid_argument(format!("too many levels of symbolic links in {path}")));
+                }
+                let target = std::fs::read_link(&candidate)?;
+                let target = target.to_string_lossy().to_string();
+                if target.starts_with('/') {
+                    resolved.clear();
+                }
+                pending.extend(components(&target).rev().map(str::to_string).collect::<Vec<_>>());
+            }
+            _ => resolved.push(part),
+        }
+    }
+    Ok(resolved.join("/"))
+}
+
+fn components(path: &str) -> impl DoubleEndedIterator<Item = &str> {
+    path.split('/').filter(|c| !c.is_empty())
+}
+
+/// `path` resolved under `root` as a host path.
+pub fn host_path(root: &Path, path: &str) -> Result<PathBuf> {
+    Ok(root.join(resolve_in_root(root, path)?))
+}
+
+/// A user as `USER` or `--chown` write it (`uid`, `uid:gid`, `name`,
+/// `name:group`), as numeric ids, names looked up in the image's
+/// `/etc/passwd` and `/etc/group`. A numeric user without a group gets its
+/// passwd entry's group, or its own id as the group when it has none.
+pub fn lookup_user(root: &Path, spec: &str) -> Result<(u32, u32)> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let passwd = read_table(root, "/etc/passwd");
+    let entry = passwd.iter().find(|fields| match user.parse::<u32>() {
+        Ok(uid) => fields.get(2).and_then(|f| f.parse::<u32>().ok()) == Some(uid),
+        Err(_) => fields.first().map(String::as_str) == Some(user),
+    });
+    let uid = match user.parse::<u32>() {
+        Ok(uid) => uid,
+        Err(_) => entry
+            .and_then(|f| f.get(2)?.parse().ok())
+            .ok_or_else(|| Error::invalid_argument(format!("unable to find user {user}: no matching entry in /etc/passwd")))?,
+    };
+    let gid = match group {
+        Some(group) => match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => read_table(root, "/etc/group")
+                .iter()
+                .find(|f| f.first().map(String::as_str) == Some(group))
+                .and_then(|f| f.get(2)?.parse().ok())
+                .ok_or_else(|| {
+                    Error::invalid_argument(format!("unable to find group {group}: no matching entry in /etc/group"))
+                })?,
+        },
+        None => entry.and_then(|f| f.get(3)?.parse().ok()).unwrap_or(uid),
+    };
+    Ok((uid, gid))
+}
+
+fn read_table(root: &Path, path: &str) -> Vec<Vec<String>> {
+    let Ok(file) = host_path(root, path) else { return Vec::new() };
+    let Ok(text) = std::fs::read_to_string(file) else { return Vec::new() };
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| l.split(':').map(str::to_string).collect())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn symlinks_resolve_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+        symlink("usr/lib", root.join("lib")).unwrap();
+        symlink("/etc", root.join("usr/escape")).unwrap();
+        symlink("../../../../..", root.join("usr/up")).unwrap();
+        symlink("loop", root.join("loop")).unwrap();
+        assert_eq!(resolve_in_root(root, "/lib/x").unwrap(), "usr/lib/x");
+        assert_eq!(resolve_in_root(root, "/usr/escape/passwd").unwrap(), "etc/passwd");
+        assert_eq!(resolve_in_root(root, "/usr/up/etc").unwrap(), "etc");
+        assert_eq!(resolve_in_root(root, "../../x/./y").unwrap(), "x/y");
+        assert_eq!(resolve_in_root(root, "/").unwrap(), "");
+        assert!(resolve_in_root(root, "/loop/x").unwrap_err().message().contains("symbolic links"));
+    }
+
+    #[test]
+    fn users_come_from_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n")
+            .unwrap();
+        std::fs::write(root.join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        assert_eq!(lookup_user(root, "app").unwrap(), (1000, 1001));
+        assert_eq!(lookup_user(root, "app:staff").unwrap(), (1000, 50));
+        assert_eq!(lookup_user(root, "1000").unwrap(), (1000, 1001));
+        assert_eq!(lookup_user(root, "42").unwrap(), (42, 42));
+        assert_eq!(lookup_user(root, "42:7").unwrap(), (42, 7));
+        assert!(lookup_user(root, "ghost").unwrap_err().message().contains("unable to find user ghost"));
+        assert!(lookup_user(root, "app:nogroup").unwrap_err().message().contains("unable to find group nogroup"));
+    }
+}

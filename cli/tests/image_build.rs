@@ -1,0 +1,236 @@
+//! `memobuild build` end to end: a real containerd (a private one memobuild
+//! starts under its state dir), a real registry, and the images checked
+//! with skopeo, umoci and runc.
+#![allow(clippy::unwrap_used)]
+
+mod image_build {
+    pub mod harness;
+}
+
+use std::os::unix::fs::MetadataExt;
+
+use image_build::harness::{fixture, inspect, inspect_config, sh, Project, Unpacked};
+
+fn app_dockerfile(base: &str) -> String {
+    format!(
+        r#"ARG BASE={base}
+FROM $BASE AS build
+ARG VERSION=1.0
+ENV APP_HOME=/srv/app GREETING="hello ${{VERSION}}"
+WORKDIR $APP_HOME
+COPY src/ ./src/
+RUN <<EOF
+set -e
+mkdir -p out
+cat src/*.txt > out/combined.txt
+echo "$GREETING from $BASE_VAR" > out/greeting.txt
+EOF
+RUN rm /etc/lower-file && echo removed > /tmp/removed-note
+
+FROM $BASE AS docs
+RUN echo "independent stage" > /docs.txt
+
+FROM $BASE
+LABEL org.example.app=demo
+EXPOSE 8080
+COPY --from=build /srv/app/out/ /app/
+COPY --from=docs /docs.txt /app/docs.txt
+COPY --chown=app:app --chmod=0750 run.sh /app/run.sh
+ADD bundle.tar /opt/bundle/
+COPY --from=build /etc /build-etc/
+USER app
+WORKDIR /app
+CMD ["/bin/sh", "/app/run.sh"]
+"#
+    )
+}
+
+fn app_project() -> Project {
+    let project = Project::new(&[
+        ("src/a.txt", "alpha\n"),
+        ("src/b.txt", "beta\n"),
+        ("src/secret.key", "must not be copied\n"),
+        ("run.sh", "cat /app/combined.txt /app/greeting.txt; id -u\n"),
+        (".dockerignore", "**/*.key\n"),
+    ]);
+    let files = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(files.path().join("pkg")).unwrap();
+    std::fs::write(files.path().join("pkg/data.txt"), "from the tar\n").unwrap();
+    sh("tar", &["-cf", project.path().join("bundle.tar").to_str().unwrap(), "-C", files.path().to_str().unwrap(), "pkg"]);
+    project.write("Dockerfile", &app_dockerfile(&fixture().base()));
+    project
+}
+
+#[test]
+fn multi_stage_image_is_valid_and_runs() {
+    let project = app_project();
+    let out = project.path().join("image.tar");
+    let dest = format!("type=oci,dest={}", out.display());
+    let build = project.build(&["-t", "demo:1", "--output", &dest]);
+    assert!(build.ok(), "{}", build.stderr());
+
+    // skopeo reads the layout and the config as Docker writes it.
+    let info = inspect(&format!("oci-archive:{}:1", out.display()));
+    assert_eq!(info["Labels"]["org.example.app"], "demo");
+    let config = inspect_config(&format!("oci-archive:{}:1", out.display()));
+    assert_eq!(config["config"]["User"], "app");
+    assert_eq!(config["config"]["WorkingDir"], "/app");
+    assert_eq!(config["config"]["Cmd"], serde_json::json!(["/bin/sh", "/app/run.sh"]));
+    assert!(config["config"]["ExposedPorts"]["8080/tcp"].is_object());
+    assert!(config["config"]["Env"].as_array().unwrap().iter().any(|e| e == "BASE_VAR=from-base"));
+
+    // umoci unpacks it; the files are what the Dockerfile says.
+    let image = Unpacked::from_oci_tar(&out, "1");
+    assert_eq!(image.read("/app/combined.txt"), "alpha\nbeta\n");
+    assert_eq!(image.read("/app/greeting.txt"), "hello 1.0 from from-base\n");
+    assert_eq!(image.read("/app/docs.txt"), "independent stage\n");
+    assert_eq!(image.read("/opt/bundle/pkg/data.txt"), "from the tar\n");
+    assert!(!image.exists("/srv/app/src/secret.key"));
+    // The RUN that deleted a base file left a whiteout: the copied /etc lacks it.
+    assert!(image.exists("/etc/lower-file"));
+    assert!(!image.exists("/build-etc/lower-file"));
+    assert!(image.exists("/build-etc/passwd"));
+    let run_sh = std::fs::metadata(image.rootfs().join("app/run.sh")).unwrap();
+    assert_eq!((run_sh.uid(), run_sh.gid(), run_sh.mode() & 0o7777), (1000, 1000, 0o750));
+
+    // runc runs it as the image says: user app (uid 1000), the CMD.
+    assert_eq!(image.run(), "alpha\nbeta\nhello 1.0 from from-base\n1000\n");
+}
+
+#[test]
+fn cache_reruns_exactly_the_steps_a_change_reaches() {
+    let project = app_project();
+    let first = project.build(&[]);
+    assert!(first.ok(), "{}", first.stderr());
+    let all = first.ran();
+    assert_eq!(all.len(), 11, "every filesystem step runs once: {all:?}");
+
+    let noop = project.build(&[]);
+    assert!(noop.ok(), "{}", noop.stderr());
+    assert!(noop.ran().is_empty(), "a no-op rebuild runs nothing: {:?}", noop.ran());
+    assert_eq!(noop.cached(), all);
+
+    // One copied file changes: its COPY (0.4) and what follows in that
+    // stage, then the final stage from its COPY --from=build (2.3) on; the
+    // docs stage and the final stage's config steps do not run.
+    project.write("src/b.txt", "BETA\n");
+    let changed = project.build(&[]);
+    assert!(changed.ok(), "{}", changed.stderr());
+    assert_eq!(changed.ran(), ["0.4", "0.5", "0.6", "2.3", "2.4", "2.5", "2.6", "2.7", "2.9"], "{}", changed.stderr());
+
+    // A file the build ignores, or never copies, changes nothing.
+    project.write("src/other.key", "ignored\n");
+    project.write("README.md", "not copied by anything\n");
+    assert!(project.build(&[]).ran().is_empty());
+
+    // --no-cache runs everything again.
+    let again = project.build(&["--no-cache"]);
+    assert_eq!(again.ran(), all);
+}
+
+#[test]
+fn explain_cache_names_the_changed_file_and_arg() {
+    let project = app_project();
+    assert!(project.build(&[]).ok());
+    project.write("src/a.txt", "ALPHA\n");
+    assert!(project.build(&["--build-arg", "VERSION=2.0"]).ok());
+    let explain = project.memobuild("explain-cache", &[], &[]);
+    let text = String::from_utf8_lossy(&explain.stdout);
+    assert!(explain.status.success(), "{}", String::from_utf8_lossy(&explain.stderr));
+    assert!(text.contains("copied file changed: src/a.txt"), "{text}");
+    assert!(text.contains("environment variable VERSION changed: \"1.0\" -> \"2.0\""), "{text}");
+    assert!(text.contains("its parent changed"), "{text}");
+    assert!(text.contains("CACHED"), "{text}");
+}
+
+#[test]
+fn target_builds_only_the_stages_it_needs() {
+    let project = app_project();
+    let out = project.path().join("docs.tar");
+    let build = project.build(&["--target", "docs", "-t", "docs:1", "-o", &format!("type=oci,dest={}", out.display())]);
+    assert!(build.ok(), "{}", build.stderr());
+    assert_eq!(build.ran(), ["1.1"], "only the docs stage runs");
+    let image = Unpacked::from_oci_tar(&out, "1");
+    assert_eq!(image.read("/docs.txt"), "independent stage\n");
+    assert!(!image.exists("/app"));
+}
+
+#[test]
+fn failing_run_reports_and_exports_nothing() {
+    let base = fixture().base();
+    let project = Project::new(&[(
+        "Dockerfile",
+        &format!("FROM {base}\nRUN echo preparing\nRUN echo boom >&2; exit 3\nRUN echo never\n"),
+    )]);
+    let out = project.path().join("image.tar");
+    let build = project.build(&["-o", &format!("type=oci,dest={}", out.display())]);
+    assert!(!build.ok());
+    let stderr = build.stderr();
+    assert!(stderr.contains("exit code: 3"), "{stderr}");
+    assert!(stderr.contains("boom"), "{stderr}");
+    assert!(stderr.contains("Dockerfile:3"), "{stderr}");
+    assert!(!out.exists(), "a failed build exports nothing");
+    assert_eq!(build.ran(), ["0.1"]);
+}
+
+#[test]
+fn outputs_docker_local_registry_and_reproducible_digests() {
+    let project = app_project();
+    let docker = project.path().join("docker.tar");
+    let local = project.path().join("rootfs");
+    let tag = format!("{}/demo/app:1", fixture().registry);
+    let build = project.build_with_env(
+        &[
+            "-t",
+            &tag,
+            "-o",
+            &format!("type=docker,dest={}", docker.display()),
+            "-o",
+            &format!("type=local,dest={}", local.display()),
+            "--push",
+        ],
+        &[("SOURCE_DATE_EPOCH", "1700000000")],
+    );
+    assert!(build.ok(), "{}", build.stderr());
+    let digest = String::from_utf8_lossy(&build.output.stdout).trim().to_string();
+    assert!(digest.starts_with("sha256:"), "{digest}");
+
+    let archive = inspect(&format!("docker-archive:{}", docker.display()));
+    assert_eq!(archive["Labels"]["org.example.app"], "demo");
+    assert_eq!(std::fs::read_to_string(local.join("app/docs.txt")).unwrap(), "independent stage\n");
+    let pushed = inspect(&format!("docker://{tag}"));
+    assert_eq!(pushed["Digest"], digest.as_str());
+    assert_eq!(pushed["Created"], "2023-11-14T22:13:20Z");
+
+    // The same inputs with SOURCE_DATE_EPOCH give the same image, even when
+    // every step runs again.
+    let again = project.build_with_env(
+        &["--no-cache", "-t", &tag, "-o", &format!("type=oci,dest={}", project.path().join("again.tar").display())],
+        &[("SOURCE_DATE_EPOCH", "1700000000")],
+    );
+    assert!(again.ok(), "{}", again.stderr());
+    assert_eq!(String::from_utf8_lossy(&again.output.stdout).trim(), digest);
+}
+
+#[test]
+fn oci_layout_bases_and_clear_errors() {
+    let layout = fixture().layout.display().to_string();
+    let project = Project::new(&[
+        ("Dockerfile", "FROM base\nRUN cat /etc/lower-file > /copy\n"),
+        ("Dockerfile.direct", &format!("FROM oci-layout://{layout}:busybox\nRUN true\n")),
+        ("Dockerfile.missing", &format!("FROM {}/base/nothing:here\nRUN true\n", fixture().registry)),
+    ]);
+    let out = project.path().join("image.tar");
+    let context = format!("base=oci-layout://{layout}:busybox");
+    let build =
+        project.build(&["--build-context", &context, "-t", "x:1", "-o", &format!("type=oci,dest={}", out.display())]);
+    assert!(build.ok(), "{}", build.stderr());
+    assert_eq!(Unpacked::from_oci_tar(&out, "1").read("/copy"), "from the base image\n");
+
+    let direct = project.build(&["-f", project.path().join("Dockerfile.direct").to_str().unwrap()]);
+    assert!(direct.ok(), "{}", direct.stderr());
+
+    let missing = project.build(&["-f", project.path().join("Dockerfile.missing").to_str().unwrap()]);
+    assert!(!missing.ok());
+    assert!(missing.stderr().contains("base/nothing:here"), "{}", missing.stderr());
+}

@@ -1,0 +1,309 @@
+//! Pulling images from and pushing them to OCI / Docker registries.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use memobuild_cas::{verify_stream, BlobStore, ByteRange};
+use memobuild_proto::{Digest, Error, Result};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::Client;
+use tonic::Code;
+
+use crate::blob_io::{oci_digest, small_blob, MAX_METADATA_BYTES};
+use crate::built_image::BuiltImage;
+use crate::docker_config::{normalize_registry, DockerConfig};
+use crate::image_reference::ImageReference;
+use crate::manifest::{
+    complete_layers, layers_of, select_platform, ManifestDocument, ACCEPTED, DOCKER_MANIFEST, OCI_MANIFEST,
+};
+use crate::pulled_image::PulledImage;
+
+/// Layer downloads and uploads in flight at once.
+const CONCURRENT_TRANSFERS: usize = 4;
+
+/// Talks to registries with the credentials it holds (anonymously where it
+/// holds none); oci-client does the token handshake. Registries on this
+/// machine (see [`ImageReference::is_insecure_default`]) and those added
+/// with [`RegistryClient::with_insecure_registry`] are spoken to over HTTP.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryClient {
+    credentials: BTreeMap<String, (String, String)>,
+    insecure: BTreeSet<String>,
+}
+
+impl RegistryClient {
+    /// A client without credentials.
+    pub fn anonymous() -> Self {
+        RegistryClient::default()
+    }
+
+    /// Credentials from `$DOCKER_CONFIG/config.json` or
+    /// `~/.docker/config.json` (`auths` entries with `auth` or
+    /// `username`/`password`); anonymous when there is no such file.
+    /// Credential helpers and identity tokens are not used.
+    pub fn from_docker_config() -> Result<Self> {
+        let mut client = RegistryClient::default();
+        if let Some(path) = DockerConfig::default_path() {
+            for (registry, user, pass) in DockerConfig::load(&path)?.credentials(&path)? {
+                client.add_credentials(&registry, &user, &pass);
+            }
+        }
+        Ok(client)
+    }
+
+    /// A client with one registry's credentials.
+    pub fn with_credentials(registry: &str, username: &str, password: &str) -> Self {
+        let mut client = RegistryClient::default();
+        client.add_credentials(registry, username, password);
+        client
+    }
+
+    /// Adds (or replaces) a registry's credentials.
+    pub fn add_credentials(&mut self, registry: &str, username: &str, password: &str) {
+        self.credentials.insert(normalize_registry(registry), (username.to_string(), password.to_string()));
+    }
+
+    /// Speaks plain HTTP to `registry` (`host[:port]`).
+    pub fn with_insecure_registry(mut self, registry: &str) -> Self {
+        self.insecure.insert(registry.to_string());
+        self
+    }
+
+    fn client_for(&self, reference: &ImageReference) -> Result<(Client, RegistryAuth)> {
+        let registry = reference.registry();
+        let protocol = if reference.is_insecure_default() || self.insecure.contains(registry) {
+            ClientProtocol::HttpsExcept(vec![reference.as_oci().resolve_registry().to_string()])
+        } else {
+            ClientProtocol::Https
+        };
+        let config = ClientConfig { protocol, platform_resolver: None, ..Default::default() };
+        let client = Client::try_from(config)
+            .map_err(|e| Error::internal(format!("creating the HTTP client for {registry}: {e}")))?;
+        let auth = match self.credentials.get(&normalize_registry(registry)) {
+            Some((user, pass)) => RegistryAuth::Basic(user.clone(), pass.clone()),
+            None => RegistryAuth::Anonymous,
+        };
+        Ok((client, auth))
+    }
+
+    /// Resolves `reference` to the image manifest for `platform` (from an
+    /// index when it names one), and brings the config and every layer the
+    /// store lacks into `store`, verified against their digests.
+    pub async fn pull(&self, reference: &ImageReference, platform: &str, store: &dyn BlobStore) -> Result<PulledImage> {
+        let what = reference.to_string();
+        self.pull_inner(reference, platform, store).await.map_err(|e| e.context(format!("pulling {what}")))
+    }
+
+    async fn pull_inner(
+        &self,
+        reference: &ImageReference,
+        platform: &str,
+        store: &dyn BlobStore,
+    ) -> Result<PulledImage> {
+        let what = reference.to_string();
+        let (client, auth) = self.client_for(reference)?;
+        let (body, digest) = fetch_manifest(&client, reference, &auth, &ACCEPTED).await?;
+        let mut manifest = ManifestDocument::parse(&body, &what)?;
+        let mut manifest_digest = digest;
+        if let Some(entries) = manifest.index_entries() {
+            let entry = select_platform(entries, platform, &what)?;
+            let pinned = reference.with_digest(&entry.digest);
+            let (body, digest) = fetch_manifest(&client, &pinned, &auth, &[OCI_MANIFEST, DOCKER_MANIFEST]).await?;
+            manifest = ManifestDocument::parse(&body, &pinned.to_string())?;
+            if manifest.index_entries().is_some() {
+                return Err(Error::invalid_argument(format!("{pinned}: an index inside an index is not supported")));
+            }
+            manifest_digest = digest;
+        }
+        let config_descriptor = manifest.config(&what)?;
+        let config_digest = config_descriptor.digest()?;
+        let config = if store.find_missing(&[config_digest]).await?.is_empty() {
+            small_blob(store, &config_digest, MAX_METADATA_BYTES, "image config").await?
+        } else {
+            let data = fetch_small_blob(&client, reference, &config_descriptor.media_type, &config_digest).await?;
+            store.put_bytes(&config_digest, data.clone()).await?;
+            data
+        };
+        let (config_parsed, listed) = layers_of(&manifest, &config, &what)?;
+        let blobs: Vec<Digest> = listed.iter().map(|l| *l.blob()).collect();
+        let missing = store.find_missing(&blobs).await?;
+        futures::stream::iter(missing.iter())
+            .map(|digest| download_blob(&client, reference, digest, store))
+            .buffer_unordered(CONCURRENT_TRANSFERS)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let layers = complete_layers(store, listed, &what).await?;
+        Ok(PulledImage {
+            reference: reference.as_written().to_string(),
+            resolved: reference.pinned(&manifest_digest),
+            manifest_digest,
+            config: config_parsed,
+            layers,
+        })
+    }
+
+    /// Pushes the layers the registry lacks, the config and the manifest,
+    /// under `reference`'s tag (or digest). Returns the manifest digest.
+    pub async fn push(&self, image: &BuiltImage, reference: &ImageReference, store: &dyn BlobStore) -> Result<String> {
+        let what = reference.to_string();
+        self.push_inner(image, reference, store).await.map_err(|e| e.context(format!("pushing {what}")))
+    }
+
+    async fn push_inner(
+        &self,
+        image: &BuiltImage,
+        reference: &ImageReference,
+        store: &dyn BlobStore,
+    ) -> Result<String> {
+        let (client, auth) = self.client_for(reference)?;
+        let oci_ref = reference.as_oci();
+        client.store_auth_if_needed(oci_ref.resolve_registry(), &auth).await;
+        let mut blobs: Vec<Digest> = image.layers.iter().map(|l| l.blob).collect();
+        blobs.sort();
+        blobs.dedup();
+        futures::stream::iter(blobs.iter())
+            .map(|digest| upload_blob(&client, reference, digest, store))
+            .buffer_unordered(CONCURRENT_TRANSFERS)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let config_digest = oci_digest(&image.config_digest());
+        if !client.blob_exists(oci_ref, &config_digest).await.map_err(|e| registry_error(e, &config_digest))? {
+            client
+                .push_blob(oci_ref, image.config.clone(), &config_digest)
+                .await
+                .map_err(|e| registry_error(e, &format!("uploading config {config_digest}")))?;
+        }
+        let content_type = http::HeaderValue::from_static(OCI_MANIFEST);
+        client
+            .push_manifest_raw(oci_ref, image.manifest().clone(), content_type)
+            .await
+            .map_err(|e| registry_error(e, &format!("uploading manifest {}", image.manifest_digest())))?;
+        Ok(image.manifest_digest())
+    }
+}
+
+/// A manifest's bytes and digest, bounded in size.
+async fn fetch_manifest(
+    client: &Client,
+    reference: &ImageReference,
+    auth: &RegistryAuth,
+    accepted: &[&str],
+) -> Result<(Bytes, String)> {
+    let (body, digest) = client
+        .pull_manifest_raw(reference.as_oci(), auth, accepted)
+        .await
+        .map_err(|e| registry_error(e, &format!("fetching manifest {reference}")))?;
+    if body.len() as u64 > MAX_METADATA_BYTES {
+        return Err(Error::invalid_argument(format!(
+            "manifest {reference} is {} bytes, more than the {MAX_METADATA_BYTES} allowed",
+            body.len()
+        )));
+    }
+    Ok((body, digest))
+}
+
+fn descriptor(media_type: &str, digest: &Digest) -> OciDescriptor {
+    OciDescriptor {
+        media_type: media_type.to_string(),
+        digest: oci_digest(digest),
+        size: digest.size() as i64,
+        ..Default::default()
+    }
+}
+
+/// A small blob (a config) in memory, checked against its digest.
+async fn fetch_small_blob(
+    client: &Client,
+    reference: &ImageReference,
+    media_type: &str,
+    digest: &Digest,
+) -> Result<Bytes> {
+    let what = format!("image config {}", oci_digest(digest));
+    if digest.size() > MAX_METADATA_BYTES {
+        return Err(Error::invalid_argument(format!(
+            "{what} is {} bytes, more than the {MAX_METADATA_BYTES} allowed",
+            digest.size()
+        )));
+    }
+    let sized = client
+        .pull_blob_stream(reference.as_oci(), &descriptor(media_type, digest))
+        .await
+        .map_err(|e| registry_error(e, &format!("fetching {what}")))?;
+    let stream = sized.stream.map_err(|e| Error::unavailable(e.to_string())).boxed();
+    memobuild_cas::collect(verify_stream(*digest, stream)).await.map_err(|e| e.context(format!("fetching {what}")))
+}
+
+async fn download_blob(
+    client: &Client,
+    reference: &ImageReference,
+    digest: &Digest,
+    store: &dyn BlobStore,
+) -> Result<()> {
+    let what = format!("layer {}", oci_digest(digest));
+    let sized = client
+        .pull_blob_stream(reference.as_oci(), &descriptor("", digest))
+        .await
+        .map_err(|e| registry_error(e, &format!("fetching {what}")))?;
+    let stream = sized.stream.map_err(|e| Error::unavailable(e.to_string())).boxed();
+    store.put(digest, verify_stream(*digest, stream)).await.map_err(|e| e.context(format!("fetching {what}")))
+}
+
+async fn upload_blob(
+    client: &Client,
+    reference: &ImageReference,
+    digest: &Digest,
+    store: &dyn BlobStore,
+) -> Result<()> {
+    let name = oci_digest(digest);
+    let oci_ref = reference.as_oci();
+    if client.blob_exists(oci_ref, &name).await.map_err(|e| registry_error(e, &format!("checking layer {name}")))? {
+        return Ok(());
+    }
+    let stream = store.get(digest, ByteRange::ALL).await.map_err(|e| e.context(format!("reading layer {name}")))?;
+    let stream = stream.map_err(|e| OciDistributionError::GenericError(Some(e.to_string())));
+    client
+        .push_blob_stream(oci_ref, stream, &name, Some(digest.size()))
+        .await
+        .map_err(|e| registry_error(e, &format!("uploading layer {name}")))?;
+    Ok(())
+}
+
+/// Maps an oci-client error to our codes: unknown manifests and blobs are
+/// NOT_FOUND, refused credentials UNAUTHENTICATED / PERMISSION_DENIED,
+/// network and server trouble UNAVAILABLE.
+fn registry_error(e: OciDistributionError, what: &str) -> Error {
+    let code = match &e {
+        OciDistributionError::RegistryError { envelope, .. } => match envelope.errors.first().map(|e| &e.code) {
+            Some(
+                OciErrorCode::ManifestUnknown
+                | OciErrorCode::NameUnknown
+                | OciErrorCode::BlobUnknown
+                | OciErrorCode::NotFound,
+            ) => Code::NotFound,
+            Some(OciErrorCode::Unauthorized) => Code::Unauthenticated,
+            Some(OciErrorCode::Denied) => Code::PermissionDenied,
+            Some(OciErrorCode::Toomanyrequests) => Code::ResourceExhausted,
+            _ => Code::InvalidArgument,
+        },
+        OciDistributionError::ServerError { code, .. } => match code {
+            404 => Code::NotFound,
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            429 => Code::ResourceExhausted,
+            400..=499 => Code::InvalidArgument,
+            _ => Code::Unavailable,
+        },
+        OciDistributionError::ImageManifestNotFoundError(_) => Code::NotFound,
+        OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
+            Code::Unauthenticated
+        }
+        OciDistributionError::DigestError(_) => Code::DataLoss,
+        OciDistributionError::RequestError(_) | OciDistributionError::IoError(_) => Code::Unavailable,
+        _ => Code::Internal,
+    };
+    Error::new(code, format!("{what}: {e}"))
+}

@@ -1,0 +1,177 @@
+//! Extracting layer stacks: whiteouts, links, and hostile tars.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use bytes::Bytes;
+use common::store;
+use memobuild_cas::BlobStore;
+use memobuild_oci::{compress_layer, extract_layers, Compression, ExtractLimits, Layer, LayerWriter};
+use memobuild_proto::{Digest, DigestFunction};
+use tonic::Code;
+
+/// One raw tar entry: kind, name exactly as written, link target, content.
+struct Raw<'a>(tar::EntryType, &'a str, &'a str, &'a [u8]);
+
+/// A tar with names written verbatim (no sanitising), stored uncompressed.
+async fn raw_layer(store: &dyn BlobStore, entries: &[Raw<'_>]) -> Layer {
+    let mut builder = tar::Builder::new(Vec::new());
+    for Raw(kind, name, link, data) in entries {
+        let mut header = tar::Header::new_ustar();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        header.set_entry_type(*kind);
+        header.set_mode(if *kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+        header.set_size(data.len() as u64);
+        header.set_mtime(1_600_000_000);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_cksum();
+        builder.append(&header, *data).unwrap();
+    }
+    let tar = Bytes::from(builder.into_inner().unwrap());
+    let digest = Digest::of(DigestFunction::Sha256, &tar);
+    store.put_bytes(&digest, tar).await.unwrap();
+    Layer::uncompressed(digest)
+}
+
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn applies_whiteouts_links_and_metadata() {
+    let store = store();
+    let mut lower = LayerWriter::new();
+    lower.add_directory("etc", 0o755, 0, 0, 100).unwrap();
+    lower.add_file("etc/keep", 0o640, 12, 34, 1_600_000_000, &mut &b"keep"[..], 4).unwrap();
+    lower.add_file("etc/gone", 0o644, 0, 0, 100, &mut &b"gone"[..], 4).unwrap();
+    lower.add_directory("opq", 0o700, 0, 0, 100).unwrap();
+    lower.add_file("opq/old", 0o644, 0, 0, 100, &mut &b"old"[..], 3).unwrap();
+    lower.add_directory("opq/sub", 0o755, 0, 0, 100).unwrap();
+    lower.add_file("opq/sub/deep", 0o644, 0, 0, 100, &mut &b"deep"[..], 4).unwrap();
+    lower.add_symlink("etc/link", "keep", 0, 0, 100).unwrap();
+    lower.add_hardlink("etc/hard", "etc/keep").unwrap();
+    let long = format!("{}/file", "d".repeat(120));
+    lower.add_file(&long, 0o755, 0, 0, 100, &mut &b"long"[..], 4).unwrap();
+    let lower = lower.finish(&store).await.unwrap();
+    let lower = compress_layer(&store, &lower, Compression::Gzip).await.unwrap();
+
+    let mut upper = LayerWriter::new();
+    upper.add_whiteout("etc/gone").unwrap();
+    upper.add_directory("opq", 0o755, 0, 0, 200).unwrap();
+    upper.add_file("opq/new", 0o644, 0, 0, 200, &mut &b"new"[..], 3).unwrap();
+    upper.add_opaque_whiteout("opq").unwrap();
+    let upper = upper.finish(&store).await.unwrap();
+    let upper = compress_layer(&store, &upper, Compression::Zstd).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("rootfs");
+    extract_layers(&store, &[lower, upper], &dest, ExtractLimits::default()).await.unwrap();
+    let mut expected = vec!["etc", "etc/hard", "etc/keep", "etc/link", "opq", "opq/new"];
+    let long_dir = "d".repeat(120);
+    let long_file = format!("{long_dir}/file");
+    expected.push(&long_dir);
+    expected.push(&long_file);
+    expected.sort();
+    assert_eq!(files_under(&dest), expected);
+    assert_eq!(std::fs::read_link(dest.join("etc/link")).unwrap(), Path::new("keep"));
+    let keep = std::fs::metadata(dest.join("etc/keep")).unwrap();
+    assert_eq!(keep.ino(), std::fs::metadata(dest.join("etc/hard")).unwrap().ino());
+    assert_eq!(keep.mode() & 0o7777, 0o640);
+    assert_eq!(keep.mtime(), 1_600_000_000);
+    if nix::unistd::geteuid().is_root() {
+        assert_eq!((keep.uid(), keep.gid()), (12, 34));
+    }
+    assert_eq!(std::fs::metadata(dest.join("opq")).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(std::fs::metadata(dest.join("opq")).unwrap().mtime(), 200);
+    assert_eq!(std::fs::read(dest.join(&long_file)).unwrap(), b"long");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_tars_stay_inside_the_destination() {
+    use tar::EntryType::{Directory, Link, Regular, Symlink};
+    let store = store();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("rootfs");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"secret").unwrap();
+    let outside_str = outside.display().to_string();
+
+    // `..` is refused, naming the layer and the entry.
+    let layer = raw_layer(&store, &[Raw(Regular, "../x", "", b"x")]).await;
+    let err = extract_layers(&store, std::slice::from_ref(&layer), &dest, ExtractLimits::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains(&layer.blob.hex()) && err.message().contains("../x"), "{err}");
+    assert!(!dir.path().join("x").exists());
+
+    // Absolute paths land inside; a symlink to an absolute directory is
+    // resolved inside too, as is one that climbs with `..`.
+    let evil_target = format!("{outside_str}/");
+    let layer = raw_layer(
+        &store,
+        &[
+            Raw(Regular, "/abs", "", b"abs"),
+            Raw(Symlink, "evil", &evil_target, b""),
+            Raw(Regular, "evil/pwned", "", b"pwned"),
+            Raw(Symlink, "up", "../../../../../..", b""),
+            Raw(Regular, "up/pwned2", "", b"pwned"),
+            Raw(Directory, "d/", "", b""),
+        ],
+    )
+    .await;
+    extract_layers(&store, &[layer], &dest, ExtractLimits::default()).await.unwrap();
+    assert_eq!(std::fs::read(dest.join("abs")).unwrap(), b"abs");
+    assert_eq!(std::fs::read(dest.join(outside_str.trim_start_matches('/')).join("pwned")).unwrap(), b"pwned");
+    assert_eq!(std::fs::read(dest.join("pwned2")).unwrap(), b"pwned");
+    assert_eq!(files_under(&outside), vec!["secret"]);
+    assert!(!Path::new("/pwned2").exists());
+
+    // Hard links out of the destination are refused, relative or absolute.
+    for target in ["../../etc/passwd", "/etc/passwd", "evil/secret"] {
+        let layer = raw_layer(&store, &[Raw(Link, "passwd", target, b"")]).await;
+        let err = extract_layers(&store, &[layer], &dest, ExtractLimits::default()).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{target}: {err}");
+        assert!(err.message().contains("passwd"), "{err}");
+        assert!(!dest.join("passwd").exists());
+    }
+    // A whiteout through a symlink removes nothing outside.
+    let layer = raw_layer(&store, &[Raw(Regular, "evil/.wh.secret", "", b"")]).await;
+    extract_layers(&store, &[layer], &dest, ExtractLimits::default()).await.unwrap();
+    assert!(outside.join("secret").is_file());
+
+    // Limits on bytes and entries.
+    let big = vec![0u8; 4096];
+    let layer = raw_layer(&store, &[Raw(Regular, "big", "", &big)]).await;
+    let limits = ExtractLimits { max_bytes: 1000, max_entries: 100 };
+    let err = extract_layers(&store, std::slice::from_ref(&layer), &dest, limits).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.message().contains("big") && err.message().contains(&layer.blob.hex()), "{err}");
+    let layer = raw_layer(&store, &[Raw(Regular, "a", "", b""), Raw(Regular, "b", "", b"")]).await;
+    let limits = ExtractLimits { max_bytes: 1000, max_entries: 1 };
+    let err = extract_layers(&store, &[layer], &dest, limits).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+
+    // Garbage is an error, not a panic.
+    let junk = Bytes::from_static(b"this is not a tar at all, not even close to one; 512 bytes are needed");
+    let digest = Digest::of(DigestFunction::Sha256, &junk);
+    store.put_bytes(&digest, junk).await.unwrap();
+    let gz = Layer { blob: digest, media_type: memobuild_oci::MEDIA_TYPE_TAR_GZIP.into(), diff_id: digest };
+    assert!(extract_layers(&store, &[gz], &dest, ExtractLimits::default()).await.is_err());
+}

@@ -1,0 +1,134 @@
+//! Pull and push against a real registry (Debian's docker-registry), with
+#![allow(clippy::unwrap_used)]
+//! images built by umoci and checked with skopeo.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use common::{busybox_layout, config_for, have, hello_layer, run, store, umoci_unpack, Registry};
+use memobuild_cas::BlobStore;
+use memobuild_oci::{compress_layer, BuiltImage, Compression, ImageReference, RegistryClient};
+use tonic::Code;
+
+fn tools() -> bool {
+    ["docker-registry", "umoci", "skopeo"].iter().all(|t| have(t))
+}
+
+fn push_base(layout: &std::path::Path, dest: &str, creds: Option<&str>) {
+    let mut cmd = Command::new("skopeo");
+    cmd.arg("copy").arg("--dest-tls-verify=false");
+    if let Some(creds) = creds {
+        cmd.arg("--dest-creds").arg(creds);
+    }
+    run(cmd.arg(format!("oci:{}:busybox", layout.display())).arg(format!("docker://{dest}")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_round_trip() {
+    if !tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(None);
+    let layout = busybox_layout(dir.path());
+    let base_name = format!("{}/base/busybox:1", registry.host());
+    push_base(&layout, &base_name, None);
+
+    let store = store();
+    let client = RegistryClient::anonymous();
+    let base: ImageReference = base_name.parse().unwrap();
+    let pulled = client.pull(&base, "linux/amd64", &store).await.unwrap();
+    assert_eq!(pulled.reference, base_name);
+    assert!(pulled.resolved.starts_with(&format!("{}/base/busybox@sha256:", registry.host())), "{}", pulled.resolved);
+    assert!(pulled.resolved.ends_with(&pulled.manifest_digest));
+    assert_eq!(pulled.layers.len(), 1);
+    let diff_ids = pulled.config.rootfs().diff_ids();
+    assert_eq!(diff_ids, &vec![pulled.layers[0].diff_id_string()]);
+    assert!(store.find_missing(&[pulled.layers[0].blob]).await.unwrap().is_empty());
+    assert!(pulled.layers[0].diff_id.size() > 1_000_000, "the diff id carries the tar's size");
+
+    // Pulling again finds every blob present and gives the same image.
+    let again = client.pull(&base, "linux/amd64", &store).await.unwrap();
+    assert_eq!(again, pulled);
+
+    // A new image: the base plus a gzip layer.
+    let hello = hello_layer(&store, "hello from memobuild\n").await;
+    let hello = compress_layer(&store, &hello, Compression::Gzip).await.unwrap();
+    let mut layers = pulled.layers.clone();
+    layers.push(hello);
+    let image = BuiltImage::new(config_for(&layers), layers, BTreeMap::new()).unwrap();
+    let app_name = format!("{}/app/hello:v1", registry.host());
+    let app: ImageReference = app_name.parse().unwrap();
+    let digest = client.push(&image, &app, &store).await.unwrap();
+    assert_eq!(digest, image.manifest_digest());
+    // Pushing again skips the blobs the registry has and gives the same digest.
+    assert_eq!(client.push(&image, &app, &store).await.unwrap(), digest);
+
+    let inspect =
+        run(Command::new("skopeo").args(["inspect", "--tls-verify=false"]).arg(format!("docker://{app_name}")));
+    let inspect: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(inspect["Digest"], digest);
+    assert_eq!(inspect["Layers"].as_array().unwrap().len(), 2);
+
+    let out = dir.path().join("out");
+    run(Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{app_name}"))
+        .arg(format!("oci:{}:v1", out.display())));
+    let bundle = dir.path().join("unpacked");
+    umoci_unpack(&format!("{}:v1", out.display()), &bundle);
+    assert_eq!(std::fs::read_to_string(bundle.join("rootfs/hello/world.txt")).unwrap(), "hello from memobuild\n");
+    assert!(bundle.join("rootfs/bin/busybox").is_file());
+
+    // Our pushed image pulls back into a fresh store.
+    let fresh = common::store();
+    let back = client.pull(&app, "linux/amd64", &fresh).await.unwrap();
+    assert_eq!(back.manifest_digest, digest);
+    let blobs = |layers: &[memobuild_oci::Layer]| layers.iter().map(|l| (l.blob, l.diff_id)).collect::<Vec<_>>();
+    assert_eq!(blobs(&back.layers), blobs(&image.layers));
+
+    // A missing tag: NOT_FOUND naming the reference.
+    let missing: ImageReference = format!("{}/base/busybox:nope", registry.host()).parse().unwrap();
+    let err = client.pull(&missing, "linux/amd64", &store).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+    assert!(err.message().contains(&format!("{}/base/busybox:nope", registry.host())), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_basic_auth() {
+    if !tools() || !have("htpasswd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    let entry = run(Command::new("htpasswd").args(["-Bbn", "alice", "s3cret"]));
+    std::fs::write(&htpasswd, entry).unwrap();
+    let registry = Registry::start(Some(&htpasswd));
+    let layout = busybox_layout(dir.path());
+    let base_name = format!("{}/base/busybox:1", registry.host());
+    push_base(&layout, &base_name, Some("alice:s3cret"));
+    let base: ImageReference = base_name.parse().unwrap();
+    let store = store();
+
+    let err = RegistryClient::anonymous().pull(&base, "linux/amd64", &store).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    assert!(err.message().contains(&base_name), "{err}");
+
+    let client = RegistryClient::with_credentials(&registry.host(), "alice", "s3cret");
+    let pulled = client.pull(&base, "linux/amd64", &store).await.unwrap();
+    assert_eq!(pulled.layers.len(), 1);
+
+    let image = common::hello_image(&store).await;
+    let app: ImageReference = format!("{}/app/hello:v1", registry.host()).parse().unwrap();
+    let digest = client.push(&image, &app, &store).await.unwrap();
+    let inspect = run(Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--creds", "alice:s3cret"])
+        .arg(format!("docker://{app}")));
+    let inspect: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(inspect["Digest"], digest);
+
+    let wrong = RegistryClient::with_credentials(&registry.host(), "alice", "wrong");
+    assert!(wrong.push(&image, &app, &store).await.is_err());
+}

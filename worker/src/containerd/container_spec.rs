@@ -1,0 +1,53 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One RUN step to run in a container.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ContainerSpec {
+    /// For container names and logs, e.g. `stage-1-step-3`.
+    pub id_hint: String,
+    pub argv: Vec<String>,
+    /// `K=V` entries. `PATH` gets Docker's default and `HOME` the user's home
+    /// directory when missing.
+    pub env: Vec<String>,
+    /// Absolute; created when missing, as Docker does.
+    pub cwd: String,
+    /// `uid`, `uid:gid`, `name` or `name:group`; names are resolved from the
+    /// rootfs' `/etc/passwd` and `/etc/group`. `None` is `0:0`.
+    pub user: Option<String>,
+    /// `false`: an own network namespace with only `lo`. `true`: the host's
+    /// network, with the host's `/etc/resolv.conf` and `/etc/hosts` bound
+    /// read-only.
+    pub network: bool,
+    /// Memory limit in bytes.
+    pub memory_limit: Option<u64>,
+    /// CPUs, e.g. 1.5.
+    pub cpu_quota: Option<f64>,
+    /// Extra mounts; their targets are never captured in the layer.
+    pub mounts: Vec<SpecMount>,
+    pub timeout: Option<Duration>,
+    /// When set, every mtime in the layer is clamped to it.
+    pub source_date_epoch: Option<u64>,
+    pub hostname: String,
+}
+
+/// A mount of a RUN step (`RUN --mount=...`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpecMount {
+    /// A host path bound into the container.
+    Bind { source: PathBuf, target: String, readonly: bool },
+    /// A fresh tmpfs.
+    Tmpfs { target: String },
+    /// A host directory the caller keeps across builds (created if missing),
+    /// bound read-write.
+    Cache { source: PathBuf, target: String },
+}
+
+impl SpecMount {
+    /// The absolute path inside the container.
+    pub fn target(&self) -> &str {
+        match self {
+            SpecMount::Bind { target, .. } | SpecMount::Tmpfs { target } | SpecMount::Cache { target, .. } => target,
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! Runs Dockerfile RUN steps in containerd and turns their filesystem
+//! changes into layers. See [`Containerd`].
+//!
+//! Everything MemoBuild makes lives in the containerd namespace
+//! [`NAMESPACE`] (`memobuild`), apart from any other user of the same
+//! containerd. Layer stacks are unpacked once into committed snapshots named
+//! by their OCI chain id and labelled `containerd.io/gc.root`, so builds
+//! reuse them; everything temporary (content blobs, active and view
+//! snapshots) is created under a containerd lease with an expiry, so a
+//! crashed process cannot leak it for longer than that.
+
+mod client;
+mod container_outcome;
+mod container_spec;
+mod content_upload;
+mod diff_writer;
+mod layer_chain;
+mod layer_stack;
+mod lease;
+mod log_chunk;
+mod mounted_view;
+mod private_daemon;
+mod run_step;
+mod runtime_spec;
+mod snapshot_mounts;
+mod stdio_fifos;
+mod user_resolver;
+
+pub use client::{Containerd, NAMESPACE, SNAPSHOTTER, SYSTEM_SOCKET};
+pub use container_outcome::ContainerOutcome;
+pub use container_spec::{ContainerSpec, SpecMount};
+pub use log_chunk::LogChunk;
+pub use mounted_view::MountedView;

@@ -1,0 +1,255 @@
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use memobuild_proto::{Error, Result};
+use oci_spec::runtime::{
+    get_default_maskedpaths, get_default_mounts, get_default_readonly_paths, Capabilities, Capability, LinuxBuilder,
+    LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+
+use super::user_resolver::ResolvedUser;
+use super::{ContainerSpec, SpecMount};
+
+/// `PATH` when the step's environment has none (Docker's default).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The CFS period the CPU quota is expressed in.
+const CPU_PERIOD: u64 = 100_000;
+/// The open-files limits of a step.
+const NOFILE_SOFT: u64 = 1024;
+const NOFILE_HARD: u64 = 1_048_576;
+/// Host files bound read-only into a step with host networking.
+const HOST_NETWORK_FILES: [&str; 2] = ["/etc/resolv.conf", "/etc/hosts"];
+
+/// The OCI runtime spec of a RUN step, and every path something is mounted
+/// on in the container (absolute), which the layer leaves out.
+pub(super) struct RuntimeSpec {
+    pub(super) spec: Spec,
+    pub(super) mount_targets: Vec<String>,
+}
+
+/// Docker's default capability set.
+fn default_capabilities() -> Capabilities {
+    [
+        Capability::Chown,
+        Capability::DacOverride,
+        Capability::Fsetid,
+        Capability::Fowner,
+        Capability::Mknod,
+        Capability::NetRaw,
+        Capability::Setgid,
+        Capability::Setuid,
+        Capability::Setfcap,
+        Capability::Setpcap,
+        Capability::NetBindService,
+        Capability::SysChroot,
+        Capability::Kill,
+        Capability::AuditWrite,
+    ]
+    .into_iter()
+    .collect()
+}
+
+fn spec_error(what: &str) -> impl Fn(oci_spec::OciSpecError) -> Error + '_ {
+    move |e| Error::internal(format!("building the runtime spec ({what}): {e}"))
+}
+
+/// Builds the spec for container `container_id`.
+pub(super) fn runtime_spec(spec: &ContainerSpec, user: &ResolvedUser, container_id: &str) -> Result<RuntimeSpec> {
+    if spec.argv.is_empty() {
+        return Err(Error::invalid_argument(format!("step {}: empty command", spec.id_hint)));
+    }
+    let cwd = if spec.cwd.is_empty() { "/" } else { spec.cwd.as_str() };
+    if !cwd.starts_with('/') {
+        return Err(Error::invalid_argument(format!(
+            "step {}: working directory {cwd:?} is not absolute",
+            spec.id_hint
+        )));
+    }
+
+    let mut env = spec.env.clone();
+    let has = |env: &[String], key: &str| env.iter().any(|e| e.split_once('=').is_some_and(|(k, _)| k == key));
+    if !has(&env, "PATH") {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !has(&env, "HOME") {
+        env.push(format!("HOME={}", user.home));
+    }
+
+    let capabilities = default_capabilities();
+    // As Docker: a non-root user starts without effective or permitted
+    // capabilities (it can still gain them from setuid binaries).
+    let (effective, permitted) = if user.uid == 0 {
+        (capabilities.clone(), capabilities.clone())
+    } else {
+        (Capabilities::new(), Capabilities::new())
+    };
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(capabilities)
+        .effective(effective)
+        .permitted(permitted)
+        .inheritable(Capabilities::new())
+        .ambient(Capabilities::new())
+        .build()
+        .map_err(spec_error("capabilities"))?;
+    let user_spec = UserBuilder::default()
+        .uid(user.uid)
+        .gid(user.gid)
+        .additional_gids(user.additional_gids.clone())
+        .build()
+        .map_err(spec_error("user"))?;
+    // 1024:1048576 as Docker, but never above what runc itself may raise
+    // it to (it inherits this process's hard limit, when containerd is ours).
+    let hard = host_nofile_hard_limit().unwrap_or(NOFILE_HARD).min(NOFILE_HARD);
+    let rlimit = PosixRlimitBuilder::default()
+        .typ(PosixRlimitType::RlimitNofile)
+        .soft(NOFILE_SOFT.min(hard))
+        .hard(hard)
+        .build()
+        .map_err(spec_error("rlimits"))?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(user_spec)
+        .args(spec.argv.clone())
+        .env(env)
+        .cwd(cwd)
+        .capabilities(capabilities)
+        .rlimits(vec![rlimit])
+        .no_new_privileges(false)
+        .build()
+        .map_err(spec_error("process"))?;
+
+    let mut mounts: Vec<Mount> = get_default_mounts();
+    for mount in &spec.mounts {
+        let target = mount.target();
+        if !target.starts_with('/') || target == "/" {
+            return Err(Error::invalid_argument(format!(
+                "step {}: mount target {target:?} must be an absolute path below /",
+                spec.id_hint
+            )));
+        }
+        let (typ, source, options): (&str, PathBuf, Vec<&str>) = match mount {
+            SpecMount::Bind { source, readonly, .. } => {
+                ("bind", source.clone(), vec!["rbind", if *readonly { "ro" } else { "rw" }])
+            }
+            SpecMount::Tmpfs { .. } => ("tmpfs", PathBuf::from("tmpfs"), vec!["nosuid", "nodev", "mode=1777"]),
+            SpecMount::Cache { source, .. } => {
+                std::fs::create_dir_all(source).map_err(|e| {
+                    Error::from(e).context(format!("creating cache directory {} for {target}", source.display()))
+                })?;
+                ("bind", source.clone(), vec!["rbind", "rw"])
+            }
+        };
+        mounts.push(bind_or_mount(typ, &source, target, &options)?);
+    }
+    if spec.network {
+        for file in HOST_NETWORK_FILES {
+            if Path::new(file).exists() {
+                mounts.push(bind_or_mount("bind", Path::new(file), file, &["rbind", "ro"])?);
+            }
+        }
+    }
+    let mount_targets = mounts.iter().map(|m| m.destination().to_string_lossy().into_owned()).collect();
+
+    let mut namespaces =
+        vec![LinuxNamespaceType::Pid, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Mount];
+    if !spec.network {
+        namespaces.push(LinuxNamespaceType::Network);
+    }
+    let namespaces = namespaces
+        .into_iter()
+        .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(spec_error("namespaces"))?;
+
+    let deny_all =
+        LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().map_err(spec_error("devices"))?;
+    let mut resources = LinuxResourcesBuilder::default().devices(vec![deny_all]);
+    if let Some(limit) = spec.memory_limit {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        resources = resources.memory(LinuxMemoryBuilder::default().limit(limit).build().map_err(spec_error("memory"))?);
+    }
+    if let Some(cpus) = spec.cpu_quota {
+        if !(cpus.is_finite() && cpus > 0.0) {
+            return Err(Error::invalid_argument(format!("step {}: invalid CPU quota {cpus}", spec.id_hint)));
+        }
+        let quota = ((cpus * CPU_PERIOD as f64).round() as i64).max(1000);
+        resources = resources
+            .cpu(LinuxCpuBuilder::default().quota(quota).period(CPU_PERIOD).build().map_err(spec_error("cpu"))?);
+    }
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .cgroups_path(PathBuf::from(format!("/memobuild/{container_id}")))
+        .resources(resources.build().map_err(spec_error("resources"))?)
+        .masked_paths(get_default_maskedpaths())
+        .readonly_paths(get_default_readonly_paths())
+        .build()
+        .map_err(spec_error("linux"))?;
+
+    let hostname = if spec.hostname.is_empty() { "memobuild".to_string() } else { spec.hostname.clone() };
+    let spec = SpecBuilder::default()
+        .version("1.0.2")
+        .process(process)
+        .root(RootBuilder::default().path("rootfs").readonly(false).build().map_err(spec_error("root"))?)
+        .hostname(hostname)
+        .mounts(mounts)
+        .linux(linux)
+        .annotations(HashMap::new())
+        .build()
+        .map_err(spec_error("spec"))?;
+    Ok(RuntimeSpec { spec, mount_targets })
+}
+
+/// The hard `RLIMIT_NOFILE` of this process, from `/proc/self/limits`.
+fn host_nofile_hard_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let fields: Vec<&str> = line["Max open files".len()..].split_whitespace().collect();
+    match fields.get(1)? {
+        &"unlimited" => None,
+        hard => hard.parse().ok(),
+    }
+}
+
+fn bind_or_mount(typ: &str, source: &Path, target: &str, options: &[&str]) -> Result<Mount> {
+    MountBuilder::default()
+        .destination(target)
+        .typ(typ)
+        .source(source)
+        .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(spec_error("mounts"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_has_the_namespaces_mounts_and_user() {
+        let spec = ContainerSpec {
+            id_hint: "t".into(),
+            argv: vec!["/bin/sh".into(), "-c".into(), "true".into()],
+            cwd: "/work".into(),
+            mounts: vec![SpecMount::Tmpfs { target: "/tmp/t".into() }],
+            memory_limit: Some(64 << 20),
+            cpu_quota: Some(1.5),
+            ..Default::default()
+        };
+        let user = ResolvedUser { uid: 1000, gid: 100, additional_gids: vec![10], home: "/home/u".into() };
+        let built = runtime_spec(&spec, &user, "c1").expect("spec");
+        let json = serde_json::to_value(&built.spec).expect("json");
+        assert_eq!(json["process"]["user"]["uid"], 1000);
+        assert_eq!(json["process"]["cwd"], "/work");
+        assert!(json["process"]["env"].as_array().expect("env").iter().any(|e| e == "HOME=/home/u"));
+        assert_eq!(json["root"]["readonly"], false);
+        assert_eq!(json["linux"]["cgroupsPath"], "/memobuild/c1");
+        assert_eq!(json["linux"]["resources"]["cpu"]["quota"], 150_000);
+        let namespaces: Vec<&str> =
+            json["linux"]["namespaces"].as_array().expect("ns").iter().filter_map(|n| n["type"].as_str()).collect();
+        assert!(namespaces.contains(&"network"), "{namespaces:?}");
+        assert!(built.mount_targets.iter().any(|t| t == "/tmp/t"));
+        assert!(built.mount_targets.iter().any(|t| t == "/proc"));
+    }
+}
