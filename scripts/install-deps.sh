@@ -3,7 +3,8 @@
 # installs only what is missing. Prints the PATH line to use for cargo.
 set -euo pipefail
 
-packages=(build-essential ca-certificates curl git procps util-linux protobuf-compiler bazel-bootstrap)
+packages=(build-essential ca-certificates curl git procps util-linux protobuf-compiler bazel-bootstrap
+  containerd runc docker-registry skopeo umoci busybox-static debootstrap)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

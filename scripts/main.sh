@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# MemoBuild's main job on embedded defaults (until image builds exist): start
-# `memobuild server` and build a real Bazel workspace on it as remote executor,
-# twice, with `bazel clean` in between: the first build runs every action on
-# memobuild's worker, the second is served from its cache.
+# MemoBuild's main job on embedded defaults: build a real multi-stage
+# Dockerfile (examples/go: go vet, go test and a static build in a golang
+# image, shipped on busybox) with `memobuild build`, from base images built
+# locally and served by a local registry. Then build it again unchanged (no
+# step runs), change one source file (only the steps that read it run), and
+# run the image with runc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -10,26 +12,41 @@ source scripts/env.sh
 
 cargo build --release --locked -p memobuild-cli
 memobuild="$CARGO_TARGET_DIR/release/memobuild"
+registry=127.0.0.1:5000
+bash scripts/registry.sh start 5000
+bash scripts/base-images.sh busybox
+bash scripts/base-images.sh golang
+bash scripts/base-images.sh push "$registry"
+
 work=$(mktemp -d)
-trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'rm -rf "$work"' EXIT
+cp -r examples/go "$work/go"
+state="$work/state"
+build() {
+  "$memobuild" build --state-dir "$state" --progress plain --build-arg "REGISTRY=$registry" \
+    -t memobuild-example/go:latest -o "type=oci,dest=$work/image.tar" "$work/go"
+}
 
-"$memobuild" server --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --state-dir "$work/state" 2>"$work/server.log" &
-server=$!
-for _ in $(seq 100); do
-  address=$(sed -n 's/.*memobuild listening address=//p' "$work/server.log")
-  [ -n "$address" ] && break
-  sleep 0.1
-done
-[ -n "$address" ] || { cat "$work/server.log"; echo "memobuild server did not start" >&2; exit 1; }
-admin=$(sed -n 's/.*admin listening.*address=//p' "$work/server.log")
-echo "memobuild server on $address (metrics: http://$admin/metrics)"
+echo "== cold build"
+time build
+echo "== unchanged rebuild"
+time build
+echo "== one source file changed"
+echo "// touched by scripts/main.sh" >>"$work/go/internal/stats/stats.go"
+time build
+"$memobuild" explain-cache --state-dir "$state" "$work/go"
 
-cp -r tests/bazel-workspace "$work/ws"
-rm -f "$work/ws"/bazel-*
-cd "$work/ws"
-bazel=(bazel "--output_user_root=$work/bazel")
-"${bazel[@]}" build //... "--remote_executor=grpc://$address" 2>&1 | grep -E "processes|Elapsed"
-"${bazel[@]}" clean 2>/dev/null
-"${bazel[@]}" build //... "--remote_executor=grpc://$address" 2>&1 | grep -E "processes|Elapsed"
-"${bazel[@]}" shutdown 2>/dev/null
-curl -s "http://$admin/metrics" | grep -E '^memobuild_(cas_(stored|read|written)|scheduler_actions_total)'
+echo "== the image, checked and run by independent tools"
+skopeo inspect "oci-archive:$work/image.tar:latest" | grep -E '"(Digest|Architecture)"'
+mkdir "$work/layout" && tar -xf "$work/image.tar" -C "$work/layout"
+umoci unpack --image "$work/layout:latest" "$work/bundle" >/dev/null
+sed -i 's/"terminal": *true/"terminal":false/' "$work/bundle/config.json"
+echo "the quick brown fox jumps over the lazy dog the end" >"$work/bundle/rootfs/tmp/input.txt"
+python3 - "$work/bundle/config.json" <<'PY'
+import json, sys
+path = sys.argv[1]
+config = json.load(open(path))
+config["process"]["args"] = config["process"]["args"] + ["/tmp/input.txt"]
+json.dump(config, open(path, "w"))
+PY
+runc run --bundle "$work/bundle" "memobuild-main-$$"

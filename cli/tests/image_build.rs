@@ -56,7 +56,10 @@ fn app_project() -> Project {
     let files = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(files.path().join("pkg")).unwrap();
     std::fs::write(files.path().join("pkg/data.txt"), "from the tar\n").unwrap();
-    sh("tar", &["-cf", project.path().join("bundle.tar").to_str().unwrap(), "-C", files.path().to_str().unwrap(), "pkg"]);
+    sh(
+        "tar",
+        &["-cf", project.path().join("bundle.tar").to_str().unwrap(), "-C", files.path().to_str().unwrap(), "pkg"],
+    );
     project.write("Dockerfile", &app_dockerfile(&fixture().base()));
     project
 }
@@ -233,4 +236,43 @@ fn oci_layout_bases_and_clear_errors() {
     let missing = project.build(&["-f", project.path().join("Dockerfile.missing").to_str().unwrap()]);
     assert!(!missing.ok());
     assert!(missing.stderr().contains("base/nothing:here"), "{}", missing.stderr());
+}
+
+#[test]
+fn dry_run_tells_what_is_cached_without_running() {
+    let project = app_project();
+    let cold = project.build(&["--dry-run"]);
+    assert!(cold.ok(), "{}", cold.stderr());
+    assert!(cold.stderr().contains("not cached, would run"), "{}", cold.stderr());
+    assert!(project.build(&[]).ok());
+    let warm = project.build(&["--dry-run"]);
+    assert!(warm.ok(), "{}", warm.stderr());
+    assert!(warm.ran().is_empty(), "{}", warm.stderr());
+    assert_eq!(warm.cached().len(), 11);
+    project.write("src/a.txt", "changed\n");
+    let changed = project.build(&["--dry-run"]);
+    assert_eq!(changed.ran(), ["0.4", "0.5", "0.6", "2.3", "2.4", "2.5", "2.6", "2.7", "2.9"]);
+    assert!(changed.stderr().contains("its key depends on the output of a step that runs"), "{}", changed.stderr());
+}
+
+#[test]
+fn two_builds_share_one_state_dir_at_once() {
+    let base = fixture().base();
+    let one = Project::new(&[("Dockerfile", &format!("FROM {base}\nRUN echo one > /one && sleep 1\n"))]);
+    let two = Project::new(&[("Dockerfile", &format!("FROM {base}\nRUN echo two > /two && sleep 1\n"))]);
+    let state = one.state.path().to_path_buf();
+    let run = |project: &Project, out: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_memobuild"))
+            .args(["build", "--progress", "plain", "--state-dir", state.to_str().unwrap(), "-t", "x:1", "-o"])
+            .arg(format!("type=oci,dest={}", project.path().join(out).display()))
+            .arg(project.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (mut a, mut b) = (run(&one, "one.tar"), run(&two, "two.tar"));
+    assert!(a.wait().unwrap().success());
+    assert!(b.wait().unwrap().success());
+    assert_eq!(Unpacked::from_oci_tar(&one.path().join("one.tar"), "1").read("/one"), "one\n");
+    assert_eq!(Unpacked::from_oci_tar(&two.path().join("two.tar"), "1").read("/two"), "two\n");
 }

@@ -70,7 +70,9 @@ pub struct BuildArgs {
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))
 }
 
 /// What a build did.
@@ -95,7 +97,8 @@ pub async fn run(args: BuildArgs, state_dir: PathBuf) -> anyhow::Result<BuildOut
 }
 
 async fn build(args: &BuildArgs, state: Arc<LocalState>) -> anyhow::Result<BuildOutcome> {
-    let context_dir = args.context.canonicalize().with_context(|| format!("build context {}", args.context.display()))?;
+    let context_dir =
+        args.context.canonicalize().with_context(|| format!("build context {}", args.context.display()))?;
     let dockerfile = args.file.clone().unwrap_or_else(|| context_dir.join("Dockerfile"));
     let text = std::fs::read_to_string(&dockerfile).with_context(|| format!("reading {}", dockerfile.display()))?;
     let dockerfile_name = dockerfile.to_string_lossy().to_string();
@@ -124,8 +127,9 @@ async fn build(args: &BuildArgs, state: Arc<LocalState>) -> anyhow::Result<Build
 
     let result = async {
         let draft = plan_text(&dockerfile_name, &text, &context, &options).map_err(anyhow_of)?;
-        let images =
-            resolve_images(&state, &image_references(&draft), &contexts, &platform.to_string(), &events).await.map_err(anyhow_of)?;
+        let images = resolve_images(&state, &image_references(&draft), &contexts, &platform.to_string(), &events)
+            .await
+            .map_err(anyhow_of)?;
         options.base_images = base_images(&images);
         let graph = Arc::new(plan_text(&dockerfile_name, &text, &context, &options).map_err(anyhow_of)?);
         let source_date_epoch = std::env::var("SOURCE_DATE_EPOCH")
@@ -184,7 +188,8 @@ async fn build(args: &BuildArgs, state: Arc<LocalState>) -> anyhow::Result<Build
 
 /// `memobuild explain-cache`: why the steps of the last build missed.
 pub fn explain_cache(args: &BuildArgs, state_dir: &std::path::Path) -> anyhow::Result<String> {
-    let context_dir = args.context.canonicalize().with_context(|| format!("build context {}", args.context.display()))?;
+    let context_dir =
+        args.context.canonicalize().with_context(|| format!("build context {}", args.context.display()))?;
     let dockerfile = args.file.clone().unwrap_or_else(|| context_dir.join("Dockerfile"));
     let name = dockerfile.to_string_lossy().to_string();
     let target = args.target.clone().unwrap_or_default();

@@ -27,7 +27,14 @@ pub struct StepRecord {
 }
 
 impl StepRecord {
-    pub fn new(step: &Step, name: &str, action: &Digest, parent: &[Layer], cached: bool, context: &BuildContext) -> Self {
+    pub fn new(
+        step: &Step,
+        name: &str,
+        action: &Digest,
+        parent: &[Layer],
+        cached: bool,
+        context: &BuildContext,
+    ) -> Self {
         StepRecord {
             id: step.id.clone(),
             name: name.to_string(),
@@ -220,7 +227,9 @@ mod tests {
     fn record(id: &str, cached: bool, parent: &[&str], definition: Value) -> StepRecord {
         let files = definition["sources"][0]["matches"]
             .as_array()
-            .map(|m| m.iter().map(|p| (p[0].as_str().unwrap_or("").into(), p[1].as_str().unwrap_or("").into())).collect())
+            .map(|m| {
+                m.iter().map(|p| (p[0].as_str().unwrap_or("").into(), p[1].as_str().unwrap_or("").into())).collect()
+            })
             .unwrap_or_default();
         StepRecord {
             files,

@@ -98,13 +98,8 @@ pub fn plan_copy(request: &CopyRequest<'_>, source: &SourceRoot<'_>, parent: &Pa
 
 /// Plans WORKDIR: the directory and its missing parents, unless it exists.
 pub fn plan_workdir(path: &str, parent: &Path, mtime: u64) -> Result<LayerPlan> {
-    let mut copier = Copier {
-        plan: LayerPlan::default(),
-        owner: None,
-        chmod: None,
-        exclude: DockerIgnore::default(),
-        mtime,
-    };
+    let mut copier =
+        Copier { plan: LayerPlan::default(), owner: None, chmod: None, exclude: DockerIgnore::default(), mtime };
     if !is_dir_in(parent, path)? {
         let at = resolve_in_root(parent, path)?;
         copier.parents_of(parent, &format!("{at}/."))?;
@@ -225,7 +220,9 @@ impl Copier {
                             Content::File { path: dir.join(p), size: digest.size(), expect: Some(*digest) },
                         ),
                         ContextEntry::Directory { mode, .. } => Entry::Directory(self.meta(*mode, 0, 0, true)),
-                        ContextEntry::Symlink { target } => Entry::Symlink(self.meta(0o777, 0, 0, false), target.clone()),
+                        ContextEntry::Symlink { target } => {
+                            Entry::Symlink(self.meta(0o777, 0, 0, false), target.clone())
+                        }
                     };
                     self.plan.insert(&at, entry);
                 }
@@ -236,7 +233,8 @@ impl Copier {
 
     fn filesystem_item(&mut self, root: &Path, path: &str, parent: &Path, dest: &str, dest_is_dir: bool) -> Result<()> {
         let host = root.join(path);
-        let meta = std::fs::symlink_metadata(&host).with_context(|| format!("reading {path} in the --from filesystem"))?;
+        let meta =
+            std::fs::symlink_metadata(&host).with_context(|| format!("reading {path} in the --from filesystem"))?;
         if meta.is_dir() {
             let at = self.place(parent, &format!("{}/.", dest.trim_end_matches('/')))?;
             let at = at.trim_end_matches('.').trim_end_matches('/').to_string();
@@ -477,7 +475,8 @@ fn glob_in_root(root: &Path, pattern: &str) -> Result<Vec<String>> {
             }
             let matcher = memobuild_frontend::IgnorePattern::glob(part).map_err(Error::invalid_argument)?;
             let Ok(entries) = std::fs::read_dir(root.join(&dir)) else { continue };
-            let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+            let mut names: Vec<String> =
+                entries.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
             names.sort();
             next.extend(names.into_iter().filter(|n| matcher.matches(n)).map(|n| join_rel(&dir, &n)));
         }

@@ -190,7 +190,8 @@ impl Executor {
         });
         let _ = self.events.send(BuildEvent::Started { step: step.id.clone(), name: name.to_string() });
         let started = Instant::now();
-        let hit = if self.settings.no_cache || state.unknown { None } else { action.lookup(&self.state.actions).await? };
+        let hit =
+            if self.settings.no_cache || state.unknown { None } else { action.lookup(&self.state.actions).await? };
         let cached = hit.is_some();
         if self.settings.dry_run {
             let message = match (&hit, state.unknown) {
@@ -262,7 +263,10 @@ impl Executor {
             match m.mount.kind {
                 MountType::Cache => {
                     let id = m.mount.id.clone().unwrap_or_else(|| target.clone());
-                    let dir = self.state.cache_mounts_dir().join(Digest::of(memobuild_proto::DigestFunction::Sha256, id.as_bytes()).hex());
+                    let dir = self
+                        .state
+                        .cache_mounts_dir()
+                        .join(Digest::of(memobuild_proto::DigestFunction::Sha256, id.as_bytes()).hex());
                     std::fs::create_dir_all(&dir)?;
                     spec_mounts.push(SpecMount::Cache { source: dir, target });
                 }
@@ -344,7 +348,8 @@ impl Executor {
         }
         if outcome.exit_code != 0 || outcome.timed_out {
             let last = tail.lock().join("\n");
-            let why = if outcome.timed_out { "timed out".to_string() } else { format!("exit code: {}", outcome.exit_code) };
+            let why =
+                if outcome.timed_out { "timed out".to_string() } else { format!("exit code: {}", outcome.exit_code) };
             return Err(Error::new(
                 tonic::Code::Aborted,
                 format!("process {:?} did not complete successfully: {why}\nlast output:\n{last}", argv.join(" ")),
@@ -416,7 +421,12 @@ impl Executor {
 
 /// Copies the context subtree at `source` into `dest` (a bind mount of the
 /// context sees only what the context holds, not ignored files).
-fn materialize_context(context: &BuildContext, dir: &std::path::Path, source: &str, dest: &std::path::Path) -> Result<()> {
+fn materialize_context(
+    context: &BuildContext,
+    dir: &std::path::Path,
+    source: &str,
+    dest: &std::path::Path,
+) -> Result<()> {
     use memobuild_frontend::ContextEntry;
     let root = context
         .resolve(source)

@@ -62,7 +62,11 @@ pub async fn export(
                 }
                 for tag in tags {
                     let reference: ImageReference = tag.parse()?;
-                    let pushed = state.registry.push(&built, &reference, &*state.cas).await.with_context(|| format!("pushing {tag}"))?;
+                    let pushed = state
+                        .registry
+                        .push(&built, &reference, &*state.cas)
+                        .await
+                        .with_context(|| format!("pushing {tag}"))?;
                     info(events, &step, format!("pushed {tag}@{pushed}"));
                 }
                 digest = Some(built.manifest_digest());

@@ -180,12 +180,9 @@ mod tests {
             }],
             unknown: false,
         };
-        let json: Value = serde_json::from_slice(&state.config_json(
-            &config,
-            &Platform::new("linux", "amd64", None),
-            &rfc3339(0),
-        ))
-        .unwrap();
+        let json: Value =
+            serde_json::from_slice(&state.config_json(&config, &Platform::new("linux", "amd64", None), &rfc3339(0)))
+                .unwrap();
         assert_eq!(json["config"]["Env"], json!([format!("PATH={DEFAULT_PATH}"), "A=1"]));
         assert_eq!(json["config"]["ExposedPorts"], json!({"80/tcp": {}, "53/udp": {}}));
         assert_eq!(json["rootfs"], json!({"type": "layers", "diff_ids": []}));

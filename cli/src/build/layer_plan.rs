@@ -23,7 +23,11 @@ pub struct Meta {
 pub enum Content {
     /// A host file, checked against the digest the plan recorded (a context
     /// file that changed since the scan is an error, never a wrong layer).
-    File { path: PathBuf, size: u64, expect: Option<Digest> },
+    File {
+        path: PathBuf,
+        size: u64,
+        expect: Option<Digest>,
+    },
     Bytes(Vec<u8>),
 }
 
@@ -71,9 +75,15 @@ impl LayerPlan {
                     Entry::Directory(m) => writer.add_directory(&path, m.mode, m.uid, m.gid, m.mtime)?,
                     Entry::Symlink(m, target) => writer.add_symlink(&path, &target, m.uid, m.gid, m.mtime)?,
                     Entry::Hardlink(target) => writer.add_hardlink(&path, &target)?,
-                    Entry::File(m, Content::Bytes(bytes)) => {
-                        writer.add_file(&path, m.mode, m.uid, m.gid, m.mtime, &mut bytes.as_slice(), bytes.len() as u64)?
-                    }
+                    Entry::File(m, Content::Bytes(bytes)) => writer.add_file(
+                        &path,
+                        m.mode,
+                        m.uid,
+                        m.gid,
+                        m.mtime,
+                        &mut bytes.as_slice(),
+                        bytes.len() as u64,
+                    )?,
                     Entry::File(m, Content::File { path: host, size, expect }) => {
                         let file = std::fs::File::open(&host).with_context(|| format!("reading {}", host.display()))?;
                         let mut reader = CheckedReader::new(file, &host, size, expect);

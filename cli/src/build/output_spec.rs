@@ -32,9 +32,8 @@ impl FromStr for OutputSpec {
         let mut tar = true;
         let mut compression = Compression::Gzip;
         for field in text.split(',') {
-            let (key, value) = field
-                .split_once('=')
-                .ok_or_else(|| format!("--output {text:?}: {field:?} is not KEY=VALUE"))?;
+            let (key, value) =
+                field.split_once('=').ok_or_else(|| format!("--output {text:?}: {field:?} is not KEY=VALUE"))?;
             match key.trim() {
                 "type" => kind = Some(value.to_string()),
                 "dest" => dest = Some(PathBuf::from(value)),
@@ -59,9 +58,7 @@ impl FromStr for OutputSpec {
             Some("docker") => Ok(OutputSpec::Docker { dest: need_dest("docker")?, compression }),
             Some("local") => Ok(OutputSpec::Local { dest: need_dest("local")? }),
             Some("registry") | Some("image") => Ok(OutputSpec::Registry { compression }),
-            Some(other) => {
-                Err(format!("--output type={other} is not supported: use oci, docker, local or registry"))
-            }
+            Some(other) => Err(format!("--output type={other} is not supported: use oci, docker, local or registry")),
             None => Err(format!("--output {text:?} needs type=oci|docker|local|registry")),
         }
     }

@@ -71,9 +71,9 @@ pub fn lookup_user(root: &Path, spec: &str) -> Result<(u32, u32)> {
     });
     let uid = match user.parse::<u32>() {
         Ok(uid) => uid,
-        Err(_) => entry
-            .and_then(|f| f.get(2)?.parse().ok())
-            .ok_or_else(|| Error::invalid_argument(format!("unable to find user {user}: no matching entry in /etc/passwd")))?,
+        Err(_) => entry.and_then(|f| f.get(2)?.parse().ok()).ok_or_else(|| {
+            Error::invalid_argument(format!("unable to find user {user}: no matching entry in /etc/passwd"))
+        })?,
     };
     let gid = match group {
         Some(group) => match group.parse::<u32>() {

@@ -12,7 +12,8 @@ pub fn run_argv(argv: &[String], heredocs: &[RunHeredoc]) -> Vec<String> {
         return argv.to_vec();
     }
     let mut out = shell.to_vec();
-    if let (Some(only), true) = (heredocs.first(), heredocs.len() == 1 && Heredoc::parse_opener(script.trim()).is_some())
+    if let (Some(only), true) =
+        (heredocs.first(), heredocs.len() == 1 && Heredoc::parse_opener(script.trim()).is_some())
     {
         match only.content.strip_prefix("#!") {
             Some(rest) => {

@@ -68,19 +68,13 @@ impl StepAction {
                 Property { name: "memobuild.step".into(), value: inputs.kind.into() },
             ],
         };
-        let arguments = if inputs.argv.is_empty() { vec!["memobuild-builtin".into(), inputs.kind.into()] } else { inputs.argv };
-        let mut environment_variables: Vec<reapi::command::EnvironmentVariable> = inputs
-            .env
-            .into_iter()
-            .map(|(name, value)| reapi::command::EnvironmentVariable { name, value })
-            .collect();
+        let arguments =
+            if inputs.argv.is_empty() { vec!["memobuild-builtin".into(), inputs.kind.into()] } else { inputs.argv };
+        let mut environment_variables: Vec<reapi::command::EnvironmentVariable> =
+            inputs.env.into_iter().map(|(name, value)| reapi::command::EnvironmentVariable { name, value }).collect();
         environment_variables.sort_by(|a, b| a.name.cmp(&b.name));
-        let command = Command {
-            arguments,
-            environment_variables,
-            output_paths: vec![LAYER_OUTPUT.into()],
-            ..Command::default()
-        };
+        let command =
+            Command { arguments, environment_variables, output_paths: vec![LAYER_OUTPUT.into()], ..Command::default() };
         let (root_digest, root_bytes) = encode(&root);
         let (command_digest, command_bytes) = encode(&command);
         let action = Action {

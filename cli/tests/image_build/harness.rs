@@ -91,7 +91,12 @@ impl Fixture {
         wait_for(&address);
         sh(
             "skopeo",
-            &["copy", "--dest-tls-verify=false", &format!("oci:{image}"), &format!("docker://{address}/base/busybox:1")],
+            &[
+                "copy",
+                "--dest-tls-verify=false",
+                &format!("oci:{image}"),
+                &format!("docker://{address}/base/busybox:1"),
+            ],
         );
         Fixture { registry: address, layout, _dir: dir, _registry: registry }
     }
@@ -253,7 +258,8 @@ impl Unpacked {
         config["process"]["terminal"] = Value::Bool(false);
         std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
         let id = format!("memobuild-test-{}", uuid::Uuid::new_v4());
-        let out = Command::new("runc").args(["run", "--bundle", self.bundle().to_str().unwrap(), &id]).output().unwrap();
+        let out =
+            Command::new("runc").args(["run", "--bundle", self.bundle().to_str().unwrap(), &id]).output().unwrap();
         let _ = Command::new("runc").args(["delete", "--force", &id]).output();
         assert!(out.status.success(), "runc run failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).to_string()
