@@ -14,6 +14,8 @@ pub enum GraphFormat {
     Json,
     /// Graphviz.
     Dot,
+    /// The binary `memobuild.build.v1.BuildGraph` message.
+    Proto,
 }
 
 /// Plans the build of `context` with `dockerfile` (default `CONTEXT/Dockerfile`).
@@ -38,10 +40,11 @@ pub fn plan(
     plan_text(&name, &text, &scanned, &options).map_err(|e| anyhow::anyhow!("{}", e.message()))
 }
 
-pub fn render(graph: &BuildGraph, format: GraphFormat) -> String {
+pub fn render(graph: &BuildGraph, format: GraphFormat) -> Vec<u8> {
     match format {
-        GraphFormat::Text => graph.to_text(),
-        GraphFormat::Json => graph.to_json(),
-        GraphFormat::Dot => graph.to_dot(),
+        GraphFormat::Text => graph.to_text().into_bytes(),
+        GraphFormat::Json => graph.to_json().into_bytes(),
+        GraphFormat::Dot => graph.to_dot().into_bytes(),
+        GraphFormat::Proto => prost::Message::encode_to_vec(&graph.to_proto()),
     }
 }

@@ -219,7 +219,7 @@ async fn run() -> anyhow::Result<()> {
             let cache_dir = args.state_dir.unwrap_or_else(default_state_dir).join("context-cache");
             let build_args = args.build_args.into_iter().collect();
             let graph = graph::plan(&args.context, args.file.as_deref(), args.target, build_args, &cache_dir)?;
-            std::io::stdout().write_all(graph::render(&graph, args.format).as_bytes())?;
+            std::io::stdout().write_all(&graph::render(&graph, args.format))?;
             Ok(())
         }
         Command::Worker(args) => {

@@ -73,3 +73,22 @@ fn errors_name_file_line_and_column() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("\"nope\""));
 }
+
+#[test]
+fn proto_format_is_the_build_v1_message() {
+    use prost::Message;
+    let dir = context();
+    let output = graph(dir.path(), &["--format", "proto"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let graph = memobuild_proto::build::BuildGraph::decode(output.stdout.as_slice()).unwrap();
+    let names: Vec<&str> = graph.stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["build", "final"]);
+    assert_eq!(graph.target, 2);
+    let final_stage = &graph.stages[1];
+    assert_eq!(final_stage.base, "scratch");
+    assert_eq!(final_stage.depends_on, [0]);
+    let copy = &final_stage.steps[1];
+    assert_eq!((copy.id.as_str(), copy.line, copy.changes_filesystem), ("2.1", 10, true));
+    assert!(copy.definition_json.contains("\"kind\":\"copy\""), "{}", copy.definition_json);
+    assert_eq!(graph.stages[0].base, "image:golang:1.22");
+}

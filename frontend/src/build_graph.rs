@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use memobuild_proto::build as proto;
 use memobuild_proto::{Digest, DigestFunction, DigestHasher};
 use serde::{Serialize, Serializer};
 
@@ -146,6 +147,47 @@ impl BuildGraph {
     /// Every step, stage by stage.
     pub fn steps(&self) -> impl Iterator<Item = &Step> {
         self.stages.iter().flat_map(|s| s.steps.iter())
+    }
+
+    /// The `memobuild.build.v1.BuildGraph` message.
+    pub fn to_proto(&self) -> proto::BuildGraph {
+        let to_u32 = |i: &usize| *i as u32;
+        proto::BuildGraph {
+            dockerfile: self.dockerfile.clone(),
+            target: self.target as u32,
+            context_digest: self.context.hex(),
+            stages: self
+                .stages
+                .iter()
+                .map(|stage| proto::Stage {
+                    index: stage.index as u32,
+                    name: stage.name.clone().unwrap_or_default(),
+                    platform: stage.platform.clone(),
+                    base: match &stage.base {
+                        StageBase::Scratch => "scratch".into(),
+                        StageBase::Image { reference } => format!("image:{reference}"),
+                        StageBase::Stage { index } => format!("stage:{index}"),
+                    },
+                    depends_on: stage.depends_on.iter().map(to_u32).collect(),
+                    steps: stage
+                        .steps
+                        .iter()
+                        .map(|step| proto::Step {
+                            id: step.id.clone(),
+                            line: step.location.line as u32,
+                            instruction: step.instruction.clone(),
+                            definition_json: serde_json::to_string(&step.definition).unwrap_or_default(),
+                            changes_filesystem: step.definition.changes_filesystem(),
+                            parent: step.parent.clone().unwrap_or_default(),
+                            depends_on: step.depends_on.iter().map(to_u32).collect(),
+                            key: step.key.hex(),
+                        })
+                        .collect(),
+                    key: stage.key.hex(),
+                    config_json: serde_json::to_string(&stage.config).unwrap_or_default(),
+                })
+                .collect(),
+        }
     }
 
     /// JSON, pretty-printed.

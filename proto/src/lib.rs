@@ -2,6 +2,7 @@
 //! protos (from the `bazel-remote-apis` crate), the [`Digest`] type and the
 //! one [`Error`] type.
 
+pub mod build;
 mod digest;
 mod error;
 mod resource;
