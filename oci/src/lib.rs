@@ -4,6 +4,7 @@
 mod blob_io;
 mod built_image;
 mod compression;
+mod diff_id_memo;
 mod docker_archive;
 mod docker_config;
 mod extract;
@@ -20,6 +21,7 @@ mod tar_stream;
 
 pub use built_image::BuiltImage;
 pub use compression::{compress_layer, Compression, MEDIA_TYPE_DOCKER_TAR};
+pub use diff_id_memo::{DiffIdMemo, DirectoryDiffIdMemo};
 pub use docker_archive::write_docker_archive;
 pub use extract::{extract_layers, ExtractLimits};
 pub use image_reference::ImageReference;

@@ -11,6 +11,7 @@ use memobuild_cas::BlobStore;
 
 use crate::blob_io::{blob_reader, blocking, io_error, oci_digest, parse_oci_digest, HashingReader};
 use crate::compression::Compression;
+use crate::diff_id_memo::DiffIdMemo;
 use crate::layer::Layer;
 use crate::platform::Platform;
 
@@ -149,12 +150,20 @@ pub(crate) fn layers_of(
 /// Completes the layers once their blobs are in `store`: an uncompressed
 /// layer's diff id is its blob; a compressed one is decompressed to learn
 /// the size of its diff id and check the config's hash.
-pub(crate) async fn complete_layers(store: &dyn BlobStore, listed: Vec<ListedLayer>, what: &str) -> Result<Vec<Layer>> {
+pub(crate) async fn complete_layers(
+    store: &dyn BlobStore,
+    listed: Vec<ListedLayer>,
+    what: &str,
+    memo: Option<&dyn DiffIdMemo>,
+) -> Result<Vec<Layer>> {
     let mut layers = Vec::with_capacity(listed.len());
     for layer in listed {
         let compression = Compression::of_media_type(&layer.media_type)?;
+        let remembered = memo.and_then(|m| m.get(&layer.blob));
         let diff_id = if compression == Compression::None {
             layer.blob
+        } else if let Some(diff_id) = remembered {
+            diff_id
         } else {
             let reader = blob_reader(store, &layer.blob).await?;
             blocking(move || HashingReader::new(compression.decoder(reader)?).finish().map_err(io_error))
@@ -168,6 +177,9 @@ pub(crate) async fn complete_layers(store: &dyn BlobStore, listed: Vec<ListedLay
                 oci_digest(&diff_id),
                 layer.diff_id
             )));
+        }
+        if let (Some(memo), None) = (memo, remembered) {
+            memo.put(&layer.blob, &diff_id);
         }
         layers.push(Layer { blob: layer.blob, media_type: layer.media_type, diff_id });
     }

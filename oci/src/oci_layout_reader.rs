@@ -9,6 +9,7 @@ use memobuild_proto::{Digest, Error, Result};
 use tokio_util::io::ReaderStream;
 
 use crate::blob_io::{oci_digest, MAX_METADATA_BYTES};
+use crate::diff_id_memo::DiffIdMemo;
 use crate::manifest::{complete_layers, layers_of, select_platform, Descriptor, ManifestDocument};
 use crate::oci_layout_writer::{ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME};
 use crate::pulled_image::PulledImage;
@@ -22,18 +23,27 @@ pub async fn read_oci_layout(
     tag: Option<&str>,
     platform: &str,
     store: &dyn BlobStore,
+    memo: Option<&dyn DiffIdMemo>,
 ) -> Result<PulledImage> {
     let written = match tag {
         Some(tag) => format!("oci-layout://{}:{tag}", path.display()),
         None => format!("oci-layout://{}", path.display()),
     };
-    read(path, tag, platform, store).await.map_err(|e| e.context(format!("reading {written}"))).map(|mut image| {
-        image.reference = written;
-        image
-    })
+    read(path, tag, platform, store, memo).await.map_err(|e| e.context(format!("reading {written}"))).map(
+        |mut image| {
+            image.reference = written;
+            image
+        },
+    )
 }
 
-async fn read(path: &Path, tag: Option<&str>, platform: &str, store: &dyn BlobStore) -> Result<PulledImage> {
+async fn read(
+    path: &Path,
+    tag: Option<&str>,
+    platform: &str,
+    store: &dyn BlobStore,
+    memo: Option<&dyn DiffIdMemo>,
+) -> Result<PulledImage> {
     let layout = Layout { root: path.to_path_buf() };
     if !path.join("oci-layout").is_file() {
         return Err(Error::not_found(format!("{} is not an OCI layout (no oci-layout file)", path.display())));
@@ -86,7 +96,7 @@ async fn read(path: &Path, tag: Option<&str>, platform: &str, store: &dyn BlobSt
     for digest in store.find_missing(&blobs).await? {
         layout.copy_blob(&digest, store).await?;
     }
-    let layers = complete_layers(store, listed, &what).await?;
+    let layers = complete_layers(store, listed, &what, memo).await?;
     Ok(PulledImage {
         reference: String::new(),
         resolved: format!("{}@{manifest_digest}", path.display()),

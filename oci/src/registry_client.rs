@@ -1,6 +1,7 @@
 //! Pulling images from and pushing them to OCI / Docker registries.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -15,6 +16,7 @@ use tonic::Code;
 
 use crate::blob_io::{oci_digest, small_blob, MAX_METADATA_BYTES};
 use crate::built_image::BuiltImage;
+use crate::diff_id_memo::DiffIdMemo;
 use crate::docker_config::{normalize_registry, DockerConfig};
 use crate::image_reference::ImageReference;
 use crate::manifest::{
@@ -29,10 +31,11 @@ const CONCURRENT_TRANSFERS: usize = 4;
 /// holds none); oci-client does the token handshake. Registries on this
 /// machine (see [`ImageReference::is_insecure_default`]) and those added
 /// with [`RegistryClient::with_insecure_registry`] are spoken to over HTTP.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct RegistryClient {
     credentials: BTreeMap<String, (String, String)>,
     insecure: BTreeSet<String>,
+    diff_ids: Option<Arc<dyn DiffIdMemo>>,
 }
 
 impl RegistryClient {
@@ -68,6 +71,13 @@ impl RegistryClient {
     }
 
     /// Speaks plain HTTP to `registry` (`host[:port]`).
+    /// Keeps the diff ids of pulled layers in `memo`, so a layer already
+    /// pulled is not decompressed again to learn its diff id.
+    pub fn with_diff_id_memo(mut self, memo: Arc<dyn DiffIdMemo>) -> Self {
+        self.diff_ids = Some(memo);
+        self
+    }
+
     pub fn with_insecure_registry(mut self, registry: &str) -> Self {
         self.insecure.insert(registry.to_string());
         self
@@ -136,7 +146,7 @@ impl RegistryClient {
             .buffer_unordered(CONCURRENT_TRANSFERS)
             .try_collect::<Vec<()>>()
             .await?;
-        let layers = complete_layers(store, listed, &what).await?;
+        let layers = complete_layers(store, listed, &what, self.diff_ids.as_deref()).await?;
         Ok(PulledImage {
             reference: reference.as_written().to_string(),
             resolved: reference.pinned(&manifest_digest),

@@ -21,17 +21,17 @@ async fn reads_a_umoci_layout_by_tag() {
     let dir = tempfile::tempdir().unwrap();
     let layout = busybox_layout(dir.path());
     let store = store();
-    let image = read_oci_layout(&layout, Some("busybox"), "linux/amd64", &store).await.unwrap();
+    let image = read_oci_layout(&layout, Some("busybox"), "linux/amd64", &store, None).await.unwrap();
     assert_eq!(image.layers.len(), 1);
     assert_eq!(image.config.rootfs().diff_ids(), &vec![image.layers[0].diff_id_string()]);
     assert!(store.find_missing(&[image.layers[0].blob]).await.unwrap().is_empty());
     assert_eq!(image.reference, format!("oci-layout://{}:busybox", layout.display()));
     assert_eq!(image.resolved, format!("{}@{}", layout.display(), image.manifest_digest));
     // The only image, without naming it.
-    let only = read_oci_layout(&layout, None, "linux/amd64", &store).await.unwrap();
+    let only = read_oci_layout(&layout, None, "linux/amd64", &store, None).await.unwrap();
     assert_eq!(only.manifest_digest, image.manifest_digest);
 
-    let err = read_oci_layout(&layout, Some("nope"), "linux/amd64", &store).await.unwrap_err();
+    let err = read_oci_layout(&layout, Some("nope"), "linux/amd64", &store, None).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().contains("nope") && err.message().contains("busybox"), "{err}");
 }
@@ -91,20 +91,20 @@ async fn selects_a_platform_from_a_nested_index() {
     std::fs::write(layout.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
 
     let store = store();
-    let arm = read_oci_layout(&layout, Some("multi"), "linux/arm64", &store).await.unwrap();
+    let arm = read_oci_layout(&layout, Some("multi"), "linux/arm64", &store, None).await.unwrap();
     assert_eq!(arm.layers, vec![layers["arm64"].clone()]);
     assert_eq!(arm.config.architecture().to_string(), "arm64");
     assert_eq!(arm.manifest_digest, entries[1]["digest"]);
-    let amd = read_oci_layout(&layout, None, "linux/amd64", &store).await.unwrap();
+    let amd = read_oci_layout(&layout, None, "linux/amd64", &store, None).await.unwrap();
     assert_eq!(amd.layers, vec![layers["amd64"].clone()]);
-    let err = read_oci_layout(&layout, Some("multi"), "linux/s390x", &store).await.unwrap_err();
+    let err = read_oci_layout(&layout, Some("multi"), "linux/s390x", &store, None).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().contains("linux/amd64, linux/arm64/v8"), "{err}");
 
     // The same two manifests listed straight in index.json, untagged.
     let flat = serde_json::json!({"schemaVersion": 2, "manifests": entries});
     std::fs::write(layout.join("index.json"), serde_json::to_vec(&flat).unwrap()).unwrap();
-    let arm = read_oci_layout(&layout, None, "linux/arm64/v8", &store).await.unwrap();
+    let arm = read_oci_layout(&layout, None, "linux/arm64/v8", &store, None).await.unwrap();
     assert_eq!(arm.layers, vec![layers["arm64"].clone()]);
 
     // A corrupted blob is refused.

@@ -73,7 +73,7 @@ pub async fn resolve_images(
 async fn pull(state: &LocalState, source: &str, platform: &str) -> Result<PulledImage> {
     if let Some(layout) = source.strip_prefix("oci-layout://") {
         let (path, tag) = split_layout(layout);
-        return read_oci_layout(&PathBuf::from(path), tag, platform, &*state.cas).await;
+        return read_oci_layout(&PathBuf::from(path), tag, platform, &*state.cas, Some(&state.diff_ids)).await;
     }
     let reference: ImageReference = source.parse()?;
     state.registry.pull(&reference, platform, &*state.cas).await

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memobuild_cas::{ActionCache, BlobStore, FilesystemStore, VerifiedStore};
-use memobuild_oci::RegistryClient;
+use memobuild_oci::{DirectoryDiffIdMemo, RegistryClient};
 use memobuild_proto::{Result, ResultExt};
 use memobuild_worker::containerd::Containerd;
 use tokio::sync::OnceCell;
@@ -18,6 +18,8 @@ pub struct LocalState {
     pub cas: Arc<dyn BlobStore>,
     pub actions: ActionCache,
     pub registry: RegistryClient,
+    /// Diff ids of pulled compressed layers.
+    pub diff_ids: DirectoryDiffIdMemo,
     containerd_address: Option<PathBuf>,
     containerd: OnceCell<Containerd>,
 }
@@ -29,12 +31,14 @@ impl LocalState {
         let results = FilesystemStore::open_shared(dir.join("action-cache"), false).await.with_context(context)?;
         let cas: Arc<dyn BlobStore> = Arc::new(VerifiedStore::new(Arc::new(blobs)));
         let actions = ActionCache::new(Arc::new(results), cas.clone());
-        let registry = RegistryClient::from_docker_config()?;
+        let diff_ids = DirectoryDiffIdMemo::new(dir.join("diff-ids"));
+        let registry = RegistryClient::from_docker_config()?.with_diff_id_memo(Arc::new(diff_ids.clone()));
         Ok(LocalState {
             dir: dir.to_path_buf(),
             cas,
             actions,
             registry,
+            diff_ids,
             containerd_address,
             containerd: OnceCell::new(),
         })
