@@ -112,7 +112,7 @@ async fn selects_a_platform_from_a_nested_index() {
     let mut data = std::fs::read(&blob).unwrap();
     data[600] ^= 1;
     std::fs::write(&blob, data).unwrap();
-    let err = read_oci_layout(&layout, None, "linux/amd64", &common::store()).await.unwrap_err();
+    let err = read_oci_layout(&layout, None, "linux/amd64", &common::store(), None).await.unwrap_err();
     assert!(err.message().contains(&layers["amd64"].blob.hex()), "{err}");
 }
 
@@ -167,6 +167,6 @@ async fn writes_layouts_as_directory_and_tar() {
     check_layout(&unpacked, &dir.path().join("bundle2"));
 
     // And it reads back.
-    let back = read_oci_layout(&unpacked, Some("v2"), "linux/amd64", &common::store()).await.unwrap();
+    let back = read_oci_layout(&unpacked, Some("v2"), "linux/amd64", &common::store(), None).await.unwrap();
     assert_eq!(back.manifest_digest, image.manifest_digest());
 }
