@@ -149,10 +149,21 @@ async fn build(args: &BuildArgs, state: Arc<LocalState>) -> anyhow::Result<Build
             records: Mutex::new(Vec::new()),
         });
         let cancel = executor.cancel.clone();
+        // Ctrl-C or SIGTERM stops the build: running containers are killed
+        // and cleaned up, nothing is exported.
         let ctrl_c = tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                cancel.cancel();
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let terminated = async {
+                match term.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminated => {}
             }
+            cancel.cancel();
         });
         let built = executor.clone().run().await;
         ctrl_c.abort();
