@@ -108,7 +108,16 @@ impl FilesystemStore {
             }
         }
         if shared {
-            lock.try_lock_shared().map_err(|_| in_use())?;
+            // Another shared opener may hold the lock exclusively for the
+            // moment it clears `tmp/`; an exclusive owner keeps it for good.
+            let mut attempts = 0;
+            while lock.try_lock_shared().is_err() {
+                attempts += 1;
+                if attempts > 200 {
+                    return Err(in_use());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
         }
         Ok(FilesystemStore { root, sync, shared, index: RwLock::new(index), _lock: lock })
     }
