@@ -13,7 +13,7 @@ use filetime::FileTime;
 use memobuild_cas::BlobStore;
 use memobuild_proto::{Error, Result};
 
-use crate::blob_io::{blob_reader, blocking, io_error, oci_digest};
+use crate::blob_io::{blob_reader, blocking, io_error, oci_digest, HashingReader};
 use crate::compression::Compression;
 use crate::layer::Layer;
 
@@ -44,6 +44,39 @@ const MAX_SYMLINK_HOPS: u32 = 40;
 /// entries inside `dest`. Keeps modes, symlinks, hard links and mtimes, and
 /// owners when running as root; device nodes only as root.
 pub async fn extract_layers(store: &dyn BlobStore, layers: &[Layer], dest: &Path, limits: ExtractLimits) -> Result<()> {
+    extract(store, layers, dest, limits, Whiteouts::Delete).await
+}
+
+/// Extracts one layer into the upper directory of an overlayfs snapshot, as
+/// overlayfs keeps changes (and as Docker's overlay2 driver applies layers):
+/// files are written into `upper` directly, `.wh.NAME` becomes a 0/0
+/// character device, `.wh..wh..opq` the `trusted.overlay.opaque` xattr.
+/// The same path checks as [`extract_layers`] apply, within `upper`.
+pub async fn extract_layer_to_overlay_upper(
+    store: &dyn BlobStore,
+    layer: &Layer,
+    upper: &Path,
+    limits: ExtractLimits,
+) -> Result<()> {
+    extract(store, std::slice::from_ref(layer), upper, limits, Whiteouts::Overlay).await
+}
+
+/// What a whiteout entry does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Whiteouts {
+    /// Remove what lower layers left at the path.
+    Delete,
+    /// Record it the way overlayfs does.
+    Overlay,
+}
+
+async fn extract(
+    store: &dyn BlobStore,
+    layers: &[Layer],
+    dest: &Path,
+    limits: ExtractLimits,
+    whiteouts: Whiteouts,
+) -> Result<()> {
     fs::create_dir_all(dest).map_err(|e| Error::from(e).context(format!("creating {}", dest.display())))?;
     let root = fs::canonicalize(dest).map_err(|e| Error::from(e).context(dest.display()))?;
     let mut budget = Budget { bytes: limits.max_bytes, entries: limits.max_entries, limits };
@@ -53,11 +86,17 @@ pub async fn extract_layers(store: &dyn BlobStore, layers: &[Layer], dest: &Path
             Compression::of_media_type(&layer.media_type).map_err(|e| e.context(format!("layer {name}")))?;
         let reader = blob_reader(store, &layer.blob).await.map_err(|e| e.context(format!("layer {name}")))?;
         let root = root.clone();
+        let expected = layer.diff_id_string();
         budget = blocking(move || {
-            let mut unpacker = Unpacker::new(root, name.clone());
-            unpacker
-                .apply(compression.decoder(reader)?, &mut budget)
-                .map_err(|e| e.context(format!("layer {name}")))?;
+            let mut unpacker = Unpacker::new(root, name.clone(), whiteouts);
+            let mut tar = HashingReader::new(compression.decoder(reader)?);
+            unpacker.apply(&mut tar, &mut budget).map_err(|e| e.context(format!("layer {name}")))?;
+            let diff_id = oci_digest(&tar.finish().map_err(io_error)?);
+            if diff_id != expected {
+                return Err(Error::invalid_argument(format!(
+                    "layer {name} unpacks to {diff_id}, not its diff id {expected}"
+                )));
+            }
             Ok(budget)
         })
         .await
@@ -84,6 +123,7 @@ struct DirMeta {
 struct Unpacker {
     root: PathBuf,
     layer: String,
+    whiteouts: Whiteouts,
     as_root: bool,
     /// Paths (relative to the root) this layer wrote, with their ancestors.
     written: HashSet<PathBuf>,
@@ -91,9 +131,9 @@ struct Unpacker {
 }
 
 impl Unpacker {
-    fn new(root: PathBuf, layer: String) -> Self {
+    fn new(root: PathBuf, layer: String, whiteouts: Whiteouts) -> Self {
         let as_root = nix::unistd::geteuid().is_root();
-        Unpacker { root, layer, as_root, written: HashSet::new(), dirs: Vec::new() }
+        Unpacker { root, layer, whiteouts, as_root, written: HashSet::new(), dirs: Vec::new() }
     }
 
     fn apply(&mut self, reader: impl Read, budget: &mut Budget) -> Result<()> {
@@ -253,6 +293,13 @@ impl Unpacker {
         if hidden.is_empty() || hidden == "." || hidden == ".." {
             return Err(invalid("malformed whiteout"));
         }
+        if self.whiteouts == Whiteouts::Overlay {
+            use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+            let path = resolve_dir(&self.root, parent_rel, true)?.join(hidden);
+            remove_existing(&path)?;
+            return mknod(&path, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))
+                .map_err(|e| Error::internal(format!("whiteout {}: {e}", path.display())));
+        }
         match resolve_dir(&self.root, parent_rel, false) {
             Ok(parent) => remove_existing(&parent.join(hidden)),
             Err(e) if e.code() == tonic::Code::NotFound => Ok(()),
@@ -263,6 +310,12 @@ impl Unpacker {
     /// `.wh..wh..opq`: removes what lower layers have in the directory,
     /// keeping what this layer wrote there.
     fn opaque(&mut self, dir_rel: &Path) -> Result<()> {
+        if self.whiteouts == Whiteouts::Overlay {
+            let dir = resolve_dir(&self.root, dir_rel, true)?;
+            self.mark_written(dir_rel);
+            return xattr::set(&dir, "trusted.overlay.opaque", b"y")
+                .map_err(|e| Error::internal(format!("marking {} opaque: {e}", dir.display())));
+        }
         let dir = match resolve_dir(&self.root, dir_rel, false) {
             Ok(dir) => dir,
             Err(e) if e.code() == tonic::Code::NotFound => return Ok(()),

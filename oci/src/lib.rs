@@ -23,7 +23,7 @@ pub use built_image::BuiltImage;
 pub use compression::{compress_layer, Compression, MEDIA_TYPE_DOCKER_TAR};
 pub use diff_id_memo::{DiffIdMemo, DirectoryDiffIdMemo};
 pub use docker_archive::write_docker_archive;
-pub use extract::{extract_layers, ExtractLimits};
+pub use extract::{extract_layer_to_overlay_upper, extract_layers, ExtractLimits};
 pub use image_reference::ImageReference;
 pub use layer::{Layer, MEDIA_TYPE_DOCKER_TAR_GZIP, MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP, MEDIA_TYPE_TAR_ZSTD};
 pub use layer_writer::LayerWriter;

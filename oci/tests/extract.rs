@@ -175,3 +175,37 @@ async fn hostile_tars_stay_inside_the_destination() {
     let gz = Layer { blob: digest, media_type: memobuild_oci::MEDIA_TYPE_TAR_GZIP.into(), diff_id: digest };
     assert!(extract_layers(&store, &[gz], &dest, ExtractLimits::default()).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overlay_upper_keeps_whiteouts_as_overlayfs_does() {
+    use std::os::unix::fs::FileTypeExt;
+    let store = store();
+    let layer = raw_layer(
+        &store,
+        &[
+            Raw(tar::EntryType::Directory, "etc/", "", b""),
+            Raw(tar::EntryType::Regular, "etc/.wh.shadow", "", b""),
+            Raw(tar::EntryType::Directory, "var/cache/", "", b""),
+            Raw(tar::EntryType::Regular, "var/cache/.wh..wh..opq", "", b""),
+            Raw(tar::EntryType::Regular, "var/cache/new", "", b"kept"),
+        ],
+    )
+    .await;
+    let upper = tempfile::tempdir().unwrap();
+    memobuild_oci::extract_layer_to_overlay_upper(&store, &layer, upper.path(), ExtractLimits::default())
+        .await
+        .unwrap();
+    let whiteout = std::fs::symlink_metadata(upper.path().join("etc/shadow")).unwrap();
+    assert!(whiteout.file_type().is_char_device() && whiteout.rdev() == 0, "a 0/0 character device");
+    let opaque = xattr::get(upper.path().join("var/cache"), "trusted.overlay.opaque").unwrap();
+    assert_eq!(opaque.as_deref(), Some(&b"y"[..]));
+    assert_eq!(std::fs::read(upper.path().join("var/cache/new")).unwrap(), b"kept");
+    assert_eq!(files_under(upper.path()), ["etc", "etc/shadow", "var", "var/cache", "var/cache/new"]);
+
+    // A layer whose content is not its diff id is refused.
+    let wrong = Layer { diff_id: Digest::of(DigestFunction::Sha256, b"other"), ..layer };
+    let err = extract_layers(&store, &[wrong], tempfile::tempdir().unwrap().path(), ExtractLimits::default())
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("not its diff id"), "{err}");
+}

@@ -12,7 +12,6 @@
 mod client;
 mod container_outcome;
 mod container_spec;
-mod content_upload;
 mod diff_writer;
 mod layer_chain;
 mod layer_stack;
