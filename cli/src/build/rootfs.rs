@@ -55,10 +55,10 @@ pub fn host_path(root: &Path, path: &str) -> Result<PathBuf> {
     Ok(root.join(resolve_in_root(root, path)?))
 }
 
-/// A user as `USER` or `--chown` write it (`uid`, `uid:gid`, `name`,
-/// `name:group`), as numeric ids, names looked up in the image's
-/// `/etc/passwd` and `/etc/group`. A numeric user without a group gets its
-/// passwd entry's group, or its own id as the group when it has none.
+/// A `--chown` owner (`uid`, `uid:gid`, `name`, `name:group`) as numeric
+/// ids, names looked up in the image's `/etc/passwd` and `/etc/group`.
+/// Without a group the gid is the uid, as Docker documents for `--chown`
+/// (RUN's `USER` resolves differently: see the containerd runner).
 pub fn lookup_user(root: &Path, spec: &str) -> Result<(u32, u32)> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
@@ -86,7 +86,7 @@ pub fn lookup_user(root: &Path, spec: &str) -> Result<(u32, u32)> {
                     Error::invalid_argument(format!("unable to find group {group}: no matching entry in /etc/group"))
                 })?,
         },
-        None => entry.and_then(|f| f.get(3)?.parse().ok()).unwrap_or(uid),
+        None => uid,
     };
     Ok((uid, gid))
 }
@@ -131,9 +131,9 @@ mod tests {
         std::fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n")
             .unwrap();
         std::fs::write(root.join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
-        assert_eq!(lookup_user(root, "app").unwrap(), (1000, 1001));
+        assert_eq!(lookup_user(root, "app").unwrap(), (1000, 1000));
         assert_eq!(lookup_user(root, "app:staff").unwrap(), (1000, 50));
-        assert_eq!(lookup_user(root, "1000").unwrap(), (1000, 1001));
+        assert_eq!(lookup_user(root, "1000").unwrap(), (1000, 1000));
         assert_eq!(lookup_user(root, "42").unwrap(), (42, 42));
         assert_eq!(lookup_user(root, "42:7").unwrap(), (42, 7));
         assert!(lookup_user(root, "ghost").unwrap_err().message().contains("unable to find user ghost"));
