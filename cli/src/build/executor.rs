@@ -88,11 +88,10 @@ impl Executor {
             .shared();
             stages.insert(index, future);
         }
-        let results = futures::future::join_all(stages.values().cloned()).await;
+        // Every stage runs, also those only the target's dependencies need
+        // indirectly; the first failure cancels the others and is reported.
+        futures::future::join_all(stages.values().cloned()).await;
         if let Some(e) = first_error.lock().take() {
-            return Err(e);
-        }
-        if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
             return Err(e);
         }
         let target = self.graph.target;
