@@ -184,6 +184,10 @@ async fn build(args: &BuildArgs, state: Arc<LocalState>) -> anyhow::Result<Build
         if args.push && !outputs.iter().any(|o| matches!(o, OutputSpec::Registry { .. })) {
             outputs.push(OutputSpec::Registry { compression: memobuild_oci::Compression::Gzip });
         }
+        if outputs.is_empty() {
+            // As buildx says it: the build is cached, nothing is written.
+            eprintln!("no --output or --push given: the result stays in the build cache only");
+        }
         let digest = export(&state, &image, config, &outputs, &args.tags, &events).await.map_err(anyhow_of)?;
         if let (Some(path), Some(digest)) = (&args.iidfile, &digest) {
             write_iidfile(path, digest).map_err(anyhow_of)?;
