@@ -142,6 +142,13 @@ impl Copier {
         Ok(at)
     }
 
+    /// Like [`Copier::place`] for a destination directory: the directory
+    /// itself, resolved (`""` for the root), with its parents planned.
+    fn place_dir(&mut self, parent: &Path, dest: &str) -> Result<String> {
+        let at = self.place(parent, &format!("{}/.", dest.trim_end_matches('/')))?;
+        Ok(at.strip_suffix("/.").or_else(|| at.strip_suffix('.')).unwrap_or(&at).to_string())
+    }
+
     /// Plans the directories above `at`: existing ones keep their metadata,
     /// new ones are 0755 and owned by the `--chown` user (root by default).
     fn parents_of(&mut self, parent: &Path, at: &str) -> Result<()> {
@@ -202,8 +209,7 @@ impl Copier {
                 self.plan.insert(&at, Entry::Symlink(meta, target.clone()));
             }
             ContextEntry::Directory { mode, .. } => {
-                let root = self.place(parent, &format!("{}/.", request.dest.trim_end_matches('/')))?;
-                let root = root.trim_end_matches("/.").trim_end_matches('.').trim_end_matches('/').to_string();
+                let root = self.place_dir(parent, request.dest)?;
                 if !root.is_empty() && !is_dir_in(parent, request.dest)? {
                     self.plan.insert(&root, Entry::Directory(self.meta(*mode, 0, 0, true)));
                 }
@@ -236,8 +242,7 @@ impl Copier {
         let meta =
             std::fs::symlink_metadata(&host).with_context(|| format!("reading {path} in the --from filesystem"))?;
         if meta.is_dir() {
-            let at = self.place(parent, &format!("{}/.", dest.trim_end_matches('/')))?;
-            let at = at.trim_end_matches('.').trim_end_matches('/').to_string();
+            let at = self.place_dir(parent, dest)?;
             if !at.is_empty() && !is_dir_in(parent, dest)? {
                 let m = self.meta(meta.mode() & 0o7777, meta.uid() as u64, meta.gid() as u64, true);
                 self.plan.insert(&at, Entry::Directory(m));
@@ -287,8 +292,7 @@ impl Copier {
 
     /// ADD of a local archive: its members land under `dest`.
     fn unpack(&mut self, archive: &Archive, host: &Path, parent: &Path, dest: &str) -> Result<()> {
-        let root = self.place(parent, &format!("{}/.", dest.trim_end_matches('/')))?;
-        let root = root.trim_end_matches('.').trim_end_matches('/').to_string();
+        let root = self.place_dir(parent, dest)?;
         let file = std::fs::File::open(host)?;
         let reader: Box<dyn Read> = match archive {
             Archive::Tar => Box::new(file),
