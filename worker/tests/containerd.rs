@@ -19,7 +19,7 @@ use bytes::Bytes;
 use memobuild_cas::{BlobStore, MemoryStore};
 use memobuild_oci::{Layer, MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP};
 use memobuild_proto::{Digest, DigestFunction};
-use memobuild_worker::containerd::{ContainerOutcome, ContainerSpec, Containerd, LogChunk, NAMESPACE};
+use memobuild_worker::containerd::{ContainerOutcome, ContainerSpec, Containerd, LogChunk, ResourceLimits, NAMESPACE};
 use tokio::sync::mpsc::unbounded_channel;
 use tokio_util::sync::CancellationToken;
 
@@ -463,8 +463,7 @@ async fn host_network_and_limits() {
         "cat /etc/resolv.conf > /dev/null && grep -c . /proc/net/dev && cat /sys/fs/cgroup/memory/memory.limit_in_bytes && hostname",
     );
     spec.network = true;
-    spec.memory_limit = Some(256 << 20);
-    spec.cpu_quota = Some(0.5);
+    spec.limits = ResourceLimits { memory: Some(256 << 20), cpu_quota: Some(50_000), ..Default::default() };
     let (outcome, stdout, stderr) = fx.run(&parent, &spec).await;
     assert_eq!(outcome.exit_code, 0, "{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
@@ -475,5 +474,35 @@ async fn host_network_and_limits() {
     // The bind-mount targets runc made (/etc/resolv.conf, /etc/hosts) stay out.
     let entries = fx.entries(outcome.layer.as_ref().unwrap()).await;
     assert!(entries.is_empty(), "{:?}", entries.keys().collect::<Vec<_>>());
+    fx.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_of_a_deep_chain_mounts() {
+    let mut fx = Fixture::new("deep").await;
+    let mut layers = vec![fx.base.clone()];
+    for i in 0..80 {
+        let mut builder = tar::Builder::new(Vec::new());
+        let body = format!("layer {i}");
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_cksum();
+        builder.append_data(&mut header, format!("deep/{i}"), body.as_bytes()).unwrap();
+        let tar = builder.into_inner().unwrap();
+        let digest = Digest::of(DigestFunction::Sha256, &tar);
+        fx.store.put_bytes(&digest, Bytes::from(tar)).await.unwrap();
+        layers.push(Layer::uncompressed(digest));
+        fx.chains.push(Layer::chain_ids(&layers).last().unwrap().clone());
+    }
+    let top = fx.ctd.ensure_chain(&fx.store, &layers).await.unwrap().unwrap();
+    let view = fx.ctd.mount_view(Some(&top)).await.unwrap();
+    assert_eq!(std::fs::read_to_string(view.path().join("deep/0")).unwrap(), "layer 0");
+    assert_eq!(std::fs::read_to_string(view.path().join("deep/79")).unwrap(), "layer 79");
+    assert!(view.path().join("marker").exists());
+    view.release().await.unwrap();
     fx.finish().await;
 }

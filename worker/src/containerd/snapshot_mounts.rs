@@ -6,6 +6,10 @@ use nix::mount::MsFlags;
 
 use super::layer_stack::LayerStack;
 
+/// The kernel reads at most one page of mount options; overlay mounts of
+/// deep chains go past it with absolute layer paths.
+const MAX_MOUNT_DATA: usize = 4000;
+
 /// What the mounts of a snapshot are made of, as the overlayfs snapshotter
 /// returns them: a bind mount of one directory (a snapshot without parent,
 /// or a view of a single layer) or an overlay mount (`lowerdir=` top first,
@@ -81,6 +85,12 @@ impl SnapshotMounts {
                 flags |= MsFlags::MS_BIND;
             }
             let data = data.join(",");
+            if data.len() > MAX_MOUNT_DATA {
+                if let Some((dir, compact)) = relative_lowerdirs(&data) {
+                    mount_from(&dir, &mount.r#type, &mount.source, flags, &compact, target)?;
+                    continue;
+                }
+            }
             let fstype = (!flags.contains(MsFlags::MS_BIND)).then_some(mount.r#type.as_str());
             let source = mount.source.as_str();
             nix::mount::mount(Some(source), target, fstype, flags, (!data.is_empty()).then_some(data.as_str()))
@@ -96,5 +106,75 @@ impl SnapshotMounts {
             }
         }
         Ok(())
+    }
+}
+
+/// Rewrites the `lowerdir=` paths of overlay options relative to their
+/// common directory: the snapshotter keeps every layer under one
+/// `snapshots/` directory, so `N/fs` is all that differs.
+fn relative_lowerdirs(data: &str) -> Option<(PathBuf, String)> {
+    let options: Vec<&str> = data.split(',').collect();
+    let lowers: Vec<&Path> =
+        options.iter().find_map(|o| o.strip_prefix("lowerdir="))?.split(':').map(Path::new).collect();
+    let mut common = lowers.first()?.parent()?.to_path_buf();
+    while !lowers.iter().all(|l| l.starts_with(&common)) {
+        common = common.parent()?.to_path_buf();
+    }
+    if common.as_os_str().is_empty() || common == Path::new("/") {
+        return None;
+    }
+    let relative: Vec<String> = lowers
+        .iter()
+        .map(|l| l.strip_prefix(&common).map(|r| r.to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let rewritten: Vec<String> = options
+        .iter()
+        .map(|o| if o.starts_with("lowerdir=") { format!("lowerdir={}", relative.join(":")) } else { o.to_string() })
+        .collect();
+    Some((common, rewritten.join(",")))
+}
+
+/// Mounts with relative option paths: mount(8) runs in `dir`, as the kernel
+/// resolves them against the caller's working directory (and this process's
+/// own directory must not change under its other threads).
+fn mount_from(dir: &Path, fstype: &str, source: &str, flags: MsFlags, data: &str, target: &Path) -> Result<()> {
+    let mut options = data.to_string();
+    if flags.contains(MsFlags::MS_RDONLY) {
+        options.push_str(",ro");
+    }
+    let output = std::process::Command::new("mount")
+        .current_dir(dir)
+        .args(["-t", fstype, source, "-o", &options])
+        .arg(target)
+        .output()
+        .map_err(|e| Error::internal(format!("running mount(8) for {}: {e}", target.display())))?;
+    if !output.status.success() {
+        return Err(Error::internal(format!(
+            "mounting {source} ({fstype}) at {} from {}: {}",
+            target.display(),
+            dir.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deep_lowerdirs_become_relative_to_their_common_directory() {
+        let data = "index=off,lowerdir=/s/snapshots/12/fs:/s/snapshots/3/fs:/s/snapshots/100/fs";
+        let (dir, compact) = relative_lowerdirs(data).unwrap();
+        assert_eq!(dir, PathBuf::from("/s/snapshots"));
+        assert_eq!(compact, "index=off,lowerdir=12/fs:3/fs:100/fs");
+    }
+
+    #[test]
+    fn no_common_directory_means_no_rewrite() {
+        assert_eq!(relative_lowerdirs("lowerdir=/a/fs:/b/fs"), None);
+        assert_eq!(relative_lowerdirs("upperdir=/a/fs"), None);
     }
 }
