@@ -39,7 +39,7 @@ COPY --chown=app:app --chmod=0750 run.sh /app/run.sh
 ADD bundle.tar /opt/bundle/
 COPY --from=build /etc /build-etc/
 USER app
-WORKDIR /app
+WORKDIR /app/data
 CMD ["/bin/sh", "/app/run.sh"]
 "#
     )
@@ -77,7 +77,7 @@ fn multi_stage_image_is_valid_and_runs() {
     assert_eq!(info["Labels"]["org.example.app"], "demo");
     let config = inspect_config(&format!("oci-archive:{}:1", out.display()));
     assert_eq!(config["config"]["User"], "app");
-    assert_eq!(config["config"]["WorkingDir"], "/app");
+    assert_eq!(config["config"]["WorkingDir"], "/app/data");
     assert_eq!(config["config"]["Cmd"], serde_json::json!(["/bin/sh", "/app/run.sh"]));
     assert!(config["config"]["ExposedPorts"]["8080/tcp"].is_object());
     assert!(config["config"]["Env"].as_array().unwrap().iter().any(|e| e == "BASE_VAR=from-base"));
@@ -95,6 +95,9 @@ fn multi_stage_image_is_valid_and_runs() {
     assert!(image.exists("/build-etc/passwd"));
     let run_sh = std::fs::metadata(image.rootfs().join("app/run.sh")).unwrap();
     assert_eq!((run_sh.uid(), run_sh.gid(), run_sh.mode() & 0o7777), (1000, 1000, 0o750));
+    // WORKDIR made its directory for the USER of that point, as BuildKit does.
+    let data = std::fs::metadata(image.rootfs().join("app/data")).unwrap();
+    assert_eq!((data.uid(), data.gid(), data.is_dir()), (1000, 1000, true));
 
     // runc runs it as the image says: user app (uid 1000), the CMD.
     assert_eq!(image.run(), "alpha\nbeta\nhello 1.0 from from-base\n1000\n");

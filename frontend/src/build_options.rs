@@ -15,6 +15,17 @@ pub struct BaseImage {
     pub config: ImageConfig,
 }
 
+/// A remote ADD source as the build fetched it: what pins the steps that
+/// add it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoteSource {
+    /// A file over HTTP(S): its content digest (`sha256:HEX`) and its
+    /// `Last-Modified` time, if the server sent one.
+    File { digest: String, mtime: Option<u64> },
+    /// A git repository: the commit its ref resolved to.
+    Git { commit: String },
+}
+
 /// `--build-arg`, `--target` and the platforms of a build.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BuildOptions {
@@ -31,6 +42,10 @@ pub struct BuildOptions {
     /// expansion. A stage whose base is missing here starts empty and its
     /// key holds only the reference (enough for `memobuild graph`).
     pub base_images: BTreeMap<String, BaseImage>,
+    /// Remote ADD sources fetched so far: HTTP(S) files by URL, git
+    /// repositories by [`crate::GitUrl`] as displayed. A source missing here
+    /// is planned unpinned (without `--checksum`, its key holds only the URL).
+    pub remote_sources: BTreeMap<String, RemoteSource>,
 }
 
 impl Default for BuildOptions {
@@ -41,6 +56,7 @@ impl Default for BuildOptions {
             target_platform: Platform::host(),
             build_platform: Platform::host(),
             base_images: BTreeMap::new(),
+            remote_sources: BTreeMap::new(),
         }
     }
 }

@@ -124,7 +124,7 @@ impl Mount {
                 "id" => m.id = Some(value),
                 "size" if kind == MountType::Tmpfs => {
                     if !deferred {
-                        m.size = Some(parse_size(&value)?);
+                        m.size = Some(crate::parse_byte_size(&value)?);
                     }
                 }
                 "mode" if !deferred => {
@@ -182,24 +182,6 @@ fn parse_bool(key: &str, value: &str) -> Result<bool, String> {
         "false" | "0" | "f" => Ok(false),
         _ => Err(format!("invalid value for {key}: {value:?} (true or false)")),
     }
-}
-
-/// `1024`, `64k`, `512m`, `1g`, `2GiB`...
-fn parse_size(value: &str) -> Result<u64, String> {
-    let lower = value.trim().to_ascii_lowercase();
-    let digits = lower.bytes().take_while(u8::is_ascii_digit).count();
-    let number: u64 = lower[..digits].parse().map_err(|_| format!("invalid size {value:?}"))?;
-    let unit = lower[digits..].trim();
-    let unit = unit.trim_end_matches('b').trim_end_matches('i');
-    let factor: u64 = match unit {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        "t" => 1 << 40,
-        _ => return Err(format!("invalid size {value:?}")),
-    };
-    number.checked_mul(factor).ok_or_else(|| format!("size {value:?} is too large"))
 }
 
 /// Splits a CSV record: `,` separated, `"` quoted with `""` for a quote.

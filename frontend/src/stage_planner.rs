@@ -11,8 +11,9 @@ use crate::expander::Expander;
 use crate::planner::StageSource;
 use crate::{
     clean_path, BuildContext, CommandLine, CopyInstruction, CopySource, DockerIgnore, ImageConfig, Instruction,
-    InstructionKind, Location, Mount, MountDefinition, MountType, NetworkMode, Origin, Reads, RunHeredoc,
-    RunInstruction, Scope, SecurityMode, SourceDefinition, Stage, StageBase, Step, StepDefinition, PROXY_ARGS,
+    InstructionKind, Location, Mount, MountDefinition, MountType, NetworkMode, Origin, Reads, RemoteSource, RunHeredoc,
+    RunInstruction, Scope, SecurityMode, SourceDefinition, SourceKind, Stage, StageBase, Step, StepDefinition,
+    PROXY_ARGS,
 };
 
 /// A planned stage plus the state a stage built `FROM` it inherits.
@@ -276,7 +277,8 @@ impl<'a> StagePlanner<'a> {
                 };
                 self.workdir = path.clone();
                 self.config.workdir = Some(path.clone());
-                StepDefinition::Workdir { path }
+                let user = self.config.user.clone().filter(|u| !u.is_empty());
+                StepDefinition::Workdir { path, user }
             }
             InstructionKind::Stopsignal(raw) => {
                 let signal = ex.word(&self.scope, &mut reads, raw, at)?;
@@ -456,6 +458,11 @@ impl<'a> StagePlanner<'a> {
             }
         }
         let checksum = copy.checksum.as_ref().map(|c| word(c, &self.scope, &mut reads)).transpose()?;
+        if let Some(sum) = checksum.as_deref().filter(|sum| !valid_checksum(sum)) {
+            return Err(
+                ex.error(at, format!("invalid ADD --checksum={sum}: expected sha256:<64 lowercase hex digits>"))
+            );
+        }
         let dest_raw = word(&copy.dest, &self.scope, &mut reads)?;
         if copy.sources.len() > 1 && !dest_raw.ends_with('/') {
             return Err(ex.error(
@@ -485,25 +492,49 @@ impl<'a> StagePlanner<'a> {
                 }
                 CopySource::Path(raw) => {
                     let path = ex.word(&self.scope, &mut reads, raw, src_at)?;
-                    if is_url(&path) {
-                        if !copy.add {
-                            return Err(
-                                ex.error(src_at, format!("COPY source {path:?} is a URL: only ADD can fetch URLs"))
-                            );
-                        }
-                        sources.push(SourceDefinition::Url { url: path });
-                        continue;
+                    let kind = SourceKind::of(&path);
+                    if kind != SourceKind::Path && !copy.add {
+                        return Err(ex.error(src_at, format!("COPY source {path:?} is a URL: only ADD can fetch URLs")));
                     }
-                    let matches = match origin {
-                        Origin::Context => self.context_matches(kw, &path, &exclude, src_at)?,
-                        _ => Vec::new(),
-                    };
-                    sources.push(SourceDefinition::Path { path, matches });
+                    sources.push(match kind {
+                        SourceKind::Path => {
+                            let matches = match origin {
+                                Origin::Context => self.context_matches(kw, &path, &exclude, src_at)?,
+                                _ => Vec::new(),
+                            };
+                            SourceDefinition::Path { path, matches }
+                        }
+                        SourceKind::Http => {
+                            let (digest, mtime) = match (&checksum, ex.options.remote_sources.get(&path)) {
+                                (Some(sum), _) => (Some(sum.clone()), None),
+                                (None, Some(RemoteSource::File { digest, mtime })) => (Some(digest.clone()), *mtime),
+                                (None, _) => (None, None),
+                            };
+                            SourceDefinition::Http { url: path, digest, mtime }
+                        }
+                        SourceKind::Git(repository) => {
+                            let subdir = clean_path(&repository.subdir);
+                            if subdir == ".." || subdir.starts_with("../") {
+                                return Err(ex.error(
+                                    src_at,
+                                    format!(
+                                        "ADD {path}: subdirectory {:?} is outside the repository",
+                                        repository.subdir
+                                    ),
+                                ));
+                            }
+                            let commit = match ex.options.remote_sources.get(&repository.to_string()) {
+                                Some(RemoteSource::Git { commit }) => Some(commit.clone()),
+                                _ => None,
+                            };
+                            SourceDefinition::Git { repository, commit }
+                        }
+                    });
                 }
             }
         }
-        if checksum.is_some() && !sources.iter().all(|s| matches!(s, SourceDefinition::Url { .. })) {
-            return Err(ex.error(at, "ADD --checksum can only be used with URL sources"));
+        if checksum.is_some() && !matches!(sources.as_slice(), [SourceDefinition::Http { .. }]) {
+            return Err(ex.error(at, "ADD --checksum can only be used with one HTTP(S) URL source"));
         }
         let definition = StepDefinition::Copy {
             add: copy.add,
@@ -566,8 +597,10 @@ fn strip_keyword<'t>(text: &'t str, keyword: &str) -> &'t str {
     }
 }
 
-fn is_url(path: &str) -> bool {
-    ["http://", "https://", "git://", "git@"].iter().any(|p| path.starts_with(p))
+/// `sha256:` and 64 lowercase hex digits.
+fn valid_checksum(sum: &str) -> bool {
+    sum.strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 /// Joins a relative COPY destination to WORKDIR, keeping a trailing `/`

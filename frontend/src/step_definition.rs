@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::{Healthcheck, Mount, NetworkMode, SecurityMode};
+use crate::{GitUrl, Healthcheck, Mount, NetworkMode, SecurityMode};
 
 /// Where COPY/ADD or a mount reads from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -41,8 +41,14 @@ pub enum SourceDefinition {
         #[serde(skip)]
         content: String,
     },
-    /// An ADD URL (http(s) or git), fetched at build time.
-    Url { url: String },
+    /// An ADD of a file over HTTP(S). `digest` (`sha256:HEX`) pins its
+    /// content: the `--checksum`, else what the build fetched; `mtime` is
+    /// the fetched `Last-Modified` time (never with `--checksum`, whose
+    /// file is not fetched again once held).
+    Http { url: String, digest: Option<String>, mtime: Option<u64> },
+    /// An ADD of a git repository, pinned by the commit its ref resolved to
+    /// once fetched.
+    Git { repository: GitUrl, commit: Option<String> },
 }
 
 /// A RUN mount with its source pinned.
@@ -105,6 +111,9 @@ pub enum StepDefinition {
     },
     Workdir {
         path: String,
+        /// The USER at this point: a directory WORKDIR creates is theirs.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
     },
     Env {
         vars: Vec<(String, String)>,

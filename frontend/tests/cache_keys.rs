@@ -269,3 +269,29 @@ fn resolved_base_image_pins_from_and_seeds_env() {
     assert_eq!(workdir, "/go");
     assert_eq!(a.stages[0].config.cmd, Some(vec!["bash".to_string()]));
 }
+
+#[test]
+fn fetched_remote_sources_pin_their_steps() {
+    use memobuild_frontend::RemoteSource;
+    let dockerfile = "FROM a\nADD https://x.org/tool.bin /opt/\nADD git://h/r.git#main:docs /docs\nRUN true\n";
+    let ctx = context(&[]);
+    let fetched = |digest: &str, commit: &str| {
+        let mut o = options(&[]);
+        let file = RemoteSource::File { digest: digest.into(), mtime: None };
+        o.remote_sources.insert("https://x.org/tool.bin".into(), file);
+        o.remote_sources.insert("git://h/r.git#main:docs".into(), RemoteSource::Git { commit: commit.into() });
+        o
+    };
+    let a = plan(dockerfile, &ctx, &fetched("sha256:aa", "c1"));
+    assert_eq!(changed(&a, &plan(dockerfile, &ctx, &fetched("sha256:aa", "c1"))), Vec::<String>::new());
+    assert_eq!(changed(&a, &plan(dockerfile, &ctx, &fetched("sha256:bb", "c1"))), ["0.1", "0.2", "0.3"]);
+    assert_eq!(changed(&a, &plan(dockerfile, &ctx, &fetched("sha256:aa", "c2"))), ["0.2", "0.3"]);
+
+    // --checksum pins the file without fetching it.
+    let sum = format!("sha256:{}", "1".repeat(64));
+    let pinned = format!("FROM a\nADD --checksum={sum} https://x.org/tool.bin /opt/\n");
+    assert_eq!(
+        changed(&plan(&pinned, &ctx, &options(&[])), &plan(&pinned, &ctx, &fetched("sha256:bb", "c1"))),
+        Vec::<String>::new()
+    );
+}

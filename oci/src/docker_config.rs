@@ -7,11 +7,20 @@ use base64::Engine as _;
 use memobuild_proto::{Error, Result};
 use serde::Deserialize;
 
+use crate::credential_helper::CredentialHelper;
+
 /// The parts of `config.json` we read.
 #[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct DockerConfig {
     #[serde(default)]
     auths: BTreeMap<String, AuthEntry>,
+    /// The helper for every registry without one in `cred_helpers`.
+    #[serde(default)]
+    creds_store: Option<String>,
+    /// Registry -> helper.
+    #[serde(default)]
+    cred_helpers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -45,6 +54,21 @@ impl DockerConfig {
             .map_err(|e| Error::invalid_argument(format!("{}: malformed docker config: {e}", path.display())))
     }
 
+    /// `credsStore`: the helper for registries `credHelpers` does not name.
+    /// When set, Docker takes no secrets from `auths`.
+    pub(crate) fn store(&self) -> Option<CredentialHelper> {
+        self.creds_store.as_deref().filter(|s| !s.is_empty()).map(CredentialHelper::new)
+    }
+
+    /// `credHelpers`, by registry normalised with [`normalize_registry`].
+    pub(crate) fn helpers(&self) -> BTreeMap<String, CredentialHelper> {
+        self.cred_helpers
+            .iter()
+            .filter(|(_, name)| !name.is_empty())
+            .map(|(registry, name)| (normalize_registry(registry), CredentialHelper::new(name)))
+            .collect()
+    }
+
     /// `(registry, username, password)` for each usable entry, registries
     /// normalised with [`normalize_registry`].
     pub(crate) fn credentials(&self, path: &Path) -> Result<Vec<(String, String, String)>> {
@@ -67,6 +91,15 @@ impl DockerConfig {
             }
         }
         Ok(out)
+    }
+}
+
+/// The server address Docker gives a credential helper for a registry
+/// normalised with [`normalize_registry`].
+pub(crate) fn helper_server_address(registry: &str) -> String {
+    match registry {
+        "docker.io" => "https://index.docker.io/v1/".to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -110,5 +143,24 @@ mod tests {
             ]
         );
         assert!(DockerConfig::load(&dir.path().join("absent.json")).unwrap().auths.is_empty());
+        assert_eq!(config.store(), Some(CredentialHelper::new("desktop")));
+    }
+
+    #[test]
+    fn reads_credential_helpers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            r#"{"credsStore":"","credHelpers":{"https://index.docker.io/v1/":"hub","ghcr.io":"gh","quay.io":""}}"#,
+        )
+        .unwrap();
+        let config = DockerConfig::load(&path).unwrap();
+        assert_eq!(config.store(), None);
+        let helpers = config.helpers();
+        assert_eq!(helpers.keys().collect::<Vec<_>>(), ["docker.io", "ghcr.io"]);
+        assert_eq!(helpers["docker.io"].program(), "docker-credential-hub");
+        assert_eq!(helper_server_address("docker.io"), "https://index.docker.io/v1/");
+        assert_eq!(helper_server_address("127.0.0.1:5000"), "127.0.0.1:5000");
     }
 }

@@ -13,7 +13,7 @@ use crate::blob_io::{blob_reader, blocking, io_error, oci_digest, parse_oci_dige
 use crate::compression::Compression;
 use crate::diff_id_memo::DiffIdMemo;
 use crate::layer::Layer;
-use crate::platform::Platform;
+use memobuild_proto::Platform;
 
 pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";

@@ -102,6 +102,7 @@ async fn read(
         resolved: format!("{}@{manifest_digest}", path.display()),
         manifest_digest,
         config: config_parsed,
+        raw_config: config,
         layers,
     })
 }

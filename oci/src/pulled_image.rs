@@ -1,5 +1,6 @@
 //! An image pulled from a registry or read from an OCI layout.
 
+use bytes::Bytes;
 use oci_spec::image::ImageConfiguration;
 
 use crate::layer::Layer;
@@ -15,6 +16,10 @@ pub struct PulledImage {
     /// `sha256:<hex>` of the image manifest (the platform's, not the index's).
     pub manifest_digest: String,
     pub config: ImageConfiguration,
+    /// The config blob as the image has it: Docker's fields that
+    /// [`ImageConfiguration`] has no place for (`Healthcheck`, `Shell`,
+    /// `OnBuild`) are read from here.
+    pub raw_config: Bytes,
     /// Bottom first, compressed as the source had them; diff ids from the
     /// config, checked against the layers' contents.
     pub layers: Vec<Layer>,

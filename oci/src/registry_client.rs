@@ -16,8 +16,9 @@ use tonic::Code;
 
 use crate::blob_io::{oci_digest, small_blob, MAX_METADATA_BYTES};
 use crate::built_image::BuiltImage;
+use crate::credential_helper::{CredentialHelper, HelperCredentials};
 use crate::diff_id_memo::DiffIdMemo;
-use crate::docker_config::{normalize_registry, DockerConfig};
+use crate::docker_config::{helper_server_address, normalize_registry, DockerConfig};
 use crate::image_reference::ImageReference;
 use crate::manifest::{
     complete_layers, layers_of, select_platform, ManifestDocument, ACCEPTED, DOCKER_MANIFEST, OCI_MANIFEST,
@@ -27,13 +28,18 @@ use crate::pulled_image::PulledImage;
 /// Layer downloads and uploads in flight at once.
 const CONCURRENT_TRANSFERS: usize = 4;
 
-/// Talks to registries with the credentials it holds (anonymously where it
-/// holds none); oci-client does the token handshake. Registries on this
-/// machine (see [`ImageReference::is_insecure_default`]) and those added
-/// with [`RegistryClient::with_insecure_registry`] are spoken to over HTTP.
+/// Talks to registries with the credentials it holds or its credential
+/// helpers give (anonymously where there are none); oci-client does the
+/// token handshake. Registries on this machine (see
+/// [`ImageReference::is_insecure_default`]) and those added with
+/// [`RegistryClient::with_insecure_registry`] are spoken to over HTTP.
 #[derive(Clone, Default)]
 pub struct RegistryClient {
     credentials: BTreeMap<String, (String, String)>,
+    /// `credHelpers`: a registry's own helper, before anything else.
+    helpers: BTreeMap<String, CredentialHelper>,
+    /// `credsStore`: the helper for registries without credentials.
+    creds_store: Option<CredentialHelper>,
     insecure: BTreeSet<String>,
     diff_ids: Option<Arc<dyn DiffIdMemo>>,
 }
@@ -45,14 +51,24 @@ impl RegistryClient {
     }
 
     /// Credentials from `$DOCKER_CONFIG/config.json` or
-    /// `~/.docker/config.json` (`auths` entries with `auth` or
-    /// `username`/`password`); anonymous when there is no such file.
-    /// Credential helpers and identity tokens are not used.
+    /// `~/.docker/config.json`, as Docker picks them for a registry: its
+    /// `credHelpers` entry, else the `credsStore` helper, else its `auths`
+    /// entry (`auth` or `username`/`password`); anonymous when there is no
+    /// such file. A helper runs (`docker-credential-NAME get`) at each
+    /// pull or push; one that holds nothing for the registry leaves it
+    /// anonymous. Identity tokens (username `<token>`) need an OAuth2
+    /// refresh-token exchange oci-client does not do: such a registry is
+    /// spoken to anonymously, with a warning.
     pub fn from_docker_config() -> Result<Self> {
         let mut client = RegistryClient::default();
         if let Some(path) = DockerConfig::default_path() {
-            for (registry, user, pass) in DockerConfig::load(&path)?.credentials(&path)? {
-                client.add_credentials(&registry, &user, &pass);
+            let config = DockerConfig::load(&path)?;
+            client.helpers = config.helpers();
+            client.creds_store = config.store();
+            if client.creds_store.is_none() {
+                for (registry, user, pass) in config.credentials(&path)? {
+                    client.add_credentials(&registry, &user, &pass);
+                }
             }
         }
         Ok(client)
@@ -83,7 +99,33 @@ impl RegistryClient {
         self
     }
 
-    fn client_for(&self, reference: &ImageReference) -> Result<(Client, RegistryAuth)> {
+    /// How to authenticate to `registry`: its helper, its credentials, the
+    /// default helper, else anonymously.
+    async fn auth_for(&self, registry: &str) -> Result<RegistryAuth> {
+        let host = normalize_registry(registry);
+        let helper = match (self.helpers.get(&host), self.credentials.get(&host)) {
+            (Some(helper), _) => helper,
+            (None, Some((user, pass))) => return Ok(RegistryAuth::Basic(user.clone(), pass.clone())),
+            (None, None) => match &self.creds_store {
+                Some(helper) => helper,
+                None => return Ok(RegistryAuth::Anonymous),
+            },
+        };
+        Ok(match helper.get(&helper_server_address(&host), registry).await? {
+            HelperCredentials::Basic { username, secret } => RegistryAuth::Basic(username, secret),
+            HelperCredentials::NotFound => RegistryAuth::Anonymous,
+            HelperCredentials::IdentityToken(_) => {
+                tracing::warn!(
+                    "{} gave an identity token for {registry}, which memobuild cannot use: \
+                     going on anonymously (log in with a password or access token instead)",
+                    helper.program()
+                );
+                RegistryAuth::Anonymous
+            }
+        })
+    }
+
+    async fn client_for(&self, reference: &ImageReference) -> Result<(Client, RegistryAuth)> {
         let registry = reference.registry();
         let protocol = if reference.is_insecure_default() || self.insecure.contains(registry) {
             ClientProtocol::HttpsExcept(vec![reference.as_oci().resolve_registry().to_string()])
@@ -93,11 +135,7 @@ impl RegistryClient {
         let config = ClientConfig { protocol, platform_resolver: None, ..Default::default() };
         let client = Client::try_from(config)
             .map_err(|e| Error::internal(format!("creating the HTTP client for {registry}: {e}")))?;
-        let auth = match self.credentials.get(&normalize_registry(registry)) {
-            Some((user, pass)) => RegistryAuth::Basic(user.clone(), pass.clone()),
-            None => RegistryAuth::Anonymous,
-        };
-        Ok((client, auth))
+        Ok((client, self.auth_for(registry).await?))
     }
 
     /// Resolves `reference` to the image manifest for `platform` (from an
@@ -115,7 +153,7 @@ impl RegistryClient {
         store: &dyn BlobStore,
     ) -> Result<PulledImage> {
         let what = reference.to_string();
-        let (client, auth) = self.client_for(reference)?;
+        let (client, auth) = self.client_for(reference).await?;
         let (body, digest) = fetch_manifest(&client, reference, &auth, &ACCEPTED).await?;
         let mut manifest = ManifestDocument::parse(&body, &what)?;
         let mut manifest_digest = digest;
@@ -152,6 +190,7 @@ impl RegistryClient {
             resolved: reference.pinned(&manifest_digest),
             manifest_digest,
             config: config_parsed,
+            raw_config: config,
             layers,
         })
     }
@@ -169,7 +208,7 @@ impl RegistryClient {
         reference: &ImageReference,
         store: &dyn BlobStore,
     ) -> Result<String> {
-        let (client, auth) = self.client_for(reference)?;
+        let (client, auth) = self.client_for(reference).await?;
         let oci_ref = reference.as_oci();
         client.store_auth_if_needed(oci_ref.resolve_registry(), &auth).await;
         let mut blobs: Vec<Digest> = image.layers.iter().map(|l| l.blob).collect();

@@ -5,14 +5,12 @@ mod common;
 
 use std::process::Command;
 
-use common::{have, hello_image, run, store};
+use common::{hello_image, require, run, store};
 use memobuild_oci::{compress_layer, write_docker_archive, BuiltImage, Compression};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn skopeo_reads_the_docker_archive() {
-    if !have("skopeo") || !have("tar") {
-        return;
-    }
+    require(&["skopeo", "tar"]);
     let store = store();
     let image = hello_image(&store).await;
     let dir = tempfile::tempdir().unwrap();

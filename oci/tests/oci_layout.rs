@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::{busybox_layout, config_for, have, hello_image, hello_layer, run, store, umoci_unpack};
+use common::{busybox_layout, config_for, hello_image, hello_layer, require, run, store, umoci_unpack};
 use memobuild_cas::BlobStore;
 use memobuild_oci::{read_oci_layout, write_oci_layout, Layer, OciDestination};
 use memobuild_proto::{Digest, DigestFunction};
@@ -15,9 +15,7 @@ use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reads_a_umoci_layout_by_tag() {
-    if !have("umoci") {
-        return;
-    }
+    require(&["umoci"]);
     let dir = tempfile::tempdir().unwrap();
     let layout = busybox_layout(dir.path());
     let store = store();
@@ -126,9 +124,7 @@ fn check_layout(layout: &Path, bundle: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_layouts_as_directory_and_tar() {
-    if !have("skopeo") || !have("umoci") || !have("tar") {
-        return;
-    }
+    require(&["skopeo", "umoci", "tar"]);
     let store = store();
     let image = hello_image(&store).await;
     let dir = tempfile::tempdir().unwrap();

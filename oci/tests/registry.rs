@@ -7,13 +7,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use common::{busybox_layout, config_for, have, hello_layer, run, store, umoci_unpack, Registry};
+use common::{busybox_layout, config_for, hello_layer, require, run, store, umoci_unpack, Registry, HTPASSWD};
 use memobuild_cas::BlobStore;
 use memobuild_oci::{compress_layer, BuiltImage, Compression, ImageReference, RegistryClient};
 use tonic::Code;
 
-fn tools() -> bool {
-    ["docker-registry", "umoci", "skopeo"].iter().all(|t| have(t))
+fn require_tools() {
+    require(&["docker-registry", "umoci", "skopeo"]);
 }
 
 fn push_base(layout: &std::path::Path, dest: &str, creds: Option<&str>) {
@@ -27,9 +27,7 @@ fn push_base(layout: &std::path::Path, dest: &str, creds: Option<&str>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn registry_round_trip() {
-    if !tools() {
-        return;
-    }
+    require_tools();
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::start(None);
     let layout = busybox_layout(dir.path());
@@ -98,13 +96,10 @@ async fn registry_round_trip() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn registry_basic_auth() {
-    if !tools() || !have("htpasswd") {
-        return;
-    }
+    require_tools();
     let dir = tempfile::tempdir().unwrap();
     let htpasswd = dir.path().join("htpasswd");
-    let entry = run(Command::new("htpasswd").args(["-Bbn", "alice", "s3cret"]));
-    std::fs::write(&htpasswd, entry).unwrap();
+    std::fs::write(&htpasswd, HTPASSWD).unwrap();
     let registry = Registry::start(Some(&htpasswd));
     let layout = busybox_layout(dir.path());
     let base_name = format!("{}/base/busybox:1", registry.host());

@@ -1,15 +1,17 @@
 //! Wire types for MemoBuild: the REAPI v2, ByteStream, longrunning and rpc
-//! protos (from the `bazel-remote-apis` crate), the [`Digest`] type and the
-//! one [`Error`] type.
+//! protos (from the `bazel-remote-apis` crate), the [`Digest`] type, the
+//! [`Platform`] type and the one [`Error`] type.
 
 pub mod build;
 mod digest;
 mod error;
+mod platform;
 mod resource;
 pub mod worker;
 
 pub use digest::{Digest, DigestFunction, DigestHasher};
 pub use error::{Error, Result, ResultExt, VIOLATION_MISSING};
+pub use platform::Platform;
 pub use resource::{Compressor, ResourceName};
 
 /// `build.bazel.remote.execution.v2`.

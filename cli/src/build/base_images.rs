@@ -9,7 +9,9 @@ use std::sync::Arc;
 use memobuild_frontend::{BaseImage, BuildGraph, ImageConfig, Origin, StageBase, StepDefinition};
 use memobuild_oci::{read_oci_layout, ImageReference, PulledImage};
 use memobuild_proto::{Error, Result, ResultExt};
+use serde::Deserialize;
 
+use super::docker_healthcheck::DockerHealthcheck;
 use super::image_state::{History, ImageState};
 use super::local_state::LocalState;
 use super::progress::{BuildEvent, EventSender};
@@ -98,6 +100,25 @@ pub fn base_images(resolved: &HashMap<String, Arc<ResolvedImage>>) -> BTreeMap<S
         .collect()
 }
 
+/// The parts of a Docker image config that oci-spec's
+/// `ImageConfiguration` drops.
+#[derive(Debug, Default, Deserialize)]
+struct DockerOnlyFields {
+    #[serde(default)]
+    config: DockerOnlyConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerOnlyConfig {
+    #[serde(default)]
+    healthcheck: Option<DockerHealthcheck>,
+    #[serde(default)]
+    shell: Option<Vec<String>>,
+    #[serde(default)]
+    on_build: Option<Vec<String>>,
+}
+
 /// The image's config and history in our terms.
 fn convert(pulled: &PulledImage) -> (ImageConfig, Vec<History>) {
     let mut config = ImageConfig::default();
@@ -112,6 +133,13 @@ fn convert(pulled: &PulledImage) -> (ImageConfig, Vec<History>) {
         config.volumes = c.volumes().clone().unwrap_or_default().into_iter().collect();
         config.stop_signal = c.stop_signal().clone();
     }
+    config.maintainer = pulled.config.author().clone();
+    // What oci-spec's model has no place for, from the blob itself (which
+    // oci-spec has already parsed, so it is JSON).
+    let docker: DockerOnlyFields = serde_json::from_slice(&pulled.raw_config).unwrap_or_default();
+    config.healthcheck = docker.config.healthcheck.as_ref().and_then(DockerHealthcheck::to_healthcheck);
+    config.shell = docker.config.shell.filter(|s| !s.is_empty());
+    config.onbuild = docker.config.on_build.unwrap_or_default();
     let history = pulled
         .config
         .history()
@@ -141,7 +169,54 @@ pub fn check_build_context(name: &str, value: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+    use memobuild_frontend::{CommandLine, Healthcheck};
+
     use super::*;
+
+    #[test]
+    fn docker_fields_of_the_base_config_are_kept() {
+        let raw = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "author": "ops@example.com",
+            "config": {
+                "Env": ["A=1"],
+                "StopSignal": "SIGQUIT",
+                "Shell": ["/bin/ash", "-c"],
+                "OnBuild": ["RUN echo child"],
+                "Healthcheck": {"Test": ["CMD", "/bin/check"], "Interval": 10_000_000_000i64, "Retries": 2},
+                "ArgsEscaped": true
+            },
+            "rootfs": {"type": "layers", "diff_ids": []}
+        })
+        .to_string();
+        let pulled = PulledImage {
+            reference: "base".into(),
+            resolved: "base@sha256:00".into(),
+            manifest_digest: "sha256:00".into(),
+            config: serde_json::from_str(&raw).unwrap(),
+            raw_config: raw.into(),
+            layers: Vec::new(),
+        };
+        let (config, _) = convert(&pulled);
+        assert_eq!(config.env, ["A=1"]);
+        assert_eq!(config.stop_signal.as_deref(), Some("SIGQUIT"));
+        assert_eq!(config.maintainer.as_deref(), Some("ops@example.com"));
+        assert_eq!(config.shell, Some(vec!["/bin/ash".to_string(), "-c".to_string()]));
+        assert_eq!(config.onbuild, ["RUN echo child"]);
+        assert_eq!(
+            config.healthcheck,
+            Some(Healthcheck::Cmd {
+                command: CommandLine::Exec(vec!["/bin/check".into()]),
+                interval_ns: Some(10_000_000_000),
+                timeout_ns: None,
+                start_period_ns: None,
+                start_interval_ns: None,
+                retries: Some(2),
+            })
+        );
+    }
 
     #[test]
     fn layout_references() {

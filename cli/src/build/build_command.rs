@@ -18,6 +18,10 @@ use super::image_state::rfc3339;
 use super::local_state::LocalState;
 use super::output_spec::OutputSpec;
 use super::progress::{render, ProgressMode, StepCounts};
+use super::remote_source::{fetch_sources, pins, remote_sources};
+use super::run_limits::RunLimitArgs;
+use super::secrets::{SecretSpec, Secrets};
+use super::ssh_agents::{SshAgents, SshSpec};
 
 /// The flags of `docker buildx build` that memobuild takes.
 #[derive(clap::Args, Clone, Debug)]
@@ -55,9 +59,19 @@ pub struct BuildArgs {
     /// An extra named context: NAME=oci-layout://PATH[:TAG] (repeatable).
     #[arg(long = "build-context", value_parser = parse_pair)]
     pub build_contexts: Vec<(String, String)>,
+    /// A secret for RUN --mount=type=secret: id=ID,src=FILE | id=ID,env=VAR | id=ID
+    /// (repeatable). Not part of any cache key.
+    #[arg(long = "secret", value_name = "SPEC")]
+    pub secrets: Vec<SecretSpec>,
+    /// An SSH agent for RUN --mount=type=ssh: default | ID[=SOCKET|KEY[,KEY...]]
+    /// (repeatable; no value: $SSH_AUTH_SOCK).
+    #[arg(long = "ssh", value_name = "SPEC")]
+    pub ssh: Vec<SshSpec>,
     /// Write the image digest to this file.
     #[arg(long)]
     pub iidfile: Option<PathBuf>,
+    #[command(flatten)]
+    pub limits: RunLimitArgs,
     /// Print the plan (steps, keys, cached or not) without building.
     #[arg(long)]
     pub dry_run: bool,
@@ -121,6 +135,10 @@ async fn build(args: &BuildArgs, state: Arc<LocalState>) -> anyhow::Result<Build
         check_build_context(name, value).map_err(anyhow_of)?;
     }
 
+    let secrets = Secrets::load(&args.secrets)?;
+    let ssh = tokio::task::block_in_place(|| SshAgents::start(&args.ssh))?;
+
+    let limits = args.limits.resource_limits()?;
     let mode = args.progress.resolve(std::io::stderr().is_terminal());
     let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
     let renderer = tokio::spawn(render(mode, receiver));
@@ -131,6 +149,8 @@ async fn build(args: &BuildArgs, state: Arc<LocalState>) -> anyhow::Result<Build
             .await
             .map_err(anyhow_of)?;
         options.base_images = base_images(&images);
+        let remote = fetch_sources(&state, &remote_sources(&draft), &events).await.map_err(anyhow_of)?;
+        options.remote_sources = pins(&remote);
         let graph = Arc::new(plan_text(&dockerfile_name, &text, &context, &options).map_err(anyhow_of)?);
         let source_date_epoch = std::env::var("SOURCE_DATE_EPOCH")
             .ok()
@@ -143,10 +163,13 @@ async fn build(args: &BuildArgs, state: Arc<LocalState>) -> anyhow::Result<Build
             context_dir: context_dir.clone(),
             context: Arc::new(context.clone()),
             images,
-            settings: BuildSettings { no_cache: args.no_cache, source_date_epoch, dry_run: args.dry_run },
+            remote,
+            settings: BuildSettings { no_cache: args.no_cache, source_date_epoch, dry_run: args.dry_run, limits },
             events: events.clone(),
             cancel: CancellationToken::new(),
             records: Mutex::new(Vec::new()),
+            secrets,
+            ssh,
         });
         let cancel = executor.cancel.clone();
         // Ctrl-C or SIGTERM stops the build: running containers are killed

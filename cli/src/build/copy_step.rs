@@ -1,13 +1,15 @@
 //! COPY, ADD and WORKDIR without a container: the new layer is planned from
-//! the context (or another stage's mounted filesystem) and the parent
-//! filesystem (for symlinks on the destination path, existing directories
-//! and `--chown` names), then written by [`LayerPlan`].
+//! the context (or another stage's mounted filesystem, or fetched remote
+//! sources) and the parent filesystem (for symlinks on the destination
+//! path, existing directories and `--chown` names), then written by
+//! [`LayerPlan`].
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use memobuild_frontend::{BuildContext, ContextEntry, DockerIgnore, SourceDefinition};
+use memobuild_frontend::{http_file_name, BuildContext, ContextEntry, DockerIgnore, SourceDefinition};
 use memobuild_proto::{Error, Result, ResultExt};
 
 use super::layer_plan::{Content, Entry, LayerPlan, Meta};
@@ -34,6 +36,10 @@ pub struct CopyRequest<'a> {
     pub excludes: &'a [String],
     pub unpack: Option<bool>,
     pub parents: bool,
+    /// Remote sources on the host (a file, or a checkout's directory), by
+    /// URL as the remote source module keys them.
+    pub fetched: &'a HashMap<String, PathBuf>,
+    pub keep_git_dir: bool,
 }
 
 /// Plans the layer of a COPY/ADD onto the filesystem mounted at `parent`.
@@ -67,10 +73,11 @@ pub fn plan_copy(request: &CopyRequest<'_>, source: &SourceRoot<'_>, parent: &Pa
             SourceDefinition::Heredoc { name, content, .. } => {
                 items.push(Item::Inline { name: name.clone(), content: content.clone().into_bytes() })
             }
-            SourceDefinition::Url { url } => {
-                return Err(Error::invalid_argument(format!(
-                    "ADD {url}: fetching URLs is not supported yet; download it into the context and COPY it"
-                )))
+            SourceDefinition::Http { url, mtime, .. } => {
+                items.push(Item::Download { name: http_file_name(url), host: fetched(request, url)?, mtime: *mtime })
+            }
+            SourceDefinition::Git { repository, .. } => {
+                items.push(Item::Checkout(fetched(request, &repository.to_string())?))
             }
         }
     }
@@ -91,15 +98,37 @@ pub fn plan_copy(request: &CopyRequest<'_>, source: &SourceRoot<'_>, parent: &Pa
                 let SourceRoot::Filesystem(root) = source else { continue };
                 copier.filesystem_item(root, &path, parent, request.dest, dest_is_dir)?;
             }
+            Item::Download { name, host, mtime } => {
+                // Docker's rule for remote files: 0600 unless --chmod says.
+                let target = if dest_is_dir { join(request.dest, &name) } else { request.dest.to_string() };
+                let at = copier.place(parent, &target)?;
+                let size = std::fs::metadata(&host).with_context(|| format!("reading {}", host.display()))?.len();
+                let meta = Meta { mtime: mtime.unwrap_or(copier.mtime), ..copier.meta(0o600, 0, 0, false) };
+                copier.plan.insert(&at, Entry::File(meta, Content::File { path: host, size, expect: None }));
+            }
+            Item::Checkout(root) => {
+                let at = copier.place_dir(parent, request.dest)?;
+                if !at.is_empty() && !is_dir_in(parent, request.dest)? {
+                    copier.plan.insert(&at, Entry::Directory(copier.meta(0o755, 0, 0, true)));
+                }
+                copier.walk(&root, &at, HostFiles::Checkout { keep_git_dir: request.keep_git_dir })?;
+            }
         }
     }
     Ok(copier.plan)
 }
 
-/// Plans WORKDIR: the directory and its missing parents, unless it exists.
-pub fn plan_workdir(path: &str, parent: &Path, mtime: u64) -> Result<LayerPlan> {
-    let mut copier =
-        Copier { plan: LayerPlan::default(), owner: None, chmod: None, exclude: DockerIgnore::default(), mtime };
+/// Where a remote source was fetched to.
+fn fetched(request: &CopyRequest<'_>, key: &str) -> Result<PathBuf> {
+    request.fetched.get(key).cloned().ok_or_else(|| Error::internal(format!("ADD {key} was not fetched")))
+}
+
+/// Plans WORKDIR: the directory and its missing parents, unless it exists,
+/// owned by the current USER as BuildKit does.
+pub fn plan_workdir(path: &str, user: Option<&str>, parent: &Path, mtime: u64) -> Result<LayerPlan> {
+    let owner =
+        user.map(|user| lookup_user(parent, user).context(format!("WORKDIR {path} for USER {user}"))).transpose()?;
+    let mut copier = Copier { plan: LayerPlan::default(), owner, chmod: None, exclude: DockerIgnore::default(), mtime };
     if !is_dir_in(parent, path)? {
         let at = resolve_in_root(parent, path)?;
         copier.parents_of(parent, &format!("{at}/."))?;
@@ -110,7 +139,28 @@ pub fn plan_workdir(path: &str, parent: &Path, mtime: u64) -> Result<LayerPlan> 
 enum Item {
     Context(String),
     Filesystem(String),
-    Inline { name: String, content: Vec<u8> },
+    Inline {
+        name: String,
+        content: Vec<u8>,
+    },
+    /// A file fetched over HTTP(S), named after its URL.
+    Download {
+        name: String,
+        host: PathBuf,
+        mtime: Option<u64>,
+    },
+    /// A git checkout: its contents land in the destination directory.
+    Checkout(PathBuf),
+}
+
+/// How files on the host become layer entries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HostFiles {
+    /// A mounted filesystem: owners, modes and times as they are.
+    AsIs,
+    /// A git checkout: owned by root, modes as git records them (0755 or
+    /// 0644), the build's time; `.git` only when asked.
+    Checkout { keep_git_dir: bool },
 }
 
 struct Copier {
@@ -247,35 +297,46 @@ impl Copier {
                 let m = self.meta(meta.mode() & 0o7777, meta.uid() as u64, meta.gid() as u64, true);
                 self.plan.insert(&at, Entry::Directory(m));
             }
-            return self.walk(&host, &at);
+            return self.walk(&host, &at, HostFiles::AsIs);
         }
         let target = if dest_is_dir { join(dest, base_name(path)) } else { dest.to_string() };
         let at = self.place(parent, &target)?;
-        self.filesystem_entry(&host, &meta, &at)
+        self.filesystem_entry(&host, &meta, &at, HostFiles::AsIs)
     }
 
-    fn walk(&mut self, dir: &Path, at: &str) -> Result<()> {
+    fn walk(&mut self, dir: &Path, at: &str, files: HostFiles) -> Result<()> {
         let mut names: Vec<_> = std::fs::read_dir(dir)
             .with_context(|| format!("reading {}", dir.display()))?
             .collect::<std::io::Result<Vec<_>>>()?;
         names.sort_by_key(|e| e.file_name());
         for entry in names {
             let name = entry.file_name().to_string_lossy().to_string();
+            if name == ".git" && files == (HostFiles::Checkout { keep_git_dir: false }) {
+                continue;
+            }
             let child_at = if at.is_empty() { name.clone() } else { format!("{at}/{name}") };
             let host = entry.path();
             let meta = std::fs::symlink_metadata(&host)?;
-            self.filesystem_entry(&host, &meta, &child_at)?;
+            self.filesystem_entry(&host, &meta, &child_at, files)?;
             if meta.is_dir() {
-                self.walk(&host, &child_at)?;
+                self.walk(&host, &child_at, files)?;
             }
         }
         Ok(())
     }
 
-    fn filesystem_entry(&mut self, host: &Path, meta: &std::fs::Metadata, at: &str) -> Result<()> {
+    fn filesystem_entry(&mut self, host: &Path, meta: &std::fs::Metadata, at: &str, files: HostFiles) -> Result<()> {
         let is_dir = meta.is_dir();
-        let m = self.meta(meta.mode() & 0o7777, meta.uid() as u64, meta.gid() as u64, is_dir);
-        let m = Meta { mtime: meta.mtime().max(0) as u64, ..m };
+        let m = match files {
+            HostFiles::AsIs => Meta {
+                mtime: meta.mtime().max(0) as u64,
+                ..self.meta(meta.mode() & 0o7777, meta.uid() as u64, meta.gid() as u64, is_dir)
+            },
+            HostFiles::Checkout { .. } => {
+                let mode = if is_dir || meta.mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+                self.meta(mode, 0, 0, is_dir)
+            }
+        };
         let entry = if is_dir {
             Entry::Directory(m)
         } else if meta.file_type().is_symlink() {

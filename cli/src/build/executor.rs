@@ -13,7 +13,7 @@ use memobuild_frontend::{
 };
 use memobuild_oci::Layer;
 use memobuild_proto::{Digest, Error, Result};
-use memobuild_worker::containerd::{ContainerSpec, LogChunk, SpecMount};
+use memobuild_worker::containerd::{ContainerSpec, LogChunk, ResourceLimits, SpecMount};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +23,11 @@ use super::copy_step::{plan_copy, plan_workdir, CopyRequest, SourceRoot};
 use super::image_state::{History, ImageState, DEFAULT_PATH};
 use super::local_state::LocalState;
 use super::progress::{BuildEvent, EventSender, LogStream};
+use super::remote_source::{materialize, FetchedSources};
 use super::run_command::run_argv;
+use super::run_secrets::RunSecrets;
+use super::secrets::Secrets;
+use super::ssh_agents::SshAgents;
 use super::step_action::{StepAction, StepInputs};
 
 /// How the build runs.
@@ -33,6 +37,8 @@ pub struct BuildSettings {
     pub source_date_epoch: Option<u64>,
     /// Look steps up without running them (`--dry-run`).
     pub dry_run: bool,
+    /// What every RUN step may use (`--memory`, `--cpu-quota`, ...).
+    pub limits: ResourceLimits,
 }
 
 impl BuildSettings {
@@ -55,10 +61,16 @@ pub struct Executor {
     pub context_dir: PathBuf,
     pub context: Arc<BuildContext>,
     pub images: HashMap<String, Arc<ResolvedImage>>,
+    /// Remote ADD sources, fetched before planning.
+    pub remote: FetchedSources,
     pub settings: BuildSettings,
     pub events: EventSender,
     pub cancel: CancellationToken,
     pub records: Mutex<Vec<StepRecord>>,
+    /// `--secret` values; never part of a key, a record or a message.
+    pub secrets: Secrets,
+    /// `--ssh` agents (the build's own ones stop when this is dropped).
+    pub ssh: SshAgents,
 }
 
 impl Executor {
@@ -218,7 +230,7 @@ impl Executor {
                 let layer = match &step.definition {
                     StepDefinition::Run { .. } => self.run_container(step, state, &sources, argv, env).await?,
                     StepDefinition::Copy { .. } => self.copy(step, state, &sources).await?,
-                    StepDefinition::Workdir { path } => self.workdir(path, state).await?,
+                    StepDefinition::Workdir { path, user } => self.workdir(path, user.as_deref(), state).await?,
                     _ => None,
                 };
                 action.record(&*self.state.cas, &self.state.actions, layer.as_ref()).await?;
@@ -257,6 +269,7 @@ impl Executor {
         let mut views = Vec::new();
         let mut scratch = Vec::new();
         let mut from_index = 0;
+        let mut private = RunSecrets::new(&self.secrets, &self.ssh);
         for m in mounts {
             let target = m.mount.target.clone().unwrap_or_default();
             match m.mount.kind {
@@ -292,17 +305,16 @@ impl Executor {
                     };
                     spec_mounts.push(SpecMount::Bind { source: host, target, readonly: m.mount.readonly });
                 }
-                MountType::Secret | MountType::Ssh if !m.mount.required => {}
-                MountType::Secret | MountType::Ssh => {
-                    return Err(Error::invalid_argument(format!(
-                        "RUN --mount=type={:?} is not supported yet",
-                        m.mount.kind
-                    )))
-                }
+                MountType::Secret => spec_mounts.extend(private.secret(&m.mount)?),
+                MountType::Ssh => spec_mounts.extend(private.ssh(&m.mount)?),
             }
         }
         let mut full_env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         full_env.extend(step.uncached_env.iter().map(|(k, v)| format!("{k}={v}")));
+        for (key, value) in private.env() {
+            full_env.retain(|e| e.split_once('=').map(|(k, _)| k) != Some(key.as_str()));
+            full_env.push(format!("{key}={value}"));
+        }
         let spec = ContainerSpec {
             id_hint: format!("step-{}", step.id.replace('.', "-")),
             argv: argv.clone(),
@@ -310,8 +322,7 @@ impl Executor {
             cwd: workdir.clone(),
             user: user.clone(),
             network: *network == NetworkMode::Host,
-            memory_limit: None,
-            cpu_quota: None,
+            limits: self.settings.limits.clone(),
             mounts: spec_mounts,
             timeout: None,
             source_date_epoch: self.settings.source_date_epoch,
@@ -358,13 +369,26 @@ impl Executor {
     }
 
     async fn copy(&self, step: &Step, state: &ImageState, sources: &[Vec<Layer>]) -> Result<Option<Layer>> {
-        let StepDefinition::Copy { add, origin, sources: defs, dest, chown, chmod, excludes, unpack, parents, .. } =
-            &step.definition
+        let StepDefinition::Copy {
+            add,
+            origin,
+            sources: defs,
+            dest,
+            chown,
+            chmod,
+            excludes,
+            unpack,
+            parents,
+            keep_git_dir,
+            ..
+        } = &step.definition
         else {
             return Ok(None);
         };
         let containerd = self.state.containerd().await?;
         let cas = &*self.state.cas;
+        let downloads = tempfile::tempdir()?;
+        let fetched = materialize(&self.remote, defs, cas, downloads.path()).await?;
         let parent_chain = containerd.ensure_chain(cas, &state.layers).await?;
         let parent_view = containerd.mount_view(parent_chain.as_deref()).await?;
         let source_view = match origin {
@@ -384,6 +408,8 @@ impl Executor {
             excludes,
             unpack: *unpack,
             parents: *parents,
+            fetched: &fetched,
+            keep_git_dir: *keep_git_dir,
         };
         let plan = {
             let source = match &source_view {
@@ -403,12 +429,12 @@ impl Executor {
         layer
     }
 
-    async fn workdir(&self, path: &str, state: &ImageState) -> Result<Option<Layer>> {
+    async fn workdir(&self, path: &str, user: Option<&str>, state: &ImageState) -> Result<Option<Layer>> {
         let containerd = self.state.containerd().await?;
         let cas = &*self.state.cas;
         let chain = containerd.ensure_chain(cas, &state.layers).await?;
         let view = containerd.mount_view(chain.as_deref()).await?;
-        let plan = tokio::task::block_in_place(|| plan_workdir(path, view.path(), self.settings.timestamp()));
+        let plan = tokio::task::block_in_place(|| plan_workdir(path, user, view.path(), self.settings.timestamp()));
         let layer = match plan {
             Ok(plan) => plan.write(cas).await,
             Err(e) => Err(e),

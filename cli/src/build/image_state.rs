@@ -1,9 +1,11 @@
 //! A stage's state as it is built: its layers, its history, and at the end
 //! the image config JSON exactly as Docker writes it.
 
-use memobuild_frontend::{CommandLine, Healthcheck, ImageConfig, Platform};
+use memobuild_frontend::{ImageConfig, Platform};
 use memobuild_oci::Layer;
 use serde_json::{json, Map, Value};
+
+use super::docker_healthcheck::DockerHealthcheck;
 
 /// The PATH Docker gives images that set none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -87,7 +89,7 @@ impl ImageState {
             c.insert("OnBuild".into(), json!(config.onbuild));
         }
         if let Some(healthcheck) = &config.healthcheck {
-            c.insert("Healthcheck".into(), healthcheck_json(healthcheck));
+            c.insert("Healthcheck".into(), json!(DockerHealthcheck::from(healthcheck)));
         }
         let mut image = Map::new();
         image.insert("architecture".into(), json!(platform.architecture));
@@ -96,40 +98,15 @@ impl ImageState {
             image.insert("variant".into(), json!(variant));
         }
         image.insert("created".into(), json!(created));
+        if let Some(author) = &config.maintainer {
+            image.insert("author".into(), json!(author));
+        }
         image.insert("config".into(), Value::Object(c));
         let diff_ids: Vec<String> = self.layers.iter().map(Layer::diff_id_string).collect();
         image.insert("rootfs".into(), json!({"type": "layers", "diff_ids": diff_ids}));
         image.insert("history".into(), Value::Array(self.history.iter().map(History::to_json).collect()));
         // Serializing a tree of plain JSON values cannot fail.
         serde_json::to_vec(&Value::Object(image)).unwrap_or_default()
-    }
-}
-
-fn healthcheck_json(healthcheck: &Healthcheck) -> Value {
-    match healthcheck {
-        Healthcheck::None => json!({"Test": ["NONE"]}),
-        Healthcheck::Cmd { command, interval_ns, timeout_ns, start_period_ns, start_interval_ns, retries } => {
-            let test = match command {
-                CommandLine::Exec(argv) => std::iter::once("CMD".to_string()).chain(argv.iter().cloned()).collect(),
-                CommandLine::Shell(script) => vec!["CMD-SHELL".to_string(), script.clone()],
-            };
-            let mut h = Map::new();
-            h.insert("Test".into(), json!(test));
-            for (name, value) in [
-                ("Interval", interval_ns),
-                ("Timeout", timeout_ns),
-                ("StartPeriod", start_period_ns),
-                ("StartInterval", start_interval_ns),
-            ] {
-                if let Some(ns) = value {
-                    h.insert(name.into(), json!(ns));
-                }
-            }
-            if let Some(retries) = retries {
-                h.insert("Retries".into(), json!(retries));
-            }
-            Value::Object(h)
-        }
     }
 }
 

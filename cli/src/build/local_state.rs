@@ -54,6 +54,11 @@ impl LocalState {
         self.dir.join("cache-mounts")
     }
 
+    /// Files and git checkouts fetched by ADD, with notes of file sizes.
+    pub fn remote_files_dir(&self) -> PathBuf {
+        self.dir.join("remote-files")
+    }
+
     /// Records of past builds, for `explain-cache`.
     pub fn records_dir(&self) -> PathBuf {
         self.dir.join("builds")

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use memobuild_oci::{ImageUsers, NumericUserGroup};
 use memobuild_proto::{Error, Result};
 
 /// Symlinks followed in one resolution before giving up (as Linux does).
@@ -55,49 +56,15 @@ pub fn host_path(root: &Path, path: &str) -> Result<PathBuf> {
     Ok(root.join(resolve_in_root(root, path)?))
 }
 
-/// A `--chown` owner (`uid`, `uid:gid`, `name`, `name:group`) as numeric
-/// ids, names looked up in the image's `/etc/passwd` and `/etc/group`.
-/// Without a group the gid is the uid, as Docker documents for `--chown`
-/// (RUN's `USER` resolves differently: see the containerd runner).
+/// An owner spec (`uid`, `uid:gid`, `name`, `name:group`) as numeric ids,
+/// names looked up in the image's `/etc/passwd` and `/etc/group`, as BuildKit
+/// resolves `--chown` and WORKDIR's owner: a name without a group takes its
+/// passwd group, a number without one the same number.
 pub fn lookup_user(root: &Path, spec: &str) -> Result<(u32, u32)> {
-    let (user, group) = match spec.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (spec, None),
-    };
-    let passwd = read_table(root, "/etc/passwd");
-    let entry = passwd.iter().find(|fields| match user.parse::<u32>() {
-        Ok(uid) => fields.get(2).and_then(|f| f.parse::<u32>().ok()) == Some(uid),
-        Err(_) => fields.first().map(String::as_str) == Some(user),
-    });
-    let uid = match user.parse::<u32>() {
-        Ok(uid) => uid,
-        Err(_) => entry.and_then(|f| f.get(2)?.parse().ok()).ok_or_else(|| {
-            Error::invalid_argument(format!("unable to find user {user}: no matching entry in /etc/passwd"))
-        })?,
-    };
-    let gid = match group {
-        Some(group) => match group.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => read_table(root, "/etc/group")
-                .iter()
-                .find(|f| f.first().map(String::as_str) == Some(group))
-                .and_then(|f| f.get(2)?.parse().ok())
-                .ok_or_else(|| {
-                    Error::invalid_argument(format!("unable to find group {group}: no matching entry in /etc/group"))
-                })?,
-        },
-        None => uid,
-    };
-    Ok((uid, gid))
-}
-
-fn read_table(root: &Path, path: &str) -> Vec<Vec<String>> {
-    let Ok(file) = host_path(root, path) else { return Vec::new() };
-    let Ok(text) = std::fs::read_to_string(file) else { return Vec::new() };
-    text.lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .map(|l| l.split(':').map(str::to_string).collect())
-        .collect()
+    let read = |path: &str| host_path(root, path).ok().and_then(|file| std::fs::read_to_string(file).ok());
+    let users = ImageUsers::parse(read("/etc/passwd").as_deref(), read("/etc/group").as_deref());
+    let user = users.resolve(spec, NumericUserGroup::SameAsUid)?;
+    Ok((user.uid, user.gid))
 }
 
 #[cfg(test)]
@@ -131,12 +98,12 @@ mod tests {
         std::fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n")
             .unwrap();
         std::fs::write(root.join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
-        assert_eq!(lookup_user(root, "app").unwrap(), (1000, 1000));
+        assert_eq!(lookup_user(root, "app").unwrap(), (1000, 1001));
         assert_eq!(lookup_user(root, "app:staff").unwrap(), (1000, 50));
         assert_eq!(lookup_user(root, "1000").unwrap(), (1000, 1000));
         assert_eq!(lookup_user(root, "42").unwrap(), (42, 42));
         assert_eq!(lookup_user(root, "42:7").unwrap(), (42, 7));
-        assert!(lookup_user(root, "ghost").unwrap_err().message().contains("unable to find user ghost"));
-        assert!(lookup_user(root, "app:nogroup").unwrap_err().message().contains("unable to find group nogroup"));
+        assert!(lookup_user(root, "ghost").unwrap_err().message().contains("user \"ghost\" is not in"));
+        assert!(lookup_user(root, "app:nogroup").unwrap_err().message().contains("group \"nogroup\""));
     }
 }

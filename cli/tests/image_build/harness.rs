@@ -81,8 +81,15 @@ impl Fixture {
             ),
         )
         .unwrap();
-        let registry = Command::new("docker-registry")
-            .args(["serve", config.to_str().unwrap()])
+        // The fixture lives in a static that is never dropped: a watcher
+        // stops the registry when this test process is gone.
+        let watched = format!(
+            "docker-registry serve '{}' & registry=$!; while kill -0 {} 2>/dev/null && kill -0 $registry 2>/dev/null; do sleep 1; done; kill $registry",
+            config.display(),
+            std::process::id()
+        );
+        let registry = Command::new("sh")
+            .args(["-c", &watched])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -103,12 +110,6 @@ impl Fixture {
 
     pub fn base(&self) -> String {
         format!("{}/base/busybox:1", self.registry)
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = self._registry.kill();
     }
 }
 
@@ -177,6 +178,10 @@ impl Project {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
     }
 
     pub fn write(&self, path: &str, content: &str) {

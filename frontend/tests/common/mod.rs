@@ -34,6 +34,7 @@ pub fn options(args: &[(&str, &str)]) -> BuildOptions {
         target_platform: Platform::new("linux", "amd64", None),
         build_platform: Platform::new("linux", "amd64", None),
         base_images: Default::default(),
+        remote_sources: Default::default(),
     }
 }
 

@@ -17,19 +17,22 @@ pub fn store() -> VerifiedStore {
     VerifiedStore::new(Arc::new(MemoryStore::new()))
 }
 
-/// Whether `tool` is on PATH; prints why the test is skipped when not.
-pub fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !found {
-        eprintln!("skipping: {tool} is not installed");
+/// `alice:s3cret` for a registry's htpasswd auth (bcrypt, cost 5).
+pub const HTPASSWD: &str = "alice:$2b$05$Vsbko4ztJlxdHwQBv3nYFOXE.XcG2dPP52t8QCdtTUUnFU0UAGo8m\n";
+
+/// Fails the test unless every tool is on PATH (scripts/install-deps.sh
+/// installs them): a missing tool must not pass as a skipped test.
+pub fn require(tools: &[&str]) {
+    for tool in tools {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(found, "{tool} is not installed: run scripts/install-deps.sh");
     }
-    found
 }
 
 /// Runs a command, panicking with its output when it fails; returns stdout.

@@ -1,6 +1,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::ResourceLimits;
+
 /// One RUN step to run in a container.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ContainerSpec {
@@ -19,10 +21,8 @@ pub struct ContainerSpec {
     /// network, with the host's `/etc/resolv.conf` and `/etc/hosts` bound
     /// read-only.
     pub network: bool,
-    /// Memory limit in bytes.
-    pub memory_limit: Option<u64>,
-    /// CPUs, e.g. 1.5.
-    pub cpu_quota: Option<f64>,
+    /// Memory, CPU and `/dev/shm` limits; not part of any cache key.
+    pub limits: ResourceLimits,
     /// Extra mounts; their targets are never captured in the layer.
     pub mounts: Vec<SpecMount>,
     pub timeout: Option<Duration>,

@@ -9,13 +9,16 @@ use oci_spec::runtime::{
     ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
-use super::user_resolver::ResolvedUser;
 use super::{ContainerSpec, SpecMount};
+use memobuild_oci::ResolvedUser;
 
 /// `PATH` when the step's environment has none (Docker's default).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// The CFS period the CPU quota is expressed in.
-const CPU_PERIOD: u64 = 100_000;
+/// Where the shared-memory tmpfs is mounted.
+const SHM: &str = "/dev/shm";
+/// cgroup v1's memory+swap limit; without it (no swap accounting) only
+/// memory is limited, as Docker does.
+const CGROUP_V1_MEMSW: &str = "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes";
 /// The open-files limits of a step.
 const NOFILE_SOFT: u64 = 1024;
 const NOFILE_HARD: u64 = 1_048_576;
@@ -121,6 +124,15 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, user: &ResolvedUser, container_
         .map_err(spec_error("process"))?;
 
     let mut mounts: Vec<Mount> = get_default_mounts();
+    if let Some(size) = spec.limits.shm_size {
+        let shm = mounts.iter_mut().find(|m| m.destination() == Path::new(SHM));
+        if let Some(shm) = shm {
+            let mut options: Vec<String> = shm.options().clone().unwrap_or_default();
+            options.retain(|o| !o.starts_with("size="));
+            options.push(format!("size={size}"));
+            shm.set_options(Some(options));
+        }
+    }
     for mount in &spec.mounts {
         let target = mount.target();
         if !target.starts_with('/') || target == "/" {
@@ -166,17 +178,37 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, user: &ResolvedUser, container_
     let deny_all =
         LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().map_err(spec_error("devices"))?;
     let mut resources = LinuxResourcesBuilder::default().devices(vec![deny_all]);
-    if let Some(limit) = spec.memory_limit {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        resources = resources.memory(LinuxMemoryBuilder::default().limit(limit).build().map_err(spec_error("memory"))?);
-    }
-    if let Some(cpus) = spec.cpu_quota {
-        if !(cpus.is_finite() && cpus > 0.0) {
-            return Err(Error::invalid_argument(format!("step {}: invalid CPU quota {cpus}", spec.id_hint)));
+    let limits = &spec.limits;
+    if let Some(memory) = limits.memory {
+        let limit = i64::try_from(memory).unwrap_or(i64::MAX);
+        // As Docker: swap defaults to as much as the memory, and is left
+        // alone where the kernel cannot limit it.
+        let swap = limits.memory_swap.unwrap_or_else(|| limit.saturating_mul(2));
+        let mut memory = LinuxMemoryBuilder::default().limit(limit);
+        if swap_limit_supported() {
+            memory = memory.swap(swap);
         }
-        let quota = ((cpus * CPU_PERIOD as f64).round() as i64).max(1000);
-        resources = resources
-            .cpu(LinuxCpuBuilder::default().quota(quota).period(CPU_PERIOD).build().map_err(spec_error("cpu"))?);
+        resources = resources.memory(memory.build().map_err(spec_error("memory"))?);
+    }
+    if limits.cpu_shares.is_some()
+        || limits.cpu_period.is_some()
+        || limits.cpu_quota.is_some()
+        || limits.cpuset_cpus.is_some()
+    {
+        let mut cpu = LinuxCpuBuilder::default();
+        if let Some(shares) = limits.cpu_shares {
+            cpu = cpu.shares(shares);
+        }
+        if let Some(period) = limits.cpu_period {
+            cpu = cpu.period(period);
+        }
+        if let Some(quota) = limits.cpu_quota {
+            cpu = cpu.quota(quota);
+        }
+        if let Some(cpus) = &limits.cpuset_cpus {
+            cpu = cpu.cpus(cpus.clone());
+        }
+        resources = resources.cpu(cpu.build().map_err(spec_error("cpu"))?);
     }
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
@@ -212,6 +244,13 @@ fn host_nofile_hard_limit() -> Option<u64> {
     }
 }
 
+/// Whether the kernel limits swap: always on cgroup v2, on v1 only with
+/// swap accounting.
+fn swap_limit_supported() -> bool {
+    let v1 = Path::new("/sys/fs/cgroup/memory").is_dir();
+    !v1 || Path::new(CGROUP_V1_MEMSW).exists()
+}
+
 fn bind_or_mount(typ: &str, source: &Path, target: &str, options: &[&str]) -> Result<Mount> {
     MountBuilder::default()
         .destination(target)
@@ -225,6 +264,7 @@ fn bind_or_mount(typ: &str, source: &Path, target: &str, options: &[&str]) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::containerd::ResourceLimits;
 
     #[test]
     fn spec_has_the_namespaces_mounts_and_user() {
@@ -233,8 +273,15 @@ mod tests {
             argv: vec!["/bin/sh".into(), "-c".into(), "true".into()],
             cwd: "/work".into(),
             mounts: vec![SpecMount::Tmpfs { target: "/tmp/t".into() }],
-            memory_limit: Some(64 << 20),
-            cpu_quota: Some(1.5),
+            limits: ResourceLimits {
+                memory: Some(64 << 20),
+                cpu_quota: Some(150_000),
+                cpu_period: Some(100_000),
+                cpu_shares: Some(512),
+                cpuset_cpus: Some("0".into()),
+                shm_size: Some(16 << 20),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let user = ResolvedUser { uid: 1000, gid: 100, additional_gids: vec![10], home: "/home/u".into() };
@@ -245,7 +292,20 @@ mod tests {
         assert!(json["process"]["env"].as_array().expect("env").iter().any(|e| e == "HOME=/home/u"));
         assert_eq!(json["root"]["readonly"], false);
         assert_eq!(json["linux"]["cgroupsPath"], "/memobuild/c1");
-        assert_eq!(json["linux"]["resources"]["cpu"]["quota"], 150_000);
+        let resources = &json["linux"]["resources"];
+        assert_eq!(resources["cpu"]["quota"], 150_000);
+        assert_eq!(resources["cpu"]["period"], 100_000);
+        assert_eq!(resources["cpu"]["shares"], 512);
+        assert_eq!(resources["cpu"]["cpus"], "0");
+        assert_eq!(resources["memory"]["limit"], 64 << 20);
+        if swap_limit_supported() {
+            assert_eq!(resources["memory"]["swap"], 128 << 20, "twice the memory, as Docker");
+        }
+        let shm = json["mounts"].as_array().expect("mounts").iter().find(|m| m["destination"] == SHM).expect("shm");
+        let options: Vec<&str> =
+            shm["options"].as_array().expect("options").iter().filter_map(|o| o.as_str()).collect();
+        assert!(options.contains(&"size=16777216"), "{options:?}");
+        assert!(!options.contains(&"size=65536k"), "{options:?}");
         let namespaces: Vec<&str> =
             json["linux"]["namespaces"].as_array().expect("ns").iter().filter_map(|n| n["type"].as_str()).collect();
         assert!(namespaces.contains(&"network"), "{namespaces:?}");

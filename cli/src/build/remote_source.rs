@@ -1,0 +1,333 @@
+//! Remote ADD sources: HTTP(S) files and git repositories, fetched once
+//! before the final plan (as base images are) so that what was fetched pins
+//! the steps that add it. Files go straight into the CAS, with a note of
+//! their size so that a `--checksum` names a blob the CAS can be asked for
+//! without any request; git checkouts stay in a temporary directory for the
+//! build.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use futures::{StreamExt, TryStreamExt};
+use memobuild_cas::{BlobStore, ByteRange};
+use memobuild_frontend::{BuildGraph, GitUrl, RemoteSource, SourceDefinition, StepDefinition};
+use memobuild_proto::{Digest, DigestFunction, DigestHasher, Error, Result, ResultExt};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
+
+use super::local_state::LocalState;
+use super::progress::{BuildEvent, EventSender};
+
+/// Largest file ADD downloads.
+const MAX_DOWNLOAD: u64 = 16 << 30;
+
+/// A remote source a graph names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Remote {
+    File { url: String, checksum: Option<String> },
+    Git(GitUrl),
+}
+
+/// A remote source to fetch, and the first ADD that names it
+/// (`DOCKERFILE:LINE`, for errors).
+pub struct Wanted {
+    pub source: Remote,
+    pub at: String,
+}
+
+/// A fetched remote source.
+pub enum Fetched {
+    /// A file, in the CAS.
+    File { digest: Digest, mtime: Option<u64> },
+    /// A checkout kept for the build; `root` is the subdirectory asked for.
+    Git { commit: String, root: PathBuf, _checkout: tempfile::TempDir },
+}
+
+/// Fetched sources by the key [`source_key`] gives.
+pub type FetchedSources = HashMap<String, Fetched>;
+
+/// How the planner and the fetched sources name a remote source: the URL of
+/// a file, `REMOTE#REF:SUBDIR` of a repository.
+pub fn source_key(source: &SourceDefinition) -> Option<String> {
+    match source {
+        SourceDefinition::Http { url, .. } => Some(url.clone()),
+        SourceDefinition::Git { repository, .. } => Some(repository.to_string()),
+        _ => None,
+    }
+}
+
+/// The remote sources of ADD steps in `graph`, each once.
+pub fn remote_sources(graph: &BuildGraph) -> Vec<Wanted> {
+    let mut wanted: Vec<Wanted> = Vec::new();
+    for step in graph.steps() {
+        let StepDefinition::Copy { sources, checksum, .. } = &step.definition else { continue };
+        for source in sources {
+            let source = match source {
+                SourceDefinition::Http { url, .. } => Remote::File { url: url.clone(), checksum: checksum.clone() },
+                SourceDefinition::Git { repository, .. } => Remote::Git(repository.clone()),
+                _ => continue,
+            };
+            if !wanted.iter().any(|w| w.source == source) {
+                wanted.push(Wanted { source, at: format!("{}:{}", graph.dockerfile, step.location.line) });
+            }
+        }
+    }
+    wanted
+}
+
+/// Fetches `wanted`, reporting each as a step of its own.
+pub async fn fetch_sources(state: &LocalState, wanted: &[Wanted], events: &EventSender) -> Result<FetchedSources> {
+    let mut fetched = FetchedSources::new();
+    for Wanted { source, at } in wanted {
+        let (key, checksum) = match source {
+            Remote::File { url, checksum } => (url.clone(), checksum.as_deref()),
+            Remote::Git(url) => (url.to_string(), None),
+        };
+        if let Some(done) = fetched.get(&key) {
+            if let (Some(sum), Fetched::File { digest, .. }) = (checksum, done) {
+                verify(&key, sum, digest).context(at)?;
+            }
+            continue;
+        }
+        let step = format!("fetch {key}");
+        let _ = events.send(BuildEvent::Started { step: step.clone(), name: format!("fetch {key}") });
+        let result = match source {
+            Remote::File { url, checksum } => fetch_file(state, url, checksum.as_deref()).await,
+            Remote::Git(url) => fetch_git(state, url).await,
+        };
+        let source = match result.context(at) {
+            Ok(source) => source,
+            Err(e) => {
+                let _ = events.send(BuildEvent::Failed { step, message: e.message().to_string() });
+                return Err(e);
+            }
+        };
+        let message = match &source {
+            Fetched::File { digest, .. } => format!("sha256:{} ({} bytes)", digest.hex(), digest.size()),
+            Fetched::Git { commit, .. } => format!("commit {commit}"),
+        };
+        let _ = events.send(BuildEvent::Info { step: step.clone(), message });
+        let _ = events.send(BuildEvent::Finished { step });
+        fetched.insert(key, source);
+    }
+    Ok(fetched)
+}
+
+/// What the planner needs from each fetched source.
+pub fn pins(fetched: &FetchedSources) -> BTreeMap<String, RemoteSource> {
+    fetched
+        .iter()
+        .map(|(key, source)| {
+            let pin = match source {
+                Fetched::File { digest, mtime } => {
+                    RemoteSource::File { digest: format!("sha256:{}", digest.hex()), mtime: *mtime }
+                }
+                Fetched::Git { commit, .. } => RemoteSource::Git { commit: commit.clone() },
+            };
+            (key.clone(), pin)
+        })
+        .collect()
+}
+
+/// The remote sources among `sources` on the host: files copied out of the
+/// CAS into `dir`, checkouts where they are. Keyed by [`source_key`].
+pub async fn materialize(
+    fetched: &FetchedSources,
+    sources: &[SourceDefinition],
+    cas: &dyn BlobStore,
+    dir: &Path,
+) -> Result<HashMap<String, PathBuf>> {
+    let mut paths = HashMap::new();
+    for key in sources.iter().filter_map(source_key) {
+        let source = fetched.get(&key).ok_or_else(|| Error::internal(format!("ADD {key} was not fetched")))?;
+        let path = match source {
+            Fetched::File { digest, .. } => {
+                let path = dir.join(format!("file-{}", paths.len()));
+                let mut file = tokio::fs::File::create(&path).await?;
+                let mut blob = cas.get(digest, ByteRange::ALL).await.with_context(|| format!("ADD {key}"))?;
+                while let Some(chunk) = blob.next().await {
+                    file.write_all(&chunk?).await?;
+                }
+                file.flush().await?;
+                path
+            }
+            Fetched::Git { root, .. } => root.clone(),
+        };
+        paths.insert(key, path);
+    }
+    Ok(paths)
+}
+
+async fn fetch_file(state: &LocalState, url: &str, checksum: Option<&str>) -> Result<Fetched> {
+    if let Some(digest) = checksum.and_then(|sum| remembered(state, sum)) {
+        if state.cas.find_missing(&[digest]).await?.is_empty() {
+            return Ok(Fetched::File { digest, mtime: None });
+        }
+    }
+    let (file, digest, last_modified) = download(state, url).await?;
+    if let Some(sum) = checksum {
+        verify(url, sum, &digest)?;
+    }
+    let stream = ReaderStream::new(file).map_err(Error::from).boxed();
+    state.cas.put(&digest, stream).await.with_context(|| format!("storing ADD {url}"))?;
+    remember(state, &digest);
+    // A file pinned by --checksum does not depend on the server's clock.
+    let mtime = if checksum.is_some() { None } else { last_modified };
+    Ok(Fetched::File { digest, mtime })
+}
+
+fn verify(url: &str, checksum: &str, digest: &Digest) -> Result<()> {
+    let actual = format!("sha256:{}", digest.hex());
+    if actual == checksum {
+        Ok(())
+    } else {
+        Err(Error::invalid_argument(format!("ADD {url}: checksum mismatch: expected {checksum}, got {actual}")))
+    }
+}
+
+/// Downloads `url` into an anonymous file, hashing as it goes; returns the
+/// file (rewound), its digest and the `Last-Modified` time.
+async fn download(state: &LocalState, url: &str) -> Result<(tokio::fs::File, Digest, Option<u64>)> {
+    let failed = |e: &dyn std::error::Error| Error::unavailable(format!("ADD {url}: {}", error_chain(e)));
+    let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(30)).build().map_err(|e| failed(&e))?;
+    let response = client.get(url).send().await.map_err(|e| failed(&e))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(Error::unavailable(format!("ADD {url}: the server answered {status}")));
+    }
+    let length = response.content_length();
+    let too_big = || Error::resource_exhausted(format!("ADD {url}: larger than the {MAX_DOWNLOAD} bytes allowed"));
+    if length.is_some_and(|n| n > MAX_DOWNLOAD) {
+        return Err(too_big());
+    }
+    let mtime = response
+        .headers()
+        .get(reqwest::header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    std::fs::create_dir_all(state.remote_files_dir())?;
+    let mut file = tokio::fs::File::from_std(tempfile::tempfile_in(state.remote_files_dir())?);
+    let mut hasher = DigestHasher::new(DigestFunction::Sha256);
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| failed(&e))?;
+        if hasher.size() + chunk.len() as u64 > MAX_DOWNLOAD {
+            return Err(too_big());
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).await?;
+    }
+    if let Some(expected) = length.filter(|n| *n != hasher.size()) {
+        return Err(Error::unavailable(format!("ADD {url}: got {} of {expected} bytes", hasher.size())));
+    }
+    file.flush().await?;
+    file.seek(SeekFrom::Start(0)).await?;
+    Ok((file, hasher.finish(), mtime))
+}
+
+/// The CAS digest of a file with `checksum` (`sha256:HEX`) fetched before.
+fn remembered(state: &LocalState, checksum: &str) -> Option<Digest> {
+    let hex = checksum.strip_prefix("sha256:")?;
+    let size = std::fs::read_to_string(state.remote_files_dir().join(hex)).ok()?.trim().parse().ok()?;
+    Digest::parse(DigestFunction::Sha256, hex, size).ok()
+}
+
+/// Best effort: a file whose size is not noted is downloaded again.
+fn remember(state: &LocalState, digest: &Digest) {
+    let path = state.remote_files_dir().join(digest.hex());
+    let temp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let written = std::fs::write(&temp, digest.size().to_string()).and_then(|()| std::fs::rename(&temp, &path));
+    if let Err(e) = written {
+        tracing::debug!(error = %e, "cannot note the size of {digest}");
+    }
+}
+
+/// Fetches `url`'s ref (shallow when the server allows) and checks it out
+/// in a temporary directory under the state dir.
+async fn fetch_git(state: &LocalState, url: &GitUrl) -> Result<Fetched> {
+    std::fs::create_dir_all(state.remote_files_dir())?;
+    let checkout = tempfile::Builder::new().prefix("git-").tempdir_in(state.remote_files_dir())?;
+    let dir = checkout.path();
+    git(url, dir, &["init", "--quiet"]).await?;
+    let reference = if url.reference.is_empty() { "HEAD" } else { url.reference.as_str() };
+    let shallow = git(url, dir, &["fetch", "--quiet", "--depth=1", "--no-tags", &url.remote, reference]).await;
+    let target = match shallow {
+        Ok(_) => "FETCH_HEAD",
+        // Servers may refuse a commit that no ref names: fetch every branch
+        // and tag, then look for it.
+        Err(_) if is_commit_like(reference) => {
+            let all = ["fetch", "--quiet", "--tags", &url.remote, "+refs/heads/*:refs/remotes/origin/*"];
+            git(url, dir, &all).await?;
+            reference
+        }
+        Err(e) => return Err(e),
+    };
+    git(url, dir, &["-c", "advice.detachedHead=false", "checkout", "--quiet", target]).await?;
+    let commit = git(url, dir, &["rev-parse", "HEAD"]).await?.trim().to_string();
+    let top = dir.canonicalize()?;
+    let root =
+        top.join(&url.subdir).canonicalize().ok().filter(|r| r.starts_with(&top) && r.is_dir()).ok_or_else(|| {
+            Error::not_found(format!("ADD {url}: {:?} is not a directory in commit {commit}", url.subdir))
+        })?;
+    Ok(Fetched::Git { commit, root, _checkout: checkout })
+}
+
+fn is_commit_like(reference: &str) -> bool {
+    (7..=40).contains(&reference.len()) && reference.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Runs `git ARGS` in `dir`; its stdout, or an error with what git said.
+async fn git(url: &GitUrl, dir: &Path, args: &[&str]) -> Result<String> {
+    let output = tokio::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await;
+    let output = match output {
+        Ok(output) => output,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::new(
+                tonic::Code::FailedPrecondition,
+                format!("ADD {url}: git is not installed (git sources are fetched with the git command)"),
+            ))
+        }
+        Err(e) => return Err(Error::internal(format!("ADD {url}: running git: {e}"))),
+    };
+    if !output.status.success() {
+        let said = String::from_utf8_lossy(&output.stderr);
+        return Err(Error::not_found(format!("ADD {url}: git {} failed: {}", args.join(" "), said.trim())));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).to_string())
+}
+
+/// An error and its causes, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_like_refs() {
+        assert!(is_commit_like("0123abc"));
+        assert!(is_commit_like(&"a".repeat(40)));
+        assert!(!is_commit_like("main"));
+        assert!(!is_commit_like("abc"));
+        assert!(!is_commit_like(&"a".repeat(41)));
+    }
+}

@@ -1,0 +1,325 @@
+//! `ADD` of remote sources end to end: files from an HTTP server the test
+//! runs on loopback, repositories from `git daemon`; the images are checked
+//! with umoci.
+#![allow(clippy::unwrap_used)]
+
+#[path = "image_build/harness.rs"]
+mod harness;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use harness::{fixture, sh, Build, Project, Unpacked};
+use memobuild_proto::{Digest, DigestFunction};
+
+/// `Last-Modified` of every served file: 2015-10-21T07:28:00Z.
+const LAST_MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
+const LAST_MODIFIED_EPOCH: i64 = 1_445_412_480;
+
+/// A minimal HTTP/1.1 server: GET of a path it holds, 404 otherwise.
+struct FileServer {
+    port: u16,
+    files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FileServer {
+    fn start() -> FileServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let files: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (served, stopping) = (files.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(stream) = stream {
+                    serve(stream, &served);
+                }
+            }
+        });
+        FileServer { port, files, stop, thread: Some(thread) }
+    }
+
+    fn put(&self, path: &str, content: &str) {
+        self.files.lock().unwrap().insert(path.to_string(), content.as_bytes().to_vec());
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Closes the port: later requests are refused.
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve(mut stream: TcpStream, files: &Mutex<HashMap<String, Vec<u8>>>) {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&request);
+    let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let body = files.lock().unwrap().get(&path).cloned();
+    let head = match &body {
+        Some(body) => format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: {LAST_MODIFIED}\r\nConnection: close\r\n\r\n",
+            body.len()
+        ),
+        None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+    };
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(&body.unwrap_or_default());
+}
+
+fn sha256(content: &str) -> String {
+    format!("sha256:{}", Digest::of(DigestFunction::Sha256, content.as_bytes()).hex())
+}
+
+/// Builds into an OCI tar and unpacks it; `None` when the build failed.
+fn build_image(project: &Project, args: &[&str]) -> (Build, Option<Unpacked>) {
+    let out = project.path().join("image.tar");
+    let _ = std::fs::remove_file(&out);
+    let dest = format!("type=oci,dest={}", out.display());
+    let mut all = vec!["-t", "remote:1", "--output", &dest];
+    all.extend_from_slice(args);
+    let build = project.build(&all);
+    let image = build.ok().then(|| Unpacked::from_oci_tar(&out, "1"));
+    (build, image)
+}
+
+fn meta(image: &Unpacked, path: &str) -> std::fs::Metadata {
+    std::fs::symlink_metadata(image.rootfs().join(path.trim_start_matches('/'))).unwrap()
+}
+
+#[test]
+fn http_files_are_named_owned_and_cached_by_content() {
+    let server = FileServer::start();
+    server.put("/files/tool.sh", "echo v1\n");
+    let url = server.url("/files/tool.sh");
+    let dockerfile = format!(
+        "FROM {}\nADD {url} /dir/\nADD {url} /opt/renamed\nADD --chown=app:app --chmod=755 {url} /usr/local/bin/tool\n",
+        fixture().base()
+    );
+    let project = Project::new(&[("Dockerfile", &dockerfile)]);
+
+    let (first, image) = build_image(&project, &[]);
+    let image = image.unwrap_or_else(|| panic!("{}", first.stderr()));
+    assert_eq!(first.ran(), ["0.1", "0.2", "0.3"]);
+    assert_eq!(image.read("/dir/tool.sh"), "echo v1\n");
+    assert_eq!(image.read("/opt/renamed"), "echo v1\n");
+    assert!(!image.exists("/opt/renamed/tool.sh"));
+    let added = meta(&image, "/dir/tool.sh");
+    assert_eq!((added.uid(), added.gid(), added.mode() & 0o7777), (0, 0, 0o600));
+    assert_eq!(added.mtime(), LAST_MODIFIED_EPOCH, "mtime comes from Last-Modified");
+    assert_eq!(meta(&image, "/opt/renamed").mode() & 0o7777, 0o600);
+    let tool = meta(&image, "/usr/local/bin/tool");
+    assert_eq!((tool.uid(), tool.gid(), tool.mode() & 0o7777), (1000, 1000, 0o755));
+
+    let again = project.build(&[]);
+    assert!(again.ok(), "{}", again.stderr());
+    assert!(again.ran().is_empty(), "unchanged content is cached: {:?}", again.ran());
+    assert_eq!(again.cached(), ["0.1", "0.2", "0.3"]);
+
+    server.put("/files/tool.sh", "echo v2\n");
+    let dry = project.build(&["--dry-run"]);
+    assert!(dry.ok(), "{}", dry.stderr());
+    assert_eq!(dry.ran(), ["0.1", "0.2", "0.3"], "--dry-run sees the new content");
+    let (changed, image) = build_image(&project, &[]);
+    let image = image.unwrap_or_else(|| panic!("{}", changed.stderr()));
+    assert_eq!(changed.ran(), ["0.1", "0.2", "0.3"]);
+    assert_eq!(image.read("/dir/tool.sh"), "echo v2\n");
+
+    let missing =
+        Project::new(&[("Dockerfile", &format!("FROM {}\nADD {} /x\n", fixture().base(), server.url("/nope")))]);
+    let failed = missing.build(&[]);
+    assert!(!failed.ok());
+    assert!(
+        failed.stderr().contains(&format!("ADD {}: the server answered 404", server.url("/nope"))),
+        "{}",
+        failed.stderr()
+    );
+}
+
+#[test]
+fn checksum_is_verified_and_lets_rebuilds_work_offline() {
+    let mut server = FileServer::start();
+    let content = "pinned content\n";
+    server.put("/pinned.txt", content);
+    let url = server.url("/pinned.txt");
+    let wrong = sha256("something else\n");
+    let project = Project::new(&[
+        ("Dockerfile", &format!("FROM {}\nADD --checksum={} {url} /pinned.txt\n", fixture().base(), sha256(content))),
+        ("Dockerfile.wrong", &format!("FROM {}\nADD --checksum={wrong} {url} /pinned.txt\n", fixture().base())),
+    ]);
+
+    let bad = project.build(&["-f", project.path().join("Dockerfile.wrong").to_str().unwrap()]);
+    assert!(!bad.ok());
+    let said = bad.stderr();
+    let want = format!("Dockerfile.wrong:2: ADD {url}: checksum mismatch: expected {wrong}, got {}", sha256(content));
+    assert!(said.contains(&want), "{said}");
+
+    let (good, image) = build_image(&project, &[]);
+    let image = image.unwrap_or_else(|| panic!("{}", good.stderr()));
+    assert_eq!(image.read("/pinned.txt"), content);
+
+    // With the server gone the file comes from the CAS: the step is cached,
+    // and run again (--no-cache) it still has the file.
+    server.stop();
+    let offline = project.build(&[]);
+    assert!(offline.ok(), "{}", offline.stderr());
+    assert_eq!(offline.cached(), ["0.1"]);
+    let (rerun, image) = build_image(&project, &["--no-cache"]);
+    let image = image.unwrap_or_else(|| panic!("{}", rerun.stderr()));
+    assert_eq!(rerun.ran(), ["0.1"]);
+    assert_eq!(image.read("/pinned.txt"), content);
+}
+
+/// A bare repository served by `git daemon`, and a work tree that pushes to it.
+struct GitServer {
+    dir: tempfile::TempDir,
+    port: u16,
+    daemon: Child,
+}
+
+impl GitServer {
+    fn start() -> GitServer {
+        let dir = tempfile::tempdir().unwrap();
+        let served = dir.path().join("served");
+        std::fs::create_dir_all(&served).unwrap();
+        git(dir.path(), &["init", "--quiet", "--bare", served.join("repo.git").to_str().unwrap()]);
+        git(dir.path(), &["init", "--quiet", "-b", "main", "work"]);
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let daemon = Command::new("git")
+            .args(["daemon", "--export-all", "--reuseaddr", "--listen=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", served.display()))
+            .arg(&served)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "git daemon did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        GitServer { dir, port, daemon }
+    }
+
+    fn work(&self) -> std::path::PathBuf {
+        self.dir.path().join("work")
+    }
+
+    /// Writes files (`*.sh` executable), commits them on main and pushes
+    /// main (and `tag`).
+    fn commit(&self, files: &[(&str, &str)], tag: Option<&str>) {
+        let work = self.work();
+        for (path, content) in files {
+            let full = work.join(path);
+            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+            std::fs::write(&full, content).unwrap();
+            if path.ends_with(".sh") {
+                sh("chmod", &["755", full.to_str().unwrap()]);
+            }
+        }
+        git(&work, &["add", "-A"]);
+        git(&work, &["-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "--quiet", "-m", "change"]);
+        let remote = self.dir.path().join("served/repo.git");
+        let mut push = vec!["push", "--quiet", "--force", remote.to_str().unwrap(), "main"];
+        if let Some(tag) = tag {
+            git(&work, &["tag", tag]);
+            push.push(tag);
+        }
+        git(&work, &push);
+    }
+
+    fn url(&self, fragment: &str) -> String {
+        format!("git://127.0.0.1:{}/repo.git#{fragment}", self.port)
+    }
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    sh("git", &[&["-C", dir.to_str().unwrap()], args].concat());
+}
+
+#[test]
+fn git_sources_are_checked_out_and_keyed_by_commit() {
+    let server = GitServer::start();
+    let files = [("README.md", "v1 readme\n"), ("docs/guide.txt", "guide v1\n"), ("bin/run.sh", "echo run\n")];
+    server.commit(&files, Some("v1"));
+    let dockerfile = format!(
+        "FROM {}\nADD {} /src/\nADD {} /docs\nADD --keep-git-dir {} /kept\n",
+        fixture().base(),
+        server.url("v1"),
+        server.url("main:docs"),
+        server.url("v1"),
+    );
+    let project = Project::new(&[("Dockerfile", &dockerfile)]);
+
+    let (first, image) = build_image(&project, &[]);
+    let image = image.unwrap_or_else(|| panic!("{}", first.stderr()));
+    assert_eq!(image.read("/src/README.md"), "v1 readme\n");
+    assert_eq!(image.read("/src/docs/guide.txt"), "guide v1\n");
+    let run = meta(&image, "/src/bin/run.sh");
+    assert_eq!((run.uid(), run.gid(), run.mode() & 0o7777), (0, 0, 0o755));
+    assert_eq!(meta(&image, "/src/README.md").mode() & 0o7777, 0o644);
+    assert!(!image.exists("/src/.git"), "no .git without --keep-git-dir");
+    assert_eq!(image.read("/docs/guide.txt"), "guide v1\n");
+    assert!(!image.exists("/docs/README.md"), "only the subdirectory");
+    assert!(image.exists("/kept/.git"));
+    assert_eq!(image.read("/kept/README.md"), "v1 readme\n");
+
+    let again = project.build(&[]);
+    assert!(again.ok(), "{}", again.stderr());
+    assert!(again.ran().is_empty(), "{:?}", again.ran());
+
+    // A new commit on main: only the step that adds main runs (and those after it).
+    server.commit(&[("docs/guide.txt", "guide v2\n")], None);
+    let (moved, image) = build_image(&project, &[]);
+    let image = image.unwrap_or_else(|| panic!("{}", moved.stderr()));
+    assert_eq!(moved.ran(), ["0.2", "0.3"]);
+    assert_eq!(moved.cached(), ["0.1"]);
+    assert_eq!(image.read("/docs/guide.txt"), "guide v2\n");
+    assert_eq!(image.read("/src/docs/guide.txt"), "guide v1\n");
+
+    let bad_ref =
+        Project::new(&[("Dockerfile", &format!("FROM {}\nADD {} /x\n", fixture().base(), server.url("nope")))]);
+    let failed = bad_ref.build(&[]);
+    assert!(!failed.ok());
+    assert!(failed.stderr().contains(&format!("ADD {}", server.url("nope"))), "{}", failed.stderr());
+    assert!(failed.stderr().contains("couldn't find remote ref nope"), "{}", failed.stderr());
+}
