@@ -66,6 +66,11 @@ impl ActionResults for ActionCache {
             tracing::debug!(%action, missing = missing.len(), "cached result names evicted blobs; treating as a miss");
             return Ok(None);
         }
+        // A hit is a use: stores that age entries out see it. An entry that
+        // cannot be marked is still a good hit.
+        if let Err(e) = self.results.mark_used(&key(instance_name, action)).await {
+            tracing::warn!(%action, error = %e, "cannot record the use of a cached result");
+        }
         Ok(Some(result))
     }
 
@@ -112,4 +117,41 @@ pub fn output_digests(result: &ActionResult, trees: &[Tree], action: &Digest) ->
         }
     }
     Ok(digests)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::{FilesystemStore, MemoryStore};
+    use memobuild_proto::reapi::OutputFile;
+    use memobuild_proto::DigestFunction;
+
+    #[tokio::test]
+    async fn a_hit_marks_the_entry_used_and_a_miss_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = Arc::new(FilesystemStore::open(dir.path(), false).await.unwrap());
+        let cas = Arc::new(MemoryStore::new());
+        let cache = ActionCache::new(results.clone(), cas.clone());
+        let output = Bytes::from_static(b"layer");
+        let output_digest = Digest::of(DigestFunction::Sha256, &output);
+        let file =
+            OutputFile { path: "layer.tar".into(), digest: Some(output_digest.to_proto()), ..Default::default() };
+        let result = ActionResult { output_files: vec![file], ..Default::default() };
+        let action = Digest::of(DigestFunction::Sha256, b"action");
+        cache.update("", &action, &result).await.unwrap();
+        let long_ago = SystemTime::now() - Duration::from_secs(30 * 86400);
+        let age = |when| filetime::set_file_mtime(results.path(&action), filetime::FileTime::from_system_time(when));
+        let last_used = || async { results.list().await.unwrap()[0].last_used };
+
+        age(long_ago).unwrap();
+        assert_eq!(cache.get("", &action).await.unwrap(), None, "the output blob is missing");
+        assert_eq!(last_used().await, long_ago);
+
+        cas.put_bytes(&output_digest, output).await.unwrap();
+        assert_eq!(cache.get("", &action).await.unwrap(), Some(result));
+        assert!(last_used().await > long_ago + Duration::from_secs(86400));
+    }
 }

@@ -70,6 +70,12 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Removes the blob. `Ok(false)` when it was not there.
     async fn delete(&self, digest: &Digest) -> Result<bool>;
 
+    /// Records that the blob was just used (an action-cache hit), for
+    /// stores that keep last-use times. By default there is nothing to record.
+    async fn mark_used(&self, _digest: &Digest) -> Result<()> {
+        Ok(())
+    }
+
     /// Bytes and blobs held, for stores that keep exact accounts.
     fn usage(&self) -> Option<Usage> {
         None

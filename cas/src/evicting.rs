@@ -158,6 +158,11 @@ impl BlobStore for EvictingStore {
         Ok(present)
     }
 
+    async fn mark_used(&self, digest: &Digest) -> Result<()> {
+        self.touch([*digest]);
+        self.inner.mark_used(digest).await
+    }
+
     fn usage(&self) -> Option<Usage> {
         self.inner.usage()
     }

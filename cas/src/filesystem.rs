@@ -2,6 +2,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -34,6 +35,16 @@ pub struct FilesystemStore {
     shared: bool,
     index: RwLock<Index>,
     _lock: fs::File,
+}
+
+/// A blob as [`FilesystemStore::list`] finds it on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredBlob {
+    pub digest: Digest,
+    /// Bytes on disk.
+    pub size: u64,
+    /// When it was written or last [`BlobStore::mark_used`].
+    pub last_used: SystemTime,
 }
 
 #[derive(Default)]
@@ -103,7 +114,9 @@ impl FilesystemStore {
                 let shard = dir.join(format!("{prefix:02x}"));
                 fs::create_dir_all(&shard)?;
                 if !shared {
-                    scan_shard(&shard, function, &mut index)?;
+                    for blob in scan_shard(&shard, function)? {
+                        index.insert(blob.digest, blob.size);
+                    }
                 }
             }
         }
@@ -122,6 +135,25 @@ impl FilesystemStore {
         Ok(FilesystemStore { root, sync, shared, index: RwLock::new(index), _lock: lock })
     }
 
+    /// Every blob on disk, read afresh (also what other processes wrote).
+    pub async fn list(&self) -> Result<Vec<StoredBlob>> {
+        let root = self.root.clone();
+        let context = format!("listing filesystem store {}", root.display());
+        tokio::task::spawn_blocking(move || -> Result<Vec<StoredBlob>> {
+            let mut blobs = Vec::new();
+            for function in DigestFunction::ALL {
+                let dir = root.join("blobs").join(function.name());
+                for prefix in 0..=255u8 {
+                    blobs.extend(scan_shard(&dir.join(format!("{prefix:02x}")), function)?);
+                }
+            }
+            Ok(blobs)
+        })
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?
+        .context(context)
+    }
+
     /// The blob's size from the index, or for a shared store from disk.
     fn size_of(&self, digest: &Digest) -> Option<u64> {
         if let Some(size) = self.index.read().sizes.get(digest) {
@@ -135,7 +167,7 @@ impl FilesystemStore {
         Some(size)
     }
 
-    fn path(&self, digest: &Digest) -> PathBuf {
+    pub(crate) fn path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
         self.root.join("blobs").join(digest.function().name()).join(&hex[..2]).join(format!("{hex}-{}", digest.size()))
     }
@@ -169,7 +201,9 @@ impl FilesystemStore {
     }
 }
 
-fn scan_shard(shard: &Path, function: DigestFunction, index: &mut Index) -> Result<()> {
+/// The blobs of one shard directory.
+fn scan_shard(shard: &Path, function: DigestFunction) -> Result<Vec<StoredBlob>> {
+    let mut blobs = Vec::new();
     for entry in fs::read_dir(shard)? {
         let entry = entry?;
         let name = entry.file_name();
@@ -178,11 +212,14 @@ fn scan_shard(shard: &Path, function: DigestFunction, index: &mut Index) -> Resu
             Digest::parse(function, hash, size).ok()
         });
         match parsed {
-            Some(digest) => index.insert(digest, entry.metadata()?.len()),
+            Some(digest) => {
+                let metadata = entry.metadata()?;
+                blobs.push(StoredBlob { digest, size: metadata.len(), last_used: metadata.modified()? });
+            }
             None => tracing::warn!(path = %entry.path().display(), "ignoring unexpected file in store"),
         }
     }
-    Ok(())
+    Ok(blobs)
 }
 
 #[async_trait]
@@ -239,6 +276,12 @@ impl BlobStore for FilesystemStore {
         }
     }
 
+    /// Sets the blob file's modification time to now: one system call.
+    async fn mark_used(&self, digest: &Digest) -> Result<()> {
+        filetime::set_file_mtime(self.path(digest), filetime::FileTime::now())
+            .map_err(|e| Error::from(e).context(format!("marking blob {} used", digest.subject())))
+    }
+
     fn usage(&self) -> Option<Usage> {
         if self.shared {
             return None;
@@ -292,6 +335,25 @@ mod tests {
         assert_eq!(b.get_bytes(&digest).await.unwrap(), data);
         let e = FilesystemStore::open(dir.path(), false).await.err().unwrap();
         assert!(e.message().contains("in use by another memobuild process"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn list_shows_every_blob_and_mark_used_refreshes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = FilesystemStore::open_shared(dir.path(), false).await.unwrap();
+        let lister = FilesystemStore::open_shared(dir.path(), false).await.unwrap();
+        let data = Bytes::from_static(b"an entry");
+        let digest = Digest::of(DigestFunction::Sha256, &data);
+        writer.put_bytes(&digest, data).await.unwrap();
+        let old = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        filetime::set_file_mtime(writer.path(&digest), filetime::FileTime::from_system_time(old)).unwrap();
+        let listed = lister.list().await.unwrap();
+        assert_eq!(listed, vec![StoredBlob { digest, size: 8, last_used: old }]);
+        lister.mark_used(&digest).await.unwrap();
+        let listed = lister.list().await.unwrap();
+        assert!(listed[0].last_used > old + std::time::Duration::from_secs(3600), "{listed:?}");
+        let absent = Digest::of(DigestFunction::Sha256, b"absent");
+        assert!(lister.mark_used(&absent).await.unwrap_err().message().contains(&absent.subject()));
     }
 
     #[tokio::test]

@@ -31,7 +31,7 @@ pub use blob_metadata::BlobMetadata;
 pub use blob_store::{collect, single_chunk, BlobStore, BlobStream, ByteRange, Usage};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use evicting::EvictingStore;
-pub use filesystem::FilesystemStore;
+pub use filesystem::{FilesystemStore, StoredBlob};
 pub use grpc_action_cache::GrpcActionCache;
 pub use grpc_store::{grpc_channel, GrpcStore};
 pub use memory::MemoryStore;

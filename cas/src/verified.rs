@@ -92,6 +92,10 @@ impl BlobStore for VerifiedStore {
         self.inner.delete(digest).await
     }
 
+    async fn mark_used(&self, digest: &Digest) -> Result<()> {
+        self.inner.mark_used(digest).await
+    }
+
     fn usage(&self) -> Option<Usage> {
         self.inner.usage()
     }

@@ -1,10 +1,10 @@
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use memobuild_cli::build::{self, BuildArgs};
+use memobuild_cli::build::{self, BuildArgs, PruneArgs};
 use memobuild_cli::config::{default_state_dir, OperationStoreConfig, SchedulerSection, ServerConfig, WorkerSection};
 use memobuild_cli::graph::{self, GraphFormat};
 use memobuild_cli::server::{self, Listeners};
@@ -33,6 +33,15 @@ enum Command {
     ExplainCache(BuildArgs),
     /// Print a Dockerfile's build graph (stages, steps, keys) without building.
     Graph(GraphArgs),
+    /// Remove build cache from the state dir (flags as docker builder prune).
+    ///
+    /// Cache entries are the roots: --filter until=DURATION, --keep-storage and
+    /// --all pick the entries to remove, then every blob that no remaining entry
+    /// reaches is removed (with no flag, only those). Layers stay while a cached
+    /// step built on them stays. containerd snapshots are removed only with
+    /// --all; otherwise they are left alone. Refuses while a build uses the
+    /// state dir.
+    Prune(PruneArgs),
 }
 
 #[derive(Args)]
@@ -176,7 +185,7 @@ async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // A build shows its own progress; servers log what they do.
     let default_level = match cli.command {
-        Command::Build(_) | Command::ExplainCache(_) | Command::Graph(_) => "warn",
+        Command::Build(_) | Command::ExplainCache(_) | Command::Graph(_) | Command::Prune(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -189,8 +198,11 @@ async fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Build(args) => {
             let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+            let quiet = args.quiet;
             let outcome = build::run(args, state_dir).await?;
-            if let Some(digest) = outcome.image_digest {
+            // -q: the image id alone, as docker build -q; else the manifest digest.
+            let printed = if quiet { outcome.image_id } else { outcome.image_digest };
+            if let Some(digest) = printed {
                 std::io::stdout().write_all(format!("{digest}\n").as_bytes())?;
             }
             Ok(())
@@ -198,6 +210,20 @@ async fn run() -> anyhow::Result<()> {
         Command::ExplainCache(args) => {
             let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
             let text = build::explain_cache(&args, &state_dir)?;
+            std::io::stdout().write_all(text.as_bytes())?;
+            Ok(())
+        }
+        Command::Prune(args) => {
+            let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+            if !args.force && !confirm_prune(&args, &state_dir)? {
+                return Ok(());
+            }
+            let report = build::prune(&args, &state_dir).await.map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            let mut text = String::new();
+            for line in report.removed.iter().filter(|_| args.verbose) {
+                text.push_str(&format!("{line}\n"));
+            }
+            text.push_str(&format!("{}\n", report.summary()));
             std::io::stdout().write_all(text.as_bytes())?;
             Ok(())
         }
@@ -233,6 +259,21 @@ async fn run() -> anyhow::Result<()> {
                 .context("memobuild worker")
         }
     }
+}
+
+/// Asks before a prune, as docker does; refuses when no one can answer.
+fn confirm_prune(args: &PruneArgs, state_dir: &Path) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "refusing to prune {} without confirmation: stdin is not a terminal (pass -f/--force)",
+            state_dir.display()
+        );
+    }
+    let what = if args.all { "all build cache" } else { "build cache that matches the flags" };
+    eprint!("This will remove {what} from {}.\nAre you sure? [y/N] ", state_dir.display());
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 async fn serve(config: ServerConfig) -> anyhow::Result<()> {

@@ -15,7 +15,7 @@ use memobuild_proto::build as proto;
 use memobuild_proto::{Digest, DigestFunction, DigestHasher};
 use serde::{Serialize, Serializer};
 
-use crate::{ImageConfig, Location, Reads, StepDefinition};
+use crate::{ImageConfig, Location, OnbuildTrigger, Reads, StepDefinition};
 
 fn hex<S: Serializer>(d: &Digest, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&d.hex())
@@ -95,6 +95,10 @@ pub struct Step {
     /// proxy ARGs). Not serialized: proxy URLs may hold credentials.
     #[serde(skip)]
     pub uncached_env: BTreeMap<String, String>,
+    /// Set when the step is an ONBUILD trigger of the stage's base (its
+    /// `location` is then the FROM's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<OnbuildTrigger>,
 }
 
 impl Step {

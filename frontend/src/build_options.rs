@@ -10,8 +10,8 @@ use crate::{ImageConfig, Platform};
 pub struct BaseImage {
     /// The manifest digest the reference resolved to (`sha256:...`).
     pub digest: String,
-    /// The image's config: ENV, WORKDIR, USER, CMD, ... (ONBUILD triggers
-    /// are listed but not run).
+    /// The image's config: ENV, WORKDIR, USER, CMD, ...; its ONBUILD
+    /// triggers run after the FROM and are not passed on.
     pub config: ImageConfig,
 }
 

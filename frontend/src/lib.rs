@@ -32,8 +32,11 @@
 //!
 //! These are *planning keys* (for `memobuild graph` and `--dry-run`). At
 //! build time the REAPI action digest is computed from the real parent
-//! filesystem tree and Command; base images are only known by reference
-//! here (their env, user and ONBUILD triggers are not applied).
+//! filesystem tree and Command. A base image missing from
+//! [`BuildOptions::base_images`] is known by reference only; one found there
+//! pins its digest, starts the stage from its config and runs its ONBUILD
+//! triggers ([`OnbuildTrigger`]) after the FROM, as a stage built `FROM`
+//! another stage runs that stage's ONBUILD instructions.
 //!
 //! # Errors
 //!
@@ -66,6 +69,7 @@ mod line_reader;
 mod location;
 mod logical_line;
 mod mount;
+mod onbuild_trigger;
 mod parser;
 mod planner;
 mod run_instruction;
@@ -102,6 +106,7 @@ pub use location::Location;
 pub use logical_line::LogicalLine;
 pub use memobuild_proto::Platform;
 pub use mount::{Mount, MountType, Sharing};
+pub use onbuild_trigger::OnbuildTrigger;
 pub use planner::Planner;
 pub use run_instruction::{MountSpec, NetworkMode, RunInstruction, SecurityMode};
 pub use scope::{Reads, Scope};

@@ -28,6 +28,14 @@ impl<'a> LineReader<'a> {
         Ok(LineReader { source, directives, next: 0 })
     }
 
+    /// Reads `source` as a piece of a Dockerfile whose escape character is
+    /// `escape` (an ONBUILD trigger): it has no parser directives of its own.
+    pub fn with_escape(source: &'a SourceText, escape: char) -> Self {
+        let mut directives = Directives::default();
+        directives.escape = escape;
+        LineReader { source, directives, next: 0 }
+    }
+
     pub fn directives(&self) -> &Directives {
         &self.directives
     }

@@ -1,7 +1,7 @@
 //! Dockerfile + context + options -> [`BuildGraph`]: splits the stages,
-//! evaluates the global ARGs, finds what each stage reads from, selects the
-//! stages the target needs, rejects cycles, and plans each needed stage in
-//! dependency order.
+//! evaluates the global ARGs, parses the ONBUILD triggers of each stage's
+//! base, finds what each stage reads from, selects the stages the target
+//! needs, rejects cycles, and plans each needed stage in dependency order.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +11,7 @@ use crate::expander::Expander;
 use crate::stage_planner::{PlannedStage, StagePlanner};
 use crate::{
     BuildContext, BuildGraph, BuildOptions, Dockerfile, FromInstruction, Instruction, InstructionKind, Location, Mount,
-    Reads, Scope, ShellLexer,
+    OnbuildTrigger, Reads, Scope, ShellLexer,
 };
 
 /// One stage as written.
@@ -20,13 +20,32 @@ pub struct StageSource<'a> {
     pub from: &'a Instruction,
     pub from_instruction: &'a FromInstruction,
     pub body: Vec<&'a Instruction>,
+    /// The ONBUILD triggers of its base, run before `body`; an error is
+    /// reported when the stage is planned.
+    pub triggers: Result<Vec<(OnbuildTrigger, Instruction)>>,
 }
 
-/// A stage's read of another stage, and where it is written.
-#[derive(Clone, Copy, Debug)]
+impl StageSource<'_> {
+    /// The name, or the index.
+    fn label(&self) -> String {
+        self.from_instruction.stage.clone().unwrap_or_else(|| self.index.to_string())
+    }
+
+    /// What the stage runs after its FROM: its base's triggers (each with
+    /// its [`OnbuildTrigger`]), then its own instructions.
+    pub fn instructions(&self) -> impl Iterator<Item = (&Instruction, Option<&OnbuildTrigger>)> {
+        let triggers = self.triggers.iter().flatten().map(|(trigger, i)| (i, Some(trigger)));
+        triggers.chain(self.body.iter().map(|i| (*i, None)))
+    }
+}
+
+/// A stage's read of another stage, where it is written, and the context of
+/// an ONBUILD trigger's read.
+#[derive(Clone, Debug)]
 struct Dependency {
     stage: usize,
     location: Location,
+    trigger: Option<String>,
 }
 
 /// Plans a build graph.
@@ -52,6 +71,7 @@ impl<'a> Planner<'a> {
                     from: instruction,
                     from_instruction: from,
                     body: Vec::new(),
+                    triggers: Ok(Vec::new()),
                 }),
                 (_, Some(stage)) => stage.body.push(instruction),
                 (InstructionKind::Arg(_), None) => global_args.push(instruction),
@@ -101,6 +121,11 @@ impl<'a> Planner<'a> {
         }
         expander.global = global;
 
+        let triggers: Vec<_> = stages.iter().map(|s| self.triggers(&expander, s, &stages)).collect();
+        for (stage, triggers) in stages.iter_mut().zip(triggers) {
+            stage.triggers = triggers;
+        }
+
         let target = match &self.options.target {
             None => stages.len() - 1,
             Some(name) => expander.stage_ref(name, false).ok_or_else(|| {
@@ -133,20 +158,64 @@ impl<'a> Planner<'a> {
         })
     }
 
+    /// The ONBUILD triggers of `stage`'s base: those of a base image in the
+    /// build options, or an earlier stage's own ONBUILD instructions. A FROM
+    /// that does not expand has none here (its error is reported when the
+    /// stage is planned).
+    fn triggers(
+        &self,
+        ex: &Expander<'_>,
+        stage: &StageSource<'_>,
+        stages: &[StageSource<'_>],
+    ) -> Result<Vec<(OnbuildTrigger, Instruction)>> {
+        let from = stage.from_instruction;
+        let Ok(image) = ex.word(&ex.global, &mut Reads::new(), &from.image, from.image_location) else {
+            return Ok(Vec::new());
+        };
+        let (base, texts) = match ex.base_stage(&image, stage.index) {
+            Some(i) => {
+                let texts = stages[i]
+                    .body
+                    .iter()
+                    .filter(|i| matches!(i.kind, InstructionKind::Onbuild(_)))
+                    .map(|i| OnbuildTrigger::text_of(i))
+                    .collect();
+                (format!("stage {}", stages[i].label()), texts)
+            }
+            None => match self.options.base_images.get(&image) {
+                Some(image_base) => (format!("image {image}"), image_base.config.onbuild.clone()),
+                None => return Ok(Vec::new()),
+            },
+        };
+        let at = stage.from.location;
+        texts
+            .into_iter()
+            .map(|text| {
+                let trigger = OnbuildTrigger { text, base: base.clone() };
+                match trigger.parse(self.dockerfile.directives.escape, at) {
+                    Ok(instruction) => Ok((trigger, instruction)),
+                    Err(e) => Err(e.context(trigger.context(&self.dockerfile.name, at.line))),
+                }
+            })
+            .collect()
+    }
+
     /// The stages `stage` reads from, found by expanding its FROM, COPY
-    /// --from and RUN --mount from= with its own ARG/ENV scope (expansion
-    /// errors are reported later, when the stage is planned).
+    /// --from and RUN --mount from= (its base's triggers' too) with its own
+    /// ARG/ENV scope (expansion errors are reported later, when the stage is
+    /// planned).
     fn dependencies(&self, ex: &Expander<'_>, stage: &StageSource<'_>) -> Vec<Dependency> {
         let mut deps = Vec::new();
         let mut reads = Reads::new();
         let from = stage.from_instruction;
         if let Ok(base) = ex.word(&ex.global, &mut reads, &from.image, from.image_location) {
             if let Some(i) = ex.base_stage(&base, stage.index) {
-                deps.push(Dependency { stage: i, location: from.image_location });
+                deps.push(Dependency { stage: i, location: from.image_location, trigger: None });
             }
         }
         let mut scope = Scope::default();
-        for instruction in &stage.body {
+        for (instruction, trigger) in stage.instructions() {
+            let trigger = trigger.map(|t| t.context(&self.dockerfile.name, stage.from.location.line));
             match &instruction.kind {
                 InstructionKind::Arg(decls) => {
                     let _ = ex.declare_args(&mut scope, &mut reads, decls, instruction.location, Some(&ex.global));
@@ -160,7 +229,7 @@ impl<'a> Planner<'a> {
                         if let Some(i) =
                             ex.word(&scope, &mut reads, raw, at).ok().and_then(|name| ex.stage_ref(&name, true))
                         {
-                            deps.push(Dependency { stage: i, location: at });
+                            deps.push(Dependency { stage: i, location: at, trigger: trigger.clone() });
                         }
                     }
                 }
@@ -174,7 +243,7 @@ impl<'a> Planner<'a> {
                             .and_then(|m| m.from)
                             .and_then(|name| ex.stage_ref(&name, true))
                         {
-                            deps.push(Dependency { stage: i, location: spec.location });
+                            deps.push(Dependency { stage: i, location: spec.location, trigger: trigger.clone() });
                         }
                     }
                 }
@@ -199,7 +268,7 @@ impl<'a> Planner<'a> {
             Active,
             Done,
         }
-        let label = |i: usize| stages[i].from_instruction.stage.clone().unwrap_or_else(|| i.to_string());
+        let label = |i: usize| stages[i].label();
         let mut marks = vec![Mark::New; stages.len()];
         let mut order = Vec::new();
         // Iterative DFS: (stage, next dependency to visit), plus the path.
@@ -215,10 +284,14 @@ impl<'a> Planner<'a> {
                             let start = stack.iter().position(|(s, _)| *s == dep.stage).unwrap_or(0);
                             let mut cycle: Vec<String> = stack[start..].iter().map(|(s, _)| label(*s)).collect();
                             cycle.push(label(dep.stage));
-                            return Err(ex.error(
+                            let e = ex.error(
                                 dep.location,
                                 format!("circular dependency between stages: {}", cycle.join(" -> ")),
-                            ));
+                            );
+                            return Err(match &dep.trigger {
+                                Some(trigger) => e.context(trigger),
+                                None => e,
+                            });
                         }
                         Mark::New => {
                             marks[dep.stage] = Mark::Active;

@@ -1,6 +1,7 @@
-//! Plans one stage: walks its instructions with the ARG/ENV scope, expands
-//! what Docker expands, pins every input (context digests, other stages'
-//! keys) into step definitions and chains the keys.
+//! Plans one stage: walks its base's ONBUILD triggers and then its own
+//! instructions with the ARG/ENV scope, expands what Docker expands, pins
+//! every input (context digests, other stages' keys) into step definitions
+//! and chains the keys.
 
 use std::collections::BTreeMap;
 
@@ -11,9 +12,9 @@ use crate::expander::Expander;
 use crate::planner::StageSource;
 use crate::{
     clean_path, BuildContext, CommandLine, CopyInstruction, CopySource, DockerIgnore, ImageConfig, Instruction,
-    InstructionKind, Location, Mount, MountDefinition, MountType, NetworkMode, Origin, Reads, RemoteSource, RunHeredoc,
-    RunInstruction, Scope, SecurityMode, SourceDefinition, SourceKind, Stage, StageBase, Step, StepDefinition,
-    PROXY_ARGS,
+    InstructionKind, Location, Mount, MountDefinition, MountType, NetworkMode, OnbuildTrigger, Origin, Reads,
+    RemoteSource, RunHeredoc, RunInstruction, Scope, SecurityMode, SourceDefinition, SourceKind, Stage, StageBase,
+    Step, StepDefinition, PROXY_ARGS,
 };
 
 /// A planned stage plus the state a stage built `FROM` it inherits.
@@ -99,7 +100,7 @@ impl<'a> StagePlanner<'a> {
                 self.workdir = parent.workdir.clone();
                 self.user = parent.user.clone();
                 self.shell = parent.shell.clone();
-                self.config = parent.stage.config.clone();
+                self.config = ImageConfig { onbuild: Vec::new(), ..parent.stage.config.clone() };
                 self.cmd_inherited = self.config.cmd.is_some();
                 let def = StepDefinition::From { image: None, digest: None, platform: platform.clone() };
                 (StageBase::Stage { index: i }, Some(parent.stage.key), def)
@@ -135,11 +136,18 @@ impl<'a> StagePlanner<'a> {
             parent_key,
             key,
             uncached_env: BTreeMap::new(),
+            trigger: None,
         });
         let (mut fs_key, mut fs_id) = (key, from_id);
 
-        for instruction in &self.source.body {
-            let planned = self.instruction(instruction)?;
+        let source = self.source;
+        // A base's trigger that does not parse fails the stage here.
+        source.triggers.as_ref().map_err(Clone::clone)?;
+        for (instruction, trigger) in source.instructions() {
+            let planned = self.instruction(instruction).map_err(|e| match trigger {
+                Some(trigger) => e.context(trigger.context(ex.source.name(), source.from.location.line)),
+                None => e,
+            })?;
             let key = Step::compute_key(&planned.definition, &planned.reads, Some(&fs_key));
             let id = format!("{index}.{}", steps.len());
             for d in &planned.depends_on {
@@ -159,6 +167,7 @@ impl<'a> StagePlanner<'a> {
                 parent_key: Some(fs_key),
                 key,
                 uncached_env: planned.uncached_env,
+                trigger: trigger.cloned(),
             });
             if changes_fs {
                 fs_key = key;
@@ -188,7 +197,8 @@ impl<'a> StagePlanner<'a> {
     }
 
     /// Starts from a base image's config: its ENV is in scope, its WORKDIR,
-    /// USER and CMD/ENTRYPOINT carry on. ONBUILD triggers are not inherited.
+    /// USER and CMD/ENTRYPOINT carry on. Its ONBUILD triggers run (they are
+    /// in the stage's source) and are not passed on.
     fn start_from_image(&mut self, config: &ImageConfig) {
         for pair in &config.env {
             let (name, value) = pair.split_once('=').unwrap_or((pair.as_str(), ""));
@@ -316,9 +326,8 @@ impl<'a> StagePlanner<'a> {
                 self.config.maintainer = Some(name.clone());
                 StepDefinition::Maintainer { name: name.clone() }
             }
-            InstructionKind::Onbuild(inner) => {
-                let text = inner.text.trim_start();
-                let trigger = strip_keyword(text, "ONBUILD").to_string();
+            InstructionKind::Onbuild(_) => {
+                let trigger = OnbuildTrigger::text_of(instruction);
                 self.config.onbuild.push(trigger.clone());
                 StepDefinition::Onbuild { trigger }
             }
@@ -587,13 +596,6 @@ impl<'a> StagePlanner<'a> {
             }
         }
         Ok(out)
-    }
-}
-
-fn strip_keyword<'t>(text: &'t str, keyword: &str) -> &'t str {
-    match text.get(..keyword.len()) {
-        Some(k) if k.eq_ignore_ascii_case(keyword) => text[keyword.len()..].trim_start(),
-        _ => text,
     }
 }
 

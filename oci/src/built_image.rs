@@ -86,6 +86,11 @@ impl BuiltImage {
         oci_digest(&self.manifest_digest)
     }
 
+    /// The manifest's media type (always the OCI image manifest).
+    pub fn manifest_media_type(&self) -> &'static str {
+        OCI_MANIFEST
+    }
+
     /// The manifest's digest with its size.
     pub fn manifest_blob(&self) -> Digest {
         self.manifest_digest

@@ -1,24 +1,27 @@
 //! `memobuild build`: a local build with everything embedded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use memobuild_frontend::{plan_text, BuildOptions, ContextScanner, DockerIgnore, Platform};
+use memobuild_frontend::{plan_text, BuildOptions, ContextScanner, DockerIgnore, NetworkMode, Platform};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::base_images::{base_images, check_build_context, image_references, resolve_images};
 use super::build_record::{explain, BuildRecord};
+use super::docker_load::check_docker;
 use super::executor::{BuildSettings, Executor};
-use super::export::{export, write_iidfile};
+use super::export::{export, image_id, metadata, write_iidfile, write_metadata_file};
+use super::extra_hosts::{HostEntry, HostsFiles};
+use super::flag_values::{attestation_off, parse_annotation, parse_network, reject_cache_transfer};
 use super::image_state::rfc3339;
 use super::local_state::LocalState;
 use super::output_spec::OutputSpec;
 use super::progress::{render, ProgressMode, StepCounts};
-use super::remote_source::{fetch_sources, pins, remote_sources};
+use super::remote_source::{fetch_sources, pins, remote_sources, FetchedSources};
 use super::run_limits::RunLimitArgs;
 use super::secrets::{SecretSpec, Secrets};
 use super::ssh_agents::{SshAgents, SshSpec};
@@ -44,18 +47,33 @@ pub struct BuildArgs {
     #[arg(long)]
     pub platform: Option<String>,
     /// type=oci,dest=FILE | type=oci,dest=DIR,tar=false | type=docker,dest=FILE |
-    /// type=local,dest=DIR | type=registry (repeatable).
+    /// type=docker (docker load) | type=local,dest=DIR | type=registry (repeatable).
     #[arg(short = 'o', long = "output")]
     pub outputs: Vec<OutputSpec>,
     /// Push the image to every -t tag (same as --output type=registry).
     #[arg(long)]
     pub push: bool,
+    /// Load the image into Docker with `docker load` (same as --output type=docker).
+    #[arg(long)]
+    pub load: bool,
+    /// A label on the image config, KEY=VALUE (repeatable); overrides the Dockerfile's LABEL.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    pub labels: Vec<(String, String)>,
+    /// An annotation on the image manifest, [manifest:]KEY=VALUE (repeatable).
+    #[arg(long = "annotation", value_name = "KEY=VALUE", value_parser = parse_annotation)]
+    pub annotations: Vec<(String, String)>,
     /// Run every step, ignoring cached results.
     #[arg(long)]
     pub no_cache: bool,
-    /// auto, tty, plain or json.
+    /// auto, tty, plain, json or quiet.
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressMode,
+    /// No progress output; print only the image id (sha256:...) on stdout.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Accepted for compatibility: memobuild always resolves tags against the registry.
+    #[arg(long)]
+    pub pull: bool,
     /// An extra named context: NAME=oci-layout://PATH[:TAG] (repeatable).
     #[arg(long = "build-context", value_parser = parse_pair)]
     pub build_contexts: Vec<(String, String)>,
@@ -67,9 +85,34 @@ pub struct BuildArgs {
     /// (repeatable; no value: $SSH_AUTH_SOCK).
     #[arg(long = "ssh", value_name = "SPEC")]
     pub ssh: Vec<SshSpec>,
-    /// Write the image digest to this file.
+    /// Write the image id (sha256: digest of the config) to this file.
     #[arg(long)]
     pub iidfile: Option<PathBuf>,
+    /// Write the result's digests, descriptor and names as JSON, as buildx does.
+    #[arg(long = "metadata-file", value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+    /// The network of RUN steps without their own RUN --network: default, none or host.
+    /// `default` is no network today, as `none`.
+    #[arg(long, value_name = "MODE", default_value = "default", value_parser = parse_network)]
+    pub network: NetworkMode,
+    /// An /etc/hosts entry for RUN steps, HOST:IP (repeatable); not part of any cache key.
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    pub add_hosts: Vec<HostEntry>,
+    /// Only false is accepted: attestations are not supported yet.
+    #[arg(long, value_name = "false", value_parser = attestation_off)]
+    pub provenance: Option<String>,
+    /// Only false is accepted: attestations are not supported yet.
+    #[arg(long, value_name = "false", value_parser = attestation_off)]
+    pub sbom: Option<String>,
+    /// Only type=...,disabled=true is accepted: attestations are not supported yet.
+    #[arg(long, value_name = "SPEC", value_parser = attestation_off)]
+    pub attest: Vec<String>,
+    /// Not supported: the cache lives in --state-dir (see `memobuild remote build` to share it).
+    #[arg(long = "cache-from", value_name = "SPEC", value_parser = reject_cache_transfer)]
+    pub cache_from: Vec<String>,
+    /// Not supported: the cache lives in --state-dir (see `memobuild remote build` to share it).
+    #[arg(long = "cache-to", value_name = "SPEC", value_parser = reject_cache_transfer)]
+    pub cache_to: Vec<String>,
     #[command(flatten)]
     pub limits: RunLimitArgs,
     /// Print the plan (steps, keys, cached or not) without building.
@@ -93,7 +136,10 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
 #[derive(Debug)]
 pub struct BuildOutcome {
     pub counts: StepCounts,
+    /// The manifest digest of the image exported last.
     pub image_digest: Option<String>,
+    /// The image id (`sha256:` digest of the config); `None` in a dry run.
+    pub image_id: Option<String>,
 }
 
 fn anyhow_of(e: memobuild_proto::Error) -> anyhow::Error {
@@ -139,19 +185,43 @@ async fn build(args: &BuildArgs, state: Arc<LocalState>) -> anyhow::Result<Build
     let ssh = tokio::task::block_in_place(|| SshAgents::start(&args.ssh))?;
 
     let limits = args.limits.resource_limits()?;
-    let mode = args.progress.resolve(std::io::stderr().is_terminal());
+    let hosts = HostsFiles::create(&args.add_hosts).map_err(anyhow_of)?;
+    let mut outputs = args.outputs.clone();
+    if args.push && !outputs.iter().any(|o| matches!(o, OutputSpec::Registry { .. })) {
+        outputs.push(OutputSpec::Registry { compression: memobuild_oci::Compression::Gzip });
+    }
+    if args.load && !outputs.iter().any(|o| matches!(o, OutputSpec::Load { .. })) {
+        outputs.push(OutputSpec::Load { compression: memobuild_oci::Compression::Gzip });
+    }
+    if !args.dry_run && outputs.iter().any(|o| matches!(o, OutputSpec::Load { .. })) {
+        check_docker().await.map_err(anyhow_of)?;
+    }
+    let mode = if args.quiet { ProgressMode::Quiet } else { args.progress.resolve(std::io::stderr().is_terminal()) };
     let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
     let renderer = tokio::spawn(render(mode, receiver));
 
     let result = async {
-        let draft = plan_text(&dockerfile_name, &text, &context, &options).map_err(anyhow_of)?;
-        let images = resolve_images(&state, &image_references(&draft), &contexts, &platform.to_string(), &events)
-            .await
-            .map_err(anyhow_of)?;
-        options.base_images = base_images(&images);
-        let remote = fetch_sources(&state, &remote_sources(&draft), &events).await.map_err(anyhow_of)?;
-        options.remote_sources = pins(&remote);
-        let graph = Arc::new(plan_text(&dockerfile_name, &text, &context, &options).map_err(anyhow_of)?);
+        // Plan; resolve the images and fetch the sources the plan names; plan
+        // again with them, until it names nothing new (a base image's ONBUILD
+        // triggers can name more: COPY --from=IMAGE, ADD URL).
+        let mut graph = plan_text(&dockerfile_name, &text, &context, &options).map_err(anyhow_of)?;
+        let (mut images, mut remote) = (HashMap::new(), FetchedSources::new());
+        loop {
+            let references: Vec<String> =
+                image_references(&graph).into_iter().filter(|r| !images.contains_key(r)).collect();
+            let wanted: Vec<_> =
+                remote_sources(&graph).into_iter().filter(|w| !remote.contains_key(&w.source.key())).collect();
+            if references.is_empty() && wanted.is_empty() {
+                break;
+            }
+            let platform = platform.to_string();
+            images.extend(resolve_images(&state, &references, &contexts, &platform, &events).await.map_err(anyhow_of)?);
+            remote.extend(fetch_sources(&state, &wanted, &events).await.map_err(anyhow_of)?);
+            options.base_images = base_images(&images);
+            options.remote_sources = pins(&remote);
+            graph = plan_text(&dockerfile_name, &text, &context, &options).map_err(anyhow_of)?;
+        }
+        let graph = Arc::new(graph);
         let source_date_epoch = std::env::var("SOURCE_DATE_EPOCH")
             .ok()
             .or_else(|| options.build_args.get("SOURCE_DATE_EPOCH").cloned())
@@ -164,12 +234,19 @@ async fn build(args: &BuildArgs, state: Arc<LocalState>) -> anyhow::Result<Build
             context: Arc::new(context.clone()),
             images,
             remote,
-            settings: BuildSettings { no_cache: args.no_cache, source_date_epoch, dry_run: args.dry_run, limits },
+            settings: BuildSettings {
+                no_cache: args.no_cache,
+                source_date_epoch,
+                dry_run: args.dry_run,
+                limits,
+                network: args.network,
+            },
             events: events.clone(),
             cancel: CancellationToken::new(),
             records: Mutex::new(Vec::new()),
             secrets,
             ssh,
+            hosts,
         });
         let cancel = executor.cancel.clone();
         // Ctrl-C or SIGTERM stops the build: running containers are killed
@@ -197,31 +274,35 @@ async fn build(args: &BuildArgs, state: Arc<LocalState>) -> anyhow::Result<Build
         };
         let image = built.map_err(anyhow_of)?;
         if args.dry_run {
-            return Ok(None);
+            return Ok((None, None));
         }
         record.save(&state.records_dir()).map_err(anyhow_of)?;
         let target = graph.target_stage().context("the target stage is not in the graph")?;
         let created = rfc3339(executor.settings.timestamp());
-        let config = bytes::Bytes::from(image.config_json(&target.config, &platform, &created));
-        let mut outputs = args.outputs.clone();
-        if args.push && !outputs.iter().any(|o| matches!(o, OutputSpec::Registry { .. })) {
-            outputs.push(OutputSpec::Registry { compression: memobuild_oci::Compression::Gzip });
-        }
-        if outputs.is_empty() {
+        let mut image_config = target.config.clone();
+        image_config.labels.extend(args.labels.iter().cloned());
+        let config = bytes::Bytes::from(image.config_json(&image_config, &platform, &created));
+        let id = image_id(&config);
+        if outputs.is_empty() && mode != ProgressMode::Quiet {
             // As buildx says it: the build is cached, nothing is written.
             eprintln!("no --output or --push given: the result stays in the build cache only");
         }
-        let digest = export(&state, &image, config, &outputs, &args.tags, &events).await.map_err(anyhow_of)?;
-        if let (Some(path), Some(digest)) = (&args.iidfile, &digest) {
-            write_iidfile(path, digest).map_err(anyhow_of)?;
+        let annotations = args.annotations.iter().cloned().collect();
+        let built =
+            export(&state, &image, config, &annotations, &outputs, &args.tags, &events).await.map_err(anyhow_of)?;
+        if let Some(path) = &args.iidfile {
+            write_iidfile(path, &id).map_err(anyhow_of)?;
         }
-        Ok::<_, anyhow::Error>(digest)
+        if let Some(path) = &args.metadata_file {
+            write_metadata_file(path, &metadata(&id, built.as_ref(), &args.tags)).map_err(anyhow_of)?;
+        }
+        Ok::<_, anyhow::Error>((built.map(|b| b.manifest_digest()), Some(id)))
     }
     .await;
     drop(events);
     let counts = renderer.await.unwrap_or_default();
-    let image_digest = result?;
-    Ok(BuildOutcome { counts, image_digest })
+    let (image_digest, image_id) = result?;
+    Ok(BuildOutcome { counts, image_digest, image_id })
 }
 
 /// `memobuild explain-cache`: why the steps of the last build missed.

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::base_images::ResolvedImage;
 use super::build_record::StepRecord;
 use super::copy_step::{plan_copy, plan_workdir, CopyRequest, SourceRoot};
+use super::extra_hosts::HostsFiles;
 use super::image_state::{History, ImageState, DEFAULT_PATH};
 use super::local_state::LocalState;
 use super::progress::{BuildEvent, EventSender, LogStream};
@@ -39,9 +40,20 @@ pub struct BuildSettings {
     pub dry_run: bool,
     /// What every RUN step may use (`--memory`, `--cpu-quota`, ...).
     pub limits: ResourceLimits,
+    /// `--network`: the network of a RUN without its own `--network`.
+    pub network: NetworkMode,
 }
 
 impl BuildSettings {
+    /// The network a RUN step gets: its own `--network`, else the build's.
+    pub fn network_of(&self, asked: NetworkMode) -> NetworkMode {
+        if asked == NetworkMode::Default {
+            self.network
+        } else {
+            asked
+        }
+    }
+
     /// The time written into new layers and history entries.
     pub fn timestamp(&self) -> u64 {
         self.source_date_epoch.unwrap_or_else(|| {
@@ -71,6 +83,8 @@ pub struct Executor {
     pub secrets: Secrets,
     /// `--ssh` agents (the build's own ones stop when this is dropped).
     pub ssh: SshAgents,
+    /// `--add-host`: the `/etc/hosts` of RUN steps, when entries were given.
+    pub hosts: Option<HostsFiles>,
 }
 
 impl Executor {
@@ -137,7 +151,11 @@ impl Executor {
             if step.definition.changes_filesystem() {
                 self.fs_step(step, &name, &mut state, deps).await.map_err(|e| {
                     let _ = self.events.send(BuildEvent::Failed { step: step.id.clone(), message: e.message().into() });
-                    e.context(format!("{}:{}: {name}", self.graph.dockerfile, step.location.line))
+                    let dockerfile = &self.graph.dockerfile;
+                    e.context(match &step.trigger {
+                        Some(trigger) => trigger.context(dockerfile, step.location.line),
+                        None => format!("{dockerfile}:{}: {name}", step.location.line),
+                    })
                 })?;
             } else {
                 state.history.push(self.history(step, true));
@@ -191,9 +209,14 @@ impl Executor {
             StepDefinition::Copy { .. } => ("copy", Vec::new(), Vec::new()),
             _ => ("workdir", Vec::new(), Vec::new()),
         };
+        // A RUN's network is part of its key, whether its own or --network's.
+        let mut definition = step.definition.clone();
+        if let StepDefinition::Run { network, .. } = &mut definition {
+            *network = self.settings.network_of(*network);
+        }
         let action = StepAction::new(StepInputs {
             kind,
-            definition: Step::compute_key(&step.definition, &step.reads, None),
+            definition: Step::compute_key(&definition, &step.reads, None),
             argv: argv.clone(),
             env: env.clone(),
             parent: &state.layers,
@@ -262,6 +285,7 @@ impl Executor {
         let StepDefinition::Run { workdir, user, network, mounts, .. } = &step.definition else {
             return Ok(None);
         };
+        let host_network = self.settings.network_of(*network) == NetworkMode::Host;
         let containerd = self.state.containerd().await?;
         let cas = &*self.state.cas;
         let parent = containerd.ensure_chain(cas, &state.layers).await?;
@@ -270,6 +294,7 @@ impl Executor {
         let mut scratch = Vec::new();
         let mut from_index = 0;
         let mut private = RunSecrets::new(&self.secrets, &self.ssh);
+        spec_mounts.extend(self.hosts.as_ref().map(|hosts| hosts.mount(host_network)));
         for m in mounts {
             let target = m.mount.target.clone().unwrap_or_default();
             match m.mount.kind {
@@ -321,7 +346,7 @@ impl Executor {
             env: full_env,
             cwd: workdir.clone(),
             user: user.clone(),
-            network: *network == NetworkMode::Host,
+            network: host_network,
             limits: self.settings.limits.clone(),
             mounts: spec_mounts,
             timeout: None,

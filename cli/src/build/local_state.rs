@@ -11,6 +11,15 @@ use memobuild_proto::{Result, ResultExt};
 use memobuild_worker::containerd::Containerd;
 use tokio::sync::OnceCell;
 
+/// Subdirectories of the state dir.
+pub const CAS_DIR: &str = "cas";
+pub const ACTION_CACHE_DIR: &str = "action-cache";
+pub const DIFF_IDS_DIR: &str = "diff-ids";
+pub const STAT_CACHE_DIR: &str = "context-cache";
+pub const CACHE_MOUNTS_DIR: &str = "cache-mounts";
+pub const REMOTE_FILES_DIR: &str = "remote-files";
+pub const RECORDS_DIR: &str = "builds";
+
 /// The embedded services of a local build. containerd is started on first
 /// use only: a fully cached build never needs it.
 pub struct LocalState {
@@ -27,11 +36,11 @@ pub struct LocalState {
 impl LocalState {
     pub async fn open(dir: &Path, containerd_address: Option<PathBuf>) -> Result<Self> {
         let context = || format!("opening the state dir {}", dir.display());
-        let blobs = FilesystemStore::open_shared(dir.join("cas"), false).await.with_context(context)?;
-        let results = FilesystemStore::open_shared(dir.join("action-cache"), false).await.with_context(context)?;
+        let blobs = FilesystemStore::open_shared(dir.join(CAS_DIR), false).await.with_context(context)?;
+        let results = FilesystemStore::open_shared(dir.join(ACTION_CACHE_DIR), false).await.with_context(context)?;
         let cas: Arc<dyn BlobStore> = Arc::new(VerifiedStore::new(Arc::new(blobs)));
         let actions = ActionCache::new(Arc::new(results), cas.clone());
-        let diff_ids = DirectoryDiffIdMemo::new(dir.join("diff-ids"));
+        let diff_ids = DirectoryDiffIdMemo::new(dir.join(DIFF_IDS_DIR));
         let registry = RegistryClient::from_docker_config()?.with_diff_id_memo(Arc::new(diff_ids.clone()));
         Ok(LocalState {
             dir: dir.to_path_buf(),
@@ -46,22 +55,22 @@ impl LocalState {
 
     /// The context scanner's stat cache.
     pub fn stat_cache_dir(&self) -> PathBuf {
-        self.dir.join("context-cache")
+        self.dir.join(STAT_CACHE_DIR)
     }
 
     /// Host directories behind `RUN --mount=type=cache`.
     pub fn cache_mounts_dir(&self) -> PathBuf {
-        self.dir.join("cache-mounts")
+        self.dir.join(CACHE_MOUNTS_DIR)
     }
 
     /// Files and git checkouts fetched by ADD, with notes of file sizes.
     pub fn remote_files_dir(&self) -> PathBuf {
-        self.dir.join("remote-files")
+        self.dir.join(REMOTE_FILES_DIR)
     }
 
     /// Records of past builds, for `explain-cache`.
     pub fn records_dir(&self) -> PathBuf {
-        self.dir.join("builds")
+        self.dir.join(RECORDS_DIR)
     }
 
     /// containerd, connected or started on first use.

@@ -14,6 +14,8 @@ pub enum OutputSpec {
     Oci { dest: PathBuf, tar: bool, compression: Compression },
     /// A `docker save` archive (`docker load` reads it).
     Docker { dest: PathBuf, compression: Compression },
+    /// Loaded into Docker with `docker load` (`--load`, `type=docker` without dest).
+    Load { compression: Compression },
     /// The final filesystem, written to a directory.
     Local { dest: PathBuf },
     /// Pushed to every `-t` tag.
@@ -55,7 +57,10 @@ impl FromStr for OutputSpec {
         let need_dest = |kind: &str| dest.clone().ok_or_else(|| format!("--output type={kind} needs dest=PATH"));
         match kind.as_deref() {
             Some("oci") => Ok(OutputSpec::Oci { dest: need_dest("oci")?, tar, compression }),
-            Some("docker") => Ok(OutputSpec::Docker { dest: need_dest("docker")?, compression }),
+            Some("docker") => Ok(match dest {
+                Some(dest) => OutputSpec::Docker { dest, compression },
+                None => OutputSpec::Load { compression },
+            }),
             Some("local") => Ok(OutputSpec::Local { dest: need_dest("local")? }),
             Some("registry") | Some("image") => Ok(OutputSpec::Registry { compression }),
             Some(other) => Err(format!("--output type={other} is not supported: use oci, docker, local or registry")),
@@ -84,6 +89,7 @@ mod tests {
             "type=registry".parse::<OutputSpec>().unwrap(),
             OutputSpec::Registry { compression: Compression::Gzip }
         );
+        assert_eq!("type=docker".parse::<OutputSpec>().unwrap(), OutputSpec::Load { compression: Compression::Gzip });
         assert!("type=oci".parse::<OutputSpec>().unwrap_err().contains("needs dest"));
         assert!("type=tarball,dest=x".parse::<OutputSpec>().unwrap_err().contains("not supported"));
         assert!("type=oci,dest=x,colour=red".parse::<OutputSpec>().unwrap_err().contains("unknown option"));

@@ -56,6 +56,8 @@ pub enum ProgressMode {
     Tty,
     Plain,
     Json,
+    /// Nothing (`-q/--quiet`).
+    Quiet,
 }
 
 impl ProgressMode {
@@ -111,12 +113,15 @@ impl View {
     }
 
     fn show(&mut self, event: &BuildEvent) {
-        if self.mode == ProgressMode::Json {
+        if matches!(self.mode, ProgressMode::Json | ProgressMode::Quiet) {
             if let BuildEvent::Cached { .. } = event {
                 self.counts.cached += 1;
             }
             if let BuildEvent::Done { .. } = event {
                 self.counts.executed += 1;
+            }
+            if self.mode == ProgressMode::Quiet {
+                return;
             }
             let line = serde_json::json!({
                 "time": self.started.elapsed().as_secs_f64(),
@@ -221,7 +226,7 @@ impl View {
     }
 
     fn finish(&self) {
-        if self.mode == ProgressMode::Json {
+        if matches!(self.mode, ProgressMode::Json | ProgressMode::Quiet) {
             return;
         }
         self.line(&format!(

@@ -30,6 +30,16 @@ pub enum Remote {
     Git(GitUrl),
 }
 
+impl Remote {
+    /// Its key in [`FetchedSources`]: what [`source_key`] gives.
+    pub fn key(&self) -> String {
+        match self {
+            Remote::File { url, .. } => url.clone(),
+            Remote::Git(url) => url.to_string(),
+        }
+    }
+}
+
 /// A remote source to fetch, and the first ADD that names it
 /// (`DOCKERFILE:LINE`, for errors).
 pub struct Wanted {
@@ -81,9 +91,10 @@ pub fn remote_sources(graph: &BuildGraph) -> Vec<Wanted> {
 pub async fn fetch_sources(state: &LocalState, wanted: &[Wanted], events: &EventSender) -> Result<FetchedSources> {
     let mut fetched = FetchedSources::new();
     for Wanted { source, at } in wanted {
-        let (key, checksum) = match source {
-            Remote::File { url, checksum } => (url.clone(), checksum.as_deref()),
-            Remote::Git(url) => (url.to_string(), None),
+        let key = source.key();
+        let checksum = match source {
+            Remote::File { checksum, .. } => checksum.as_deref(),
+            Remote::Git(_) => None,
         };
         if let Some(done) = fetched.get(&key) {
             if let (Some(sum), Fetched::File { digest, .. }) = (checksum, done) {

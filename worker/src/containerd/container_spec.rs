@@ -19,7 +19,7 @@ pub struct ContainerSpec {
     pub user: Option<String>,
     /// `false`: an own network namespace with only `lo`. `true`: the host's
     /// network, with the host's `/etc/resolv.conf` and `/etc/hosts` bound
-    /// read-only.
+    /// read-only (unless one of `mounts` targets them).
     pub network: bool,
     /// Memory, CPU and `/dev/shm` limits; not part of any cache key.
     pub limits: ResourceLimits,

@@ -23,6 +23,7 @@ mod resource_limits;
 mod run_step;
 mod runtime_spec;
 mod snapshot_mounts;
+mod snapshot_removal;
 mod stdio_fifos;
 mod user_resolver;
 

@@ -156,8 +156,9 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, user: &ResolvedUser, container_
         mounts.push(bind_or_mount(typ, &source, target, &options)?);
     }
     if spec.network {
+        // A file the step's own mounts provide (a generated /etc/hosts) stays.
         for file in HOST_NETWORK_FILES {
-            if Path::new(file).exists() {
+            if Path::new(file).exists() && !spec.mounts.iter().any(|m| m.target() == file) {
                 mounts.push(bind_or_mount("bind", Path::new(file), file, &["rbind", "ro"])?);
             }
         }
@@ -311,5 +312,26 @@ mod tests {
         assert!(namespaces.contains(&"network"), "{namespaces:?}");
         assert!(built.mount_targets.iter().any(|t| t == "/tmp/t"));
         assert!(built.mount_targets.iter().any(|t| t == "/proc"));
+    }
+
+    #[test]
+    fn a_hosts_file_of_the_step_replaces_the_hosts_own() {
+        let spec = ContainerSpec {
+            id_hint: "t".into(),
+            argv: vec!["true".into()],
+            network: true,
+            mounts: vec![SpecMount::Bind {
+                source: "/tmp/generated-hosts".into(),
+                target: "/etc/hosts".into(),
+                readonly: true,
+            }],
+            ..Default::default()
+        };
+        let user = ResolvedUser { uid: 0, gid: 0, additional_gids: vec![], home: "/root".into() };
+        let json = serde_json::to_value(&runtime_spec(&spec, &user, "c2").expect("spec").spec).expect("json");
+        let hosts: Vec<&serde_json::Value> =
+            json["mounts"].as_array().expect("mounts").iter().filter(|m| m["destination"] == "/etc/hosts").collect();
+        assert_eq!(hosts.len(), 1, "{hosts:?}");
+        assert_eq!(hosts[0]["source"], "/tmp/generated-hosts");
     }
 }
