@@ -134,7 +134,8 @@ impl Executor {
     async fn run_stage(&self, index: usize, deps: &HashMap<usize, StageResult>) -> Result<ImageState> {
         let stage = self.stage(index)?;
         let total = stage.steps.len();
-        let label = stage.label();
+        // As BuildKit names steps: `[build 3/7]`, `[stage-1 2/4]`.
+        let label = stage.name.clone().unwrap_or_else(|| format!("stage-{}", stage.index));
         let mut state = match &stage.base {
             StageBase::Scratch => ImageState::default(),
             StageBase::Image { reference } => self.image(reference)?.state.clone(),
