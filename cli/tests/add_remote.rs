@@ -23,21 +23,50 @@ use memobuild_proto::{Digest, DigestFunction};
 const LAST_MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
 const LAST_MODIFIED_EPOCH: i64 = 1_445_412_480;
 
-/// A minimal HTTP/1.1 server: GET of a path it holds, 404 otherwise.
+/// What the server answered to one request.
+#[derive(Clone, Debug, PartialEq)]
+struct Served {
+    path: String,
+    /// The `If-None-Match` the client sent.
+    if_none_match: Option<String>,
+    status: u16,
+    body_bytes: usize,
+}
+
+/// What a [`FileServer`] holds and what it has answered since last asked.
+#[derive(Default)]
+struct Site {
+    files: HashMap<String, Vec<u8>>,
+    /// Whether files are served with an `ETag` and a `Last-Modified`.
+    validators: bool,
+    log: Vec<Served>,
+}
+
+/// A minimal HTTP/1.1 server: GET of a path it holds, 404 otherwise; with
+/// validators, 304 to an `If-None-Match` naming the file's ETag.
 struct FileServer {
     port: u16,
-    files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    site: Arc<Mutex<Site>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl FileServer {
     fn start() -> FileServer {
+        Self::serving(true)
+    }
+
+    /// A server that sends neither `ETag` nor `Last-Modified`.
+    fn without_validators() -> FileServer {
+        Self::serving(false)
+    }
+
+    fn serving(validators: bool) -> FileServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let files: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
+        let site = Arc::new(Mutex::new(Site { validators, ..Site::default() }));
         let stop = Arc::new(AtomicBool::new(false));
-        let (served, stopping) = (files.clone(), stop.clone());
+        let (served, stopping) = (site.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if stopping.load(Ordering::SeqCst) {
@@ -48,11 +77,16 @@ impl FileServer {
                 }
             }
         });
-        FileServer { port, files, stop, thread: Some(thread) }
+        FileServer { port, site, stop, thread: Some(thread) }
+    }
+
+    /// The requests answered since the last call.
+    fn served(&self) -> Vec<Served> {
+        std::mem::take(&mut self.site.lock().unwrap().log)
     }
 
     fn put(&self, path: &str, content: &str) {
-        self.files.lock().unwrap().insert(path.to_string(), content.as_bytes().to_vec());
+        self.site.lock().unwrap().files.insert(path.to_string(), content.as_bytes().to_vec());
     }
 
     fn url(&self, path: &str) -> String {
@@ -75,7 +109,12 @@ impl Drop for FileServer {
     }
 }
 
-fn serve(mut stream: TcpStream, files: &Mutex<HashMap<String, Vec<u8>>>) {
+/// The ETag the server gives `content`.
+fn etag(content: &[u8]) -> String {
+    format!("\"{}\"", &Digest::of(DigestFunction::Sha256, content).hex()[..16])
+}
+
+fn serve(mut stream: TcpStream, site: &Mutex<Site>) {
     let mut request = Vec::new();
     let mut buf = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -86,16 +125,28 @@ fn serve(mut stream: TcpStream, files: &Mutex<HashMap<String, Vec<u8>>>) {
     }
     let text = String::from_utf8_lossy(&request);
     let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let body = files.lock().unwrap().get(&path).cloned();
-    let head = match &body {
-        Some(body) => format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: {LAST_MODIFIED}\r\nConnection: close\r\n\r\n",
-            body.len()
-        ),
-        None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+    let if_none_match = text.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("if-none-match").then(|| value.trim().to_string())
+    });
+    let mut site = site.lock().unwrap();
+    let (status, head, body) = match site.files.get(&path) {
+        None => (404, "404 Not Found".to_string(), Vec::new()),
+        Some(content) if !site.validators => (200, "200 OK".to_string(), content.clone()),
+        Some(content) => {
+            let etag = etag(content);
+            let head = format!("ETag: {etag}\r\nLast-Modified: {LAST_MODIFIED}");
+            match if_none_match.as_deref() == Some(etag.as_str()) {
+                true => (304, format!("304 Not Modified\r\n{head}"), Vec::new()),
+                false => (200, format!("200 OK\r\n{head}"), content.clone()),
+            }
+        }
     };
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(&body.unwrap_or_default());
+    site.log.push(Served { path, if_none_match, status, body_bytes: body.len() });
+    drop(site);
+    let length = if status == 304 { String::new() } else { format!("Content-Length: {}\r\n", body.len()) };
+    let _ = write!(stream, "HTTP/1.1 {head}\r\n{length}Connection: close\r\n\r\n");
+    let _ = stream.write_all(&body);
 }
 
 fn sha256(content: &str) -> String {
@@ -165,6 +216,100 @@ fn http_files_are_named_owned_and_cached_by_content() {
         "{}",
         failed.stderr()
     );
+}
+
+/// `memobuild prune ARGS` of `project`'s state dir.
+fn prune(project: &Project, args: &[&str]) {
+    let output = Command::new(env!("CARGO_BIN_EXE_memobuild"))
+        .arg("prune")
+        .arg("--state-dir")
+        .arg(project.state_dir())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "prune failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn unchanged_files_are_asked_for_with_their_etag_and_not_downloaded_again() {
+    let server = FileServer::start();
+    let v1 = "v1 ".repeat(10_000);
+    server.put("/data.txt", &v1);
+    let url = server.url("/data.txt");
+    let project = Project::new(&[("Dockerfile", &format!("FROM {}\nADD {url} /data.txt\n", fixture().base()))]);
+    let full = |body: &str, if_none_match: Option<String>| Served {
+        path: "/data.txt".into(),
+        if_none_match,
+        status: 200,
+        body_bytes: body.len(),
+    };
+    let not_modified = |body: &str| Served {
+        path: "/data.txt".into(),
+        if_none_match: Some(etag(body.as_bytes())),
+        status: 304,
+        body_bytes: 0,
+    };
+
+    let (first, image) = build_image(&project, &[]);
+    let image = image.unwrap_or_else(|| panic!("{}", first.stderr()));
+    assert_eq!(image.read("/data.txt"), v1);
+    assert_eq!(server.served(), [full(&v1, None)]);
+
+    let again = project.build(&[]);
+    assert!(again.ok(), "{}", again.stderr());
+    assert_eq!(again.cached(), ["0.1"]);
+    assert_eq!(server.served(), [not_modified(&v1)], "a conditional request, answered without a body");
+
+    // Run again, the step takes the file from the CAS, still without a body.
+    let (rerun, image) = build_image(&project, &["--no-cache"]);
+    let image = image.unwrap_or_else(|| panic!("{}", rerun.stderr()));
+    assert_eq!(rerun.ran(), ["0.1"]);
+    assert_eq!(image.read("/data.txt"), v1);
+    assert_eq!(meta(&image, "/data.txt").mtime(), LAST_MODIFIED_EPOCH, "the mtime is remembered too");
+    assert_eq!(server.served(), [not_modified(&v1)]);
+
+    let v2 = "v2 ".repeat(5_000);
+    server.put("/data.txt", &v2);
+    let (changed, image) = build_image(&project, &[]);
+    let image = image.unwrap_or_else(|| panic!("{}", changed.stderr()));
+    assert_eq!(changed.ran(), ["0.1"], "new content runs the step again");
+    assert_eq!(image.read("/data.txt"), v2);
+    assert_eq!(server.served(), [full(&v2, Some(etag(v1.as_bytes())))]);
+
+    // Once prune removed the file, it is downloaded again.
+    prune(&project, &["--keep-storage", "0", "-f"]);
+    let (pruned, image) = build_image(&project, &[]);
+    let image = image.unwrap_or_else(|| panic!("{}", pruned.stderr()));
+    assert_eq!(pruned.ran(), ["0.1"]);
+    assert_eq!(image.read("/data.txt"), v2);
+    assert_eq!(server.served(), [full(&v2, None)]);
+}
+
+#[test]
+fn files_without_validators_are_downloaded_on_each_build() {
+    let server = FileServer::without_validators();
+    server.put("/plain.txt", "plain v1\n");
+    let url = server.url("/plain.txt");
+    let project = Project::new(&[("Dockerfile", &format!("FROM {}\nADD {url} /plain.txt\n", fixture().base()))]);
+    let full =
+        |body: &str| Served { path: "/plain.txt".into(), if_none_match: None, status: 200, body_bytes: body.len() };
+
+    let (first, image) = build_image(&project, &[]);
+    let image = image.unwrap_or_else(|| panic!("{}", first.stderr()));
+    assert_eq!(image.read("/plain.txt"), "plain v1\n");
+    assert_eq!(server.served(), [full("plain v1\n")]);
+
+    let again = project.build(&[]);
+    assert!(again.ok(), "{}", again.stderr());
+    assert_eq!(again.cached(), ["0.1"], "the same content is cached");
+    assert_eq!(server.served(), [full("plain v1\n")]);
+
+    server.put("/plain.txt", "plain v2\n");
+    let (changed, image) = build_image(&project, &[]);
+    let image = image.unwrap_or_else(|| panic!("{}", changed.stderr()));
+    assert_eq!(changed.ran(), ["0.1"]);
+    assert_eq!(image.read("/plain.txt"), "plain v2\n");
+    assert_eq!(server.served(), [full("plain v2\n")]);
 }
 
 #[test]

@@ -246,8 +246,9 @@ impl BuildContext {
     }
 
     /// A digest of what copying `path` (resolved) brings, leaving out what
-    /// `exclude` matches (paths relative to `path`, or its name for a file).
-    pub fn selection_digest(&self, path: &str, exclude: &DockerIgnore) -> Option<Digest> {
+    /// `exclude` matches: paths relative to `path`, or its name for a file;
+    /// with `under` (`COPY --parents`), relative to where `path` lands.
+    pub fn selection_digest(&self, path: &str, exclude: &DockerIgnore, under: Option<&str>) -> Option<Digest> {
         let entry = self.entries.get(path)?;
         match entry {
             ContextEntry::Directory { digest, .. } if exclude.is_empty() => Some(*digest),
@@ -257,7 +258,7 @@ impl BuildContext {
                 let prefix = if path.is_empty() { String::new() } else { format!("{path}/") };
                 for (p, e) in self.entries.range(prefix.clone()..) {
                     let Some(rel) = p.strip_prefix(&prefix) else { break };
-                    if rel.is_empty() || exclude.is_excluded(rel) {
+                    if rel.is_empty() || exclude.is_excluded(&join(under.unwrap_or_default(), rel)) {
                         continue;
                     }
                     hasher.update(rel.as_bytes());
@@ -266,7 +267,7 @@ impl BuildContext {
                 Some(hasher.finish())
             }
             _ => {
-                let name = path.rsplit('/').next().unwrap_or(path);
+                let name = under.unwrap_or_else(|| path.rsplit('/').next().unwrap_or(path));
                 if exclude.is_excluded(name) {
                     return None;
                 }

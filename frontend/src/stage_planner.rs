@@ -12,9 +12,9 @@ use crate::expander::Expander;
 use crate::planner::StageSource;
 use crate::{
     clean_path, BuildContext, CommandLine, CopyInstruction, CopySource, DockerIgnore, ImageConfig, Instruction,
-    InstructionKind, Location, Mount, MountDefinition, MountType, NetworkMode, OnbuildTrigger, Origin, Reads,
-    RemoteSource, RunHeredoc, RunInstruction, Scope, SecurityMode, SourceDefinition, SourceKind, Stage, StageBase,
-    Step, StepDefinition, PROXY_ARGS,
+    InstructionKind, Location, Mount, MountDefinition, MountType, NetworkMode, OnbuildTrigger, Origin, ParentsPath,
+    Reads, RemoteSource, RunHeredoc, RunInstruction, Scope, SecurityMode, SourceDefinition, SourceKind, Stage,
+    StageBase, Step, StepDefinition, PROXY_ARGS,
 };
 
 /// A planned stage plus the state a stage built `FROM` it inherits.
@@ -377,7 +377,7 @@ impl<'a> StagePlanner<'a> {
                                 ),
                             )
                         })?;
-                    let digest = self.context.selection_digest(&resolved, &DockerIgnore::default());
+                    let digest = self.context.selection_digest(&resolved, &DockerIgnore::default(), None);
                     (Some(Origin::Context), digest.map(|d| d.hex()))
                 }
                 _ => (None, None),
@@ -473,13 +473,17 @@ impl<'a> StagePlanner<'a> {
             );
         }
         let dest_raw = word(&copy.dest, &self.scope, &mut reads)?;
-        if copy.sources.len() > 1 && !dest_raw.ends_with('/') {
+        if copy.sources.len() > 1 && !dest_raw.ends_with('/') && !copy.parents {
             return Err(ex.error(
                 at,
                 format!("when using {kw} with more than one source file, the destination must be a directory and end with a /"),
             ));
         }
-        let dest = absolute_dest(&self.workdir, &dest_raw);
+        let mut dest = absolute_dest(&self.workdir, &dest_raw);
+        if copy.parents && !dest.ends_with('/') {
+            // Sources keep their paths below it: always a directory.
+            dest.push('/');
+        }
 
         let mut sources = Vec::new();
         for (i, source) in copy.sources.iter().enumerate() {
@@ -507,8 +511,15 @@ impl<'a> StagePlanner<'a> {
                     }
                     sources.push(match kind {
                         SourceKind::Path => {
+                            let parents = copy
+                                .parents
+                                .then(|| ParentsPath::parse(&path))
+                                .transpose()
+                                .map_err(|e| ex.error(src_at, format!("{kw} source {e}")))?;
                             let matches = match origin {
-                                Origin::Context => self.context_matches(kw, &path, &exclude, src_at)?,
+                                Origin::Context => {
+                                    self.context_matches(kw, &path, &exclude, parents.as_ref(), src_at)?
+                                }
                                 _ => Vec::new(),
                             };
                             SourceDefinition::Path { path, matches }
@@ -564,11 +575,15 @@ impl<'a> StagePlanner<'a> {
 
     /// The context paths a source names, with the digest of what each
     /// brings. A missing literal path is an error; a glob may match nothing.
+    /// With `--parents` the paths are as matched (symlinks not followed yet,
+    /// as they say where the files land) and `--exclude` applies to the
+    /// kept part.
     fn context_matches(
         &self,
         kw: &str,
         path: &str,
         exclude: &DockerIgnore,
+        parents: Option<&ParentsPath>,
         at: Location,
     ) -> Result<Vec<(String, String)>> {
         let ex = self.ex;
@@ -578,6 +593,8 @@ impl<'a> StagePlanner<'a> {
         }
         let candidates = if path.split('/').any(has_wildcard) {
             self.context.glob(path).map_err(outside)?
+        } else if parents.is_some() {
+            vec![clean_path(&format!("/{path}")).trim_start_matches('/').to_string()]
         } else {
             vec![path.to_string()]
         };
@@ -591,8 +608,9 @@ impl<'a> StagePlanner<'a> {
                     ),
                 )
             })?;
-            if let Some(digest) = self.context.selection_digest(&resolved, exclude) {
-                out.push((resolved, digest.hex()));
+            let kept = parents.map(|p| p.kept_part(&candidate)).filter(|k| !k.is_empty());
+            if let Some(digest) = self.context.selection_digest(&resolved, exclude, kept.as_deref()) {
+                out.push((if parents.is_some() { candidate } else { resolved }, digest.hex()));
             }
         }
         Ok(out)

@@ -30,7 +30,8 @@ pub enum SourceDefinition {
     /// A path or glob, with the context paths it matched and a digest of
     /// what each brings (content, modes, subtree; `--exclude` applied).
     /// For a stage or image origin `matches` is empty: the origin's key
-    /// covers the content.
+    /// covers the content. Paths are resolved, except with `--parents`
+    /// where they are as matched: the path names where the files land.
     Path { path: String, matches: Vec<(String, String)> },
     /// An inline heredoc file: its name and the digest of its (expanded)
     /// content.

@@ -295,3 +295,27 @@ fn fetched_remote_sources_pin_their_steps() {
         Vec::<String>::new()
     );
 }
+
+#[test]
+fn copy_parents_and_its_pivot_are_inputs() {
+    let ctx = context(&[("src/pkg/a/x.go", "1"), ("src/pkg/b.txt", "1")]);
+    let key = |copy: &str| keys(&plan(&format!("FROM alpine\n{copy}\n"), &ctx, &options(&[])))["0.1"].clone();
+    let flat = key("COPY ./src/pkg/a/ /d/");
+    let kept = key("COPY --parents ./src/pkg/a/ /d/");
+    let pivot = key("COPY --parents ./src/./pkg/a/ /d/");
+    let later = key("COPY --parents ./src/pkg/./a/ /d/");
+    assert_ne!(flat, kept, "--parents changes where files land");
+    assert_ne!(kept, pivot, "so does the pivot");
+    assert_ne!(pivot, later, "and its position");
+    // With --parents, DEST is a directory whether or not it ends in `/`.
+    assert_eq!(key("COPY --parents ./src/./pkg/a/ /d"), pivot);
+}
+
+#[test]
+fn copy_parents_excludes_match_the_kept_path() {
+    let df = "FROM alpine\nCOPY --parents --exclude=pkg/a/*.md ./src/./pkg/ /d/\n";
+    let ctx = |md: &str, go: &str| context(&[("src/pkg/a/x.go", go), ("src/pkg/a/x.md", md)]);
+    let a = plan(df, &ctx("1", "1"), &options(&[]));
+    assert!(changed(&a, &plan(df, &ctx("2", "1"), &options(&[]))).is_empty());
+    assert_eq!(changed(&a, &plan(df, &ctx("1", "2"), &options(&[]))), ["0.1"]);
+}

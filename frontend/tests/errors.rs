@@ -218,3 +218,11 @@ fn docker_accepts_unknown_from_names_as_images() {
     .unwrap();
     assert_eq!(g.stages.len(), 1);
 }
+
+#[test]
+fn copy_parents_refuses_dot_dot() {
+    assert_eq!(
+        err("FROM alpine\nCOPY --parents ./a/./../b /d/\n"),
+        "Dockerfile:2:16: COPY source \"./a/./../b\": \"..\" is not allowed in a --parents source\n 2 | COPY --parents ./a/./../b /d/\n   |                ^"
+    );
+}

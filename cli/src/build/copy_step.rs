@@ -9,7 +9,7 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use memobuild_frontend::{http_file_name, BuildContext, ContextEntry, DockerIgnore, SourceDefinition};
+use memobuild_frontend::{http_file_name, BuildContext, ContextEntry, DockerIgnore, ParentsPath, SourceDefinition};
 use memobuild_proto::{Error, Result, ResultExt};
 
 use super::layer_plan::{Content, Entry, LayerPlan, Meta};
@@ -44,9 +44,6 @@ pub struct CopyRequest<'a> {
 
 /// Plans the layer of a COPY/ADD onto the filesystem mounted at `parent`.
 pub fn plan_copy(request: &CopyRequest<'_>, source: &SourceRoot<'_>, parent: &Path, mtime: u64) -> Result<LayerPlan> {
-    if request.parents {
-        return Err(Error::invalid_argument("--parents is not supported yet"));
-    }
     let owner = match request.chown {
         Some(spec) => Some(lookup_user(parent, spec).context("--chown")?),
         None => None,
@@ -58,18 +55,32 @@ pub fn plan_copy(request: &CopyRequest<'_>, source: &SourceRoot<'_>, parent: &Pa
     let mut items: Vec<Item> = Vec::new();
     for def in request.sources {
         match def {
-            SourceDefinition::Path { path, matches } => match source {
-                SourceRoot::Context { .. } => {
-                    items.extend(matches.iter().map(|(p, _)| Item::Context(p.clone())));
-                }
-                SourceRoot::Filesystem(root) => {
-                    let found = glob_in_root(root, path)?;
-                    if found.is_empty() {
-                        return Err(Error::not_found(format!("source {path:?} not found in the --from filesystem")));
+            SourceDefinition::Path { path, matches } => {
+                let found = match source {
+                    SourceRoot::Context { context, .. } => matches
+                        .iter()
+                        .map(|(p, _)| Ok((p.clone(), resolve_context(context, p)?)))
+                        .collect::<Result<Vec<_>>>()?,
+                    SourceRoot::Filesystem(root) => {
+                        let found = glob_in_root(root, path)?;
+                        if found.is_empty() {
+                            return Err(Error::not_found(format!(
+                                "source {path:?} not found in the --from filesystem"
+                            )));
+                        }
+                        found
                     }
-                    items.extend(found.into_iter().map(Item::Filesystem));
+                };
+                let parents = request
+                    .parents
+                    .then(|| ParentsPath::parse(path))
+                    .transpose()
+                    .map_err(|e| Error::invalid_argument(format!("COPY source {e}")))?;
+                for (matched, path) in found {
+                    let kept = parents.as_ref().map(|p| p.kept_part(&matched)).filter(|rel| !rel.is_empty());
+                    items.push(Item::Source(Matched { path, kept: kept.map(|rel| Kept { matched, rel }) }));
                 }
-            },
+            }
             SourceDefinition::Heredoc { name, content, .. } => {
                 items.push(Item::Inline { name: name.clone(), content: content.clone().into_bytes() })
             }
@@ -90,14 +101,14 @@ pub fn plan_copy(request: &CopyRequest<'_>, source: &SourceRoot<'_>, parent: &Pa
                 let meta = copier.meta(0o644, 0, 0, false);
                 copier.plan.insert(&at, Entry::File(meta, Content::Bytes(content)));
             }
-            Item::Context(path) => {
-                let SourceRoot::Context { dir, context } = source else { continue };
-                copier.context_item(request, dir, context, &path, parent, dest_is_dir)?;
-            }
-            Item::Filesystem(path) => {
-                let SourceRoot::Filesystem(root) = source else { continue };
-                copier.filesystem_item(root, &path, parent, request.dest, dest_is_dir)?;
-            }
+            Item::Source(item) => match source {
+                SourceRoot::Context { dir, context } => {
+                    copier.context_item(request, dir, context, &item, parent, dest_is_dir)?
+                }
+                SourceRoot::Filesystem(root) => {
+                    copier.filesystem_item(root, &item, parent, request.dest, dest_is_dir)?
+                }
+            },
             Item::Download { name, host, mtime } => {
                 // Docker's rule for remote files: 0600 unless --chmod says.
                 let target = if dest_is_dir { join(request.dest, &name) } else { request.dest.to_string() };
@@ -111,11 +122,19 @@ pub fn plan_copy(request: &CopyRequest<'_>, source: &SourceRoot<'_>, parent: &Pa
                 if !at.is_empty() && !is_dir_in(parent, request.dest)? {
                     copier.plan.insert(&at, Entry::Directory(copier.meta(0o755, 0, 0, true)));
                 }
-                copier.walk(&root, &at, HostFiles::Checkout { keep_git_dir: request.keep_git_dir })?;
+                copier.walk(&root, &at, "", HostFiles::Checkout { keep_git_dir: request.keep_git_dir })?;
             }
         }
     }
     Ok(copier.plan)
+}
+
+/// A context path from the step definition, resolved.
+fn resolve_context(context: &BuildContext, path: &str) -> Result<String> {
+    context
+        .resolve(path)
+        .map_err(Error::invalid_argument)?
+        .ok_or_else(|| Error::not_found(format!("{path:?} is no longer in the build context")))
 }
 
 /// Where a remote source was fetched to.
@@ -137,8 +156,7 @@ pub fn plan_workdir(path: &str, user: Option<&str>, parent: &Path, mtime: u64) -
 }
 
 enum Item {
-    Context(String),
-    Filesystem(String),
+    Source(Matched),
     Inline {
         name: String,
         content: Vec<u8>,
@@ -151,6 +169,49 @@ enum Item {
     },
     /// A git checkout: its contents land in the destination directory.
     Checkout(PathBuf),
+}
+
+/// A path a source matched in the context or the `--from` filesystem.
+struct Matched {
+    /// Resolved.
+    path: String,
+    /// With `--parents`, where below the destination it lands.
+    kept: Option<Kept>,
+}
+
+/// With `--parents`: a source path as matched, and its part that lands
+/// below the destination (never empty).
+struct Kept {
+    matched: String,
+    rel: String,
+}
+
+impl Matched {
+    /// Where a file or symlink lands.
+    fn file_target(&self, dest: &str, dest_is_dir: bool) -> String {
+        match &self.kept {
+            Some(kept) => join(dest, &kept.rel),
+            None if dest_is_dir => join(dest, base_name(&self.path)),
+            None => dest.to_string(),
+        }
+    }
+
+    /// Where a directory's contents land.
+    fn dir_target(&self, dest: &str) -> String {
+        self.kept.as_ref().map_or_else(|| dest.to_string(), |kept| join(dest, &kept.rel))
+    }
+
+    /// What `--exclude` patterns are matched against for a file: its name,
+    /// or with `--parents` its kept path.
+    fn exclude_name(&self) -> &str {
+        self.kept.as_ref().map_or_else(|| base_name(&self.path), |kept| kept.rel.as_str())
+    }
+
+    /// What the paths below a directory are joined to before `--exclude`
+    /// patterns are matched: nothing, or with `--parents` its kept path.
+    fn exclude_base(&self) -> &str {
+        self.kept.as_ref().map_or("", |kept| kept.rel.as_str())
+    }
 }
 
 /// How files on the host become layer entries.
@@ -226,22 +287,59 @@ impl Copier {
         Ok(())
     }
 
+    /// `--parents`: plans the directories on the kept part of a source that
+    /// the parent filesystem lacks, each with the metadata of the source
+    /// directory it copies (`source_dir` reads it by its matched path).
+    fn kept_parents(
+        &mut self,
+        parent: &Path,
+        dest: &str,
+        kept: &Kept,
+        source_dir: impl Fn(&str) -> Result<Meta>,
+    ) -> Result<()> {
+        let matched: Vec<&str> = kept.matched.split('/').collect();
+        let rel: Vec<&str> = kept.rel.split('/').collect();
+        let above = matched.len().saturating_sub(rel.len());
+        for depth in 1..rel.len() {
+            let target = join(dest, &rel[..depth].join("/"));
+            if is_dir_in(parent, &target)? {
+                continue;
+            }
+            let at = self.place(parent, &target)?;
+            if self.plan.contains(&at) {
+                continue;
+            }
+            let source = source_dir(&matched[..above + depth].join("/"))?;
+            let meta = Meta { mtime: source.mtime, ..self.meta(source.mode, source.uid, source.gid, true) };
+            self.plan.insert(&at, Entry::Directory(meta));
+        }
+        Ok(())
+    }
+
     fn context_item(
         &mut self,
         request: &CopyRequest<'_>,
         dir: &Path,
         context: &BuildContext,
-        path: &str,
+        item: &Matched,
         parent: &Path,
         dest_is_dir: bool,
     ) -> Result<()> {
+        let path = item.path.as_str();
         let entry = context
             .entry(path)
             .ok_or_else(|| Error::not_found(format!("{path:?} is no longer in the build context")))?;
+        if let Some(kept) = &item.kept {
+            let mtime = self.mtime;
+            self.kept_parents(parent, request.dest, kept, |p| match context.entry(&resolve_context(context, p)?) {
+                Some(ContextEntry::Directory { mode, .. }) => Ok(Meta { mode: *mode, uid: 0, gid: 0, mtime }),
+                _ => Err(Error::not_found(format!("directory {p:?} is no longer in the build context"))),
+            })?;
+        }
         match entry {
             ContextEntry::File { digest, mode } => {
                 let host = dir.join(path);
-                let target = if dest_is_dir { join(request.dest, base_name(path)) } else { request.dest.to_string() };
+                let target = item.file_target(request.dest, dest_is_dir);
                 if request.add && request.unpack != Some(false) {
                     if let Some(archive) = Archive::detect(&host)? {
                         return self.unpack(&archive, &host, parent, request.dest);
@@ -253,20 +351,20 @@ impl Copier {
                 self.plan.insert(&at, Entry::File(meta, content));
             }
             ContextEntry::Symlink { target } => {
-                let dest = if dest_is_dir { join(request.dest, base_name(path)) } else { request.dest.to_string() };
-                let at = self.place(parent, &dest)?;
+                let at = self.place(parent, &item.file_target(request.dest, dest_is_dir))?;
                 let meta = self.meta(0o777, 0, 0, false);
                 self.plan.insert(&at, Entry::Symlink(meta, target.clone()));
             }
             ContextEntry::Directory { mode, .. } => {
-                let root = self.place_dir(parent, request.dest)?;
-                if !root.is_empty() && !is_dir_in(parent, request.dest)? {
+                let dest = item.dir_target(request.dest);
+                let root = self.place_dir(parent, &dest)?;
+                if !root.is_empty() && !is_dir_in(parent, &dest)? {
                     self.plan.insert(&root, Entry::Directory(self.meta(*mode, 0, 0, true)));
                 }
                 let prefix = if path.is_empty() { String::new() } else { format!("{path}/") };
                 for (p, e) in context.entries().range(prefix.clone()..) {
                     let Some(rel) = p.strip_prefix(&prefix) else { break };
-                    if rel.is_empty() || self.exclude.is_excluded(rel) {
+                    if rel.is_empty() || self.exclude.is_excluded(&join_rel(item.exclude_base(), rel)) {
                         continue;
                     }
                     let at = if root.is_empty() { rel.to_string() } else { format!("{root}/{rel}") };
@@ -287,24 +385,50 @@ impl Copier {
         Ok(())
     }
 
-    fn filesystem_item(&mut self, root: &Path, path: &str, parent: &Path, dest: &str, dest_is_dir: bool) -> Result<()> {
+    fn filesystem_item(
+        &mut self,
+        root: &Path,
+        item: &Matched,
+        parent: &Path,
+        dest: &str,
+        dest_is_dir: bool,
+    ) -> Result<()> {
+        let path = item.path.as_str();
         let host = root.join(path);
         let meta =
             std::fs::symlink_metadata(&host).with_context(|| format!("reading {path} in the --from filesystem"))?;
+        if !meta.is_dir() && self.exclude.is_excluded(item.exclude_name()) {
+            return Ok(());
+        }
+        if let Some(kept) = &item.kept {
+            self.kept_parents(parent, dest, kept, |p| {
+                let at = resolve_in_root(root, p)?;
+                let m = std::fs::symlink_metadata(root.join(&at))
+                    .with_context(|| format!("reading {p} in the --from filesystem"))?;
+                Ok(Meta {
+                    mode: m.mode() & 0o7777,
+                    uid: m.uid() as u64,
+                    gid: m.gid() as u64,
+                    mtime: m.mtime().max(0) as u64,
+                })
+            })?;
+        }
         if meta.is_dir() {
-            let at = self.place_dir(parent, dest)?;
-            if !at.is_empty() && !is_dir_in(parent, dest)? {
+            let dest = item.dir_target(dest);
+            let at = self.place_dir(parent, &dest)?;
+            if !at.is_empty() && !is_dir_in(parent, &dest)? {
                 let m = self.meta(meta.mode() & 0o7777, meta.uid() as u64, meta.gid() as u64, true);
                 self.plan.insert(&at, Entry::Directory(m));
             }
-            return self.walk(&host, &at, HostFiles::AsIs);
+            return self.walk(&host, &at, item.exclude_base(), HostFiles::AsIs);
         }
-        let target = if dest_is_dir { join(dest, base_name(path)) } else { dest.to_string() };
-        let at = self.place(parent, &target)?;
+        let at = self.place(parent, &item.file_target(dest, dest_is_dir))?;
         self.filesystem_entry(&host, &meta, &at, HostFiles::AsIs)
     }
 
-    fn walk(&mut self, dir: &Path, at: &str, files: HostFiles) -> Result<()> {
+    /// Plans what is below `dir` under `at`; `--exclude` is matched against
+    /// paths below `rel`.
+    fn walk(&mut self, dir: &Path, at: &str, rel: &str, files: HostFiles) -> Result<()> {
         let mut names: Vec<_> = std::fs::read_dir(dir)
             .with_context(|| format!("reading {}", dir.display()))?
             .collect::<std::io::Result<Vec<_>>>()?;
@@ -314,12 +438,17 @@ impl Copier {
             if name == ".git" && files == (HostFiles::Checkout { keep_git_dir: false }) {
                 continue;
             }
-            let child_at = if at.is_empty() { name.clone() } else { format!("{at}/{name}") };
+            let child_at = join_rel(at, &name);
+            let child_rel = join_rel(rel, &name);
             let host = entry.path();
             let meta = std::fs::symlink_metadata(&host)?;
-            self.filesystem_entry(&host, &meta, &child_at, files)?;
-            if meta.is_dir() {
-                self.walk(&host, &child_at, files)?;
+            let excluded = self.exclude.is_excluded(&child_rel);
+            if !excluded {
+                self.filesystem_entry(&host, &meta, &child_at, files)?;
+            }
+            // An excluded directory may still hold paths a `!` pattern keeps.
+            if meta.is_dir() && (!excluded || self.exclude.has_exclusions()) {
+                self.walk(&host, &child_at, &child_rel, files)?;
             }
         }
         Ok(())
@@ -527,15 +656,16 @@ fn symbolic(clause: &str, mode: u32, is_dir: bool) -> u32 {
 }
 
 /// Expands `pattern` (absolute in the image) against the filesystem at
-/// `root`, wildcards per path element; returns resolved relative paths.
-fn glob_in_root(root: &Path, pattern: &str) -> Result<Vec<String>> {
-    let mut found = vec![String::new()];
+/// `root`, wildcards per path element; returns each match as matched and
+/// resolved, as relative paths.
+fn glob_in_root(root: &Path, pattern: &str) -> Result<Vec<(String, String)>> {
+    let mut found = vec![(String::new(), String::new())];
     for part in pattern.split('/').filter(|p| !p.is_empty() && *p != ".") {
         let mut next = Vec::new();
-        for base in &found {
+        for (matched, base) in &found {
             let dir = resolve_in_root(root, base)?;
             if !part.contains(['*', '?', '[']) {
-                next.push(join_rel(&dir, part));
+                next.push((join_rel(matched, part), join_rel(&dir, part)));
                 continue;
             }
             let matcher = memobuild_frontend::IgnorePattern::glob(part).map_err(Error::invalid_argument)?;
@@ -543,15 +673,17 @@ fn glob_in_root(root: &Path, pattern: &str) -> Result<Vec<String>> {
             let mut names: Vec<String> =
                 entries.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
             names.sort();
-            next.extend(names.into_iter().filter(|n| matcher.matches(n)).map(|n| join_rel(&dir, &n)));
+            next.extend(
+                names.into_iter().filter(|n| matcher.matches(n)).map(|n| (join_rel(matched, &n), join_rel(&dir, &n))),
+            );
         }
         found = next;
     }
     let mut resolved = Vec::new();
-    for path in found {
+    for (matched, path) in found {
         let at = resolve_in_root(root, &path)?;
         if std::fs::symlink_metadata(root.join(&at)).is_ok() {
-            resolved.push(at);
+            resolved.push((matched, at));
         }
     }
     Ok(resolved)

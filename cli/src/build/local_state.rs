@@ -63,7 +63,8 @@ impl LocalState {
         self.dir.join(CACHE_MOUNTS_DIR)
     }
 
-    /// Files and git checkouts fetched by ADD, with notes of file sizes.
+    /// Files and git checkouts fetched by ADD, with notes of the files
+    /// (`RemoteFileNote`).
     pub fn remote_files_dir(&self) -> PathBuf {
         self.dir.join(REMOTE_FILES_DIR)
     }

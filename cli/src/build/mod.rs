@@ -23,6 +23,7 @@ mod local_state;
 mod output_spec;
 mod progress;
 mod prune;
+mod remote_file_note;
 mod remote_source;
 mod rootfs;
 mod run_command;

@@ -28,6 +28,7 @@ use prost::Message;
 use super::local_state::{
     ACTION_CACHE_DIR, CACHE_MOUNTS_DIR, CAS_DIR, DIFF_IDS_DIR, RECORDS_DIR, REMOTE_FILES_DIR, STAT_CACHE_DIR,
 };
+use super::remote_file_note::RemoteFileNote;
 
 /// The largest entry, Action or output Tree read into memory.
 const MAX_ENTRY_BYTES: u64 = 64 << 20;
@@ -36,8 +37,6 @@ const MAX_ENTRY_BYTES: u64 = 64 << 20;
 const SERVER_ACTION_CACHE_DIR: &str = "ac";
 /// Where a private containerd keeps its root (see `Containerd::start_private`).
 const PRIVATE_CONTAINERD_DIR: &str = "containerd";
-/// Notes named by a blob's hex digest, which go with their blob.
-const NOTE_DIRS: [&str; 2] = [REMOTE_FILES_DIR, DIFF_IDS_DIR];
 /// What `--all` empties besides the stores.
 const CACHE_DIRS: [&str; 5] = [CACHE_MOUNTS_DIR, STAT_CACHE_DIR, REMOTE_FILES_DIR, DIFF_IDS_DIR, RECORDS_DIR];
 
@@ -257,9 +256,13 @@ impl Pruner {
             report.bytes += blob.size;
             report.removed.push(format!("blob {} ({})", blob.digest, HumanBytes(blob.size)));
         }
-        for name in NOTE_DIRS {
-            report.bytes += remove_notes(&self.dir.join(name), &remaining)?;
-        }
+        // Diff ids are named by their blob's hex digest; ADD notes name theirs inside.
+        report.bytes += remove_notes(&self.dir.join(DIFF_IDS_DIR), |path| {
+            path.file_name().and_then(|n| n.to_str()).is_some_and(|n| remaining.contains(n))
+        })?;
+        report.bytes += remove_notes(&self.dir.join(REMOTE_FILES_DIR), |path| {
+            RemoteFileNote::load(path).is_some_and(|note| remaining.contains(&note.digest.hex()))
+        })?;
         if policy.all {
             for name in CACHE_DIRS {
                 report.bytes += empty_dir(&self.dir.join(name))?;
@@ -377,18 +380,17 @@ impl Pruner {
     }
 }
 
-/// Removes the files in `dir` that are not notes of a `remaining` blob (by
-/// hex digest); returns the bytes freed.
-fn remove_notes(dir: &Path, remaining: &HashSet<String>) -> Result<u64> {
+/// Removes the files in `dir` that `keep` does not take for notes of a
+/// remaining blob; returns the bytes freed.
+fn remove_notes(dir: &Path, keep: impl Fn(&Path) -> bool) -> Result<u64> {
     let mut freed = 0;
     for entry in read_dir(dir)? {
         let entry = entry?;
         let metadata = entry.metadata()?;
-        let name = entry.file_name();
-        if !metadata.is_file() || name.to_str().is_some_and(|n| remaining.contains(n)) {
+        let path = entry.path();
+        if !metadata.is_file() || keep(&path) {
             continue;
         }
-        let path = entry.path();
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         freed += metadata.len();
     }
@@ -439,6 +441,9 @@ mod tests {
     use memobuild_proto::DigestFunction;
 
     const HOUR: Duration = Duration::from_secs(3600);
+    /// ADDed URLs whose file is the base layer (kept) and the orphan (pruned).
+    const KEPT_URL: &str = "https://example.com/kept";
+    const GONE_URL: &str = "https://example.com/gone";
 
     fn digest(name: &str) -> Digest {
         Digest::of(DigestFunction::Sha256, name.as_bytes())
@@ -518,6 +523,11 @@ mod tests {
             std::fs::create_dir_all(dir.path().join(name)).unwrap();
             std::fs::write(dir.path().join(name).join(digest.hex()), "note").unwrap();
         }
+        for (url, digest) in [(KEPT_URL, base), (GONE_URL, orphan)] {
+            let note = RemoteFileNote { digest, mtime: None, etag: Some("\"e\"".into()), last_modified: None };
+            note.save(&RemoteFileNote::url_path(&state.remote_files_dir(), url)).unwrap();
+            note.save(&RemoteFileNote::content_path(&state.remote_files_dir(), &digest.hex())).unwrap();
+        }
         Fixture { dir, base, steps, orphan }
     }
 
@@ -544,6 +554,13 @@ mod tests {
         fn has(&self, dir: &str, digest: &Digest) -> bool {
             self.dir.path().join(dir).join(digest.hex()).exists()
         }
+
+        /// Whether the ADD notes of `url` and of its content `digest` are there.
+        fn has_add_notes(&self, url: &str, digest: &Digest) -> (bool, bool) {
+            let dir = self.dir.path().join(REMOTE_FILES_DIR);
+            let content = RemoteFileNote::content_path(&dir, &digest.hex());
+            (RemoteFileNote::url_path(&dir, url).exists(), content.exists())
+        }
     }
 
     #[tokio::test]
@@ -558,6 +575,8 @@ mod tests {
         assert!(blobs.contains(&f.base) && !blobs.contains(&f.orphan));
         assert!(f.has(DIFF_IDS_DIR, &f.base), "the note of a kept blob stays");
         assert!(!f.has(DIFF_IDS_DIR, &f.orphan) && !f.has(REMOTE_FILES_DIR, &digest("gone")));
+        assert_eq!(f.has_add_notes(KEPT_URL, &f.base), (true, true), "the ADD notes of a kept blob stay");
+        assert_eq!(f.has_add_notes(GONE_URL, &f.orphan), (false, false), "the ADD notes of a removed blob go");
     }
 
     #[tokio::test]

@@ -1,9 +1,11 @@
 //! Remote ADD sources: HTTP(S) files and git repositories, fetched once
 //! before the final plan (as base images are) so that what was fetched pins
-//! the steps that add it. Files go straight into the CAS, with a note of
-//! their size so that a `--checksum` names a blob the CAS can be asked for
-//! without any request; git checkouts stay in a temporary directory for the
-//! build.
+//! the steps that add it. Files go straight into the CAS, with notes (see
+//! [`RemoteFileNote`]) so that a `--checksum` names a blob the CAS can be
+//! asked for without any request, and so that a file the server says has
+//! not changed (`304 Not Modified` to the `ETag` or `Last-Modified` it sent
+//! before) is not downloaded again; git checkouts stay in a temporary
+//! directory for the build.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::SeekFrom;
@@ -19,6 +21,7 @@ use tokio_util::io::ReaderStream;
 
 use super::local_state::LocalState;
 use super::progress::{BuildEvent, EventSender};
+use super::remote_file_note::RemoteFileNote;
 
 /// Largest file ADD downloads.
 const MAX_DOWNLOAD: u64 = 16 << 30;
@@ -172,21 +175,48 @@ pub async fn materialize(
 }
 
 async fn fetch_file(state: &LocalState, url: &str, checksum: Option<&str>) -> Result<Fetched> {
-    if let Some(digest) = checksum.and_then(|sum| remembered(state, sum)) {
-        if state.cas.find_missing(&[digest]).await?.is_empty() {
-            return Ok(Fetched::File { digest, mtime: None });
+    let pinned = match checksum.and_then(|sum| sum.strip_prefix("sha256:")) {
+        Some(hex) => stored(state, &RemoteFileNote::content_path(&state.remote_files_dir(), hex))
+            .await?
+            .filter(|note| note.digest.hex() == hex),
+        None => None,
+    };
+    let note = match pinned {
+        Some(note) => note,
+        None => refresh(state, url, checksum).await?,
+    };
+    // A file pinned by --checksum does not depend on the server's clock.
+    let mtime = if checksum.is_some() { None } else { note.mtime };
+    Ok(Fetched::File { digest: note.digest, mtime })
+}
+
+/// Asks the server for `url`, conditionally when a note of it has
+/// validators and names a blob the CAS still has; a 200 is stored and
+/// noted, whatever the note said.
+async fn refresh(state: &LocalState, url: &str, checksum: Option<&str>) -> Result<RemoteFileNote> {
+    let dir = state.remote_files_dir();
+    let url_note = RemoteFileNote::url_path(&dir, url);
+    let known = stored(state, &url_note).await?.filter(RemoteFileNote::has_validators);
+    let (file, note) = download(state, url, known).await?;
+    if let Some(sum) = checksum {
+        verify(url, sum, &note.digest)?;
+    }
+    let Some(file) = file else { return Ok(note) };
+    let stream = ReaderStream::new(file).map_err(Error::from).boxed();
+    state.cas.put(&note.digest, stream).await.with_context(|| format!("storing ADD {url}"))?;
+    // Best effort: a file without a note is downloaded again.
+    for path in [url_note, RemoteFileNote::content_path(&dir, &note.digest.hex())] {
+        if let Err(e) = note.save(&path) {
+            tracing::debug!(error = %e, "cannot note ADD {url}");
         }
     }
-    let (file, digest, last_modified) = download(state, url).await?;
-    if let Some(sum) = checksum {
-        verify(url, sum, &digest)?;
-    }
-    let stream = ReaderStream::new(file).map_err(Error::from).boxed();
-    state.cas.put(&digest, stream).await.with_context(|| format!("storing ADD {url}"))?;
-    remember(state, &digest);
-    // A file pinned by --checksum does not depend on the server's clock.
-    let mtime = if checksum.is_some() { None } else { last_modified };
-    Ok(Fetched::File { digest, mtime })
+    Ok(note)
+}
+
+/// The note at `path`, when the blob it names is still in the CAS.
+async fn stored(state: &LocalState, path: &Path) -> Result<Option<RemoteFileNote>> {
+    let Some(note) = RemoteFileNote::load(path) else { return Ok(None) };
+    Ok(state.cas.find_missing(&[note.digest]).await?.is_empty().then_some(note))
 }
 
 fn verify(url: &str, checksum: &str, digest: &Digest) -> Result<()> {
@@ -199,12 +229,31 @@ fn verify(url: &str, checksum: &str, digest: &Digest) -> Result<()> {
 }
 
 /// Downloads `url` into an anonymous file, hashing as it goes; returns the
-/// file (rewound), its digest and the `Last-Modified` time.
-async fn download(state: &LocalState, url: &str) -> Result<(tokio::fs::File, Digest, Option<u64>)> {
+/// file (rewound) and its note. With `known`, asks only for a file that
+/// does not match its validators: when the server answers `304 Not
+/// Modified` there is no file, and the note is `known`.
+async fn download(
+    state: &LocalState,
+    url: &str,
+    known: Option<RemoteFileNote>,
+) -> Result<(Option<tokio::fs::File>, RemoteFileNote)> {
+    use reqwest::header::{ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
     let failed = |e: &dyn std::error::Error| Error::unavailable(format!("ADD {url}: {}", error_chain(e)));
     let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(30)).build().map_err(|e| failed(&e))?;
-    let response = client.get(url).send().await.map_err(|e| failed(&e))?;
+    let mut request = client.get(url);
+    if let Some(known) = &known {
+        if let Some(etag) = &known.etag {
+            request = request.header(IF_NONE_MATCH, etag);
+        }
+        if let Some(date) = &known.last_modified {
+            request = request.header(IF_MODIFIED_SINCE, date);
+        }
+    }
+    let response = request.send().await.map_err(|e| failed(&e))?;
     let status = response.status();
+    if let (reqwest::StatusCode::NOT_MODIFIED, Some(known)) = (status, known) {
+        return Ok((None, known));
+    }
     if !status.is_success() {
         return Err(Error::unavailable(format!("ADD {url}: the server answered {status}")));
     }
@@ -213,10 +262,10 @@ async fn download(state: &LocalState, url: &str) -> Result<(tokio::fs::File, Dig
     if length.is_some_and(|n| n > MAX_DOWNLOAD) {
         return Err(too_big());
     }
-    let mtime = response
-        .headers()
-        .get(reqwest::header::LAST_MODIFIED)
-        .and_then(|v| v.to_str().ok())
+    let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (etag, last_modified) = (header(ETAG), header(LAST_MODIFIED));
+    let mtime = last_modified
+        .as_deref()
         .and_then(|v| httpdate::parse_http_date(v).ok())
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_secs());
@@ -237,24 +286,7 @@ async fn download(state: &LocalState, url: &str) -> Result<(tokio::fs::File, Dig
     }
     file.flush().await?;
     file.seek(SeekFrom::Start(0)).await?;
-    Ok((file, hasher.finish(), mtime))
-}
-
-/// The CAS digest of a file with `checksum` (`sha256:HEX`) fetched before.
-fn remembered(state: &LocalState, checksum: &str) -> Option<Digest> {
-    let hex = checksum.strip_prefix("sha256:")?;
-    let size = std::fs::read_to_string(state.remote_files_dir().join(hex)).ok()?.trim().parse().ok()?;
-    Digest::parse(DigestFunction::Sha256, hex, size).ok()
-}
-
-/// Best effort: a file whose size is not noted is downloaded again.
-fn remember(state: &LocalState, digest: &Digest) {
-    let path = state.remote_files_dir().join(digest.hex());
-    let temp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let written = std::fs::write(&temp, digest.size().to_string()).and_then(|()| std::fs::rename(&temp, &path));
-    if let Err(e) = written {
-        tracing::debug!(error = %e, "cannot note the size of {digest}");
-    }
+    Ok((Some(file), RemoteFileNote { digest: hasher.finish(), mtime, etag, last_modified }))
 }
 
 /// Fetches `url`'s ref (shallow when the server allows) and checks it out
