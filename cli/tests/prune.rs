@@ -6,9 +6,11 @@
 #[path = "image_build/harness.rs"]
 mod harness;
 
+use std::collections::BTreeSet;
 use std::process::{Command, Output};
 
 use harness::{fixture, Project, Unpacked};
+use memobuild_worker::containerd::{Containerd, NAMESPACE, SNAPSHOTTER};
 
 /// `memobuild prune --state-dir STATE ARGS`, stdin not a terminal.
 fn prune(project: &Project, args: &[&str]) -> Output {
@@ -37,6 +39,44 @@ fn count(summary: &str, what: &str) -> u64 {
     before.trim_end().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{what} in {summary:?}"))
 }
 
+/// A client of the state dir's private containerd: while it is held, the
+/// daemon keeps running between commands; dropping it leaves.
+struct Joined {
+    runtime: tokio::runtime::Runtime,
+    containerd: Containerd,
+}
+
+impl Joined {
+    fn new(project: &Project) -> Joined {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let containerd = runtime.block_on(Containerd::connect_or_start(None, project.state_dir())).unwrap();
+        Joined { runtime, containerd }
+    }
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        if let Err(e) = self.runtime.block_on(self.containerd.shutdown()) {
+            eprintln!("leaving the private containerd: {e}");
+        }
+    }
+}
+
+/// memobuild's committed snapshots, as `ctr snapshots ls` lists them.
+fn snapshots(joined: &Joined) -> BTreeSet<String> {
+    let output = Command::new("ctr")
+        .arg("--address")
+        .arg(joined.containerd.address())
+        .args(["--namespace", NAMESPACE, "snapshots", "--snapshotter", SNAPSHOTTER, "ls"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "ctr failed: {}", String::from_utf8_lossy(&output.stderr));
+    // KEY PARENT KIND, the parent blank for a bottom layer.
+    let listing = String::from_utf8_lossy(&output.stdout).to_string();
+    let committed = listing.lines().skip(1).filter(|line| line.split_whitespace().last() == Some("Committed"));
+    committed.filter_map(|line| line.split_whitespace().next()).map(str::to_string).collect()
+}
+
 /// Builds the image; returns the step ids that ran and that hit the cache.
 fn build(project: &Project) -> (Vec<String>, Vec<String>) {
     let out = project.path().join("image.tar");
@@ -57,15 +97,19 @@ fn prune_keeps_what_builds_use_and_reclaims_the_rest() {
     let project = Project::new(&[("Dockerfile", &dockerfile)]);
     let steps = vec!["0.1".to_string(), "0.2".to_string()];
     assert_eq!(build(&project), (steps.clone(), vec![]));
+    let containerd = Joined::new(&project);
+    let built = snapshots(&containerd);
+    assert!(built.len() >= 2, "the base layer and step one's: {built:?}");
 
     // Without -f and without a terminal to ask on, nothing happens.
     let refused = stderr(&prune(&project, &["--all"]));
     assert!(refused.contains("stdin is not a terminal (pass -f/--force)"), "{refused}");
 
     // Never under a build: one holding the stores keeps prune out.
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let held =
-        runtime.block_on(memobuild_cas::FilesystemStore::open_shared(project.state_dir().join("cas"), false)).unwrap();
+    let held = containerd
+        .runtime
+        .block_on(memobuild_cas::FilesystemStore::open_shared(project.state_dir().join("cas"), false))
+        .unwrap();
     let busy = stderr(&prune(&project, &["--all", "-f"]));
     assert!(busy.contains("a build is using the state dir; prune when it is done"), "{busy}");
     drop(held);
@@ -74,6 +118,8 @@ fn prune_keeps_what_builds_use_and_reclaims_the_rest() {
     let kept = stdout(&prune(&project, &["--filter", "until=1h", "-f"]));
     assert!(kept.starts_with("reclaimed "), "{kept}");
     assert_eq!(count(&kept, "cache entries"), 0, "{kept}");
+    assert!(!kept.contains("containerd snapshots"), "{kept}");
+    assert_eq!(snapshots(&containerd), built, "the cached steps' snapshots stay");
     assert_eq!(build(&project), (vec![], steps.clone()));
 
     // Nothing may stay: every entry goes, the steps run again.
@@ -83,10 +129,14 @@ fn prune_keeps_what_builds_use_and_reclaims_the_rest() {
     assert!(entries >= 2, "two RUN steps and the layer compressions: {listed}");
     assert_eq!(count(summary, "cache entries"), entries, "{listed}");
     assert!(count(summary, "blobs") > 0, "{listed}");
+    assert_eq!(count(summary, "containerd snapshots"), built.len() as u64, "{listed}");
+    assert_eq!(snapshots(&containerd), BTreeSet::new(), "no remaining step uses a snapshot");
     assert_eq!(build(&project), (steps.clone(), vec![]));
+    assert_eq!(snapshots(&containerd).len(), built.len(), "the rebuild unpacks its layers again");
 
     // --all also removes the unpacked layers from containerd.
     let all = stdout(&prune(&project, &["--all", "-f"]));
     assert!(count(&all, "containerd snapshots") >= 2, "the base layer and step one's: {all}");
+    assert_eq!(snapshots(&containerd), BTreeSet::new());
     assert_eq!(build(&project), (steps, vec![]));
 }

@@ -9,6 +9,10 @@
 //! while steps built on them stay. A kept entry whose blobs are gone is a
 //! miss ([`memobuild_cas::ActionCache`] checks), never a wrong hit.
 //!
+//! Then memobuild's containerd snapshots (unpacked layer chains) that no
+//! remaining entry starts from or makes go too; while a layer's diff id is
+//! unknown, every snapshot stays.
+//!
 //! The stores are opened for this process alone, so a prune never runs
 //! while a build uses the state dir.
 
@@ -20,7 +24,8 @@ use bytes::Bytes;
 use indicatif::{HumanBytes, HumanDuration};
 use memobuild_cas::{output_digests, walk_tree, BlobStore, FilesystemStore, StoredBlob};
 use memobuild_frontend::{parse_byte_size, parse_go_duration};
-use memobuild_proto::reapi::{Action, ActionResult, Tree};
+use memobuild_oci::{DiffIdMemo, DirectoryDiffIdMemo, Layer};
+use memobuild_proto::reapi::{Action, ActionResult, Directory, Tree};
 use memobuild_proto::{Digest, Error, Result, ResultExt};
 use memobuild_worker::containerd::{Containerd, SYSTEM_SOCKET};
 use prost::Message;
@@ -29,6 +34,7 @@ use super::local_state::{
     ACTION_CACHE_DIR, CACHE_MOUNTS_DIR, CAS_DIR, DIFF_IDS_DIR, RECORDS_DIR, REMOTE_FILES_DIR, STAT_CACHE_DIR,
 };
 use super::remote_file_note::RemoteFileNote;
+use super::step_action::StepLayers;
 
 /// The largest entry, Action or output Tree read into memory.
 const MAX_ENTRY_BYTES: u64 = 64 << 20;
@@ -65,7 +71,7 @@ pub struct PruneArgs {
     /// The state dir to prune [default: $XDG_STATE_HOME/memobuild].
     #[arg(long, env = "MEMOBUILD_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
-    /// containerd's socket, for --all [default: as memobuild build finds it].
+    /// containerd's socket, to remove snapshots [default: as memobuild build finds it].
     #[arg(long, env = "CONTAINERD_ADDRESS")]
     pub containerd_address: Option<PathBuf>,
 }
@@ -104,6 +110,9 @@ pub struct PruneReport {
     pub snapshots: u64,
     /// One line per entry and blob removed, for `--verbose`.
     pub removed: Vec<String>,
+    /// The chain ids of the snapshots the remaining entries use; `None`
+    /// when unknown, and then no snapshot may go.
+    pub live_chains: Option<HashSet<String>>,
 }
 
 impl PruneReport {
@@ -122,8 +131,8 @@ impl PruneReport {
 pub async fn prune(args: &PruneArgs, state_dir: &Path) -> Result<PruneReport> {
     let Some(pruner) = Pruner::open(state_dir).await? else { return Ok(PruneReport::default()) };
     let mut report = pruner.prune(&args.policy(), SystemTime::now()).await?;
-    if args.all {
-        report.snapshots = pruner.remove_snapshots(args.containerd_address.as_deref()).await?;
+    if let Some(live) = &report.live_chains {
+        report.snapshots = pruner.remove_snapshots(args.containerd_address.as_deref(), live).await?;
     }
     Ok(report)
 }
@@ -135,6 +144,24 @@ struct Entry {
     size: u64,
     last_used: SystemTime,
     reaches: Option<Vec<Digest>>,
+    /// The layers of the step it records; `None` when they cannot be read.
+    layers: Option<StepLayers>,
+}
+
+/// The chain ids of the snapshots that steps with these `layers` start
+/// from or make: every prefix of parent layers and output. `None` when a
+/// layer's diff id is unknown.
+fn live_chains<'a>(
+    layers: impl IntoIterator<Item = &'a StepLayers>,
+    diff_id: impl Fn(&Digest) -> Option<Digest>,
+) -> Option<HashSet<String>> {
+    let mut live = HashSet::new();
+    for step in layers {
+        let stack: Option<Vec<Layer>> =
+            step.parent.iter().chain(&step.output).map(|blob| diff_id(blob).map(Layer::uncompressed)).collect();
+        live.extend(Layer::chain_ids(&stack?));
+    }
+    Some(live)
 }
 
 /// The entries `policy` drops (indices into `entries`).
@@ -236,15 +263,25 @@ impl Pruner {
             report.removed.push(format!("cache entry {} (last used {age} ago)", entry.key));
         }
         let dropped: HashSet<usize> = dropped.into_iter().collect();
-        let mut keep: HashSet<Digest> = (0..entries.len())
-            .filter(|i| !dropped.contains(i))
-            .filter_map(|i| entries[i].reaches.as_ref())
-            .flatten()
-            .copied()
-            .collect();
-        if let Some(server) = &self.server_results {
-            keep.extend(self.entries(server).await?.into_iter().filter_map(|e| e.reaches).flatten());
-        }
+        let server_entries = match &self.server_results {
+            Some(server) => self.entries(server).await?,
+            None => Vec::new(),
+        };
+        let remaining_entries: Vec<&Entry> =
+            (0..entries.len()).filter(|i| !dropped.contains(i)).map(|i| &entries[i]).chain(&server_entries).collect();
+        let keep: HashSet<Digest> =
+            remaining_entries.iter().filter_map(|e| e.reaches.as_ref()).flatten().copied().collect();
+        // Steps make uncompressed layers; pulls remember compressed ones' diff ids.
+        let made: HashSet<Digest> =
+            entries.iter().chain(&server_entries).filter_map(|e| e.layers.as_ref()?.output).collect();
+        let memo = DirectoryDiffIdMemo::new(self.dir.join(DIFF_IDS_DIR));
+        let diff_id = |blob: &Digest| memo.get(blob).or_else(|| made.contains(blob).then_some(*blob));
+        let layers: Option<Vec<&StepLayers>> = remaining_entries.iter().map(|e| e.layers.as_ref()).collect();
+        // `--all` empties every cache, snapshots included, as it always has.
+        report.live_chains = match policy.all {
+            true => Some(HashSet::new()),
+            false => layers.and_then(|layers| live_chains(layers, diff_id)),
+        };
         let mut remaining = HashSet::new();
         for blob in &blobs {
             if keep.contains(&blob.digest) {
@@ -271,16 +308,17 @@ impl Pruner {
         Ok(report)
     }
 
-    /// Removes memobuild's committed containerd snapshots, connecting as a
-    /// build does; nothing to do when no containerd was ever started here.
-    pub async fn remove_snapshots(&self, address: Option<&Path>) -> Result<u64> {
+    /// Removes memobuild's committed containerd snapshots not named in
+    /// `keep`, connecting as a build does; nothing to do when no containerd
+    /// was ever started here.
+    pub async fn remove_snapshots(&self, address: Option<&Path>, keep: &HashSet<String>) -> Result<u64> {
         let none_used =
             address.is_none() && !Path::new(SYSTEM_SOCKET).exists() && !self.dir.join(PRIVATE_CONTAINERD_DIR).exists();
         if none_used {
             return Ok(0);
         }
         let containerd = Containerd::connect_or_start(address, &self.dir).await?;
-        let removed = containerd.remove_committed_snapshots().await;
+        let removed = containerd.remove_committed_snapshots_except(keep).await;
         let stopped = containerd.shutdown().await;
         let removed = removed?;
         stopped?;
@@ -292,27 +330,28 @@ impl Pruner {
         let mut input_roots = HashMap::new();
         let mut entries = Vec::new();
         for StoredBlob { digest, size, last_used } in store.list().await? {
-            let reaches = match size > MAX_ENTRY_BYTES {
-                true => None,
+            let (reaches, layers) = match size > MAX_ENTRY_BYTES {
+                true => (None, None),
                 false => {
                     let data = store.get_bytes(&digest).await?;
                     self.reach(&digest, data, &mut input_roots).await?
                 }
             };
-            entries.push(Entry { key: digest, size, last_used, reaches });
+            entries.push(Entry { key: digest, size, last_used, reaches, layers });
         }
         Ok(entries)
     }
 
-    /// What the entry stored under `action` reaches; `None` when `data` is
-    /// not an ActionResult.
+    /// What the entry stored under `action` reaches (`None` when `data` is
+    /// not an ActionResult), and the layers of its step (`None` when its
+    /// input root cannot be read).
     async fn reach(
         &self,
         action: &Digest,
         data: Bytes,
         input_roots: &mut HashMap<Digest, Vec<Digest>>,
-    ) -> Result<Option<Vec<Digest>>> {
-        let Ok(result) = ActionResult::decode(data) else { return Ok(None) };
+    ) -> Result<(Option<Vec<Digest>>, Option<StepLayers>)> {
+        let Ok(result) = ActionResult::decode(data) else { return Ok((None, None)) };
         let function = action.function();
         let mut trees = Vec::new();
         for dir in &result.output_directories {
@@ -323,11 +362,14 @@ impl Pruner {
                 trees.push(tree);
             }
         }
-        let Ok(mut reached) = output_digests(&result, &trees, action) else { return Ok(None) };
+        let Ok(mut reached) = output_digests(&result, &trees, action) else { return Ok((None, None)) };
+        let mut layers = None;
         reached.push(*action);
         if let Some(found) = self.small_blob(action).await?.and_then(|data| Action::decode(data).ok()) {
             reached.extend(found.command_digest.and_then(|d| Digest::from_proto(function, &d).ok()));
             if let Some(root) = found.input_root_digest.and_then(|d| Digest::from_proto(function, &d).ok()) {
+                let directory = self.small_blob(&root).await?.and_then(|data| Directory::decode(data).ok());
+                layers = directory.map(|directory| StepLayers::of(&directory, &result));
                 let tree = match input_roots.get(&root) {
                     Some(tree) => tree.clone(),
                     None => {
@@ -341,7 +383,7 @@ impl Pruner {
         }
         reached.sort();
         reached.dedup();
-        Ok(Some(reached))
+        Ok((Some(reached), layers))
     }
 
     /// The directories and files of the tree under `root`, as far as they
@@ -451,7 +493,7 @@ mod tests {
 
     fn entry(name: &str, age: Duration, now: SystemTime, reaches: Option<&[&str]>) -> Entry {
         let reaches = reaches.map(|names| names.iter().map(|n| digest(n)).collect());
-        Entry { key: digest(name), size: 1, last_used: now - age, reaches }
+        Entry { key: digest(name), size: 1, last_used: now - age, reaches, layers: None }
     }
 
     #[test]
@@ -628,6 +670,52 @@ mod tests {
             assert!(left.is_empty(), "{dir} is not empty");
         }
         assert_eq!(f.hits().await, vec![None, None]);
+    }
+
+    #[test]
+    fn the_live_chains_are_every_prefix_of_each_remaining_steps_layers() {
+        let (base, one, two) = (digest("base.tar.gz"), digest("one"), digest("two"));
+        let base_diff = digest("base.tar");
+        let diff_id = |blob: &Digest| match *blob == base {
+            true => Some(base_diff),
+            false => [one, two].contains(blob).then_some(*blob),
+        };
+        let steps = [
+            StepLayers { parent: vec![base], output: Some(one) },
+            StepLayers { parent: vec![base, one], output: Some(two) },
+            StepLayers { parent: vec![base, one, two], output: None },
+        ];
+        let stack =
+            |blobs: &[Digest]| Layer::chain_ids(&blobs.iter().map(|d| Layer::uncompressed(*d)).collect::<Vec<_>>());
+        let all: HashSet<String> = stack(&[base_diff, one, two]).into_iter().collect();
+        assert_eq!(all.len(), 3);
+        assert_eq!(live_chains(&steps, diff_id), Some(all.clone()));
+        assert_eq!(live_chains(&steps[..1], diff_id), Some(stack(&[base_diff, one]).into_iter().collect()));
+        assert!(!live_chains(&steps[..1], diff_id).unwrap().contains(&stack(&[base, one])[1]), "by diff id, not blob");
+        assert_eq!(live_chains(&[], diff_id), Some(HashSet::new()));
+        let unknown = StepLayers { parent: vec![digest("a layer nobody knows")], output: Some(one) };
+        assert_eq!(live_chains(steps.iter().chain([&unknown]), diff_id), None, "an unknown diff id keeps everything");
+    }
+
+    #[tokio::test]
+    async fn the_remaining_steps_name_their_snapshots() {
+        let f = fixture().await;
+        let base_diff = digest("the base layer, uncompressed");
+        DirectoryDiffIdMemo::new(f.dir.path().join(DIFF_IDS_DIR)).put(&f.base, &base_diff);
+        let layers = [base_diff, f.steps[0].1, f.steps[1].1].map(Layer::uncompressed);
+        let report = f.prune(PrunePolicy::default(), SystemTime::now()).await;
+        assert_eq!(report.live_chains, Some(Layer::chain_ids(&layers).into_iter().collect()));
+        let until = PrunePolicy { unused_for: Some(HOUR), ..PrunePolicy::default() };
+        let report = f.prune(until, SystemTime::now() + 2 * HOUR).await;
+        assert_eq!(report.live_chains, Some(HashSet::new()), "no step remains: {report:?}");
+    }
+
+    #[tokio::test]
+    async fn a_base_layer_of_unknown_diff_id_keeps_every_snapshot() {
+        let f = fixture().await;
+        std::fs::remove_file(f.dir.path().join(DIFF_IDS_DIR).join(f.base.hex())).unwrap();
+        let report = f.prune(PrunePolicy::default(), SystemTime::now()).await;
+        assert_eq!(report.live_chains, None, "{report:?}");
     }
 
     #[tokio::test]

@@ -17,6 +17,36 @@ use prost::Message;
 
 /// The output path of a step's layer.
 const LAYER_OUTPUT: &str = "layer.tar";
+/// How the input root names the parent filesystem's layers (then `NNNN`).
+const PARENT_PREFIX: &str = "parent-";
+
+/// The layers of a recorded step, by blob, as its input root and result
+/// name them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepLayers {
+    /// The parent filesystem's layers, bottom first.
+    pub parent: Vec<Digest>,
+    /// The (uncompressed) layer the step made.
+    pub output: Option<Digest>,
+}
+
+impl StepLayers {
+    /// Reads them from a step's input root and result; a file that is not a
+    /// step's (a Bazel action's) names none.
+    pub fn of(input_root: &Directory, result: &ActionResult) -> StepLayers {
+        let digest = |d: Option<&reapi::Digest>| d.and_then(|d| Digest::from_proto(DigestFunction::Sha256, d).ok());
+        // The root lists its files by name, so `parent-NNNN` come bottom first.
+        let parent = input_root
+            .files
+            .iter()
+            .filter(|f| f.name.starts_with(PARENT_PREFIX))
+            .filter_map(|f| digest(f.digest.as_ref()))
+            .collect();
+        let output =
+            result.output_files.iter().find(|f| f.path == LAYER_OUTPUT).and_then(|f| digest(f.digest.as_ref()));
+        StepLayers { parent, output }
+    }
+}
 
 /// What goes into a step's action.
 pub struct StepInputs<'a> {
@@ -56,7 +86,7 @@ impl StepAction {
                 });
             }
         };
-        add("parent-".to_string(), inputs.parent);
+        add(PARENT_PREFIX.to_string(), inputs.parent);
         for (n, source) in inputs.sources.iter().enumerate() {
             add(format!("source-{n:02}-"), source);
         }
