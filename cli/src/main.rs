@@ -38,9 +38,9 @@ enum Command {
     /// Cache entries are the roots: --filter until=DURATION, --keep-storage and
     /// --all pick the entries to remove, then every blob that no remaining entry
     /// reaches is removed (with no flag, only those). Layers stay while a cached
-    /// step built on them stays. containerd snapshots are removed only with
-    /// --all; otherwise they are left alone. Refuses while a build uses the
-    /// state dir.
+    /// step built on them stays, and so do their unpacked snapshots in
+    /// containerd (all of them when a layer's diff id is unknown). Refuses
+    /// while a build uses the state dir.
     Prune(PruneArgs),
 }
 
