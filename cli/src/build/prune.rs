@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use indicatif::{HumanBytes, HumanDuration};
-use memobuild_cas::{output_digests, walk_tree, BlobStore, FilesystemStore, StoredBlob};
+use memobuild_cas::{collect, output_digests, walk_tree, BlobStore, ByteRange, FilesystemStore, StoredBlob};
 use memobuild_frontend::{parse_byte_size, parse_go_duration};
 use memobuild_oci::{DiffIdMemo, DirectoryDiffIdMemo, Layer};
 use memobuild_proto::reapi::{Action, ActionResult, Directory, Tree};
@@ -275,7 +275,17 @@ impl Pruner {
         let made: HashSet<Digest> =
             entries.iter().chain(&server_entries).filter_map(|e| e.layers.as_ref()?.output).collect();
         let memo = DirectoryDiffIdMemo::new(self.dir.join(DIFF_IDS_DIR));
-        let diff_id = |blob: &Digest| memo.get(blob).or_else(|| made.contains(blob).then_some(*blob));
+        // A base layer pulled uncompressed has no memo: its blob is its diff id.
+        let mut plain = HashSet::new();
+        for entry in &remaining_entries {
+            for blob in entry.layers.iter().flat_map(|l| &l.parent) {
+                if !made.contains(blob) && memo.get(blob).is_none() && self.is_uncompressed_tar(blob).await? {
+                    plain.insert(*blob);
+                }
+            }
+        }
+        let diff_id =
+            |blob: &Digest| memo.get(blob).or_else(|| (made.contains(blob) || plain.contains(blob)).then_some(*blob));
         let layers: Option<Vec<&StepLayers>> = remaining_entries.iter().map(|e| e.layers.as_ref()).collect();
         // `--all` empties every cache, snapshots included, as it always has.
         report.live_chains = match policy.all {
@@ -409,6 +419,19 @@ impl Pruner {
         blobs
     }
 
+    /// Whether the stored layer `blob` is a tar as is, not gzip or zstd
+    /// (told by its first bytes); false when it is not stored.
+    async fn is_uncompressed_tar(&self, blob: &Digest) -> Result<bool> {
+        const GZIP: [u8; 2] = [0x1f, 0x8b];
+        const ZSTD: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+        let head = match self.cas.get(blob, ByteRange::new(0, Some(4))).await {
+            Ok(stream) => collect(stream).await?,
+            Err(e) if e.code() == tonic::Code::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        Ok(!head.is_empty() && !head.starts_with(&GZIP) && !head.starts_with(&ZSTD))
+    }
+
     /// A CAS blob, `None` when absent or too large to be an Action or Tree.
     async fn small_blob(&self, digest: &Digest) -> Result<Option<Bytes>> {
         if digest.size() > MAX_ENTRY_BYTES {
@@ -532,8 +555,8 @@ mod tests {
         orphan: Digest,
     }
 
-    async fn put(state: &LocalState, text: &str) -> Digest {
-        let data = Bytes::from(text.to_string());
+    async fn put(state: &LocalState, data: impl AsRef<[u8]>) -> Digest {
+        let data = Bytes::copy_from_slice(data.as_ref());
         let digest = Digest::of(DigestFunction::Sha256, &data);
         state.cas.put_bytes(&digest, data).await.unwrap();
         digest
@@ -542,7 +565,8 @@ mod tests {
     async fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let state = LocalState::open(dir.path(), None).await.unwrap();
-        let base = put(&state, "base layer").await;
+        // Pulled compressed (gzip's magic first): its diff id is in the memo.
+        let base = put(&state, b"\x1f\x8b base layer").await;
         let mut parent = vec![Layer::uncompressed(base)];
         let mut steps = Vec::new();
         for n in 1..=2 {
@@ -716,6 +740,18 @@ mod tests {
         std::fs::remove_file(f.dir.path().join(DIFF_IDS_DIR).join(f.base.hex())).unwrap();
         let report = f.prune(PrunePolicy::default(), SystemTime::now()).await;
         assert_eq!(report.live_chains, None, "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn a_base_layer_pulled_uncompressed_is_its_own_diff_id() {
+        let f = fixture().await;
+        let state = LocalState::open(f.dir.path(), None).await.unwrap();
+        let plain = put(&state, "a tar, as is").await;
+        drop(state);
+        let pruner = Pruner::open(f.dir.path()).await.unwrap().unwrap();
+        assert!(pruner.is_uncompressed_tar(&plain).await.unwrap());
+        assert!(!pruner.is_uncompressed_tar(&f.base).await.unwrap(), "gzip");
+        assert!(!pruner.is_uncompressed_tar(&digest("not stored")).await.unwrap());
     }
 
     #[tokio::test]
