@@ -276,12 +276,16 @@ impl Pruner {
             entries.iter().chain(&server_entries).filter_map(|e| e.layers.as_ref()?.output).collect();
         let memo = DirectoryDiffIdMemo::new(self.dir.join(DIFF_IDS_DIR));
         // A base layer pulled uncompressed has no memo: its blob is its diff id.
+        let unknown: HashSet<Digest> = remaining_entries
+            .iter()
+            .flat_map(|e| e.layers.iter().flat_map(|l| &l.parent))
+            .filter(|blob| !made.contains(*blob) && memo.get(blob).is_none())
+            .copied()
+            .collect();
         let mut plain = HashSet::new();
-        for entry in &remaining_entries {
-            for blob in entry.layers.iter().flat_map(|l| &l.parent) {
-                if !made.contains(blob) && memo.get(blob).is_none() && self.is_uncompressed_tar(blob).await? {
-                    plain.insert(*blob);
-                }
+        for blob in unknown {
+            if self.is_uncompressed_tar(&blob).await? {
+                plain.insert(blob);
             }
         }
         let diff_id =
