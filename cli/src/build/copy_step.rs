@@ -143,10 +143,10 @@ fn fetched(request: &CopyRequest<'_>, key: &str) -> Result<PathBuf> {
 }
 
 /// Plans WORKDIR: the directory and its missing parents, unless it exists,
-/// owned by the current USER as BuildKit does.
+/// owned by the current USER as BuildKit does (and, as BuildKit, by root
+/// when the image does not know that user: RUN reports it if it matters).
 pub fn plan_workdir(path: &str, user: Option<&str>, parent: &Path, mtime: u64) -> Result<LayerPlan> {
-    let owner =
-        user.map(|user| lookup_user(parent, user).context(format!("WORKDIR {path} for USER {user}"))).transpose()?;
+    let owner = user.and_then(|user| lookup_user(parent, user).ok());
     let mut copier = Copier { plan: LayerPlan::default(), owner, chmod: None, exclude: DockerIgnore::default(), mtime };
     if !is_dir_in(parent, path)? {
         let at = resolve_in_root(parent, path)?;
@@ -732,6 +732,22 @@ mod tests {
         assert_eq!(sym("a=rX", 0o600, false), Some(0o444));
         assert_eq!(sym("u=rwx,g=rx,o=", 0o000, false), Some(0o750));
         assert!(Chmod::parse("banana").is_err());
+    }
+
+    #[test]
+    fn workdir_belongs_to_the_user_or_to_root_when_the_image_does_not_know_them() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("etc")).unwrap();
+        std::fs::write(root.path().join("etc/passwd"), "app:x:1000:1001::/home/app:/bin/sh\n").unwrap();
+        let owner = |user: Option<&str>| {
+            let plan = plan_workdir("/w/x", user, root.path(), 0).unwrap();
+            let Some(Entry::Directory(meta)) = plan.entry("w/x") else { panic!("no directory w/x planned") };
+            (meta.uid, meta.gid)
+        };
+        assert_eq!(owner(Some("app")), (1000, 1001));
+        assert_eq!(owner(Some("1234")), (1234, 1234));
+        assert_eq!(owner(Some("ghost")), (0, 0));
+        assert_eq!(owner(None), (0, 0));
     }
 
     #[test]

@@ -50,6 +50,11 @@ impl LayerPlan {
         self.entries.contains_key(path)
     }
 
+    #[cfg(test)]
+    pub fn entry(&self, path: &str) -> Option<&Entry> {
+        self.entries.get(path)
+    }
+
     /// Adds or replaces the entry at `path`. A directory never replaces a
     /// directory already planned (the first one's metadata wins).
     pub fn insert(&mut self, path: &str, entry: Entry) {
