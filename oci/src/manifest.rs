@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use futures::{StreamExt, TryStreamExt};
 use memobuild_proto::{Digest, Error, Result};
 use oci_spec::image::ImageConfiguration;
 use serde::{Deserialize, Serialize};
@@ -156,34 +157,46 @@ pub(crate) async fn complete_layers(
     what: &str,
     memo: Option<&dyn DiffIdMemo>,
 ) -> Result<Vec<Layer>> {
-    let mut layers = Vec::with_capacity(listed.len());
-    for layer in listed {
-        let compression = Compression::of_media_type(&layer.media_type)?;
-        let remembered = memo.and_then(|m| m.get(&layer.blob));
-        let diff_id = if compression == Compression::None {
-            layer.blob
-        } else if let Some(diff_id) = remembered {
-            diff_id
-        } else {
-            let reader = blob_reader(store, &layer.blob).await?;
-            blocking(move || HashingReader::new(compression.decoder(reader)?).finish().map_err(io_error))
-                .await
-                .map_err(|e| e.context(format!("{what}: decompressing layer {}", oci_digest(&layer.blob))))?
-        };
-        if oci_digest(&diff_id) != layer.diff_id {
-            return Err(Error::invalid_argument(format!(
-                "{what}: layer {} has diff id {}, the config says {}",
-                oci_digest(&layer.blob),
-                oci_digest(&diff_id),
-                layer.diff_id
-            )));
-        }
-        if let (Some(memo), None) = (memo, remembered) {
-            memo.put(&layer.blob, &diff_id);
-        }
-        layers.push(Layer { blob: layer.blob, media_type: layer.media_type, diff_id });
+    // Decompressing to learn diff ids is CPU-bound: one layer per core.
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    futures::stream::iter(listed.into_iter().map(|layer| complete_layer(store, layer, what, memo)))
+        .buffered(cores)
+        .try_collect()
+        .await
+}
+
+/// One listed layer with its diff id: remembered, the blob itself when
+/// uncompressed, else found by decompressing; checked against the config.
+async fn complete_layer(
+    store: &dyn BlobStore,
+    layer: ListedLayer,
+    what: &str,
+    memo: Option<&dyn DiffIdMemo>,
+) -> Result<Layer> {
+    let compression = Compression::of_media_type(&layer.media_type)?;
+    let remembered = memo.and_then(|m| m.get(&layer.blob));
+    let diff_id = if compression == Compression::None {
+        layer.blob
+    } else if let Some(diff_id) = remembered {
+        diff_id
+    } else {
+        let reader = blob_reader(store, &layer.blob).await?;
+        blocking(move || HashingReader::new(compression.decoder(reader)?).finish().map_err(io_error))
+            .await
+            .map_err(|e| e.context(format!("{what}: decompressing layer {}", oci_digest(&layer.blob))))?
+    };
+    if oci_digest(&diff_id) != layer.diff_id {
+        return Err(Error::invalid_argument(format!(
+            "{what}: layer {} has diff id {}, the config says {}",
+            oci_digest(&layer.blob),
+            oci_digest(&diff_id),
+            layer.diff_id
+        )));
     }
-    Ok(layers)
+    if let (Some(memo), None) = (memo, remembered) {
+        memo.put(&layer.blob, &diff_id);
+    }
+    Ok(Layer { blob: layer.blob, media_type: layer.media_type, diff_id })
 }
 
 impl ListedLayer {
