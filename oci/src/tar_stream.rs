@@ -13,23 +13,21 @@ const BLOCK: usize = 512;
 /// Writes `name` verbatim (a trailing `/` kept) into the header's name
 /// field; fails when it does not fit in 100 bytes.
 pub(crate) fn set_name(header: &mut tar::Header, name: &[u8]) -> std::io::Result<()> {
-    let field = &mut header.as_old_mut().name;
-    if name.len() > field.len() {
-        return Err(std::io::Error::other(format!("name longer than {} bytes", field.len())));
-    }
-    field.fill(0);
-    field[..name.len()].copy_from_slice(name);
-    Ok(())
+    fill(&mut header.as_old_mut().name, name, "name")
 }
 
 /// Writes `target` verbatim into the header's link name field.
 pub(crate) fn set_link(header: &mut tar::Header, target: &[u8]) -> std::io::Result<()> {
-    let field = &mut header.as_old_mut().linkname;
-    if target.len() > field.len() {
-        return Err(std::io::Error::other(format!("link target longer than {} bytes", field.len())));
+    fill(&mut header.as_old_mut().linkname, target, "link target")
+}
+
+/// Copies `value` into a zero-padded header field.
+fn fill(field: &mut [u8], value: &[u8], what: &str) -> std::io::Result<()> {
+    if value.len() > field.len() {
+        return Err(std::io::Error::other(format!("{what} longer than {} bytes", field.len())));
     }
     field.fill(0);
-    field[..target.len()].copy_from_slice(target);
+    field[..value.len()].copy_from_slice(value);
     Ok(())
 }
 
