@@ -6,7 +6,7 @@ use memobuild_proto::{Digest, DigestFunction, Error, Result};
 use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
 
-use crate::blob_metadata::BlobMetadata;
+use crate::blob_metadata::{digest_from_columns, BlobMetadata};
 use crate::sqlite_pool::open_sqlite;
 
 /// [`BlobMetadata`] in a SQLite database (WAL mode), for embedded use.
@@ -33,6 +33,38 @@ impl SqliteMetadata {
             .map_err(db_error("summing sizes"))?;
         Ok(SqliteMetadata { pool, total_bytes: AtomicU64::new(total as u64) })
     }
+
+    /// Adds the blob's row (counting its size) or moves its access time
+    /// forward; `stored` marks its bytes as in the store.
+    async fn insert(&self, digest: &Digest, now_ms: i64, stored: bool) -> Result<()> {
+        let inserted = sqlx::query(
+            "INSERT INTO blobs (function, hash, size, last_access, stored) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(function_code(digest.function()))
+        .bind(&digest.hash()[..])
+        .bind(digest.size() as i64)
+        .bind(now_ms)
+        .bind(stored)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error("recording a blob"))?
+        .rows_affected();
+        if inserted == 1 {
+            self.total_bytes.fetch_add(digest.size(), Ordering::SeqCst);
+            return Ok(());
+        }
+        if stored {
+            sqlx::query("UPDATE blobs SET stored = 1 WHERE function = ? AND hash = ? AND size = ?")
+                .bind(function_code(digest.function()))
+                .bind(&digest.hash()[..])
+                .bind(digest.size() as i64)
+                .execute(&self.pool)
+                .await
+                .map_err(db_error("marking a blob stored"))?;
+        }
+        self.touch(&[(*digest, now_ms)]).await
+    }
 }
 
 fn function_code(function: DigestFunction) -> i64 {
@@ -42,24 +74,30 @@ fn function_code(function: DigestFunction) -> i64 {
 #[async_trait]
 impl BlobMetadata for SqliteMetadata {
     async fn record(&self, digest: &Digest, now_ms: i64) -> Result<()> {
-        let inserted = sqlx::query(
-            "INSERT INTO blobs (function, hash, size, last_access) VALUES (?, ?, ?, ?)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(function_code(digest.function()))
-        .bind(&digest.hash()[..])
-        .bind(digest.size() as i64)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await
-        .map_err(db_error("recording a blob"))?
-        .rows_affected();
-        if inserted == 1 {
-            self.total_bytes.fetch_add(digest.size(), Ordering::SeqCst);
-            Ok(())
-        } else {
-            self.touch(&[(*digest, now_ms)]).await
+        self.insert(digest, now_ms, false).await
+    }
+
+    async fn mark_stored(&self, digest: &Digest, now_ms: i64) -> Result<()> {
+        self.insert(digest, now_ms, true).await
+    }
+
+    async fn find_stored(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let mut conn = self.pool.acquire().await.map_err(db_error("connecting"))?;
+        let mut stored = Vec::new();
+        for digest in digests {
+            let found: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM blobs WHERE function = ? AND hash = ? AND size = ? AND stored = 1")
+                    .bind(function_code(digest.function()))
+                    .bind(&digest.hash()[..])
+                    .bind(digest.size() as i64)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(db_error("looking up stored blobs"))?;
+            if found.is_some() {
+                stored.push(*digest);
+            }
         }
+        Ok(stored)
     }
 
     async fn touch(&self, accesses: &[(Digest, i64)]) -> Result<()> {
@@ -95,21 +133,44 @@ impl BlobMetadata for SqliteMetadata {
         Ok(())
     }
 
-    async fn least_recent(&self, limit: usize) -> Result<Vec<Digest>> {
-        let rows = sqlx::query("SELECT function, hash, size FROM blobs ORDER BY last_access LIMIT ?")
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
+    async fn pin(&self, holder: &str, digests: &[Digest]) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_error("starting a transaction"))?;
+        for digest in digests {
+            sqlx::query(
+                "INSERT INTO blob_pins (holder, function, hash, size) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(holder)
+            .bind(function_code(digest.function()))
+            .bind(&digest.hash()[..])
+            .bind(digest.size() as i64)
+            .execute(&mut *tx)
             .await
-            .map_err(db_error("listing blobs"))?;
-        rows.iter()
-            .map(|row| {
-                let function = DigestFunction::from_proto(row.get::<i64, _>(0) as i32)?;
-                let hash: Vec<u8> = row.get(1);
-                let hash: [u8; 32] =
-                    hash.try_into().map_err(|_| Error::internal("blob metadata: a stored hash is not 32 bytes"))?;
-                Ok(Digest::new(function, hash, row.get::<i64, _>(2) as u64))
-            })
-            .collect()
+            .map_err(db_error("pinning blobs"))?;
+        }
+        tx.commit().await.map_err(db_error("committing pins"))
+    }
+
+    async fn unpin(&self, holder: &str) -> Result<()> {
+        sqlx::query("DELETE FROM blob_pins WHERE holder = ?")
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("unpinning blobs"))?;
+        Ok(())
+    }
+
+    async fn least_recent(&self, limit: usize) -> Result<Vec<Digest>> {
+        let rows = sqlx::query(
+            "SELECT b.function, b.hash, b.size FROM blobs b
+             WHERE NOT EXISTS (SELECT 1 FROM blob_pins p
+                               WHERE p.function = b.function AND p.hash = b.hash AND p.size = b.size)
+             ORDER BY b.last_access LIMIT ?",
+        )
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error("listing blobs"))?;
+        rows.iter().map(|row| digest_from_columns(row.get(0), row.get(1), row.get(2))).collect()
     }
 
     fn total_bytes(&self) -> u64 {
@@ -143,5 +204,11 @@ mod tests {
         meta.remove(&b).await.unwrap();
         assert_eq!(meta.total_bytes(), 4);
         assert_eq!(meta.least_recent(10).await.unwrap(), vec![a]);
+    }
+
+    #[tokio::test]
+    async fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::metadata_conformance::run(&SqliteMetadata::open(&dir.path().join("meta.db")).await.unwrap()).await;
     }
 }
