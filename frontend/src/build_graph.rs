@@ -15,7 +15,7 @@ use memobuild_proto::build as proto;
 use memobuild_proto::{Digest, DigestFunction, DigestHasher};
 use serde::{Serialize, Serializer};
 
-use crate::{ImageConfig, Location, OnbuildTrigger, Reads, StepDefinition};
+use crate::{ImageConfig, Location, OnbuildTrigger, Reads, StepDefinition, Warning};
 
 fn hex<S: Serializer>(d: &Digest, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&d.hex())
@@ -39,6 +39,9 @@ pub struct BuildGraph {
     pub context: Digest,
     /// The stages the target needs, dependencies first.
     pub stages: Vec<Stage>,
+    /// Build-check warnings, in Dockerfile order: those of the whole file
+    /// and those of the stages planned.
+    pub warnings: Vec<Warning>,
 }
 
 /// Where a stage starts.

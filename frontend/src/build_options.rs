@@ -46,6 +46,10 @@ pub struct BuildOptions {
     /// repositories by [`crate::GitUrl`] as displayed. A source missing here
     /// is planned unpinned (without `--checksum`, its key holds only the URL).
     pub remote_sources: BTreeMap<String, RemoteSource>,
+    /// `--check` (buildx's `--call=check`): plan for the build checks only.
+    /// Without a `--target` every stage is planned, and `# check=error=true`
+    /// does not fail the plan: the caller reports the warnings and fails.
+    pub check: bool,
 }
 
 impl Default for BuildOptions {
@@ -57,6 +61,7 @@ impl Default for BuildOptions {
             build_platform: Platform::host(),
             base_images: BTreeMap::new(),
             remote_sources: BTreeMap::new(),
+            check: false,
         }
     }
 }

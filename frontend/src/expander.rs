@@ -3,7 +3,10 @@
 
 use memobuild_proto::{Error, Result};
 
-use crate::{ArgDeclaration, BuildOptions, KeyValue, Location, Reads, Scope, ShellLexer, SourceText};
+use crate::{
+    ArgDeclaration, BuildOptions, Instruction, InstructionKind, KeyValue, Location, Reads, Scope, ShellLexer,
+    SourceText,
+};
 
 /// Expands words and applies ARG/ENV to scopes, with errors located in the
 /// Dockerfile.
@@ -67,6 +70,21 @@ impl<'a> Expander<'a> {
         Ok(out)
     }
 
+    /// The global scope: the automatic platform ARGs, then the ARGs
+    /// declared before the first FROM.
+    pub fn global_scope(&self, global_args: &[&Instruction]) -> Result<Scope> {
+        let mut global = Scope::default();
+        for (name, value) in self.options.platform_args() {
+            global.declare_arg(&name, Some(value));
+        }
+        for instruction in global_args {
+            if let InstructionKind::Arg(decls) = &instruction.kind {
+                self.declare_args(&mut global, &mut Reads::new(), decls, instruction.location, None)?;
+            }
+        }
+        Ok(global)
+    }
+
     /// Applies `ENV` to `scope`; all pairs are expanded with the values from
     /// before the instruction, as Docker does.
     pub fn set_env(
@@ -90,17 +108,19 @@ impl<'a> Expander<'a> {
         Ok(out)
     }
 
-    /// The stage a FROM in stage `current` is based on: only earlier stages
-    /// count (`FROM node AS node` is the image `node`).
+    /// The stage a FROM in stage `current` is based on: the last earlier
+    /// stage of that exact name (`FROM node AS node` is the image `node`;
+    /// BuildKit matches the name as written, so `FROM Build` is an image).
     pub fn base_stage(&self, name: &str, current: usize) -> Option<usize> {
-        self.stage_ref(name, false).filter(|i| *i < current)
+        self.stage_names[..current.min(self.stage_names.len())].iter().rposition(|n| n.as_deref() == Some(name))
     }
 
-    /// The stage a `--from`/`from=`/FROM name refers to: a stage name
-    /// (case-insensitive) or, for `--from`, a stage index.
+    /// The stage a `--from`/`from=`/`--target` name refers to: the last
+    /// stage of that name (case-insensitive; with duplicate names the later
+    /// stage wins) or, for `COPY --from`, a stage index.
     pub fn stage_ref(&self, name: &str, allow_index: bool) -> Option<usize> {
         let lower = name.to_ascii_lowercase();
-        if let Some(i) = self.stage_names.iter().position(|n| n.as_deref() == Some(lower.as_str())) {
+        if let Some(i) = self.stage_names.iter().rposition(|n| n.as_deref() == Some(lower.as_str())) {
             return Some(i);
         }
         if allow_index && !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) {

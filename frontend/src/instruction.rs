@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::{
     ArgDeclaration, CommandLine, CopyInstruction, FromInstruction, Healthcheck, KeyValue, Location, RunInstruction,
+    Warning,
 };
 
 /// One instruction: where it is, its original text, and what it says.
@@ -13,6 +14,16 @@ pub struct Instruction {
     /// The physical lines as written, heredoc bodies included.
     pub text: String,
     pub kind: InstructionKind,
+    /// Build-check warnings found while reading it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Warning>,
+}
+
+impl Instruction {
+    /// The keyword as written (`from`, `Run`, ...).
+    pub fn keyword_as_written(&self) -> &str {
+        self.text.split_whitespace().next().unwrap_or("")
+    }
 }
 
 /// What an instruction says. Words are kept as written: quotes and

@@ -38,6 +38,16 @@
 //! triggers ([`OnbuildTrigger`]) after the FROM, as a stage built `FROM`
 //! another stage runs that stage's ONBUILD instructions.
 //!
+//! # Build checks
+//!
+//! Where BuildKit warns, the plan warns too: [`BuildGraph::warnings`] holds
+//! [`Warning`]s named after BuildKit's build-check rules ([`CheckRule`]),
+//! less those `# check=skip=...` (or the `BUILDKIT_DOCKERFILE_CHECK` build
+//! argument) skips; with `error=true` any warning fails the plan. Rules
+//! BuildKit checks while reading the file warn for every stage; the others
+//! only for the stages the target needs, as do errors that BuildKit finds
+//! while building a stage.
+//!
 //! # Errors
 //!
 //! Every error is a [`memobuild_proto::Error`] (`INVALID_ARGUMENT` for bad
@@ -48,6 +58,8 @@ mod build_context;
 mod build_graph;
 mod build_options;
 mod byte_size;
+mod check_config;
+mod check_rule;
 mod command_line;
 mod context_scanner;
 mod copy_instruction;
@@ -63,9 +75,11 @@ mod healthcheck;
 mod heredoc;
 mod ignore_pattern;
 mod image_config;
+mod image_reference;
 mod instruction;
 mod key_value;
 mod line_reader;
+mod linter;
 mod location;
 mod logical_line;
 mod mount;
@@ -73,6 +87,7 @@ mod onbuild_trigger;
 mod parents_path;
 mod parser;
 mod planner;
+mod port_spec;
 mod run_instruction;
 mod scope;
 mod shell_lexer;
@@ -81,12 +96,15 @@ mod source_text;
 mod stage_planner;
 mod stat_cache;
 mod step_definition;
+mod warning;
 pub mod words;
 
 pub use build_context::{BuildContext, ContextEntry, ContextNode};
 pub use build_graph::{BuildGraph, Stage, StageBase, Step};
 pub use build_options::{BaseImage, BuildOptions, RemoteSource, PROXY_ARGS};
 pub use byte_size::parse_byte_size;
+pub use check_config::{CheckConfig, CHECK_BUILD_ARG};
+pub use check_rule::CheckRule;
 pub use command_line::CommandLine;
 pub use context_scanner::{ContextScanner, ScanStats};
 pub use copy_instruction::{CopyInstruction, CopySource};
@@ -100,6 +118,7 @@ pub use healthcheck::Healthcheck;
 pub use heredoc::{Heredoc, HeredocOpener};
 pub use ignore_pattern::{clean_path, IgnorePattern};
 pub use image_config::ImageConfig;
+pub use image_reference::check_image_reference;
 pub use instruction::{Instruction, InstructionKind};
 pub use key_value::{ArgDeclaration, KeyValue};
 pub use line_reader::LineReader;
@@ -117,6 +136,7 @@ pub use source_kind::{http_file_name, SourceKind};
 pub use source_text::SourceText;
 pub use stat_cache::{FileStat, StatCache};
 pub use step_definition::{MountDefinition, Origin, RunHeredoc, SourceDefinition, StepDefinition};
+pub use warning::Warning;
 
 use memobuild_proto::Result;
 

@@ -73,6 +73,7 @@ impl<'a> LineReader<'a> {
                 let trimmed = raw.trim_start();
                 // Comments and blank lines inside a continuation are dropped.
                 if trimmed.is_empty() || trimmed.starts_with('#') {
+                    logical.empty_continuation |= trimmed.is_empty();
                     continue;
                 }
                 let (piece, more) = self.trim_continuation(raw);

@@ -26,6 +26,9 @@ pub struct LogicalLine {
     pub heredocs: Vec<Heredoc>,
     /// The last line ended with the escape character and the file ended.
     pub continued_to_eof: bool,
+    /// A blank line sat inside the continuation (BuildKit's
+    /// NoEmptyContinuation warning).
+    pub empty_continuation: bool,
 }
 
 impl LogicalLine {
@@ -37,6 +40,7 @@ impl LogicalLine {
             last_line: first_line,
             heredocs: Vec::new(),
             continued_to_eof: false,
+            empty_continuation: false,
         }
     }
 

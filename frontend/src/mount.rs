@@ -1,9 +1,11 @@
 //! `RUN --mount=type=...` specifications.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::check_config::parse_go_bool;
 
 /// The kinds of RUN mounts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MountType {
     Bind,
@@ -14,7 +16,7 @@ pub enum MountType {
 }
 
 /// How concurrent builds share a cache mount.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Sharing {
     Shared,
@@ -23,7 +25,7 @@ pub enum Sharing {
 }
 
 /// One `--mount`, with Docker's defaults applied.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mount {
     #[serde(rename = "type")]
     pub kind: MountType,
@@ -46,34 +48,18 @@ pub struct Mount {
 }
 
 impl Mount {
-    /// Parses a mount spec (comma-separated, CSV quoting). `expand` is
-    /// applied to each value; at parse time pass the identity, and values
-    /// that still hold a `$` are checked later, once expanded.
+    /// Parses a mount spec (comma-separated, CSV quoting) as BuildKit does
+    /// when it runs the RUN: fields in order, each value passed through
+    /// `expand` (the ARG/ENV expansion) before it is checked. A bind, cache
+    /// or tmpfs mount without `target=` keeps `target` empty: it mounts at
+    /// the WORKDIR, which the planner knows.
     pub fn parse(spec: &str, expand: &mut dyn FnMut(&str) -> Result<String, String>) -> Result<Mount, String> {
-        let fields = split_csv(spec)?;
-        let mut kind = MountType::Bind;
-        for field in &fields {
-            if let Some((k, v)) = field.split_once('=') {
-                if k.eq_ignore_ascii_case("type") {
-                    kind = match expand(v)?.as_str() {
-                        "bind" => MountType::Bind,
-                        "cache" => MountType::Cache,
-                        "tmpfs" => MountType::Tmpfs,
-                        "secret" => MountType::Secret,
-                        "ssh" => MountType::Ssh,
-                        other => {
-                            return Err(format!("unsupported mount type {other:?} (bind, cache, tmpfs, secret or ssh)"))
-                        }
-                    };
-                }
-            }
-        }
         let mut m = Mount {
-            kind,
+            kind: MountType::Bind,
             target: None,
             source: None,
             from: None,
-            readonly: kind == MountType::Bind,
+            readonly: false,
             id: None,
             sharing: None,
             required: false,
@@ -83,105 +69,163 @@ impl Mount {
             size: None,
             env: None,
         };
-        let secret_like = matches!(kind, MountType::Secret | MountType::Ssh);
-        for field in &fields {
+        let mut readonly = None;
+        for field in split_csv(spec)? {
             let Some((key, raw)) = field.split_once('=') else {
                 match field.to_ascii_lowercase().as_str() {
-                    "readonly" | "ro" => m.readonly = true,
-                    "readwrite" | "rw" => m.readonly = false,
-                    "required" if secret_like => m.required = true,
-                    _ => return Err(format!("invalid field {field:?}: it must be a key=value pair")),
+                    "readonly" | "ro" => readonly = Some(true),
+                    "readwrite" | "rw" => readonly = Some(false),
+                    "required" if m.kind.takes_required() => m.required = true,
+                    "required" => return Err(unexpected_key("required", m.kind)),
+                    _ => return Err(format!("invalid field '{field}' must be a key=value pair")),
                 }
                 continue;
             };
             let key = key.to_ascii_lowercase();
             let value = expand(raw)?;
-            let deferred = value.contains('$');
-            let unexpected = || format!("unexpected key {key:?} for mount type {kind:?}");
+            let invalid = || format!("invalid value for {key}: {value}");
             match key.as_str() {
-                "type" => {}
-                "from" => {
-                    if !matches!(kind, MountType::Bind | MountType::Cache) {
-                        return Err(format!("{kind:?} mounts do not take from="));
-                    }
-                    m.from = Some(value)
-                }
+                "type" => m.kind = MountType::parse(&value)?,
+                "from" => m.from = Some(value),
                 "source" | "src" => m.source = Some(value),
                 "target" | "dst" | "destination" => m.target = Some(value),
-                "readonly" | "ro" => m.readonly = parse_bool(&key, &value)?,
-                "readwrite" | "rw" => m.readonly = !parse_bool(&key, &value)?,
-                "required" if secret_like => m.required = parse_bool(&key, &value)?,
-                "sharing" if kind == MountType::Cache => {
-                    m.sharing = Some(match value.as_str() {
-                        "shared" => Sharing::Shared,
-                        "private" => Sharing::Private,
-                        "locked" => Sharing::Locked,
-                        other => {
-                            return Err(format!("unsupported sharing value {other:?} (shared, private or locked)"))
-                        }
-                    })
+                "readonly" | "ro" => readonly = Some(parse_go_bool(&value).ok_or_else(invalid)?),
+                "readwrite" | "rw" => readonly = Some(!parse_go_bool(&value).ok_or_else(invalid)?),
+                "required" if m.kind.takes_required() => m.required = parse_go_bool(&value).ok_or_else(invalid)?,
+                "size" if m.kind == MountType::Tmpfs => {
+                    m.size = Some(crate::parse_byte_size(&value).map_err(|_| invalid())?)
                 }
+                "required" | "size" => return Err(unexpected_key(&key, m.kind)),
                 "id" => m.id = Some(value),
-                "size" if kind == MountType::Tmpfs => {
-                    if !deferred {
-                        m.size = Some(crate::parse_byte_size(&value)?);
-                    }
+                "sharing" => m.sharing = Some(Sharing::parse(&value)?),
+                "mode" => {
+                    m.mode =
+                        Some(u32::from_str_radix(&value, 8).map_err(|_| format!("invalid value {value} for mode"))?)
                 }
-                "mode" if !deferred => {
-                    m.mode = Some(
-                        u32::from_str_radix(&value, 8)
-                            .map_err(|_| format!("invalid value for mode: {value:?} (octal)"))?,
-                    )
-                }
-                "uid" | "gid" if !deferred => {
-                    let n: u32 = value.parse().map_err(|_| format!("invalid value for {key}: {value:?}"))?;
-                    if key == "uid" {
-                        m.uid = Some(n)
-                    } else {
-                        m.gid = Some(n)
-                    }
-                }
-                "mode" | "uid" | "gid" => {}
-                "env" if kind == MountType::Secret => m.env = Some(value),
-                "required" | "sharing" | "size" | "env" => return Err(unexpected()),
-                _ => return Err(format!("unexpected key {key:?} in mount {spec:?}")),
+                "uid" => m.uid = Some(value.parse().map_err(|_| format!("invalid value {value} for uid"))?),
+                "gid" => m.gid = Some(value.parse().map_err(|_| format!("invalid value {value} for gid"))?),
+                "env" => m.env = Some(value),
+                _ => return Err(format!("unexpected key '{key}' in '{field}'")),
             }
         }
-        match kind {
-            MountType::Bind | MountType::Cache | MountType::Tmpfs => {
-                if m.target.as_deref().unwrap_or("").is_empty() {
-                    return Err(format!("{kind:?} mount needs a target").to_lowercase());
+        let kind = m.kind;
+        if !matches!(kind, MountType::Secret | MountType::Ssh | MountType::Cache) {
+            for (name, set) in [("mode", m.mode.is_some()), ("uid", m.uid.is_some()), ("gid", m.gid.is_some())] {
+                if set {
+                    return Err(format!("{name} not allowed for \"{}\" type mounts", kind.name()));
                 }
             }
+        }
+        m.readonly = readonly.unwrap_or(!matches!(kind, MountType::Cache | MountType::Tmpfs));
+        match kind {
             MountType::Secret => {
-                if m.id.is_none() {
-                    let from_target = m.target.as_deref().and_then(|t| t.rsplit('/').next());
-                    m.id = from_target.filter(|s| !s.is_empty()).map(str::to_string);
+                if m.from.is_some() {
+                    return Err("secret mount should not have a from".into());
                 }
-                if m.id.is_none() && m.env.is_none() {
-                    return Err("secret mount needs an id, a target or an env".into());
+                if m.sharing.is_some() {
+                    return Err("secret mount should not define sharing".into());
+                }
+                if m.source.is_none() && m.target.is_none() && m.id.is_none() {
+                    return Err("invalid secret mount. one of source, target required".into());
+                }
+                if m.source.is_some() && m.id.is_some() {
+                    return Err("both source and id can't be set".into());
+                }
+                // The secret's id: source=, else id=, else the target's name.
+                if let Some(source) = m.source.take() {
+                    m.id = Some(source);
+                }
+                if m.id.is_none() {
+                    m.id = m.target.as_deref().map(|t| t.rsplit('/').next().unwrap_or(t).to_string());
                 }
             }
             MountType::Ssh => {
                 m.id.get_or_insert_with(|| "default".to_string());
             }
-        }
-        if kind == MountType::Cache {
-            m.sharing.get_or_insert(Sharing::Shared);
-            if m.id.is_none() {
-                m.id = m.target.clone();
+            MountType::Cache => {
+                m.sharing.get_or_insert(Sharing::Shared);
+                if m.id.is_none() {
+                    m.id = Some(crate::clean_path(m.target.as_deref().unwrap_or(".")));
+                }
             }
+            MountType::Bind | MountType::Tmpfs => {}
+        }
+        if m.sharing.is_some() && kind != MountType::Cache {
+            return Err(format!("invalid cache sharing set for {} mount", kind.name()));
+        }
+        if kind != MountType::Secret {
+            m.env = None;
         }
         Ok(m)
     }
+
+    /// The `from=` of a mount spec as written, checked as BuildKit checks
+    /// it when it reads the file: it names a stage or an image and cannot
+    /// hold a variable.
+    pub fn raw_from(spec: &str) -> Result<Option<String>, String> {
+        let mut from = None;
+        for field in split_csv(spec)? {
+            if let Some((key, value)) = field.split_once('=') {
+                if key.eq_ignore_ascii_case("from") {
+                    if value.find('$').is_some_and(|i| i != value.len() - 1) {
+                        return Err("'from' doesn't support variable expansion, define alias stage instead".into());
+                    }
+                    from = Some(value.to_string());
+                }
+            }
+        }
+        Ok(from)
+    }
 }
 
-fn parse_bool(key: &str, value: &str) -> Result<bool, String> {
-    match value.to_ascii_lowercase().as_str() {
-        "true" | "1" | "t" => Ok(true),
-        "false" | "0" | "f" => Ok(false),
-        _ => Err(format!("invalid value for {key}: {value:?} (true or false)")),
+impl MountType {
+    fn parse(value: &str) -> Result<MountType, String> {
+        Ok(match value.to_ascii_lowercase().as_str() {
+            "bind" => MountType::Bind,
+            "cache" => MountType::Cache,
+            "tmpfs" => MountType::Tmpfs,
+            "secret" => MountType::Secret,
+            "ssh" => MountType::Ssh,
+            _ => return Err(format!("unsupported mount type {value:?} (bind, cache, tmpfs, secret or ssh)")),
+        })
     }
+
+    /// The type as written in a mount spec.
+    pub fn name(self) -> &'static str {
+        match self {
+            MountType::Bind => "bind",
+            MountType::Cache => "cache",
+            MountType::Tmpfs => "tmpfs",
+            MountType::Secret => "secret",
+            MountType::Ssh => "ssh",
+        }
+    }
+
+    /// Whether the mount is placed at a target taken relative to the
+    /// WORKDIR, the WORKDIR itself when none is given (secret and ssh
+    /// mounts have their own defaults).
+    pub fn mounts_at_target(self) -> bool {
+        matches!(self, MountType::Bind | MountType::Cache | MountType::Tmpfs)
+    }
+
+    fn takes_required(self) -> bool {
+        matches!(self, MountType::Secret | MountType::Ssh)
+    }
+}
+
+impl Sharing {
+    fn parse(value: &str) -> Result<Sharing, String> {
+        Ok(match value.to_ascii_lowercase().as_str() {
+            "shared" => Sharing::Shared,
+            "private" => Sharing::Private,
+            "locked" => Sharing::Locked,
+            _ => return Err(format!("unsupported sharing value {value:?} (shared, private or locked)")),
+        })
+    }
+}
+
+fn unexpected_key(key: &str, kind: MountType) -> String {
+    format!("unexpected key '{key}' for mount type '{}'", kind.name())
 }
 
 /// Splits a CSV record: `,` separated, `"` quoted with `""` for a quote.
@@ -230,6 +274,8 @@ mod tests {
         let m = parse("type=secret,target=/run/secrets/npmrc,required").unwrap();
         assert_eq!(m.id.as_deref(), Some("npmrc"));
         assert!(m.required);
+        let m = parse("type=secret,source=aws,env=AWS").unwrap();
+        assert_eq!((m.id.as_deref(), m.env.as_deref()), (Some("aws"), Some("AWS")));
         let m = parse("type=ssh").unwrap();
         assert_eq!(m.id.as_deref(), Some("default"));
         let m = parse("type=tmpfs,target=/tmp,size=64m").unwrap();
@@ -239,23 +285,43 @@ mod tests {
         assert!(!m.readonly);
         let m = parse("\"type=bind\",\"target=/a,b\"").unwrap();
         assert_eq!(m.target.as_deref(), Some("/a,b"));
+        // No target: the planner mounts it at the WORKDIR.
+        let m = parse("type=Cache").unwrap();
+        assert_eq!((m.kind, m.target.as_deref(), m.id.as_deref()), (MountType::Cache, None, Some(".")));
+        assert_eq!(parse("ro").unwrap().target, None);
+    }
+
+    #[test]
+    fn expands_every_value_first() {
+        let m =
+            Mount::parse("type=$T,target=${D}", &mut |v| Ok(v.replace("$T", "cache").replace("${D}", "/c"))).unwrap();
+        assert_eq!((m.kind, m.target.as_deref()), (MountType::Cache, Some("/c")));
     }
 
     #[test]
     fn errors() {
         for (spec, want) in [
-            ("type=nfs,target=/x", "unsupported mount type"),
-            ("type=cache", "needs a target"),
-            ("type=bind,target=/x,sharing=locked", "unexpected key"),
-            ("target=/x,foo=bar", "unexpected key \"foo\""),
-            ("type=cache,target=/x,mode=999", "invalid value for mode"),
-            ("type=secret", "needs an id"),
-            ("type=tmpfs,target=/x,from=a", "do not take from"),
-            ("target=/x,bogus", "key=value"),
-            ("type=tmpfs,target=/t,size=lots", "invalid size"),
+            ("type=nfs,target=/x", "unsupported mount type \"nfs\""),
+            ("type=bind,target=/x,sharing=locked", "invalid cache sharing set for bind mount"),
+            ("target=/x,foo=bar", "unexpected key 'foo' in 'foo=bar'"),
+            ("type=cache,target=/x,mode=999", "invalid value 999 for mode"),
+            ("type=bind,target=/x,uid=1", "uid not allowed for \"bind\" type mounts"),
+            ("type=secret", "invalid secret mount. one of source, target required"),
+            ("type=secret,id=a,from=b", "secret mount should not have a from"),
+            ("target=/x,bogus", "invalid field 'bogus' must be a key=value pair"),
+            ("type=tmpfs,target=/t,size=lots", "invalid value for size: lots"),
+            ("required,type=secret,id=a", "unexpected key 'required' for mount type 'bind'"),
+            ("type=bind,ro=yes", "invalid value for ro: yes"),
         ] {
             let e = parse(spec).unwrap_err();
             assert!(e.contains(want), "{spec}: {e}");
         }
+    }
+
+    #[test]
+    fn from_is_read_as_written() {
+        assert_eq!(Mount::raw_from("type=bind,from=build,target=/b"), Ok(Some("build".into())));
+        assert_eq!(Mount::raw_from("target=/b"), Ok(None));
+        assert!(Mount::raw_from("from=$STAGE").unwrap_err().contains("doesn't support variable expansion"));
     }
 }

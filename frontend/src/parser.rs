@@ -6,8 +6,9 @@ use crate::flag_set::{FlagKind, FlagSet};
 use crate::go_duration::parse_go_duration;
 use crate::words::{extract_flags, json_array, raw_words, split_keyword, whitespace_words, Word};
 use crate::{
-    ArgDeclaration, CommandLine, CopyInstruction, CopySource, FromInstruction, Healthcheck, Heredoc, Instruction,
-    InstructionKind, KeyValue, LogicalLine, Mount, MountSpec, NetworkMode, RunInstruction, SecurityMode, SourceText,
+    ArgDeclaration, CheckRule, CommandLine, CopyInstruction, CopySource, FromInstruction, Healthcheck, Heredoc,
+    Instruction, InstructionKind, KeyValue, LogicalLine, Mount, MountSpec, NetworkMode, RunInstruction, SecurityMode,
+    SourceText, Warning,
 };
 
 /// An error at a byte offset of the logical line.
@@ -108,14 +109,28 @@ impl<'a> Parser<'a> {
             };
             return Err(at(start, why));
         }
+        let location = line.location(self.source, start);
+        let mut warnings = Vec::new();
+        let mut warn = |rule: CheckRule, message: String| {
+            warnings.push(Warning::new(rule, message, self.source.name(), location));
+        };
+        if line.empty_continuation {
+            warn(CheckRule::NoEmptyContinuation, "Empty continuation line".into());
+        }
         let kind = match kw {
-            "FROM" => InstructionKind::From(self.from(line, &flags, args, args_start)?),
+            "FROM" => InstructionKind::From(self.from(line, keyword, &flags, args, args_start, &mut warn)?),
             "RUN" => InstructionKind::Run(self.run(line, &flags, args)?),
             "CMD" => InstructionKind::Cmd(CommandLine::parse(args)),
             "ENTRYPOINT" => InstructionKind::Entrypoint(CommandLine::parse(args)),
-            "LABEL" => InstructionKind::Label(self.name_values(kw, args, args_start)?),
-            "ENV" => InstructionKind::Env(self.name_values(kw, args, args_start)?),
-            "MAINTAINER" => InstructionKind::Maintainer(args.to_string()),
+            "LABEL" => InstructionKind::Label(self.name_values(kw, keyword, args, args_start, &mut warn)?),
+            "ENV" => InstructionKind::Env(self.name_values(kw, keyword, args, args_start, &mut warn)?),
+            "MAINTAINER" => {
+                warn(
+                    CheckRule::MaintainerDeprecated,
+                    "Maintainer instruction is deprecated in favor of using label".into(),
+                );
+                InstructionKind::Maintainer(args.to_string())
+            }
             "EXPOSE" => InstructionKind::Expose(texts(whitespace_words(args))),
             "ADD" | "COPY" => {
                 let copy = self.copy(line, kw == "ADD", &flags, args, args_start)?;
@@ -146,14 +161,34 @@ impl<'a> Parser<'a> {
             }
             _ => return Err(at(start, format!("unknown instruction {keyword:?}"))),
         };
-        Ok(Instruction { location: line.location(self.source, start), text: line.original(self.source), kind })
+        Ok(Instruction { location, text: line.original(self.source), kind, warnings })
     }
 
-    fn from(&self, line: &LogicalLine, flags: &FlagSet, args: &str, args_start: usize) -> LineResult<FromInstruction> {
+    fn from(
+        &self,
+        line: &LogicalLine,
+        keyword: &str,
+        flags: &FlagSet,
+        args: &str,
+        args_start: usize,
+        warn: &mut dyn FnMut(CheckRule, String),
+    ) -> LineResult<FromInstruction> {
         let words = whitespace_words(args);
         let (stage, stage_location) = match words.as_slice() {
             [_] => (None, None),
             [_, as_word, name] if as_word.text.eq_ignore_ascii_case("as") => {
+                if name.text.to_lowercase() != name.text {
+                    warn(CheckRule::StageNameCasing, format!("Stage name '{}' should be lowercase", name.text));
+                }
+                let as_word = as_word.text.as_str();
+                let mismatch = if keyword.to_lowercase() == keyword {
+                    as_word.to_lowercase() != as_word
+                } else {
+                    keyword.to_uppercase() == keyword && as_word.to_uppercase() != as_word
+                };
+                if mismatch {
+                    warn(CheckRule::FromAsCasing, format!("'{as_word}' and '{keyword}' keywords' casing do not match"));
+                }
                 let lower = name.text.to_ascii_lowercase();
                 if !valid_stage_name(&lower) {
                     return Err(at(
@@ -181,9 +216,8 @@ impl<'a> Parser<'a> {
     fn run(&self, line: &LogicalLine, flags: &FlagSet, args: &str) -> LineResult<RunInstruction> {
         let mut mounts = Vec::new();
         for (raw, offset) in flags.strings("mount") {
-            let mount = Mount::parse(&raw, &mut |v| Ok(v.to_string()))
-                .map_err(|e| at(offset, format!("--mount={raw}: {e}")))?;
-            mounts.push(MountSpec { raw, mount, location: line.location(self.source, offset) });
+            let from = Mount::raw_from(&raw).map_err(|e| at(offset, format!("--mount={raw}: {e}")))?;
+            mounts.push(MountSpec { raw, from, location: line.location(self.source, offset) });
         }
         let network = match flags.string("network") {
             None => None,
@@ -212,7 +246,14 @@ impl<'a> Parser<'a> {
     }
 
     /// ENV and LABEL: `name=value ...` or the legacy `name value`.
-    fn name_values(&self, kw: &str, args: &str, args_start: usize) -> LineResult<Vec<KeyValue>> {
+    fn name_values(
+        &self,
+        kw: &str,
+        written: &str,
+        args: &str,
+        args_start: usize,
+        warn: &mut dyn FnMut(CheckRule, String),
+    ) -> LineResult<Vec<KeyValue>> {
         let words = raw_words(args, self.escape);
         let Some(first) = words.first() else {
             return Err(at(args_start, format!("{kw} requires at least one argument")));
@@ -221,6 +262,10 @@ impl<'a> Parser<'a> {
             let Some((key, value)) = args.split_once(char::is_whitespace) else {
                 return Err(at(args_start, format!("{kw} {args} has no value: write {kw} {args}=value")));
             };
+            warn(
+                CheckRule::LegacyKeyValueFormat,
+                format!("\"{written} key=value\" should be used instead of legacy \"{written} key value\" format"),
+            );
             return Ok(vec![KeyValue { key: key.to_string(), value: value.trim_start().to_string() }]);
         }
         words

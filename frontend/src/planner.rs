@@ -1,17 +1,19 @@
 //! Dockerfile + context + options -> [`BuildGraph`]: splits the stages,
-//! evaluates the global ARGs, parses the ONBUILD triggers of each stage's
-//! base, finds what each stage reads from, selects the stages the target
-//! needs, rejects cycles, and plans each needed stage in dependency order.
+//! evaluates the global ARGs, runs the checks BuildKit runs on the whole
+//! file (every stage's FROM, stage references, cycles, parse-time warnings),
+//! parses the ONBUILD triggers of each stage's base, selects the stages the
+//! target needs and plans each of them in dependency order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use memobuild_proto::{Error, Result};
 
 use crate::expander::Expander;
+use crate::linter::Linter;
 use crate::stage_planner::{PlannedStage, StagePlanner};
 use crate::{
-    BuildContext, BuildGraph, BuildOptions, Dockerfile, FromInstruction, Instruction, InstructionKind, Location, Mount,
-    OnbuildTrigger, Reads, Scope, ShellLexer,
+    check_image_reference, BuildContext, BuildGraph, BuildOptions, CheckRule, Dockerfile, FromInstruction, Instruction,
+    InstructionKind, Location, OnbuildTrigger, Reads, Scope, ShellLexer, Warning, CHECK_BUILD_ARG,
 };
 
 /// One stage as written.
@@ -23,12 +25,24 @@ pub struct StageSource<'a> {
     /// The ONBUILD triggers of its base, run before `body`; an error is
     /// reported when the stage is planned.
     pub triggers: Result<Vec<(OnbuildTrigger, Instruction)>>,
+    /// The base as the global ARGs expand it.
+    pub base_name: String,
+    /// The `--platform` as the global ARGs expand it.
+    pub platform: Option<String>,
+    /// The variables the FROM read.
+    pub from_reads: Reads,
 }
 
 impl StageSource<'_> {
     /// The name, or the index.
     fn label(&self) -> String {
         self.from_instruction.stage.clone().unwrap_or_else(|| self.index.to_string())
+    }
+
+    /// The name BuildKit gives the stage in messages: its own, or
+    /// `stage-N`.
+    pub fn stage_name(&self) -> String {
+        self.from_instruction.stage.clone().unwrap_or_else(|| format!("stage-{}", self.index))
     }
 
     /// What the stage runs after its FROM: its base's triggers (each with
@@ -62,6 +76,9 @@ impl<'a> Planner<'a> {
 
     pub fn plan(&self) -> Result<BuildGraph> {
         let source = self.dockerfile.source();
+        let file = self.dockerfile.name.as_str();
+        let check_arg = self.options.build_args.get(CHECK_BUILD_ARG).map(String::as_str);
+        let mut linter = Linter::new(file, self.dockerfile.directives.check.as_deref(), check_arg)?;
         let mut global_args = Vec::new();
         let mut stages: Vec<StageSource<'a>> = Vec::new();
         for instruction in &self.dockerfile.instructions {
@@ -72,6 +89,9 @@ impl<'a> Planner<'a> {
                     from_instruction: from,
                     body: Vec::new(),
                     triggers: Ok(Vec::new()),
+                    base_name: String::new(),
+                    platform: None,
+                    from_reads: Reads::new(),
                 }),
                 (_, Some(stage)) => stage.body.push(instruction),
                 (InstructionKind::Arg(_), None) => global_args.push(instruction),
@@ -82,30 +102,16 @@ impl<'a> Planner<'a> {
                     ))
                 }
             }
+            let whole_file = instruction.warnings.iter().filter(|w| w.rule.whole_file());
+            linter.extend(whole_file.cloned());
         }
         if stages.is_empty() {
             let at = self.dockerfile.instructions.first().map(|i| i.location).unwrap_or(Location::new(1, 1));
             return Err(source.error(at, "the Dockerfile has no FROM instruction"));
         }
+        check_stage_names(file, &stages, &mut linter);
+        check_casing(file, &stages, &mut linter);
 
-        // Stage names must be unique.
-        let mut names: BTreeMap<&str, &Instruction> = BTreeMap::new();
-        for stage in &stages {
-            if let Some(name) = stage.from_instruction.stage.as_deref() {
-                if let Some(first) = names.insert(name, stage.from) {
-                    let at = stage.from_instruction.stage_location.unwrap_or(stage.from.location);
-                    return Err(source.error(
-                        at,
-                        format!("duplicate stage name {name:?}: already used at line {}", first.location.line),
-                    ));
-                }
-            }
-        }
-
-        let mut global = Scope::default();
-        for (name, value) in self.options.platform_args() {
-            global.declare_arg(&name, Some(value));
-        }
         let mut expander = Expander {
             source,
             lexer: ShellLexer::new(self.dockerfile.directives.escape),
@@ -113,13 +119,12 @@ impl<'a> Planner<'a> {
             global: Scope::default(),
             stage_names: stages.iter().map(|s| s.from_instruction.stage.clone()).collect(),
         };
-        for instruction in &global_args {
-            if let InstructionKind::Arg(decls) = &instruction.kind {
-                let mut reads = Reads::new();
-                expander.declare_args(&mut global, &mut reads, decls, instruction.location, None)?;
-            }
+        expander.global = expander.global_scope(&global_args)?;
+        self.check_default_bases(&expander, &global_args, &stages, &mut linter);
+        for stage in stages.iter_mut() {
+            expand_from(&expander, stage, &mut linter)?;
         }
-        expander.global = global;
+        check_references(&expander, &stages)?;
 
         let triggers: Vec<_> = stages.iter().map(|s| self.triggers(&expander, s, &stages)).collect();
         for (stage, triggers) in stages.iter_mut().zip(triggers) {
@@ -140,13 +145,26 @@ impl<'a> Planner<'a> {
         };
 
         let deps: Vec<Vec<Dependency>> = stages.iter().map(|s| self.dependencies(&expander, s)).collect();
-        let order = self.order(&expander, &stages, &deps, target)?;
+        let mut order = self.order(&expander, &stages, &deps, target)?;
+        // BuildKit rejects a cycle anywhere in the file, needed or not.
+        for index in 0..stages.len() {
+            let needed = self.order(&expander, &stages, &deps, index)?;
+            if self.options.check && self.options.target.is_none() {
+                for i in needed {
+                    if !order.contains(&i) {
+                        order.push(i);
+                    }
+                }
+            }
+        }
 
         let mut planned: BTreeMap<usize, PlannedStage> = BTreeMap::new();
         for index in order {
             let stage = StagePlanner::new(&expander, self.context, &stages[index], &planned).plan()?;
+            linter.extend(stage.warnings.iter().cloned());
             planned.insert(index, stage);
         }
+        let warnings = linter.finish(file, self.options.check)?;
         // Dependencies first: the order they were planned in.
         let mut ordered: Vec<(usize, PlannedStage)> = planned.into_iter().collect();
         ordered.sort_by_key(|(_, p)| p.order);
@@ -155,24 +173,57 @@ impl<'a> Planner<'a> {
             target,
             context: self.context.root_digest(),
             stages: ordered.into_iter().map(|(_, p)| p.stage).collect(),
+            warnings,
         })
     }
 
+    /// InvalidDefaultArgInFrom: a base that is not a valid reference when
+    /// the global ARGs keep their defaults (no `--build-arg`).
+    fn check_default_bases(
+        &self,
+        ex: &Expander<'_>,
+        global_args: &[&Instruction],
+        stages: &[StageSource<'_>],
+        linter: &mut Linter,
+    ) {
+        let options = BuildOptions { build_args: BTreeMap::new(), ..self.options.clone() };
+        let mut defaults = Expander {
+            source: ex.source,
+            lexer: ShellLexer::new(self.dockerfile.directives.escape),
+            options: &options,
+            global: Scope::default(),
+            stage_names: ex.stage_names.clone(),
+        };
+        let Ok(global) = defaults.global_scope(global_args) else {
+            return;
+        };
+        defaults.global = global;
+        for stage in stages {
+            let from = stage.from_instruction;
+            let Ok(base) = defaults.word(&defaults.global, &mut Reads::new(), &from.image, from.image_location) else {
+                return;
+            };
+            if check_image_reference(&base).is_err() {
+                linter.warn(Warning::new(
+                    CheckRule::InvalidDefaultArgInFrom,
+                    format!("Default value for ARG {} results in empty or invalid base image name", from.image),
+                    ex.source.name(),
+                    stage.from.location,
+                ));
+            }
+        }
+    }
+
     /// The ONBUILD triggers of `stage`'s base: those of a base image in the
-    /// build options, or an earlier stage's own ONBUILD instructions. A FROM
-    /// that does not expand has none here (its error is reported when the
-    /// stage is planned).
+    /// build options, or an earlier stage's own ONBUILD instructions.
     fn triggers(
         &self,
         ex: &Expander<'_>,
         stage: &StageSource<'_>,
         stages: &[StageSource<'_>],
     ) -> Result<Vec<(OnbuildTrigger, Instruction)>> {
-        let from = stage.from_instruction;
-        let Ok(image) = ex.word(&ex.global, &mut Reads::new(), &from.image, from.image_location) else {
-            return Ok(Vec::new());
-        };
-        let (base, texts) = match ex.base_stage(&image, stage.index) {
+        let image = &stage.base_name;
+        let (base, texts) = match ex.base_stage(image, stage.index) {
             Some(i) => {
                 let texts = stages[i]
                     .body
@@ -182,7 +233,7 @@ impl<'a> Planner<'a> {
                     .collect();
                 (format!("stage {}", stages[i].label()), texts)
             }
-            None => match self.options.base_images.get(&image) {
+            None => match self.options.base_images.get(image) {
                 Some(image_base) => (format!("image {image}"), image_base.config.onbuild.clone()),
                 None => return Ok(Vec::new()),
             },
@@ -200,54 +251,21 @@ impl<'a> Planner<'a> {
             .collect()
     }
 
-    /// The stages `stage` reads from, found by expanding its FROM, COPY
-    /// --from and RUN --mount from= (its base's triggers' too) with its own
-    /// ARG/ENV scope (expansion errors are reported later, when the stage is
-    /// planned).
+    /// The stages `stage` reads from: its base, COPY --from and RUN
+    /// --mount from= (its base's triggers' too), names as written (BuildKit
+    /// expands no variable there).
     fn dependencies(&self, ex: &Expander<'_>, stage: &StageSource<'_>) -> Vec<Dependency> {
         let mut deps = Vec::new();
-        let mut reads = Reads::new();
         let from = stage.from_instruction;
-        if let Ok(base) = ex.word(&ex.global, &mut reads, &from.image, from.image_location) {
-            if let Some(i) = ex.base_stage(&base, stage.index) {
-                deps.push(Dependency { stage: i, location: from.image_location, trigger: None });
-            }
+        if let Some(i) = ex.base_stage(&stage.base_name, stage.index) {
+            deps.push(Dependency { stage: i, location: from.image_location, trigger: None });
         }
-        let mut scope = Scope::default();
         for (instruction, trigger) in stage.instructions() {
             let trigger = trigger.map(|t| t.context(&self.dockerfile.name, stage.from.location.line));
-            match &instruction.kind {
-                InstructionKind::Arg(decls) => {
-                    let _ = ex.declare_args(&mut scope, &mut reads, decls, instruction.location, Some(&ex.global));
+            for (name, at, allow_index) in stage_reads(instruction) {
+                if let Some(i) = ex.stage_ref(name, allow_index) {
+                    deps.push(Dependency { stage: i, location: at, trigger: trigger.clone() });
                 }
-                InstructionKind::Env(pairs) => {
-                    let _ = ex.set_env(&mut scope, &mut reads, pairs, instruction.location);
-                }
-                InstructionKind::Copy(copy) | InstructionKind::Add(copy) => {
-                    if let Some(raw) = &copy.from {
-                        let at = copy.from_location.unwrap_or(instruction.location);
-                        if let Some(i) =
-                            ex.word(&scope, &mut reads, raw, at).ok().and_then(|name| ex.stage_ref(&name, true))
-                        {
-                            deps.push(Dependency { stage: i, location: at, trigger: trigger.clone() });
-                        }
-                    }
-                }
-                InstructionKind::Run(run) => {
-                    for spec in &run.mounts {
-                        let mut expand = |v: &str| {
-                            ex.lexer.process_word(v, &mut scope.recorder(&mut reads)).map_err(|e| e.to_string())
-                        };
-                        if let Some(i) = Mount::parse(&spec.raw, &mut expand)
-                            .ok()
-                            .and_then(|m| m.from)
-                            .and_then(|name| ex.stage_ref(&name, true))
-                        {
-                            deps.push(Dependency { stage: i, location: spec.location, trigger: trigger.clone() });
-                        }
-                    }
-                }
-                _ => {}
             }
         }
         deps
@@ -307,5 +325,157 @@ impl<'a> Planner<'a> {
             }
         }
         Ok(order)
+    }
+}
+
+/// The stage (or image) names an instruction reads from, as written, where,
+/// and whether a stage index is allowed (COPY --from only).
+fn stage_reads(instruction: &Instruction) -> Vec<(&str, Location, bool)> {
+    match &instruction.kind {
+        InstructionKind::Copy(copy) | InstructionKind::Add(copy) => copy
+            .from
+            .as_deref()
+            .map(|name| (name, copy.from_location.unwrap_or(instruction.location), true))
+            .into_iter()
+            .collect(),
+        InstructionKind::Run(run) => {
+            run.mounts.iter().filter_map(|m| m.from.as_deref().map(|name| (name, m.location, false))).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Expands a stage's FROM with the global ARGs, as BuildKit does for every
+/// stage: a base that is blank or not a valid reference, or a platform that
+/// is empty, rejects the whole file. Warns UndefinedArgInFrom,
+/// RedundantTargetPlatform and FromPlatformFlagConstDisallowed.
+fn expand_from(ex: &Expander<'_>, stage: &mut StageSource<'_>, linter: &mut Linter) -> Result<()> {
+    let from = stage.from_instruction;
+    let at = stage.from.location;
+    let warn = |linter: &mut Linter, rule: CheckRule, message: String| {
+        linter.warn(Warning::new(rule, message, ex.source.name(), at));
+    };
+    let undeclared = |linter: &mut Linter, reads: &Reads| {
+        for (name, value) in reads {
+            if value.is_none() && ex.global.arg(name).is_none() {
+                warn(linter, CheckRule::UndefinedArgInFrom, format!("FROM argument '{name}' is not declared"));
+            }
+        }
+    };
+    let mut reads = Reads::new();
+    let image = ex.word(&ex.global, &mut reads, &from.image, from.image_location)?;
+    undeclared(linter, &reads);
+    if image.is_empty() {
+        return Err(ex.error(from.image_location, format!("base name ({}) should not be blank", from.image)));
+    }
+    if image != "scratch" && ex.base_stage(&image, stage.index).is_none() {
+        check_image_reference(&image)
+            .map_err(|e| ex.error(from.image_location, format!("failed to parse stage name {image:?}: {e}")))?;
+    }
+    if let Some(raw) = &from.platform {
+        let mut platform_reads = Reads::new();
+        let platform = ex.word(&ex.global, &mut platform_reads, raw, at)?;
+        undeclared(linter, &platform_reads);
+        if platform.is_empty() {
+            return Err(ex.error(at, format!("empty platform value from expression {raw}")));
+        }
+        let target_platform = ex.global.get("TARGETPLATFORM");
+        let only_target_platform = platform_reads.len() == 1 && platform_reads.contains_key("TARGETPLATFORM");
+        if only_target_platform && target_platform.as_deref() == Some(platform.as_str()) {
+            let message =
+                format!("Setting platform to predefined {raw} in FROM is redundant as this is the default behavior");
+            warn(linter, CheckRule::RedundantTargetPlatform, message);
+        }
+        if platform_reads.is_empty() {
+            if let Ok(p) = platform.parse::<crate::Platform>() {
+                let name = from.stage.as_deref().unwrap_or("");
+                if !name.contains(p.os.as_str()) && !name.contains(p.architecture.as_str()) {
+                    warn(
+                        linter,
+                        CheckRule::FromPlatformFlagConstDisallowed,
+                        format!("FROM --platform flag should not use constant value {platform:?}"),
+                    );
+                }
+            }
+        }
+        reads.extend(platform_reads);
+        stage.platform = Some(platform);
+    }
+    stage.base_name = image;
+    stage.from_reads = reads;
+    Ok(())
+}
+
+/// What BuildKit checks of every stage's COPY --from and mount from= while
+/// reading the file: no variables, a stage index that exists, and an image
+/// reference that parses when the name is not a stage's.
+fn check_references(ex: &Expander<'_>, stages: &[StageSource<'_>]) -> Result<()> {
+    for instruction in stages.iter().flat_map(|s| s.body.iter()) {
+        for (name, at, allow_index) in stage_reads(instruction) {
+            if allow_index && ex.lexer.process_word(name, &mut |_| None).as_deref() != Ok(name) {
+                return Err(ex.error(
+                    at,
+                    "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround",
+                ));
+            }
+            if allow_index {
+                if let Ok(index) = name.parse::<i64>() {
+                    if usize::try_from(index).map_or(true, |i| i >= stages.len()) {
+                        return Err(ex.error(at, format!("invalid stage index {index}")));
+                    }
+                    continue;
+                }
+            }
+            if ex.stage_ref(name, false).is_none() {
+                check_image_reference(name)
+                    .map_err(|e| ex.error(at, format!("failed to parse stage name {name:?}: {e}")))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// DuplicateStageName (the later stage wins) and ReservedStageName.
+fn check_stage_names(file: &str, stages: &[StageSource<'_>], linter: &mut Linter) {
+    let mut seen = BTreeSet::new();
+    for stage in stages {
+        let Some(name) = stage.from_instruction.stage.as_deref() else {
+            continue;
+        };
+        let at = stage.from.location;
+        if matches!(name, "context" | "scratch") {
+            let message = format!("Stage name should not use the same name as reserved stage {name:?}");
+            linter.warn(Warning::new(CheckRule::ReservedStageName, message, file, at));
+        }
+        if !seen.insert(name) {
+            let message = format!("Duplicate stage name {name:?}, stage names should be unique");
+            linter.warn(Warning::new(CheckRule::DuplicateStageName, message, file, at));
+        }
+    }
+}
+
+/// ConsistentInstructionCasing: every keyword of the stages in the case
+/// most of them are written in.
+fn check_casing(file: &str, stages: &[StageSource<'_>], linter: &mut Linter) {
+    let instructions: Vec<&Instruction> =
+        stages.iter().flat_map(|s| std::iter::once(s.from).chain(s.body.iter().copied())).collect();
+    let (mut lower, mut upper) = (0, 0);
+    for keyword in instructions.iter().map(|i| i.keyword_as_written()) {
+        if keyword == keyword.to_lowercase() {
+            lower += 1;
+        } else if keyword == keyword.to_uppercase() {
+            upper += 1;
+        }
+    }
+    let majority_lower = lower > upper;
+    for instruction in instructions {
+        let keyword = instruction.keyword_as_written();
+        let casing = match majority_lower {
+            true if keyword != keyword.to_lowercase() => "lowercase",
+            false if keyword != keyword.to_uppercase() => "uppercase",
+            _ => continue,
+        };
+        let message = format!("Command '{keyword}' should match the case of the command majority ({casing})");
+        linter.warn(Warning::new(CheckRule::ConsistentInstructionCasing, message, file, instruction.location));
     }
 }

@@ -1,10 +1,10 @@
 //! `RUN [--mount=...] [--network=...] [--security=...] command`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::{CommandLine, Heredoc, Location, Mount};
+use crate::{CommandLine, Heredoc, Location};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkMode {
     Default,
@@ -12,18 +12,20 @@ pub enum NetworkMode {
     Host,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SecurityMode {
     Sandbox,
     Insecure,
 }
 
-/// A `--mount` as written and as parsed without variable expansion.
+/// A `--mount` as written. It is parsed when its stage is planned, with
+/// every value expanded from ARG/ENV (as BuildKit does); only `from=`,
+/// which names a stage, is read from the text as written.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MountSpec {
     pub raw: String,
-    pub mount: Mount,
+    pub from: Option<String>,
     pub location: Location,
 }
 

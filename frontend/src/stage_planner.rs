@@ -10,11 +10,12 @@ use memobuild_proto::{Digest, DigestFunction, Result};
 use crate::build_context::has_wildcard;
 use crate::expander::Expander;
 use crate::planner::StageSource;
+use crate::port_spec::PortSpec;
 use crate::{
-    clean_path, BuildContext, CommandLine, CopyInstruction, CopySource, DockerIgnore, ImageConfig, Instruction,
-    InstructionKind, Location, Mount, MountDefinition, MountType, NetworkMode, OnbuildTrigger, Origin, ParentsPath,
-    Reads, RemoteSource, RunHeredoc, RunInstruction, Scope, SecurityMode, SourceDefinition, SourceKind, Stage,
-    StageBase, Step, StepDefinition, PROXY_ARGS,
+    clean_path, BuildContext, CheckRule, CommandLine, CopyInstruction, CopySource, DockerIgnore, ImageConfig,
+    Instruction, InstructionKind, Location, Mount, MountDefinition, MountType, NetworkMode, OnbuildTrigger, Origin,
+    ParentsPath, Reads, RemoteSource, RunHeredoc, RunInstruction, Scope, SecurityMode, SourceDefinition, SourceKind,
+    Stage, StageBase, Step, StepDefinition, Warning, PROXY_ARGS,
 };
 
 /// A planned stage plus the state a stage built `FROM` it inherits.
@@ -26,6 +27,18 @@ pub struct PlannedStage {
     workdir: String,
     user: Option<String>,
     shell: Vec<String>,
+    workdir_set: bool,
+    /// The build-check warnings of the stage.
+    pub warnings: Vec<Warning>,
+}
+
+/// Where the stage last set CMD, ENTRYPOINT and HEALTHCHECK: only the last
+/// of each counts (BuildKit's MultipleInstructionsDisallowed).
+#[derive(Default)]
+struct LastSet {
+    cmd: Option<Location>,
+    entrypoint: Option<Location>,
+    healthcheck: Option<Location>,
 }
 
 /// What one instruction contributes.
@@ -53,6 +66,10 @@ pub struct StagePlanner<'a> {
     shell: Vec<String>,
     config: ImageConfig,
     cmd_inherited: bool,
+    /// A WORKDIR was set in this Dockerfile (here or in the base stage).
+    workdir_set: bool,
+    last_set: LastSet,
+    warnings: Vec<Warning>,
 }
 
 fn default_shell() -> Vec<String> {
@@ -77,22 +94,23 @@ impl<'a> StagePlanner<'a> {
             shell: default_shell(),
             config: ImageConfig::default(),
             cmd_inherited: false,
+            workdir_set: false,
+            last_set: LastSet::default(),
+            warnings: Vec::new(),
         }
+    }
+
+    fn warn(&mut self, rule: CheckRule, message: String, at: Location) {
+        self.warnings.push(Warning::new(rule, message, self.ex.source.name(), at));
     }
 
     pub fn plan(mut self) -> Result<PlannedStage> {
         let index = self.source.index;
         let from = self.source.from_instruction;
-        let mut reads = Reads::new();
+        let reads = self.source.from_reads.clone();
         let ex = self.ex;
-        let image = ex.word(&ex.global, &mut reads, &from.image, from.image_location)?;
-        if image.is_empty() {
-            return Err(ex.error(from.image_location, format!("base name ({}) should not be blank", from.image)));
-        }
-        let platform = match &from.platform {
-            Some(p) => ex.word(&ex.global, &mut reads, p, self.source.from.location)?,
-            None => ex.options.target_platform.to_string(),
-        };
+        let image = self.source.base_name.clone();
+        let platform = self.source.platform.clone().unwrap_or_else(|| ex.options.target_platform.to_string());
         let (base, parent_key, definition) = match ex.base_stage(&image, index) {
             Some(i) => {
                 let parent = self.stage(i, from.image_location)?;
@@ -100,12 +118,13 @@ impl<'a> StagePlanner<'a> {
                 self.workdir = parent.workdir.clone();
                 self.user = parent.user.clone();
                 self.shell = parent.shell.clone();
+                self.workdir_set = parent.workdir_set;
                 self.config = ImageConfig { onbuild: Vec::new(), ..parent.stage.config.clone() };
                 self.cmd_inherited = self.config.cmd.is_some();
                 let def = StepDefinition::From { image: None, digest: None, platform: platform.clone() };
                 (StageBase::Stage { index: i }, Some(parent.stage.key), def)
             }
-            None if image.eq_ignore_ascii_case("scratch") => {
+            None if image == "scratch" => {
                 let def = StepDefinition::From { image: None, digest: None, platform: platform.clone() };
                 (StageBase::Scratch, None, def)
             }
@@ -144,6 +163,10 @@ impl<'a> StagePlanner<'a> {
         // A base's trigger that does not parse fails the stage here.
         source.triggers.as_ref().map_err(Clone::clone)?;
         for (instruction, trigger) in source.instructions() {
+            if trigger.is_none() {
+                let stage_level = instruction.warnings.iter().filter(|w| !w.rule.whole_file());
+                self.warnings.extend(stage_level.cloned());
+            }
             let planned = self.instruction(instruction).map_err(|e| match trigger {
                 Some(trigger) => e.context(trigger.context(ex.source.name(), source.from.location.line)),
                 None => e,
@@ -193,6 +216,8 @@ impl<'a> StagePlanner<'a> {
             workdir: self.workdir,
             user: self.user,
             shell: self.shell,
+            workdir_set: self.workdir_set,
+            warnings: self.warnings,
         })
     }
 
@@ -233,10 +258,16 @@ impl<'a> StagePlanner<'a> {
             InstructionKind::Copy(copy) | InstructionKind::Add(copy) => return self.copy(copy, at),
             InstructionKind::Arg(decls) => {
                 let args = ex.declare_args(&mut self.scope, &mut reads, decls, at, Some(&ex.global))?;
+                for (name, _) in &args {
+                    self.warn_secret("ARG", name, at);
+                }
                 StepDefinition::Arg { args }
             }
             InstructionKind::Env(pairs) => {
                 let vars = ex.set_env(&mut self.scope, &mut reads, pairs, at)?;
+                for (name, _) in &vars {
+                    self.warn_secret("ENV", name, at);
+                }
                 StepDefinition::Env { vars }
             }
             InstructionKind::Label(pairs) => {
@@ -253,9 +284,12 @@ impl<'a> StagePlanner<'a> {
                 let mut out = Vec::new();
                 for raw in ports {
                     for port in ex.words(&self.scope, &mut reads, raw, at)? {
-                        let port = normalize_port(&port).map_err(|e| ex.error(at, e))?;
-                        self.config.exposed_ports.insert(port.clone());
-                        out.push(port);
+                        let spec = PortSpec::parse(&port).map_err(|e| ex.error(at, e))?;
+                        for (rule, message) in spec.warnings {
+                            self.warn(rule, message, at);
+                        }
+                        self.config.exposed_ports.extend(spec.ports.iter().cloned());
+                        out.extend(spec.ports);
                     }
                 }
                 StepDefinition::Expose { ports: out }
@@ -280,6 +314,12 @@ impl<'a> StagePlanner<'a> {
             }
             InstructionKind::Workdir(raw) => {
                 let path = ex.word(&self.scope, &mut reads, raw, at)?;
+                if !self.workdir_set && !path.starts_with('/') {
+                    let message =
+                        format!("Relative workdir {path:?} can have unexpected results if the base image changes");
+                    self.warn(CheckRule::WorkdirRelativePath, message, at);
+                }
+                self.workdir_set = true;
                 let path = if path.starts_with('/') {
                     clean_path(&path)
                 } else {
@@ -299,12 +339,14 @@ impl<'a> StagePlanner<'a> {
                 StepDefinition::Stopsignal { signal }
             }
             InstructionKind::Cmd(command) => {
+                self.check_command(instruction, command);
                 let argv = self.argv(command);
                 self.config.cmd = Some(argv.clone());
                 self.cmd_inherited = false;
                 StepDefinition::Cmd { argv }
             }
             InstructionKind::Entrypoint(command) => {
+                self.check_command(instruction, command);
                 let argv = self.argv(command);
                 self.config.entrypoint = Some(argv.clone());
                 if self.cmd_inherited {
@@ -314,6 +356,7 @@ impl<'a> StagePlanner<'a> {
                 StepDefinition::Entrypoint { argv }
             }
             InstructionKind::Healthcheck(healthcheck) => {
+                self.check_used_once(instruction);
                 self.config.healthcheck = Some(healthcheck.clone());
                 StepDefinition::Healthcheck { healthcheck: healthcheck.clone() }
             }
@@ -336,6 +379,50 @@ impl<'a> StagePlanner<'a> {
         Ok(Planned::new(definition, reads))
     }
 
+    /// CMD and ENTRYPOINT: JSONArgsRecommended for the shell form (unless
+    /// a SHELL is set) and MultipleInstructionsDisallowed.
+    fn check_command(&mut self, instruction: &Instruction, command: &CommandLine) {
+        self.check_used_once(instruction);
+        if matches!(command, CommandLine::Shell(s) if !s.trim().is_empty()) && self.config.shell.is_none() {
+            let message = format!(
+                "JSON arguments recommended for {} to prevent unintended behavior related to OS signals",
+                instruction.keyword_as_written()
+            );
+            self.warn(CheckRule::JsonArgsRecommended, message, instruction.location);
+        }
+    }
+
+    /// MultipleInstructionsDisallowed, at the instruction that no longer
+    /// counts.
+    fn check_used_once(&mut self, instruction: &Instruction) {
+        let slot = match instruction.kind {
+            InstructionKind::Cmd(_) => &mut self.last_set.cmd,
+            InstructionKind::Entrypoint(_) => &mut self.last_set.entrypoint,
+            _ => &mut self.last_set.healthcheck,
+        };
+        if let Some(previous) = slot.replace(instruction.location) {
+            let message = format!(
+                "Multiple {} instructions should not be used in the same stage because only the last one will be used",
+                instruction.keyword_as_written()
+            );
+            self.warn(CheckRule::MultipleInstructionsDisallowed, message, previous);
+        }
+    }
+
+    /// SecretsUsedInArgOrEnv: a `_`-separated word of the name says it is
+    /// a secret (and none says it is public).
+    fn warn_secret(&mut self, instruction: &str, name: &str, at: Location) {
+        const SECRET: [&str; 10] =
+            ["apikey", "auth", "credential", "credentials", "key", "password", "pword", "passwd", "secret", "token"];
+        const PUBLIC: [&str; 3] = ["public", "file", "version"];
+        let words: Vec<String> = name.split('_').map(str::to_ascii_lowercase).collect();
+        let has = |list: &[&str]| words.iter().any(|w| list.contains(&w.as_str()));
+        if has(&SECRET) && !has(&PUBLIC) {
+            let message = format!("Do not use ARG or ENV instructions for sensitive data ({instruction} {name:?})");
+            self.warn(CheckRule::SecretsUsedInArgOrEnv, message, at);
+        }
+    }
+
     fn argv(&self, command: &CommandLine) -> Vec<String> {
         match command {
             CommandLine::Shell(s) if s.trim().is_empty() => Vec::new(),
@@ -353,12 +440,25 @@ impl<'a> StagePlanner<'a> {
             let mut expand = |v: &str| {
                 ex.lexer.process_word(v, &mut scope.recorder(&mut reads)).map_err(|e| format!("{e} in {v:?}"))
             };
-            let mount = Mount::parse(&spec.raw, &mut expand)
+            let mut mount = Mount::parse(&spec.raw, &mut expand)
                 .map_err(|e| ex.error(spec.location, format!("--mount={}: {e}", spec.raw)))?;
+            // The stage or image is the one the text names (BuildKit reads
+            // `from=` before expanding anything).
+            mount.from.clone_from(&spec.from);
+            if mount.kind.mounts_at_target() {
+                let target = mount.target.clone().unwrap_or_default();
+                let absolute =
+                    clean_path(&format!("{}/{target}", if target.starts_with('/') { "" } else { &self.workdir }));
+                if absolute == "/" {
+                    return Err(ex.error(spec.location, format!("--mount={}: invalid mount target \"/\"", spec.raw)));
+                }
+                mount.target = Some(absolute);
+            }
             let (origin, source_digest) = match (mount.kind, &mount.from) {
                 (MountType::Bind | MountType::Cache, Some(name)) => {
-                    let origin = self.origin(name, spec.location)?;
-                    if let Some(i) = self.stage_index(name) {
+                    let target = mount.target.clone().unwrap_or_default();
+                    let origin = self.origin(name, spec.location, Read::Mount { target: &target })?;
+                    if let Some(i) = self.ex.stage_ref(name, false) {
                         depends_on.push(i);
                     }
                     (Some(origin), None)
@@ -417,17 +517,27 @@ impl<'a> StagePlanner<'a> {
         Ok(Planned { definition, reads, depends_on, uncached_env })
     }
 
-    /// The stage index `--from=name` names, if it names a stage.
-    fn stage_index(&self, name: &str) -> Option<usize> {
-        self.ex.stage_ref(name, true)
-    }
-
-    /// Where `--from=name` reads: a stage (by name or index) or an image.
-    fn origin(&self, name: &str, at: Location) -> Result<Origin> {
-        match self.ex.stage_ref(name, true) {
+    /// Where `--from=name` or `from=name` reads: a stage (COPY also takes
+    /// its index) or an image. As in BuildKit, a stage must come before the
+    /// one that reads it.
+    fn origin(&self, name: &str, at: Location, read: Read<'_>) -> Result<Origin> {
+        let copy = matches!(read, Read::Copy);
+        match self.ex.stage_ref(name, copy) {
             Some(i) if i == self.source.index => {
                 Err(self.ex.error(at, format!("{name:?} refers to the current stage: a stage cannot read from itself")))
             }
+            Some(i) if i > self.source.index => Err(self.ex.error(
+                at,
+                match read {
+                    Read::Copy => format!(
+                        "cannot copy from stage {name:?}, it needs to be defined before current stage {:?}",
+                        self.source.stage_name()
+                    ),
+                    Read::Mount { target } => format!(
+                        "cannot mount from stage {name:?} to {target:?}, stage needs to be defined before current command"
+                    ),
+                },
+            )),
             Some(i) => Ok(Origin::Stage { key: self.stage(i, at)?.stage.key.hex() }),
             None => Ok(Origin::Image { reference: name.to_string() }),
         }
@@ -442,9 +552,8 @@ impl<'a> StagePlanner<'a> {
             None => Origin::Context,
             Some(raw) => {
                 let from_at = copy.from_location.unwrap_or(at);
-                let name = ex.word(&self.scope, &mut reads, raw, from_at)?;
-                let origin = self.origin(&name, from_at)?;
-                if let Some(i) = self.stage_index(&name) {
+                let origin = self.origin(raw, from_at, Read::Copy)?;
+                if let Some(i) = ex.stage_ref(raw, true) {
                     depends_on.push(i);
                 }
                 origin
@@ -456,15 +565,13 @@ impl<'a> StagePlanner<'a> {
             excludes.push(word(e, &self.scope, &mut reads)?);
         }
         let exclude = DockerIgnore::from_patterns(&excludes).map_err(|e| ex.error(at, format!("--exclude: {e}")))?;
-        let chown = copy.chown.as_ref().map(|c| word(c, &self.scope, &mut reads)).transpose()?;
-        let chmod = copy.chmod.as_ref().map(|c| word(c, &self.scope, &mut reads)).transpose()?;
+        // An empty --chown or --chmod (e.g. from an unset ARG) is no flag.
+        let chown =
+            copy.chown.as_ref().map(|c| word(c, &self.scope, &mut reads)).transpose()?.filter(|c| !c.is_empty());
+        let chmod =
+            copy.chmod.as_ref().map(|c| word(c, &self.scope, &mut reads)).transpose()?.filter(|c| !c.is_empty());
         if let Some(mode) = &chmod {
-            if !valid_chmod(mode) {
-                return Err(ex.error(
-                    at,
-                    format!("invalid --chmod={mode}: use an octal mode like 0755 or a symbolic one like u+x"),
-                ));
-            }
+            check_chmod(mode).map_err(|e| ex.error(at, e))?;
         }
         let checksum = copy.checksum.as_ref().map(|c| word(c, &self.scope, &mut reads)).transpose()?;
         if let Some(sum) = checksum.as_deref().filter(|sum| !valid_checksum(sum)) {
@@ -635,26 +742,6 @@ fn absolute_dest(workdir: &str, dest: &str) -> String {
     }
 }
 
-/// `80`, `80/tcp`, `53/udp`, `8000-8010/tcp` -> `port[-port]/proto`.
-fn normalize_port(port: &str) -> std::result::Result<String, String> {
-    let (range, proto) = match port.split_once('/') {
-        Some((r, p)) => (r, p.to_ascii_lowercase()),
-        None => (port, "tcp".to_string()),
-    };
-    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(format!("invalid protocol {proto:?} in EXPOSE {port} (tcp, udp or sctp)"));
-    }
-    let parse = |s: &str| s.parse::<u16>().ok().filter(|p| *p > 0);
-    let ok = match range.split_once('-') {
-        Some((a, b)) => matches!((parse(a), parse(b)), (Some(a), Some(b)) if a <= b),
-        None => parse(range).is_some(),
-    };
-    if !ok {
-        return Err(format!("invalid port {port:?} in EXPOSE (1-65535, or a range like 8000-8010)"));
-    }
-    Ok(format!("{range}/{proto}"))
-}
-
 fn valid_signal(signal: &str) -> bool {
     if let Ok(n) = signal.parse::<u32>() {
         return (1..=64).contains(&n);
@@ -676,32 +763,38 @@ fn valid_signal(signal: &str) -> bool {
     rt("RTMIN", '+') || rt("RTMAX", '-')
 }
 
-/// Octal (`755`, `0644`) or symbolic (`u+x,go-w`).
-fn valid_chmod(mode: &str) -> bool {
-    if !mode.is_empty() && mode.len() <= 4 && mode.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
-        return true;
+/// What a stage reads another stage for.
+#[derive(Clone, Copy)]
+enum Read<'t> {
+    Copy,
+    Mount { target: &'t str },
+}
+
+/// `--chmod`: octal up to 07777 (`755`, `0644`) or symbolic (`u+x,go-w`).
+fn check_chmod(mode: &str) -> std::result::Result<(), String> {
+    let octal_error =
+        || format!("invalid chmod parameter: '{mode}'. it should be octal string and between 0 and 07777");
+    if mode.bytes().all(|b| b.is_ascii_digit()) {
+        return match u32::from_str_radix(mode, 8) {
+            Ok(m) if m <= 0o7777 => Ok(()),
+            _ => Err(octal_error()),
+        };
     }
-    !mode.is_empty()
-        && mode.split(',').all(|clause| {
-            let who = clause.bytes().take_while(|b| b"ugoa".contains(b)).count();
-            let rest = &clause.as_bytes()[who..];
-            !rest.is_empty() && b"+-=".contains(&rest[0]) && rest[1..].iter().all(|b| b"rwxXst".contains(b))
-        })
+    let symbolic = mode.split(',').all(|clause| {
+        let who = clause.bytes().take_while(|b| b"ugoa".contains(b)).count();
+        let rest = &clause.as_bytes()[who..];
+        !rest.is_empty() && b"+-=".contains(&rest[0]) && rest[1..].iter().all(|b| b"rwxXst".contains(b))
+    });
+    if symbolic {
+        Ok(())
+    } else {
+        Err(format!("invalid chmod parameter: '{mode}': use an octal mode like 0755 or a symbolic one like u+x"))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ports() {
-        assert_eq!(normalize_port("80"), Ok("80/tcp".into()));
-        assert_eq!(normalize_port("53/UDP"), Ok("53/udp".into()));
-        assert_eq!(normalize_port("8000-8010"), Ok("8000-8010/tcp".into()));
-        for bad in ["0", "70000", "80/xyz", "a", "10-5"] {
-            assert!(normalize_port(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn signals_and_modes() {
@@ -711,11 +804,11 @@ mod tests {
         for bad in ["SIGFOO", "0", "99", "SIGRTMIN+99"] {
             assert!(!valid_signal(bad), "{bad}");
         }
-        for ok in ["755", "0644", "u+x", "go-w,u=rwx"] {
-            assert!(valid_chmod(ok), "{ok}");
+        for ok in ["755", "0644", "00755", "7777", "u+x", "go-w,u=rwx"] {
+            assert_eq!(check_chmod(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "999", "12345", "x+y", "u"] {
-            assert!(!valid_chmod(bad), "{bad}");
+        for bad in ["999", "17777", "x+y", "u"] {
+            assert!(check_chmod(bad).is_err(), "{bad}");
         }
     }
 

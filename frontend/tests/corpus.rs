@@ -41,6 +41,9 @@ fn load_context(dir: &Path) -> BuildContext {
 
 fn render(graph: &BuildGraph) -> String {
     let mut out = format!("target {}\ncontext {}\n", graph.target, &graph.context.hex()[..12]);
+    for warning in &graph.warnings {
+        let _ = writeln!(out, "{warning}");
+    }
     for stage in &graph.stages {
         let deps: Vec<String> = stage.depends_on.iter().map(|d| d.to_string()).collect();
         let _ = writeln!(

@@ -48,7 +48,9 @@ fn unknown_flag_points_at_the_flag() {
 
 #[test]
 fn flag_on_a_continuation_line() {
-    let e = parse_error("FROM alpine\nRUN --network=none \\\n    --mount=type=nfs,target=/x \\\n    make\n");
+    // A mount is checked once its values are expanded, when its stage is
+    // planned (as BuildKit does); the error still points at the flag.
+    let e = err("FROM alpine\nRUN --network=none \\\n    --mount=type=nfs,target=/x \\\n    make\n");
     assert!(e.starts_with("Dockerfile:3:5: --mount=type=nfs,target=/x: unsupported mount type \"nfs\""), "{e}");
     assert!(e.ends_with(" 3 |     --mount=type=nfs,target=/x \\\n   |     ^"), "{e}");
 }
@@ -77,14 +79,6 @@ fn instruction_before_from() {
         "Dockerfile:3:1: RUN before the first FROM: only ARG may come before FROM\n 3 | RUN echo\n   | ^"
     );
     assert!(err("ARG X\n").starts_with("Dockerfile:1:1: the Dockerfile has no FROM instruction"));
-}
-
-#[test]
-fn duplicate_stage_name() {
-    assert_eq!(
-        err("FROM alpine AS build\nRUN x\nFROM debian AS Build\n"),
-        "Dockerfile:3:16: duplicate stage name \"build\": already used at line 1\n 3 | FROM debian AS Build\n   |                ^"
-    );
 }
 
 #[test]
@@ -140,9 +134,9 @@ fn semantic_errors_when_planning() {
         ("FROM a\nCOPY ../secret /x\n", "Dockerfile:2:6: COPY source \"../secret\" is outside the build context"),
         ("FROM a\nCOPY missing /x\n", "Dockerfile:2:6: COPY source \"missing\" not found in the build context"),
         ("FROM a\nCOPY a a /x\n", "Dockerfile:2:1: when using COPY with more than one source file, the destination must be a directory and end with a /"),
-        ("FROM a\nEXPOSE 80/xyz\n", "Dockerfile:2:1: invalid protocol \"xyz\""),
+        ("FROM a\nEXPOSE 80/xyz\n", "Dockerfile:2:1: invalid port: \"80/xyz\": invalid proto: xyz"),
         ("FROM a\nSTOPSIGNAL SIGNOPE\n", "Dockerfile:2:1: invalid signal \"SIGNOPE\""),
-        ("FROM a\nCOPY --chmod=999 a /x\n", "Dockerfile:2:1: invalid --chmod=999"),
+        ("FROM a\nCOPY --chmod=999 a /x\n", "Dockerfile:2:1: invalid chmod parameter: '999'. it should be octal string and between 0 and 07777"),
         ("FROM a\nENV X=${Y\n", "Dockerfile:2:1: syntax error: missing '}'"),
         ("FROM a\nARG V\nUSER ${V:?must be set}\n", "Dockerfile:3:1: V: must be set"),
         ("ARG B\nFROM $B\n", "Dockerfile:2:6: base name ($B) should not be blank"),

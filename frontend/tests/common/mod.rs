@@ -35,6 +35,7 @@ pub fn options(args: &[(&str, &str)]) -> BuildOptions {
         build_platform: Platform::new("linux", "amd64", None),
         base_images: Default::default(),
         remote_sources: Default::default(),
+        check: false,
     }
 }
 
