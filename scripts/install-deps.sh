@@ -4,7 +4,8 @@
 set -euo pipefail
 
 packages=(build-essential ca-certificates curl git procps util-linux protobuf-compiler bazel-bootstrap
-  containerd runc docker-registry skopeo umoci busybox-static debootstrap openssh-client docker.io)
+  containerd runc docker-registry skopeo umoci busybox-static debootstrap openssh-client docker.io
+  python3-venv redis-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -13,6 +14,15 @@ if ((${#missing[@]})); then
   echo "installing Debian packages: ${missing[*]}" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+# The S3-compatible server the CAS tests run against (moto, from PyPI), in a
+# venv of its own; scripts/services.sh starts it.
+moto_venv=/opt/memobuild-moto
+if [ ! -x "$moto_venv/bin/moto_server" ]; then
+  echo "installing moto (S3-compatible test server) into $moto_venv" >&2
+  python3 -m venv "$moto_venv"
+  "$moto_venv/bin/pip" install -q 'moto[s3]==5.2.6' flask flask-cors >&2
 fi
 
 # A Rust toolchain: the one on PATH, else rustup's, else install rustup.
