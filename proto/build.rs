@@ -1,7 +1,11 @@
-//! Generates the gRPC glue of `memobuild.worker.v1.WorkerApi`. The messages
-//! are plain prost types in `src/worker.rs`, so no protoc is needed.
+//! Generates `memobuild.build.v1` from its `.proto` file (messages and the
+//! BuildService), and the gRPC glue of `memobuild.worker.v1.WorkerApi`, whose
+//! messages are plain prost types in `src/worker.rs`.
 
-fn main() {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=memobuild/build/v1/build.proto");
+    tonic_prost_build::configure().compile_protos(&["memobuild/build/v1/build.proto"], &["."])?;
+
     let session = tonic_build::manual::Method::builder()
         .name("session")
         .route_name("Session")
@@ -17,4 +21,5 @@ fn main() {
         .method(session)
         .build();
     tonic_build::manual::Builder::new().compile(&[service]);
+    Ok(())
 }

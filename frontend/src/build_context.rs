@@ -34,6 +34,8 @@ pub struct BuildContext {
 }
 
 const DIR_MODE: u32 = 0o755;
+/// The most entries a context rebuilt from a tree may hold.
+const MAX_TREE_ENTRIES: usize = 1_000_000;
 
 impl BuildContext {
     /// Builds the trees from relative paths (`/`-separated, no `.`/`..`)
@@ -125,6 +127,56 @@ impl BuildContext {
             _ => return Err(Error::internal("context root not digested")),
         };
         Ok(BuildContext { root, directories, entries })
+    }
+
+    /// Rebuilds a context from its root digest and `Directory` messages (as a
+    /// client uploads them to the CAS). Names must be single path
+    /// components; the digests are recomputed, so a tree that does not hash
+    /// to `root` is refused.
+    pub fn from_tree(root: &Digest, directories: &BTreeMap<Digest, reapi::Directory>) -> Result<Self> {
+        let mut nodes = BTreeMap::new();
+        let mut pending = vec![(String::new(), *root)];
+        while let Some((path, digest)) = pending.pop() {
+            let directory = directories
+                .get(&digest)
+                .ok_or_else(|| Error::not_found(format!("context directory {} is missing", digest.subject())))?;
+            if nodes.len() > MAX_TREE_ENTRIES {
+                return Err(Error::invalid_argument(format!(
+                    "the build context has more than {MAX_TREE_ENTRIES} entries"
+                )));
+            }
+            nodes
+                .insert(path.clone(), ContextNode::Directory { mode: unix_mode(&directory.node_properties, DIR_MODE) });
+            let child = |name: &str| -> Result<String> {
+                if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+                    return Err(Error::invalid_argument(format!(
+                        "context entry {name:?} in {path:?} is not a file name"
+                    )));
+                }
+                Ok(if path.is_empty() { name.to_string() } else { format!("{path}/{name}") })
+            };
+            for file in &directory.files {
+                let digest = Digest::from_proto_field(root.function(), file.digest.as_ref(), "context file digest")?;
+                let mode = unix_mode(&file.node_properties, if file.is_executable { 0o755 } else { 0o644 });
+                nodes.insert(child(&file.name)?, ContextNode::File { digest, mode });
+            }
+            for link in &directory.symlinks {
+                nodes.insert(child(&link.name)?, ContextNode::Symlink { target: link.target.clone() });
+            }
+            for dir in &directory.directories {
+                let digest =
+                    Digest::from_proto_field(root.function(), dir.digest.as_ref(), "context directory digest")?;
+                pending.push((child(&dir.name)?, digest));
+            }
+        }
+        let context = Self::from_nodes(nodes)?;
+        if context.root != *root {
+            return Err(Error::invalid_argument(format!(
+                "the build context tree does not hash to its root {}",
+                root.subject()
+            )));
+        }
+        Ok(context)
     }
 
     /// An empty context.
@@ -295,6 +347,10 @@ fn mode_properties(mode: u32) -> reapi::NodeProperties {
     }
 }
 
+fn unix_mode(properties: &Option<reapi::NodeProperties>, default: u32) -> u32 {
+    properties.as_ref().and_then(|p| p.unix_mode.as_ref()).map(|m| m.value & 0o7777).unwrap_or(default)
+}
+
 fn parent_of(path: &str) -> Option<&str> {
     if path.is_empty() {
         return None;
@@ -325,4 +381,43 @@ fn join(base: &str, name: &str) -> String {
 /// Whether a path element holds Go filepath.Match wildcards.
 pub fn has_wildcard(s: &str) -> bool {
     s.contains(['*', '?', '[', '\\'])
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn file(data: &[u8], mode: u32) -> ContextNode {
+        ContextNode::File { digest: Digest::of(DigestFunction::Blake3, data), mode }
+    }
+
+    #[test]
+    fn a_context_survives_the_trip_through_its_tree() {
+        let nodes = BTreeMap::from([
+            ("a.txt".to_string(), file(b"a", 0o644)),
+            ("bin/run".to_string(), file(b"#!/bin/sh", 0o755)),
+            ("bin/link".to_string(), ContextNode::Symlink { target: "run".into() }),
+            ("empty".to_string(), ContextNode::Directory { mode: 0o700 }),
+        ]);
+        let context = BuildContext::from_nodes(nodes).unwrap();
+        let rebuilt = BuildContext::from_tree(&context.root_digest(), context.directories()).unwrap();
+        assert_eq!(rebuilt.entries(), context.entries());
+        assert_eq!(rebuilt.root_digest(), context.root_digest());
+    }
+
+    #[test]
+    fn a_tree_with_a_bad_name_or_a_missing_directory_is_refused() {
+        let context = BuildContext::from_nodes(BTreeMap::from([("d/x".to_string(), file(b"x", 0o644))])).unwrap();
+        let mut directories = context.directories().clone();
+        let root = directories.get_mut(&context.root_digest()).unwrap();
+        root.directories[0].name = "..".into();
+        let error = BuildContext::from_tree(&context.root_digest(), &directories).unwrap_err();
+        assert!(error.message().contains("not a file name"), "{}", error.message());
+
+        let mut directories = context.directories().clone();
+        directories.retain(|d, _| *d == context.root_digest());
+        let error = BuildContext::from_tree(&context.root_digest(), &directories).unwrap_err();
+        assert!(error.message().contains("is missing"), "{}", error.message());
+    }
 }

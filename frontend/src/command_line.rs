@@ -1,9 +1,9 @@
 //! The exec (JSON) and shell forms of RUN, CMD, ENTRYPOINT and HEALTHCHECK.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A command as written: `["exe", "arg"]` or `exe arg`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandLine {
     /// JSON form: run directly, no shell, no variable expansion.

@@ -2,10 +2,10 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A git repository, the ref to check out and the directory of it to add.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GitUrl {
     /// What `git fetch` is given: `git://host/repo.git`, `git@host:repo`, ...
     pub remote: String,

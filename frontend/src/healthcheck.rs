@@ -1,11 +1,11 @@
 //! `HEALTHCHECK NONE` and `HEALTHCHECK [options] CMD command`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::CommandLine;
 
 /// A HEALTHCHECK instruction.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Healthcheck {
     /// Disable any health check inherited from the base image.

@@ -1,16 +1,17 @@
 //! What a step does, canonically: the instruction kind with its arguments
 //! expanded and everything it depends on spelled out (file digests, the
 //! environment a RUN sees, the keys of stages it reads from). Serialized to
-//! JSON it is the input of the step's planning key.
+//! JSON it is the input of the step's planning key, and it is what an
+//! executor is given to run the step.
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{GitUrl, Healthcheck, Mount, NetworkMode, SecurityMode};
 
 /// Where COPY/ADD or a mount reads from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum Origin {
     /// The build context.
@@ -24,7 +25,7 @@ pub enum Origin {
 }
 
 /// One COPY/ADD source after expansion.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum SourceDefinition {
     /// A path or glob, with the context paths it matched and a digest of
@@ -38,8 +39,7 @@ pub enum SourceDefinition {
     Heredoc {
         name: String,
         digest: String,
-        /// The content itself; `digest` stands for it in keys.
-        #[serde(skip)]
+        /// The content itself, which the executor writes.
         content: String,
     },
     /// An ADD of a file over HTTP(S). `digest` (`sha256:HEX`) pins its
@@ -53,7 +53,7 @@ pub enum SourceDefinition {
 }
 
 /// A RUN mount with its source pinned.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountDefinition {
     pub mount: Mount,
     /// For bind mounts: where the files come from; the context digest of
@@ -64,7 +64,7 @@ pub struct MountDefinition {
 }
 
 /// A heredoc passed to RUN.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunHeredoc {
     pub name: String,
     pub content: String,
@@ -73,7 +73,7 @@ pub struct RunHeredoc {
 }
 
 /// The canonical definition of one step.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum StepDefinition {
     From {

@@ -31,6 +31,7 @@ mod input_tree;
 mod output_capture;
 mod relative_path;
 mod runner;
+pub mod steps;
 mod worker_session;
 
 pub use action_executor::{ActionExecutor, ExecutionOutcome};

@@ -1,30 +1,24 @@
 //! `memobuild build`: a local build with everything embedded.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use memobuild_frontend::{plan_text, BuildOptions, ContextScanner, DockerIgnore, NetworkMode, Platform};
-use parking_lot::Mutex;
+use memobuild_engine::{
+    check_docker, metadata, write_iidfile, write_metadata_file, write_outputs, BuildRecord, BuildSettings,
+    BuiltOutput, ContextFiles, EventSender, ExportRequest, HostEntry, ImageBuild, OutputSpec, ResourceLimits,
+    SecretSpec, Secrets,
+};
+use memobuild_frontend::{BuildContext, ContextScanner, DockerIgnore, NetworkMode, Platform};
+use memobuild_worker::steps::{SshAgents, SshSpec};
 use tokio_util::sync::CancellationToken;
 
-use super::base_images::{base_images, check_build_context, image_references, resolve_images};
-use super::build_record::{explain, BuildRecord};
-use super::docker_load::check_docker;
-use super::executor::{BuildSettings, Executor};
-use super::export::{export, image_id, metadata, write_iidfile, write_metadata_file};
-use super::extra_hosts::{HostEntry, HostsFiles};
 use super::flag_values::{attestation_off, parse_annotation, parse_network, reject_cache_transfer};
-use super::image_state::rfc3339;
 use super::local_state::LocalState;
-use super::output_spec::OutputSpec;
 use super::progress::{render, ProgressMode, StepCounts};
-use super::remote_source::{fetch_sources, pins, remote_sources, FetchedSources};
 use super::run_limits::RunLimitArgs;
-use super::secrets::{SecretSpec, Secrets};
-use super::ssh_agents::{SshAgents, SshSpec};
 
 /// The flags of `docker buildx build` that memobuild takes.
 #[derive(clap::Args, Clone, Debug)]
@@ -142,8 +136,134 @@ pub struct BuildOutcome {
     pub image_id: Option<String>,
 }
 
-fn anyhow_of(e: memobuild_proto::Error) -> anyhow::Error {
+pub fn anyhow_of(e: memobuild_proto::Error) -> anyhow::Error {
     anyhow::anyhow!("{}", e.message())
+}
+
+/// What a build needs from its flags and files, read and checked before
+/// anything runs: the same for `memobuild build` and `memobuild remote build`.
+pub struct BuildInputs {
+    pub dockerfile_name: String,
+    pub dockerfile: String,
+    pub context_dir: PathBuf,
+    pub context: Arc<BuildContext>,
+    pub platform: Platform,
+    pub outputs: Vec<OutputSpec>,
+    pub source_date_epoch: Option<u64>,
+    pub secrets: Arc<Secrets>,
+    pub limits: ResourceLimits,
+    pub mode: ProgressMode,
+}
+
+impl BuildInputs {
+    /// Reads the Dockerfile, scans the context (with the stat cache in
+    /// `stat_cache`) and checks every flag.
+    pub fn read(args: &BuildArgs, stat_cache: PathBuf) -> anyhow::Result<Self> {
+        let context_dir =
+            args.context.canonicalize().with_context(|| format!("build context {}", args.context.display()))?;
+        let dockerfile = args.file.clone().unwrap_or_else(|| context_dir.join("Dockerfile"));
+        let text =
+            std::fs::read_to_string(&dockerfile).with_context(|| format!("reading {}", dockerfile.display()))?;
+        let ignore = DockerIgnore::load(&context_dir, Some(&dockerfile)).map_err(anyhow_of)?;
+        let scanner = ContextScanner::new(&context_dir, ignore).with_cache_dir(stat_cache);
+        let (context, _) = tokio::task::block_in_place(|| scanner.scan()).map_err(anyhow_of)?;
+        let platform = match &args.platform {
+            Some(p) => parse_platform(p)?,
+            None => Platform::host(),
+        };
+        let mut outputs = args.outputs.clone();
+        if args.push && !outputs.iter().any(|o| matches!(o, OutputSpec::Registry { .. })) {
+            outputs.push(OutputSpec::Registry { compression: memobuild_oci::Compression::Gzip });
+        }
+        if args.load && !outputs.iter().any(|o| matches!(o, OutputSpec::Load { .. })) {
+            outputs.push(OutputSpec::Load { compression: memobuild_oci::Compression::Gzip });
+        }
+        let source_date_epoch = std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .or_else(|| args.build_args.iter().find(|(k, _)| k == "SOURCE_DATE_EPOCH").map(|(_, v)| v.clone()))
+            .map(|v| v.parse::<u64>().context("SOURCE_DATE_EPOCH must be seconds since the epoch"))
+            .transpose()?;
+        let mode = if args.quiet { ProgressMode::Quiet } else { args.progress.resolve(std::io::stderr().is_terminal()) };
+        Ok(BuildInputs {
+            dockerfile_name: dockerfile.to_string_lossy().to_string(),
+            dockerfile: text,
+            context_dir,
+            context: Arc::new(context),
+            platform,
+            outputs,
+            source_date_epoch,
+            secrets: Arc::new(Secrets::load(&args.secrets).map_err(anyhow_of)?),
+            limits: args.limits.resource_limits()?,
+            mode,
+        })
+    }
+
+    /// The engine's request for these inputs, its context read from
+    /// `context_files`.
+    pub fn image_build(&self, args: &BuildArgs, context_files: ContextFiles) -> ImageBuild {
+        ImageBuild {
+            dockerfile_name: self.dockerfile_name.clone(),
+            dockerfile: self.dockerfile.clone(),
+            context: self.context.clone(),
+            context_files,
+            build_args: args.build_args.iter().cloned().collect(),
+            target: args.target.clone(),
+            platform: self.platform.clone(),
+            build_contexts: args.build_contexts.iter().cloned().collect(),
+            settings: BuildSettings {
+                no_cache: args.no_cache,
+                source_date_epoch: self.source_date_epoch,
+                dry_run: args.dry_run,
+                network: args.network,
+            },
+            labels: args.labels.clone(),
+            annotations: args.annotations.iter().cloned().collect(),
+            exports: self.exports(),
+            tags: args.tags.clone(),
+            secrets: self.secrets.clone(),
+            ssh_sockets: BTreeMap::new(),
+            hosts: args.add_hosts.clone(),
+            limits: self.limits.clone(),
+        }
+    }
+
+    /// What the engine must export for the outputs asked for.
+    pub fn exports(&self) -> Vec<ExportRequest> {
+        let mut exports: Vec<ExportRequest> = Vec::new();
+        for request in self.outputs.iter().filter_map(OutputSpec::export_request) {
+            if !exports.contains(&request) {
+                exports.push(request);
+            }
+        }
+        exports
+    }
+}
+
+/// Writes the outputs on this machine and the files that describe the
+/// image (`--iidfile`, `--metadata-file`); returns the manifest digest of
+/// the image exported last.
+pub async fn write_results(
+    args: &BuildArgs,
+    inputs: &BuildInputs,
+    cas: &dyn memobuild_cas::BlobStore,
+    built: &BuiltOutput,
+    events: &EventSender,
+) -> anyhow::Result<Option<String>> {
+    let Some(id) = &built.image_id else { return Ok(None) };
+    if inputs.outputs.is_empty() && inputs.mode != ProgressMode::Quiet {
+        // As buildx says it: the build is cached, nothing is written.
+        eprintln!("no --output or --push given: the result stays in the build cache only");
+    }
+    let exported = write_outputs(cas, &built.images, &built.filesystem, &inputs.outputs, &args.tags, events)
+        .await
+        .map_err(anyhow_of)?;
+    if let Some(path) = &args.iidfile {
+        write_iidfile(path, id).map_err(anyhow_of)?;
+    }
+    if let Some(path) = &args.metadata_file {
+        write_metadata_file(path, &metadata(id, exported.as_ref(), &args.tags)).map_err(anyhow_of)?;
+    }
+    Ok(exported.map(|image| image.manifest_digest()))
 }
 
 /// Runs `memobuild build` (or `--dry-run`).
@@ -157,152 +277,58 @@ pub async fn run(args: BuildArgs, state_dir: PathBuf) -> anyhow::Result<BuildOut
 }
 
 async fn build(args: &BuildArgs, state: Arc<LocalState>) -> anyhow::Result<BuildOutcome> {
-    let context_dir =
-        args.context.canonicalize().with_context(|| format!("build context {}", args.context.display()))?;
-    let dockerfile = args.file.clone().unwrap_or_else(|| context_dir.join("Dockerfile"));
-    let text = std::fs::read_to_string(&dockerfile).with_context(|| format!("reading {}", dockerfile.display()))?;
-    let dockerfile_name = dockerfile.to_string_lossy().to_string();
-    let ignore = DockerIgnore::load(&context_dir, Some(&dockerfile)).map_err(anyhow_of)?;
-    let scanner = ContextScanner::new(&context_dir, ignore).with_cache_dir(state.stat_cache_dir());
-    let (context, _) = tokio::task::block_in_place(|| scanner.scan()).map_err(anyhow_of)?;
-
-    let platform = match &args.platform {
-        Some(p) => parse_platform(p)?,
-        None => Platform::host(),
-    };
-    let mut options = BuildOptions {
-        build_args: args.build_args.iter().cloned().collect(),
-        target: args.target.clone(),
-        target_platform: platform.clone(),
-        ..BuildOptions::default()
-    };
-    let contexts: BTreeMap<String, String> = args.build_contexts.iter().cloned().collect();
-    for (name, value) in &contexts {
-        check_build_context(name, value).map_err(anyhow_of)?;
-    }
-
-    let secrets = Secrets::load(&args.secrets)?;
-    let ssh = tokio::task::block_in_place(|| SshAgents::start(&args.ssh))?;
-
-    let limits = args.limits.resource_limits()?;
-    let hosts = HostsFiles::create(&args.add_hosts).map_err(anyhow_of)?;
-    let mut outputs = args.outputs.clone();
-    if args.push && !outputs.iter().any(|o| matches!(o, OutputSpec::Registry { .. })) {
-        outputs.push(OutputSpec::Registry { compression: memobuild_oci::Compression::Gzip });
-    }
-    if args.load && !outputs.iter().any(|o| matches!(o, OutputSpec::Load { .. })) {
-        outputs.push(OutputSpec::Load { compression: memobuild_oci::Compression::Gzip });
-    }
-    if !args.dry_run && outputs.iter().any(|o| matches!(o, OutputSpec::Load { .. })) {
+    let inputs = BuildInputs::read(args, state.stat_cache_dir())?;
+    let ssh = tokio::task::block_in_place(|| SshAgents::start(&args.ssh)).map_err(anyhow_of)?;
+    if !args.dry_run && inputs.outputs.iter().any(|o| matches!(o, OutputSpec::Load { .. })) {
         check_docker().await.map_err(anyhow_of)?;
     }
-    let mode = if args.quiet { ProgressMode::Quiet } else { args.progress.resolve(std::io::stderr().is_terminal()) };
     let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
-    let renderer = tokio::spawn(render(mode, receiver));
-
+    let renderer = tokio::spawn(render(inputs.mode, receiver));
+    let cancel = CancellationToken::new();
+    let stop = cancel_on_signals(cancel.clone());
     let result = async {
-        // Plan; resolve the images and fetch the sources the plan names; plan
-        // again with them, until it names nothing new (a base image's ONBUILD
-        // triggers can name more: COPY --from=IMAGE, ADD URL).
-        let mut graph = plan_text(&dockerfile_name, &text, &context, &options).map_err(anyhow_of)?;
-        let (mut images, mut remote) = (HashMap::new(), FetchedSources::new());
-        loop {
-            let references: Vec<String> =
-                image_references(&graph).into_iter().filter(|r| !images.contains_key(r)).collect();
-            let wanted: Vec<_> =
-                remote_sources(&graph).into_iter().filter(|w| !remote.contains_key(&w.source.key())).collect();
-            if references.is_empty() && wanted.is_empty() {
-                break;
-            }
-            let platform = platform.to_string();
-            images.extend(resolve_images(&state, &references, &contexts, &platform, &events).await.map_err(anyhow_of)?);
-            remote.extend(fetch_sources(&state, &wanted, &events).await.map_err(anyhow_of)?);
-            options.base_images = base_images(&images);
-            options.remote_sources = pins(&remote);
-            graph = plan_text(&dockerfile_name, &text, &context, &options).map_err(anyhow_of)?;
-        }
-        let graph = Arc::new(graph);
-        let source_date_epoch = std::env::var("SOURCE_DATE_EPOCH")
-            .ok()
-            .or_else(|| options.build_args.get("SOURCE_DATE_EPOCH").cloned())
-            .map(|v| v.parse::<u64>().context("SOURCE_DATE_EPOCH must be seconds since the epoch"))
-            .transpose()?;
-        let executor = Arc::new(Executor {
-            state: state.clone(),
-            graph: graph.clone(),
-            context_dir: context_dir.clone(),
-            context: Arc::new(context.clone()),
-            images,
-            remote,
-            settings: BuildSettings {
-                no_cache: args.no_cache,
-                source_date_epoch,
-                dry_run: args.dry_run,
-                limits,
-                network: args.network,
-            },
-            events: events.clone(),
-            cancel: CancellationToken::new(),
-            records: Mutex::new(Vec::new()),
-            secrets,
-            ssh,
-            hosts,
-        });
-        let cancel = executor.cancel.clone();
-        // Ctrl-C or SIGTERM stops the build: running containers are killed
-        // and cleaned up, nothing is exported.
-        let ctrl_c = tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            let terminated = async {
-                match term.as_mut() {
-                    Some(signal) => signal.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminated => {}
-            }
-            cancel.cancel();
-        });
-        let built = executor.clone().run().await;
-        ctrl_c.abort();
-        let record = BuildRecord {
-            dockerfile: dockerfile_name.clone(),
-            target: args.target.clone().unwrap_or_default(),
-            steps: executor.records.lock().clone(),
-        };
-        let image = built.map_err(anyhow_of)?;
+        let mut request = inputs.image_build(args, ContextFiles::Directory(inputs.context_dir.clone()));
+        request.ssh_sockets = ssh.sockets();
+        let executor = Arc::new(state.executor());
+        let built = request.run(state.stores.clone(), executor, &events, cancel.clone()).await;
+        stop.abort();
+        let built = built.map_err(anyhow_of)?;
         if args.dry_run {
             return Ok((None, None));
         }
+        let record = BuildRecord {
+            dockerfile: inputs.dockerfile_name.clone(),
+            target: args.target.clone().unwrap_or_default(),
+            steps: built.records.clone(),
+        };
         record.save(&state.records_dir()).map_err(anyhow_of)?;
-        let target = graph.target_stage().context("the target stage is not in the graph")?;
-        let created = rfc3339(executor.settings.timestamp());
-        let mut image_config = target.config.clone();
-        image_config.labels.extend(args.labels.iter().cloned());
-        let config = bytes::Bytes::from(image.config_json(&image_config, &platform, &created));
-        let id = image_id(&config);
-        if outputs.is_empty() && mode != ProgressMode::Quiet {
-            // As buildx says it: the build is cached, nothing is written.
-            eprintln!("no --output or --push given: the result stays in the build cache only");
-        }
-        let annotations = args.annotations.iter().cloned().collect();
-        let built =
-            export(&state, &image, config, &annotations, &outputs, &args.tags, &events).await.map_err(anyhow_of)?;
-        if let Some(path) = &args.iidfile {
-            write_iidfile(path, &id).map_err(anyhow_of)?;
-        }
-        if let Some(path) = &args.metadata_file {
-            write_metadata_file(path, &metadata(&id, built.as_ref(), &args.tags)).map_err(anyhow_of)?;
-        }
-        Ok::<_, anyhow::Error>((built.map(|b| b.manifest_digest()), Some(id)))
+        let digest = write_results(args, &inputs, &*state.stores.cas, &built, &events).await?;
+        Ok::<_, anyhow::Error>((digest, built.image_id))
     }
     .await;
     drop(events);
     let counts = renderer.await.unwrap_or_default();
     let (image_digest, image_id) = result?;
     Ok(BuildOutcome { counts, image_digest, image_id })
+}
+
+/// Ctrl-C or SIGTERM cancels `cancel`: running steps are stopped and
+/// cleaned up, nothing is exported.
+pub fn cancel_on_signals(cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let terminated = async {
+            match term.as_mut() {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminated => {}
+        }
+        cancel.cancel();
+    })
 }
 
 /// `memobuild explain-cache`: why the steps of the last build missed.
@@ -313,7 +339,7 @@ pub fn explain_cache(args: &BuildArgs, state_dir: &std::path::Path) -> anyhow::R
     let name = dockerfile.to_string_lossy().to_string();
     let target = args.target.clone().unwrap_or_default();
     if let (Some(latest), previous) = BuildRecord::load(&state_dir.join("builds"), &name, &target) {
-        return Ok(explain(&latest, previous.as_ref()));
+        return Ok(memobuild_engine::explain(&latest, previous.as_ref()));
     }
     anyhow::bail!("no build of {name} is recorded in {}: run memobuild build first", state_dir.display())
 }

@@ -5,32 +5,29 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memobuild_cas::{ActionCache, BlobStore, FilesystemStore, VerifiedStore};
+use memobuild_cas::{ActionCache, ActionResults, BlobStore, FilesystemStore, VerifiedStore};
+use memobuild_engine::EngineStores;
 use memobuild_oci::{DirectoryDiffIdMemo, RegistryClient};
 use memobuild_proto::{Result, ResultExt};
-use memobuild_worker::containerd::Containerd;
-use tokio::sync::OnceCell;
+use memobuild_worker::steps::{LocalExecutor, StepRunner};
+
+pub use memobuild_worker::steps::CACHE_MOUNTS_DIR;
 
 /// Subdirectories of the state dir.
 pub const CAS_DIR: &str = "cas";
 pub const ACTION_CACHE_DIR: &str = "action-cache";
 pub const DIFF_IDS_DIR: &str = "diff-ids";
 pub const STAT_CACHE_DIR: &str = "context-cache";
-pub const CACHE_MOUNTS_DIR: &str = "cache-mounts";
 pub const REMOTE_FILES_DIR: &str = "remote-files";
 pub const RECORDS_DIR: &str = "builds";
 
-/// The embedded services of a local build. containerd is started on first
-/// use only: a fully cached build never needs it.
+/// The embedded node of a local build: the engine's stores and the step
+/// runner (whose containerd starts on first use only: a fully cached build
+/// never needs it).
 pub struct LocalState {
     dir: PathBuf,
-    pub cas: Arc<dyn BlobStore>,
-    pub actions: ActionCache,
-    pub registry: RegistryClient,
-    /// Diff ids of pulled compressed layers.
-    pub diff_ids: DirectoryDiffIdMemo,
-    containerd_address: Option<PathBuf>,
-    containerd: OnceCell<Containerd>,
+    pub stores: Arc<EngineStores>,
+    pub runner: Arc<StepRunner>,
 }
 
 impl LocalState {
@@ -39,18 +36,23 @@ impl LocalState {
         let blobs = FilesystemStore::open_shared(dir.join(CAS_DIR), false).await.with_context(context)?;
         let results = FilesystemStore::open_shared(dir.join(ACTION_CACHE_DIR), false).await.with_context(context)?;
         let cas: Arc<dyn BlobStore> = Arc::new(VerifiedStore::new(Arc::new(blobs)));
-        let actions = ActionCache::new(Arc::new(results), cas.clone());
-        let diff_ids = DirectoryDiffIdMemo::new(dir.join(DIFF_IDS_DIR));
-        let registry = RegistryClient::from_docker_config()?.with_diff_id_memo(Arc::new(diff_ids.clone()));
-        Ok(LocalState {
-            dir: dir.to_path_buf(),
-            cas,
+        let actions: Arc<dyn ActionResults> = Arc::new(ActionCache::new(Arc::new(results), cas.clone()));
+        let diff_ids = Arc::new(DirectoryDiffIdMemo::new(dir.join(DIFF_IDS_DIR)));
+        let registry = RegistryClient::from_docker_config()?.with_diff_id_memo(diff_ids.clone());
+        let stores = EngineStores {
+            cas: cas.clone(),
             actions,
             registry,
-            diff_ids,
-            containerd_address,
-            containerd: OnceCell::new(),
-        })
+            diff_ids: Some(diff_ids),
+            remote_files_dir: dir.join(REMOTE_FILES_DIR),
+        };
+        let runner = StepRunner::new(cas, containerd_address, dir.to_path_buf());
+        Ok(LocalState { dir: dir.to_path_buf(), stores: Arc::new(stores), runner: Arc::new(runner) })
+    }
+
+    /// Runs steps in this process, recording into the local action cache.
+    pub fn executor(&self) -> LocalExecutor {
+        LocalExecutor { runner: self.runner.clone(), cas: self.stores.cas.clone(), actions: self.stores.actions.clone() }
     }
 
     /// The context scanner's stat cache.
@@ -58,35 +60,14 @@ impl LocalState {
         self.dir.join(STAT_CACHE_DIR)
     }
 
-    /// Host directories behind `RUN --mount=type=cache`.
-    pub fn cache_mounts_dir(&self) -> PathBuf {
-        self.dir.join(CACHE_MOUNTS_DIR)
-    }
-
-    /// Files and git checkouts fetched by ADD, with notes of the files
-    /// (`RemoteFileNote`).
-    pub fn remote_files_dir(&self) -> PathBuf {
-        self.dir.join(REMOTE_FILES_DIR)
-    }
-
     /// Records of past builds, for `explain-cache`.
     pub fn records_dir(&self) -> PathBuf {
         self.dir.join(RECORDS_DIR)
     }
 
-    /// containerd, connected or started on first use.
-    pub async fn containerd(&self) -> Result<&Containerd> {
-        self.containerd
-            .get_or_try_init(|| Containerd::connect_or_start(self.containerd_address.as_deref(), &self.dir))
-            .await
-    }
-
     /// Stops a private containerd this build started, if no other build
     /// still uses it.
     pub async fn shutdown(&self) -> Result<()> {
-        match self.containerd.get() {
-            Some(containerd) => containerd.shutdown().await,
-            None => Ok(()),
-        }
+        self.runner.shutdown().await
     }
 }

@@ -1,52 +1,14 @@
-//! Build events and how they are shown: a live view on a terminal, plain
-//! lines for CI logs, JSON lines for tools.
+//! How build events are shown: a live view on a terminal, plain lines for
+//! CI logs, JSON lines for tools.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use memobuild_proto::build::{build_event::Kind, step_log, BuildEvent};
 use serde::Serialize;
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
-
-/// What happened to a step.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "snake_case", tag = "event")]
-pub enum BuildEvent {
-    /// A step began; `name` reads like `[build 2/5] RUN make`.
-    Started { step: String, name: String },
-    /// The step's result came from the cache.
-    Cached { step: String },
-    /// A line of detail (resolved digests, export targets).
-    Info { step: String, message: String },
-    /// Output of a running command.
-    Log {
-        step: String,
-        stream: LogStream,
-        #[serde(serialize_with = "lossy")]
-        data: Bytes,
-    },
-    /// The step ran and finished; `seconds` of wall time.
-    Done { step: String, seconds: f64 },
-    /// Work around the steps (resolving images, exporting) finished.
-    Finished { step: String },
-    /// The step failed.
-    Failed { step: String, message: String },
-}
-
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum LogStream {
-    Stdout,
-    Stderr,
-}
-
-fn lossy<S: serde::Serializer>(data: &Bytes, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&String::from_utf8_lossy(data))
-}
-
-/// Where steps send their events.
-pub type EventSender = mpsc::UnboundedSender<BuildEvent>;
 
 /// `--progress`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -113,27 +75,25 @@ impl View {
     }
 
     fn show(&mut self, event: &BuildEvent) {
+        let Some(kind) = &event.kind else { return };
         if matches!(self.mode, ProgressMode::Json | ProgressMode::Quiet) {
-            if let BuildEvent::Cached { .. } = event {
-                self.counts.cached += 1;
-            }
-            if let BuildEvent::Done { .. } = event {
-                self.counts.executed += 1;
+            match kind {
+                Kind::Cached(_) => self.counts.cached += 1,
+                Kind::Done(_) => self.counts.executed += 1,
+                _ => {}
             }
             if self.mode == ProgressMode::Quiet {
                 return;
             }
-            let line = serde_json::json!({
-                "time": self.started.elapsed().as_secs_f64(),
-                "detail": event,
-            });
+            let line = json!({ "time": self.started.elapsed().as_secs_f64(), "detail": detail_json(kind) });
             let mut err = std::io::stderr().lock();
             let _ = writeln!(err, "{line}");
             return;
         }
-        match event {
-            BuildEvent::Started { step, name } => {
+        match kind {
+            Kind::Started(started) => {
                 let number = self.steps.len() + 1;
+                let name = &started.name;
                 let bar = self.bars.as_ref().map(|bars| {
                     let bar = bars.add(indicatif::ProgressBar::new_spinner());
                     bar.set_style(
@@ -148,35 +108,37 @@ impl View {
                     self.line(&format!("#{number} {name}"));
                 }
                 let view = StepView { number, started: Instant::now(), last_lines: Vec::new(), bar };
-                self.steps.insert(step.clone(), view);
+                self.steps.insert(started.step.clone(), view);
             }
-            BuildEvent::Cached { step } => {
+            Kind::Cached(cached) => {
                 self.counts.cached += 1;
-                self.close(step, "CACHED".to_string());
+                self.close(&cached.step, "CACHED".to_string());
             }
-            BuildEvent::Info { step, message } => self.detail(step, message),
-            BuildEvent::Log { step, data, .. } => {
-                for line in String::from_utf8_lossy(data).lines() {
-                    self.detail(step, line);
+            Kind::Info(info) => self.detail(&info.step, &info.message),
+            Kind::Log(log) => {
+                for line in String::from_utf8_lossy(&log.data).lines() {
+                    self.detail(&log.step, line);
                 }
             }
-            BuildEvent::Done { step, seconds } => {
+            Kind::Done(done) => {
                 self.counts.executed += 1;
-                self.close(step, format!("DONE {seconds:.1}s"));
+                self.close(&done.step, format!("DONE {:.1}s", done.seconds));
             }
-            BuildEvent::Finished { step } => {
-                let seconds = self.steps.get(step).map(|s| s.started.elapsed().as_secs_f64()).unwrap_or(0.0);
-                self.close(step, format!("DONE {seconds:.1}s"));
+            Kind::Finished(finished) => {
+                let seconds = self.steps.get(&finished.step).map(|s| s.started.elapsed().as_secs_f64()).unwrap_or(0.0);
+                self.close(&finished.step, format!("DONE {seconds:.1}s"));
             }
-            BuildEvent::Failed { step, message } => {
-                let tail = self.steps.get(step).map(|s| s.last_lines.clone()).unwrap_or_default();
-                self.close(step, format!("ERROR: {message}"));
+            Kind::Failed(failed) => {
+                let tail = self.steps.get(&failed.step).map(|s| s.last_lines.clone()).unwrap_or_default();
+                self.close(&failed.step, format!("ERROR: {}", failed.message));
                 if self.mode == ProgressMode::Tty {
                     for line in tail {
                         self.line(&format!("  > {line}"));
                     }
                 }
             }
+            Kind::Accepted(accepted) => self.line(&format!("build {}", accepted.build_id)),
+            Kind::Result(_) | Kind::BuildFailed(_) => {}
         }
     }
 
@@ -235,5 +197,26 @@ impl View {
             self.counts.executed,
             self.counts.cached
         ));
+    }
+}
+
+/// An event as a JSON object (`--progress json`), named as the step events
+/// of earlier releases were: `started`, `cached`, `info`, `log`, `done`,
+/// `finished`, `failed`.
+fn detail_json(kind: &Kind) -> Value {
+    match kind {
+        Kind::Accepted(a) => json!({"event": "accepted", "build_id": a.build_id}),
+        Kind::Started(s) => json!({"event": "started", "step": s.step, "name": s.name}),
+        Kind::Cached(c) => json!({"event": "cached", "step": c.step}),
+        Kind::Info(i) => json!({"event": "info", "step": i.step, "message": i.message}),
+        Kind::Log(l) => {
+            let stream = if l.stream == step_log::Stream::Stderr as i32 { "stderr" } else { "stdout" };
+            json!({"event": "log", "step": l.step, "stream": stream, "data": String::from_utf8_lossy(&l.data)})
+        }
+        Kind::Done(d) => json!({"event": "done", "step": d.step, "seconds": d.seconds}),
+        Kind::Finished(f) => json!({"event": "finished", "step": f.step}),
+        Kind::Failed(f) => json!({"event": "failed", "step": f.step, "message": f.message}),
+        Kind::Result(r) => json!({"event": "result", "image_id": r.image_id}),
+        Kind::BuildFailed(f) => json!({"event": "build_failed", "message": f.message}),
     }
 }

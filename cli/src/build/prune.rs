@@ -33,8 +33,7 @@ use prost::Message;
 use super::local_state::{
     ACTION_CACHE_DIR, CACHE_MOUNTS_DIR, CAS_DIR, DIFF_IDS_DIR, RECORDS_DIR, REMOTE_FILES_DIR, STAT_CACHE_DIR,
 };
-use super::remote_file_note::RemoteFileNote;
-use super::step_action::StepLayers;
+use memobuild_engine::{RemoteFileNote, StepLayers};
 
 /// The largest entry, Action or output Tree read into memory.
 const MAX_ENTRY_BYTES: u64 = 64 << 20;
@@ -505,7 +504,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::build::local_state::LocalState;
-    use crate::build::step_action::{StepAction, StepInputs};
+    use memobuild_engine::{StepAction, StepSpec};
+    use memobuild_frontend::StepDefinition;
     use memobuild_oci::Layer;
     use memobuild_proto::DigestFunction;
 
@@ -562,7 +562,7 @@ mod tests {
     async fn put(state: &LocalState, data: impl AsRef<[u8]>) -> Digest {
         let data = Bytes::copy_from_slice(data.as_ref());
         let digest = Digest::of(DigestFunction::Sha256, &data);
-        state.cas.put_bytes(&digest, data).await.unwrap();
+        state.stores.cas.put_bytes(&digest, data).await.unwrap();
         digest
     }
 
@@ -575,15 +575,15 @@ mod tests {
         let mut steps = Vec::new();
         for n in 1..=2 {
             let layer = put(&state, &format!("layer of step {n}")).await;
-            let action = StepAction::new(StepInputs {
-                kind: "run",
-                definition: Digest::of(DigestFunction::Blake3, format!("step {n}").as_bytes()),
-                argv: vec!["/bin/sh".into(), "-c".into(), format!("echo {n}")],
-                env: Vec::new(),
-                parent: &parent,
+            let spec = StepSpec {
+                definition: StepDefinition::Workdir { path: format!("/step-{n}"), user: None },
+                parent: parent.clone(),
                 sources: Vec::new(),
-            });
-            action.record(&*state.cas, &state.actions, Some(&Layer::uncompressed(layer))).await.unwrap();
+                source_date_epoch: None,
+            };
+            let action = StepAction::of_step(&spec, Vec::new(), Vec::new());
+            let stores = &state.stores;
+            action.record(&*stores.cas, &*stores.actions, Some(&Layer::uncompressed(layer))).await.unwrap();
             parent.push(Layer::uncompressed(layer));
             steps.push((action, layer));
         }
@@ -595,8 +595,8 @@ mod tests {
         }
         for (url, digest) in [(KEPT_URL, base), (GONE_URL, orphan)] {
             let note = RemoteFileNote { digest, mtime: None, etag: Some("\"e\"".into()), last_modified: None };
-            note.save(&RemoteFileNote::url_path(&state.remote_files_dir(), url)).unwrap();
-            note.save(&RemoteFileNote::content_path(&state.remote_files_dir(), &digest.hex())).unwrap();
+            note.save(&RemoteFileNote::url_path(&state.stores.remote_files_dir(), url)).unwrap();
+            note.save(&RemoteFileNote::content_path(&state.stores.remote_files_dir(), &digest.hex())).unwrap();
         }
         Fixture { dir, base, steps, orphan }
     }
@@ -611,7 +611,7 @@ mod tests {
             let state = LocalState::open(self.dir.path(), None).await.unwrap();
             let mut hits = Vec::new();
             for (action, _) in &self.steps {
-                hits.push(action.lookup(&state.actions).await.unwrap().flatten().map(|layer| layer.blob));
+                hits.push(action.lookup(&*state.stores.actions).await.unwrap().flatten().map(|layer| layer.blob));
             }
             hits
         }
@@ -658,7 +658,7 @@ mod tests {
             let state = LocalState::open(f.dir.path(), None).await.unwrap();
             let results =
                 FilesystemStore::open_shared(f.dir.path().join(SERVER_ACTION_CACHE_DIR), false).await.unwrap();
-            let server = ActionCache::new(std::sync::Arc::new(results), state.cas.clone());
+            let server = ActionCache::new(std::sync::Arc::new(results), state.stores.cas.clone());
             let output = OutputFile { path: "out".into(), digest: Some(f.orphan.to_proto()), ..OutputFile::default() };
             let result = ActionResult { output_files: vec![output], ..ActionResult::default() };
             server.update("bazel", &digest("a bazel action"), &result).await.unwrap();

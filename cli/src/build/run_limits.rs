@@ -3,7 +3,7 @@
 
 use anyhow::bail;
 use memobuild_frontend::parse_byte_size;
-use memobuild_worker::containerd::ResourceLimits;
+use memobuild_engine::ResourceLimits;
 
 /// Docker's smallest memory limit.
 const MIN_MEMORY: u64 = 6 << 20;

@@ -8,14 +8,15 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
+use memobuild_engine::Secrets;
 use memobuild_frontend::Mount;
 use memobuild_proto::{Error, Result, ResultExt};
-use memobuild_worker::containerd::SpecMount;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
-use super::secrets::Secrets;
-use super::ssh_agents::SshAgents;
+use crate::containerd::SpecMount;
 
 /// Docker's defaults for a secret file and an agent socket.
 const SECRET_MODE: u32 = 0o400;
@@ -23,7 +24,8 @@ const SSH_SOCKET_MODE: u32 = 0o600;
 
 pub struct RunSecrets<'a> {
     secrets: &'a Secrets,
-    agents: &'a SshAgents,
+    /// Agent sockets by `--ssh` id.
+    agents: &'a BTreeMap<String, PathBuf>,
     dir: Option<tempfile::TempDir>,
     env: Vec<(String, String)>,
     files: usize,
@@ -32,7 +34,7 @@ pub struct RunSecrets<'a> {
 }
 
 impl<'a> RunSecrets<'a> {
-    pub fn new(secrets: &'a Secrets, agents: &'a SshAgents) -> Self {
+    pub fn new(secrets: &'a Secrets, agents: &'a BTreeMap<String, PathBuf>) -> Self {
         RunSecrets { secrets, agents, dir: None, env: Vec::new(), files: 0, ssh_mounts: 0, proxies: Vec::new() }
     }
 
@@ -84,7 +86,7 @@ impl<'a> RunSecrets<'a> {
         let index = self.ssh_mounts;
         self.ssh_mounts += 1;
         let id = mount.id.as_deref().unwrap_or("default");
-        let Some(upstream) = self.agents.socket(id) else {
+        let Some(upstream) = self.agents.get(id) else {
             if mount.required {
                 return Err(Error::invalid_argument(format!(
                     "SSH agent {id:?} is required by RUN --mount=type=ssh but was not given: pass --ssh {id}[=SOCKET|KEY]"
@@ -92,7 +94,7 @@ impl<'a> RunSecrets<'a> {
             }
             return Ok(None);
         };
-        let upstream = upstream.to_path_buf();
+        let upstream = upstream.clone();
         let socket = self.dir()?.join(format!("ssh-{index}.sock"));
         let listener = UnixListener::bind(&socket)
             .and_then(|listener| {
@@ -161,8 +163,9 @@ mod tests {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    use super::super::secrets::{SecretSource, SecretSpec};
-    use super::super::ssh_agents::SshSpec;
+    use memobuild_engine::{SecretSource, SecretSpec};
+
+    use super::super::ssh_agents::{SshAgents, SshSpec};
     use super::*;
 
     fn mount(spec: &str) -> Mount {
@@ -177,7 +180,7 @@ mod tests {
     #[tokio::test]
     async fn secret_files_and_env() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (secrets, agents) = (secrets(dir.path()), SshAgents::default());
+        let (secrets, agents) = (secrets(dir.path()), BTreeMap::new());
         let mut run = RunSecrets::new(&secrets, &agents);
 
         let Some(SpecMount::Bind { source, target, readonly }) =
@@ -231,7 +234,8 @@ mod tests {
         assert!(keygen.success());
         let agents = SshAgents::start(&[SshSpec { id: "default".into(), paths: vec![key] }]).expect("agent");
         let secrets = Secrets::default();
-        let mut run = RunSecrets::new(&secrets, &agents);
+        let sockets = agents.sockets();
+        let mut run = RunSecrets::new(&secrets, &sockets);
 
         let Some(SpecMount::Bind { source, target, .. }) = run.ssh(&mount("type=ssh,uid=1000")).expect("ssh") else {
             panic!("an ssh mount is a bind mount");

@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use anyhow::Context;
+use memobuild_proto::{Error, Result, ResultExt};
 
 /// Where a secret's value comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub struct SecretSpec {
 impl FromStr for SecretSpec {
     type Err = String;
 
-    fn from_str(spec: &str) -> Result<SecretSpec, String> {
+    fn from_str(spec: &str) -> std::result::Result<SecretSpec, String> {
         let (mut id, mut kind, mut src, mut env) = (None, None, None, None);
         for field in spec.split(',').filter(|f| !f.is_empty()) {
             let (key, value) =
@@ -67,25 +67,40 @@ pub struct Secrets {
 impl Secrets {
     /// Reads every secret; an error names the secret id and its file or
     /// variable, never the value.
-    pub fn load(specs: &[SecretSpec]) -> anyhow::Result<Secrets> {
+    pub fn load(specs: &[SecretSpec]) -> Result<Secrets> {
         let mut values = HashMap::new();
         for spec in specs {
             let value = match &spec.source {
                 SecretSource::File(path) => std::fs::read(path)
                     .with_context(|| format!("--secret id={}: reading {}", spec.id, path.display()))?,
                 SecretSource::Env(var) => std::env::var_os(var)
-                    .with_context(|| format!("--secret id={}: environment variable {var} is not set", spec.id))?
+                    .ok_or_else(|| {
+                        Error::invalid_argument(format!(
+                            "--secret id={}: environment variable {var} is not set",
+                            spec.id
+                        ))
+                    })?
                     .into_vec(),
             };
             if values.insert(spec.id.clone(), value).is_some() {
-                anyhow::bail!("--secret id={} is given more than once", spec.id);
+                return Err(Error::invalid_argument(format!("--secret id={} is given more than once", spec.id)));
             }
         }
         Ok(Secrets { values })
     }
 
+    /// Secrets given as values (a remote build's, from its request).
+    pub fn from_values(values: impl IntoIterator<Item = (String, Vec<u8>)>) -> Secrets {
+        Secrets { values: values.into_iter().collect() }
+    }
+
     pub fn get(&self, id: &str) -> Option<&[u8]> {
         self.values.get(id).map(Vec::as_slice)
+    }
+
+    /// Every secret, to send with a remote build (never to store).
+    pub fn values(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.values.iter().map(|(id, value)| (id.as_str(), value.as_slice()))
     }
 }
 
@@ -93,7 +108,7 @@ impl Secrets {
 mod tests {
     use super::*;
 
-    fn parse(spec: &str) -> Result<SecretSpec, String> {
+    fn parse(spec: &str) -> std::result::Result<SecretSpec, String> {
         spec.parse()
     }
 

@@ -3,102 +3,139 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use memobuild_cas::BlobStore;
 use memobuild_oci::{
     compress_layer, extract_layers, write_docker_archive, write_oci_layout, BuiltImage, Compression, ExtractLimits,
     ImageReference, Layer, OciDestination, MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP, MEDIA_TYPE_TAR_ZSTD,
 };
-use memobuild_proto::{Digest, DigestFunction, Result, ResultExt};
+use memobuild_proto::build::BuildEvent;
+use memobuild_proto::{Digest, DigestFunction, Error, Result, ResultExt};
 use serde_json::{json, Map, Value};
 
-use super::docker_load::docker_load;
-use super::image_state::ImageState;
-use super::local_state::LocalState;
-use super::output_spec::OutputSpec;
-use super::progress::{BuildEvent, EventSender};
-use super::step_action::{StepAction, StepInputs};
+use crate::docker_load::docker_load;
+use crate::image_state::ImageState;
+use crate::output_spec::OutputSpec;
+use crate::{EngineStores, EventSender, StepAction};
 
-/// Writes every output; returns the image as last exported (its manifest
-/// follows the compression of that output, gzip by default), or `None`
-/// when only a filesystem was asked for.
+/// What the engine makes of the target stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportRequest {
+    /// An image whose blobs stay in the CAS, for outputs written from it.
+    Image(Compression),
+    /// The image, pushed to every tag.
+    Registry(Compression),
+}
+
+/// Assembles the image in every compression `requests` name (each once)
+/// and pushes it where asked; returns the images.
 pub async fn export(
-    state: &LocalState,
+    stores: &EngineStores,
     image: &ImageState,
     config: bytes::Bytes,
     annotations: &BTreeMap<String, String>,
+    requests: &[ExportRequest],
+    tags: &[String],
+    events: &EventSender,
+) -> Result<Vec<(Compression, BuiltImage)>> {
+    let step = "export";
+    let mut images: Vec<(Compression, BuiltImage)> = Vec::new();
+    if !requests.is_empty() {
+        let _ = events.send(BuildEvent::started(step, "exporting"));
+    }
+    for request in requests {
+        let (ExportRequest::Image(compression) | ExportRequest::Registry(compression)) = *request;
+        if !images.iter().any(|(c, _)| *c == compression) {
+            let built = built_image(stores, image, &config, annotations, compression).await?;
+            images.push((compression, built));
+        }
+        let Some((_, built)) = images.iter().find(|(c, _)| *c == compression) else { continue };
+        if let ExportRequest::Registry(_) = request {
+            if tags.is_empty() {
+                return Err(Error::invalid_argument("--push / type=registry needs at least one -t NAME:TAG"));
+            }
+            for tag in tags {
+                let reference: ImageReference = tag.parse()?;
+                let pushed =
+                    stores.registry.push(built, &reference, &*stores.cas).await.with_context(|| format!("pushing {tag}"))?;
+                let _ = events.send(BuildEvent::info(step, format!("pushed {tag}@{pushed}")));
+            }
+        }
+    }
+    if !requests.is_empty() {
+        let _ = events.send(BuildEvent::finished(step));
+    }
+    Ok(images)
+}
+
+/// Writes the outputs that are files on this machine (OCI layouts, docker
+/// archives, `docker load`, a filesystem) from the images in `cas`;
+/// returns the image as exported last (its manifest follows the compression
+/// of that output), or `None` when only a filesystem was asked for.
+pub async fn write_outputs(
+    cas: &dyn BlobStore,
+    images: &[(Compression, BuiltImage)],
+    filesystem: &[Layer],
     outputs: &[OutputSpec],
     tags: &[String],
     events: &EventSender,
 ) -> Result<Option<BuiltImage>> {
-    let step = "export".to_string();
+    let step = "write";
     let mut exported = None;
-    let mut announced = false;
-    for output in outputs {
-        if !announced {
-            let _ = events.send(BuildEvent::Started { step: step.clone(), name: "exporting".into() });
-            announced = true;
+    let image = |compression: Compression| {
+        images
+            .iter()
+            .find(|(c, _)| *c == compression)
+            .map(|(_, built)| built)
+            .ok_or_else(|| Error::internal(format!("the image was not exported with {compression:?} layers")))
+    };
+    for (n, output) in outputs.iter().enumerate() {
+        if n == 0 {
+            let _ = events.send(BuildEvent::started(step, "writing outputs"));
         }
+        let info = |message: String| {
+            let _ = events.send(BuildEvent::info(step, message));
+        };
         match output {
             OutputSpec::Local { dest } => {
                 std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
-                extract_layers(&*state.cas, &image.layers, dest, ExtractLimits::default()).await?;
-                info(events, &step, format!("wrote the filesystem to {}", dest.display()));
+                extract_layers(cas, filesystem, dest, ExtractLimits::default()).await?;
+                info(format!("wrote the filesystem to {}", dest.display()));
             }
             OutputSpec::Oci { dest, tar, compression } => {
-                let built = built_image(state, image, &config, annotations, *compression).await?;
+                let built = image(*compression)?;
                 let destination =
                     if *tar { OciDestination::Tar(dest.clone()) } else { OciDestination::Directory(dest.clone()) };
-                write_oci_layout(&built, &*state.cas, &destination, tags).await?;
-                info(events, &step, format!("wrote OCI image {} to {}", built.manifest_digest(), dest.display()));
-                exported = Some(built);
+                write_oci_layout(built, cas, &destination, tags).await?;
+                info(format!("wrote OCI image {} to {}", built.manifest_digest(), dest.display()));
+                exported = Some(built.clone());
             }
             OutputSpec::Docker { dest, compression } => {
-                let built = built_image(state, image, &config, annotations, *compression).await?;
-                write_docker_archive(&built, &*state.cas, dest, tags).await?;
-                info(events, &step, format!("wrote docker archive {} to {}", built.manifest_digest(), dest.display()));
-                exported = Some(built);
+                let built = image(*compression)?;
+                write_docker_archive(built, cas, dest, tags).await?;
+                info(format!("wrote docker archive {} to {}", built.manifest_digest(), dest.display()));
+                exported = Some(built.clone());
             }
             OutputSpec::Load { compression } => {
-                let built = built_image(state, image, &config, annotations, *compression).await?;
+                let built = image(*compression)?;
                 let dir = tempfile::tempdir().context("creating a directory for the docker archive of --load")?;
                 let archive = dir.path().join("image.tar");
-                write_docker_archive(&built, &*state.cas, &archive, tags).await?;
-                info(events, &step, docker_load(&archive).await?);
-                exported = Some(built);
+                write_docker_archive(built, cas, &archive, tags).await?;
+                info(docker_load(&archive).await?);
+                exported = Some(built.clone());
             }
-            OutputSpec::Registry { compression } => {
-                let built = built_image(state, image, &config, annotations, *compression).await?;
-                if tags.is_empty() {
-                    return Err(memobuild_proto::Error::invalid_argument(
-                        "--push / type=registry needs at least one -t NAME:TAG",
-                    ));
-                }
-                for tag in tags {
-                    let reference: ImageReference = tag.parse()?;
-                    let pushed = state
-                        .registry
-                        .push(&built, &reference, &*state.cas)
-                        .await
-                        .with_context(|| format!("pushing {tag}"))?;
-                    info(events, &step, format!("pushed {tag}@{pushed}"));
-                }
-                exported = Some(built);
-            }
+            OutputSpec::Registry { compression } => exported = Some(image(*compression)?.clone()),
         }
     }
-    if announced {
-        let _ = events.send(BuildEvent::Finished { step });
+    if !outputs.is_empty() {
+        let _ = events.send(BuildEvent::finished(step));
     }
     Ok(exported)
 }
 
-fn info(events: &EventSender, step: &str, message: String) {
-    let _ = events.send(BuildEvent::Info { step: step.to_string(), message });
-}
-
 /// The image with its layers compressed as asked (base image layers keep
 /// the form the registry gave them).
-pub async fn built_image(
-    state: &LocalState,
+async fn built_image(
+    state: &EngineStores,
     image: &ImageState,
     config: &bytes::Bytes,
     annotations: &BTreeMap<String, String>,
@@ -113,7 +150,7 @@ pub async fn built_image(
 
 /// Compresses an uncompressed layer, through the action cache so a layer
 /// is compressed once.
-async fn compressed(state: &LocalState, layer: &Layer, compression: Compression) -> Result<Layer> {
+async fn compressed(state: &EngineStores, layer: &Layer, compression: Compression) -> Result<Layer> {
     let media_type = match compression {
         Compression::None => return Ok(layer.clone()),
         Compression::Gzip => MEDIA_TYPE_TAR_GZIP,
@@ -122,19 +159,12 @@ async fn compressed(state: &LocalState, layer: &Layer, compression: Compression)
     if layer.media_type != MEDIA_TYPE_TAR {
         return Ok(layer.clone());
     }
-    let action = StepAction::new(StepInputs {
-        kind: "compress",
-        definition: Digest::of(DigestFunction::Blake3, media_type.as_bytes()),
-        argv: Vec::new(),
-        env: Vec::new(),
-        parent: std::slice::from_ref(layer),
-        sources: Vec::new(),
-    });
-    if let Some(Some(hit)) = action.lookup(&state.actions).await? {
+    let action = StepAction::compress(layer, media_type);
+    if let Some(Some(hit)) = action.lookup(&*state.actions).await? {
         return Ok(Layer { blob: hit.blob, media_type: media_type.into(), diff_id: layer.diff_id });
     }
     let done = compress_layer(&*state.cas, layer, compression).await?;
-    action.record(&*state.cas, &state.actions, Some(&Layer::uncompressed(done.blob))).await?;
+    action.record(&*state.cas, &*state.actions, Some(&Layer::uncompressed(done.blob))).await?;
     Ok(done)
 }
 

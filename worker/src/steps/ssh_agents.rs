@@ -3,14 +3,14 @@
 //! files are loaded into an `ssh-agent` of the build's own, stopped when the
 //! build ends.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use memobuild_proto::{Error, Result, ResultExt};
 
 /// How long a private ssh-agent may take to create its socket.
 const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,7 +26,7 @@ pub struct SshSpec {
 impl FromStr for SshSpec {
     type Err = String;
 
-    fn from_str(spec: &str) -> Result<SshSpec, String> {
+    fn from_str(spec: &str) -> std::result::Result<SshSpec, String> {
         let (id, paths) = match spec.split_once('=') {
             Some((id, paths)) => (id, paths.split(',').filter(|p| !p.is_empty()).map(PathBuf::from).collect()),
             None => (spec, Vec::new()),
@@ -48,13 +48,13 @@ pub struct SshAgents {
 
 impl SshAgents {
     /// Checks every `--ssh` and starts an agent for those given key files.
-    pub fn start(specs: &[SshSpec]) -> anyhow::Result<SshAgents> {
+    pub fn start(specs: &[SshSpec]) -> Result<SshAgents> {
         let mut agents = SshAgents::default();
         for spec in specs {
             let paths = match spec.paths.as_slice() {
                 [] => match std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty()) {
                     Some(socket) => vec![PathBuf::from(socket)],
-                    None => anyhow::bail!("--ssh {}: no socket or key given and SSH_AUTH_SOCK is not set", spec.id),
+                    None => return Err(Error::invalid_argument(format!("--ssh {}: no socket or key given and SSH_AUTH_SOCK is not set", spec.id))),
                 },
                 paths => paths.to_vec(),
             };
@@ -74,19 +74,19 @@ impl SshAgents {
                 }
                 (1, [socket]) => socket.clone(),
                 _ => {
-                    anyhow::bail!("--ssh {}: give one agent socket or key files, not several sockets or both", spec.id)
+                    return Err(Error::invalid_argument(format!("--ssh {}: give one agent socket or key files, not several sockets or both", spec.id)))
                 }
             };
             if agents.sockets.insert(spec.id.clone(), socket).is_some() {
-                anyhow::bail!("--ssh {} is given more than once", spec.id);
+                return Err(Error::invalid_argument(format!("--ssh {} is given more than once", spec.id)));
             }
         }
         Ok(agents)
     }
 
-    /// The agent socket of `id` on this host.
-    pub fn socket(&self, id: &str) -> Option<&Path> {
-        self.sockets.get(id).map(PathBuf::as_path)
+    /// The agent socket of every id on this host.
+    pub fn sockets(&self) -> BTreeMap<String, PathBuf> {
+        self.sockets.iter().map(|(id, path)| (id.clone(), path.clone())).collect()
     }
 }
 
@@ -98,7 +98,7 @@ struct PrivateAgent {
 }
 
 impl PrivateAgent {
-    fn start(id: &str, keys: &[PathBuf]) -> anyhow::Result<PrivateAgent> {
+    fn start(id: &str, keys: &[PathBuf]) -> Result<PrivateAgent> {
         let dir = tempfile::Builder::new()
             .prefix("memobuild-ssh-")
             .permissions(std::fs::Permissions::from_mode(0o700))
@@ -114,21 +114,21 @@ impl PrivateAgent {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => anyhow::anyhow!(
+                std::io::ErrorKind::NotFound => Error::invalid_argument(format!(
                     "--ssh {id}: {} is a key file, which needs ssh-agent to serve it, but ssh-agent is not \
                      installed (install openssh-client, or pass an agent socket)",
                     keys.first().map(|k| k.display().to_string()).unwrap_or_default()
-                ),
-                _ => anyhow::anyhow!("--ssh {id}: starting ssh-agent: {e}"),
+                )),
+                _ => Error::invalid_argument(format!("--ssh {id}: starting ssh-agent: {e}")),
             })?;
         let mut agent = PrivateAgent { child, socket, _dir: dir };
         let deadline = Instant::now() + AGENT_START_TIMEOUT;
         while !agent.socket.exists() {
             if let Some(status) = agent.child.try_wait().context("waiting for ssh-agent")? {
-                anyhow::bail!("--ssh {id}: ssh-agent exited ({status}) before creating its socket");
+                return Err(Error::invalid_argument(format!("--ssh {id}: ssh-agent exited ({status}) before creating its socket")));
             }
             if Instant::now() > deadline {
-                anyhow::bail!("--ssh {id}: ssh-agent did not create its socket within {AGENT_START_TIMEOUT:?}");
+                return Err(Error::invalid_argument(format!("--ssh {id}: ssh-agent did not create its socket within {AGENT_START_TIMEOUT:?}")));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -139,11 +139,11 @@ impl PrivateAgent {
             .output()
             .with_context(|| format!("--ssh {id}: running ssh-add"))?;
         if !added.status.success() {
-            anyhow::bail!(
+            return Err(Error::invalid_argument(format!(
                 "--ssh {id}: ssh-add could not load {}: {}",
                 keys.iter().map(|k| k.display().to_string()).collect::<Vec<_>>().join(", "),
                 String::from_utf8_lossy(&added.stderr).trim()
-            );
+            )));
         }
         Ok(agent)
     }

@@ -3,41 +3,17 @@
 //! never lands in a layer and, as in BuildKit, is not part of any key.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
-use std::str::FromStr;
 
+use memobuild_engine::HostEntry;
 use memobuild_proto::{Result, ResultExt};
-use memobuild_worker::containerd::SpecMount;
+
+use crate::containerd::SpecMount;
 
 /// Where a step's `/etc/hosts` is.
 const HOSTS: &str = "/etc/hosts";
 /// What a step without the host's network resolves locally (its hostname
 /// is `memobuild`).
 const LOCALHOST: &str = "127.0.0.1\tlocalhost memobuild\n::1\tlocalhost ip6-localhost ip6-loopback\n";
-
-/// One `--add-host` entry: `HOST:IP` (or `HOST=IP`, for IPv6 addresses).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostEntry {
-    pub host: String,
-    pub ip: IpAddr,
-}
-
-impl FromStr for HostEntry {
-    type Err = String;
-
-    fn from_str(text: &str) -> std::result::Result<Self, String> {
-        let (host, ip) = text
-            .split_once('=')
-            .or_else(|| text.split_once(':'))
-            .ok_or_else(|| format!("--add-host {text:?}: expected HOST:IP"))?;
-        if host.is_empty() || host.contains(char::is_whitespace) {
-            return Err(format!("--add-host {text:?}: {host:?} is not a host name"));
-        }
-        let ip = ip.trim_start_matches('[').trim_end_matches(']');
-        let ip = ip.parse().map_err(|_| format!("--add-host {text:?}: {ip:?} is not an IP address"))?;
-        Ok(HostEntry { host: host.to_string(), ip })
-    }
-}
 
 /// The generated hosts files: one for steps in their own network
 /// namespace, one (the host's `/etc/hosts` plus the entries) for
@@ -83,17 +59,6 @@ fn hosts_file(base: &str, entries: &[HostEntry]) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn add_host_spellings() {
-        let entry: HostEntry = "db.internal:10.0.0.5".parse().unwrap();
-        assert_eq!(entry, HostEntry { host: "db.internal".into(), ip: "10.0.0.5".parse().unwrap() });
-        assert_eq!("v6=::1".parse::<HostEntry>().unwrap().ip, "::1".parse::<IpAddr>().unwrap());
-        assert_eq!("v6:[fe80::1]".parse::<HostEntry>().unwrap().ip, "fe80::1".parse::<IpAddr>().unwrap());
-        assert!("db:not-an-ip".parse::<HostEntry>().unwrap_err().contains("not an IP address"));
-        assert!(":10.0.0.5".parse::<HostEntry>().unwrap_err().contains("not a host name"));
-        assert!("db".parse::<HostEntry>().unwrap_err().contains("HOST:IP"));
-    }
 
     #[test]
     fn entries_follow_the_base() {

@@ -7,6 +7,8 @@ use std::str::FromStr;
 
 use memobuild_oci::Compression;
 
+use crate::export::ExportRequest;
+
 /// One requested output.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OutputSpec {
@@ -20,6 +22,20 @@ pub enum OutputSpec {
     Local { dest: PathBuf },
     /// Pushed to every `-t` tag.
     Registry { compression: Compression },
+}
+
+impl OutputSpec {
+    /// What the engine must export for this output (a filesystem needs
+    /// only the layers, which every build returns).
+    pub fn export_request(&self) -> Option<ExportRequest> {
+        match self {
+            OutputSpec::Oci { compression, .. }
+            | OutputSpec::Docker { compression, .. }
+            | OutputSpec::Load { compression } => Some(ExportRequest::Image(*compression)),
+            OutputSpec::Registry { compression } => Some(ExportRequest::Registry(*compression)),
+            OutputSpec::Local { .. } => None,
+        }
+    }
 }
 
 impl FromStr for OutputSpec {

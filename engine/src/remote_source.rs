@@ -13,15 +13,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use futures::{StreamExt, TryStreamExt};
-use memobuild_cas::{BlobStore, ByteRange};
 use memobuild_frontend::{BuildGraph, GitUrl, RemoteSource, SourceDefinition, StepDefinition};
 use memobuild_proto::{Digest, DigestFunction, DigestHasher, Error, Result, ResultExt};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
-use super::local_state::LocalState;
-use super::progress::{BuildEvent, EventSender};
-use super::remote_file_note::RemoteFileNote;
+use crate::EngineStores;
+use memobuild_proto::build::BuildEvent;
+
+use crate::EventSender;
+use crate::remote_file_note::RemoteFileNote;
 
 /// Largest file ADD downloads.
 const MAX_DOWNLOAD: u64 = 16 << 30;
@@ -91,7 +92,7 @@ pub fn remote_sources(graph: &BuildGraph) -> Vec<Wanted> {
 }
 
 /// Fetches `wanted`, reporting each as a step of its own.
-pub async fn fetch_sources(state: &LocalState, wanted: &[Wanted], events: &EventSender) -> Result<FetchedSources> {
+pub async fn fetch_sources(state: &EngineStores, wanted: &[Wanted], events: &EventSender) -> Result<FetchedSources> {
     let mut fetched = FetchedSources::new();
     for Wanted { source, at } in wanted {
         let key = source.key();
@@ -106,7 +107,7 @@ pub async fn fetch_sources(state: &LocalState, wanted: &[Wanted], events: &Event
             continue;
         }
         let step = format!("fetch {key}");
-        let _ = events.send(BuildEvent::Started { step: step.clone(), name: format!("fetch {key}") });
+        let _ = events.send(BuildEvent::started(&step, format!("fetch {key}")));
         let result = match source {
             Remote::File { url, checksum } => fetch_file(state, url, checksum.as_deref()).await,
             Remote::Git(url) => fetch_git(state, url).await,
@@ -114,7 +115,7 @@ pub async fn fetch_sources(state: &LocalState, wanted: &[Wanted], events: &Event
         let source = match result.context(at) {
             Ok(source) => source,
             Err(e) => {
-                let _ = events.send(BuildEvent::Failed { step, message: e.message().to_string() });
+                let _ = events.send(BuildEvent::failed(&step, e.message().to_string()));
                 return Err(e);
             }
         };
@@ -122,8 +123,8 @@ pub async fn fetch_sources(state: &LocalState, wanted: &[Wanted], events: &Event
             Fetched::File { digest, .. } => format!("sha256:{} ({} bytes)", digest.hex(), digest.size()),
             Fetched::Git { commit, .. } => format!("commit {commit}"),
         };
-        let _ = events.send(BuildEvent::Info { step: step.clone(), message });
-        let _ = events.send(BuildEvent::Finished { step });
+        let _ = events.send(BuildEvent::info(&step, message));
+        let _ = events.send(BuildEvent::finished(&step));
         fetched.insert(key, source);
     }
     Ok(fetched)
@@ -145,36 +146,7 @@ pub fn pins(fetched: &FetchedSources) -> BTreeMap<String, RemoteSource> {
         .collect()
 }
 
-/// The remote sources among `sources` on the host: files copied out of the
-/// CAS into `dir`, checkouts where they are. Keyed by [`source_key`].
-pub async fn materialize(
-    fetched: &FetchedSources,
-    sources: &[SourceDefinition],
-    cas: &dyn BlobStore,
-    dir: &Path,
-) -> Result<HashMap<String, PathBuf>> {
-    let mut paths = HashMap::new();
-    for key in sources.iter().filter_map(source_key) {
-        let source = fetched.get(&key).ok_or_else(|| Error::internal(format!("ADD {key} was not fetched")))?;
-        let path = match source {
-            Fetched::File { digest, .. } => {
-                let path = dir.join(format!("file-{}", paths.len()));
-                let mut file = tokio::fs::File::create(&path).await?;
-                let mut blob = cas.get(digest, ByteRange::ALL).await.with_context(|| format!("ADD {key}"))?;
-                while let Some(chunk) = blob.next().await {
-                    file.write_all(&chunk?).await?;
-                }
-                file.flush().await?;
-                path
-            }
-            Fetched::Git { root, .. } => root.clone(),
-        };
-        paths.insert(key, path);
-    }
-    Ok(paths)
-}
-
-async fn fetch_file(state: &LocalState, url: &str, checksum: Option<&str>) -> Result<Fetched> {
+async fn fetch_file(state: &EngineStores, url: &str, checksum: Option<&str>) -> Result<Fetched> {
     let pinned = match checksum.and_then(|sum| sum.strip_prefix("sha256:")) {
         Some(hex) => stored(state, &RemoteFileNote::content_path(&state.remote_files_dir(), hex))
             .await?
@@ -193,7 +165,7 @@ async fn fetch_file(state: &LocalState, url: &str, checksum: Option<&str>) -> Re
 /// Asks the server for `url`, conditionally when a note of it has
 /// validators and names a blob the CAS still has; a 200 is stored and
 /// noted, whatever the note said.
-async fn refresh(state: &LocalState, url: &str, checksum: Option<&str>) -> Result<RemoteFileNote> {
+async fn refresh(state: &EngineStores, url: &str, checksum: Option<&str>) -> Result<RemoteFileNote> {
     let dir = state.remote_files_dir();
     let url_note = RemoteFileNote::url_path(&dir, url);
     let known = stored(state, &url_note).await?.filter(RemoteFileNote::has_validators);
@@ -214,7 +186,7 @@ async fn refresh(state: &LocalState, url: &str, checksum: Option<&str>) -> Resul
 }
 
 /// The note at `path`, when the blob it names is still in the CAS.
-async fn stored(state: &LocalState, path: &Path) -> Result<Option<RemoteFileNote>> {
+async fn stored(state: &EngineStores, path: &Path) -> Result<Option<RemoteFileNote>> {
     let Some(note) = RemoteFileNote::load(path) else { return Ok(None) };
     Ok(state.cas.find_missing(&[note.digest]).await?.is_empty().then_some(note))
 }
@@ -233,7 +205,7 @@ fn verify(url: &str, checksum: &str, digest: &Digest) -> Result<()> {
 /// does not match its validators: when the server answers `304 Not
 /// Modified` there is no file, and the note is `known`.
 async fn download(
-    state: &LocalState,
+    state: &EngineStores,
     url: &str,
     known: Option<RemoteFileNote>,
 ) -> Result<(Option<tokio::fs::File>, RemoteFileNote)> {
@@ -291,7 +263,7 @@ async fn download(
 
 /// Fetches `url`'s ref (shallow when the server allows) and checks it out
 /// in a temporary directory under the state dir.
-async fn fetch_git(state: &LocalState, url: &GitUrl) -> Result<Fetched> {
+async fn fetch_git(state: &EngineStores, url: &GitUrl) -> Result<Fetched> {
     std::fs::create_dir_all(state.remote_files_dir())?;
     let checkout = tempfile::Builder::new().prefix("git-").tempdir_in(state.remote_files_dir())?;
     let dir = checkout.path();

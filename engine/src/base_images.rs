@@ -11,10 +11,12 @@ use memobuild_oci::{read_oci_layout, ImageReference, PulledImage};
 use memobuild_proto::{Error, Result, ResultExt};
 use serde::Deserialize;
 
-use super::docker_healthcheck::DockerHealthcheck;
-use super::image_state::{History, ImageState};
-use super::local_state::LocalState;
-use super::progress::{BuildEvent, EventSender};
+use crate::docker_healthcheck::DockerHealthcheck;
+use crate::image_state::{History, ImageState};
+use crate::EngineStores;
+use memobuild_proto::build::BuildEvent;
+
+use crate::EventSender;
 
 /// A pulled image, ready to start a stage from.
 pub struct ResolvedImage {
@@ -44,7 +46,7 @@ pub fn image_references(graph: &BuildGraph) -> Vec<String> {
 /// Resolves and pulls `references`. `--build-context NAME=oci-layout://PATH[:TAG]`
 /// entries in `contexts` replace a reference by a local layout.
 pub async fn resolve_images(
-    state: &LocalState,
+    state: &EngineStores,
     references: &[String],
     contexts: &BTreeMap<String, String>,
     platform: &str,
@@ -53,18 +55,18 @@ pub async fn resolve_images(
     let mut resolved = HashMap::new();
     for reference in references {
         let step = format!("resolve {reference}");
-        let _ = events.send(BuildEvent::Started { step: step.clone(), name: format!("resolve image {reference}") });
+        let _ = events.send(BuildEvent::started(&step, format!("resolve image {reference}")));
         let source = contexts.get(reference).map(String::as_str).unwrap_or(reference);
         let pulled = pull(state, source, platform).await.with_context(|| format!("FROM {reference}"));
         let pulled = match pulled {
             Ok(p) => p,
             Err(e) => {
-                let _ = events.send(BuildEvent::Failed { step, message: e.message().to_string() });
+                let _ = events.send(BuildEvent::failed(&step, e.message().to_string()));
                 return Err(e);
             }
         };
-        let _ = events.send(BuildEvent::Info { step: step.clone(), message: format!("resolved {}", pulled.resolved) });
-        let _ = events.send(BuildEvent::Finished { step });
+        let _ = events.send(BuildEvent::info(&step, format!("resolved {}", pulled.resolved)));
+        let _ = events.send(BuildEvent::finished(&step));
         let (config, history) = convert(&pulled);
         let state = ImageState { layers: pulled.layers.clone(), history, unknown: false };
         resolved.insert(reference.clone(), Arc::new(ResolvedImage { pulled, config, state }));
@@ -72,10 +74,10 @@ pub async fn resolve_images(
     Ok(resolved)
 }
 
-async fn pull(state: &LocalState, source: &str, platform: &str) -> Result<PulledImage> {
+async fn pull(state: &EngineStores, source: &str, platform: &str) -> Result<PulledImage> {
     if let Some(layout) = source.strip_prefix("oci-layout://") {
         let (path, tag) = split_layout(layout);
-        return read_oci_layout(&PathBuf::from(path), tag, platform, &*state.cas, Some(&state.diff_ids)).await;
+        return read_oci_layout(&PathBuf::from(path), tag, platform, &*state.cas, state.diff_ids.as_deref()).await;
     }
     let reference: ImageReference = source.parse()?;
     state.registry.pull(&reference, platform, &*state.cas).await

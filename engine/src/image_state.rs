@@ -5,7 +5,7 @@ use memobuild_frontend::{ImageConfig, Platform};
 use memobuild_oci::Layer;
 use serde_json::{json, Map, Value};
 
-use super::docker_healthcheck::DockerHealthcheck;
+use crate::docker_healthcheck::DockerHealthcheck;
 
 /// The PATH Docker gives images that set none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -1,0 +1,264 @@
+//! Runs a build graph: stages in parallel as their dependencies finish,
+//! steps in order within a stage, every filesystem step through the action
+//! cache.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+use memobuild_frontend::{BuildGraph, NetworkMode, Origin, Stage, StageBase, Step, StepDefinition};
+use memobuild_oci::Layer;
+use memobuild_proto::build::BuildEvent;
+use memobuild_proto::{Error, Result};
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::base_images::ResolvedImage;
+use crate::build_record::StepRecord;
+use crate::image_state::{History, ImageState, DEFAULT_PATH};
+use crate::run_command::run_argv;
+use crate::{BuildSession, EngineStores, EventSender, StepAction, StepExecutor, StepSpec, StepTask};
+
+/// How the build runs.
+pub struct BuildSettings {
+    pub no_cache: bool,
+    /// `SOURCE_DATE_EPOCH`: timestamps in layers and config.
+    pub source_date_epoch: Option<u64>,
+    /// Look steps up without running them (`--dry-run`).
+    pub dry_run: bool,
+    /// `--network`: the network of a RUN without its own `--network`.
+    pub network: NetworkMode,
+}
+
+impl BuildSettings {
+    /// The network a RUN step gets: its own `--network`, else the build's.
+    pub fn network_of(&self, asked: NetworkMode) -> NetworkMode {
+        if asked == NetworkMode::Default {
+            self.network
+        } else {
+            asked
+        }
+    }
+
+    /// The time written into new layers and history entries.
+    pub fn timestamp(&self) -> u64 {
+        self.source_date_epoch.unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+        })
+    }
+}
+
+/// A finished stage.
+pub type StageResult = Arc<ImageState>;
+
+type StageFuture = Shared<BoxFuture<'static, std::result::Result<StageResult, Error>>>;
+
+/// One build's walk of its graph.
+pub struct BuildRun {
+    pub stores: Arc<EngineStores>,
+    pub executor: Arc<dyn StepExecutor>,
+    pub graph: Arc<BuildGraph>,
+    pub images: HashMap<String, Arc<ResolvedImage>>,
+    pub settings: BuildSettings,
+    pub session: BuildSession,
+    pub events: EventSender,
+    pub cancel: CancellationToken,
+    pub records: Mutex<Vec<StepRecord>>,
+}
+
+impl BuildRun {
+    /// Builds every stage of the graph; returns the target stage's state.
+    pub async fn run(self: Arc<Self>) -> Result<StageResult> {
+        let mut stages: HashMap<usize, StageFuture> = HashMap::new();
+        let first_error: Arc<Mutex<Option<Error>>> = Arc::default();
+        for stage in &self.graph.stages {
+            let deps: Vec<(usize, StageFuture)> =
+                stage.depends_on.iter().filter_map(|d| stages.get(d).map(|f| (*d, f.clone()))).collect();
+            let this = self.clone();
+            let index = stage.index;
+            let first_error = first_error.clone();
+            let future = async move {
+                let mut done = HashMap::new();
+                for (d, f) in deps {
+                    done.insert(d, f.await?);
+                }
+                let result = this.run_stage(index, &done).await;
+                if let Err(e) = &result {
+                    first_error.lock().get_or_insert_with(|| e.clone());
+                    this.cancel.cancel();
+                }
+                result.map(Arc::new)
+            }
+            .boxed()
+            .shared();
+            stages.insert(index, future);
+        }
+        // Every stage runs, also those only the target's dependencies need
+        // indirectly; the first failure cancels the others and is reported.
+        futures::future::join_all(stages.values().cloned()).await;
+        if let Some(e) = first_error.lock().take() {
+            return Err(e);
+        }
+        let target = self.graph.target;
+        match stages.get(&target) {
+            Some(f) => f.clone().await,
+            None => Err(Error::internal(format!("target stage {target} is not in the graph"))),
+        }
+    }
+
+    fn stage(&self, index: usize) -> Result<&Stage> {
+        self.graph.stage(index).ok_or_else(|| Error::internal(format!("stage {index} is not in the graph")))
+    }
+
+    async fn run_stage(&self, index: usize, deps: &HashMap<usize, StageResult>) -> Result<ImageState> {
+        let stage = self.stage(index)?;
+        let total = stage.steps.len();
+        // As BuildKit names steps: `[build 3/7]`, `[stage-1 2/4]`.
+        let label = stage.name.clone().unwrap_or_else(|| format!("stage-{}", stage.index));
+        let mut state = match &stage.base {
+            StageBase::Scratch => ImageState::default(),
+            StageBase::Image { reference } => self.image(reference)?.state.clone(),
+            StageBase::Stage { index } => deps
+                .get(index)
+                .map(|s| s.as_ref().clone())
+                .ok_or_else(|| Error::internal(format!("stage {index} finished without a result")))?,
+        };
+        for (i, step) in stage.steps.iter().enumerate().skip(1) {
+            if self.cancel.is_cancelled() {
+                return Err(Error::new(tonic::Code::Cancelled, "build cancelled"));
+            }
+            let name = format!("[{label} {}/{total}] {}", i + 1, first_line(&step.instruction));
+            if step.definition.changes_filesystem() {
+                self.fs_step(step, &name, &mut state, deps).await.map_err(|e| {
+                    let _ = self.events.send(BuildEvent::failed(&step.id, e.message()));
+                    let dockerfile = &self.graph.dockerfile;
+                    e.context(match &step.trigger {
+                        Some(trigger) => trigger.context(dockerfile, step.location.line),
+                        None => format!("{dockerfile}:{}: {name}", step.location.line),
+                    })
+                })?;
+            } else {
+                state.history.push(self.history(step, true));
+            }
+        }
+        Ok(state)
+    }
+
+    fn image(&self, reference: &str) -> Result<&Arc<ResolvedImage>> {
+        self.images.get(reference).ok_or_else(|| Error::internal(format!("image {reference} was not resolved")))
+    }
+
+    fn history(&self, step: &Step, empty_layer: bool) -> History {
+        History {
+            created: crate::image_state::rfc3339(self.settings.timestamp()),
+            created_by: step.instruction.trim().to_string(),
+            empty_layer,
+            comment: Some("memobuild".into()),
+        }
+    }
+
+    /// The filesystems a step reads besides its parent.
+    fn sources(&self, step: &Step, deps: &HashMap<usize, StageResult>) -> Result<Vec<Vec<Layer>>> {
+        let mut sources = Vec::new();
+        for d in &step.depends_on {
+            let stage = deps.get(d).ok_or_else(|| Error::internal(format!("stage {d} has no result")))?;
+            sources.push(stage.layers.clone());
+        }
+        if let StepDefinition::Copy { origin: Origin::Image { reference }, .. } = &step.definition {
+            sources.push(self.image(reference)?.state.layers.clone());
+        }
+        Ok(sources)
+    }
+
+    async fn fs_step(
+        &self,
+        step: &Step,
+        name: &str,
+        state: &mut ImageState,
+        deps: &HashMap<usize, StageResult>,
+    ) -> Result<()> {
+        let sources = self.sources(step, deps)?;
+        let (argv, env) = match &step.definition {
+            StepDefinition::Run { argv, heredocs, env, .. } => {
+                let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                if !env.iter().any(|(k, _)| k == "PATH") {
+                    env.push(("PATH".into(), DEFAULT_PATH.into()));
+                }
+                (run_argv(argv, heredocs), env)
+            }
+            _ => (Vec::new(), Vec::new()),
+        };
+        // A RUN's network is part of its key, whether its own or --network's.
+        let mut definition = step.definition.clone();
+        if let StepDefinition::Run { network, .. } = &mut definition {
+            *network = self.settings.network_of(*network);
+        }
+        let spec = StepSpec {
+            definition,
+            parent: state.layers.clone(),
+            sources,
+            source_date_epoch: self.settings.source_date_epoch,
+        };
+        let action = StepAction::of_step(&spec, argv, env);
+        let task =
+            StepTask { step_id: step.id.clone(), name: name.to_string(), spec, action, uncached_env: step.uncached_env.clone() };
+        let _ = self.events.send(BuildEvent::started(&step.id, name));
+        let started = Instant::now();
+        let hit = if self.settings.no_cache || state.unknown {
+            None
+        } else {
+            task.action.lookup(&*self.stores.actions).await?
+        };
+        let cached = hit.is_some();
+        self.records.lock().push(StepRecord::new(
+            step,
+            name,
+            &task.action.digest,
+            &state.layers,
+            cached,
+            &self.session.context,
+        ));
+        if self.settings.dry_run {
+            let message = match (&hit, state.unknown) {
+                (Some(_), _) => format!("key {}: cached", task.action.digest),
+                (None, false) => format!("key {}: not cached, would run", task.action.digest),
+                (None, true) => "would run: its key depends on the output of a step that runs".to_string(),
+            };
+            let _ = self.events.send(BuildEvent::info(&step.id, message));
+            match hit {
+                Some(layer) => {
+                    state.layers.extend(layer);
+                    let _ = self.events.send(BuildEvent::cached(&step.id));
+                }
+                None => {
+                    state.unknown = true;
+                    let _ = self.events.send(BuildEvent::done(&step.id, 0.0));
+                }
+            }
+            return Ok(());
+        }
+        let layer = match hit {
+            Some(layer) => layer,
+            None => self.executor.execute(&task, &self.session, &self.events, self.cancel.child_token()).await?,
+        };
+        state.history.push(self.history(step, layer.is_none()));
+        state.layers.extend(layer);
+        let event = if cached {
+            BuildEvent::cached(&step.id)
+        } else {
+            BuildEvent::done(&step.id, started.elapsed().as_secs_f64())
+        };
+        let _ = self.events.send(event);
+        Ok(())
+    }
+}
+
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.chars().count() > 80 {
+        format!("{}…", line.chars().take(80).collect::<String>())
+    } else {
+        line.to_string()
+    }
+}

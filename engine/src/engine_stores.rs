@@ -1,0 +1,25 @@
+//! The stores a build reads and writes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use memobuild_cas::{ActionResults, BlobStore};
+use memobuild_oci::{DiffIdMemo, RegistryClient};
+
+/// Where a build's blobs, cached steps and fetched files live: a state dir
+/// on a laptop, the cluster's stores on a scheduler.
+pub struct EngineStores {
+    pub cas: Arc<dyn BlobStore>,
+    pub actions: Arc<dyn ActionResults>,
+    pub registry: RegistryClient,
+    /// Diff ids of pulled compressed layers, when kept.
+    pub diff_ids: Option<Arc<dyn DiffIdMemo>>,
+    /// Notes of files `ADD URL` fetched, and git checkouts.
+    pub remote_files_dir: PathBuf,
+}
+
+impl EngineStores {
+    pub fn remote_files_dir(&self) -> PathBuf {
+        self.remote_files_dir.clone()
+    }
+}

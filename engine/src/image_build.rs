@@ -1,0 +1,164 @@
+//! One image build from start to end: plan the Dockerfile, resolve its
+//! images and remote sources (planning again until nothing new is named),
+//! walk the graph through a [`StepExecutor`], then assemble the image and
+//! export it as asked. `memobuild build` and the cluster's BuildService
+//! both run this.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use memobuild_frontend::{plan_text, BuildContext, BuildOptions, Platform};
+use memobuild_oci::{BuiltImage, Layer};
+use memobuild_proto::{Error, Result};
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::base_images::{base_images, check_build_context, image_references, resolve_images};
+use crate::build_record::StepRecord;
+use crate::build_run::{BuildRun, BuildSettings};
+use crate::export::{export, ExportRequest};
+use crate::image_state::rfc3339;
+use crate::remote_source::{fetch_sources, pins, remote_sources, Fetched, FetchedSources};
+use crate::{BuildSession, ContextFiles, EngineStores, EventSender, HostEntry, ResourceLimits, Secrets, StepExecutor};
+
+/// Everything a build is asked to do.
+pub struct ImageBuild {
+    /// The Dockerfile's name (as messages name it) and its text.
+    pub dockerfile_name: String,
+    pub dockerfile: String,
+    pub context: Arc<BuildContext>,
+    pub context_files: ContextFiles,
+    pub build_args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub platform: Platform,
+    /// `--build-context NAME=oci-layout://PATH[:TAG]`.
+    pub build_contexts: BTreeMap<String, String>,
+    pub settings: BuildSettings,
+    /// `--label`, over the Dockerfile's LABEL.
+    pub labels: Vec<(String, String)>,
+    /// Manifest annotations.
+    pub annotations: BTreeMap<String, String>,
+    pub exports: Vec<ExportRequest>,
+    pub tags: Vec<String>,
+    pub secrets: Arc<Secrets>,
+    pub ssh_sockets: BTreeMap<String, PathBuf>,
+    pub hosts: Vec<HostEntry>,
+    pub limits: ResourceLimits,
+}
+
+/// What a build made.
+pub struct BuiltOutput {
+    /// `sha256:` digest of the config; `None` in a dry run.
+    pub image_id: Option<String>,
+    /// The image in each compression an export asked for (pushed ones too).
+    pub images: Vec<(memobuild_oci::Compression, BuiltImage)>,
+    /// The target's layers, uncompressed, bottom first.
+    pub filesystem: Vec<Layer>,
+    /// What each filesystem step did, for `explain-cache`.
+    pub records: Vec<StepRecord>,
+}
+
+impl ImageBuild {
+    /// Runs the build; steps that must run go to `executor`. Cancelling
+    /// `cancel` stops running steps and exports nothing.
+    pub async fn run(
+        self,
+        stores: Arc<EngineStores>,
+        executor: Arc<dyn StepExecutor>,
+        events: &EventSender,
+        cancel: CancellationToken,
+    ) -> Result<BuiltOutput> {
+        for (name, value) in &self.build_contexts {
+            check_build_context(name, value)?;
+        }
+        let mut options = BuildOptions {
+            build_args: self.build_args.clone(),
+            target: self.target.clone(),
+            target_platform: self.platform.clone(),
+            ..BuildOptions::default()
+        };
+        let plan = |options: &BuildOptions| plan_text(&self.dockerfile_name, &self.dockerfile, &self.context, options);
+        // Plan; resolve the images and fetch the sources the plan names; plan
+        // again with them, until it names nothing new (a base image's ONBUILD
+        // triggers can name more: COPY --from=IMAGE, ADD URL).
+        let mut graph = plan(&options)?;
+        let (mut images, mut remote) = (HashMap::new(), FetchedSources::new());
+        loop {
+            let references: Vec<String> =
+                image_references(&graph).into_iter().filter(|r| !images.contains_key(r)).collect();
+            let wanted: Vec<_> =
+                remote_sources(&graph).into_iter().filter(|w| !remote.contains_key(&w.source.key())).collect();
+            if references.is_empty() && wanted.is_empty() {
+                break;
+            }
+            let platform = self.platform.to_string();
+            images.extend(resolve_images(&stores, &references, &self.build_contexts, &platform, events).await?);
+            remote.extend(fetch_sources(&stores, &wanted, events).await?);
+            options.base_images = base_images(&images);
+            options.remote_sources = pins(&remote);
+            graph = plan(&options)?;
+        }
+        let graph = Arc::new(graph);
+        let session = BuildSession {
+            context: self.context.clone(),
+            context_files: self.context_files.clone(),
+            secrets: self.secrets.clone(),
+            ssh_sockets: self.ssh_sockets.clone(),
+            hosts: self.hosts.clone(),
+            limits: self.limits.clone(),
+            downloads: downloads(&remote),
+            git_checkouts: git_checkouts(&remote),
+            timestamp: self.settings.timestamp(),
+        };
+        let created = rfc3339(self.settings.timestamp());
+        let dry_run = self.settings.dry_run;
+        let run = Arc::new(BuildRun {
+            stores: stores.clone(),
+            executor,
+            graph: graph.clone(),
+            images,
+            settings: self.settings,
+            session,
+            events: events.clone(),
+            cancel,
+            records: Mutex::new(Vec::new()),
+        });
+        let image = run.clone().run().await;
+        // The remote sources (git checkouts) live until every step is done.
+        drop(remote);
+        let records = run.records.lock().clone();
+        let image = image?;
+        if dry_run {
+            return Ok(BuiltOutput { image_id: None, images: Vec::new(), filesystem: Vec::new(), records });
+        }
+        let target = graph.target_stage().ok_or_else(|| Error::internal("the target stage is not in the graph"))?;
+        let mut image_config = target.config.clone();
+        image_config.labels.extend(self.labels.iter().cloned());
+        let config = Bytes::from(image.config_json(&image_config, &self.platform, &created));
+        let image_id = crate::export::image_id(&config);
+        let images = export(&stores, &image, config, &self.annotations, &self.exports, &self.tags, events).await?;
+        Ok(BuiltOutput { image_id: Some(image_id), images, filesystem: image.layers.clone(), records })
+    }
+}
+
+fn downloads(fetched: &FetchedSources) -> BTreeMap<String, memobuild_proto::Digest> {
+    fetched
+        .iter()
+        .filter_map(|(key, source)| match source {
+            Fetched::File { digest, .. } => Some((key.clone(), *digest)),
+            Fetched::Git { .. } => None,
+        })
+        .collect()
+}
+
+fn git_checkouts(fetched: &FetchedSources) -> BTreeMap<String, PathBuf> {
+    fetched
+        .iter()
+        .filter_map(|(key, source)| match source {
+            Fetched::Git { root, .. } => Some((key.clone(), root.clone())),
+            Fetched::File { .. } => None,
+        })
+        .collect()
+}

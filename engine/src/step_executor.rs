@@ -1,0 +1,79 @@
+//! How the engine has a step run: the [`StepExecutor`] trait, the step
+//! ([`StepTask`]) and what it gets besides its action ([`BuildSession`]).
+//!
+//! `memobuild build` runs steps in-process (the worker crate's local
+//! executor); a cluster hands them to its scheduler's queue. Either way the
+//! executor, not the engine, runs the step and writes its action result.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use memobuild_frontend::BuildContext;
+use memobuild_oci::Layer;
+use memobuild_proto::{Digest, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::{EventSender, HostEntry, ResourceLimits, Secrets, StepAction, StepSpec};
+
+/// Where a step reads the files of the build context from.
+#[derive(Clone, Debug)]
+pub enum ContextFiles {
+    /// The context directory on this machine; each file is checked against
+    /// its digest as it is read.
+    Directory(PathBuf),
+    /// The CAS, by the BLAKE3 digests of the context tree (remote builds).
+    Cas,
+}
+
+/// What the steps of one build get besides their actions: values that are
+/// not part of any key (secrets, hosts entries, limits) and where to find
+/// inputs the action pins by digest.
+pub struct BuildSession {
+    pub context: Arc<BuildContext>,
+    pub context_files: ContextFiles,
+    /// `--secret` values, in memory only.
+    pub secrets: Arc<Secrets>,
+    /// `--ssh` agent sockets on this machine, by id (local builds only).
+    pub ssh_sockets: BTreeMap<String, PathBuf>,
+    /// `--add-host` entries.
+    pub hosts: Vec<HostEntry>,
+    pub limits: ResourceLimits,
+    /// Files `ADD URL` fetched, in the CAS, by URL.
+    pub downloads: BTreeMap<String, Digest>,
+    /// Checkouts of `ADD GITURL` on this machine, by repository
+    /// (`REMOTE#REF:SUBDIR`; local builds only).
+    pub git_checkouts: BTreeMap<String, PathBuf>,
+    /// The time of files a step creates when no `SOURCE_DATE_EPOCH` is set.
+    pub timestamp: u64,
+}
+
+/// One filesystem step to run.
+pub struct StepTask {
+    /// `STAGE.STEP`, as events name it.
+    pub step_id: String,
+    /// `[build 2/5] RUN make`.
+    pub name: String,
+    pub spec: StepSpec,
+    /// The action of `spec`: its digest is the key.
+    pub action: StepAction,
+    /// Environment a RUN gets that is kept out of its key (the proxy ARGs).
+    pub uncached_env: BTreeMap<String, String>,
+}
+
+/// Runs steps whose results are not cached.
+#[async_trait]
+pub trait StepExecutor: Send + Sync {
+    /// Runs `task` and records its result in the action cache. Returns the
+    /// layer it made (`None`: the step changed nothing). Log lines and the
+    /// worker go to `events`. An error names what failed; the engine adds
+    /// the Dockerfile line.
+    async fn execute(
+        &self,
+        task: &StepTask,
+        session: &BuildSession,
+        events: &EventSender,
+        cancel: CancellationToken,
+    ) -> Result<Option<Layer>>;
+}

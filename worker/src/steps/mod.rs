@@ -1,0 +1,18 @@
+//! Dockerfile steps on this machine: RUN in containerd, COPY/ADD and
+//! WORKDIR as builtin steps (see [`StepRunner`]), and the in-process
+//! [`LocalExecutor`] that `memobuild build` runs them through.
+
+mod context_files;
+mod copy_step;
+mod extra_hosts;
+mod layer_plan;
+mod local_executor;
+mod remote_files;
+mod rootfs;
+mod run_secrets;
+mod ssh_agents;
+mod step_runner;
+
+pub use local_executor::LocalExecutor;
+pub use ssh_agents::{SshAgents, SshSpec};
+pub use step_runner::{StepCommand, StepRunner, CACHE_MOUNTS_DIR};

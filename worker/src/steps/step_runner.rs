@@ -1,0 +1,308 @@
+//! Runs one Dockerfile step from its [`StepSpec`]: RUN in containerd,
+//! COPY/ADD and WORKDIR as builtin steps that write the layer themselves.
+//! The same code serves `memobuild build` (in-process) and a cluster worker
+//! (the spec read from the action's input root).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use memobuild_cas::BlobStore;
+use memobuild_engine::{BuildSession, ContextFiles, StepSpec};
+use memobuild_frontend::{MountType, NetworkMode, Origin, StepDefinition};
+use memobuild_oci::Layer;
+use memobuild_proto::{Digest, DigestFunction, Error, Result};
+use parking_lot::Mutex;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use super::context_files::{materialize_context, ContextCopy};
+use super::copy_step::{plan_copy, plan_workdir, CopyRequest, SourceRoot};
+use super::extra_hosts::HostsFiles;
+use super::remote_files::materialize_remote;
+use super::run_secrets::RunSecrets;
+use crate::containerd::{Containerd, ContainerSpec, LogChunk, SpecMount};
+
+/// Log lines a failed RUN's error repeats.
+const TAIL_LINES: usize = 10;
+
+/// What a step's command is: its argv and whole environment (for RUN), as
+/// its action's Command has them, plus the environment kept out of the key.
+pub struct StepCommand {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub uncached_env: Vec<(String, String)>,
+    /// For container names and logs, e.g. `step-1-3`.
+    pub id_hint: String,
+}
+
+/// Runs steps on this machine. containerd is connected (or a private one
+/// started) on first use: a build whose steps are all cached never needs it.
+pub struct StepRunner {
+    cas: Arc<dyn BlobStore>,
+    containerd_address: Option<PathBuf>,
+    state_dir: PathBuf,
+    containerd: OnceCell<Containerd>,
+}
+
+impl StepRunner {
+    /// `state_dir` holds cache mounts (and a private containerd, if one is
+    /// started).
+    pub fn new(cas: Arc<dyn BlobStore>, containerd_address: Option<PathBuf>, state_dir: PathBuf) -> Self {
+        StepRunner { cas, containerd_address, state_dir, containerd: OnceCell::new() }
+    }
+
+    /// containerd, connected or started on first use.
+    pub async fn containerd(&self) -> Result<&Containerd> {
+        self.containerd
+            .get_or_try_init(|| Containerd::connect_or_start(self.containerd_address.as_deref(), &self.state_dir))
+            .await
+    }
+
+    /// Stops a private containerd this runner started, unless another
+    /// process still uses it.
+    pub async fn shutdown(&self) -> Result<()> {
+        match self.containerd.get() {
+            Some(containerd) => containerd.shutdown().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Host directories behind `RUN --mount=type=cache`.
+    pub fn cache_mounts_dir(&self) -> PathBuf {
+        self.state_dir.join(CACHE_MOUNTS_DIR)
+    }
+
+    /// Runs the step; returns its layer (`None`: nothing changed). Output
+    /// goes to `logs` as it comes.
+    pub async fn run(
+        &self,
+        spec: &StepSpec,
+        command: StepCommand,
+        session: &BuildSession,
+        logs: tokio::sync::mpsc::UnboundedSender<LogChunk>,
+        cancel: CancellationToken,
+    ) -> Result<Option<Layer>> {
+        match &spec.definition {
+            StepDefinition::Run { .. } => self.run_container(spec, command, session, logs, cancel).await,
+            StepDefinition::Copy { .. } => self.copy(spec, session).await,
+            StepDefinition::Workdir { path, user } => self.workdir(spec, path, user.as_deref(), session).await,
+            other => Err(Error::invalid_argument(format!("a {other:?} step changes no filesystem"))),
+        }
+    }
+
+    fn timestamp(spec: &StepSpec, session: &BuildSession) -> u64 {
+        spec.source_date_epoch.unwrap_or(session.timestamp)
+    }
+
+    async fn run_container(
+        &self,
+        spec: &StepSpec,
+        command: StepCommand,
+        session: &BuildSession,
+        logs: tokio::sync::mpsc::UnboundedSender<LogChunk>,
+        cancel: CancellationToken,
+    ) -> Result<Option<Layer>> {
+        let StepDefinition::Run { workdir, user, network, mounts, .. } = &spec.definition else {
+            return Ok(None);
+        };
+        let host_network = *network == NetworkMode::Host;
+        let containerd = self.containerd().await?;
+        let cas = &*self.cas;
+        let parent = containerd.ensure_chain(cas, &spec.parent).await?;
+        let hosts = HostsFiles::create(&session.hosts)?;
+        let mut spec_mounts: Vec<SpecMount> = hosts.as_ref().map(|h| h.mount(host_network)).into_iter().collect();
+        let mut views = Vec::new();
+        let mut scratch = Vec::new();
+        let mut from_index = 0;
+        let mut private = RunSecrets::new(&session.secrets, &session.ssh_sockets);
+        for m in mounts {
+            let target = m.mount.target.clone().unwrap_or_default();
+            match m.mount.kind {
+                MountType::Cache => {
+                    let id = m.mount.id.clone().unwrap_or_else(|| target.clone());
+                    let dir = self.cache_mounts_dir().join(Digest::of(DigestFunction::Sha256, id.as_bytes()).hex());
+                    std::fs::create_dir_all(&dir)?;
+                    spec_mounts.push(SpecMount::Cache { source: dir, target });
+                }
+                MountType::Tmpfs => spec_mounts.push(SpecMount::Tmpfs { target }),
+                MountType::Bind => {
+                    let source_path = m.mount.source.clone().unwrap_or_default();
+                    let host = match &m.origin {
+                        Some(Origin::Context) | None => {
+                            let dir = tempfile::tempdir()?;
+                            materialize_context(session, cas, &source_path, dir.path()).await?;
+                            let path = dir.path().to_path_buf();
+                            scratch.push(dir);
+                            path
+                        }
+                        Some(_) => {
+                            let layers = spec.sources.get(from_index).cloned().unwrap_or_default();
+                            from_index += 1;
+                            let chain = containerd.ensure_chain(cas, &layers).await?;
+                            let view = containerd.mount_view(chain.as_deref()).await?;
+                            let path = super::rootfs::host_path(view.path(), &source_path)?;
+                            views.push(view);
+                            path
+                        }
+                    };
+                    spec_mounts.push(SpecMount::Bind { source: host, target, readonly: m.mount.readonly });
+                }
+                MountType::Secret => spec_mounts.extend(private.secret(&m.mount)?),
+                MountType::Ssh => spec_mounts.extend(private.ssh(&m.mount)?),
+            }
+        }
+        let mut env: Vec<String> = command.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.extend(command.uncached_env.iter().map(|(k, v)| format!("{k}={v}")));
+        for (key, value) in private.env() {
+            env.retain(|e| e.split_once('=').map(|(k, _)| k) != Some(key.as_str()));
+            env.push(format!("{key}={value}"));
+        }
+        let container = ContainerSpec {
+            id_hint: command.id_hint,
+            argv: command.argv.clone(),
+            env,
+            cwd: workdir.clone(),
+            user: user.clone(),
+            network: host_network,
+            limits: session.limits.clone(),
+            mounts: spec_mounts,
+            timeout: None,
+            source_date_epoch: spec.source_date_epoch,
+            hostname: "memobuild".into(),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let tail: Arc<Mutex<Vec<String>>> = Arc::default();
+        let tail_writer = tail.clone();
+        let forward = tokio::spawn(async move {
+            while let Some(chunk) = rx.recv().await {
+                let data = match &chunk {
+                    LogChunk::Stdout(d) | LogChunk::Stderr(d) => d,
+                };
+                let mut tail = tail_writer.lock();
+                tail.extend(String::from_utf8_lossy(data).lines().map(str::to_string));
+                let excess = tail.len().saturating_sub(TAIL_LINES);
+                tail.drain(..excess);
+                let _ = logs.send(chunk);
+            }
+        });
+        let outcome = containerd.run(cas, parent.as_deref(), &container, tx, cancel).await;
+        let _ = forward.await;
+        for view in views {
+            view.release().await?;
+        }
+        drop(scratch);
+        let outcome = outcome?;
+        if outcome.cancelled {
+            return Err(Error::new(tonic::Code::Cancelled, "cancelled"));
+        }
+        if outcome.exit_code != 0 || outcome.timed_out {
+            let last = tail.lock().join("\n");
+            let why =
+                if outcome.timed_out { "timed out".to_string() } else { format!("exit code: {}", outcome.exit_code) };
+            return Err(Error::new(
+                tonic::Code::Aborted,
+                format!(
+                    "process {:?} did not complete successfully: {why}\nlast output:\n{last}",
+                    command.argv.join(" ")
+                ),
+            ));
+        }
+        Ok(outcome.layer)
+    }
+
+    async fn copy(&self, spec: &StepSpec, session: &BuildSession) -> Result<Option<Layer>> {
+        let StepDefinition::Copy {
+            add,
+            origin,
+            sources: defs,
+            dest,
+            chown,
+            chmod,
+            excludes,
+            unpack,
+            parents,
+            keep_git_dir,
+            ..
+        } = &spec.definition
+        else {
+            return Ok(None);
+        };
+        let cas = &*self.cas;
+        let downloads = tempfile::tempdir()?;
+        let fetched = materialize_remote(session, defs, cas, downloads.path()).await?;
+        // Context files a remote build reads come from the CAS first.
+        let context_copy = match (origin, &session.context_files) {
+            (Origin::Context, ContextFiles::Cas) => Some(ContextCopy::fetch(session, cas, defs).await?),
+            _ => None,
+        };
+        let context_dir = match (&context_copy, &session.context_files) {
+            (Some(copy), _) => copy.path().to_path_buf(),
+            (None, ContextFiles::Directory(dir)) => dir.clone(),
+            (None, ContextFiles::Cas) => PathBuf::new(),
+        };
+        let containerd = self.containerd().await?;
+        let parent_chain = containerd.ensure_chain(cas, &spec.parent).await?;
+        let parent_view = containerd.mount_view(parent_chain.as_deref()).await?;
+        let source_view = match origin {
+            Origin::Context => None,
+            _ => {
+                let layers = spec.sources.first().cloned().unwrap_or_default();
+                let chain = containerd.ensure_chain(cas, &layers).await?;
+                Some(containerd.mount_view(chain.as_deref()).await?)
+            }
+        };
+        let request = CopyRequest {
+            add: *add,
+            sources: defs,
+            dest,
+            chown: chown.as_deref(),
+            chmod: chmod.as_deref(),
+            excludes,
+            unpack: *unpack,
+            parents: *parents,
+            fetched: &fetched,
+            keep_git_dir: *keep_git_dir,
+        };
+        let plan = {
+            let source = match &source_view {
+                Some(view) => SourceRoot::Filesystem(view.path()),
+                None => SourceRoot::Context { dir: &context_dir, context: &session.context },
+            };
+            let mtime = Self::timestamp(spec, session);
+            tokio::task::block_in_place(|| plan_copy(&request, &source, parent_view.path(), mtime))
+        };
+        let layer = match plan {
+            Ok(plan) => plan.write(cas).await,
+            Err(e) => Err(e),
+        };
+        parent_view.release().await?;
+        if let Some(view) = source_view {
+            view.release().await?;
+        }
+        layer
+    }
+
+    async fn workdir(
+        &self,
+        spec: &StepSpec,
+        path: &str,
+        user: Option<&str>,
+        session: &BuildSession,
+    ) -> Result<Option<Layer>> {
+        let containerd = self.containerd().await?;
+        let cas = &*self.cas;
+        let chain = containerd.ensure_chain(cas, &spec.parent).await?;
+        let view = containerd.mount_view(chain.as_deref()).await?;
+        let mtime = Self::timestamp(spec, session);
+        let plan = tokio::task::block_in_place(|| plan_workdir(path, user, view.path(), mtime));
+        let layer = match plan {
+            Ok(plan) => plan.write(cas).await,
+            Err(e) => Err(e),
+        };
+        view.release().await?;
+        layer
+    }
+}
+
+/// The subdirectory of a state dir with the cache mounts.
+pub const CACHE_MOUNTS_DIR: &str = "cache-mounts";
