@@ -3,23 +3,33 @@
 //! Operations and worker-protocol services in front of it.
 
 mod action_queue;
+mod build_record;
+mod build_store;
 mod metrics;
 mod operation_record;
 mod operation_store;
 mod platform;
+mod postgres_build_store;
 mod postgres_operation_store;
 mod scheduler;
 mod service;
+mod sqlite_build_store;
 mod sqlite_operation_store;
 
 #[cfg(test)]
+mod build_store_tests;
+#[cfg(test)]
 mod operation_store_tests;
 
+pub use build_record::{BuildState, StoredBuild};
+pub use build_store::{BuildStore, MAX_BUILD_PAGE};
 pub use metrics::SchedulerMetrics;
 pub use operation_record::{OperationRecord, Stage};
 pub use operation_store::OperationStore;
 pub use platform::{Matcher, Platform};
+pub use postgres_build_store::PostgresBuildStore;
 pub use postgres_operation_store::PostgresOperationStore;
 pub use scheduler::{OperationSnapshot, Scheduler, SchedulerConfig};
 pub use service::{add_execution_services, ExecutionService, OperationsService, WorkerApiService};
+pub use sqlite_build_store::SqliteBuildStore;
 pub use sqlite_operation_store::SqliteOperationStore;
