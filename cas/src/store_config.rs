@@ -127,3 +127,87 @@ impl StoreConfig {
         StoreBuilder::new(prometheus::Registry::new()).build(self).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::path::Path;
+
+    use super::*;
+    use crate::test_services;
+
+    fn deploy_configs(dir: &Path, found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                deploy_configs(&path, found);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                found.push(path);
+            }
+        }
+    }
+
+    fn store_sections(text: &str) -> (StoreConfig, StoreConfig) {
+        let mut table: toml::Table = toml::from_str(text).unwrap();
+        let mut section = |name: &str| table.remove(name).unwrap().try_into::<StoreConfig>().unwrap();
+        (section("cas"), section("action_cache"))
+    }
+
+    #[test]
+    fn every_deploy_config_parses() {
+        let mut configs = Vec::new();
+        deploy_configs(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy"), &mut configs);
+        assert!(configs.iter().any(|p| p.ends_with("config/cluster.toml")), "{configs:?}");
+        for path in configs {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let parsed = std::panic::catch_unwind(|| store_sections(&text));
+            assert!(parsed.is_ok(), "{} does not parse", path.display());
+        }
+    }
+
+    #[test]
+    fn cluster_config_has_the_shape_of_the_composed_stores() {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/cluster.toml"));
+        let (cas, _) = store_sections(&text.unwrap());
+        let StoreConfig::Metered { inner, .. } = cas else { panic!("{cas:?}") };
+        let StoreConfig::Evicting { inner, metadata, .. } = *inner else { panic!() };
+        assert!(matches!(metadata, MetadataConfig::Postgres { .. }));
+        let StoreConfig::ExistenceCached { inner, redis: Some(_), .. } = *inner else { panic!() };
+        let StoreConfig::Tiered { slow, .. } = *inner else { panic!() };
+        let StoreConfig::Metered { inner, .. } = *slow else { panic!() };
+        let StoreConfig::S3Shards { buckets, settings } = *inner else { panic!() };
+        assert_eq!(buckets, "${S3_BUCKETS}");
+        assert!(settings.path_style);
+    }
+
+    /// deploy/config/cluster.toml, filled from the environment as a replica
+    /// is, against the real moto, PostgreSQL and Redis: the whole composed
+    /// store passes the conformance suite.
+    #[tokio::test]
+    async fn cluster_config_builds_and_passes_conformance() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/cluster.toml");
+        let local = tempfile::tempdir().unwrap();
+        let text =
+            std::fs::read_to_string(path).unwrap().replace("/var/cache/memobuild", &local.path().display().to_string());
+        let (cas, action_cache) = store_sections(&text);
+        let buckets = [test_services::unique("c1-"), test_services::unique("c2-")];
+        let schema = test_services::unique("cluster_test_");
+        for (name, value) in [
+            ("S3_ENDPOINT", test_services::s3_endpoint()),
+            ("S3_BUCKETS", buckets.join(",")),
+            ("DATABASE_URL", test_services::postgres_url()),
+            ("DATABASE_SCHEMA", schema.clone()),
+            ("REDIS_URL", test_services::redis_url()),
+            ("AWS_ACCESS_KEY_ID", "memobuild-test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "memobuild-test".into()),
+        ] {
+            std::env::set_var(name, value);
+        }
+        let builder = crate::StoreBuilder::new(prometheus::Registry::new());
+        let store = builder.build(&cas).await.unwrap();
+        builder.build(&action_cache).await.unwrap();
+        crate::conformance::run(store.as_ref()).await;
+        let pool = crate::connect_postgres(&test_services::postgres_url(), None, 1, "cleanup").await.unwrap();
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&pool).await.unwrap();
+    }
+}

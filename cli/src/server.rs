@@ -57,9 +57,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let registry = Registry::new();
-    let cas_store = config.cas.build().await.context("opening the CAS")?;
+    // One builder: the stores' metrics land in this registry, and equal metadata is shared.
+    let stores = memobuild_cas::StoreBuilder::new(registry.clone());
+    let cas_store = stores.build(&config.cas).await.context("opening the CAS")?;
     let cas = Arc::new(VerifiedStore::new(cas_store.clone()));
-    let results = config.action_cache.build().await.context("opening the action cache")?;
+    let results = stores.build(&config.action_cache).await.context("opening the action cache")?;
     let state = CasState {
         cas: cas.clone(),
         action_cache: Arc::new(ActionCache::new(results, cas)),
