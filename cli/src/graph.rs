@@ -1,6 +1,7 @@
 //! `memobuild graph`: a Dockerfile's build graph, without building.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -19,7 +20,9 @@ pub enum GraphFormat {
 }
 
 /// Plans the build of `context` with `dockerfile` (default `CONTEXT/Dockerfile`).
-/// The context scan keeps its stat cache under `cache_dir`.
+/// The context scan keeps its stat cache under `cache_dir`. Build-check
+/// warnings are written to stderr (they are in the graph too, and in its
+/// JSON form).
 pub fn plan(
     context: &Path,
     dockerfile: Option<&Path>,
@@ -37,7 +40,9 @@ pub fn plan(
     let options = BuildOptions { build_args, target, ..BuildOptions::default() };
     let name = dockerfile.to_string_lossy();
     // The message already names the file, line and column, with a caret.
-    plan_text(&name, &text, &scanned, &options).map_err(|e| anyhow::anyhow!("{}", e.message()))
+    let graph = plan_text(&name, &text, &scanned, &options).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    std::io::stderr().write_all(graph.warnings_text().as_bytes())?;
+    Ok(graph)
 }
 
 pub fn render(graph: &BuildGraph, format: GraphFormat) -> Vec<u8> {

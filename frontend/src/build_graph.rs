@@ -197,6 +197,28 @@ impl BuildGraph {
         }
     }
 
+    /// The warnings as a CLI prints them (to stderr, as buildx does): a
+    /// count, then one `file:line:column: warning: Rule: message` line
+    /// each, then where the rules are explained. Empty without warnings.
+    pub fn warnings_text(&self) -> String {
+        if self.warnings.is_empty() {
+            return String::new();
+        }
+        let n = self.warnings.len();
+        let mut out = format!("{n} warning{} found:\n", if n == 1 { "" } else { "s" });
+        let mut rules = Vec::new();
+        for warning in &self.warnings {
+            let _ = writeln!(out, "{warning}");
+            if !rules.contains(&warning.rule) {
+                rules.push(warning.rule);
+            }
+        }
+        for rule in rules {
+            let _ = writeln!(out, "  {rule}: {}", rule.url());
+        }
+        out
+    }
+
     /// JSON, pretty-printed.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default()

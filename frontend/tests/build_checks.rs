@@ -231,3 +231,15 @@ fn from_arg_checks() {
         ["Dockerfile:2:1: warning: InvalidDefaultArgInFrom: Default value for ARG $BASE results in empty or invalid base image name"]
     );
 }
+
+#[test]
+fn warnings_as_the_cli_prints_them() {
+    let g = plan("FROM alpine\nEXPOSE 5000:5000\nCMD run\n", &context(&[]), &options(&[]));
+    assert_eq!(
+        g.warnings_text(),
+        "2 warnings found:\nDockerfile:2:1: warning: ExposeInvalidFormat: EXPOSE instruction should not define an IP address or host-port mapping, found '5000:5000'\nDockerfile:3:1: warning: JSONArgsRecommended: JSON arguments recommended for CMD to prevent unintended behavior related to OS signals\n  ExposeInvalidFormat: https://docs.docker.com/go/dockerfile/rule/expose-invalid-format/\n  JSONArgsRecommended: https://docs.docker.com/go/dockerfile/rule/json-args-recommended/\n"
+    );
+    let json = g.to_json();
+    assert!(json.contains("\"rule\": \"ExposeInvalidFormat\""), "{json}");
+    assert!(plan("FROM alpine\n", &context(&[]), &options(&[])).warnings_text().is_empty());
+}
