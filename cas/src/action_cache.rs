@@ -3,11 +3,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use memobuild_proto::reapi::{ActionResult, Tree};
-use memobuild_proto::{Digest, Error, Result, ResultExt};
+use memobuild_proto::{Digest, Result, ResultExt};
 use prost::Message;
 
 use crate::action_results::ActionResults;
-use crate::blob_store::BlobStore;
+use crate::blob_store::{get_bytes_at_most, BlobStore};
 
 /// The largest ActionResult or output Tree read into memory.
 const MAX_ENTRY_BYTES: u64 = 64 << 20;
@@ -37,13 +37,9 @@ impl ActionCache {
         for dir in &result.output_directories {
             let Some(tree_digest) = &dir.tree_digest else { continue };
             let digest = Digest::from_proto(action.function(), tree_digest)?;
-            if digest.size() > MAX_ENTRY_BYTES {
-                return Err(Error::resource_exhausted(format!(
-                    "output tree {} of action {action} is larger than {MAX_ENTRY_BYTES} bytes",
-                    digest.subject()
-                )));
-            }
-            let data = self.cas.get_bytes(&digest).await?;
+            let data = get_bytes_at_most(self.cas.as_ref(), &digest, MAX_ENTRY_BYTES, "output tree")
+                .await
+                .with_context(|| format!("output directory {} of action {action}", dir.path))?;
             trees.push(Tree::decode(data).with_context(|| format!("decoding output tree {}", digest.subject()))?);
         }
         let all = output_digests(result, &trees, action)?;

@@ -98,11 +98,37 @@ pub fn single_chunk(data: Bytes) -> BlobStream {
 }
 
 /// Reads a whole stream into memory.
-pub async fn collect(mut stream: BlobStream) -> Result<Bytes> {
+pub async fn collect(stream: BlobStream) -> Result<Bytes> {
+    collect_at_most(stream, u64::MAX, "a blob").await
+}
+
+/// The whole content-addressed blob in memory, for a blob that must be
+/// small (a proto): refused before any read when its digest declares more
+/// than `max_bytes`, and cut off should the store yield more.
+pub async fn get_bytes_at_most(store: &dyn BlobStore, digest: &Digest, max_bytes: u64, what: &str) -> Result<Bytes> {
+    if digest.size() > max_bytes {
+        return Err(Error::invalid_argument(format!(
+            "{what} {} declares {} bytes, over the {max_bytes}-byte limit of one {what}",
+            digest.subject(),
+            digest.size()
+        )));
+    }
+    let what = format!("{what} {}", digest.subject());
+    collect_at_most(store.get(digest, ByteRange::ALL).await?, max_bytes, &what).await
+}
+
+/// Reads a whole stream into memory, failing (INVALID_ARGUMENT naming the
+/// limit) as soon as it yields more than `max_bytes`.
+pub async fn collect_at_most(mut stream: BlobStream, max_bytes: u64, what: &str) -> Result<Bytes> {
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
+    let mut total = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
+        total = total.saturating_add(chunk.len() as u64);
+        if total > max_bytes {
+            return Err(Error::invalid_argument(format!("{what} holds more than the {max_bytes}-byte limit")));
+        }
         match first.take() {
             None if buf.is_empty() => first = Some(chunk),
             Some(prev) => {

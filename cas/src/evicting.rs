@@ -20,8 +20,10 @@ const EVICT_BATCH: usize = 256;
 /// first, until the total is at or under `low_watermark_bytes`.
 ///
 /// A blob is recorded in the metadata before it is written, so a crash in
-/// between leaves a row without a blob (counted, then evicted in its turn)
-/// and never a blob that eviction cannot see.
+/// between leaves a row without a blob (evicted in its turn) and never a
+/// blob that eviction cannot see. Its size counts toward the budget only
+/// once the write succeeded: a write that declares a huge size and stalls
+/// evicts nothing.
 pub struct EvictingStore {
     inner: Arc<dyn BlobStore>,
     metadata: Arc<dyn BlobMetadata>,
@@ -149,6 +151,7 @@ impl BlobStore for EvictingStore {
             }
             return Err(e);
         }
+        self.metadata.mark_stored(digest, self.clock.now_ms()).await?;
         self.evict_if_needed().await
     }
 
@@ -215,5 +218,41 @@ mod tests {
         let missing = store.find_missing(&all).await.unwrap();
         assert_eq!(missing, all[1..6].to_vec());
         assert_eq!(store.usage().unwrap().bytes, 600);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_write_of_a_huge_declared_size_evicts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (clock, store) = store(dir.path(), 1000, 600).await;
+        let store = Arc::new(store);
+        let blobs: Vec<_> = (0..5).map(blob).collect();
+        for (digest, data) in &blobs {
+            clock.advance(10);
+            store.put_bytes(digest, data.clone()).await.unwrap();
+        }
+        let huge = Digest::new(DigestFunction::Sha256, [7; 32], 1 << 40);
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes>>(1);
+        sender.send(Ok(Bytes::from_static(b"a few bytes"))).await.unwrap();
+        let stalled = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let stream = futures::StreamExt::boxed(tokio_stream::wrappers::ReceiverStream::new(receiver));
+                store.put(&huge, stream).await
+            })
+        };
+        // Once the store has taken the first chunk, the write is under way.
+        while sender.capacity() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let (digest, data) = blob(5);
+        store.put_bytes(&digest, data).await.unwrap();
+        let all: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+        assert!(store.find_missing(&all).await.unwrap().is_empty(), "nothing was evicted");
+        // The client goes away: the write fails and nothing of it counts.
+        sender.send(Err(memobuild_proto::Error::unavailable("client gone"))).await.unwrap();
+        assert!(stalled.await.unwrap().is_err());
+        clock.advance(10);
+        store.put_bytes(&blob(6).0, blob(6).1).await.unwrap();
+        assert!(store.find_missing(&all).await.unwrap().is_empty(), "still nothing evicted");
     }
 }

@@ -55,13 +55,16 @@ impl PostgresMetadata {
         Ok(PostgresMetadata { pool, total_bytes: total })
     }
 
+    /// Adds the blob's row or moves its access time forward; `stored` marks
+    /// its bytes as in the store, which is when its size starts to count.
     async fn insert(&self, digest: &Digest, now_ms: i64, stored: bool) -> Result<()> {
-        let inserted: bool = sqlx::query_scalar(
-            "INSERT INTO blobs (function, hash, size, last_access, stored) VALUES ($1, $2, $3, $4, $5)
+        let newly_stored: bool = sqlx::query_scalar(
+            "WITH before AS (SELECT stored FROM blobs WHERE function = $1 AND hash = $2 AND size = $3)
+             INSERT INTO blobs (function, hash, size, last_access, stored) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (function, hash, size) DO UPDATE
                 SET last_access = GREATEST(blobs.last_access, EXCLUDED.last_access),
                     stored = blobs.stored OR EXCLUDED.stored
-             RETURNING (xmax = 0)",
+             RETURNING blobs.stored AND NOT COALESCE((SELECT stored FROM before), FALSE)",
         )
         .bind(digest.function().to_proto() as i16)
         .bind(&digest.hash()[..])
@@ -71,7 +74,7 @@ impl PostgresMetadata {
         .fetch_one(&self.pool)
         .await
         .map_err(db_error("recording a blob"))?;
-        if inserted {
+        if newly_stored {
             self.total_bytes.fetch_add(digest.size(), Ordering::SeqCst);
         }
         Ok(())
@@ -79,7 +82,7 @@ impl PostgresMetadata {
 }
 
 async fn read_total(pool: &PgPool) -> Result<u64> {
-    let total: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(size), 0)::BIGINT FROM blobs")
+    let total: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(size), 0)::BIGINT FROM blobs WHERE stored")
         .fetch_one(pool)
         .await
         .map_err(db_error("summing sizes"))?;
@@ -150,15 +153,15 @@ impl BlobMetadata for PostgresMetadata {
     }
 
     async fn remove(&self, digest: &Digest) -> Result<()> {
-        let removed = sqlx::query("DELETE FROM blobs WHERE function = $1 AND hash = $2 AND size = $3")
-            .bind(digest.function().to_proto() as i16)
-            .bind(&digest.hash()[..])
-            .bind(digest.size() as i64)
-            .execute(&self.pool)
-            .await
-            .map_err(db_error("removing a blob"))?
-            .rows_affected();
-        if removed == 1 {
+        let removed: Option<bool> =
+            sqlx::query_scalar("DELETE FROM blobs WHERE function = $1 AND hash = $2 AND size = $3 RETURNING stored")
+                .bind(digest.function().to_proto() as i16)
+                .bind(&digest.hash()[..])
+                .bind(digest.size() as i64)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error("removing a blob"))?;
+        if removed == Some(true) {
             let _ = self
                 .total_bytes
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| Some(t.saturating_sub(digest.size())));

@@ -27,15 +27,15 @@ impl SqliteMetadata {
             .run(&pool)
             .await
             .map_err(|e| Error::internal(format!("migrating blob metadata {}: {e}", path.display())))?;
-        let total: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(size), 0) FROM blobs")
+        let total: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(size), 0) FROM blobs WHERE stored = 1")
             .fetch_one(&pool)
             .await
             .map_err(db_error("summing sizes"))?;
         Ok(SqliteMetadata { pool, total_bytes: AtomicU64::new(total as u64) })
     }
 
-    /// Adds the blob's row (counting its size) or moves its access time
-    /// forward; `stored` marks its bytes as in the store.
+    /// Adds the blob's row or moves its access time forward; `stored` marks
+    /// its bytes as in the store, which is when its size starts to count.
     async fn insert(&self, digest: &Digest, now_ms: i64, stored: bool) -> Result<()> {
         let inserted = sqlx::query(
             "INSERT INTO blobs (function, hash, size, last_access, stored) VALUES (?, ?, ?, ?, ?)
@@ -51,17 +51,24 @@ impl SqliteMetadata {
         .map_err(db_error("recording a blob"))?
         .rows_affected();
         if inserted == 1 {
-            self.total_bytes.fetch_add(digest.size(), Ordering::SeqCst);
+            if stored {
+                self.total_bytes.fetch_add(digest.size(), Ordering::SeqCst);
+            }
             return Ok(());
         }
         if stored {
-            sqlx::query("UPDATE blobs SET stored = 1 WHERE function = ? AND hash = ? AND size = ?")
-                .bind(function_code(digest.function()))
-                .bind(&digest.hash()[..])
-                .bind(digest.size() as i64)
-                .execute(&self.pool)
-                .await
-                .map_err(db_error("marking a blob stored"))?;
+            let marked =
+                sqlx::query("UPDATE blobs SET stored = 1 WHERE function = ? AND hash = ? AND size = ? AND stored = 0")
+                    .bind(function_code(digest.function()))
+                    .bind(&digest.hash()[..])
+                    .bind(digest.size() as i64)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error("marking a blob stored"))?
+                    .rows_affected();
+            if marked == 1 {
+                self.total_bytes.fetch_add(digest.size(), Ordering::SeqCst);
+            }
         }
         self.touch(&[(*digest, now_ms)]).await
     }
@@ -119,15 +126,15 @@ impl BlobMetadata for SqliteMetadata {
     }
 
     async fn remove(&self, digest: &Digest) -> Result<()> {
-        let removed = sqlx::query("DELETE FROM blobs WHERE function = ? AND hash = ? AND size = ?")
-            .bind(function_code(digest.function()))
-            .bind(&digest.hash()[..])
-            .bind(digest.size() as i64)
-            .execute(&self.pool)
-            .await
-            .map_err(db_error("removing a blob"))?
-            .rows_affected();
-        if removed == 1 {
+        let removed: Option<bool> =
+            sqlx::query_scalar("DELETE FROM blobs WHERE function = ? AND hash = ? AND size = ? RETURNING stored")
+                .bind(function_code(digest.function()))
+                .bind(&digest.hash()[..])
+                .bind(digest.size() as i64)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error("removing a blob"))?;
+        if removed == Some(true) {
             self.total_bytes.fetch_sub(digest.size(), Ordering::SeqCst);
         }
         Ok(())
@@ -193,7 +200,10 @@ mod tests {
             let meta = SqliteMetadata::open(&path).await.unwrap();
             meta.record(&a, 10).await.unwrap();
             meta.record(&b, 20).await.unwrap();
-            meta.record(&a, 5).await.unwrap();
+            assert_eq!(meta.total_bytes(), 0, "a declared size is not a stored byte");
+            meta.mark_stored(&a, 5).await.unwrap();
+            meta.mark_stored(&b, 20).await.unwrap();
+            meta.mark_stored(&a, 5).await.unwrap();
             assert_eq!(meta.total_bytes(), 6);
             meta.touch(&[(a, 30)]).await.unwrap();
             assert_eq!(meta.least_recent(10).await.unwrap(), vec![b, a]);

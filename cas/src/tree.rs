@@ -4,33 +4,60 @@ use memobuild_proto::reapi::Directory;
 use memobuild_proto::{Digest, Result, ResultExt};
 use prost::Message;
 
-use crate::blob_store::BlobStore;
+use crate::blob_store::{get_bytes_at_most, BlobStore};
+use crate::directory_check::{check_directory, MAX_DIRECTORY_BYTES};
 
 /// The directories of the tree under `root`, breadth first, each once.
 ///
 /// As the REAPI asks of `GetTree`, a missing subdirectory is left out with
 /// its subtree; only a missing root is an error.
 pub async fn walk_tree(cas: &dyn BlobStore, root: Digest) -> Result<Vec<Directory>> {
-    let mut queue = VecDeque::from([root]);
-    let mut seen = HashSet::from([root]);
+    let mut walker = TreeWalker::new(root);
     let mut directories = Vec::new();
-    while let Some(digest) = queue.pop_front() {
-        let data = match cas.get_bytes(&digest).await {
-            Ok(data) => data,
-            Err(e) if e.code() == tonic::Code::NotFound && digest != root => continue,
-            Err(e) => return Err(e.context("reading the root directory")),
-        };
-        let directory = Directory::decode(data).with_context(|| format!("decoding directory {}", digest.subject()))?;
-        for child in &directory.directories {
-            let what = format!("directory {:?} of {}", child.name, digest.subject());
-            let child = Digest::from_proto_field(root.function(), child.digest.as_ref(), &what)?;
-            if seen.insert(child) {
-                queue.push_back(child);
-            }
-        }
+    while let Some(directory) = walker.next(cas).await? {
         directories.push(directory);
     }
     Ok(directories)
+}
+
+/// Walks the tree under a root breadth first, one directory per step and
+/// each distinct directory once, holding only the digests still to visit
+/// and those seen: a caller streams a tree of any size without keeping it.
+///
+/// Every directory is checked ([`check_directory`]) and read within
+/// [`MAX_DIRECTORY_BYTES`]. A missing subdirectory is skipped with its
+/// subtree; a missing root is NOT_FOUND.
+pub struct TreeWalker {
+    root: Digest,
+    queue: VecDeque<Digest>,
+    seen: HashSet<Digest>,
+}
+
+impl TreeWalker {
+    pub fn new(root: Digest) -> Self {
+        TreeWalker { root, queue: VecDeque::from([root]), seen: HashSet::from([root]) }
+    }
+
+    /// The next directory, `None` once the whole tree was walked.
+    pub async fn next(&mut self, cas: &dyn BlobStore) -> Result<Option<Directory>> {
+        while let Some(digest) = self.queue.pop_front() {
+            let data = match get_bytes_at_most(cas, &digest, MAX_DIRECTORY_BYTES, "directory").await {
+                Ok(data) => data,
+                Err(e) if e.code() == tonic::Code::NotFound && digest != self.root => continue,
+                Err(e) if digest == self.root => return Err(e.context("reading the root directory")),
+                Err(e) => return Err(e),
+            };
+            let directory =
+                Directory::decode(data).with_context(|| format!("decoding directory {}", digest.subject()))?;
+            for child in check_directory(&digest, &directory)? {
+                if self.seen.insert(child) {
+                    self.queue.push_back(child);
+                }
+            }
+            return Ok(Some(directory));
+        }
+        Ok(None)
+    }
 }
 
 #[cfg(test)]
@@ -65,5 +92,18 @@ mod tests {
         assert_eq!(walk_tree(&cas, root_d).await.unwrap(), vec![root, mid, leaf]);
         let e = walk_tree(&cas, absent).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::NotFound);
+    }
+
+    #[tokio::test]
+    async fn a_directory_with_unsafe_names_stops_the_walk() {
+        let cas = MemoryStore::new();
+        let leaf_d = put(&cas, &Directory::default()).await;
+        let bad = Directory { directories: vec![node("..", leaf_d)], ..Default::default() };
+        let bad_d = put(&cas, &bad).await;
+        let root = Directory { directories: vec![node("a", bad_d)], ..Default::default() };
+        let root_d = put(&cas, &root).await;
+        let e = walk_tree(&cas, root_d).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains(&bad_d.subject()) && e.message().contains(". or .."), "{e}");
     }
 }

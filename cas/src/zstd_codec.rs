@@ -1,11 +1,14 @@
 //! Streaming zstd for `compressed-blobs` transfers, one chunk at a time.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use memobuild_proto::{Error, Result};
-use zstd::stream::raw::{Decoder, Encoder, InBuffer, Operation, OutBuffer};
+use zstd::stream::raw::{DParameter, Decoder, Encoder, InBuffer, Operation, OutBuffer};
 
 /// Output chunk size of the decoder.
 const OUT_CHUNK: usize = 1 << 20;
+/// The largest window a frame may ask the decoder to allocate (8 MiB, what
+/// compression levels up to 19 use): a frame header is a claim too.
+pub const MAX_WINDOW_LOG: u32 = 23;
 /// Fast compression: transfers are bound by the wire, not by ratio.
 const LEVEL: i32 = 1;
 
@@ -19,8 +22,28 @@ pub struct StreamDecoder {
 
 impl StreamDecoder {
     pub fn new() -> Result<Self> {
-        let decoder = Decoder::new().map_err(|e| Error::internal(format!("zstd decoder: {e}")))?;
+        let mut decoder = Decoder::new().map_err(|e| Error::internal(format!("zstd decoder: {e}")))?;
+        decoder
+            .set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG))
+            .map_err(|e| Error::internal(format!("zstd decoder: {e}")))?;
         Ok(StreamDecoder { decoder, frame_done: true })
+    }
+
+    /// Decompresses all of `data`, failing as soon as the output passes
+    /// `max_bytes`: memory grows with what was decoded, never with what
+    /// a digest or a frame header claims.
+    pub fn decode_at_most(data: &[u8], max_bytes: u64) -> Result<Bytes> {
+        let mut decoder = StreamDecoder::new()?;
+        let mut out = BytesMut::new();
+        let mut input = data;
+        while let Some(chunk) = decoder.next_chunk(&mut input)? {
+            if (out.len() + chunk.len()) as u64 > max_bytes {
+                return Err(Error::invalid_argument(format!("zstd data decompresses to more than {max_bytes} bytes")));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        decoder.finish()?;
+        Ok(out.freeze())
     }
 
     /// Decodes from `input`, advancing it, until one output chunk is ready or
@@ -31,10 +54,9 @@ impl StreamDecoder {
         loop {
             let mut src = InBuffer::around(input);
             let mut dst = OutBuffer::around_pos(&mut out[..], written);
-            let hint = self
-                .decoder
-                .run(&mut src, &mut dst)
-                .map_err(|e| Error::invalid_argument(format!("malformed zstd data: {e}")))?;
+            let hint = self.decoder.run(&mut src, &mut dst).map_err(|e| {
+                Error::invalid_argument(format!("malformed zstd data or a window over 2^{MAX_WINDOW_LOG} bytes: {e}"))
+            })?;
             let consumed = src.pos();
             let progressed = consumed > 0 || dst.pos() > written;
             written = dst.pos();
@@ -52,6 +74,10 @@ impl StreamDecoder {
         }
         if written == 0 {
             return Ok(None);
+        }
+        // A small chunk is copied so that it does not pin a whole buffer.
+        if written < OUT_CHUNK / 2 {
+            return Ok(Some(Bytes::copy_from_slice(&out[..written])));
         }
         out.truncate(written);
         Ok(Some(out.into()))
@@ -148,6 +174,21 @@ mod tests {
         let e = decode_all(&[&compressed[..compressed.len() - 4]]).unwrap_err();
         assert!(e.message().contains("middle of a frame"), "{e}");
         assert!(decode_all(&[b"definitely not zstd"]).is_err());
+    }
+
+    #[test]
+    fn decode_at_most_stops_at_the_limit_and_refuses_huge_windows() {
+        let data = vec![0u8; 3 * OUT_CHUNK];
+        let compressed = zstd::bulk::compress(&data, 3).unwrap();
+        assert_eq!(StreamDecoder::decode_at_most(&compressed, data.len() as u64).unwrap().len(), data.len());
+        let e = StreamDecoder::decode_at_most(&compressed, 1000).unwrap_err();
+        assert!(e.message().contains("more than 1000 bytes"), "{e}");
+        let mut encoder = zstd::bulk::Compressor::new(3).unwrap();
+        encoder.set_parameter(zstd::stream::raw::CParameter::WindowLog(MAX_WINDOW_LOG + 4)).unwrap();
+        encoder.set_parameter(zstd::stream::raw::CParameter::ContentSizeFlag(false)).unwrap();
+        let wide = encoder.compress(&vec![1u8; 1 << 25]).unwrap();
+        let e = StreamDecoder::decode_at_most(&wide, 1 << 26).unwrap_err();
+        assert!(e.message().contains("window over 2^23 bytes"), "{e}");
     }
 
     proptest! {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use memobuild_cas::{MetadataConfig, StoreConfig};
+use memobuild_cas::{CasLimits, MetadataConfig, StoreConfig};
 use serde::Deserialize;
 
 /// The default byte budget of the embedded CAS.
@@ -28,6 +28,9 @@ pub struct ServerConfig {
     pub scheduler: Option<SchedulerSection>,
     /// A worker inside this process, dialing this process's scheduler.
     pub worker: Option<WorkerSection>,
+    /// `[limits]`: what one client request may ask of the CAS services.
+    #[serde(default)]
+    pub limits: CasLimits,
 }
 
 /// `[scheduler]`: durable operation state and the rules of dispatch.
@@ -69,6 +72,25 @@ pub struct WorkerSection {
     /// Platform properties offered to actions.
     #[serde(default = "default_properties")]
     pub properties: BTreeMap<String, String>,
+    /// Run Dockerfile steps (RUN in containerd, COPY, WORKDIR) for remote builds.
+    #[serde(default = "default_true")]
+    pub dockerfile_steps: bool,
+    /// containerd's socket [default: /run/containerd/containerd.sock, else a
+    /// private containerd under `work_dir`, started on the first RUN].
+    pub containerd_address: Option<PathBuf>,
+}
+
+impl SchedulerSection {
+    /// Where builds keep what they fetch (`ADD URL` notes): beside the
+    /// SQLite store, else in the temp dir.
+    pub fn work_dir(&self) -> PathBuf {
+        match &self.store {
+            OperationStoreConfig::Sqlite { path } => {
+                path.parent().unwrap_or_else(|| Path::new(".")).join("builds")
+            }
+            OperationStoreConfig::Postgres { .. } => std::env::temp_dir().join("memobuild-builds"),
+        }
+    }
 }
 
 impl Default for SchedulerSection {
@@ -92,8 +114,14 @@ impl WorkerSection {
             cache_max_bytes: default_worker_cache(),
             slots: None,
             properties: default_properties(),
+            dockerfile_steps: true,
+            containerd_address: None,
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_lease() -> u64 {
@@ -144,6 +172,7 @@ impl ServerConfig {
                 ..SchedulerSection::default()
             }),
             worker: Some(WorkerSection::new(state_dir.join("worker"))),
+            limits: CasLimits::default(),
         }
     }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use memobuild_cas::service::{cas_routes, CapabilitiesService, CasMetrics, CasState};
-use memobuild_cas::{grpc_channel, ActionCache, BlobStore, GrpcActionCache, GrpcStore, SystemClock, VerifiedStore};
+use memobuild_cas::{
+    grpc_channel, ActionCache, BlobStore, CasLimits, GrpcActionCache, GrpcStore, SystemClock, VerifiedStore,
+};
 use memobuild_proto::reapi::capabilities_server::CapabilitiesServer;
 use memobuild_proto::reapi::{digest_function, ExecutionCapabilities};
 use memobuild_proto::DigestFunction;
@@ -66,6 +68,7 @@ pub async fn run(
         cas: cas.clone(),
         action_cache: Arc::new(ActionCache::new(results, cas)),
         metrics: CasMetrics::register(&registry)?,
+        limits: config.limits,
     };
     register_usage(&registry, cas_store)?;
     let node = Node { state, scheduler: config.scheduler, worker: config.worker, registry };
@@ -87,6 +90,7 @@ pub async fn run_scheduler(
         cas: Arc::new(GrpcStore::connect(cas, "")?),
         action_cache: Arc::new(GrpcActionCache::new(channel)),
         metrics: CasMetrics::register(&registry)?,
+        limits: CasLimits::default(),
     };
     let node = Node { state, scheduler: Some(scheduler), worker: None, registry };
     node.serve(listeners, shutdown).await

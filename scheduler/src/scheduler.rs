@@ -2,7 +2,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use memobuild_cas::{ActionResults, BlobStore, Clock};
+use memobuild_cas::{get_bytes_at_most, ActionResults, BlobStore, Clock};
 use memobuild_proto::reapi::{Action, Command, ExecuteRequest, ExecuteResponse};
 use memobuild_proto::worker::{scheduler_message, Assign, Cancel, Finished, Hello, SchedulerMessage};
 use memobuild_proto::{protobuf, rpc, Digest, DigestFunction, Error, Result, ResultExt};
@@ -21,6 +21,8 @@ use crate::platform::{Matcher, Platform};
 const RECENT_ROOTS: usize = 64;
 /// Records written per transaction at most.
 const PERSIST_BATCH: usize = 256;
+/// The largest Action or Command read, the bound the worker applies too.
+const MAX_PROTO_BYTES: u64 = 16 << 20;
 
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
@@ -237,7 +239,7 @@ impl Scheduler {
     }
 
     async fn fetch<M: Message + Default>(&self, digest: &Digest, what: &str) -> Result<M> {
-        let data = match self.cas.get_bytes(digest).await {
+        let data = match get_bytes_at_most(self.cas.as_ref(), digest, MAX_PROTO_BYTES, what).await {
             Ok(data) => data,
             Err(e) if e.code() == Code::NotFound => return Err(Error::missing_blobs(&[*digest])),
             Err(e) => return Err(e),

@@ -69,15 +69,24 @@ impl Upload {
         })
     }
 
-    /// Feeds one WriteRequest's data at `offset`.
-    async fn accept(&mut self, offset: i64, data: Bytes) -> Result<()> {
+    /// Feeds one WriteRequest's data at `offset`; no more than `max_bytes`
+    /// may arrive on the wire in all.
+    async fn accept(&mut self, offset: i64, data: Bytes, max_bytes: u64) -> Result<()> {
         if offset != self.committed as i64 {
             return Err(Error::invalid_argument(format!(
                 "write of {}: write_offset is {offset}, expected {} (see QueryWriteStatus)",
                 self.name, self.committed
             )));
         }
-        self.committed += data.len() as u64;
+        self.committed = match self.committed.checked_add(data.len() as u64) {
+            Some(committed) if committed <= max_bytes => committed,
+            _ => {
+                return Err(Error::invalid_argument(format!(
+                    "write of {}: more than {max_bytes} bytes sent, the max_blob_bytes limit",
+                    self.name
+                )))
+            }
+        };
         match &mut self.decoder {
             None => self.send(data).await,
             Some(decoder) => {
@@ -178,6 +187,7 @@ impl ByteStreamService {
         let first =
             requests.next().await.ok_or_else(|| Error::invalid_argument("Write stream carried no request"))??;
         let name = ResourceName::parse_write(&first.resource_name)?;
+        self.state.limits.check_blob(&name.digest).map_err(|e| e.context(format!("write of {name}")))?;
         let done_size = match name.compressor {
             Compressor::Identity => name.digest.size() as i64,
             Compressor::Zstd => -1,
@@ -199,7 +209,8 @@ impl ByteStreamService {
                 return Err(self.fail(&mut upload, e).await);
             }
             self.state.metrics.bytes_written.inc_by(request.data.len() as u64);
-            if let Err(e) = upload.accept(request.write_offset, Bytes::from(request.data)).await {
+            let max_bytes = self.state.limits.max_blob_bytes;
+            if let Err(e) = upload.accept(request.write_offset, Bytes::from(request.data), max_bytes).await {
                 return Err(self.fail(&mut upload, e).await);
             }
             if request.finish_write {
@@ -231,12 +242,21 @@ impl ByteStreamService {
     }
 
     /// The upload for `key`: the interrupted one to resume, or a new one.
-    /// Uploads idle past the resume window are dropped on the way.
+    /// Uploads idle past the resume window are dropped on the way; past
+    /// `max_uploads`, a new one is RESOURCE_EXHAUSTED.
     fn upload(&self, key: &str, name: ResourceName) -> Result<Arc<tokio::sync::Mutex<Upload>>> {
         let mut uploads = self.uploads.lock();
         uploads.retain(|_, u| u.try_lock().map(|u| u.idle_since.elapsed() < RESUME_WINDOW).unwrap_or(true));
         if let Some(upload) = uploads.get(key) {
             return Ok(upload.clone());
+        }
+        let max_uploads = self.state.limits.max_uploads;
+        if uploads.len() >= max_uploads {
+            return Err(Error::resource_exhausted(format!(
+                "write of {name}: {} uploads are in progress or waiting to resume, the max_uploads limit \
+                 of {max_uploads}; retry later",
+                uploads.len()
+            )));
         }
         let upload = Arc::new(tokio::sync::Mutex::new(Upload::start(&self.state, key, name)?));
         uploads.insert(key.to_string(), upload.clone());

@@ -1,11 +1,13 @@
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt, TryStreamExt};
 use memobuild_proto::reapi::content_addressable_storage_server::ContentAddressableStorage;
 use memobuild_proto::reapi::{
     batch_read_blobs_response, batch_update_blobs_response, BatchReadBlobsRequest, BatchReadBlobsResponse,
-    BatchUpdateBlobsRequest, BatchUpdateBlobsResponse, FindMissingBlobsRequest, FindMissingBlobsResponse,
+    BatchUpdateBlobsRequest, BatchUpdateBlobsResponse, Directory, FindMissingBlobsRequest, FindMissingBlobsResponse,
     GetChunkMappingRequest, GetChunkMappingResponse, GetTreeRequest, GetTreeResponse, RegisterChunkMappingRequest,
     RegisterChunkMappingResponse, SpliceBlobRequest, SpliceBlobResponse, SplitBlobRequest, SplitBlobResponse,
 };
@@ -13,8 +15,11 @@ use memobuild_proto::{Compressor, Digest, DigestFunction, Error, Result};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::{parse_digests, rpc_status, CasState, MAX_BATCH_TOTAL_BYTES};
-use crate::tree::walk_tree;
+use super::{parse_digests, rpc_status, CasState, BATCH_CONCURRENCY, MAX_BATCH_TOTAL_BYTES};
+use crate::blob_store::{get_bytes_at_most, BlobStore};
+use crate::cas_limits::checked_total;
+use crate::tree::TreeWalker;
+use crate::zstd_codec::StreamDecoder;
 
 /// Directories per GetTree page when the client does not say.
 const DEFAULT_TREE_PAGE: usize = 1000;
@@ -40,71 +45,89 @@ impl CasService {
 
     pub async fn batch_update_blobs(&self, req: BatchUpdateBlobsRequest) -> Result<BatchUpdateBlobsResponse> {
         let function = DigestFunction::from_proto(req.digest_function)?;
-        let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
-        if total > MAX_BATCH_TOTAL_BYTES as u64 {
-            return Err(Error::invalid_argument(format!(
-                "BatchUpdateBlobs carries {total} bytes, over the {MAX_BATCH_TOTAL_BYTES}-byte batch limit; use ByteStream.Write"
-            )));
-        }
-        let uploads = req.requests.into_iter().map(|r| async move {
-            let digest = Digest::from_proto_field(function, r.digest.as_ref(), "digest")?;
-            let result = async {
-                let data = match Compressor::from_proto(r.compressor)? {
-                    Compressor::Identity => Bytes::from(r.data),
-                    Compressor::Zstd => decompress(&r.data, &digest)?,
-                };
-                self.state.metrics.bytes_written.inc_by(data.len() as u64);
-                self.state.cas.put_bytes(&digest, data).await
-            }
-            .await;
-            Ok::<_, Error>(batch_update_blobs_response::Response {
-                digest: Some(digest.to_proto()),
-                status: Some(rpc_status(result)),
+        self.state.limits.check_batch_count("BatchUpdateBlobs", req.requests.len())?;
+        let limit = MAX_BATCH_TOTAL_BYTES as u64;
+        let over = "batch limit; use ByteStream.Write";
+        checked_total(req.requests.iter().map(|r| r.data.len() as u64), limit, "the data of BatchUpdateBlobs", over)?;
+        // A compressed blob's bytes are what its digest declares: they are
+        // bounded as well, before any of them is decompressed.
+        let declared = req.requests.iter().map(|r| r.digest.as_ref().map_or(0, |d| d.size_bytes.max(0) as u64));
+        checked_total(declared, limit, "the blob sizes BatchUpdateBlobs declares", over)?;
+        let uploads: Vec<_> = req
+            .requests
+            .into_iter()
+            .map(|r| async move {
+                let digest = Digest::from_proto_field(function, r.digest.as_ref(), "digest")?;
+                let result = async {
+                    let data = match Compressor::from_proto(r.compressor)? {
+                        Compressor::Identity => Bytes::from(r.data),
+                        Compressor::Zstd => StreamDecoder::decode_at_most(&r.data, digest.size())
+                            .map_err(|e| e.context(format!("blob {}", digest.subject())))?,
+                    };
+                    self.state.metrics.bytes_written.inc_by(data.len() as u64);
+                    self.state.cas.put_bytes(&digest, data).await
+                }
+                .await;
+                Ok::<_, Error>(batch_update_blobs_response::Response {
+                    digest: Some(digest.to_proto()),
+                    status: Some(rpc_status(result)),
+                })
             })
-        });
-        let responses = futures::future::join_all(uploads).await.into_iter().collect::<Result<Vec<_>>>()?;
+            .collect();
+        let responses = futures::stream::iter(uploads)
+            .buffered(BATCH_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
         Ok(BatchUpdateBlobsResponse { responses })
     }
 
     pub async fn batch_read_blobs(&self, req: BatchReadBlobsRequest) -> Result<BatchReadBlobsResponse> {
         let function = DigestFunction::from_proto(req.digest_function)?;
+        self.state.limits.check_batch_count("BatchReadBlobs", req.digests.len())?;
         let digests = parse_digests(function, &req.digests)?;
-        let total: u64 = digests.iter().map(Digest::size).sum();
-        if total > MAX_BATCH_TOTAL_BYTES as u64 {
-            return Err(Error::invalid_argument(format!(
-                "BatchReadBlobs asks for {total} bytes, over the {MAX_BATCH_TOTAL_BYTES}-byte batch limit; use ByteStream.Read"
-            )));
-        }
+        checked_total(
+            digests.iter().map(Digest::size),
+            MAX_BATCH_TOTAL_BYTES as u64,
+            "the blobs BatchReadBlobs asks for",
+            "batch limit; use ByteStream.Read",
+        )?;
         let zstd = req.acceptable_compressors.iter().any(|c| Compressor::from_proto(*c).ok() == Some(Compressor::Zstd));
-        let reads = digests.into_iter().map(|digest| async move {
-            let read = async {
-                let data = self.state.cas.get_bytes(&digest).await?;
-                self.state.metrics.bytes_read.inc_by(data.len() as u64);
-                if zstd {
-                    let compressed = zstd::bulk::compress(&data, 1)
-                        .map_err(|e| Error::internal(format!("compressing {}: {e}", digest.subject())))?;
-                    Ok((Bytes::from(compressed), Compressor::Zstd))
-                } else {
-                    Ok((data, Compressor::Identity))
+        let reads: Vec<_> = digests
+            .into_iter()
+            .map(|digest| async move {
+                let read = async {
+                    let data = get_bytes_at_most(self.state.cas.as_ref(), &digest, digest.size(), "blob").await?;
+                    self.state.metrics.bytes_read.inc_by(data.len() as u64);
+                    if zstd {
+                        let compressed = zstd::bulk::compress(&data, 1)
+                            .map_err(|e| Error::internal(format!("compressing {}: {e}", digest.subject())))?;
+                        Ok((Bytes::from(compressed), Compressor::Zstd))
+                    } else {
+                        Ok((data, Compressor::Identity))
+                    }
+                };
+                let (data, compressor, status) = match read.await {
+                    Ok((data, compressor)) => (data, compressor, rpc_status(Ok(()))),
+                    Err(e) => (Bytes::new(), Compressor::Identity, rpc_status(Err(e))),
+                };
+                batch_read_blobs_response::Response {
+                    digest: Some(digest.to_proto()),
+                    data: data.to_vec(),
+                    compressor: compressor.to_proto(),
+                    status: Some(status),
                 }
-            };
-            let (data, compressor, status) = match read.await {
-                Ok((data, compressor)) => (data, compressor, rpc_status(Ok(()))),
-                Err(e) => (Bytes::new(), Compressor::Identity, rpc_status(Err(e))),
-            };
-            batch_read_blobs_response::Response {
-                digest: Some(digest.to_proto()),
-                data: data.to_vec(),
-                compressor: compressor.to_proto(),
-                status: Some(status),
-            }
-        });
-        Ok(BatchReadBlobsResponse { responses: futures::future::join_all(reads).await })
+            })
+            .collect();
+        let responses = futures::stream::iter(reads).buffered(BATCH_CONCURRENCY).collect().await;
+        Ok(BatchReadBlobsResponse { responses })
     }
 
-    /// The pages of the tree, starting at the page token (an index into
-    /// the breadth-first order).
-    pub async fn get_tree(&self, req: GetTreeRequest) -> Result<Vec<GetTreeResponse>> {
+    /// The pages of the tree as a stream, starting at the page token (an
+    /// index into the breadth-first order). One walk feeds every page, and
+    /// a page is read only when the client is ready for it.
+    pub async fn get_tree(&self, req: GetTreeRequest) -> Result<BoxStream<'static, Result<GetTreeResponse>>> {
         let function = DigestFunction::from_proto(req.digest_function)?;
         let root = Digest::from_proto_field(function, req.root_digest.as_ref(), "root_digest")?;
         let start: usize = if req.page_token.is_empty() {
@@ -119,36 +142,63 @@ impl CasService {
             0 => DEFAULT_TREE_PAGE,
             n => n as usize,
         };
-        let directories = walk_tree(self.state.cas.as_ref(), root)
-            .await
-            .map_err(|e| e.context(format!("GetTree of {}", root.subject())))?;
-        if start > directories.len() {
-            return Err(Error::invalid_argument(format!("page_token {start} is past the end of the tree")));
-        }
-        let mut pages = Vec::new();
-        let mut page = GetTreeResponse::default();
-        let mut bytes = 0;
-        for (index, directory) in directories.into_iter().enumerate().skip(start) {
-            let len = directory.encoded_len();
-            if page.directories.len() == page_size || (bytes > 0 && bytes + len > MAX_TREE_PAGE_BYTES) {
-                page.next_page_token = index.to_string();
-                pages.push(std::mem::take(&mut page));
-                bytes = 0;
+        let context = move |e: Error| e.context(format!("GetTree of {}", root.subject()));
+        let cas = self.state.cas.clone();
+        let mut walker = TreeWalker::new(root);
+        // The first directory is read now, so a missing or malformed root
+        // is the call's status rather than a failed stream.
+        let mut first = walker.next(cas.as_ref()).await.map_err(context)?;
+        for _ in 0..start {
+            first = walker.next(cas.as_ref()).await.map_err(context)?;
+            if first.is_none() {
+                return Err(Error::invalid_argument(format!("page_token {start} is past the end of the tree")));
             }
-            bytes += len;
-            page.directories.push(directory);
         }
-        pages.push(page);
-        Ok(pages)
+        let pages = TreePages { cas, walker, next: first, index: start, page_size, done: false };
+        Ok(futures::stream::try_unfold(pages, move |mut pages| async move {
+            let page = pages.next_page().await.map_err(context)?;
+            Ok(page.map(|page| (page, pages)))
+        })
+        .boxed())
     }
 }
 
-/// Decompresses a zstd batch entry, refusing more bytes than the digest says.
-fn decompress(data: &[u8], digest: &Digest) -> Result<Bytes> {
-    let out = zstd::bulk::decompress(data, digest.size() as usize).map_err(|e| {
-        Error::invalid_argument(format!("blob {}: bad zstd data or larger than its digest: {e}", digest.subject()))
-    })?;
-    Ok(out.into())
+/// The state of a GetTree stream between pages.
+struct TreePages {
+    cas: Arc<dyn BlobStore>,
+    walker: TreeWalker,
+    /// The directory read but not yet sent.
+    next: Option<Directory>,
+    /// Its index in the breadth-first order.
+    index: usize,
+    page_size: usize,
+    done: bool,
+}
+
+impl TreePages {
+    /// The next page, up to `page_size` directories and
+    /// [`MAX_TREE_PAGE_BYTES`]; `None` after the last.
+    async fn next_page(&mut self) -> Result<Option<GetTreeResponse>> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut page = GetTreeResponse::default();
+        let mut bytes = 0;
+        while let Some(directory) = self.next.take() {
+            let len = directory.encoded_len();
+            if page.directories.len() == self.page_size || (bytes > 0 && bytes + len > MAX_TREE_PAGE_BYTES) {
+                self.next = Some(directory);
+                page.next_page_token = self.index.to_string();
+                return Ok(Some(page));
+            }
+            bytes += len;
+            page.directories.push(directory);
+            self.index += 1;
+            self.next = self.walker.next(self.cas.as_ref()).await?;
+        }
+        self.done = true;
+        Ok(Some(page))
+    }
 }
 
 type TreeStream = Pin<Box<dyn Stream<Item = Result<GetTreeResponse, Status>> + Send>>;
@@ -185,7 +235,7 @@ impl ContentAddressableStorage for CasService {
 
     async fn get_tree(&self, req: Request<GetTreeRequest>) -> Result<Response<TreeStream>, Status> {
         let pages = CasService::get_tree(self, req.into_inner()).await?;
-        Ok(Response::new(futures::stream::iter(pages.into_iter().map(Ok)).boxed()))
+        Ok(Response::new(pages.map_err(Status::from).boxed()))
     }
 
     async fn split_blob(&self, _: Request<SplitBlobRequest>) -> Result<Response<SplitBlobResponse>, Status> {

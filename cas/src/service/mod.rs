@@ -5,6 +5,7 @@ mod action_cache;
 mod byte_stream;
 mod capabilities;
 mod content_addressable_storage;
+mod oversize_status;
 
 use std::sync::Arc;
 
@@ -18,12 +19,15 @@ pub use action_cache::ActionCacheService;
 pub use byte_stream::ByteStreamService;
 pub use capabilities::{CapabilitiesService, MAX_BATCH_TOTAL_BYTES};
 pub use content_addressable_storage::CasService;
+pub use oversize_status::OversizeStatus;
 
-use crate::{ActionResults, BlobStore};
+use crate::{ActionResults, BlobStore, CasLimits};
 
 /// The largest gRPC message accepted. Well above the batch limit, so an
 /// oversized batch gets an explanation rather than a transport error.
 pub const MAX_MESSAGE_BYTES: usize = 4 * MAX_BATCH_TOTAL_BYTES as usize;
+/// Blobs of one batch call read or written at once.
+const BATCH_CONCURRENCY: usize = 16;
 
 /// Byte counters of the CAS services.
 #[derive(Clone)]
@@ -42,12 +46,14 @@ impl CasMetrics {
     }
 }
 
-/// What the CAS services share: the verified CAS, the action cache, metrics.
+/// What the CAS services share: the verified CAS, the action cache,
+/// metrics and the bounds on what a client may ask.
 #[derive(Clone)]
 pub struct CasState {
     pub cas: Arc<dyn BlobStore>,
     pub action_cache: Arc<dyn ActionResults>,
     pub metrics: CasMetrics,
+    pub limits: CasLimits,
 }
 
 /// ContentAddressableStorage, ByteStream and ActionCache as tonic routes.
@@ -58,9 +64,12 @@ pub fn cas_routes(state: &CasState) -> tonic::service::Routes {
     let bytestream = ByteStreamServer::new(ByteStreamService::new(state.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let action_cache =
-        ActionCacheServer::new(ActionCacheService::new(state.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    tonic::service::Routes::new(cas).add_service(bytestream).add_service(action_cache)
+    let action_cache = ActionCacheServer::new(ActionCacheService::new(state.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tonic::service::Routes::new(OversizeStatus(cas))
+        .add_service(OversizeStatus(bytestream))
+        .add_service(OversizeStatus(action_cache))
 }
 
 /// A per-item status in batch responses.
