@@ -40,10 +40,15 @@ pub struct TestServer {
 impl TestServer {
     /// A server on embedded defaults under `state_dir`.
     pub async fn start(state_dir: &Path) -> Self {
+        Self::start_with(ServerConfig::embedded(state_dir)).await
+    }
+
+    /// A server on `config`, on loopback ports of its own (the addresses
+    /// `config` names are not used).
+    pub async fn start_with(config: ServerConfig) -> Self {
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, admin_addr) = (grpc.local_addr().unwrap(), admin.local_addr().unwrap());
-        let config = ServerConfig::embedded(state_dir);
         let (stop, stopped) = oneshot::channel::<()>();
         let listeners = Listeners { grpc, admin: Some(admin) };
         let task = tokio::spawn(server::run(config, listeners, async move {
