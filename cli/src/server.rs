@@ -14,10 +14,11 @@ use memobuild_proto::reapi::capabilities_server::CapabilitiesServer;
 use memobuild_proto::reapi::{digest_function, ExecutionCapabilities};
 use memobuild_proto::DigestFunction;
 use memobuild_scheduler::{
-    add_execution_services, OperationStore, PostgresOperationStore, Scheduler, SchedulerConfig, SchedulerMetrics,
+    add_build_service, add_execution_services, BuildManager, OperationStore, PostgresOperationStore, Scheduler, SchedulerConfig, SchedulerMetrics,
     SqliteOperationStore,
 };
-use memobuild_worker::{run_worker, ActionExecutor, HostRunner, WorkerIdentity};
+use memobuild_worker::steps::{StepActions, StepRunner};
+use memobuild_worker::{run_worker, ActionExecutor, Executors, HostRunner, WorkerIdentity};
 use prometheus::core::Collector;
 use prometheus::{IntGauge, Registry};
 use tokio::net::TcpListener;
@@ -124,15 +125,22 @@ impl Node {
         listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Node { state, scheduler, worker: worker_section, registry } = self;
-        let scheduler = match &scheduler {
+        let Node { state, scheduler: scheduler_section, worker: worker_section, registry } = self;
+        let scheduler = match &scheduler_section {
             Some(section) => Some(start_scheduler(section, &state, &registry).await?),
             None => None,
         };
         let capabilities = CapabilitiesService::new(scheduler.as_ref().map(|_| execution_capabilities()));
         let mut routes = cas_routes(&state).add_service(CapabilitiesServer::new(capabilities));
-        if let Some(scheduler) = &scheduler {
+        if let (Some(scheduler), Some(section)) = (&scheduler, &scheduler_section) {
             routes = add_execution_services(routes, scheduler);
+            let builds = BuildManager::new(
+                scheduler.clone(),
+                state.cas.clone(),
+                state.action_cache.clone(),
+                section.work_dir(),
+            );
+            routes = add_build_service(routes, &Arc::new(builds));
         }
         let token = CancellationToken::new();
         cancel_on(shutdown, token.clone());
@@ -233,17 +241,22 @@ async fn worker(
 ) -> anyhow::Result<impl Future<Output = memobuild_proto::Result<()>>> {
     let runner = Arc::new(HostRunner::new());
     runner.check().await.context("checking the worker's sandbox")?;
-    let executor = ActionExecutor::new(cas, section.work_dir.clone(), section.cache_max_bytes, runner)
+    let executor = ActionExecutor::new(cas.clone(), section.work_dir.clone(), section.cache_max_bytes, runner)
         .await
         .context("starting the worker")?;
+    let steps = section.dockerfile_steps.then(|| {
+        let runner = StepRunner::new(cas.clone(), section.containerd_address.clone(), section.work_dir.join("steps"));
+        Arc::new(StepActions::new(Arc::new(runner), cas))
+    });
+    let executors = Executors { actions: Arc::new(executor), steps };
     let slots =
         section.slots.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1));
     let identity = WorkerIdentity {
         name: format!("{}:{}", hostname(), std::process::id()),
-        properties: section.properties.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        properties: section.properties.iter().map(|(k, v)| (k.clone(), v.clone())).chain(executors.properties()).collect(),
         slots,
     };
-    Ok(run_worker(identity, Arc::new(executor), scheduler, shutdown))
+    Ok(run_worker(identity, executors, scheduler, shutdown))
 }
 
 fn hostname() -> String {

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt};
 use memobuild_frontend::{plan_text, BuildContext, BuildOptions, Platform};
 use memobuild_oci::{BuiltImage, Layer};
 use memobuild_proto::{Error, Result};
@@ -79,11 +80,10 @@ impl ImageBuild {
             target_platform: self.platform.clone(),
             ..BuildOptions::default()
         };
-        let plan = |options: &BuildOptions| plan_text(&self.dockerfile_name, &self.dockerfile, &self.context, options);
         // Plan; resolve the images and fetch the sources the plan names; plan
         // again with them, until it names nothing new (a base image's ONBUILD
         // triggers can name more: COPY --from=IMAGE, ADD URL).
-        let mut graph = plan(&options)?;
+        let mut graph = self.plan(&options)?;
         let (mut images, mut remote) = (HashMap::new(), FetchedSources::new());
         loop {
             let references: Vec<String> =
@@ -94,11 +94,16 @@ impl ImageBuild {
                 break;
             }
             let platform = self.platform.to_string();
-            images.extend(resolve_images(&stores, &references, &self.build_contexts, &platform, events).await?);
-            remote.extend(fetch_sources(&stores, &wanted, events).await?);
+            // Boxed as Send here: the compiler cannot prove it through the
+            // closures of pulls and fetches when a caller spawns the build.
+            let resolving: BoxFuture<'_, _> =
+                resolve_images(&stores, &references, &self.build_contexts, &platform, events).boxed();
+            images.extend(resolving.await?);
+            let fetching: BoxFuture<'_, _> = fetch_sources(&stores, &wanted, events).boxed();
+            remote.extend(fetching.await?);
             options.base_images = base_images(&images);
             options.remote_sources = pins(&remote);
-            graph = plan(&options)?;
+            graph = self.plan(&options)?;
         }
         let graph = Arc::new(graph);
         let session = BuildSession {
@@ -140,6 +145,12 @@ impl ImageBuild {
         let image_id = crate::export::image_id(&config);
         let images = export(&stores, &image, config, &self.annotations, &self.exports, &self.tags, events).await?;
         Ok(BuiltOutput { image_id: Some(image_id), images, filesystem: image.layers.clone(), records })
+    }
+}
+
+impl ImageBuild {
+    fn plan(&self, options: &BuildOptions) -> Result<memobuild_frontend::BuildGraph> {
+        plan_text(&self.dockerfile_name, &self.dockerfile, &self.context, options)
     }
 }
 

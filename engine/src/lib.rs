@@ -17,6 +17,7 @@ mod export;
 mod host_entry;
 mod image_build;
 mod image_state;
+mod network_flag;
 mod output_spec;
 mod remote_file_note;
 mod remote_source;
@@ -25,6 +26,7 @@ mod run_command;
 mod secrets;
 mod step_action;
 mod step_executor;
+mod wire_image;
 
 pub use build_record::{explain, BuildRecord, StepRecord};
 pub use build_run::BuildSettings;
@@ -34,6 +36,7 @@ pub use export::{image_id, metadata, write_iidfile, write_metadata_file, write_o
 pub use host_entry::HostEntry;
 pub use image_build::{BuiltOutput, ImageBuild};
 pub use image_state::rfc3339;
+pub use network_flag::parse_network;
 pub use output_spec::OutputSpec;
 pub use remote_file_note::RemoteFileNote;
 pub use remote_source::source_key;
@@ -41,6 +44,7 @@ pub use resource_limits::ResourceLimits;
 pub use secrets::{SecretSource, SecretSpec, Secrets};
 pub use step_action::{layer_result, result_layer, StepAction, StepLayers, StepSpec, LAYER_OUTPUT, STEP_FILE, STEP_PROPERTY};
 pub use step_executor::{BuildSession, ContextFiles, StepExecutor, StepTask};
+pub use wire_image::{exported_image, image_of, layer_descriptor, layer_of};
 
 /// Where a build sends its events.
 pub type EventSender = tokio::sync::mpsc::UnboundedSender<memobuild_proto::build::BuildEvent>;

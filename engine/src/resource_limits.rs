@@ -20,3 +20,30 @@ pub struct ResourceLimits {
     /// Size of `/dev/shm` in bytes (64 MiB when unset).
     pub shm_size: Option<u64>,
 }
+
+impl ResourceLimits {
+    /// As `memobuild.build.v1` carries them.
+    pub fn to_proto(&self) -> memobuild_proto::build::ResourceLimits {
+        memobuild_proto::build::ResourceLimits {
+            memory: self.memory,
+            memory_swap: self.memory_swap,
+            cpu_shares: self.cpu_shares,
+            cpu_period: self.cpu_period,
+            cpu_quota: self.cpu_quota,
+            cpuset_cpus: self.cpuset_cpus.clone(),
+            shm_size: self.shm_size,
+        }
+    }
+
+    pub fn from_proto(limits: &memobuild_proto::build::ResourceLimits) -> Self {
+        ResourceLimits {
+            memory: limits.memory,
+            memory_swap: limits.memory_swap,
+            cpu_shares: limits.cpu_shares,
+            cpu_period: limits.cpu_period,
+            cpu_quota: limits.cpu_quota,
+            cpuset_cpus: limits.cpuset_cpus.clone(),
+            shm_size: limits.shm_size,
+        }
+    }
+}

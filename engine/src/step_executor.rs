@@ -77,3 +77,21 @@ pub trait StepExecutor: Send + Sync {
         cancel: CancellationToken,
     ) -> Result<Option<Layer>>;
 }
+
+impl BuildSession {
+    /// What a worker elsewhere needs of the session to run `task`. Local
+    /// paths (SSH agents, git checkouts, a context directory) do not
+    /// travel: a remote build reads its context from the CAS.
+    pub fn to_proto(&self, task: &StepTask) -> memobuild_proto::worker::StepSession {
+        use memobuild_proto::build::{BlobDigest, Secret};
+        memobuild_proto::worker::StepSession {
+            context: Some(BlobDigest::of(&self.context.root_digest())),
+            secrets: self.secrets.values().map(|(id, value)| Secret { id: id.into(), value: value.to_vec() }).collect(),
+            hosts: self.hosts.iter().map(HostEntry::to_string).collect(),
+            limits: Some(self.limits.to_proto()),
+            downloads: self.downloads.iter().map(|(url, digest)| (url.clone(), BlobDigest::of(digest))).collect(),
+            timestamp: self.timestamp,
+            uncached_env: task.uncached_env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }
+    }
+}

@@ -179,8 +179,10 @@ impl RegistryClient {
         let (config_parsed, listed) = layers_of(&manifest, &config, &what)?;
         let blobs: Vec<Digest> = listed.iter().map(|l| *l.blob()).collect();
         let missing = store.find_missing(&blobs).await?;
-        futures::stream::iter(missing.iter())
-            .map(|digest| download_blob(&client, reference, digest, store))
+        // The futures are made up front: a stream that maps through a
+        // closure over `&Digest` is not provably Send to callers that spawn.
+        let downloads: Vec<_> = missing.iter().map(|digest| download_blob(&client, reference, digest, store)).collect();
+        futures::stream::iter(downloads)
             .buffer_unordered(CONCURRENT_TRANSFERS)
             .try_collect::<Vec<()>>()
             .await?;
@@ -214,8 +216,8 @@ impl RegistryClient {
         let mut blobs: Vec<Digest> = image.layers.iter().map(|l| l.blob).collect();
         blobs.sort();
         blobs.dedup();
-        futures::stream::iter(blobs.iter())
-            .map(|digest| upload_blob(&client, reference, digest, store))
+        let uploads: Vec<_> = blobs.iter().map(|digest| upload_blob(&client, reference, digest, store)).collect();
+        futures::stream::iter(uploads)
             .buffer_unordered(CONCURRENT_TRANSFERS)
             .try_collect::<Vec<()>>()
             .await?;

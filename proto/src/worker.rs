@@ -7,7 +7,7 @@ use crate::{protobuf, reapi, rpc};
 /// Worker -> scheduler.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WorkerMessage {
-    #[prost(oneof = "worker_message::Kind", tags = "1, 2, 3")]
+    #[prost(oneof = "worker_message::Kind", tags = "1, 2, 3, 4")]
     pub kind: Option<worker_message::Kind>,
 }
 
@@ -23,6 +23,8 @@ pub mod worker_message {
         Finished(super::Finished),
         #[prost(message, tag = "3")]
         Heartbeat(super::Heartbeat),
+        #[prost(message, tag = "4")]
+        Output(super::Output),
     }
 }
 
@@ -62,6 +64,18 @@ pub struct Heartbeat {
     pub running: Vec<String>,
 }
 
+/// Output of a running action, as it comes (Dockerfile steps send it, so
+/// builds can show their logs live).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Output {
+    #[prost(string, tag = "1")]
+    pub operation: String,
+    #[prost(enumeration = "crate::build::step_log::Stream", tag = "2")]
+    pub stream: i32,
+    #[prost(bytes = "vec", tag = "3")]
+    pub data: Vec<u8>,
+}
+
 /// Scheduler -> worker.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SchedulerMessage {
@@ -99,6 +113,35 @@ pub struct Assign {
     /// When the action was queued, for ExecutedActionMetadata.
     #[prost(message, optional, tag = "7")]
     pub queued: Option<protobuf::Timestamp>,
+    /// For a Dockerfile step: what its build gives it besides the action.
+    #[prost(message, optional, tag = "8")]
+    pub session: Option<StepSession>,
+}
+
+/// What the steps of one build get besides their actions: values kept out
+/// of keys (secrets, `/etc/hosts` entries, limits) and where inputs the
+/// action pins by digest are. Held in memory only, never stored.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StepSession {
+    /// The build context's root Directory (BLAKE3).
+    #[prost(message, optional, tag = "1")]
+    pub context: Option<crate::build::BlobDigest>,
+    #[prost(message, repeated, tag = "2")]
+    pub secrets: Vec<crate::build::Secret>,
+    /// `HOST:IP` entries.
+    #[prost(string, repeated, tag = "3")]
+    pub hosts: Vec<String>,
+    #[prost(message, optional, tag = "4")]
+    pub limits: Option<crate::build::ResourceLimits>,
+    /// Files `ADD URL` fetched (SHA-256), by URL.
+    #[prost(map = "string, message", tag = "5")]
+    pub downloads: std::collections::HashMap<String, crate::build::BlobDigest>,
+    /// The time of new files when the step sets no `SOURCE_DATE_EPOCH`.
+    #[prost(uint64, tag = "6")]
+    pub timestamp: u64,
+    /// Environment kept out of the step's key (proxy variables).
+    #[prost(map = "string, string", tag = "7")]
+    pub uncached_env: std::collections::HashMap<String, String>,
 }
 
 /// Stop running this action.

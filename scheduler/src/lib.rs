@@ -3,6 +3,7 @@
 //! Operations and worker-protocol services in front of it.
 
 mod action_queue;
+mod build_manager;
 mod build_record;
 mod build_store;
 mod metrics;
@@ -11,6 +12,7 @@ mod operation_store;
 mod platform;
 mod postgres_build_store;
 mod postgres_operation_store;
+mod queue_executor;
 mod scheduler;
 mod service;
 mod sqlite_build_store;
@@ -23,6 +25,7 @@ mod operation_store_tests;
 
 pub use build_record::{BuildState, StoredBuild};
 pub use build_store::{BuildStore, MAX_BUILD_PAGE};
+pub use build_manager::{BuildManager, RunningBuild};
 pub use metrics::SchedulerMetrics;
 pub use operation_record::{OperationRecord, Stage};
 pub use operation_store::OperationStore;
@@ -30,6 +33,7 @@ pub use platform::{Matcher, Platform};
 pub use postgres_build_store::PostgresBuildStore;
 pub use postgres_operation_store::PostgresOperationStore;
 pub use scheduler::{OperationSnapshot, Scheduler, SchedulerConfig};
-pub use service::{add_execution_services, ExecutionService, OperationsService, WorkerApiService};
+pub use queue_executor::QueueExecutor;
+pub use service::{add_build_service, add_execution_services, ExecutionService, OperationsService, WorkerApiService};
 pub use sqlite_build_store::SqliteBuildStore;
 pub use sqlite_operation_store::SqliteOperationStore;

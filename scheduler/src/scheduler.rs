@@ -4,11 +4,13 @@ use std::time::Duration;
 
 use memobuild_cas::{get_bytes_at_most, ActionResults, BlobStore, Clock};
 use memobuild_proto::reapi::{Action, Command, ExecuteRequest, ExecuteResponse};
-use memobuild_proto::worker::{scheduler_message, Assign, Cancel, Finished, Hello, SchedulerMessage};
+use memobuild_proto::worker::{
+    scheduler_message, Assign, Cancel, Finished, Hello, Output, SchedulerMessage, StepSession,
+};
 use memobuild_proto::{protobuf, rpc, Digest, DigestFunction, Error, Result, ResultExt};
 use parking_lot::Mutex;
 use prost::Message;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tonic::Code;
 
 use crate::action_queue::ActionQueue;
@@ -19,6 +21,8 @@ use crate::platform::{Matcher, Platform};
 
 /// Input roots remembered per worker for affinity.
 const RECENT_ROOTS: usize = 64;
+/// Output chunks kept for a follower that lags behind (then it misses some).
+const OUTPUT_BACKLOG: usize = 1024;
 /// Records written per transaction at most.
 const PERSIST_BATCH: usize = 256;
 /// The largest Action or Command read, the bound the worker applies too.
@@ -59,6 +63,8 @@ pub struct OperationSnapshot {
     pub name: String,
     pub action_digest: Digest,
     pub stage: Stage,
+    /// The worker running it, while it runs.
+    pub worker: Option<String>,
     pub response: Option<ExecuteResponse>,
 }
 
@@ -76,6 +82,10 @@ struct Entry {
     info: ActionInfo,
     lease_expires_ms: i64,
     updates: watch::Sender<OperationSnapshot>,
+    /// What a Dockerfile step's build gives it; in memory only.
+    session: Option<StepSession>,
+    /// The action's output as its worker sends it.
+    output: broadcast::Sender<Output>,
 }
 
 impl Entry {
@@ -84,6 +94,7 @@ impl Entry {
             name: self.record.name.clone(),
             action_digest: self.record.action_digest,
             stage: self.record.stage,
+            worker: self.record.worker.clone(),
             response: self.record.response.clone(),
         }
     }
@@ -185,9 +196,12 @@ impl Scheduler {
                     name: record.name.clone(),
                     action_digest: record.action_digest,
                     stage: record.stage,
+                    worker: None,
                     response: record.response.clone(),
                 })
                 .0,
+                session: None,
+                output: broadcast::channel(OUTPUT_BACKLOG).0,
                 // Running work gets one lease for its worker to reconnect.
                 lease_expires_ms: now + self.config.lease.as_millis() as i64,
                 record,
@@ -250,6 +264,18 @@ impl Scheduler {
     /// Starts (or joins) the execution of an action. `client` identifies the
     /// caller for fairness.
     pub async fn execute(&self, request: ExecuteRequest, client: &str) -> Result<watch::Receiver<OperationSnapshot>> {
+        Ok(self.execute_step(request, client, None).await?.0)
+    }
+
+    /// [`Scheduler::execute`] for a Dockerfile step: `session` goes to the
+    /// worker with the action (when this call queues it), and the action's
+    /// output comes back as it runs.
+    pub async fn execute_step(
+        &self,
+        request: ExecuteRequest,
+        client: &str,
+        session: Option<StepSession>,
+    ) -> Result<(watch::Receiver<OperationSnapshot>, broadcast::Receiver<Output>)> {
         let function = DigestFunction::from_proto(request.digest_function)?;
         let digest = Digest::from_proto_field(function, request.action_digest.as_ref(), "action_digest")?;
         let info = self.action_info(&digest).await.with_context(|| format!("executing action {digest}"))?;
@@ -280,12 +306,15 @@ impl Scheduler {
                     name: record.name.clone(),
                     action_digest: digest,
                     stage: Stage::Queued,
+                    worker: None,
                     response: None,
                 })
                 .0,
                 record,
                 info,
                 lease_expires_ms: 0,
+                session,
+                output: broadcast::channel(OUTPUT_BACKLOG).0,
             };
             if let Some(result) = cached {
                 self.metrics.outcome("cache_hit");
@@ -295,7 +324,7 @@ impl Scheduler {
                     status: Some(rpc::Status::default()),
                     ..Default::default()
                 };
-                let receiver = entry.updates.subscribe();
+                let receiver = (entry.updates.subscribe(), entry.output.subscribe());
                 self.finish_entry(&mut state, &mut entry, response);
                 state.operations.insert(entry.record.name.clone(), entry);
                 return Ok(receiver);
@@ -303,10 +332,10 @@ impl Scheduler {
             if let Some(existing) =
                 state.in_flight.get(&(instance.clone(), digest)).and_then(|n| state.operations.get(n))
             {
-                return Ok(existing.updates.subscribe());
+                return Ok((existing.updates.subscribe(), existing.output.subscribe()));
             }
             self.check_matchable(&state, &digest, &entry.info.platform)?;
-            let receiver = entry.updates.subscribe();
+            let receiver = (entry.updates.subscribe(), entry.output.subscribe());
             let saved = self.save(&entry.record, true);
             let name = entry.record.name.clone();
             state.queue.push(entry.record.priority, client, name.clone());
@@ -378,6 +407,15 @@ impl Scheduler {
         drop(state);
         self.dispatch();
         Ok(())
+    }
+
+    /// Cancels an operation unless someone still waits for it (another
+    /// build that asked for the same action).
+    pub fn cancel_unwatched(&self, name: &str) {
+        let watched = self.state.lock().operations.get(name).is_some_and(|e| e.updates.receiver_count() > 0);
+        if !watched {
+            let _ = self.cancel(name);
+        }
     }
 
     /// Forgets an operation (cancelling it first if it is still running).
@@ -504,6 +542,18 @@ impl Scheduler {
         self.dispatch();
     }
 
+    /// Output a worker sends for an action it runs; output for anything
+    /// else is dropped.
+    pub fn output(&self, worker: &str, output: Output) {
+        let state = self.state.lock();
+        if let Some(entry) = state.operations.get(&output.operation) {
+            if entry.record.worker.as_deref() == Some(worker) {
+                // No receiver (nobody follows the logs) is fine.
+                let _ = entry.output.send(output);
+            }
+        }
+    }
+
     /// Hands queued actions to workers with free slots.
     pub fn dispatch(&self) {
         let now = self.clock.now_ms();
@@ -544,6 +594,7 @@ impl Scheduler {
                 timeout: Some(duration(entry.info.timeout)),
                 lease: Some(duration(lease)),
                 queued: Some(timestamp(entry.record.queued_at_ms)),
+                session: entry.session.clone(),
             };
             let _ = worker.sender.send(message(scheduler_message::Kind::Assign(assign)));
             self.metrics.dispatch_seconds.observe((now - entry.record.queued_at_ms).max(0) as f64 / 1000.0);

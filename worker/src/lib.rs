@@ -38,4 +38,4 @@ pub use action_executor::{ActionExecutor, ExecutionOutcome};
 pub use file_cache::{CacheKey, CachePin, CacheStats, FileCache};
 pub use host_runner::{HostRunner, Sandbox};
 pub use runner::{RunOutcome, RunSpec, Runner};
-pub use worker_session::{run_worker, WorkerIdentity};
+pub use worker_session::{run_worker, Executors, WorkerIdentity};

@@ -4,7 +4,11 @@ use std::time::Duration;
 
 use memobuild_proto::reapi::platform::Property;
 use memobuild_proto::worker::worker_api_client::WorkerApiClient;
-use memobuild_proto::worker::{scheduler_message, worker_message, Assign, Finished, Heartbeat, Hello, WorkerMessage};
+use memobuild_engine::STEP_PROPERTY;
+use memobuild_proto::build::step_log;
+use memobuild_proto::worker::{
+    scheduler_message, worker_message, Assign, Finished, Heartbeat, Hello, Output, StepSession, WorkerMessage,
+};
 use memobuild_proto::{rpc, Digest, DigestFunction, Error, Result};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -13,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tracing::Instrument;
 
+use crate::containerd::LogChunk;
+use crate::steps::StepActions;
 use crate::ActionExecutor;
 
 /// Heartbeats renew leases; the scheduler's lease is several of these.
@@ -34,12 +40,13 @@ pub struct WorkerIdentity {
 /// fires; running actions are cancelled.
 pub async fn run_worker(
     identity: WorkerIdentity,
-    executor: Arc<ActionExecutor>,
+    executors: Executors,
     scheduler: Channel,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let running: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
     let (results, mut finished) = mpsc::unbounded_channel::<Finished>();
+    let (outputs, mut output) = mpsc::unbounded_channel::<Output>();
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
         let (outgoing, stream) = mpsc::unbounded_channel();
@@ -76,7 +83,8 @@ pub async fn run_worker(
                 received = incoming.message() => match received {
                     Ok(Some(m)) => match m.kind {
                         Some(scheduler_message::Kind::Assign(assign)) => {
-                            start(assign, &identity.name, &executor, &running, &results);
+                            let sinks = Sinks { results: results.clone(), outputs: outputs.clone() };
+                            start(assign, &identity.name, &executors, &running, sinks);
                         }
                         Some(scheduler_message::Kind::Cancel(cancel)) => {
                             if let Some(token) = running.lock().get(&cancel.operation) {
@@ -91,6 +99,9 @@ pub async fn run_worker(
                         break;
                     }
                 },
+                Some(chunk) = output.recv() => {
+                    let _ = outgoing.send(message(worker_message::Kind::Output(chunk)));
+                }
                 Some(done) = finished.recv() => {
                     running.lock().remove(&done.operation);
                     let _ = outgoing.send(message(worker_message::Kind::Finished(done)));
@@ -112,21 +123,49 @@ fn message(kind: worker_message::Kind) -> WorkerMessage {
     WorkerMessage { kind: Some(kind) }
 }
 
-/// Runs an assignment in the background; its end goes to `results`.
+/// What a worker runs: REAPI actions, and Dockerfile steps when it can
+/// (it has containerd).
+#[derive(Clone)]
+pub struct Executors {
+    pub actions: Arc<ActionExecutor>,
+    pub steps: Option<Arc<StepActions>>,
+}
+
+impl Executors {
+    /// The platform properties a worker with these executors adds: the
+    /// step kinds it runs.
+    pub fn properties(&self) -> Vec<(String, String)> {
+        let kinds: &[&str] = if self.steps.is_some() { &["run", "copy", "workdir"] } else { &[] };
+        kinds.iter().map(|k| (STEP_PROPERTY.to_string(), k.to_string())).collect()
+    }
+}
+
+/// Where a running assignment reports: its end, and its output.
+struct Sinks {
+    results: mpsc::UnboundedSender<Finished>,
+    outputs: mpsc::UnboundedSender<Output>,
+}
+
+/// Runs an assignment in the background; its end goes to `sinks.results`.
 fn start(
     assign: Assign,
     worker: &str,
-    executor: &Arc<ActionExecutor>,
+    executors: &Executors,
     running: &Arc<Mutex<HashMap<String, CancellationToken>>>,
-    results: &mpsc::UnboundedSender<Finished>,
+    sinks: Sinks,
 ) {
     let token = CancellationToken::new();
     running.lock().insert(assign.operation.clone(), token.clone());
-    let (executor, results, worker) = (executor.clone(), results.clone(), worker.to_string());
+    let (executors, worker) = (executors.clone(), worker.to_string());
     let span = tracing::info_span!("action", operation = %assign.operation);
+    let Sinks { results, outputs } = sinks;
     tokio::spawn(
         async move {
-            let (result, status) = match execute(&assign, &worker, &executor, token).await {
+            let run = match &assign.session {
+                Some(session) => execute_step(&assign, session, &worker, &executors, outputs, token).await,
+                None => execute(&assign, &worker, &executors.actions, token).await,
+            };
+            let (result, status) = match run {
                 Ok(outcome) => (Some(outcome.result), outcome.status.map(|e| e.to_rpc_status()).unwrap_or_default()),
                 Err(e) => (None, e.to_rpc_status()),
             };
@@ -137,6 +176,36 @@ fn start(
         }
         .instrument(span),
     );
+}
+
+/// Runs a Dockerfile step; its output goes to the scheduler as it comes.
+async fn execute_step(
+    assign: &Assign,
+    session: &StepSession,
+    worker: &str,
+    executors: &Executors,
+    outputs: mpsc::UnboundedSender<Output>,
+    token: CancellationToken,
+) -> Result<crate::ExecutionOutcome> {
+    let steps = executors.steps.as_ref().ok_or_else(|| {
+        Error::new(tonic::Code::FailedPrecondition, format!("worker {worker} cannot run Dockerfile steps (no containerd)"))
+    })?;
+    let function = DigestFunction::from_proto(assign.digest_function)?;
+    let digest = Digest::from_proto_field(function, assign.action_digest.as_ref(), "action_digest")?;
+    let (logs, mut received) = mpsc::unbounded_channel();
+    let operation = assign.operation.clone();
+    let forward = tokio::spawn(async move {
+        while let Some(chunk) = received.recv().await {
+            let (stream, data) = match chunk {
+                LogChunk::Stdout(data) => (step_log::Stream::Stdout, data),
+                LogChunk::Stderr(data) => (step_log::Stream::Stderr, data),
+            };
+            let _ = outputs.send(Output { operation: operation.clone(), stream: stream as i32, data: data.to_vec() });
+        }
+    });
+    let result = steps.execute(&digest, session, worker, logs, token).await;
+    let _ = forward.await;
+    Ok(crate::ExecutionOutcome { result: result?, status: None })
 }
 
 async fn execute(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use memobuild_engine::{
-    check_docker, metadata, write_iidfile, write_metadata_file, write_outputs, BuildRecord, BuildSettings,
+    check_docker, metadata, parse_network, write_iidfile, write_metadata_file, write_outputs, BuildRecord, BuildSettings,
     BuiltOutput, ContextFiles, EventSender, ExportRequest, HostEntry, ImageBuild, OutputSpec, ResourceLimits,
     SecretSpec, Secrets,
 };
@@ -15,7 +15,7 @@ use memobuild_frontend::{BuildContext, ContextScanner, DockerIgnore, NetworkMode
 use memobuild_worker::steps::{SshAgents, SshSpec};
 use tokio_util::sync::CancellationToken;
 
-use super::flag_values::{attestation_off, parse_annotation, parse_network, reject_cache_transfer};
+use super::flag_values::{attestation_off, parse_annotation, reject_cache_transfer};
 use super::local_state::LocalState;
 use super::progress::{render, ProgressMode, StepCounts};
 use super::run_limits::RunLimitArgs;
@@ -168,7 +168,7 @@ impl BuildInputs {
         let scanner = ContextScanner::new(&context_dir, ignore).with_cache_dir(stat_cache);
         let (context, _) = tokio::task::block_in_place(|| scanner.scan()).map_err(anyhow_of)?;
         let platform = match &args.platform {
-            Some(p) => parse_platform(p)?,
+            Some(p) => p.parse::<Platform>().map_err(anyhow_of)?,
             None => Platform::host(),
         };
         let mut outputs = args.outputs.clone();
@@ -342,13 +342,4 @@ pub fn explain_cache(args: &BuildArgs, state_dir: &std::path::Path) -> anyhow::R
         return Ok(memobuild_engine::explain(&latest, previous.as_ref()));
     }
     anyhow::bail!("no build of {name} is recorded in {}: run memobuild build first", state_dir.display())
-}
-
-fn parse_platform(text: &str) -> anyhow::Result<Platform> {
-    let parts: Vec<&str> = text.split('/').collect();
-    match parts.as_slice() {
-        [os, arch] => Ok(Platform::new(os, arch, None)),
-        [os, arch, variant] => Ok(Platform::new(os, arch, Some(variant))),
-        _ => anyhow::bail!("--platform {text:?}: expected OS/ARCH[/VARIANT], e.g. linux/amd64"),
-    }
 }

@@ -1,8 +1,6 @@
 //! Values of the `docker buildx build` flags that need more than NAME=VALUE:
-//! `--annotation`, `--network`, the attestation flags and the cache
+//! `--annotation`, the attestation flags and the cache
 //! import/export flags memobuild answers with an explanation.
-
-use memobuild_frontend::NetworkMode;
 
 /// `--annotation [manifest:]KEY=VALUE`: an annotation of the image manifest.
 pub fn parse_annotation(text: &str) -> Result<(String, String), String> {
@@ -21,16 +19,6 @@ pub fn parse_annotation(text: &str) -> Result<(String, String), String> {
         return Err(format!("--annotation {text:?}: the key is empty"));
     }
     Ok((key.to_string(), value.to_string()))
-}
-
-/// `--network default|none|host`.
-pub fn parse_network(text: &str) -> Result<NetworkMode, String> {
-    match text {
-        "default" => Ok(NetworkMode::Default),
-        "none" => Ok(NetworkMode::None),
-        "host" => Ok(NetworkMode::Host),
-        other => Err(format!("--network {other:?}: expected default, none or host")),
-    }
 }
 
 /// `--provenance`, `--sbom`, `--attest`: only switching attestations off
@@ -66,14 +54,6 @@ mod tests {
         assert!(parse_annotation("manifest-descriptor:c=1").unwrap_err().contains("\"manifest-descriptor\""));
         assert!(parse_annotation("novalue").unwrap_err().contains("KEY=VALUE"));
         assert!(parse_annotation("=v").unwrap_err().contains("key is empty"));
-    }
-
-    #[test]
-    fn network_modes() {
-        assert_eq!(parse_network("host").unwrap(), NetworkMode::Host);
-        assert_eq!(parse_network("none").unwrap(), NetworkMode::None);
-        assert_eq!(parse_network("default").unwrap(), NetworkMode::Default);
-        assert!(parse_network("bridge").unwrap_err().contains("\"bridge\""));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Thin gRPC services in front of the [`Scheduler`].
 
+mod build;
 mod execution;
 mod operations;
 mod worker_api;
@@ -13,6 +14,7 @@ use memobuild_proto::reapi::ExecuteOperationMetadata;
 use memobuild_proto::worker::worker_api_server::WorkerApiServer;
 use prost::Message;
 
+pub use build::BuildServiceImpl;
 pub use execution::ExecutionService;
 pub use operations::OperationsService;
 pub use worker_api::WorkerApiService;
@@ -21,6 +23,13 @@ use crate::{OperationSnapshot, Scheduler, Stage};
 
 const METADATA_TYPE: &str = "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteOperationMetadata";
 const RESPONSE_TYPE: &str = "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteResponse";
+
+/// Adds the BuildService to `routes`.
+pub fn add_build_service(routes: tonic::service::Routes, builds: &Arc<crate::BuildManager>) -> tonic::service::Routes {
+    routes.add_service(memobuild_proto::build::build_service_server::BuildServiceServer::new(BuildServiceImpl::new(
+        builds.clone(),
+    )))
+}
 
 /// Adds Execution, Operations and WorkerApi to `routes`.
 pub fn add_execution_services(routes: tonic::service::Routes, scheduler: &Arc<Scheduler>) -> tonic::service::Routes {

@@ -44,6 +44,7 @@ impl WorkerApi for WorkerApiService {
                     Ok(Some(WorkerMessage { kind: Some(kind) })) => match kind {
                         worker_message::Kind::Finished(finished) => scheduler.finish(&hello.name, finished).await,
                         worker_message::Kind::Heartbeat(beat) => scheduler.heartbeat(&hello.name, &beat.running),
+                        worker_message::Kind::Output(output) => scheduler.output(&hello.name, output),
                         worker_message::Kind::Hello(_) => {
                             tracing::warn!(worker = %hello.name, "ignoring a second Hello");
                         }

@@ -11,8 +11,10 @@ mod remote_files;
 mod rootfs;
 mod run_secrets;
 mod ssh_agents;
+mod step_actions;
 mod step_runner;
 
 pub use local_executor::LocalExecutor;
 pub use ssh_agents::{SshAgents, SshSpec};
+pub use step_actions::StepActions;
 pub use step_runner::{StepCommand, StepRunner, CACHE_MOUNTS_DIR};

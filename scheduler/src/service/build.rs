@@ -1,0 +1,90 @@
+//! `memobuild.build.v1.BuildService`: decode, call the [`BuildManager`],
+//! stream its events.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use memobuild_proto::build::build_service_server::BuildService;
+use memobuild_proto::build::{
+    BuildEvent, BuildRequest, CancelRequest, CancelResponse, ListBuildsRequest, ListBuildsResponse, WatchRequest,
+};
+use tonic::{Request, Response, Status};
+
+use crate::build_manager::{BuildManager, RunningBuild};
+
+/// Builds listed at most per call.
+const MAX_LISTED: usize = 1000;
+
+pub struct BuildServiceImpl {
+    builds: Arc<BuildManager>,
+}
+
+impl BuildServiceImpl {
+    pub fn new(builds: Arc<BuildManager>) -> Self {
+        BuildServiceImpl { builds }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<BuildEvent, Status>> + Send>>;
+
+/// Events sent ahead of a slow client.
+const STREAM_BUFFER: usize = 256;
+
+/// Every event of `build` from the start, then new ones as they come, until
+/// the one that ends the build (or the client goes away).
+fn follow(build: Arc<RunningBuild>) -> EventStream {
+    let (sender, receiver) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+    let mut added = build.subscribe();
+    tokio::spawn(async move {
+        let mut seen = 0;
+        loop {
+            let (events, ended) = build.events_from(seen);
+            seen += events.len();
+            for event in events {
+                if sender.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            if ended || added.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
+}
+
+#[tonic::async_trait]
+impl BuildService for BuildServiceImpl {
+    type BuildStream = EventStream;
+    type WatchStream = EventStream;
+
+    #[tracing::instrument(skip_all, fields(instance = %request.get_ref().instance_name))]
+    async fn build(&self, request: Request<BuildRequest>) -> Result<Response<EventStream>, Status> {
+        let build = self.builds.start(request.into_inner()).await?;
+        Ok(Response::new(follow(build)))
+    }
+
+    #[tracing::instrument(skip_all, fields(build = %request.get_ref().build_id))]
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<EventStream>, Status> {
+        let request = request.into_inner();
+        let build = self.builds.get(&request.instance_name, &request.build_id)?;
+        Ok(Response::new(follow(build)))
+    }
+
+    #[tracing::instrument(skip_all, fields(build = %request.get_ref().build_id))]
+    async fn cancel(&self, request: Request<CancelRequest>) -> Result<Response<CancelResponse>, Status> {
+        let request = request.into_inner();
+        self.builds.cancel(&request.instance_name, &request.build_id)?;
+        Ok(Response::new(CancelResponse {}))
+    }
+
+    async fn list_builds(&self, request: Request<ListBuildsRequest>) -> Result<Response<ListBuildsResponse>, Status> {
+        let request = request.into_inner();
+        let limit = match request.limit as usize {
+            0 => 100,
+            n => n.min(MAX_LISTED),
+        };
+        Ok(Response::new(ListBuildsResponse { builds: self.builds.list(&request.instance_name, limit) }))
+    }
+}
