@@ -4,5 +4,6 @@ pub mod admin;
 pub mod build;
 pub mod config;
 pub mod graph;
+pub mod remote;
 pub mod request_layer;
 pub mod server;

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use memobuild_cli::build::{self, BuildArgs, PruneArgs};
 use memobuild_cli::config::{default_state_dir, OperationStoreConfig, SchedulerSection, ServerConfig, WorkerSection};
 use memobuild_cli::graph::{self, GraphFormat};
+use memobuild_cli::remote::{self, RemoteCommand};
 use memobuild_cli::server::{self, Listeners};
 
 /// MemoBuild: container image builds and a Remote Execution API cluster.
@@ -29,6 +30,11 @@ enum Command {
     Worker(WorkerArgs),
     /// Build an image from a Dockerfile on this machine (flags as docker buildx build).
     Build(BuildArgs),
+    /// Build on a cluster, and follow, list or cancel its builds.
+    Remote {
+        #[command(subcommand)]
+        command: RemoteCommand,
+    },
     /// Tell why the steps of the last build of a Dockerfile missed the cache.
     ExplainCache(BuildArgs),
     /// Print a Dockerfile's build graph (stages, steps, keys) without building.
@@ -185,7 +191,11 @@ async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // A build shows its own progress; servers log what they do.
     let default_level = match cli.command {
-        Command::Build(_) | Command::ExplainCache(_) | Command::Graph(_) | Command::Prune(_) => "warn",
+        Command::Build(_)
+        | Command::Remote { .. }
+        | Command::ExplainCache(_)
+        | Command::Graph(_)
+        | Command::Prune(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -204,6 +214,12 @@ async fn run() -> anyhow::Result<()> {
             let printed = if quiet { outcome.image_id } else { outcome.image_digest };
             if let Some(digest) = printed {
                 std::io::stdout().write_all(format!("{digest}\n").as_bytes())?;
+            }
+            Ok(())
+        }
+        Command::Remote { command } => {
+            if let Some(text) = remote::run(command).await? {
+                std::io::stdout().write_all(format!("{text}\n").as_bytes())?;
             }
             Ok(())
         }

@@ -125,6 +125,15 @@ impl RegistryClient {
         })
     }
 
+    /// The user name and password this client would use for `registry`
+    /// (`None`: anonymous), so a build elsewhere can push as this user.
+    pub async fn basic_credentials(&self, registry: &str) -> Result<Option<(String, String)>> {
+        Ok(match self.auth_for(registry).await? {
+            RegistryAuth::Basic(user, password) => Some((user, password)),
+            _ => None,
+        })
+    }
+
     async fn client_for(&self, reference: &ImageReference) -> Result<(Client, RegistryAuth)> {
         let registry = reference.registry();
         let protocol = if reference.is_insecure_default() || self.insecure.contains(registry) {
@@ -160,6 +169,13 @@ impl RegistryClient {
         if let Some(entries) = manifest.index_entries() {
             let entry = select_platform(entries, platform, &what)?;
             let pinned = reference.with_digest(&entry.digest);
+            // The index says how big the manifest is: refused before a byte of it is read.
+            if !(0..=MAX_METADATA_BYTES as i64).contains(&entry.size) {
+                return Err(Error::invalid_argument(format!(
+                    "manifest {pinned} is {} bytes by its index, more than the {MAX_METADATA_BYTES} allowed",
+                    entry.size
+                )));
+            }
             let (body, digest) = fetch_manifest(&client, &pinned, &auth, &[OCI_MANIFEST, DOCKER_MANIFEST]).await?;
             manifest = ManifestDocument::parse(&body, &pinned.to_string())?;
             if manifest.index_entries().is_some() {

@@ -84,6 +84,8 @@ pub struct SchedulerMessage {
 }
 
 pub mod scheduler_message {
+    // Messages are short-lived; boxing the large variant buys nothing.
+    #[allow(clippy::large_enum_variant)]
     #[derive(Clone, PartialEq, prost::Oneof)]
     pub enum Kind {
         #[prost(message, tag = "1")]
