@@ -1,5 +1,10 @@
-//! The body of the Dockerfile fuzz target, shared by the libFuzzer target
-//! and the `replay` binary (which runs saved inputs on stable Rust).
+//! The bodies of the fuzz targets, shared by the libFuzzer targets and the
+//! `replay` binary (which runs saved inputs on stable Rust). [`check`] is
+//! the Dockerfile front end's; the others have a module each.
+
+pub mod decompress;
+pub mod directory;
+pub mod resource_name;
 
 use std::collections::BTreeMap;
 
@@ -13,10 +18,7 @@ fn context() -> BuildContext {
     for (path, data) in [("a", "1"), ("dir/b", "2"), ("dir/sub/c.txt", "3")] {
         nodes.insert(
             path.to_string(),
-            ContextNode::File {
-                digest: Digest::of(DigestFunction::Blake3, data.as_bytes()),
-                mode: 0o644,
-            },
+            ContextNode::File { digest: Digest::of(DigestFunction::Blake3, data.as_bytes()), mode: 0o644 },
         );
     }
     nodes.insert("link".into(), ContextNode::Symlink { target: "dir".into() });

@@ -125,15 +125,6 @@ impl RegistryClient {
         })
     }
 
-    /// The user name and password this client would use for `registry`
-    /// (`None`: anonymous), so a build elsewhere can push as this user.
-    pub async fn basic_credentials(&self, registry: &str) -> Result<Option<(String, String)>> {
-        Ok(match self.auth_for(registry).await? {
-            RegistryAuth::Basic(user, password) => Some((user, password)),
-            _ => None,
-        })
-    }
-
     async fn client_for(&self, reference: &ImageReference) -> Result<(Client, RegistryAuth)> {
         let registry = reference.registry();
         let protocol = if reference.is_insecure_default() || self.insecure.contains(registry) {
