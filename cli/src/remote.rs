@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use memobuild_cas::{grpc_channel, BlobStore, GrpcStore};
-use memobuild_engine::{image_of, layer_of, BuiltOutput, ExportRequest, OutputSpec};
+use memobuild_engine::{image_of, layer_of, BuiltOutput, EventSender, ExportRequest, OutputSpec};
 use memobuild_frontend::{BuildContext, ContextEntry};
 use memobuild_oci::{ImageReference, RegistryClient};
 use memobuild_proto::build::build_service_client::BuildServiceClient;
@@ -85,8 +85,12 @@ pub async fn run(command: RemoteCommand) -> anyhow::Result<Option<String>> {
             let request = WatchRequest { instance_name: endpoint.instance.clone(), build_id: build_id.clone() };
             let events = client.watch(request).await.map_err(status)?.into_inner();
             let mode = progress.resolve(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-            let (result, _) = follow(events, mode, None).await?;
-            Ok(Some(result.image_id))
+            let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+            let renderer = tokio::spawn(render(mode, receiver));
+            let result = follow(events, &sender, None).await;
+            drop(sender);
+            let _ = renderer.await;
+            Ok(Some(result?.image_id))
         }
         RemoteCommand::Ls { endpoint } => {
             let mut client = BuildServiceClient::new(channel(&endpoint)?);
@@ -143,23 +147,20 @@ async fn build(args: RemoteBuildArgs) -> anyhow::Result<Option<String>> {
     let cancel = CancellationToken::new();
     let stop = cancel_on_signals(cancel.clone());
     let canceller = (client.clone(), args.endpoint.instance.clone(), cancel);
-    let followed = follow(events, inputs.mode, Some(canceller)).await;
-    stop.abort();
-    let (result, counts) = followed?;
-    let annotations = build.annotations.iter().cloned().collect();
-    let built = BuiltOutput {
-        image_id: Some(result.image_id.clone()).filter(|id| !id.is_empty()),
-        images: result.images.iter().map(|i| image_of(i, &annotations)).collect::<Result<_, _>>().map_err(anyhow_of)?,
-        filesystem: result.filesystem.iter().map(layer_of).collect::<Result<_, _>>().map_err(anyhow_of)?,
-        records: Vec::new(),
-    };
-    let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
-    let renderer = tokio::spawn(render(if inputs.mode == ProgressMode::Tty { ProgressMode::Plain } else { inputs.mode }, receiver));
-    let written = write_results(build, &inputs, &cas, &built, &events).await;
-    drop(events);
-    let _ = renderer.await;
-    let digest = written?;
-    let outcome = BuildOutcome { counts, image_digest: digest, image_id: built.image_id };
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let renderer = tokio::spawn(render(inputs.mode, receiver));
+    let written = async {
+        let result = follow(events, &sender, Some(canceller)).await?;
+        stop.abort();
+        let built = built_output(&result, build)?;
+        let digest = write_results(build, &inputs, &cas, &built, &sender).await?;
+        Ok::<_, anyhow::Error>((digest, built.image_id))
+    }
+    .await;
+    drop(sender);
+    let counts = renderer.await.unwrap_or_default();
+    let (image_digest, image_id) = written?;
+    let outcome = BuildOutcome { counts, image_digest, image_id };
     Ok(if build.quiet { outcome.image_id } else { outcome.image_digest })
 }
 
@@ -277,17 +278,26 @@ async fn accepted_id(mut events: tonic::Streaming<BuildEvent>) -> anyhow::Result
     bail!("the cluster ended the build stream before accepting the build")
 }
 
+/// The images of a cluster's result, ready to write from its CAS.
+fn built_output(result: &BuildResult, args: &BuildArgs) -> anyhow::Result<BuiltOutput> {
+    let annotations = args.annotations.iter().cloned().collect();
+    Ok(BuiltOutput {
+        image_id: Some(result.image_id.clone()).filter(|id| !id.is_empty()),
+        images: result.images.iter().map(|i| image_of(i, &annotations)).collect::<Result<_, _>>().map_err(anyhow_of)?,
+        filesystem: result.filesystem.iter().map(layer_of).collect::<Result<_, _>>().map_err(anyhow_of)?,
+        records: Vec::new(),
+    })
+}
+
 type Canceller = (BuildServiceClient<Channel>, String, CancellationToken);
 
-/// Renders a build's events until it ends; with `canceller`, a cancelled
-/// token (Ctrl-C) cancels the build on the cluster.
+/// Passes a build's events to `sender` until it ends; with `canceller`, a
+/// cancelled token (Ctrl-C) cancels the build on the cluster.
 async fn follow(
     mut events: tonic::Streaming<BuildEvent>,
-    mode: ProgressMode,
+    sender: &EventSender,
     canceller: Option<Canceller>,
-) -> anyhow::Result<(BuildResult, crate::build::StepCounts)> {
-    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-    let renderer = tokio::spawn(render(mode, receiver));
+) -> anyhow::Result<BuildResult> {
     let mut build_id = String::new();
     let cancelled = canceller.as_ref().map(|(_, _, token)| token.clone()).unwrap_or_default();
     let mut asked_to_cancel = false;
@@ -314,7 +324,5 @@ async fn follow(
         }
         let _ = sender.send(event);
     };
-    drop(sender);
-    let counts = renderer.await.unwrap_or_default();
-    end.map(|result| (result, counts))
+    end
 }
