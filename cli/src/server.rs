@@ -14,8 +14,8 @@ use memobuild_proto::reapi::capabilities_server::CapabilitiesServer;
 use memobuild_proto::reapi::{digest_function, ExecutionCapabilities};
 use memobuild_proto::DigestFunction;
 use memobuild_scheduler::{
-    add_build_service, add_execution_services, BuildManager, OperationStore, PostgresOperationStore, Scheduler, SchedulerConfig, SchedulerMetrics,
-    SqliteOperationStore,
+    add_build_service, add_execution_services, BuildManager, BuildStore, OperationStore, PostgresBuildStore,
+    PostgresOperationStore, Scheduler, SchedulerConfig, SchedulerMetrics, SqliteBuildStore, SqliteOperationStore,
 };
 use memobuild_worker::steps::{StepActions, StepRunner};
 use memobuild_worker::{run_worker, ActionExecutor, Executors, HostRunner, WorkerIdentity};
@@ -134,13 +134,17 @@ impl Node {
         let mut routes = cas_routes(&state).add_service(CapabilitiesServer::new(capabilities));
         if let (Some(scheduler), Some(section)) = (&scheduler, &scheduler_section) {
             routes = add_execution_services(routes, scheduler);
-            let builds = BuildManager::new(
+            let store = build_store(&section.store).await?;
+            let builds = BuildManager::start(
                 scheduler.clone(),
                 state.cas.clone(),
                 state.action_cache.clone(),
                 section.work_dir(),
-            );
-            routes = add_build_service(routes, &Arc::new(builds));
+                store,
+            )
+            .await
+            .context("starting the build service")?;
+            routes = add_build_service(routes, &builds);
         }
         let token = CancellationToken::new();
         cancel_on(shutdown, token.clone());
@@ -200,6 +204,16 @@ fn execution_capabilities() -> ExecutionCapabilities {
     }
 }
 
+/// Where builds are kept: beside the operations.
+async fn build_store(config: &OperationStoreConfig) -> anyhow::Result<Arc<dyn BuildStore>> {
+    Ok(match config {
+        OperationStoreConfig::Sqlite { path } => Arc::new(SqliteBuildStore::open(path).await?),
+        OperationStoreConfig::Postgres { url, schema } => {
+            Arc::new(PostgresBuildStore::connect(url, schema.as_deref()).await?)
+        }
+    })
+}
+
 async fn start_scheduler(
     section: &SchedulerSection,
     state: &CasState,
@@ -253,7 +267,12 @@ async fn worker(
         section.slots.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1));
     let identity = WorkerIdentity {
         name: format!("{}:{}", hostname(), std::process::id()),
-        properties: section.properties.iter().map(|(k, v)| (k.clone(), v.clone())).chain(executors.properties()).collect(),
+        properties: section
+            .properties
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain(executors.properties())
+            .collect(),
         slots,
     };
     Ok(run_worker(identity, executors, scheduler, shutdown))

@@ -1,7 +1,11 @@
 //! Builds the cluster runs: each is the engine's [`ImageBuild`] with the
 //! scheduler's queue as its step executor. Every event a build reports is
-//! kept in order, so a client that re-attaches sees the build from the
-//! start and then follows it live.
+//! kept in order, in memory and in the [`BuildStore`], so a client that
+//! re-attaches sees the build from the start and then follows it live, also
+//! after a scheduler restart. A restarted scheduler resumes the builds that
+//! were running: the steps that had finished are cache hits. Secrets and
+//! registry credentials are never stored, so a build that had them cannot
+//! be resumed and fails with a message that says so.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -21,15 +25,17 @@ use memobuild_proto::build::{
 use memobuild_proto::{Digest, DigestFunction, Error, Result, ResultExt};
 use parking_lot::Mutex;
 use prost::Message;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::queue_executor::QueueExecutor;
-use crate::Scheduler;
+use crate::{BuildState, BuildStore, Scheduler, StoredBuild, MAX_BUILD_PAGE};
 
 /// Events kept per build; past this, log output is dropped (with a note).
 const MAX_EVENTS: usize = 200_000;
-/// How long a finished build stays answerable.
+/// Store writes batched at most.
+const PERSIST_BATCH: usize = 512;
+/// How long a finished build stays in memory (then it is read from the store).
 const RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// One build: its events so far and how it stands.
@@ -41,6 +47,14 @@ pub struct RunningBuild {
     /// How many events there are; followers wait on it.
     count: watch::Sender<usize>,
     cancel: CancellationToken,
+    /// Where new events are written down.
+    persist: mpsc::UnboundedSender<Persist>,
+}
+
+/// A write for the build store, in order.
+enum Persist {
+    Event(String, u64, Vec<u8>),
+    Finish(String, BuildState, i64, String),
 }
 
 impl RunningBuild {
@@ -67,6 +81,7 @@ impl RunningBuild {
             return;
         }
         event.sequence = events.len() as u64 + 1;
+        let _ = self.persist.send(Persist::Event(self.id.clone(), event.sequence, event.encode_to_vec()));
         events.push(event);
         self.count.send_replace(events.len());
     }
@@ -80,51 +95,135 @@ pub struct BuildManager {
     /// Where fetched `ADD URL` files are noted.
     work_dir: PathBuf,
     builds: Mutex<HashMap<String, Arc<RunningBuild>>>,
+    store: Arc<dyn BuildStore>,
+    persist: mpsc::UnboundedSender<Persist>,
 }
 
 impl BuildManager {
-    pub fn new(
+    /// A manager over `store`; the builds it holds that were running are
+    /// resumed (or failed, when they cannot be).
+    pub async fn start(
         scheduler: Arc<Scheduler>,
         cas: Arc<dyn BlobStore>,
         actions: Arc<dyn ActionResults>,
         work_dir: PathBuf,
-    ) -> Self {
-        BuildManager { scheduler, cas, actions, work_dir, builds: Mutex::new(HashMap::new()) }
+        store: Arc<dyn BuildStore>,
+    ) -> Result<Arc<Self>> {
+        let (persist, writes) = mpsc::unbounded_channel();
+        tokio::spawn(run_persister(store.clone(), writes));
+        let manager = Arc::new(BuildManager {
+            scheduler,
+            cas,
+            actions,
+            work_dir,
+            builds: Mutex::new(HashMap::new()),
+            store,
+            persist,
+        });
+        for stored in manager.store.unfinished().await.context("loading the builds that were running")? {
+            let id = stored.id.clone();
+            if let Err(e) = manager.resume(stored).await {
+                tracing::warn!(build = %id, error = %e, "cannot resume build");
+            }
+        }
+        Ok(manager)
     }
 
     /// Checks a request, reads its context from the CAS and starts the
     /// build in the background.
-    pub async fn start(self: &Arc<Self>, request: BuildRequest) -> Result<Arc<RunningBuild>> {
+    pub async fn build(self: &Arc<Self>, request: BuildRequest) -> Result<Arc<RunningBuild>> {
         let id = uuid::Uuid::new_v4().to_string();
         let context = self.context(&request).await?;
         let image_build = image_build(&request, context)?;
         let now = unix_ms();
-        let build = Arc::new(RunningBuild {
+        let stored = StoredBuild {
             id: id.clone(),
             instance_name: request.instance_name.clone(),
-            summary: Mutex::new(BuildSummary {
-                build_id: id.clone(),
-                dockerfile_name: request.dockerfile_name.clone(),
-                target: request.target.clone(),
-                state: "running".into(),
-                created_unix_ms: now,
-                finished_unix_ms: 0,
-                message: String::new(),
-            }),
-            events: Mutex::new(Vec::new()),
-            count: watch::channel(0).0,
-            cancel: CancellationToken::new(),
-        });
-        build.push(BuildEvent {
-            sequence: 0,
-            kind: Some(Kind::Accepted(BuildAccepted { build_id: id.clone() })),
-        });
+            dockerfile_name: request.dockerfile_name.clone(),
+            target: request.target.clone(),
+            state: BuildState::Running,
+            created_ms: now,
+            finished_ms: None,
+            message: String::new(),
+            request: storable(&request).encode_to_vec(),
+        };
+        self.store.create(&stored).await?;
+        let build = self.running(&stored, Vec::new());
+        build.push(BuildEvent { sequence: 0, kind: Some(Kind::Accepted(BuildAccepted { build_id: id.clone() })) });
         self.forget_old();
         self.builds.lock().insert(id.clone(), build.clone());
+        self.run(build.clone(), &request, image_build);
+        Ok(build)
+    }
+
+    /// Takes a build up again after a restart, its stored events first.
+    async fn resume(self: &Arc<Self>, stored: StoredBuild) -> Result<()> {
+        let events = self.stored_events(&stored.id).await?;
+        let build = self.running(&stored, events);
+        self.builds.lock().insert(stored.id.clone(), build.clone());
+        let request = BuildRequest::decode(stored.request.as_slice())
+            .with_context(|| format!("decoding the request of build {}", stored.id))?;
+        if !request.secrets.is_empty() || !request.registry_credentials.is_empty() {
+            let why = "the scheduler restarted, and this build's secrets or registry credentials were held in \
+                       memory only: run it again";
+            build.end(Err(Error::unavailable(why)), 0, 0);
+            return Ok(());
+        }
+        build.push(BuildEvent::info(
+            "resume",
+            "the scheduler restarted: resuming the build (finished steps are cached)",
+        ));
+        match self.context(&request).await.and_then(|context| image_build(&request, context)) {
+            Ok(image_build) => self.run(build, &request, image_build),
+            Err(e) => build.end(Err(e), 0, 0),
+        }
+        Ok(())
+    }
+
+    fn running(&self, stored: &StoredBuild, events: Vec<BuildEvent>) -> Arc<RunningBuild> {
+        let count = events.len();
+        Arc::new(RunningBuild {
+            id: stored.id.clone(),
+            instance_name: stored.instance_name.clone(),
+            summary: Mutex::new(BuildSummary {
+                build_id: stored.id.clone(),
+                dockerfile_name: stored.dockerfile_name.clone(),
+                target: stored.target.clone(),
+                state: stored.state.as_str().into(),
+                created_unix_ms: stored.created_ms,
+                finished_unix_ms: stored.finished_ms.unwrap_or(0),
+                message: stored.message.clone(),
+            }),
+            events: Mutex::new(events),
+            count: watch::channel(count).0,
+            cancel: CancellationToken::new(),
+            persist: self.persist.clone(),
+        })
+    }
+
+    /// Every stored event of a build, in order.
+    async fn stored_events(&self, id: &str) -> Result<Vec<BuildEvent>> {
+        let mut events = Vec::new();
+        loop {
+            let page = self.store.events_after(id, events.len() as u64, MAX_BUILD_PAGE).await?;
+            if page.is_empty() {
+                return Ok(events);
+            }
+            for (_, bytes) in page {
+                events.push(
+                    BuildEvent::decode(bytes.as_slice()).with_context(|| format!("decoding an event of build {id}"))?,
+                );
+            }
+        }
+    }
+
+    /// Runs `image_build` for `build` in the background.
+    fn run(self: &Arc<Self>, build: Arc<RunningBuild>, request: &BuildRequest, image_build: ImageBuild) {
+        let id = build.id.clone();
         let stores = Arc::new(EngineStores {
             cas: self.cas.clone(),
             actions: self.actions.clone(),
-            registry: registry(&request),
+            registry: registry(request),
             diff_ids: None,
             remote_files_dir: self.work_dir.join("remote-files"),
         });
@@ -134,7 +233,7 @@ impl BuildManager {
             instance_name: request.instance_name.clone(),
             client: format!("build/{id}"),
         });
-        let running = build.clone();
+        let running = build;
         let span = tracing::info_span!("build", build = %id);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
@@ -159,33 +258,42 @@ impl BuildManager {
             },
             span,
         ));
-        Ok(build)
     }
 
     /// The build `id` of `instance` (another instance's builds are not
-    /// found).
-    pub fn get(&self, instance: &str, id: &str) -> Result<Arc<RunningBuild>> {
-        self.builds
-            .lock()
-            .get(id)
-            .filter(|b| b.instance_name == instance)
-            .cloned()
-            .ok_or_else(|| Error::not_found(format!("build {id} not found (unknown, or finished and expired)")))
+    /// found), from memory or else from the store.
+    pub async fn get(&self, instance: &str, id: &str) -> Result<Arc<RunningBuild>> {
+        let not_found = || Error::not_found(format!("build {id} not found (unknown, or finished and expired)"));
+        if let Some(build) = self.builds.lock().get(id) {
+            return if build.instance_name == instance { Ok(build.clone()) } else { Err(not_found()) };
+        }
+        let stored = self.store.get(id).await?.filter(|b| b.instance_name == instance).ok_or_else(not_found)?;
+        let events = self.stored_events(id).await?;
+        Ok(self.running(&stored, events))
     }
 
     /// Stops a build; its running steps are cancelled.
-    pub fn cancel(&self, instance: &str, id: &str) -> Result<()> {
-        self.get(instance, id)?.cancel.cancel();
+    pub async fn cancel(&self, instance: &str, id: &str) -> Result<()> {
+        self.get(instance, id).await?.cancel.cancel();
         Ok(())
     }
 
     /// Builds of `instance`, newest first.
-    pub fn list(&self, instance: &str, limit: usize) -> Vec<BuildSummary> {
-        let mut builds: Vec<BuildSummary> =
-            self.builds.lock().values().filter(|b| b.instance_name == instance).map(|b| b.summary()).collect();
+    pub async fn list(&self, instance: &str, limit: usize) -> Result<Vec<BuildSummary>> {
+        let mut builds: HashMap<String, BuildSummary> = self
+            .store
+            .list(instance, limit)
+            .await?
+            .iter()
+            .map(|b| (b.id.clone(), self.running(b, Vec::new()).summary()))
+            .collect();
+        for build in self.builds.lock().values().filter(|b| b.instance_name == instance) {
+            builds.insert(build.id.clone(), build.summary());
+        }
+        let mut builds: Vec<BuildSummary> = builds.into_values().collect();
         builds.sort_by(|a, b| b.created_unix_ms.cmp(&a.created_unix_ms));
         builds.truncate(limit);
-        builds
+        Ok(builds)
     }
 
     fn forget_old(&self) {
@@ -225,22 +333,78 @@ impl RunningBuild {
                     steps_executed: executed,
                     steps_cached: cached,
                 };
-                ("succeeded", message, Kind::Result(result))
+                (BuildState::Succeeded, message, Kind::Result(result))
             }
             Err(e) => {
-                let state = if e.code() == tonic::Code::Cancelled { "cancelled" } else { "failed" };
+                let state = if e.code() == tonic::Code::Cancelled { BuildState::Cancelled } else { BuildState::Failed };
                 let failed = BuildFailed { code: e.code() as i32, message: e.message().to_string() };
                 (state, e.message().to_string(), Kind::BuildFailed(failed))
             }
         };
+        let finished = unix_ms();
         {
             let mut summary = self.summary.lock();
-            summary.state = state.into();
-            summary.message = message;
-            summary.finished_unix_ms = unix_ms();
+            summary.state = state.as_str().into();
+            summary.message = message.clone();
+            summary.finished_unix_ms = finished;
         }
-        tracing::info!(state, "build ended");
+        tracing::info!(state = state.as_str(), "build ended");
         self.push(BuildEvent { sequence: 0, kind: Some(event) });
+        let _ = self.persist.send(Persist::Finish(self.id.clone(), state, finished, message));
+    }
+}
+
+/// What of a request is stored: no secret values and no registry
+/// credentials (their names stay, so a resumed build knows it had some).
+fn storable(request: &BuildRequest) -> BuildRequest {
+    let mut stored = request.clone();
+    for secret in &mut stored.secrets {
+        secret.value.clear();
+    }
+    for credential in &mut stored.registry_credentials {
+        credential.password.clear();
+    }
+    stored
+}
+
+/// Writes events and ends to the store in order, batching what queued up.
+async fn run_persister(store: Arc<dyn BuildStore>, mut writes: mpsc::UnboundedReceiver<Persist>) {
+    while let Some(first) = writes.recv().await {
+        let mut batch = vec![first];
+        while let Ok(next) = writes.try_recv() {
+            batch.push(next);
+            if batch.len() >= PERSIST_BATCH {
+                break;
+            }
+        }
+        let mut events: Vec<(String, u64, Vec<u8>)> = Vec::new();
+        for write in batch {
+            match write {
+                Persist::Event(id, sequence, bytes) => events.push((id, sequence, bytes)),
+                Persist::Finish(id, state, ms, message) => {
+                    flush_events(&*store, &mut events).await;
+                    if let Err(e) = store.finish(&id, state, ms, &message).await {
+                        tracing::warn!(build = %id, error = %e, "cannot record how a build ended");
+                    }
+                }
+            }
+        }
+        flush_events(&*store, &mut events).await;
+    }
+}
+
+async fn flush_events(store: &dyn BuildStore, events: &mut Vec<(String, u64, Vec<u8>)>) {
+    let mut by_build: Vec<(String, Vec<(u64, Vec<u8>)>)> = Vec::new();
+    for (id, sequence, bytes) in events.drain(..) {
+        match by_build.last_mut() {
+            Some((last, list)) if *last == id => list.push((sequence, bytes)),
+            _ => by_build.push((id, vec![(sequence, bytes)])),
+        }
+    }
+    for (id, list) in by_build {
+        if let Err(e) = store.append_events(&id, &list).await {
+            tracing::warn!(build = %id, error = %e, "cannot store build events");
+        }
     }
 }
 
@@ -295,6 +459,7 @@ fn image_build(request: &BuildRequest, context: Arc<BuildContext>) -> Result<Ima
         ssh_sockets: BTreeMap::new(),
         hosts,
         limits: request.limits.as_ref().map(ResourceLimits::from_proto).unwrap_or_default(),
+        check: request.check,
     })
 }
 

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use memobuild_cas::{get_bytes_at_most, ActionResults, BlobStore, Clock};
+use memobuild_engine::STEP_PROPERTY;
 use memobuild_proto::reapi::{Action, Command, ExecuteRequest, ExecuteResponse};
 use memobuild_proto::worker::{
     scheduler_message, Assign, Cancel, Finished, Hello, Output, SchedulerMessage, StepSession,
@@ -183,6 +184,8 @@ impl Scheduler {
                     }
                 },
             };
+            // A step's session was in memory only: its build submits it again.
+            let info = info.filter(|i| !i.platform.properties().iter().any(|(name, _)| name == STEP_PROPERTY));
             let mut state = self.state.lock();
             let lost = record.stage != Stage::Completed && info.is_none();
             let mut entry = Entry {
@@ -210,7 +213,11 @@ impl Scheduler {
             if lost {
                 let error = Error::new(
                     Code::FailedPrecondition,
-                    format!("action {} is no longer in the CAS", entry.record.action_digest),
+                    format!(
+                        "action {} cannot be recovered after a restart (gone from the CAS, or a Dockerfile step \
+                         whose build runs it again)",
+                        entry.record.action_digest
+                    ),
                 );
                 self.finish_entry(&mut state, &mut entry, error_response(&error));
             } else if entry.record.stage != Stage::Completed {
@@ -279,6 +286,11 @@ impl Scheduler {
         let function = DigestFunction::from_proto(request.digest_function)?;
         let digest = Digest::from_proto_field(function, request.action_digest.as_ref(), "action_digest")?;
         let info = self.action_info(&digest).await.with_context(|| format!("executing action {digest}"))?;
+        if session.is_none() && info.platform.properties().iter().any(|(name, _)| name == STEP_PROPERTY) {
+            return Err(Error::invalid_argument(format!(
+                "action {digest} is a Dockerfile step ({STEP_PROPERTY}): steps run only as part of a build (BuildService)"
+            )));
+        }
         let instance = request.instance_name;
         let cached = match request.skip_cache_lookup {
             true => None,

@@ -60,6 +60,9 @@ struct StepView {
 struct View {
     mode: ProgressMode,
     steps: HashMap<String, StepView>,
+    /// Steps shown so far (a step started again, as after a cluster
+    /// restart, gets a new number).
+    shown: usize,
     bars: Option<indicatif::MultiProgress>,
     counts: StepCounts,
     started: Instant,
@@ -71,7 +74,7 @@ const TAIL_LINES: usize = 6;
 impl View {
     fn new(mode: ProgressMode) -> Self {
         let bars = (mode == ProgressMode::Tty).then(indicatif::MultiProgress::new);
-        View { mode, steps: HashMap::new(), bars, counts: StepCounts::default(), started: Instant::now() }
+        View { mode, steps: HashMap::new(), shown: 0, bars, counts: StepCounts::default(), started: Instant::now() }
     }
 
     fn show(&mut self, event: &BuildEvent) {
@@ -92,7 +95,8 @@ impl View {
         }
         match kind {
             Kind::Started(started) => {
-                let number = self.steps.len() + 1;
+                self.shown += 1;
+                let number = self.shown;
                 let name = &started.name;
                 let bar = self.bars.as_ref().map(|bars| {
                     let bar = bars.add(indicatif::ProgressBar::new_spinner());
@@ -143,7 +147,11 @@ impl View {
     }
 
     fn detail(&mut self, step: &str, text: &str) {
-        let Some(view) = self.steps.get_mut(step) else { return };
+        let Some(view) = self.steps.get_mut(step) else {
+            // Detail of no step: about the build as a whole.
+            self.line(text);
+            return;
+        };
         let elapsed = view.started.elapsed().as_secs_f64();
         view.last_lines.push(text.to_string());
         if view.last_lines.len() > TAIL_LINES {

@@ -61,21 +61,21 @@ impl BuildService for BuildServiceImpl {
 
     #[tracing::instrument(skip_all, fields(instance = %request.get_ref().instance_name))]
     async fn build(&self, request: Request<BuildRequest>) -> Result<Response<EventStream>, Status> {
-        let build = self.builds.start(request.into_inner()).await?;
+        let build = self.builds.build(request.into_inner()).await?;
         Ok(Response::new(follow(build)))
     }
 
     #[tracing::instrument(skip_all, fields(build = %request.get_ref().build_id))]
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<EventStream>, Status> {
         let request = request.into_inner();
-        let build = self.builds.get(&request.instance_name, &request.build_id)?;
+        let build = self.builds.get(&request.instance_name, &request.build_id).await?;
         Ok(Response::new(follow(build)))
     }
 
     #[tracing::instrument(skip_all, fields(build = %request.get_ref().build_id))]
     async fn cancel(&self, request: Request<CancelRequest>) -> Result<Response<CancelResponse>, Status> {
         let request = request.into_inner();
-        self.builds.cancel(&request.instance_name, &request.build_id)?;
+        self.builds.cancel(&request.instance_name, &request.build_id).await?;
         Ok(Response::new(CancelResponse {}))
     }
 
@@ -85,6 +85,6 @@ impl BuildService for BuildServiceImpl {
             0 => 100,
             n => n.min(MAX_LISTED),
         };
-        Ok(Response::new(ListBuildsResponse { builds: self.builds.list(&request.instance_name, limit) }))
+        Ok(Response::new(ListBuildsResponse { builds: self.builds.list(&request.instance_name, limit).await? }))
     }
 }
