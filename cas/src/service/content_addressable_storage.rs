@@ -262,3 +262,76 @@ impl ContentAddressableStorage for CasService {
         Err(no_chunking())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use memobuild_proto::reapi::DirectoryNode;
+
+    use super::*;
+    use crate::blob_store::{BlobStream, ByteRange};
+    use crate::service::CasMetrics;
+    use crate::{ActionCache, CasLimits, MemoryStore};
+
+    /// A memory store that counts reads.
+    #[derive(Default)]
+    struct CountedReads {
+        inner: MemoryStore,
+        reads: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl BlobStore for CountedReads {
+        async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+            self.inner.find_missing(digests).await
+        }
+
+        async fn get(&self, digest: &Digest, range: ByteRange) -> Result<BlobStream> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.get(digest, range).await
+        }
+
+        async fn put(&self, digest: &Digest, data: BlobStream) -> Result<()> {
+            self.inner.put(digest, data).await
+        }
+
+        async fn delete(&self, digest: &Digest) -> Result<bool> {
+            self.inner.delete(digest).await
+        }
+    }
+
+    #[tokio::test]
+    async fn every_page_of_a_tree_comes_from_one_walk() {
+        let cas = Arc::new(CountedReads::default());
+        let mut digest = None;
+        for depth in 0..10 {
+            let directory = Directory {
+                directories: digest
+                    .map(|d: Digest| DirectoryNode { name: format!("d{depth}"), digest: Some(d.to_proto()) })
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            };
+            let data = directory.encode_to_vec();
+            let next = Digest::of(DigestFunction::Sha256, &data);
+            cas.put_bytes(&next, data.into()).await.unwrap();
+            digest = Some(next);
+        }
+        let state = CasState {
+            cas: cas.clone(),
+            action_cache: Arc::new(ActionCache::new(Arc::new(MemoryStore::new()), cas.clone())),
+            metrics: CasMetrics::register(&prometheus::Registry::new()).unwrap(),
+            limits: CasLimits::default(),
+        };
+        let request = GetTreeRequest { root_digest: digest.map(|d| d.to_proto()), page_size: 3, ..Default::default() };
+        let pages: Vec<GetTreeResponse> =
+            CasService::new(state).get_tree(request).await.unwrap().try_collect().await.unwrap();
+        let sizes: Vec<usize> = pages.iter().map(|p| p.directories.len()).collect();
+        assert_eq!(sizes, vec![3, 3, 3, 1]);
+        assert_eq!(pages[0].next_page_token, "3");
+        assert_eq!(cas.reads.load(Ordering::SeqCst), 10, "each directory read once for all pages");
+    }
+}
