@@ -153,15 +153,16 @@ impl Node {
             tokio::spawn(admin::serve(listener, registry.clone(), token.clone().cancelled_owned()));
         }
         let address = listeners.grpc.local_addr()?;
+        let mut in_process_worker = None;
         if let (Some(section), Some(_)) = (&worker_section, &scheduler) {
             let channel =
                 tonic::transport::Endpoint::from_shared(format!("http://{address}"))?.tcp_nodelay(true).connect_lazy();
             let worker = worker(section, state.cas.clone(), channel, token.clone()).await?;
-            tokio::spawn(async move {
+            in_process_worker = Some(tokio::spawn(async move {
                 if let Err(e) = worker.await {
                     tracing::error!(error = %e, "worker stopped");
                 }
-            });
+            }));
         }
         tracing::info!(%address, "memobuild listening");
         // Small request/response calls must not wait on Nagle's algorithm.
@@ -175,6 +176,10 @@ impl Node {
             .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
             .await
             .context("serving gRPC")?;
+        // The worker stops with the token; let it clean up (its containerd).
+        if let Some(worker) = in_process_worker {
+            let _ = worker.await;
+        }
         tracing::info!("memobuild stopped");
         Ok(())
     }
@@ -258,10 +263,10 @@ async fn worker(
     let executor = ActionExecutor::new(cas.clone(), section.work_dir.clone(), section.cache_max_bytes, runner)
         .await
         .context("starting the worker")?;
-    let steps = section.dockerfile_steps.then(|| {
-        let runner = StepRunner::new(cas.clone(), section.containerd_address.clone(), section.work_dir.join("steps"));
-        Arc::new(StepActions::new(Arc::new(runner), cas))
+    let runner = section.dockerfile_steps.then(|| {
+        Arc::new(StepRunner::new(cas.clone(), section.containerd_address.clone(), section.work_dir.join("steps")))
     });
+    let steps = runner.clone().map(|runner| Arc::new(StepActions::new(runner, cas)));
     let executors = Executors { actions: Arc::new(executor), steps };
     let slots =
         section.slots.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1));
@@ -275,7 +280,15 @@ async fn worker(
             .collect(),
         slots,
     };
-    Ok(run_worker(identity, executors, scheduler, shutdown))
+    Ok(async move {
+        let result = run_worker(identity, executors, scheduler, shutdown).await;
+        // A private containerd the steps started stops with the worker.
+        let stopped = match runner {
+            Some(runner) => runner.shutdown().await,
+            None => Ok(()),
+        };
+        result.and(stopped)
+    })
 }
 
 fn hostname() -> String {

@@ -68,6 +68,18 @@ impl LayerPlan {
         self.entries.insert(path, entry);
     }
 
+    /// Makes no timestamp later than `epoch` (`SOURCE_DATE_EPOCH`): files a
+    /// COPY takes from another stage keep the time they were made, which
+    /// must not reach a reproducible layer.
+    pub fn clamp_mtimes(&mut self, epoch: u64) {
+        for entry in self.entries.values_mut() {
+            match entry {
+                Entry::Directory(m) | Entry::File(m, _) | Entry::Symlink(m, _) => m.mtime = m.mtime.min(epoch),
+                Entry::Hardlink(_) => {}
+            }
+        }
+    }
+
     /// Writes the layer into `store`; `None` when there is nothing to write.
     pub async fn write(self, store: &dyn BlobStore) -> Result<Option<Layer>> {
         if self.entries.is_empty() {

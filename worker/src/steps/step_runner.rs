@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 use super::context_files::{materialize_context, ContextCopy};
 use super::copy_step::{plan_copy, plan_workdir, CopyRequest, SourceRoot};
 use super::extra_hosts::HostsFiles;
+use super::layer_plan::LayerPlan;
 use super::remote_files::materialize_remote;
 use super::run_secrets::RunSecrets;
-use crate::containerd::{Containerd, ContainerSpec, LogChunk, SpecMount};
+use crate::containerd::{ContainerSpec, Containerd, LogChunk, SpecMount};
 
 /// Log lines a failed RUN's error repeats.
 const TAIL_LINES: usize = 10;
@@ -88,6 +89,14 @@ impl StepRunner {
             StepDefinition::Workdir { path, user } => self.workdir(spec, path, user.as_deref(), session).await,
             other => Err(Error::invalid_argument(format!("a {other:?} step changes no filesystem"))),
         }
+    }
+
+    /// The plan with its times clamped to the step's `SOURCE_DATE_EPOCH`.
+    fn clamped(mut plan: LayerPlan, spec: &StepSpec) -> LayerPlan {
+        if let Some(epoch) = spec.source_date_epoch {
+            plan.clamp_mtimes(epoch);
+        }
+        plan
     }
 
     fn timestamp(spec: &StepSpec, session: &BuildSession) -> u64 {
@@ -272,7 +281,7 @@ impl StepRunner {
             tokio::task::block_in_place(|| plan_copy(&request, &source, parent_view.path(), mtime))
         };
         let layer = match plan {
-            Ok(plan) => plan.write(cas).await,
+            Ok(plan) => Self::clamped(plan, spec).write(cas).await,
             Err(e) => Err(e),
         };
         parent_view.release().await?;
@@ -296,7 +305,7 @@ impl StepRunner {
         let mtime = Self::timestamp(spec, session);
         let plan = tokio::task::block_in_place(|| plan_workdir(path, user, view.path(), mtime));
         let layer = match plan {
-            Ok(plan) => plan.write(cas).await,
+            Ok(plan) => Self::clamped(plan, spec).write(cas).await,
             Err(e) => Err(e),
         };
         view.release().await?;
