@@ -351,6 +351,10 @@ async fn bad_resource_names_are_refused() {
         let e = write(&server, &format!("uploads/x/{name}"), b"abc").await.unwrap_err();
         assert_refused(&e, Code::InvalidArgument, &["write resource name"]);
     }
+    // Names are kept while an upload waits: a long one is refused.
+    let long = format!("{}/uploads/x/blobs/{hex}/{}", "i".repeat(10_000), witness.digest.size());
+    let e = write(&server, &long, &witness.data).await.unwrap_err();
+    assert_refused(&e, Code::InvalidArgument, &["resource name of 10", "4096-byte limit"]);
     assert_still_serves(&server, &witness).await;
     server.stop().await;
 }

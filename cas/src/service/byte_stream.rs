@@ -26,6 +26,8 @@ const READ_CHUNK: usize = 1 << 20;
 const RESUME_WINDOW: Duration = Duration::from_secs(300);
 /// Chunks buffered between a Write stream and the store.
 const WRITE_BUFFER: usize = 8;
+/// The longest resource name accepted: names are kept as upload keys.
+const MAX_RESOURCE_NAME_BYTES: usize = 4096;
 
 /// ByteStream: Read, Write (resumable, optionally zstd) and QueryWriteStatus.
 pub struct ByteStreamService {
@@ -155,7 +157,7 @@ impl ByteStreamService {
 
     /// The bytes of a Read, as a stream of bounded chunks.
     pub async fn read(&self, req: ReadRequest) -> Result<BlobStream> {
-        let name = ResourceName::parse_read(&req.resource_name)?;
+        let name = ResourceName::parse_read(bounded_name(&req.resource_name)?)?;
         let digest = name.digest;
         let offset = u64::try_from(req.read_offset)
             .map_err(|_| Error::out_of_range(format!("read of {name}: negative read_offset {}", req.read_offset)))?;
@@ -186,7 +188,7 @@ impl ByteStreamService {
     pub async fn write(&self, mut requests: impl Stream<Item = Result<WriteRequest>> + Unpin) -> Result<i64> {
         let first =
             requests.next().await.ok_or_else(|| Error::invalid_argument("Write stream carried no request"))??;
-        let name = ResourceName::parse_write(&first.resource_name)?;
+        let name = ResourceName::parse_write(bounded_name(&first.resource_name)?)?;
         self.state.limits.check_blob(&name.digest).map_err(|e| e.context(format!("write of {name}")))?;
         let done_size = match name.compressor {
             Compressor::Identity => name.digest.size() as i64,
@@ -271,7 +273,7 @@ impl ByteStreamService {
     }
 
     pub async fn query_write_status(&self, req: QueryWriteStatusRequest) -> Result<QueryWriteStatusResponse> {
-        let name = ResourceName::parse_write(&req.resource_name)?;
+        let name = ResourceName::parse_write(bounded_name(&req.resource_name)?)?;
         let upload = self.uploads.lock().get(&req.resource_name).cloned();
         if let Some(upload) = upload {
             let committed = upload.lock().await.committed;
@@ -286,6 +288,17 @@ impl ByteStreamService {
         }
         Err(Error::not_found(format!("no upload of {name} in progress")))
     }
+}
+
+/// `name`, unless it is longer than [`MAX_RESOURCE_NAME_BYTES`].
+fn bounded_name(name: &str) -> Result<&str> {
+    if name.len() > MAX_RESOURCE_NAME_BYTES {
+        return Err(Error::invalid_argument(format!(
+            "a resource name of {} bytes, over the {MAX_RESOURCE_NAME_BYTES}-byte limit",
+            name.len()
+        )));
+    }
+    Ok(name)
 }
 
 /// Splits chunks larger than a ReadResponse may carry.
