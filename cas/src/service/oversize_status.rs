@@ -40,10 +40,8 @@ where
             let mut response = response.await?;
             let headers = response.headers_mut();
             let out_of_range = headers.get("grpc-status").is_some_and(|s| s == "11");
-            let too_large = headers
-                .get("grpc-message")
-                .and_then(|m| m.to_str().ok())
-                .is_some_and(|m| m.contains(TOO_LARGE));
+            let too_large =
+                headers.get("grpc-message").and_then(|m| m.to_str().ok()).is_some_and(|m| m.contains(TOO_LARGE));
             if out_of_range && too_large {
                 headers.insert("grpc-status", HeaderValue::from_static("8"));
             }
