@@ -245,6 +245,7 @@ async fn request(args: &BuildArgs, inputs: &BuildInputs, instance: &str) -> anyh
         exports,
         registry_credentials: push_credentials(args, inputs).await?,
         dry_run: args.dry_run,
+        check: args.check(),
     })
 }
 

@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt};
-use memobuild_frontend::{plan_text, BuildContext, BuildOptions, Platform};
+use memobuild_frontend::{plan_text, BuildContext, BuildOptions, Platform, Warning};
 use memobuild_oci::{BuiltImage, Layer};
+use memobuild_proto::build::BuildEvent;
 use memobuild_proto::{Error, Result};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +48,9 @@ pub struct ImageBuild {
     pub ssh_sockets: BTreeMap<String, PathBuf>,
     pub hosts: Vec<HostEntry>,
     pub limits: ResourceLimits,
+    /// `--check`: plan every stage, resolve the base images, report the
+    /// build-check warnings and stop; the build fails when one remains.
+    pub check: bool,
 }
 
 /// What a build made.
@@ -78,6 +82,7 @@ impl ImageBuild {
             build_args: self.build_args.clone(),
             target: self.target.clone(),
             target_platform: self.platform.clone(),
+            check: self.check,
             ..BuildOptions::default()
         };
         // Plan; resolve the images and fetch the sources the plan names; plan
@@ -88,8 +93,12 @@ impl ImageBuild {
         loop {
             let references: Vec<String> =
                 image_references(&graph).into_iter().filter(|r| !images.contains_key(r)).collect();
-            let wanted: Vec<_> =
-                remote_sources(&graph).into_iter().filter(|w| !remote.contains_key(&w.source.key())).collect();
+            // A check needs the base images (their WORKDIR, ONBUILD), not the
+            // remote sources: they are planned unpinned.
+            let wanted: Vec<_> = remote_sources(&graph)
+                .into_iter()
+                .filter(|w| !self.check && !remote.contains_key(&w.source.key()))
+                .collect();
             if references.is_empty() && wanted.is_empty() {
                 break;
             }
@@ -104,6 +113,12 @@ impl ImageBuild {
             options.base_images = base_images(&images);
             options.remote_sources = pins(&remote);
             graph = self.plan(&options)?;
+        }
+        for warning in &graph.warnings {
+            let _ = events.send(warning_event(warning));
+        }
+        if self.check {
+            return check_result(&graph.warnings);
         }
         let graph = Arc::new(graph);
         let session = BuildSession {
@@ -152,6 +167,24 @@ impl ImageBuild {
     fn plan(&self, options: &BuildOptions) -> Result<memobuild_frontend::BuildGraph> {
         plan_text(&self.dockerfile_name, &self.dockerfile, &self.context, options)
     }
+}
+
+fn warning_event(warning: &Warning) -> BuildEvent {
+    let line = u32::try_from(warning.location.line).unwrap_or(u32::MAX);
+    BuildEvent::warning(warning.rule.name(), warning.message.clone(), &warning.file, line)
+}
+
+/// The end of a `--check`: nothing built; a failure when warnings remain,
+/// worded as buildx words it.
+fn check_result(warnings: &[Warning]) -> Result<BuiltOutput> {
+    let found = match warnings.len() {
+        0 => {
+            return Ok(BuiltOutput { image_id: None, images: Vec::new(), filesystem: Vec::new(), records: Vec::new() })
+        }
+        1 => "1 warning has".to_string(),
+        n => format!("{n} warnings have"),
+    };
+    Err(Error::new(tonic::Code::FailedPrecondition, format!("Check complete, {found} been found!")))
 }
 
 fn downloads(fetched: &FetchedSources) -> BTreeMap<String, memobuild_proto::Digest> {

@@ -12,6 +12,17 @@
 //! digest     := algorithm ":" hex{32,}, with sha256/384/512 checked for length
 //! ```
 
+/// Checks an image a FROM or `--from` names: an OCI layout on this
+/// machine (`oci-layout://PATH[:TAG]`, which the engine reads, so no
+/// registry grammar applies to it) or a registry reference.
+pub fn check_image_source(source: &str) -> Result<(), String> {
+    match source.strip_prefix("oci-layout://") {
+        Some("") => Err(format!("invalid image source {source:?}: oci-layout:// needs a path")),
+        Some(_) => Ok(()),
+        None => check_image_reference(source),
+    }
+}
+
 /// Checks `reference`; the error is what Docker says.
 pub fn check_image_reference(reference: &str) -> Result<(), String> {
     if reference.len() == 64 && reference.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
@@ -238,5 +249,13 @@ mod tests {
             let e = check_image_reference(bad).err().unwrap_or_default();
             assert!(e.contains(want), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn oci_layouts_are_paths_not_references() {
+        assert_eq!(check_image_source("oci-layout:///tmp/My Layout:busybox"), Ok(()));
+        assert_eq!(check_image_source("busybox"), Ok(()));
+        assert!(check_image_source("oci-layout://").is_err_and(|e| e.contains("needs a path")));
+        assert!(check_image_source("UPPER/Case").is_err_and(|e| e.contains("must be lowercase")));
     }
 }

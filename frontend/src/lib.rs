@@ -118,7 +118,7 @@ pub use healthcheck::Healthcheck;
 pub use heredoc::{Heredoc, HeredocOpener};
 pub use ignore_pattern::{clean_path, IgnorePattern};
 pub use image_config::ImageConfig;
-pub use image_reference::check_image_reference;
+pub use image_reference::{check_image_reference, check_image_source};
 pub use instruction::{Instruction, InstructionKind};
 pub use key_value::{ArgDeclaration, KeyValue};
 pub use line_reader::LineReader;

@@ -12,7 +12,7 @@ use crate::expander::Expander;
 use crate::linter::Linter;
 use crate::stage_planner::{PlannedStage, StagePlanner};
 use crate::{
-    check_image_reference, BuildContext, BuildGraph, BuildOptions, CheckRule, Dockerfile, FromInstruction, Instruction,
+    check_image_source, BuildContext, BuildGraph, BuildOptions, CheckRule, Dockerfile, FromInstruction, Instruction,
     InstructionKind, Location, OnbuildTrigger, Reads, Scope, ShellLexer, Warning, CHECK_BUILD_ARG,
 };
 
@@ -203,7 +203,7 @@ impl<'a> Planner<'a> {
             let Ok(base) = defaults.word(&defaults.global, &mut Reads::new(), &from.image, from.image_location) else {
                 return;
             };
-            if check_image_reference(&base).is_err() {
+            if check_image_source(&base).is_err() {
                 linter.warn(Warning::new(
                     CheckRule::InvalidDefaultArgInFrom,
                     format!("Default value for ARG {} results in empty or invalid base image name", from.image),
@@ -369,7 +369,7 @@ fn expand_from(ex: &Expander<'_>, stage: &mut StageSource<'_>, linter: &mut Lint
         return Err(ex.error(from.image_location, format!("base name ({}) should not be blank", from.image)));
     }
     if image != "scratch" && ex.base_stage(&image, stage.index).is_none() {
-        check_image_reference(&image)
+        check_image_source(&image)
             .map_err(|e| ex.error(from.image_location, format!("failed to parse stage name {image:?}: {e}")))?;
     }
     if let Some(raw) = &from.platform {
@@ -427,7 +427,7 @@ fn check_references(ex: &Expander<'_>, stages: &[StageSource<'_>]) -> Result<()>
                 }
             }
             if ex.stage_ref(name, false).is_none() {
-                check_image_reference(name)
+                check_image_source(name)
                     .map_err(|e| ex.error(at, format!("failed to parse stage name {name:?}: {e}")))?;
             }
         }

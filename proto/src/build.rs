@@ -40,6 +40,10 @@ impl BuildEvent {
         Self::of(Kind::Failed(StepFailed { step: step.into(), message: message.into() }))
     }
 
+    pub fn warning(rule: &str, message: impl Into<String>, file: &str, line: u32) -> Self {
+        Self::of(Kind::Warning(StepWarning { rule: rule.into(), message: message.into(), file: file.into(), line }))
+    }
+
     /// Whether this event ends its build's stream.
     pub fn is_last(&self) -> bool {
         matches!(self.kind, Some(Kind::Result(_)) | Some(Kind::BuildFailed(_)))

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use memobuild_engine::{
-    check_docker, metadata, parse_network, write_iidfile, write_metadata_file, write_outputs, BuildRecord, BuildSettings,
-    BuiltOutput, ContextFiles, EventSender, ExportRequest, HostEntry, ImageBuild, OutputSpec, ResourceLimits,
-    SecretSpec, Secrets,
+    check_docker, metadata, parse_network, write_iidfile, write_metadata_file, write_outputs, BuildRecord,
+    BuildSettings, BuiltOutput, ContextFiles, EventSender, ExportRequest, HostEntry, ImageBuild, OutputSpec,
+    ResourceLimits, SecretSpec, Secrets,
 };
 use memobuild_frontend::{BuildContext, ContextScanner, DockerIgnore, NetworkMode, Platform};
 use memobuild_worker::steps::{SshAgents, SshSpec};
@@ -112,12 +112,33 @@ pub struct BuildArgs {
     /// Print the plan (steps, keys, cached or not) without building.
     #[arg(long)]
     pub dry_run: bool,
+    /// Run the build checks only (same as --call check): plan every stage, print the
+    /// warnings and fail when one is found. No step runs.
+    #[arg(long)]
+    pub check: bool,
+    /// What to do with the Dockerfile, as buildx: build (the default) or check.
+    #[arg(long, value_enum, value_name = "METHOD")]
+    pub call: Option<CallMethod>,
     /// Where the CAS, caches and build records live [default: $XDG_STATE_HOME/memobuild].
     #[arg(long, env = "MEMOBUILD_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// containerd's socket [default: /run/containerd/containerd.sock, else a private one].
     #[arg(long, env = "CONTAINERD_ADDRESS")]
     pub containerd_address: Option<PathBuf>,
+}
+
+/// `--call`: the frontend methods memobuild has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CallMethod {
+    Build,
+    Check,
+}
+
+impl BuildArgs {
+    /// Whether only the build checks run (`--check` or `--call check`).
+    pub fn check(&self) -> bool {
+        self.check || self.call == Some(CallMethod::Check)
+    }
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -162,8 +183,7 @@ impl BuildInputs {
         let context_dir =
             args.context.canonicalize().with_context(|| format!("build context {}", args.context.display()))?;
         let dockerfile = args.file.clone().unwrap_or_else(|| context_dir.join("Dockerfile"));
-        let text =
-            std::fs::read_to_string(&dockerfile).with_context(|| format!("reading {}", dockerfile.display()))?;
+        let text = std::fs::read_to_string(&dockerfile).with_context(|| format!("reading {}", dockerfile.display()))?;
         let ignore = DockerIgnore::load(&context_dir, Some(&dockerfile)).map_err(anyhow_of)?;
         let scanner = ContextScanner::new(&context_dir, ignore).with_cache_dir(stat_cache);
         let (context, _) = tokio::task::block_in_place(|| scanner.scan()).map_err(anyhow_of)?;
@@ -183,7 +203,8 @@ impl BuildInputs {
             .or_else(|| args.build_args.iter().find(|(k, _)| k == "SOURCE_DATE_EPOCH").map(|(_, v)| v.clone()))
             .map(|v| v.parse::<u64>().context("SOURCE_DATE_EPOCH must be seconds since the epoch"))
             .transpose()?;
-        let mode = if args.quiet { ProgressMode::Quiet } else { args.progress.resolve(std::io::stderr().is_terminal()) };
+        let mode =
+            if args.quiet { ProgressMode::Quiet } else { args.progress.resolve(std::io::stderr().is_terminal()) };
         Ok(BuildInputs {
             dockerfile_name: dockerfile.to_string_lossy().to_string(),
             dockerfile: text,
@@ -224,6 +245,7 @@ impl BuildInputs {
             ssh_sockets: BTreeMap::new(),
             hosts: args.add_hosts.clone(),
             limits: self.limits.clone(),
+            check: args.check(),
         }
     }
 
@@ -249,6 +271,13 @@ pub async fn write_results(
     built: &BuiltOutput,
     events: &EventSender,
 ) -> anyhow::Result<Option<String>> {
+    if args.check() {
+        // Warnings fail a check: this one found none.
+        if inputs.mode != ProgressMode::Json {
+            eprintln!("Check complete, no warnings found.");
+        }
+        return Ok(None);
+    }
     let Some(id) = &built.image_id else { return Ok(None) };
     if inputs.outputs.is_empty() && inputs.mode != ProgressMode::Quiet {
         // As buildx says it: the build is cached, nothing is written.
@@ -279,7 +308,8 @@ pub async fn run(args: BuildArgs, state_dir: PathBuf) -> anyhow::Result<BuildOut
 async fn build(args: &BuildArgs, state: Arc<LocalState>) -> anyhow::Result<BuildOutcome> {
     let inputs = BuildInputs::read(args, state.stat_cache_dir())?;
     let ssh = tokio::task::block_in_place(|| SshAgents::start(&args.ssh)).map_err(anyhow_of)?;
-    if !args.dry_run && inputs.outputs.iter().any(|o| matches!(o, OutputSpec::Load { .. })) {
+    let builds = !args.dry_run && !args.check();
+    if builds && inputs.outputs.iter().any(|o| matches!(o, OutputSpec::Load { .. })) {
         check_docker().await.map_err(anyhow_of)?;
     }
     let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
@@ -293,6 +323,9 @@ async fn build(args: &BuildArgs, state: Arc<LocalState>) -> anyhow::Result<Build
         let built = request.run(state.stores.clone(), executor, &events, cancel.clone()).await;
         stop.abort();
         let built = built.map_err(anyhow_of)?;
+        if args.check() {
+            return Ok((write_results(args, &inputs, &*state.stores.cas, &built, &events).await?, None));
+        }
         if args.dry_run {
             return Ok((None, None));
         }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use memobuild_proto::build::{build_event::Kind, step_log, BuildEvent};
+use memobuild_proto::build::{build_event::Kind, step_log, BuildEvent, StepWarning};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -66,6 +66,8 @@ struct View {
     bars: Option<indicatif::MultiProgress>,
     counts: StepCounts,
     started: Instant,
+    /// Build-check warnings, shown after the build.
+    warnings: Vec<StepWarning>,
 }
 
 /// Log lines kept per step for the live view and failure reports.
@@ -74,7 +76,15 @@ const TAIL_LINES: usize = 6;
 impl View {
     fn new(mode: ProgressMode) -> Self {
         let bars = (mode == ProgressMode::Tty).then(indicatif::MultiProgress::new);
-        View { mode, steps: HashMap::new(), shown: 0, bars, counts: StepCounts::default(), started: Instant::now() }
+        View {
+            mode,
+            steps: HashMap::new(),
+            shown: 0,
+            bars,
+            counts: StepCounts::default(),
+            started: Instant::now(),
+            warnings: Vec::new(),
+        }
     }
 
     fn show(&mut self, event: &BuildEvent) {
@@ -142,6 +152,7 @@ impl View {
                 }
             }
             Kind::Accepted(accepted) => self.line(&format!("build {}", accepted.build_id)),
+            Kind::Warning(warning) => self.warnings.push(warning.clone()),
             Kind::Result(_) | Kind::BuildFailed(_) => {}
         }
     }
@@ -205,12 +216,31 @@ impl View {
             self.counts.executed,
             self.counts.cached
         ));
+        if !self.warnings.is_empty() {
+            self.line(&warnings_summary(&self.warnings));
+        }
     }
+}
+
+/// The warnings as buildx lists them after a build:
+/// ` 2 warnings found:` then ` - Rule: message (line N)` each.
+fn warnings_summary(warnings: &[StepWarning]) -> String {
+    let mut text = match warnings.len() {
+        1 => " 1 warning found:".to_string(),
+        n => format!(" {n} warnings found:"),
+    };
+    for warning in warnings {
+        text.push_str(&format!("\n - {}: {}", warning.rule, warning.message));
+        if warning.line > 0 {
+            text.push_str(&format!(" (line {})", warning.line));
+        }
+    }
+    text
 }
 
 /// An event as a JSON object (`--progress json`), named as the step events
 /// of earlier releases were: `started`, `cached`, `info`, `log`, `done`,
-/// `finished`, `failed`.
+/// `finished`, `failed`; build-check warnings are `warning`.
 fn detail_json(kind: &Kind) -> Value {
     match kind {
         Kind::Accepted(a) => json!({"event": "accepted", "build_id": a.build_id}),
@@ -226,5 +256,8 @@ fn detail_json(kind: &Kind) -> Value {
         Kind::Failed(f) => json!({"event": "failed", "step": f.step, "message": f.message}),
         Kind::Result(r) => json!({"event": "result", "image_id": r.image_id}),
         Kind::BuildFailed(f) => json!({"event": "build_failed", "message": f.message}),
+        Kind::Warning(w) => {
+            json!({"event": "warning", "rule": w.rule, "message": w.message, "file": w.file, "line": w.line})
+        }
     }
 }
