@@ -85,9 +85,7 @@ impl SchedulerSection {
     /// SQLite store, else in the temp dir.
     pub fn work_dir(&self) -> PathBuf {
         match &self.store {
-            OperationStoreConfig::Sqlite { path } => {
-                path.parent().unwrap_or_else(|| Path::new(".")).join("builds")
-            }
+            OperationStoreConfig::Sqlite { path } => path.parent().unwrap_or_else(|| Path::new(".")).join("builds"),
             OperationStoreConfig::Postgres { .. } => std::env::temp_dir().join("memobuild-builds"),
         }
     }

@@ -42,7 +42,7 @@ pub struct Endpoint {
 #[derive(clap::Subcommand)]
 pub enum RemoteCommand {
     /// Build on the cluster (flags as memobuild build).
-    Build(RemoteBuildArgs),
+    Build(Box<RemoteBuildArgs>),
     /// Show a build's whole log from the start, then follow it to the end.
     Attach {
         build_id: String,
@@ -79,7 +79,7 @@ pub struct RemoteBuildArgs {
 /// Runs a `memobuild remote` command; returns what to print on stdout.
 pub async fn run(command: RemoteCommand) -> anyhow::Result<Option<String>> {
     match command {
-        RemoteCommand::Build(args) => build(args).await,
+        RemoteCommand::Build(args) => build(*args).await,
         RemoteCommand::Attach { build_id, endpoint, progress } => {
             let mut client = BuildServiceClient::new(channel(&endpoint)?);
             let request = WatchRequest { instance_name: endpoint.instance.clone(), build_id: build_id.clone() };

@@ -201,8 +201,13 @@ impl BuildRun {
             source_date_epoch: self.settings.source_date_epoch,
         };
         let action = StepAction::of_step(&spec, argv, env);
-        let task =
-            StepTask { step_id: step.id.clone(), name: name.to_string(), spec, action, uncached_env: step.uncached_env.clone() };
+        let task = StepTask {
+            step_id: step.id.clone(),
+            name: name.to_string(),
+            spec,
+            action,
+            uncached_env: step.uncached_env.clone(),
+        };
         let _ = self.events.send(BuildEvent::started(&step.id, name));
         let started = Instant::now();
         let hit = if self.settings.no_cache || state.unknown {

@@ -55,8 +55,11 @@ pub async fn export(
             }
             for tag in tags {
                 let reference: ImageReference = tag.parse()?;
-                let pushed =
-                    stores.registry.push(built, &reference, &*stores.cas).await.with_context(|| format!("pushing {tag}"))?;
+                let pushed = stores
+                    .registry
+                    .push(built, &reference, &*stores.cas)
+                    .await
+                    .with_context(|| format!("pushing {tag}"))?;
                 let _ = events.send(BuildEvent::info(step, format!("pushed {tag}@{pushed}")));
             }
         }

@@ -21,8 +21,8 @@ use tokio_util::io::ReaderStream;
 use crate::EngineStores;
 use memobuild_proto::build::BuildEvent;
 
-use crate::EventSender;
 use crate::remote_file_note::RemoteFileNote;
+use crate::EventSender;
 
 /// Largest file ADD downloads.
 const MAX_DOWNLOAD: u64 = 16 << 30;

@@ -128,7 +128,8 @@ impl StepAction {
         env: Vec<(String, String)>,
     ) -> Self {
         let spec_digest = Digest::of(DigestFunction::Sha256, &spec);
-        let mut files = vec![FileNode { name: STEP_FILE.into(), digest: Some(spec_digest.to_proto()), ..FileNode::default() }];
+        let mut files =
+            vec![FileNode { name: STEP_FILE.into(), digest: Some(spec_digest.to_proto()), ..FileNode::default() }];
         let mut add = |prefix: String, layers: &[Layer]| {
             for (i, layer) in layers.iter().enumerate() {
                 files.push(FileNode {
@@ -144,8 +145,7 @@ impl StepAction {
         }
         files.sort_by(|a, b| a.name.cmp(&b.name));
         let root = Directory { files, ..Directory::default() };
-        let platform =
-            Platform { properties: vec![Property { name: STEP_PROPERTY.into(), value: kind.into() }] };
+        let platform = Platform { properties: vec![Property { name: STEP_PROPERTY.into(), value: kind.into() }] };
         let arguments = if argv.is_empty() { vec!["memobuild-builtin".into(), kind.into()] } else { argv };
         let mut environment_variables: Vec<reapi::command::EnvironmentVariable> =
             env.into_iter().map(|(name, value)| reapi::command::EnvironmentVariable { name, value }).collect();

@@ -17,8 +17,7 @@ pub fn layer_descriptor(layer: &Layer) -> LayerDescriptor {
 
 pub fn layer_of(descriptor: &LayerDescriptor) -> Result<Layer> {
     let digest = |d: Option<&BlobDigest>, what: &str| {
-        d.ok_or_else(|| Error::invalid_argument(format!("a layer has no {what}")))?
-            .digest(DigestFunction::Sha256, what)
+        d.ok_or_else(|| Error::invalid_argument(format!("a layer has no {what}")))?.digest(DigestFunction::Sha256, what)
     };
     Ok(Layer {
         blob: digest(descriptor.blob.as_ref(), "blob digest")?,

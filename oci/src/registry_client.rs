@@ -125,6 +125,15 @@ impl RegistryClient {
         })
     }
 
+    /// The user name and password this client would use for `registry`
+    /// (`None`: anonymous), so a build elsewhere can push as this user.
+    pub async fn basic_credentials(&self, registry: &str) -> Result<Option<(String, String)>> {
+        Ok(match self.auth_for(registry).await? {
+            RegistryAuth::Basic(user, password) => Some((user, password)),
+            _ => None,
+        })
+    }
+
     async fn client_for(&self, reference: &ImageReference) -> Result<(Client, RegistryAuth)> {
         let registry = reference.registry();
         let protocol = if reference.is_insecure_default() || self.insecure.contains(registry) {
@@ -189,10 +198,7 @@ impl RegistryClient {
         // The futures are made up front: a stream that maps through a
         // closure over `&Digest` is not provably Send to callers that spawn.
         let downloads: Vec<_> = missing.iter().map(|digest| download_blob(&client, reference, digest, store)).collect();
-        futures::stream::iter(downloads)
-            .buffer_unordered(CONCURRENT_TRANSFERS)
-            .try_collect::<Vec<()>>()
-            .await?;
+        futures::stream::iter(downloads).buffer_unordered(CONCURRENT_TRANSFERS).try_collect::<Vec<()>>().await?;
         let layers = complete_layers(store, listed, &what, self.diff_ids.as_deref()).await?;
         Ok(PulledImage {
             reference: reference.as_written().to_string(),
@@ -224,10 +230,7 @@ impl RegistryClient {
         blobs.sort();
         blobs.dedup();
         let uploads: Vec<_> = blobs.iter().map(|digest| upload_blob(&client, reference, digest, store)).collect();
-        futures::stream::iter(uploads)
-            .buffer_unordered(CONCURRENT_TRANSFERS)
-            .try_collect::<Vec<()>>()
-            .await?;
+        futures::stream::iter(uploads).buffer_unordered(CONCURRENT_TRANSFERS).try_collect::<Vec<()>>().await?;
         let config_digest = oci_digest(&image.config_digest());
         if !client.blob_exists(oci_ref, &config_digest).await.map_err(|e| registry_error(e, &config_digest))? {
             client

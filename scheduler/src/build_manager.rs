@@ -291,7 +291,7 @@ impl BuildManager {
             builds.insert(build.id.clone(), build.summary());
         }
         let mut builds: Vec<BuildSummary> = builds.into_values().collect();
-        builds.sort_by(|a, b| b.created_unix_ms.cmp(&a.created_unix_ms));
+        builds.sort_by_key(|b| std::cmp::Reverse(b.created_unix_ms));
         builds.truncate(limit);
         Ok(builds)
     }
@@ -393,8 +393,11 @@ async fn run_persister(store: Arc<dyn BuildStore>, mut writes: mpsc::UnboundedRe
     }
 }
 
+/// An event's sequence number and encoded bytes, as the store keeps it.
+type SequencedEvent = (u64, Vec<u8>);
+
 async fn flush_events(store: &dyn BuildStore, events: &mut Vec<(String, u64, Vec<u8>)>) {
-    let mut by_build: Vec<(String, Vec<(u64, Vec<u8>)>)> = Vec::new();
+    let mut by_build: Vec<(String, Vec<SequencedEvent>)> = Vec::new();
     for (id, sequence, bytes) in events.drain(..) {
         match by_build.last_mut() {
             Some((last, list)) if *last == id => list.push((sequence, bytes)),

@@ -23,17 +23,17 @@ mod build_store_tests;
 #[cfg(test)]
 mod operation_store_tests;
 
+pub use build_manager::{BuildManager, RunningBuild};
 pub use build_record::{BuildState, StoredBuild};
 pub use build_store::{BuildStore, MAX_BUILD_PAGE};
-pub use build_manager::{BuildManager, RunningBuild};
 pub use metrics::SchedulerMetrics;
 pub use operation_record::{OperationRecord, Stage};
 pub use operation_store::OperationStore;
 pub use platform::{Matcher, Platform};
 pub use postgres_build_store::PostgresBuildStore;
 pub use postgres_operation_store::PostgresOperationStore;
-pub use scheduler::{OperationSnapshot, Scheduler, SchedulerConfig};
 pub use queue_executor::QueueExecutor;
+pub use scheduler::{OperationSnapshot, Scheduler, SchedulerConfig};
 pub use service::{add_build_service, add_execution_services, ExecutionService, OperationsService, WorkerApiService};
 pub use sqlite_build_store::SqliteBuildStore;
 pub use sqlite_operation_store::SqliteOperationStore;

@@ -2,10 +2,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use memobuild_proto::reapi::platform::Property;
-use memobuild_proto::worker::worker_api_client::WorkerApiClient;
 use memobuild_engine::STEP_PROPERTY;
 use memobuild_proto::build::step_log;
+use memobuild_proto::reapi::platform::Property;
+use memobuild_proto::worker::worker_api_client::WorkerApiClient;
 use memobuild_proto::worker::{
     scheduler_message, worker_message, Assign, Finished, Heartbeat, Hello, Output, StepSession, WorkerMessage,
 };
@@ -188,7 +188,10 @@ async fn execute_step(
     token: CancellationToken,
 ) -> Result<crate::ExecutionOutcome> {
     let steps = executors.steps.as_ref().ok_or_else(|| {
-        Error::new(tonic::Code::FailedPrecondition, format!("worker {worker} cannot run Dockerfile steps (no containerd)"))
+        Error::new(
+            tonic::Code::FailedPrecondition,
+            format!("worker {worker} cannot run Dockerfile steps (no containerd)"),
+        )
     })?;
     let function = DigestFunction::from_proto(assign.digest_function)?;
     let digest = Digest::from_proto_field(function, assign.action_digest.as_ref(), "action_digest")?;

@@ -52,7 +52,11 @@ impl LocalState {
 
     /// Runs steps in this process, recording into the local action cache.
     pub fn executor(&self) -> LocalExecutor {
-        LocalExecutor { runner: self.runner.clone(), cas: self.stores.cas.clone(), actions: self.stores.actions.clone() }
+        LocalExecutor {
+            runner: self.runner.clone(),
+            cas: self.stores.cas.clone(),
+            actions: self.stores.actions.clone(),
+        }
     }
 
     /// The context scanner's stat cache.

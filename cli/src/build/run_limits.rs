@@ -2,8 +2,8 @@
 //! are not part of any cache key: a step built with other limits is a hit.
 
 use anyhow::bail;
-use memobuild_frontend::parse_byte_size;
 use memobuild_engine::ResourceLimits;
+use memobuild_frontend::parse_byte_size;
 
 /// Docker's smallest memory limit.
 const MIN_MEMORY: u64 = 6 << 20;

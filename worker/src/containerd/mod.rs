@@ -30,5 +30,5 @@ pub use client::{Containerd, NAMESPACE, SNAPSHOTTER, SYSTEM_SOCKET};
 pub use container_outcome::ContainerOutcome;
 pub use container_spec::{ContainerSpec, SpecMount};
 pub use log_chunk::LogChunk;
-pub use mounted_view::MountedView;
 pub use memobuild_engine::ResourceLimits;
+pub use mounted_view::MountedView;

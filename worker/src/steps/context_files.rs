@@ -88,7 +88,9 @@ async fn copy_subtree(
             ContextEntry::File { digest, .. } => put_file(session, cas, &path, &digest, &target).await?,
             ContextEntry::Symlink { target: link } => {
                 if tokio::fs::symlink_metadata(&target).await.is_err() {
-                    tokio::fs::symlink(&link, &target).await.with_context(|| format!("creating {}", target.display()))?
+                    tokio::fs::symlink(&link, &target)
+                        .await
+                        .with_context(|| format!("creating {}", target.display()))?
                 }
             }
         }
@@ -97,7 +99,13 @@ async fn copy_subtree(
 }
 
 /// Writes the context file at `path` (whose content is `digest`) to `target`.
-async fn put_file(session: &BuildSession, cas: &dyn BlobStore, path: &str, digest: &Digest, target: &Path) -> Result<()> {
+async fn put_file(
+    session: &BuildSession,
+    cas: &dyn BlobStore,
+    path: &str,
+    digest: &Digest,
+    target: &Path,
+) -> Result<()> {
     match &session.context_files {
         ContextFiles::Directory(dir) => {
             tokio::fs::copy(dir.join(path), target).await.with_context(|| format!("copying context file {path}"))?;

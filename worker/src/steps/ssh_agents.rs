@@ -54,7 +54,12 @@ impl SshAgents {
             let paths = match spec.paths.as_slice() {
                 [] => match std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty()) {
                     Some(socket) => vec![PathBuf::from(socket)],
-                    None => return Err(Error::invalid_argument(format!("--ssh {}: no socket or key given and SSH_AUTH_SOCK is not set", spec.id))),
+                    None => {
+                        return Err(Error::invalid_argument(format!(
+                            "--ssh {}: no socket or key given and SSH_AUTH_SOCK is not set",
+                            spec.id
+                        )))
+                    }
                 },
                 paths => paths.to_vec(),
             };
@@ -74,7 +79,10 @@ impl SshAgents {
                 }
                 (1, [socket]) => socket.clone(),
                 _ => {
-                    return Err(Error::invalid_argument(format!("--ssh {}: give one agent socket or key files, not several sockets or both", spec.id)))
+                    return Err(Error::invalid_argument(format!(
+                        "--ssh {}: give one agent socket or key files, not several sockets or both",
+                        spec.id
+                    )))
                 }
             };
             if agents.sockets.insert(spec.id.clone(), socket).is_some() {
@@ -125,10 +133,14 @@ impl PrivateAgent {
         let deadline = Instant::now() + AGENT_START_TIMEOUT;
         while !agent.socket.exists() {
             if let Some(status) = agent.child.try_wait().context("waiting for ssh-agent")? {
-                return Err(Error::invalid_argument(format!("--ssh {id}: ssh-agent exited ({status}) before creating its socket")));
+                return Err(Error::invalid_argument(format!(
+                    "--ssh {id}: ssh-agent exited ({status}) before creating its socket"
+                )));
             }
             if Instant::now() > deadline {
-                return Err(Error::invalid_argument(format!("--ssh {id}: ssh-agent did not create its socket within {AGENT_START_TIMEOUT:?}")));
+                return Err(Error::invalid_argument(format!(
+                    "--ssh {id}: ssh-agent did not create its socket within {AGENT_START_TIMEOUT:?}"
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

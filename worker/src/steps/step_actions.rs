@@ -57,18 +57,18 @@ impl StepActions {
         let start = now();
         let function = digest.function();
         let action: Action = self.fetch(digest, "action").await?;
-        let command: Command =
-            self.fetch(&Digest::from_proto_field(function, action.command_digest.as_ref(), "command")?, "command").await?;
+        let command: Command = self
+            .fetch(&Digest::from_proto_field(function, action.command_digest.as_ref(), "command")?, "command")
+            .await?;
         let root: Directory = self
             .fetch(&Digest::from_proto_field(function, action.input_root_digest.as_ref(), "input root")?, "input root")
             .await?;
-        let file = root
-            .files
-            .iter()
-            .find(|f| f.name == STEP_FILE)
-            .ok_or_else(|| Error::invalid_argument(format!("action {digest} has no {STEP_FILE}: not a Dockerfile step")))?;
+        let file = root.files.iter().find(|f| f.name == STEP_FILE).ok_or_else(|| {
+            Error::invalid_argument(format!("action {digest} has no {STEP_FILE}: not a Dockerfile step"))
+        })?;
         let spec_digest = Digest::from_proto_field(function, file.digest.as_ref(), STEP_FILE)?;
-        let spec = StepSpec::from_json(&get_bytes_at_most(&*self.cas, &spec_digest, MAX_PROTO_BYTES, STEP_FILE).await?)?;
+        let spec =
+            StepSpec::from_json(&get_bytes_at_most(&*self.cas, &spec_digest, MAX_PROTO_BYTES, STEP_FILE).await?)?;
         let build = self.session(session).await?;
         let step = StepCommand {
             argv: command.arguments.clone(),
