@@ -26,7 +26,7 @@ pub const STEP_FILE: &str = "step.json";
 /// The platform property that marks a step's action, with its kind.
 pub const STEP_PROPERTY: &str = "memobuild.step";
 /// How the input root names the parent filesystem's layers (then `NNNN`).
-const PARENT_PREFIX: &str = "parent-";
+pub const STEP_PARENT_PREFIX: &str = "parent-";
 
 /// The layers of a recorded step, by blob, as its input root and result
 /// name them.
@@ -47,7 +47,7 @@ impl StepLayers {
         let parent = input_root
             .files
             .iter()
-            .filter(|f| f.name.starts_with(PARENT_PREFIX))
+            .filter(|f| f.name.starts_with(STEP_PARENT_PREFIX))
             .filter_map(|f| digest(f.digest.as_ref()))
             .collect();
         let output =
@@ -139,7 +139,7 @@ impl StepAction {
                 });
             }
         };
-        add(PARENT_PREFIX.to_string(), parent);
+        add(STEP_PARENT_PREFIX.to_string(), parent);
         for (n, source) in sources.iter().enumerate() {
             add(format!("source-{n:02}-"), source);
         }

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use memobuild_cas::{get_bytes_at_most, ActionResults, BlobStore, Clock};
-use memobuild_engine::STEP_PROPERTY;
+use memobuild_engine::{LAYER_OUTPUT, STEP_PARENT_PREFIX, STEP_PROPERTY};
 use memobuild_proto::reapi::{Action, Command, ExecuteRequest, ExecuteResponse};
 use memobuild_proto::worker::{
     scheduler_message, Assign, Cancel, Finished, Hello, Output, SchedulerMessage, StepSession,
@@ -20,7 +20,7 @@ use crate::operation_record::{OperationRecord, Stage};
 use crate::operation_store::OperationStore;
 use crate::platform::{Matcher, Platform};
 
-/// Input roots remembered per worker for affinity.
+/// Input roots and layers remembered per worker for affinity.
 const RECENT_ROOTS: usize = 64;
 /// Output chunks kept for a follower that lags behind (then it misses some).
 const OUTPUT_BACKLOG: usize = 1024;
@@ -73,7 +73,10 @@ pub struct OperationSnapshot {
 #[derive(Clone, Debug)]
 struct ActionInfo {
     platform: Platform,
-    input_root: Option<Digest>,
+    /// What a worker that ran it holds afterwards, for affinity: the input
+    /// root, or for a Dockerfile step the top layer it starts from (the
+    /// worker that made that layer has it unpacked).
+    affinity: Option<Digest>,
     timeout: Duration,
     do_not_cache: bool,
 }
@@ -191,7 +194,7 @@ impl Scheduler {
             let mut entry = Entry {
                 info: info.unwrap_or_else(|| ActionInfo {
                     platform: Platform::default(),
-                    input_root: None,
+                    affinity: None,
                     timeout: self.config.default_timeout,
                     do_not_cache: true,
                 }),
@@ -256,7 +259,19 @@ impl Scheduler {
             .filter(|t| !t.is_zero())
             .unwrap_or(self.config.default_timeout)
             .min(self.config.max_timeout);
-        Ok(ActionInfo { platform, input_root: Some(input_root), timeout, do_not_cache: action.do_not_cache })
+        let affinity = match platform.properties().iter().any(|(name, _)| name == STEP_PROPERTY) {
+            true => self.top_parent_layer(&input_root).await?,
+            false => Some(input_root),
+        };
+        Ok(ActionInfo { platform, affinity, timeout, do_not_cache: action.do_not_cache })
+    }
+
+    /// The last `parent-NNNN` layer a step's input root names.
+    async fn top_parent_layer(&self, input_root: &Digest) -> Result<Option<Digest>> {
+        let root: memobuild_proto::reapi::Directory = self.fetch(input_root, "input root").await?;
+        let top =
+            root.files.iter().filter(|f| f.name.starts_with(STEP_PARENT_PREFIX)).max_by(|a, b| a.name.cmp(&b.name));
+        top.map(|f| Digest::from_proto_field(input_root.function(), f.digest.as_ref(), "parent layer")).transpose()
     }
 
     async fn fetch<M: Message + Default>(&self, digest: &Digest, what: &str) -> Result<M> {
@@ -539,9 +554,16 @@ impl Scheduler {
                 self.metrics.outcome("error");
             }
         }
+        // A step's layer stays unpacked on the worker that made it.
+        let made = response.result.as_ref().and_then(|r| r.output_files.iter().find(|f| f.path == LAYER_OUTPUT));
+        let made = made.and_then(|f| Digest::from_proto_field(digest.function(), f.digest.as_ref(), "layer").ok());
         let mut state = self.state.lock();
         if let Some(w) = state.workers.get_mut(worker) {
             w.running.remove(&name);
+            if let Some(layer) = made {
+                w.recent_roots.push_front(layer);
+                w.recent_roots.truncate(RECENT_ROOTS);
+            }
         }
         if let Some(mut entry) = state.operations.remove(&name) {
             if entry.record.stage != Stage::Completed {
@@ -594,7 +616,7 @@ impl Scheduler {
             entry.record.updated_at_ms = now;
             entry.lease_expires_ms = now + lease.as_millis() as i64;
             worker.running.insert(name.clone());
-            if let Some(root) = entry.info.input_root {
+            if let Some(root) = entry.info.affinity {
                 worker.recent_roots.push_front(root);
                 worker.recent_roots.truncate(RECENT_ROOTS);
             }
@@ -623,7 +645,7 @@ impl Scheduler {
             .iter()
             .filter(|(_, w)| w.running.len() < w.slots && self.matcher.matches(&w.platform, &info.platform))
             .min_by(|(an, a), (bn, b)| {
-                let warm = |w: &Worker| info.input_root.is_some_and(|r| w.recent_roots.contains(&r));
+                let warm = |w: &Worker| info.affinity.is_some_and(|r| w.recent_roots.contains(&r));
                 let load = |w: &Worker| w.running.len() as f64 / w.slots as f64;
                 warm(b).cmp(&warm(a)).then(load(a).total_cmp(&load(b))).then(an.cmp(bn))
             })
