@@ -4,9 +4,12 @@
 //! `bytestream` times ByteStream writes and reads of one large blob;
 //! `execute` times Execute calls of distinct trivial actions, executed and
 //! as cache hits; `queue-memory` measures a scheduler's memory per queued
-//! action.
+//! action; `builds` times concurrent remote Dockerfile builds through
+//! MemoBuild's BuildService.
 
 mod blob_source;
+mod build_mix;
+mod build_variant;
 mod byte_stream;
 mod connection;
 mod execute;
@@ -14,6 +17,7 @@ mod find_missing;
 mod metrics_scrape;
 mod process_stats;
 mod queue_memory;
+mod remote_builds;
 mod size;
 mod stats;
 mod trivial_action;
@@ -28,8 +32,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use memobuild_proto::{Compressor, DigestFunction};
 use serde::Serialize;
 
+use crate::build_mix::BuildMix;
 use crate::connection::ChannelOptions;
 use crate::size::{format_size, parse_size};
+use crate::stats::LatencySummary;
 
 /// Load generator for REAPI v2 servers (MemoBuild or any other).
 ///
@@ -53,6 +59,10 @@ enum Command {
     /// A scheduler's resident memory per queued action (run it against a
     /// scheduler with no worker, so every action stays queued).
     QueueMemory(QueueMemoryArgs),
+    /// Concurrent remote Dockerfile builds through MemoBuild's BuildService
+    /// (`memobuild.build.v1`): a mix of all-cached, one-step-changed and
+    /// cold builds, timed to their first event and to their result.
+    Builds(BuildsArgs),
 }
 
 #[derive(Args)]
@@ -173,6 +183,54 @@ struct QueueMemoryArgs {
     #[arg(long, default_value_t = 2000)]
     settle_ms: u64,
 }
+
+#[derive(Args)]
+struct BuildsArgs {
+    /// The server: grpc://HOST:PORT (CAS and BuildService on one endpoint).
+    #[arg(long)]
+    endpoint: String,
+    /// REAPI instance name.
+    #[arg(long, default_value = "")]
+    instance_name: String,
+    /// HTTP/2 max frame size this client accepts (e.g. 1MiB); 16 KiB when unset.
+    #[arg(long, value_parser = parse_frame_size)]
+    max_frame_size: Option<u32>,
+    /// Builds in all (after one untimed warm-up build).
+    #[arg(long, default_value_t = 100)]
+    builds: usize,
+    /// Builds in flight at once [default: all of them].
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// HTTP/2 connections the builds share [default: one per 50 builds in flight].
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Weights of all-cached, one-step-changed and cold builds.
+    #[arg(long, default_value_t = BuildMix::default())]
+    mix: BuildMix,
+    /// Image the builds start from, for their RUN steps (e.g.
+    /// 127.0.0.1:5000/memobuild-base/busybox:1). Without it the builds are
+    /// `FROM scratch` with COPY steps only.
+    #[arg(long)]
+    base: Option<String>,
+    /// Ask for no image export (the cluster still runs every step).
+    #[arg(long)]
+    no_export: bool,
+    /// Seconds one build may take before it counts as failed.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// The server's process id, to report its CPU time and memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Seed naming the run's changed and cold builds [default: random].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print one JSON object with the figures on standard output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Builds in flight per HTTP/2 connection when --connections is not given.
+const BUILDS_PER_CONNECTION: usize = 50;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum PhaseArg {
@@ -447,6 +505,101 @@ async fn queue_memory(args: QueueMemoryArgs) -> anyhow::Result<bool> {
     Ok(report.ok())
 }
 
+/// `p50 .. max` of microsecond latencies, printed in milliseconds.
+fn millis(l: &LatencySummary) -> String {
+    let ms = |us: u64| format!("{:.1}", us as f64 / 1000.0);
+    format!(
+        "p50 {} p90 {} p99 {} max {} (mean {:.1}, n {})",
+        ms(l.p50_us),
+        ms(l.p90_us),
+        ms(l.p99_us),
+        ms(l.max_us),
+        l.mean_us / 1000.0,
+        l.count
+    )
+}
+
+async fn builds(args: BuildsArgs) -> anyhow::Result<bool> {
+    let out = Output { json: args.json };
+    let concurrency = args.concurrency.unwrap_or(args.builds);
+    let options = remote_builds::RemoteBuildsOptions {
+        channel: ChannelOptions { endpoint: args.endpoint.clone(), max_frame_size: args.max_frame_size },
+        connections: args.connections.unwrap_or_else(|| concurrency.div_ceil(BUILDS_PER_CONNECTION)).max(1),
+        instance_name: args.instance_name.clone(),
+        builds: args.builds,
+        concurrency,
+        mix: args.mix,
+        base: args.base.clone(),
+        export_image: !args.no_export,
+        seed: args.seed.unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0),
+        timeout: Duration::from_secs(args.timeout),
+        server_pid: args.server_pid,
+    };
+    let report = remote_builds::run(options).await?;
+    out.line(&format!(
+        "builds: {} remote builds (mix cached:changed:cold {}, base {}, image export {}), concurrency {}, \
+         {} connection(s), seed {}",
+        report.builds,
+        report.mix,
+        report.base.as_deref().unwrap_or("scratch"),
+        if report.export_image { "yes" } else { "no" },
+        report.concurrency,
+        report.connections,
+        report.seed
+    ))?;
+    out.line(&format!("warm-up build: {:.2} s", report.warmup_seconds))?;
+    out.line(&format!(
+        "{} succeeded, {} failed; {:.1} builds/s over {:.2} s",
+        report.succeeded, report.failed, report.builds_per_second, report.wall_seconds
+    ))?;
+    if let Some(l) = &report.first_event {
+        out.line(&format!("first event ms: {}", millis(l)))?;
+    }
+    if let Some(l) = &report.result {
+        out.line(&format!("result ms:      {}", millis(l)))?;
+    }
+    if let Some(l) = &report.upload {
+        out.line(&format!("context upload ms (before Build): {}", millis(l)))?;
+    }
+    for kind in &report.kinds {
+        out.line(&format!(
+            "  {}: {} builds, {} failed; steps executed {}, cached {}",
+            kind.kind, kind.builds, kind.failed, kind.steps_executed, kind.steps_cached
+        ))?;
+        if let Some(l) = &kind.first_event {
+            out.line(&format!("    first event ms: {}", millis(l)))?;
+        }
+        if let Some(l) = &kind.result {
+            out.line(&format!("    result ms:      {}", millis(l)))?;
+        }
+        if kind.cached_builds_that_ran_steps > 0 {
+            out.line(&format!("    {} cached builds ran a step (expected none)", kind.cached_builds_that_ran_steps))?;
+        }
+    }
+    if let Some(s) = &report.server {
+        out.line(&format!(
+            "server (pid {}): CPU {:.2} s ({:.1} ms/build), children CPU {:.2} s; VmRSS {} KiB before, \
+             peak {} KiB, {} KiB after; VmHWM {} KiB",
+            s.pid,
+            s.cpu_seconds,
+            s.cpu_seconds * 1000.0 / report.builds as f64,
+            s.children_cpu_seconds,
+            s.rss_before_kib,
+            s.rss_peak_kib,
+            s.rss_after_kib,
+            s.hwm_kib
+        ))?;
+    }
+    if let Some(client) = report.client_cpu_seconds {
+        out.line(&format!("client CPU: {client:.2} s"))?;
+    }
+    if let Some(e) = &report.first_error {
+        out.line(&format!("first error: {e}"))?;
+    }
+    out.json(&report)?;
+    Ok(report.ok())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -462,6 +615,7 @@ fn main() -> ExitCode {
             Command::Bytestream(args) => bytestream(args).await,
             Command::Execute(args) => execute(args).await,
             Command::QueueMemory(args) => queue_memory(args).await,
+            Command::Builds(args) => builds(args).await,
         }
     });
     match result {

@@ -1,5 +1,5 @@
-//! What another process on this machine costs: resident memory from
-//! `/proc/PID/status` and CPU time from `/proc/PID/stat` (Linux only).
+//! What another process on this machine costs: resident memory (now and
+//! at its peak) from `/proc/PID/status` and CPU time from `/proc/PID/stat` (Linux only).
 
 use anyhow::Context;
 
@@ -21,6 +21,13 @@ pub fn resident_kib(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     status_field_kib(&text, "VmRSS").with_context(|| format!("{path} has no VmRSS line"))
+}
+
+/// `VmHWM` of process `pid` (the most resident memory it has had), in KiB.
+pub fn peak_resident_kib(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    status_field_kib(&text, "VmHWM").with_context(|| format!("{path} has no VmHWM line"))
 }
 
 /// User plus system CPU seconds process `pid` has used so far.
@@ -91,6 +98,7 @@ mod tests {
     fn reads_this_process() {
         let pid = std::process::id();
         assert!(resident_kib(pid).unwrap() > 0);
+        assert!(peak_resident_kib(pid).unwrap() > 0);
         assert!(cpu_seconds(pid).unwrap() >= 0.0);
         assert!(children_cpu_seconds(pid).unwrap() >= 0.0);
     }
