@@ -194,3 +194,58 @@ fn bazel_remote_execution_runs_every_action_on_the_cluster() {
 
     setup.rebuild_all_cached(&remote, &outputs);
 }
+
+/// Runs `memobuild ARGS` against the setup's server; returns its stderr.
+fn memobuild(setup: &Setup, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_memobuild"))
+        .args(args)
+        .env("MEMOBUILD_ENDPOINT", format!("grpc://{}", setup.address))
+        .env("MEMOBUILD_STATE_DIR", setup.root.join("memobuild-client"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(output.status.success(), "memobuild {args:?} failed:\n{stderr}");
+    stderr
+}
+
+#[test]
+fn bazel_and_dockerfile_builds_share_one_cluster_cache() {
+    let setup = Setup::new();
+    let remote = format!("--remote_executor=grpc://{}", setup.address);
+    setup.bazel(&["build", "//...", &remote]);
+    let outputs = setup.outputs();
+
+    let context = setup.root.join("docker-context");
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::write(context.join("Dockerfile"), "FROM scratch\nCOPY app.txt /app/\nWORKDIR /app\n").unwrap();
+    std::fs::write(context.join("app.txt"), "shared cache\n").unwrap();
+    let dir = context.to_str().unwrap();
+    let cold = memobuild(&setup, &["remote", "build", "--progress", "plain", dir]);
+    assert!(cold.contains("2 steps ran, 0 cached"), "{cold}");
+
+    // The Dockerfile's steps are REAPI actions in the cache Bazel uses: a
+    // dry run names their keys, and the ActionCache serves their results.
+    let dry = memobuild(&setup, &["remote", "build", "--dry-run", "--progress", "plain", dir]);
+    let keys: Vec<&str> = dry.lines().filter_map(|l| l.split("key ").nth(1)?.strip_suffix(": cached")).collect();
+    assert_eq!(keys.len(), 2, "{dry}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for key in keys {
+        let digest: Digest = key.parse().unwrap();
+        let result = runtime.block_on(async {
+            let channel = memobuild_cas::grpc_channel(&format!("grpc://{}", setup.address)).unwrap();
+            let mut client = memobuild_proto::reapi::action_cache_client::ActionCacheClient::new(channel);
+            let request = memobuild_proto::reapi::GetActionResultRequest {
+                action_digest: Some(digest.to_proto()),
+                ..Default::default()
+            };
+            client.get_action_result(request).await
+        });
+        let result = result.unwrap_or_else(|e| panic!("step {key} is not in the action cache: {e}")).into_inner();
+        assert_eq!(result.exit_code, 0);
+    }
+
+    // And both are cached for each other's next build.
+    let warm = memobuild(&setup, &["remote", "build", "--progress", "plain", dir]);
+    assert!(warm.contains("0 steps ran, 2 cached"), "{warm}");
+    setup.rebuild_all_cached(&remote, &outputs);
+}

@@ -523,7 +523,9 @@ impl Scheduler {
         let (instance, digest, cacheable) = {
             let state = self.state.lock();
             match state.operations.get(&name) {
-                Some(e) if e.record.stage != Stage::Completed => {
+                // Only the worker that holds the operation may finish it (a
+                // worker that lost its lease may report late).
+                Some(e) if e.record.stage != Stage::Completed && e.record.worker.as_deref() == Some(worker) => {
                     (e.record.instance_name.clone(), e.record.action_digest, !e.info.do_not_cache)
                 }
                 _ => {
@@ -638,8 +640,9 @@ impl Scheduler {
         self.refresh_gauges(&state);
     }
 
-    /// A free worker that can run the action: one that recently had its
-    /// input root first, then the least loaded.
+    /// A free worker that can run the action: the least loaded, and among
+    /// those one that recently had its input root (or, for a Dockerfile
+    /// step, made the layer it starts from).
     fn best_worker(&self, workers: &HashMap<String, Worker>, info: &ActionInfo) -> Option<String> {
         workers
             .iter()
@@ -647,7 +650,7 @@ impl Scheduler {
             .min_by(|(an, a), (bn, b)| {
                 let warm = |w: &Worker| info.affinity.is_some_and(|r| w.recent_roots.contains(&r));
                 let load = |w: &Worker| w.running.len() as f64 / w.slots as f64;
-                warm(b).cmp(&warm(a)).then(load(a).total_cmp(&load(b))).then(an.cmp(bn))
+                load(a).total_cmp(&load(b)).then(warm(b).cmp(&warm(a))).then(an.cmp(bn))
             })
             .map(|(name, _)| name.clone())
     }

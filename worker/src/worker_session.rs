@@ -23,6 +23,8 @@ use crate::ActionExecutor;
 
 /// Heartbeats renew leases; the scheduler's lease is several of these.
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// The shortest heartbeat period, however short the lease.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 /// The longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -76,13 +78,21 @@ pub async fn run_worker(
         };
         tracing::info!(worker = %identity.name, slots = identity.slots, "connected to the scheduler");
         backoff = Duration::from_millis(200);
-        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        let mut period = HEARTBEAT;
+        let mut heartbeat = tokio::time::interval(period);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 received = incoming.message() => match received {
                     Ok(Some(m)) => match m.kind {
                         Some(scheduler_message::Kind::Assign(assign)) => {
+                            // Beat at least three times per lease, whatever lease the scheduler keeps.
+                            if let Some(lease) = assign.lease.as_ref().map(lease_duration) {
+                                if lease / 3 < period {
+                                    period = (lease / 3).max(MIN_HEARTBEAT);
+                                    heartbeat = tokio::time::interval(period);
+                                }
+                            }
                             let sinks = Sinks { results: results.clone(), outputs: outputs.clone() };
                             start(assign, &identity.name, &executors, &running, sinks);
                         }
@@ -117,6 +127,10 @@ pub async fn run_worker(
         token.cancel();
     }
     Ok(())
+}
+
+fn lease_duration(lease: &memobuild_proto::protobuf::Duration) -> Duration {
+    Duration::from_secs(lease.seconds.max(0) as u64) + Duration::from_nanos(lease.nanos.max(0) as u64)
 }
 
 fn message(kind: worker_message::Kind) -> WorkerMessage {
