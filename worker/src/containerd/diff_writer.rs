@@ -284,6 +284,40 @@ mod tests {
             .collect()
     }
 
+    /// What a layer must not depend on: extended attributes (the tar holds
+    /// none), access times and ctimes (never written), and mtimes past the
+    /// epoch.
+    #[test]
+    fn xattrs_atimes_and_late_mtimes_do_not_reach_the_layer() {
+        let layer = |scramble: bool| {
+            let upper = tempfile::tempdir().expect("tempdir");
+            let root = upper.path();
+            std::fs::create_dir_all(root.join("d")).expect("mkdir");
+            std::fs::write(root.join("d/f"), "f").expect("write");
+            let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(500);
+            let file = File::options().write(true).open(root.join("d/f")).expect("open");
+            let late = std::time::SystemTime::now();
+            let times = if scramble {
+                std::fs::FileTimes::new().set_accessed(late).set_modified(late)
+            } else {
+                std::fs::FileTimes::new()
+                    .set_accessed(old)
+                    .set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(2_000))
+            };
+            file.set_times(times).expect("times");
+            if scramble {
+                xattr::set(root.join("d/f"), "user.memobuild-test", b"1").expect("user xattrs on the temp dir");
+            }
+            let dir = File::open(root.join("d")).expect("open dir");
+            dir.set_times(std::fs::FileTimes::new().set_accessed(old).set_modified(old)).expect("dir times");
+            let lower = LayerStack::new(Vec::new());
+            let writer = DiffWriter { upper: root, lower: &lower, mount_targets: &[], source_date_epoch: Some(1_000) };
+            let out = tempfile::tempdir().expect("tempdir");
+            writer.write(File::create(out.path().join("layer.tar")).expect("create")).expect("write")
+        };
+        assert_eq!(layer(true), layer(false));
+    }
+
     #[test]
     fn files_links_and_mountpoints() {
         let upper = tempfile::tempdir().expect("tempdir");

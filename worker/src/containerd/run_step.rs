@@ -120,7 +120,7 @@ impl Containerd {
         let mut tasks = TasksClient::new(self.channel());
         let create = CreateTaskRequest {
             container_id: id.to_string(),
-            rootfs: mounts.mounts().to_vec(),
+            rootfs: mounts.step_mounts(),
             stdin: String::new(),
             stdout: fifos.stdout().to_string_lossy().into_owned(),
             stderr: fifos.stderr().to_string_lossy().into_owned(),

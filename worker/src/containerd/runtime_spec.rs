@@ -22,6 +22,8 @@ const CGROUP_V1_MEMSW: &str = "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes
 /// The open-files limits of a step.
 const NOFILE_SOFT: u64 = 1024;
 const NOFILE_HARD: u64 = 1_048_576;
+/// The umask a step runs with (Docker's).
+const STEP_UMASK: u32 = 0o022;
 /// Host files bound read-only into a step with host networking.
 const HOST_NETWORK_FILES: [&str; 2] = ["/etc/resolv.conf", "/etc/hosts"];
 
@@ -96,9 +98,12 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, user: &ResolvedUser, container_
         .ambient(Capabilities::new())
         .build()
         .map_err(spec_error("capabilities"))?;
+    // Docker's umask, never the one this process (or containerd) inherited:
+    // it decides the modes of every file the step creates.
     let user_spec = UserBuilder::default()
         .uid(user.uid)
         .gid(user.gid)
+        .umask(STEP_UMASK)
         .additional_gids(user.additional_gids.clone())
         .build()
         .map_err(spec_error("user"))?;
@@ -289,6 +294,7 @@ mod tests {
         let built = runtime_spec(&spec, &user, "c1").expect("spec");
         let json = serde_json::to_value(&built.spec).expect("json");
         assert_eq!(json["process"]["user"]["uid"], 1000);
+        assert_eq!(json["process"]["user"]["umask"], 0o022, "whatever umask the builder has");
         assert_eq!(json["process"]["cwd"], "/work");
         assert!(json["process"]["env"].as_array().expect("env").iter().any(|e| e == "HOME=/home/u"));
         assert_eq!(json["root"]["readonly"], false);

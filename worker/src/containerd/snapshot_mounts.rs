@@ -10,6 +10,16 @@ use super::layer_stack::LayerStack;
 /// deep chains go past it with absolute layer paths.
 const MAX_MOUNT_DATA: usize = 4000;
 
+/// Where the kernel lists the overlay module's parameters (one file per
+/// option it knows).
+const OVERLAY_PARAMETERS: &str = "/sys/module/overlay/parameters";
+/// Overlay features that change what a step's writable directory holds: with
+/// `redirect_dir` a renamed lower directory is only a pointer to it, with
+/// `metacopy` a lower file whose metadata changed has no data there. A layer
+/// is read from that directory, so a kernel (or module default) with them on
+/// would give other, incomplete layers for the same key.
+const FEATURES_OFF: [(&str, &str); 2] = [("redirect_dir", "redirect_dir=off"), ("metacopy", "metacopy=off")];
+
 /// What the mounts of a snapshot are made of, as the overlayfs snapshotter
 /// returns them: a bind mount of one directory (a snapshot without parent,
 /// or a view of a single layer) or an overlay mount (`lowerdir=` top first,
@@ -50,8 +60,27 @@ impl SnapshotMounts {
         Ok(parsed)
     }
 
-    pub(super) fn mounts(&self) -> &[Mount] {
-        &self.mounts
+    /// The mounts for a step's rootfs: a writable overlay gets the features
+    /// that would change its upper directory turned off, where the kernel
+    /// knows them.
+    pub(super) fn step_mounts(&self) -> Vec<Mount> {
+        self.with_features_off(|parameter| Path::new(OVERLAY_PARAMETERS).join(parameter).exists())
+    }
+
+    fn with_features_off(&self, known: impl Fn(&str) -> bool) -> Vec<Mount> {
+        let mut mounts = self.mounts.clone();
+        for mount in mounts.iter_mut().filter(|m| m.r#type == "overlay") {
+            if !mount.options.iter().any(|o| o.starts_with("upperdir=")) {
+                continue;
+            }
+            for (parameter, off) in FEATURES_OFF {
+                let given = mount.options.iter().any(|o| o.split('=').next() == Some(parameter));
+                if known(parameter) && !given {
+                    mount.options.push(off.to_string());
+                }
+            }
+        }
+        mounts
     }
 
     pub(super) fn upper(&self) -> Option<&Path> {
@@ -170,6 +199,31 @@ mod tests {
         let (dir, compact) = relative_lowerdirs(data).unwrap();
         assert_eq!(dir, PathBuf::from("/s/snapshots"));
         assert_eq!(compact, "index=off,lowerdir=12/fs:3/fs:100/fs");
+    }
+
+    #[test]
+    fn a_step_overlay_turns_off_what_changes_its_upper_directory() {
+        let mount = |kind: &str, options: &[&str]| Mount {
+            r#type: kind.into(),
+            source: "overlay".into(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+            ..Mount::default()
+        };
+        let step = SnapshotMounts::parse(vec![mount("overlay", &["index=off", "lowerdir=/l", "upperdir=/u"])]).unwrap();
+        let options = |mounts: Vec<Mount>| mounts.into_iter().flat_map(|m| m.options).collect::<Vec<_>>();
+        assert_eq!(
+            options(step.with_features_off(|_| true)),
+            ["index=off", "lowerdir=/l", "upperdir=/u", "redirect_dir=off", "metacopy=off"]
+        );
+        assert_eq!(
+            options(step.with_features_off(|p| p == "redirect_dir")),
+            ["index=off", "lowerdir=/l", "upperdir=/u", "redirect_dir=off"],
+            "an option the kernel does not know is not passed"
+        );
+        let view = SnapshotMounts::parse(vec![mount("overlay", &["lowerdir=/a:/b"])]).unwrap();
+        assert_eq!(options(view.with_features_off(|_| true)), ["lowerdir=/a:/b"], "a read-only view is left alone");
+        let bind = SnapshotMounts::parse(vec![mount("bind", &["rbind", "rw"])]).unwrap();
+        assert_eq!(options(bind.with_features_off(|_| true)), ["rbind", "rw"]);
     }
 
     #[test]
