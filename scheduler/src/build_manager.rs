@@ -18,7 +18,7 @@ use memobuild_engine::{
     ExportRequest, HostEntry, ImageBuild, ResourceLimits, Secrets,
 };
 use memobuild_frontend::{BuildContext, Platform};
-use memobuild_oci::{Compression, RegistryClient};
+use memobuild_oci::{Compression, DirectoryDiffIdMemo, RegistryClient};
 use memobuild_proto::build::{
     build_event::Kind, export, BuildAccepted, BuildEvent, BuildFailed, BuildRequest, BuildResult, BuildSummary,
 };
@@ -96,6 +96,9 @@ pub struct BuildManager {
     work_dir: PathBuf,
     builds: Mutex<HashMap<String, Arc<RunningBuild>>>,
     store: Arc<dyn BuildStore>,
+    /// Diff ids of pulled base layers, so a build does not decompress a
+    /// layer an earlier build already did.
+    diff_ids: Arc<DirectoryDiffIdMemo>,
     persist: mpsc::UnboundedSender<Persist>,
 }
 
@@ -115,10 +118,11 @@ impl BuildManager {
             scheduler,
             cas,
             actions,
-            work_dir,
+            diff_ids: Arc::new(DirectoryDiffIdMemo::new(work_dir.join("diff-ids"))),
             builds: Mutex::new(HashMap::new()),
             store,
             persist,
+            work_dir,
         });
         for stored in manager.store.unfinished().await.context("loading the builds that were running")? {
             let id = stored.id.clone();
@@ -129,12 +133,10 @@ impl BuildManager {
         Ok(manager)
     }
 
-    /// Checks a request, reads its context from the CAS and starts the
-    /// build in the background.
+    /// Records a build and starts it in the background (its context is
+    /// read from the CAS there: a problem with it is the build's failure).
     pub async fn build(self: &Arc<Self>, request: BuildRequest) -> Result<Arc<RunningBuild>> {
         let id = uuid::Uuid::new_v4().to_string();
-        let context = self.context(&request).await?;
-        let image_build = image_build(&request, context)?;
         let now = unix_ms();
         let stored = StoredBuild {
             id: id.clone(),
@@ -152,7 +154,7 @@ impl BuildManager {
         build.push(BuildEvent { sequence: 0, kind: Some(Kind::Accepted(BuildAccepted { build_id: id.clone() })) });
         self.forget_old();
         self.builds.lock().insert(id.clone(), build.clone());
-        self.run(build.clone(), &request, image_build);
+        self.run(build.clone(), request);
         Ok(build)
     }
 
@@ -173,10 +175,7 @@ impl BuildManager {
             "resume",
             "the scheduler restarted: resuming the build (finished steps are cached)",
         ));
-        match self.context(&request).await.and_then(|context| image_build(&request, context)) {
-            Ok(image_build) => self.run(build, &request, image_build),
-            Err(e) => build.end(Err(e), 0, 0),
-        }
+        self.run(build, request);
         Ok(())
     }
 
@@ -217,14 +216,30 @@ impl BuildManager {
         }
     }
 
-    /// Runs `image_build` for `build` in the background.
-    fn run(self: &Arc<Self>, build: Arc<RunningBuild>, request: &BuildRequest, image_build: ImageBuild) {
+    /// Runs `request` for `build` in the background.
+    fn run(self: &Arc<Self>, build: Arc<RunningBuild>, request: BuildRequest) {
         let id = build.id.clone();
+        let manager = self.clone();
+        let span = tracing::info_span!("build", build = %id);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                match manager.context(&request).await.and_then(|context| image_build(&request, context)) {
+                    Ok(image_build) => manager.execute(build, &request, image_build).await,
+                    Err(e) => build.end(Err(e), 0, 0),
+                }
+            },
+            span,
+        ));
+    }
+
+    /// Runs the engine for `build`, its events into the build.
+    async fn execute(&self, running: Arc<RunningBuild>, request: &BuildRequest, image_build: ImageBuild) {
+        let id = running.id.clone();
         let stores = Arc::new(EngineStores {
             cas: self.cas.clone(),
             actions: self.actions.clone(),
-            registry: registry(request),
-            diff_ids: None,
+            registry: registry(request).with_diff_id_memo(self.diff_ids.clone()),
+            diff_ids: Some(self.diff_ids.clone()),
             remote_files_dir: self.work_dir.join("remote-files"),
         });
         let executor = Arc::new(QueueExecutor {
@@ -233,31 +248,27 @@ impl BuildManager {
             instance_name: request.instance_name.clone(),
             client: format!("build/{id}"),
         });
-        let running = build;
-        let span = tracing::info_span!("build", build = %id);
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                let (events, mut received) = tokio::sync::mpsc::unbounded_channel::<BuildEvent>();
-                let pump_build = running.clone();
-                let pump = tokio::spawn(async move {
-                    let mut counts = (0u32, 0u32);
-                    while let Some(event) = received.recv().await {
-                        match &event.kind {
-                            Some(Kind::Done(_)) => counts.0 += 1,
-                            Some(Kind::Cached(_)) => counts.1 += 1,
-                            _ => {}
-                        }
-                        pump_build.push(event);
-                    }
-                    counts
-                });
-                let outcome = image_build.run(stores, executor, &events, running.cancel.clone()).await;
-                drop(events);
-                let (executed, cached) = pump.await.unwrap_or_default();
-                running.end(outcome, executed, cached);
-            },
-            span,
-        ));
+        let (events, mut received) = tokio::sync::mpsc::unbounded_channel::<BuildEvent>();
+        let pump_build = running.clone();
+        let pump = tokio::spawn(async move {
+            let mut counts = (0u32, 0u32);
+            while let Some(event) = received.recv().await {
+                match &event.kind {
+                    Some(Kind::Done(_)) => counts.0 += 1,
+                    Some(Kind::Cached(_)) => counts.1 += 1,
+                    _ => {}
+                }
+                pump_build.push(event);
+            }
+            counts
+        });
+        // Boxed as Send: the engine's future is too deep to prove it here.
+        let run: futures::future::BoxFuture<'_, _> =
+            Box::pin(image_build.run(stores, executor, &events, running.cancel.clone()));
+        let outcome = run.await;
+        drop(events);
+        let (executed, cached) = pump.await.unwrap_or_default();
+        running.end(outcome, executed, cached);
     }
 
     /// The build `id` of `instance` (another instance's builds are not
@@ -397,12 +408,10 @@ async fn run_persister(store: Arc<dyn BuildStore>, mut writes: mpsc::UnboundedRe
 type SequencedEvent = (u64, Vec<u8>);
 
 async fn flush_events(store: &dyn BuildStore, events: &mut Vec<(String, u64, Vec<u8>)>) {
-    let mut by_build: Vec<(String, Vec<SequencedEvent>)> = Vec::new();
+    // One transaction per build, however the builds' events interleave.
+    let mut by_build: BTreeMap<String, Vec<SequencedEvent>> = BTreeMap::new();
     for (id, sequence, bytes) in events.drain(..) {
-        match by_build.last_mut() {
-            Some((last, list)) if *last == id => list.push((sequence, bytes)),
-            _ => by_build.push((id, vec![(sequence, bytes)])),
-        }
+        by_build.entry(id).or_default().push((sequence, bytes));
     }
     for (id, list) in by_build {
         if let Err(e) = store.append_events(&id, &list).await {

@@ -664,7 +664,7 @@ mod tests {
             server.update("bazel", &digest("a bazel action"), &result).await.unwrap();
         }
         let report = f.prune(PrunePolicy { all: true, ..PrunePolicy::default() }, SystemTime::now()).await;
-        assert_eq!((report.entries, report.blobs), (2, 9), "{report:?}");
+        assert_eq!((report.entries, report.blobs), (2, 10), "{report:?}");
         assert_eq!(f.blobs().await, HashSet::from([f.orphan]));
     }
 
@@ -676,7 +676,7 @@ mod tests {
         assert_eq!((report.entries, report.blobs), (0, 1), "only the orphan goes: {report:?}");
         assert_eq!(f.hits().await.iter().flatten().count(), 2);
         let report = f.prune(until, SystemTime::now() + 2 * HOUR).await;
-        assert_eq!((report.entries, report.blobs), (2, 9), "{report:?}");
+        assert_eq!((report.entries, report.blobs), (2, 10), "{report:?}");
         assert_eq!(f.hits().await, vec![None, None]);
         assert!(f.blobs().await.is_empty());
     }
@@ -689,7 +689,7 @@ mod tests {
             std::fs::write(f.dir.path().join(dir).join("sub/file"), "0123456789").unwrap();
         }
         let report = f.prune(PrunePolicy { all: true, ..PrunePolicy::default() }, SystemTime::now()).await;
-        assert_eq!((report.entries, report.blobs), (2, 10), "{report:?}");
+        assert_eq!((report.entries, report.blobs), (2, 11), "{report:?}");
         assert!(report.bytes > 30, "{report:?}");
         assert!(report.summary().starts_with("reclaimed "), "{}", report.summary());
         assert!(f.blobs().await.is_empty());
@@ -766,7 +766,7 @@ mod tests {
         assert!(e.message().contains("a build is using the state dir"), "{e}");
         assert!(e.message().contains(&f.dir.path().display().to_string()), "{e}");
         drop(build);
-        assert_eq!(f.blobs().await.len(), 10, "nothing was removed");
+        assert_eq!(f.blobs().await.len(), 11, "nothing was removed");
         assert!(Pruner::open(f.dir.path()).await.unwrap().is_some());
     }
 
