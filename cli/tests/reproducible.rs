@@ -252,3 +252,22 @@ fn renamed_directories_and_chmod_of_lower_files_keep_their_content() {
     let mode = std::fs::metadata(rootfs.join("etc/lower-file")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+/// A context file's mode reaches the layer, so it is part of the key; its
+/// times and owner do not, so changing them keeps the build a cache hit.
+#[test]
+fn context_modes_are_keyed_and_times_and_owners_are_not() {
+    let scratch = tempfile::tempdir().unwrap();
+    let context = context(&archive(scratch.path()));
+    let state = tempfile::tempdir().unwrap();
+    let epoch = [("SOURCE_DATE_EPOCH", EPOCH)];
+    let (_, first) = build(context.path(), state.path(), "copy", &epoch, "022");
+    scramble_metadata(context.path());
+    let (touched, same) = build(context.path(), state.path(), "copy", &epoch, "022");
+    assert!(touched.ran().is_empty(), "new times and owners ran {:?}", touched.ran());
+    assert_eq!(same, first);
+    std::fs::set_permissions(context.path().join("f.txt"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (chmodded, other) = build(context.path(), state.path(), "copy", &epoch, "022");
+    assert_eq!(chmodded.ran().first().map(String::as_str), Some("0.1"), "the COPY of f.txt runs again");
+    assert_ne!(other, first);
+}
