@@ -17,6 +17,7 @@ mod scheduler;
 mod service;
 mod sqlite_build_store;
 mod sqlite_operation_store;
+mod state_db;
 
 #[cfg(test)]
 mod build_store_tests;

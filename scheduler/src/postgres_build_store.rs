@@ -1,5 +1,5 @@
 use async_trait::async_trait;
-use memobuild_proto::{Error, Result};
+use memobuild_proto::Result;
 use sqlx::postgres::PgPool;
 
 use crate::build_record::{BuildState, StoredBuild};
@@ -8,6 +8,7 @@ use crate::build_store::{
     BuildStore, BUILD_EXISTS, EVENTS_AFTER, EXPIRE_BUILDS, EXPIRE_EVENTS, FINISH, GET, INSERT_BUILD, INSERT_EVENT,
     LIST, UNFINISHED,
 };
+use crate::state_db::connect_postgres;
 
 /// [`BuildStore`] in PostgreSQL, for a cluster's scheduler. It may share its
 /// schema with the [`crate::PostgresOperationStore`].
@@ -19,12 +20,7 @@ impl PostgresBuildStore {
     /// Connects to `url` (`postgres://...`) and migrates. With `schema`, the
     /// tables live in that schema (created if needed).
     pub async fn connect(url: &str, schema: Option<&str>) -> Result<Self> {
-        let pool = memobuild_cas::connect_postgres(url, schema, 8, "build store").await?;
-        sqlx::migrate!("migrations/postgres")
-            .run(&pool)
-            .await
-            .map_err(|e| Error::internal(format!("migrating the PostgreSQL build store: {e}")))?;
-        Ok(PostgresBuildStore { pool })
+        Ok(PostgresBuildStore { pool: connect_postgres(url, schema, "build store").await? })
     }
 }
 

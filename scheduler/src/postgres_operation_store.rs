@@ -1,10 +1,11 @@
 use async_trait::async_trait;
-use memobuild_proto::{Error, Result};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use memobuild_proto::Result;
+use sqlx::postgres::PgPool;
 use sqlx::Row;
 
 use crate::operation_record::{OperationRecord, EXPIRE, LOAD, UPSERT};
 use crate::operation_store::{bind_columns, db_error, records_from_rows, row_columns, OperationStore};
+use crate::state_db::connect_postgres;
 
 /// [`OperationStore`] in PostgreSQL, for a cluster's scheduler.
 pub struct PostgresOperationStore {
@@ -16,34 +17,7 @@ impl PostgresOperationStore {
     /// tables live in that schema (created if needed), so several schedulers
     /// or test runs can share one database.
     pub async fn connect(url: &str, schema: Option<&str>) -> Result<Self> {
-        let mut options: PgConnectOptions =
-            url.parse().map_err(|e| Error::invalid_argument(format!("PostgreSQL URL {url:?}: {e}")))?;
-        if let Some(schema) = schema {
-            if !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(Error::invalid_argument(format!("schema name {schema:?}: use letters, digits and _")));
-            }
-            options = options.options([("search_path", schema)]);
-            let bootstrap = PgPoolOptions::new()
-                .max_connections(1)
-                .connect_with(options.clone())
-                .await
-                .map_err(|e| Error::unavailable(format!("connecting to PostgreSQL: {e}")))?;
-            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-                .execute(&bootstrap)
-                .await
-                .map_err(db_error("creating the schema"))?;
-            bootstrap.close().await;
-        }
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await
-            .map_err(|e| Error::unavailable(format!("connecting to PostgreSQL: {e}")))?;
-        sqlx::migrate!("migrations/postgres")
-            .run(&pool)
-            .await
-            .map_err(|e| Error::internal(format!("migrating the PostgreSQL operation store: {e}")))?;
-        Ok(PostgresOperationStore { pool })
+        Ok(PostgresOperationStore { pool: connect_postgres(url, schema, "operation store").await? })
     }
 }
 

@@ -1,7 +1,7 @@
 use std::path::Path;
 
 use async_trait::async_trait;
-use memobuild_proto::{Error, Result};
+use memobuild_proto::Result;
 use sqlx::sqlite::SqlitePool;
 
 use crate::build_record::{BuildState, StoredBuild};
@@ -10,6 +10,7 @@ use crate::build_store::{
     BuildStore, BUILD_EXISTS, EVENTS_AFTER, EXPIRE_BUILDS, EXPIRE_EVENTS, FINISH, GET, INSERT_BUILD, INSERT_EVENT,
     LIST, UNFINISHED,
 };
+use crate::state_db::{open_sqlite, sqlite_sql};
 
 /// [`BuildStore`] in SQLite, for the embedded scheduler. It may share its
 /// file with the [`crate::SqliteOperationStore`].
@@ -19,18 +20,8 @@ pub struct SqliteBuildStore {
 
 impl SqliteBuildStore {
     pub async fn open(path: &Path) -> Result<Self> {
-        let pool = memobuild_cas::open_sqlite(path, 2, "build store").await?;
-        sqlx::migrate!("migrations/sqlite")
-            .run(&pool)
-            .await
-            .map_err(|e| Error::internal(format!("migrating build store {}: {e}", path.display())))?;
-        Ok(SqliteBuildStore { pool })
+        Ok(SqliteBuildStore { pool: open_sqlite(path, "build store").await? })
     }
-}
-
-/// SQLite numbers its parameters `?n`.
-fn sqlite_sql(sql: &str) -> String {
-    sql.replace('$', "?")
 }
 
 #[async_trait]

@@ -1,12 +1,13 @@
 use std::path::Path;
 
 use async_trait::async_trait;
-use memobuild_proto::{Error, Result};
+use memobuild_proto::Result;
 use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
 
 use crate::operation_record::{OperationRecord, EXPIRE, LOAD, UPSERT};
 use crate::operation_store::{bind_columns, db_error, records_from_rows, row_columns, OperationStore};
+use crate::state_db::{open_sqlite, sqlite_sql};
 
 /// [`OperationStore`] in SQLite, for the embedded scheduler.
 pub struct SqliteOperationStore {
@@ -15,18 +16,8 @@ pub struct SqliteOperationStore {
 
 impl SqliteOperationStore {
     pub async fn open(path: &Path) -> Result<Self> {
-        let pool = memobuild_cas::open_sqlite(path, 2, "operation store").await?;
-        sqlx::migrate!("migrations/sqlite")
-            .run(&pool)
-            .await
-            .map_err(|e| Error::internal(format!("migrating operation store {}: {e}", path.display())))?;
-        Ok(SqliteOperationStore { pool })
+        Ok(SqliteOperationStore { pool: open_sqlite(path, "operation store").await? })
     }
-}
-
-/// SQLite numbers its parameters `?n`.
-fn sqlite_sql(sql: &str) -> String {
-    sql.replace('$', "?")
 }
 
 #[async_trait]

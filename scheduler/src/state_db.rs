@@ -1,0 +1,40 @@
+//! The scheduler's databases: SQLite embedded, PostgreSQL in a cluster. Both
+//! the operation store and the build store open them here, migrated; they may
+//! share one file or one schema.
+
+use std::path::Path;
+
+use memobuild_proto::{Error, Result};
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::SqlitePool;
+
+/// Connections a PostgreSQL store keeps.
+const POSTGRES_CONNECTIONS: u32 = 8;
+
+/// Opens (creating) the SQLite file at `path` for `what` and migrates it.
+pub(crate) async fn open_sqlite(path: &Path, what: &str) -> Result<SqlitePool> {
+    let pool = memobuild_cas::open_sqlite(path, 2, what).await?;
+    sqlx::migrate!("migrations/sqlite")
+        .run(&pool)
+        .await
+        .map_err(|e| Error::internal(format!("migrating {what} {}: {e}", path.display())))?;
+    Ok(pool)
+}
+
+/// Connects to `url` (`postgres://...`) for `what` and migrates. With
+/// `schema`, the tables live in that schema (created if needed), so several
+/// schedulers or test runs can share one database.
+pub(crate) async fn connect_postgres(url: &str, schema: Option<&str>, what: &str) -> Result<PgPool> {
+    let pool = memobuild_cas::connect_postgres(url, schema, POSTGRES_CONNECTIONS, what).await?;
+    sqlx::migrate!("migrations/postgres")
+        .run(&pool)
+        .await
+        .map_err(|e| Error::internal(format!("migrating the PostgreSQL {what}: {e}")))?;
+    Ok(pool)
+}
+
+/// SQLite numbers its parameters `?n`, PostgreSQL `$n`: the stores write
+/// their SQL once, for PostgreSQL.
+pub(crate) fn sqlite_sql(sql: &str) -> String {
+    sql.replace('$', "?")
+}
