@@ -65,6 +65,16 @@ mod tests {
     use memobuild_proto::reapi::{DirectoryNode, FileNode, SymlinkNode};
     use memobuild_proto::DigestFunction;
 
+    #[test]
+    fn names() {
+        for bad in ["", ".", "..", "a/b", "/", "a\0b"] {
+            assert!(unsafe_name_reason(bad).is_some(), "{bad:?}");
+        }
+        for good in ["a", "...", ".hidden", "a b", "ü"] {
+            assert_eq!(unsafe_name_reason(good), None, "{good:?}");
+        }
+    }
+
     fn file(name: &str) -> FileNode {
         let digest = Digest::of(DigestFunction::Sha256, name.as_bytes());
         FileNode { name: name.into(), digest: Some(digest.to_proto()), ..Default::default() }

@@ -4,12 +4,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use memobuild_cas::unsafe_name_reason;
 use memobuild_proto::reapi::Directory;
 use memobuild_proto::{Digest, Error, Result, ResultExt};
 use prost::Message;
 
 use crate::file_cache::{CacheKey, CachePin, FileCache};
-use crate::relative_path::{check_name, RelativePath};
+use crate::relative_path::RelativePath;
 
 /// The largest `Directory` proto read.
 const MAX_DIRECTORY_BYTES: u64 = 16 << 20;
@@ -105,7 +106,7 @@ impl InputTree {
             Error::invalid_argument(format!("input directory {path} ({}): {what} {name:?}: {why}", digest.subject()))
         };
         let mut names = HashSet::new();
-        let mut check = |what: &str, name: &str| match check_name(name) {
+        let mut check = |what: &str, name: &str| match unsafe_name_reason(name) {
             Some(why) => Err(bad(what, name, why)),
             None if !names.insert(name.to_string()) => Err(bad(what, name, "the name appears twice")),
             None => Ok(()),
