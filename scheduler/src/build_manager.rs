@@ -31,8 +31,11 @@ use tokio_util::sync::CancellationToken;
 use crate::queue_executor::QueueExecutor;
 use crate::{BuildState, BuildStore, Scheduler, StoredBuild, MAX_BUILD_PAGE};
 
-/// Events kept per build; past this, log output is dropped (with a note).
+/// Events and bytes of output kept per build; past either, output is
+/// dropped (with one note saying so), so a step that prints without end
+/// cannot fill the scheduler's memory or its database.
 const MAX_EVENTS: usize = 200_000;
+const MAX_LOG_BYTES: usize = 64 << 20;
 /// Store writes batched at most.
 const PERSIST_BATCH: usize = 512;
 /// How long a finished build stays in memory (then it is read from the store).
@@ -43,12 +46,20 @@ pub struct RunningBuild {
     pub id: String,
     pub instance_name: String,
     summary: Mutex<BuildSummary>,
-    events: Mutex<Vec<BuildEvent>>,
+    events: Mutex<EventLog>,
     /// How many events there are; followers wait on it.
     count: watch::Sender<usize>,
     cancel: CancellationToken,
     /// Where new events are written down.
     persist: mpsc::UnboundedSender<Persist>,
+}
+
+/// A build's events, and how much output they hold.
+#[derive(Default)]
+struct EventLog {
+    events: Vec<BuildEvent>,
+    log_bytes: usize,
+    truncated: bool,
 }
 
 /// A write for the build store, in order.
@@ -64,9 +75,9 @@ impl RunningBuild {
 
     /// Events from index `from` on, and whether the last one ends the build.
     pub fn events_from(&self, from: usize) -> (Vec<BuildEvent>, bool) {
-        let events = self.events.lock();
-        let tail: Vec<BuildEvent> = events.iter().skip(from).cloned().collect();
-        let ended = events.last().is_some_and(BuildEvent::is_last);
+        let log = self.events.lock();
+        let tail: Vec<BuildEvent> = log.events.iter().skip(from).cloned().collect();
+        let ended = log.events.last().is_some_and(BuildEvent::is_last);
         (tail, ended)
     }
 
@@ -76,14 +87,22 @@ impl RunningBuild {
     }
 
     fn push(&self, mut event: BuildEvent) {
-        let mut events = self.events.lock();
-        if events.len() >= MAX_EVENTS && matches!(event.kind, Some(Kind::Log(_))) {
-            return;
+        let mut log = self.events.lock();
+        if let Some(Kind::Log(output)) = &event.kind {
+            log.log_bytes += output.data.len();
+            if log.log_bytes > MAX_LOG_BYTES || log.events.len() >= MAX_EVENTS {
+                if log.truncated {
+                    return;
+                }
+                log.truncated = true;
+                let note = format!("output past {MAX_LOG_BYTES} bytes or {MAX_EVENTS} events is not kept");
+                event = BuildEvent::info(&output.step, note);
+            }
         }
-        event.sequence = events.len() as u64 + 1;
+        event.sequence = log.events.len() as u64 + 1;
         let _ = self.persist.send(Persist::Event(self.id.clone(), event.sequence, event.encode_to_vec()));
-        events.push(event);
-        self.count.send_replace(events.len());
+        log.events.push(event);
+        self.count.send_replace(log.events.len());
     }
 }
 
@@ -193,7 +212,7 @@ impl BuildManager {
                 finished_unix_ms: stored.finished_ms.unwrap_or(0),
                 message: stored.message.clone(),
             }),
-            events: Mutex::new(events),
+            events: Mutex::new(EventLog { events, ..EventLog::default() }),
             count: watch::channel(count).0,
             cancel: CancellationToken::new(),
             persist: self.persist.clone(),
@@ -487,4 +506,41 @@ fn registry(request: &BuildRequest) -> RegistryClient {
 
 fn unix_ms() -> i64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use memobuild_proto::build::step_log;
+
+    use super::*;
+
+    #[test]
+    fn endless_output_is_cut_with_one_note_and_the_end_still_recorded() {
+        let (persist, mut written) = mpsc::unbounded_channel();
+        let build = RunningBuild {
+            id: "b".into(),
+            instance_name: String::new(),
+            summary: Mutex::new(BuildSummary::default()),
+            events: Mutex::new(EventLog::default()),
+            count: watch::channel(0).0,
+            cancel: CancellationToken::new(),
+            persist,
+        };
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..100 {
+            build.push(BuildEvent::log("0.1", step_log::Stream::Stdout, chunk.clone()));
+        }
+        build.end(Err(Error::internal("the step failed")), 0, 0);
+        let (events, ended) = build.events_from(0);
+        assert!(ended);
+        let logs = events.iter().filter(|e| matches!(e.kind, Some(Kind::Log(_)))).count();
+        assert_eq!(logs, MAX_LOG_BYTES >> 20, "output up to the limit is kept");
+        let notes: Vec<_> = events.iter().filter(|e| matches!(e.kind, Some(Kind::Info(_)))).collect();
+        assert_eq!(notes.len(), 1, "one note says output was cut");
+        let mut stored = 0;
+        while let Ok(write) = written.try_recv() {
+            stored += usize::from(matches!(write, Persist::Event(..)));
+        }
+        assert_eq!(stored, events.len(), "the store gets what memory keeps, no more");
+    }
 }
