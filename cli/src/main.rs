@@ -112,6 +112,13 @@ struct WorkerArgs {
     /// A platform property offered to actions, NAME=VALUE (repeatable).
     #[arg(long = "property", value_parser = parse_property)]
     properties: Vec<(String, String)>,
+    /// containerd's socket for Dockerfile steps [default: /run/containerd/containerd.sock,
+    /// else a private containerd under the state dir, started on the first RUN].
+    #[arg(long, env = "CONTAINERD_ADDRESS")]
+    containerd_address: Option<PathBuf>,
+    /// Run only REAPI actions, no Dockerfile steps (no containerd needed).
+    #[arg(long)]
+    no_dockerfile_steps: bool,
 }
 
 fn parse_property(text: &str) -> Result<(String, String), String> {
@@ -270,6 +277,8 @@ async fn run() -> anyhow::Result<()> {
             section.slots = args.slots;
             section.cache_max_bytes = args.cache_max_bytes;
             section.properties.extend(args.properties);
+            section.containerd_address = args.containerd_address;
+            section.dockerfile_steps = !args.no_dockerfile_steps;
             server::run_worker_role(&args.scheduler, &args.cas, section, shutdown_signal())
                 .await
                 .context("memobuild worker")
