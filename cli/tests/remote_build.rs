@@ -35,7 +35,7 @@ use file_search::files_containing;
 use harness::{fixture, inspect, sh, Project, Unpacked};
 use pg_database::PgDatabase;
 use process_cluster::{ClusterOptions, ProcessCluster};
-use remote_build::cli_run::Client;
+use remote_build::cli_run::{CliOutput, Client};
 use remote_build::progress_log::Progress;
 
 /// The cluster of the tests that neither kill its processes nor grep its state.
@@ -437,4 +437,39 @@ fn scheduler_restart(options: ClusterOptions) {
     // Steps the resumed build started again get numbers of their own.
     let reused = progress.reused_numbers();
     assert!(reused.is_empty(), "step numbers {reused:?} name more than one step:\n{}", attached.stderr);
+}
+
+#[test]
+fn instances_keep_their_caches_and_builds_apart() {
+    let client = Client::new(&shared_cluster().endpoint());
+    let marker = unique();
+    let project = project(&format!("RUN echo {marker} > /marker\n"));
+    let summary = |build: &CliOutput| build.progress().summary().unwrap_or_else(|| panic!("{}", build.stderr));
+
+    let first = client.build(project.path(), &["--instance", "team-a"], &[]);
+    first.assert_ok();
+    assert!(summary(&first).0 > 0, "{}", first.stderr);
+    let again = client.build(project.path(), &["--instance", "team-a"], &[]);
+    again.assert_ok();
+    assert_eq!(summary(&again).0, 0, "the same instance hits its cache:\n{}", again.stderr);
+    let other = client.build(project.path(), &["--instance", "team-b"], &[]);
+    other.assert_ok();
+    assert!(summary(&other).0 > 0, "another instance does not see team-a's cache:\n{}", other.stderr);
+
+    // team-a's builds are not listed, or found, for team-b.
+    let id = first.stderr.lines().find_map(|l| l.strip_prefix("build ")).unwrap().trim().to_string();
+    let as_team_b = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_memobuild"))
+            .args(["remote"])
+            .args(args)
+            .args(["--endpoint", &shared_cluster().endpoint(), "--instance", "team-b"])
+            .output()
+            .unwrap()
+    };
+    let ls = as_team_b(&["ls"]);
+    assert!(ls.status.success());
+    assert!(!String::from_utf8_lossy(&ls.stdout).contains(&id), "{ls:?}");
+    let attach = as_team_b(&["attach", &id]);
+    assert!(!attach.status.success());
+    assert!(String::from_utf8_lossy(&attach.stderr).contains("not found"), "{attach:?}");
 }

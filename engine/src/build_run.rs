@@ -213,7 +213,7 @@ impl BuildRun {
         let hit = if self.settings.no_cache || state.unknown {
             None
         } else {
-            task.action.lookup(&*self.stores.actions).await?
+            task.action.lookup(&*self.stores.actions, &self.stores.instance_name).await?
         };
         let cached = hit.is_some();
         self.records.lock().push(StepRecord::new(

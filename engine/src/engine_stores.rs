@@ -11,6 +11,8 @@ use memobuild_oci::{DiffIdMemo, RegistryClient};
 pub struct EngineStores {
     pub cas: Arc<dyn BlobStore>,
     pub actions: Arc<dyn ActionResults>,
+    /// The instance (tenant) whose action cache the build uses.
+    pub instance_name: String,
     pub registry: RegistryClient,
     /// Diff ids of pulled compressed layers, when kept.
     pub diff_ids: Option<Arc<dyn DiffIdMemo>>,

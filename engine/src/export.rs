@@ -163,11 +163,11 @@ async fn compressed(state: &EngineStores, layer: &Layer, compression: Compressio
         return Ok(layer.clone());
     }
     let action = StepAction::compress(layer, media_type);
-    if let Some(Some(hit)) = action.lookup(&*state.actions).await? {
+    if let Some(Some(hit)) = action.lookup(&*state.actions, &state.instance_name).await? {
         return Ok(Layer { blob: hit.blob, media_type: media_type.into(), diff_id: layer.diff_id });
     }
     let done = compress_layer(&*state.cas, layer, compression).await?;
-    action.record(&*state.cas, &*state.actions, Some(&Layer::uncompressed(done.blob))).await?;
+    action.record(&*state.cas, &*state.actions, &state.instance_name, Some(&Layer::uncompressed(done.blob))).await?;
     Ok(done)
 }
 

@@ -183,20 +183,26 @@ impl StepAction {
         Ok(())
     }
 
-    /// The cached result: `Some(layer or None)` on a hit.
-    pub async fn lookup(&self, cache: &dyn ActionResults) -> Result<Option<Option<Layer>>> {
-        let Some(result) = cache.get("", &self.digest).await? else { return Ok(None) };
+    /// The cached result in `instance`: `Some(layer or None)` on a hit.
+    pub async fn lookup(&self, cache: &dyn ActionResults, instance: &str) -> Result<Option<Option<Layer>>> {
+        let Some(result) = cache.get(instance, &self.digest).await? else { return Ok(None) };
         if result.exit_code != 0 {
             return Ok(None);
         }
         result_layer(&result).map(Some)
     }
 
-    /// Records the step's result (its layer must already be in the CAS),
-    /// with the action's own blobs for REAPI tools.
-    pub async fn record(&self, cas: &dyn BlobStore, cache: &dyn ActionResults, layer: Option<&Layer>) -> Result<()> {
+    /// Records the step's result in `instance` (its layer must already be
+    /// in the CAS), with the action's own blobs for REAPI tools.
+    pub async fn record(
+        &self,
+        cas: &dyn BlobStore,
+        cache: &dyn ActionResults,
+        instance: &str,
+        layer: Option<&Layer>,
+    ) -> Result<()> {
         self.upload(cas).await?;
-        cache.update("", &self.digest, &layer_result(layer)).await
+        cache.update(instance, &self.digest, &layer_result(layer)).await
     }
 }
 

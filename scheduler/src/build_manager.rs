@@ -257,6 +257,7 @@ impl BuildManager {
         let stores = Arc::new(EngineStores {
             cas: self.cas.clone(),
             actions: self.actions.clone(),
+            instance_name: request.instance_name.clone(),
             registry: registry(request).with_diff_id_memo(self.diff_ids.clone()),
             diff_ids: Some(self.diff_ids.clone()),
             remote_files_dir: self.work_dir.join("remote-files"),

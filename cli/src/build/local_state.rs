@@ -42,6 +42,7 @@ impl LocalState {
         let stores = EngineStores {
             cas: cas.clone(),
             actions,
+            instance_name: String::new(),
             registry,
             diff_ids: Some(diff_ids),
             remote_files_dir: dir.join(REMOTE_FILES_DIR),
@@ -56,6 +57,7 @@ impl LocalState {
             runner: self.runner.clone(),
             cas: self.stores.cas.clone(),
             actions: self.stores.actions.clone(),
+            instance_name: self.stores.instance_name.clone(),
         }
     }
 

@@ -583,7 +583,7 @@ mod tests {
             };
             let action = StepAction::of_step(&spec, Vec::new(), Vec::new());
             let stores = &state.stores;
-            action.record(&*stores.cas, &*stores.actions, Some(&Layer::uncompressed(layer))).await.unwrap();
+            action.record(&*stores.cas, &*stores.actions, "", Some(&Layer::uncompressed(layer))).await.unwrap();
             parent.push(Layer::uncompressed(layer));
             steps.push((action, layer));
         }
@@ -611,7 +611,7 @@ mod tests {
             let state = LocalState::open(self.dir.path(), None).await.unwrap();
             let mut hits = Vec::new();
             for (action, _) in &self.steps {
-                hits.push(action.lookup(&*state.stores.actions).await.unwrap().flatten().map(|layer| layer.blob));
+                hits.push(action.lookup(&*state.stores.actions, "").await.unwrap().flatten().map(|layer| layer.blob));
             }
             hits
         }

@@ -19,6 +19,8 @@ pub struct LocalExecutor {
     pub runner: Arc<StepRunner>,
     pub cas: Arc<dyn BlobStore>,
     pub actions: Arc<dyn ActionResults>,
+    /// The instance whose action cache records the steps.
+    pub instance_name: String,
 }
 
 #[async_trait]
@@ -41,7 +43,7 @@ impl StepExecutor for LocalExecutor {
         let layer = self.runner.run(&task.spec, step_command(task), session, logs, cancel).await;
         let _ = forward.await;
         let layer = layer?;
-        task.action.record(&*self.cas, &*self.actions, layer.as_ref()).await?;
+        task.action.record(&*self.cas, &*self.actions, &self.instance_name, layer.as_ref()).await?;
         Ok(layer)
     }
 }
