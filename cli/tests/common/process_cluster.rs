@@ -28,11 +28,33 @@ pub struct ClusterOptions {
     pub log_filter: Option<String>,
     /// `--postgres URL` of the scheduler (else SQLite in its state dir).
     pub postgres: Option<String>,
+    /// The CAS on this config file (else embedded state in its state dir).
+    pub cas_config: Option<CasConfig>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { workers: 2, slots: 2, lease_seconds: None, log_filter: None, postgres: None }
+        ClusterOptions { workers: 2, slots: 2, lease_seconds: None, log_filter: None, postgres: None, cas_config: None }
+    }
+}
+
+/// `memobuild cas --config PATH`, run with `env` added to its environment
+/// (what the file's `${NAME}`s name).
+#[derive(Clone, Debug)]
+pub struct CasConfig {
+    pub path: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+impl CasConfig {
+    /// Starts `memobuild cas` on this config, gRPC and admin on loopback
+    /// ports of its own, logging to `log`; returns it with its gRPC address.
+    pub fn spawn(&self, log: PathBuf, log_filter: Option<&str>) -> (RoleProcess, String) {
+        let path = self.path.to_str().unwrap();
+        let args = ["cas", "--config", path, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+        let mut cas = RoleProcess::spawn_with_env(&args, &self.env, log, log_filter);
+        let address = cas.listening_address();
+        (cas, address)
     }
 }
 
@@ -45,9 +67,24 @@ pub struct RoleProcess {
 impl RoleProcess {
     /// Starts `memobuild ARGS` with stderr in `log`.
     fn spawn(args: &[&str], log: PathBuf, log_filter: Option<&str>) -> RoleProcess {
+        Self::spawn_with_env(args, &[], log, log_filter)
+    }
+
+    /// Starts `memobuild ARGS` with `env` added and stderr in `log`.
+    pub fn spawn_with_env(
+        args: &[&str],
+        env: &[(String, String)],
+        log: PathBuf,
+        log_filter: Option<&str>,
+    ) -> RoleProcess {
         let file = File::create(&log).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_memobuild"));
-        command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(file);
+        command
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file);
         if let Some(filter) = log_filter {
             command.env("MEMOBUILD_LOG", filter);
         }
@@ -80,7 +117,7 @@ impl RoleProcess {
     }
 
     /// The gRPC address the role logs once it listens.
-    fn listening_address(&mut self) -> String {
+    pub fn listening_address(&mut self) -> String {
         let line = self.wait_for_line("memobuild listening", |l| l.contains("memobuild listening"));
         line.rsplit("address=").next().unwrap().trim().to_string()
     }
@@ -129,13 +166,19 @@ impl ProcessCluster {
         let dir = tempfile::Builder::new().prefix("mb-cluster-").tempdir().unwrap().keep();
         std::fs::create_dir_all(dir.join("logs")).unwrap();
         let filter = options.log_filter.as_deref();
-        let cas_state = dir.join("cas");
-        let mut cas = RoleProcess::spawn(
-            &["cas", "--listen", "127.0.0.1:0", "--state-dir", cas_state.to_str().unwrap()],
-            dir.join("logs/cas.log"),
-            filter,
-        );
-        let cas_address = cas.listening_address();
+        let (cas, cas_address) = match &options.cas_config {
+            Some(config) => config.spawn(dir.join("logs/cas.log"), filter),
+            None => {
+                let cas_state = dir.join("cas");
+                let mut cas = RoleProcess::spawn(
+                    &["cas", "--listen", "127.0.0.1:0", "--state-dir", cas_state.to_str().unwrap()],
+                    dir.join("logs/cas.log"),
+                    filter,
+                );
+                let address = cas.listening_address();
+                (cas, address)
+            }
+        };
         let mut scheduler = Self::spawn_scheduler(&dir, &cas_address, "127.0.0.1:0", &options, "scheduler.log");
         let scheduler_address = scheduler.listening_address();
         let mut cluster = ProcessCluster {
