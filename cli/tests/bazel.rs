@@ -13,7 +13,14 @@ use memobuild_proto::{Digest, DigestFunction};
 struct Server(Child);
 
 impl Drop for Server {
+    /// SIGTERM, as an operator stops it, so the server also stops the
+    /// private containerd its worker started for Dockerfile steps.
     fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while matches!(self.0.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -111,10 +118,11 @@ fn count(summary: &str, what: &str) -> usize {
 
 /// A workspace copy, a Bazel output root and a running server.
 struct Setup {
+    /// Dropped first: the server stops before its state dir goes.
+    _server: Server,
     _temp: tempfile::TempDir,
     workspace: PathBuf,
     root: PathBuf,
-    _server: Server,
     address: String,
 }
 
