@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use memobuild_cas::unsafe_name_reason;
+use memobuild_cas::check_directory;
 use memobuild_proto::reapi::Directory;
 use memobuild_proto::{Digest, Error, Result, ResultExt};
 use prost::Message;
@@ -102,34 +102,17 @@ impl InputTree {
         directory: &Directory,
         next: &mut Vec<(RelativePath, Digest)>,
     ) -> Result<()> {
-        let bad = |what: &str, name: &str, why: &str| {
-            Error::invalid_argument(format!("input directory {path} ({}): {what} {name:?}: {why}", digest.subject()))
-        };
-        let mut names = HashSet::new();
-        let mut check = |what: &str, name: &str| match unsafe_name_reason(name) {
-            Some(why) => Err(bad(what, name, why)),
-            None if !names.insert(name.to_string()) => Err(bad(what, name, "the name appears twice")),
-            None => Ok(()),
-        };
+        let children = check_directory(digest, directory).with_context(|| format!("input directory {path}"))?;
         for file in &directory.files {
-            check("file", &file.name)?;
-            let digest = Digest::from_proto_field(digest.function(), file.digest.as_ref(), "digest")
-                .map_err(|e| bad("file", &file.name, e.message()))?;
+            let digest = Digest::from_proto_field(digest.function(), file.digest.as_ref(), "file digest")?;
             self.files.push((path.child(&file.name), CacheKey { digest, executable: file.is_executable }));
         }
-        for child in &directory.directories {
-            check("directory", &child.name)?;
-            let child_digest = Digest::from_proto_field(digest.function(), child.digest.as_ref(), "digest")
-                .map_err(|e| bad("directory", &child.name, e.message()))?;
+        for (child, child_digest) in directory.directories.iter().zip(children) {
             let child_path = path.child(&child.name);
             self.directories.push(child_path.clone());
             next.push((child_path, child_digest));
         }
         for symlink in &directory.symlinks {
-            check("symlink", &symlink.name)?;
-            if symlink.target.is_empty() || symlink.target.contains('\0') {
-                return Err(bad("symlink", &symlink.name, "the target is empty or contains a NUL byte"));
-            }
             self.symlinks.push((path.child(&symlink.name), symlink.target.clone()));
         }
         Ok(())
