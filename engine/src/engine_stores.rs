@@ -19,9 +19,3 @@ pub struct EngineStores {
     /// Notes of files `ADD URL` fetched, and git checkouts.
     pub remote_files_dir: PathBuf,
 }
-
-impl EngineStores {
-    pub fn remote_files_dir(&self) -> PathBuf {
-        self.remote_files_dir.clone()
-    }
-}

@@ -148,7 +148,7 @@ pub fn pins(fetched: &FetchedSources) -> BTreeMap<String, RemoteSource> {
 
 async fn fetch_file(state: &EngineStores, url: &str, checksum: Option<&str>) -> Result<Fetched> {
     let pinned = match checksum.and_then(|sum| sum.strip_prefix("sha256:")) {
-        Some(hex) => stored(state, &RemoteFileNote::content_path(&state.remote_files_dir(), hex))
+        Some(hex) => stored(state, &RemoteFileNote::content_path(&state.remote_files_dir, hex))
             .await?
             .filter(|note| note.digest.hex() == hex),
         None => None,
@@ -166,8 +166,8 @@ async fn fetch_file(state: &EngineStores, url: &str, checksum: Option<&str>) -> 
 /// validators and names a blob the CAS still has; a 200 is stored and
 /// noted, whatever the note said.
 async fn refresh(state: &EngineStores, url: &str, checksum: Option<&str>) -> Result<RemoteFileNote> {
-    let dir = state.remote_files_dir();
-    let url_note = RemoteFileNote::url_path(&dir, url);
+    let dir = &state.remote_files_dir;
+    let url_note = RemoteFileNote::url_path(dir, url);
     let known = stored(state, &url_note).await?.filter(RemoteFileNote::has_validators);
     let (file, note) = download(state, url, known).await?;
     if let Some(sum) = checksum {
@@ -177,7 +177,7 @@ async fn refresh(state: &EngineStores, url: &str, checksum: Option<&str>) -> Res
     let stream = ReaderStream::new(file).map_err(Error::from).boxed();
     state.cas.put(&note.digest, stream).await.with_context(|| format!("storing ADD {url}"))?;
     // Best effort: a file without a note is downloaded again.
-    for path in [url_note, RemoteFileNote::content_path(&dir, &note.digest.hex())] {
+    for path in [url_note, RemoteFileNote::content_path(dir, &note.digest.hex())] {
         if let Err(e) = note.save(&path) {
             tracing::debug!(error = %e, "cannot note ADD {url}");
         }
@@ -241,8 +241,8 @@ async fn download(
         .and_then(|v| httpdate::parse_http_date(v).ok())
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_secs());
-    std::fs::create_dir_all(state.remote_files_dir())?;
-    let mut file = tokio::fs::File::from_std(tempfile::tempfile_in(state.remote_files_dir())?);
+    std::fs::create_dir_all(&state.remote_files_dir)?;
+    let mut file = tokio::fs::File::from_std(tempfile::tempfile_in(&state.remote_files_dir)?);
     let mut hasher = DigestHasher::new(DigestFunction::Sha256);
     let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
@@ -264,8 +264,8 @@ async fn download(
 /// Fetches `url`'s ref (shallow when the server allows) and checks it out
 /// in a temporary directory under the state dir.
 async fn fetch_git(state: &EngineStores, url: &GitUrl) -> Result<Fetched> {
-    std::fs::create_dir_all(state.remote_files_dir())?;
-    let checkout = tempfile::Builder::new().prefix("git-").tempdir_in(state.remote_files_dir())?;
+    std::fs::create_dir_all(&state.remote_files_dir)?;
+    let checkout = tempfile::Builder::new().prefix("git-").tempdir_in(&state.remote_files_dir)?;
     let dir = checkout.path();
     git(url, dir, &["init", "--quiet"]).await?;
     let reference = if url.reference.is_empty() { "HEAD" } else { url.reference.as_str() };

@@ -595,8 +595,8 @@ mod tests {
         }
         for (url, digest) in [(KEPT_URL, base), (GONE_URL, orphan)] {
             let note = RemoteFileNote { digest, mtime: None, etag: Some("\"e\"".into()), last_modified: None };
-            note.save(&RemoteFileNote::url_path(&state.stores.remote_files_dir(), url)).unwrap();
-            note.save(&RemoteFileNote::content_path(&state.stores.remote_files_dir(), &digest.hex())).unwrap();
+            note.save(&RemoteFileNote::url_path(&state.stores.remote_files_dir, url)).unwrap();
+            note.save(&RemoteFileNote::content_path(&state.stores.remote_files_dir, &digest.hex())).unwrap();
         }
         Fixture { dir, base, steps, orphan }
     }
