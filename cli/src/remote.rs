@@ -23,9 +23,7 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use crate::build::{
-    anyhow_of, cancel_on_signals, render, write_results, BuildArgs, BuildInputs, BuildOutcome, ProgressMode,
-};
+use crate::build::{anyhow_of, cancel_on_signals, render, write_results, BuildArgs, BuildInputs, ProgressMode};
 use crate::config::default_state_dir;
 
 /// Where the cluster is.
@@ -158,10 +156,11 @@ async fn build(args: RemoteBuildArgs) -> anyhow::Result<Option<String>> {
     }
     .await;
     drop(sender);
-    let counts = renderer.await.unwrap_or_default();
+    // The renderer prints the summary; its counts are not needed here.
+    let _ = renderer.await;
     let (image_digest, image_id) = written?;
-    let outcome = BuildOutcome { counts, image_digest, image_id };
-    Ok(if build.quiet { outcome.image_id } else { outcome.image_digest })
+    // As `memobuild build`: -q prints the image id, else the manifest digest.
+    Ok(if build.quiet { image_id } else { image_digest })
 }
 
 /// What an upload sent.
