@@ -1,0 +1,3 @@
+FROM {{busybox}}
+COPY a.txt /linked/
+COPY dir /linked-dir/

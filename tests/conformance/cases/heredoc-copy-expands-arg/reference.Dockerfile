@@ -1,0 +1,3 @@
+FROM {{busybox}}
+COPY version /version
+COPY literal /literal

@@ -1,0 +1,2 @@
+FROM {{busybox}}
+COPY one.txt two.txt /docs/

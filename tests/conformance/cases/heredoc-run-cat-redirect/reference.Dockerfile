@@ -1,0 +1,2 @@
+FROM {{busybox}}
+RUN printf '[main]\nkey = value\n' > /conf.ini

@@ -1,0 +1,3 @@
+FROM {{busybox}}
+ENV NAME=env-value
+RUN echo "name=$NAME" > /expanded && echo 'name=$NAME' > /raw

@@ -1,0 +1,2 @@
+FROM {{busybox}}
+RUN echo alpha > /a.txt && echo beta > /b.txt

@@ -1,0 +1,2 @@
+FROM {{busybox}}
+RUN set -e; echo first > /heredoc; echo second >> /heredoc
