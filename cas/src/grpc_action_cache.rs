@@ -2,19 +2,19 @@ use async_trait::async_trait;
 use memobuild_proto::reapi::action_cache_client::ActionCacheClient;
 use memobuild_proto::reapi::{ActionResult, GetActionResultRequest, UpdateActionResultRequest};
 use memobuild_proto::{Digest, Error, Result};
-use tonic::transport::Channel;
 
 use crate::action_results::ActionResults;
+use crate::grpc_channel::GrpcChannel;
 
 /// [`ActionResults`] on a remote REAPI ActionCache, which keeps its own
 /// rule of serving only complete results.
 pub struct GrpcActionCache {
-    client: ActionCacheClient<Channel>,
+    client: ActionCacheClient<GrpcChannel>,
 }
 
 impl GrpcActionCache {
-    pub fn new(channel: Channel) -> Self {
-        GrpcActionCache { client: ActionCacheClient::new(channel) }
+    pub fn new(channel: impl Into<GrpcChannel>) -> Self {
+        GrpcActionCache { client: ActionCacheClient::new(channel.into()) }
     }
 }
 

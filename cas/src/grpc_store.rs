@@ -1,5 +1,4 @@
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -11,10 +10,10 @@ use memobuild_proto::reapi::{self, batch_update_blobs_request, BatchUpdateBlobsR
 use memobuild_proto::{Compressor, Digest, DigestFunction, Error, ResourceName, Result, ResultExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 use crate::blob_store::{BlobStore, BlobStream, ByteRange};
+use crate::grpc_channel::{grpc_channel_with, ClientCredentials, GrpcChannel};
 
 /// Digests per FindMissingBlobs request.
 const FIND_MISSING_BATCH: usize = 10_000;
@@ -29,12 +28,6 @@ const WRITE_CHUNK: usize = 1 << 20;
 const WRITE_BUFFER: usize = 2;
 /// The largest gRPC message sent or accepted.
 const MAX_MESSAGE: usize = 64 << 20;
-/// HTTP/2 flow-control windows: large enough to keep a fast link busy.
-const STREAM_WINDOW: u32 = 16 << 20;
-const CONNECTION_WINDOW: u32 = 64 << 20;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A remote REAPI CAS (ours or any other) reached over gRPC: how workers
 /// and schedulers in a cluster reach the CAS role.
@@ -44,43 +37,11 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// remote verifies what it stores and evicts on its own, so `delete` is
 /// refused and `usage` is unknown.
 pub struct GrpcStore {
-    cas: ContentAddressableStorageClient<Channel>,
-    bytestream: ByteStreamClient<Channel>,
+    cas: ContentAddressableStorageClient<GrpcChannel>,
+    bytestream: ByteStreamClient<GrpcChannel>,
     instance_name: String,
     /// The endpoint (and instance) as error messages name it.
     remote: String,
-}
-
-/// A lazily connecting channel to `endpoint` (`grpc://host:port` or
-/// `http://host:port`), tuned for blob transfers and kept alive. Must be
-/// called within a Tokio runtime.
-pub fn grpc_channel(endpoint: &str) -> Result<Channel> {
-    let invalid = |reason: &str| Error::invalid_argument(format!("endpoint {endpoint:?}: {reason}"));
-    let uri = match endpoint.split_once("://") {
-        Some(("grpc" | "http", rest)) => format!("http://{rest}"),
-        Some((scheme, _)) => {
-            return Err(invalid(&format!(
-                "unsupported scheme {scheme:?}; expected grpc://host:port or http://host:port"
-            )))
-        }
-        None => return Err(invalid("expected grpc://host:port or http://host:port")),
-    };
-    let endpoint_config = Endpoint::from_shared(uri).map_err(|e| invalid(&e.to_string()))?;
-    if tokio::runtime::Handle::try_current().is_err() {
-        return Err(Error::new(
-            Code::FailedPrecondition,
-            format!("connecting to {endpoint}: not within a Tokio runtime"),
-        ));
-    }
-    Ok(endpoint_config
-        .tcp_nodelay(true)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect_lazy())
 }
 
 impl GrpcStore {
@@ -88,16 +49,21 @@ impl GrpcStore {
     /// The channel connects lazily, on first use, and reconnects as needed.
     /// Must be called within a Tokio runtime.
     pub fn connect(endpoint: &str, instance_name: &str) -> Result<Self> {
-        let channel = grpc_channel(endpoint)?;
+        Self::connect_with(endpoint, instance_name, &ClientCredentials::default())
+    }
+
+    /// [`GrpcStore::connect`] presenting `credentials` (`grpcs://` for TLS).
+    pub fn connect_with(endpoint: &str, instance_name: &str, credentials: &ClientCredentials) -> Result<Self> {
+        let channel = grpc_channel_with(endpoint, credentials)?;
         Ok(Self::with_remote(channel, instance_name, endpoint))
     }
 
     /// A store over an existing channel.
-    pub fn new(channel: Channel, instance_name: &str) -> Self {
-        Self::with_remote(channel, instance_name, "the remote CAS")
+    pub fn new(channel: impl Into<GrpcChannel>, instance_name: &str) -> Self {
+        Self::with_remote(channel.into(), instance_name, "the remote CAS")
     }
 
-    fn with_remote(channel: Channel, instance_name: &str, endpoint: &str) -> Self {
+    fn with_remote(channel: GrpcChannel, instance_name: &str, endpoint: &str) -> Self {
         let remote = if instance_name.is_empty() {
             endpoint.to_string()
         } else {

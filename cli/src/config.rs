@@ -31,6 +31,32 @@ pub struct ServerConfig {
     /// `[limits]`: what one client request may ask of the CAS services.
     #[serde(default)]
     pub limits: CasLimits,
+    /// `[auth]`: who may call, and what they may do. Open without it.
+    pub auth: Option<AuthSection>,
+    /// `[tls]`: TLS on the gRPC port (clients use grpcs://).
+    pub tls: Option<TlsSection>,
+}
+
+/// `[auth]`: every call needs a bearer token or a client certificate that
+/// the principals file names.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Hashed tokens and certificate names with their capabilities and
+    /// instances; read again when it changes.
+    pub principals_file: PathBuf,
+}
+
+/// `[tls]`: the server's certificate, and the CA of client certificates.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain and private key of the server.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// PEM CA that signs client certificates (mTLS); clients without a
+    /// certificate may still present a token.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `[scheduler]`: durable operation state and the rules of dispatch.
@@ -171,6 +197,8 @@ impl ServerConfig {
             }),
             worker: Some(WorkerSection::new(state_dir.join("worker"))),
             limits: CasLimits::default(),
+            auth: None,
+            tls: None,
         }
     }
 

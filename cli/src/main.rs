@@ -6,8 +6,10 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use memobuild_cli::build::{self, BuildArgs, PruneArgs};
 use memobuild_cli::config::{default_state_dir, OperationStoreConfig, SchedulerSection, ServerConfig, WorkerSection};
+use memobuild_cli::credentials::ClientArgs;
 use memobuild_cli::graph::{self, GraphFormat};
 use memobuild_cli::remote::{self, RemoteCommand};
+use memobuild_cli::security::{Security, ServerSecurityArgs};
 use memobuild_cli::server::{self, Listeners};
 
 /// MemoBuild: container image builds and a Remote Execution API cluster.
@@ -90,6 +92,11 @@ struct SchedulerArgs {
     /// Seconds a worker may go silent before its actions are requeued.
     #[arg(long, default_value_t = 30)]
     lease_seconds: u64,
+    #[command(flatten)]
+    security: ServerSecurityArgs,
+    /// What this scheduler presents to the CAS role.
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Args)]
@@ -100,6 +107,9 @@ struct WorkerArgs {
     /// The CAS role, e.g. grpc://cas:8980.
     #[arg(long, env = "MEMOBUILD_CAS")]
     cas: String,
+    /// What this worker presents to the scheduler and the CAS.
+    #[command(flatten)]
+    client: ClientArgs,
     /// Where the worker keeps its file cache and action directories.
     #[arg(long, env = "MEMOBUILD_STATE_DIR")]
     state_dir: Option<PathBuf>,
@@ -142,6 +152,8 @@ struct ServerArgs {
     /// [default: $XDG_STATE_HOME/memobuild].
     #[arg(long, env = "MEMOBUILD_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    security: ServerSecurityArgs,
 }
 
 impl ServerArgs {
@@ -159,6 +171,7 @@ impl ServerArgs {
         if self.admin_listen.is_some() {
             config.admin_listen = self.admin_listen;
         }
+        self.security.apply(&mut config.auth, &mut config.tls);
         Ok(config)
     }
 }
@@ -261,8 +274,14 @@ async fn run() -> anyhow::Result<()> {
             };
             let section = SchedulerSection { store, lease_seconds: args.lease_seconds, ..SchedulerSection::default() };
             let admin = args.admin_listen;
+            let (mut auth, mut tls) = (None, None);
+            args.security.apply(&mut auth, &mut tls);
+            let security = Security::from_config(auth.as_ref(), tls.as_ref())?;
+            let credentials = args.client.credentials()?;
             let listeners = Listeners::bind(args.listen, admin).await?;
-            server::run_scheduler(&args.cas, section, listeners, shutdown_signal()).await.context("memobuild scheduler")
+            server::run_scheduler(&args.cas, &credentials, section, security, listeners, shutdown_signal())
+                .await
+                .context("memobuild scheduler")
         }
         Command::Graph(args) => {
             let cache_dir = args.state_dir.unwrap_or_else(default_state_dir).join("context-cache");
@@ -279,7 +298,8 @@ async fn run() -> anyhow::Result<()> {
             section.properties.extend(args.properties);
             section.containerd_address = args.containerd_address;
             section.dockerfile_steps = !args.no_dockerfile_steps;
-            server::run_worker_role(&args.scheduler, &args.cas, section, shutdown_signal())
+            let credentials = args.client.credentials()?;
+            server::run_worker_role(&args.scheduler, &args.cas, &credentials, section, shutdown_signal())
                 .await
                 .context("memobuild worker")
         }

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
-use memobuild_cas::{grpc_channel, BlobStore, GrpcStore};
+use memobuild_cas::{grpc_channel_with, BlobStore, GrpcChannel, GrpcStore};
 use memobuild_engine::{image_of, layer_of, BuiltOutput, EventSender, ExportRequest, OutputSpec};
 use memobuild_frontend::{BuildContext, ContextEntry};
 use memobuild_oci::{ImageReference, RegistryClient};
@@ -21,10 +21,10 @@ use memobuild_proto::build::{
 use memobuild_proto::Digest;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::build::{anyhow_of, cancel_on_signals, render, write_results, BuildArgs, BuildInputs, ProgressMode};
 use crate::config::default_state_dir;
+use crate::credentials::ClientArgs;
 
 /// Where the cluster is.
 #[derive(clap::Args, Clone, Debug)]
@@ -35,6 +35,8 @@ pub struct Endpoint {
     /// The instance name (tenant) builds and cache entries belong to.
     #[arg(long, default_value = "")]
     pub instance: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(clap::Subcommand)]
@@ -111,8 +113,11 @@ pub async fn run(command: RemoteCommand) -> anyhow::Result<Option<String>> {
     }
 }
 
-fn channel(endpoint: &Endpoint) -> anyhow::Result<Channel> {
-    grpc_channel(&endpoint.endpoint).map_err(anyhow_of).with_context(|| format!("--endpoint {}", endpoint.endpoint))
+fn channel(endpoint: &Endpoint) -> anyhow::Result<GrpcChannel> {
+    let credentials = endpoint.client.credentials()?;
+    grpc_channel_with(&endpoint.endpoint, &credentials)
+        .map_err(anyhow_of)
+        .with_context(|| format!("--endpoint {}", endpoint.endpoint))
 }
 
 fn status(status: tonic::Status) -> anyhow::Error {
@@ -133,7 +138,9 @@ async fn build(args: RemoteBuildArgs) -> anyhow::Result<Option<String>> {
     let state_dir = build.state_dir.clone().unwrap_or_else(default_state_dir);
     let inputs = BuildInputs::read(build, state_dir.join("context-cache"))?;
     let channel = channel(&args.endpoint)?;
-    let cas = GrpcStore::connect(&args.endpoint.endpoint, &args.endpoint.instance).map_err(anyhow_of)?;
+    let credentials = args.endpoint.client.credentials()?;
+    let cas =
+        GrpcStore::connect_with(&args.endpoint.endpoint, &args.endpoint.instance, &credentials).map_err(anyhow_of)?;
     let uploaded = upload_context(&cas, &inputs.context, &inputs.context_dir).await?;
     tracing::info!(blobs = uploaded.blobs, bytes = uploaded.bytes, "uploaded the build context");
     let request = request(build, &inputs, &args.endpoint.instance).await?;
@@ -289,7 +296,7 @@ fn built_output(result: &BuildResult, args: &BuildArgs) -> anyhow::Result<BuiltO
     })
 }
 
-type Canceller = (BuildServiceClient<Channel>, String, CancellationToken);
+type Canceller = (BuildServiceClient<GrpcChannel>, String, CancellationToken);
 
 /// Passes a build's events to `sender` until it ends; with `canceller`, a
 /// cancelled token (Ctrl-C) cancels the build on the cluster.

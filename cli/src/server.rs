@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use memobuild_auth::{AuthLayer, Capability};
 use memobuild_cas::service::{cas_routes, CapabilitiesService, CasMetrics, CasState};
 use memobuild_cas::{
-    grpc_channel, ActionCache, BlobStore, CasLimits, GrpcActionCache, GrpcStore, SystemClock, VerifiedStore,
+    grpc_channel_with, ActionCache, BlobStore, CasLimits, ClientCredentials, GrpcActionCache, GrpcChannel, GrpcStore,
+    SystemClock, VerifiedStore,
 };
 use memobuild_proto::reapi::capabilities_server::CapabilitiesServer;
 use memobuild_proto::reapi::{digest_function, ExecutionCapabilities};
@@ -28,6 +30,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::admin;
 use crate::config::{OperationStoreConfig, SchedulerSection, ServerConfig, WorkerSection};
 use crate::request_layer::RequestLayer;
+use crate::security::Security;
 
 /// HTTP/2 flow-control windows sized for blob transfers, not chat.
 const STREAM_WINDOW: u32 = 16 << 20;
@@ -72,42 +75,49 @@ pub async fn run(
         limits: config.limits,
     };
     register_usage(&registry, cas_store)?;
-    let node = Node { state, scheduler: config.scheduler, worker: config.worker, registry };
+    let security = Security::from_config(config.auth.as_ref(), config.tls.as_ref())?;
+    let node = Node { state, scheduler: config.scheduler, worker: config.worker, registry, security };
     node.serve(listeners, shutdown).await
 }
 
 /// The scheduler role of a cluster: Execution and Operations, plus the CAS
 /// and action cache of the CAS role at `cas` (proxied, so clients need one
-/// endpoint).
+/// endpoint). `credentials` are what it presents to the CAS role;
+/// `security` what its own port requires.
 pub async fn run_scheduler(
     cas: &str,
+    credentials: &ClientCredentials,
     scheduler: SchedulerSection,
+    security: Security,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let registry = Registry::new();
-    let channel = grpc_channel(cas)?;
+    let channel = grpc_channel_with(cas, credentials)?;
     let state = CasState {
-        cas: Arc::new(GrpcStore::connect(cas, "")?),
+        cas: Arc::new(GrpcStore::connect_with(cas, "", credentials)?),
         action_cache: Arc::new(GrpcActionCache::new(channel)),
         metrics: CasMetrics::register(&registry)?,
         limits: CasLimits::default(),
     };
-    let node = Node { state, scheduler: Some(scheduler), worker: None, registry };
+    let node = Node { state, scheduler: Some(scheduler), worker: None, registry, security };
     node.serve(listeners, shutdown).await
 }
 
 /// The worker role: runs actions for the scheduler at `scheduler`, with
-/// blobs from the CAS at `cas`, until `shutdown` completes.
+/// blobs from the CAS at `cas`, until `shutdown` completes, presenting
+/// `credentials` to both.
 pub async fn run_worker_role(
     scheduler: &str,
     cas: &str,
+    credentials: &ClientCredentials,
     section: WorkerSection,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     cancel_on(shutdown, token.clone());
-    let worker = worker(&section, Arc::new(GrpcStore::connect(cas, "")?), grpc_channel(scheduler)?, token).await?;
+    let store = Arc::new(GrpcStore::connect_with(cas, "", credentials)?);
+    let worker = worker(&section, store, grpc_channel_with(scheduler, credentials)?, token).await?;
     worker.await.context("worker")
 }
 
@@ -117,6 +127,7 @@ struct Node {
     scheduler: Option<SchedulerSection>,
     worker: Option<WorkerSection>,
     registry: Registry,
+    security: Security,
 }
 
 impl Node {
@@ -125,7 +136,7 @@ impl Node {
         listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Node { state, scheduler: scheduler_section, worker: worker_section, registry } = self;
+        let Node { state, scheduler: scheduler_section, worker: worker_section, registry, security } = self;
         let scheduler = match &scheduler_section {
             Some(section) => Some(start_scheduler(section, &state, &registry).await?),
             None => None,
@@ -153,10 +164,19 @@ impl Node {
             tokio::spawn(admin::serve(listener, registry.clone(), token.clone().cancelled_owned()));
         }
         let address = listeners.grpc.local_addr()?;
+        security.warn_if_open(address);
+        let request_layer = RequestLayer::new(&registry)?;
+        let auth_layer = AuthLayer::new(security.authenticator.clone());
         let mut in_process_worker = None;
         if let (Some(section), Some(_)) = (&worker_section, &scheduler) {
-            let channel =
-                tonic::transport::Endpoint::from_shared(format!("http://{address}"))?.tcp_nodelay(true).connect_lazy();
+            let channel = in_process_worker_channel(
+                address,
+                &security,
+                &routes,
+                (request_layer.clone(), auth_layer.clone()),
+                token.clone(),
+            )
+            .await?;
             let worker = worker(section, state.cas.clone(), channel, token.clone()).await?;
             in_process_worker = Some(tokio::spawn(async move {
                 if let Err(e) = worker.await {
@@ -164,18 +184,8 @@ impl Node {
                 }
             }));
         }
-        tracing::info!(%address, "memobuild listening");
-        // Small request/response calls must not wait on Nagle's algorithm.
-        let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
-        tonic::transport::Server::builder()
-            .layer(RequestLayer::new(&registry)?)
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME)
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
-            .await
-            .context("serving gRPC")?;
+        tracing::info!(tls = security.tls.is_some(), auth = security.authenticator.is_some(), %address, "memobuild listening");
+        serve_grpc(routes, listeners.grpc, security.tls.clone(), (request_layer, auth_layer), token).await?;
         // The worker stops with the token; let it clean up (its containerd).
         if let Some(worker) = in_process_worker {
             let _ = worker.await;
@@ -183,6 +193,71 @@ impl Node {
         tracing::info!("memobuild stopped");
         Ok(())
     }
+}
+
+/// Serves `routes` on `listener` (with TLS when given) until `token` is cancelled.
+async fn serve_grpc(
+    routes: tonic::service::Routes,
+    listener: TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    (request_layer, auth_layer): (RequestLayer, AuthLayer),
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    // Small request/response calls must not wait on Nagle's algorithm.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).context("configuring TLS on the gRPC port")?;
+    }
+    builder
+        .layer(request_layer)
+        .layer(auth_layer)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
+        .await
+        .context("serving gRPC")
+}
+
+/// The channel of the worker inside this process to its scheduler: the
+/// gRPC port itself when it is plain, else a private plain loopback port
+/// serving the same routes. With auth on, it presents a token only this
+/// process knows, for a worker principal.
+async fn in_process_worker_channel(
+    address: std::net::SocketAddr,
+    security: &Security,
+    routes: &tonic::service::Routes,
+    layers: (RequestLayer, AuthLayer),
+    token: CancellationToken,
+) -> anyhow::Result<GrpcChannel> {
+    let credentials = ClientCredentials {
+        token: security
+            .authenticator
+            .as_ref()
+            .map(|a| a.add_internal("memobuild-in-process-worker", &[Capability::Worker])),
+        ..ClientCredentials::default()
+    };
+    let address = match security.tls {
+        None => address,
+        Some(_) => {
+            let listener = TcpListener::bind("127.0.0.1:0").await.context("binding the in-process worker's port")?;
+            let private = listener.local_addr()?;
+            let routes = routes.clone();
+            tokio::spawn(async move {
+                if let Err(e) = serve_grpc(routes, listener, None, layers, token).await {
+                    tracing::error!(error = %e, "the in-process worker's port stopped");
+                }
+            });
+            private
+        }
+    };
+    let address = match address.ip().is_unspecified() {
+        true => std::net::SocketAddr::from(([127, 0, 0, 1], address.port())),
+        false => address,
+    };
+    Ok(grpc_channel_with(&format!("grpc://{address}"), &credentials)?)
 }
 
 fn cancel_on(shutdown: impl Future<Output = ()> + Send + 'static, token: CancellationToken) {
@@ -255,7 +330,7 @@ async fn start_scheduler(
 async fn worker(
     section: &WorkerSection,
     cas: Arc<dyn BlobStore>,
-    scheduler: tonic::transport::Channel,
+    scheduler: GrpcChannel,
     shutdown: CancellationToken,
 ) -> anyhow::Result<impl Future<Output = memobuild_proto::Result<()>>> {
     let runner = Arc::new(HostRunner::new());

@@ -15,10 +15,9 @@ use memobuild_proto::reapi::content_addressable_storage_client::ContentAddressab
 use memobuild_proto::reapi::FindMissingBlobsRequest;
 use memobuild_proto::{Compressor, Digest, DigestFunction, ResourceName};
 use serde::Serialize;
-use tonic::transport::Channel;
 
 use crate::blob_source::{BlobSource, Content};
-use crate::connection::{self, ChannelOptions};
+use crate::connection::{self, Channel, ChannelOptions};
 use crate::stats::median;
 
 /// zstd level for uploads: fast, as build clients use.

@@ -13,9 +13,8 @@ use memobuild_proto::reapi::{ExecuteRequest, ExecuteResponse};
 use memobuild_proto::{Digest, DigestFunction};
 use prost::Message;
 use serde::Serialize;
-use tonic::transport::Channel;
 
-use crate::connection::{self, ChannelOptions};
+use crate::connection::{self, Channel, ChannelOptions};
 use crate::process_stats;
 use crate::stats::LatencySummary;
 use crate::trivial_action::upload_trivial_actions;

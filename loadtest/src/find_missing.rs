@@ -12,10 +12,9 @@ use memobuild_proto::reapi::content_addressable_storage_client::ContentAddressab
 use memobuild_proto::reapi::FindMissingBlobsRequest;
 use memobuild_proto::{reapi, Digest, DigestFunction};
 use serde::Serialize;
-use tonic::transport::Channel;
 
 use crate::blob_source::{BlobSource, Content};
-use crate::connection::{self, ChannelOptions};
+use crate::connection::{self, Channel, ChannelOptions};
 use crate::stats::LatencySummary;
 use crate::upload::{self, Uploader};
 

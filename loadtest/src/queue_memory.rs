@@ -12,9 +12,8 @@ use memobuild_proto::reapi::execution_client::ExecutionClient;
 use memobuild_proto::reapi::ExecuteRequest;
 use memobuild_proto::DigestFunction;
 use serde::Serialize;
-use tonic::transport::Channel;
 
-use crate::connection::{self, ChannelOptions};
+use crate::connection::{self, Channel, ChannelOptions};
 use crate::execute::outcome;
 use crate::metrics_scrape;
 use crate::process_stats;

@@ -17,11 +17,10 @@ use memobuild_proto::reapi::content_addressable_storage_client::ContentAddressab
 use memobuild_proto::reapi::FindMissingBlobsRequest;
 use memobuild_proto::{Digest, DigestFunction};
 use serde::Serialize;
-use tonic::transport::Channel;
 
 use crate::build_mix::{BuildKind, BuildMix};
 use crate::build_variant::{self, BuildVariant};
-use crate::connection::{self, ChannelOptions};
+use crate::connection::{self, Channel, ChannelOptions};
 use crate::process_stats;
 use crate::stats::LatencySummary;
 use crate::upload::{self, Uploader};

@@ -52,7 +52,7 @@ pub fn trivial_actions(function: DigestFunction, run: u64, count: usize) -> Vec<
 /// Makes `count` trivial actions of run `run` and uploads their blobs through
 /// `channel` (untimed set-up); returns their action digests.
 pub async fn upload_trivial_actions(
-    channel: tonic::transport::Channel,
+    channel: crate::connection::Channel,
     instance_name: &str,
     function: DigestFunction,
     run: u64,

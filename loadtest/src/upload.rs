@@ -5,9 +5,8 @@ use anyhow::{bail, Context};
 use memobuild_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use memobuild_proto::reapi::{batch_update_blobs_request, BatchUpdateBlobsRequest};
 use memobuild_proto::{reapi, Digest, DigestFunction};
-use tonic::transport::Channel;
 
-use crate::connection;
+use crate::connection::{self, Channel};
 
 /// The batch limit assumed when the server does not say (the common default).
 const DEFAULT_BATCH_BYTES: u64 = 4 << 20;

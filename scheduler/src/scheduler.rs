@@ -406,6 +406,11 @@ impl Scheduler {
             .ok_or_else(|| Error::not_found(format!("operation {name} not found (unknown, or completed and expired)")))
     }
 
+    /// The instance an operation belongs to, if it exists.
+    pub fn instance_of(&self, name: &str) -> Option<String> {
+        self.state.lock().operations.get(name).map(|e| e.record.instance_name.clone())
+    }
+
     /// Operation names, sorted.
     pub fn operation_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.state.lock().operations.keys().cloned().collect();
@@ -466,7 +471,12 @@ impl Scheduler {
         let mut running = HashSet::new();
         for name in &hello.running {
             let State { operations, queue, .. } = &mut *state;
-            if let Some(entry) = operations.get_mut(name).filter(|e| e.record.stage != Stage::Completed) {
+            // Only what this worker held before (a restart, a reconnect): a
+            // worker cannot claim another's operation, or a queued one.
+            let held = |e: &&mut Entry| {
+                e.record.stage != Stage::Completed && e.record.worker.as_deref() == Some(hello.name.as_str())
+            };
+            if let Some(entry) = operations.get_mut(name).filter(held) {
                 queue.remove(name);
                 entry.record.stage = Stage::Executing;
                 entry.record.worker = Some(hello.name.clone());

@@ -2,6 +2,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use memobuild_cas::GrpcChannel;
 use memobuild_engine::STEP_PROPERTY;
 use memobuild_proto::build::step_log;
 use memobuild_proto::reapi::platform::Property;
@@ -14,7 +15,6 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tracing::Instrument;
 
 use crate::containerd::LogChunk;
@@ -43,9 +43,10 @@ pub struct WorkerIdentity {
 pub async fn run_worker(
     identity: WorkerIdentity,
     executors: Executors,
-    scheduler: Channel,
+    scheduler: impl Into<GrpcChannel>,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let scheduler: GrpcChannel = scheduler.into();
     let running: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
     let (results, mut finished) = mpsc::unbounded_channel::<Finished>();
     let (outputs, mut output) = mpsc::unbounded_channel::<Output>();

@@ -1,3 +1,4 @@
+use memobuild_auth::{check_request, Capability};
 use memobuild_proto::reapi::action_cache_server::ActionCache;
 use memobuild_proto::reapi::{ActionResult, GetActionResultRequest, UpdateActionResultRequest};
 use memobuild_proto::{Digest, DigestFunction, Error, Result};
@@ -86,6 +87,7 @@ impl ActionCacheService {
 #[tonic::async_trait]
 impl ActionCache for ActionCacheService {
     async fn get_action_result(&self, req: Request<GetActionResultRequest>) -> Result<Response<ActionResult>, Status> {
+        check_request(&req, Capability::Read, &req.get_ref().instance_name)?;
         Ok(Response::new(ActionCacheService::get_action_result(self, req.into_inner()).await?))
     }
 
@@ -93,6 +95,8 @@ impl ActionCache for ActionCacheService {
         &self,
         req: Request<UpdateActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
+        // Workers hold ac-write too: with auth on, only they and ac-write principals write results.
+        check_request(&req, Capability::AcWrite, &req.get_ref().instance_name)?;
         Ok(Response::new(ActionCacheService::update_action_result(self, req.into_inner()).await?))
     }
 }

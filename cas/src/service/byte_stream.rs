@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use memobuild_auth::{caller, Capability, Principal};
 use memobuild_proto::bytestream::byte_stream_server::ByteStream;
 use memobuild_proto::bytestream::{
     QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest, WriteResponse,
@@ -346,6 +347,22 @@ fn skip_and_limit(stream: BlobStream, range: ByteRange) -> BlobStream {
         .boxed()
 }
 
+/// PERMISSION_DENIED unless `principal` holds `capability` in the instance
+/// the resource name names; a name that does not parse is left to the
+/// handler to reject, once the capability itself is held.
+fn authorize(
+    principal: Option<&Principal>,
+    capability: Capability,
+    resource_name: &str,
+    parse: fn(&str) -> Result<ResourceName>,
+) -> Result<()> {
+    let Some(principal) = principal else { return Ok(()) };
+    match bounded_name(resource_name).and_then(parse) {
+        Ok(name) => principal.check(capability, &name.instance_name),
+        Err(_) => principal.require(capability),
+    }
+}
+
 type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -353,6 +370,7 @@ impl ByteStream for ByteStreamService {
     type ReadStream = ReadStream;
 
     async fn read(&self, req: Request<ReadRequest>) -> Result<Response<ReadStream>, Status> {
+        authorize(caller(&req).as_deref(), Capability::Read, &req.get_ref().resource_name, ResourceName::parse_read)?;
         let stream = ByteStreamService::read(self, req.into_inner()).await?;
         Ok(Response::new(
             stream.map(|r| r.map(|data| ReadResponse { data: data.to_vec() }).map_err(Status::from)).boxed(),
@@ -360,7 +378,13 @@ impl ByteStream for ByteStreamService {
     }
 
     async fn write(&self, req: Request<Streaming<WriteRequest>>) -> Result<Response<WriteResponse>, Status> {
-        let requests = req.into_inner().map(|r| r.map_err(Error::from));
+        let principal = caller(&req);
+        let mut incoming = req.into_inner();
+        let first = incoming.message().await?;
+        if let Some(first) = &first {
+            authorize(principal.as_deref(), Capability::Write, &first.resource_name, ResourceName::parse_write)?;
+        }
+        let requests = futures::stream::iter(first.map(Ok)).chain(incoming.map(|r| r.map_err(Error::from)));
         let committed_size = ByteStreamService::write(self, requests).await?;
         Ok(Response::new(WriteResponse { committed_size }))
     }
@@ -369,6 +393,7 @@ impl ByteStream for ByteStreamService {
         &self,
         req: Request<QueryWriteStatusRequest>,
     ) -> Result<Response<QueryWriteStatusResponse>, Status> {
+        authorize(caller(&req).as_deref(), Capability::Write, &req.get_ref().resource_name, ResourceName::parse_write)?;
         Ok(Response::new(ByteStreamService::query_write_status(self, req.into_inner()).await?))
     }
 }

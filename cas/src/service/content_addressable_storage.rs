@@ -4,6 +4,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
+use memobuild_auth::{check_request, Capability};
 use memobuild_proto::reapi::content_addressable_storage_server::ContentAddressableStorage;
 use memobuild_proto::reapi::{
     batch_read_blobs_response, batch_update_blobs_response, BatchReadBlobsRequest, BatchReadBlobsResponse,
@@ -214,6 +215,7 @@ impl ContentAddressableStorage for CasService {
         &self,
         req: Request<FindMissingBlobsRequest>,
     ) -> Result<Response<FindMissingBlobsResponse>, Status> {
+        check_request(&req, Capability::Read, &req.get_ref().instance_name)?;
         Ok(Response::new(CasService::find_missing_blobs(self, req.into_inner()).await?))
     }
 
@@ -221,6 +223,7 @@ impl ContentAddressableStorage for CasService {
         &self,
         req: Request<BatchUpdateBlobsRequest>,
     ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
+        check_request(&req, Capability::Write, &req.get_ref().instance_name)?;
         Ok(Response::new(CasService::batch_update_blobs(self, req.into_inner()).await?))
     }
 
@@ -228,12 +231,14 @@ impl ContentAddressableStorage for CasService {
         &self,
         req: Request<BatchReadBlobsRequest>,
     ) -> Result<Response<BatchReadBlobsResponse>, Status> {
+        check_request(&req, Capability::Read, &req.get_ref().instance_name)?;
         Ok(Response::new(CasService::batch_read_blobs(self, req.into_inner()).await?))
     }
 
     type GetTreeStream = TreeStream;
 
     async fn get_tree(&self, req: Request<GetTreeRequest>) -> Result<Response<TreeStream>, Status> {
+        check_request(&req, Capability::Read, &req.get_ref().instance_name)?;
         let pages = CasService::get_tree(self, req.into_inner()).await?;
         Ok(Response::new(pages.map_err(Status::from).boxed()))
     }

@@ -9,7 +9,9 @@ use prost::Message;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use super::to_operation;
+use memobuild_auth::{caller, check_request, Capability};
+
+use super::{check_operation, to_operation};
 use crate::{OperationSnapshot, Scheduler, Stage};
 
 const REQUEST_METADATA: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
@@ -57,6 +59,7 @@ impl Execution for ExecutionService {
     type ExecuteStream = OperationStream;
 
     async fn execute(&self, request: Request<ExecuteRequest>) -> Result<Response<OperationStream>, Status> {
+        check_request(&request, Capability::Execute, &request.get_ref().instance_name)?;
         let client = client_id(&request);
         let receiver = self.scheduler.execute(request.into_inner(), &client).await?;
         Ok(Response::new(updates(receiver)))
@@ -68,6 +71,7 @@ impl Execution for ExecutionService {
         &self,
         request: Request<WaitExecutionRequest>,
     ) -> Result<Response<OperationStream>, Status> {
+        check_operation(&self.scheduler, caller(&request).as_deref(), &request.get_ref().name)?;
         let receiver = self.scheduler.watch(&request.into_inner().name)?;
         Ok(Response::new(updates(receiver)))
     }

@@ -19,6 +19,9 @@ pub use execution::ExecutionService;
 pub use operations::OperationsService;
 pub use worker_api::WorkerApiService;
 
+use memobuild_auth::{Capability, Principal};
+use memobuild_proto::{Error, Result};
+
 use crate::{OperationSnapshot, Scheduler, Stage};
 
 const METADATA_TYPE: &str = "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteOperationMetadata";
@@ -58,5 +61,18 @@ pub fn to_operation(snapshot: &OperationSnapshot) -> Operation {
         metadata: Some(Any { type_url: METADATA_TYPE.into(), value: metadata.encode_to_vec() }),
         done: snapshot.stage == Stage::Completed,
         result,
+    }
+}
+
+/// May `principal` act on operation `name`? PERMISSION_DENIED without the
+/// execute capability; NOT_FOUND, as for an unknown operation, when the
+/// operation belongs to an instance the principal does not see (another
+/// tenant's operations do not exist for it). Without auth, always.
+fn check_operation(scheduler: &Scheduler, principal: Option<&Principal>, name: &str) -> Result<()> {
+    let Some(principal) = principal else { return Ok(()) };
+    principal.require(Capability::Execute)?;
+    match scheduler.instance_of(name) {
+        Some(instance) if principal.sees(&instance) => Ok(()),
+        _ => Err(Error::not_found(format!("operation {name} not found (unknown, or completed and expired)"))),
     }
 }

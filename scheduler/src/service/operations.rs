@@ -10,7 +10,9 @@ use memobuild_proto::protobuf::Empty;
 use memobuild_proto::{Error, Result};
 use tonic::{Request, Response, Status};
 
-use super::to_operation;
+use memobuild_auth::{caller, Capability, Principal};
+
+use super::{check_operation, to_operation};
 use crate::{Scheduler, Stage};
 
 /// The page size of ListOperations when the client sets none.
@@ -28,8 +30,17 @@ impl OperationsService {
         OperationsService { scheduler }
     }
 
-    pub fn list(&self, request: ListOperationsRequest) -> Result<ListOperationsResponse> {
-        let names = self.scheduler.operation_names();
+    /// The operations `principal` may see (all of them without auth), a page at a time.
+    pub fn list(
+        &self,
+        request: ListOperationsRequest,
+        principal: Option<&Principal>,
+    ) -> Result<ListOperationsResponse> {
+        let mut names = self.scheduler.operation_names();
+        if let Some(principal) = principal {
+            principal.require(Capability::Execute)?;
+            names.retain(|name| self.scheduler.instance_of(name).is_some_and(|i| principal.sees(&i)));
+        }
         let start = match request.page_token.as_str() {
             "" => 0,
             token => {
@@ -69,26 +80,31 @@ impl Operations for OperationsService {
         &self,
         request: Request<ListOperationsRequest>,
     ) -> Result<Response<ListOperationsResponse>, Status> {
-        Ok(Response::new(self.list(request.into_inner())?))
+        let principal = caller(&request);
+        Ok(Response::new(self.list(request.into_inner(), principal.as_deref())?))
     }
 
     async fn get_operation(&self, request: Request<GetOperationRequest>) -> Result<Response<Operation>, Status> {
+        check_operation(&self.scheduler, caller(&request).as_deref(), &request.get_ref().name)?;
         let receiver = self.scheduler.watch(&request.into_inner().name)?;
         let operation = to_operation(&receiver.borrow());
         Ok(Response::new(operation))
     }
 
     async fn delete_operation(&self, request: Request<DeleteOperationRequest>) -> Result<Response<Empty>, Status> {
+        check_operation(&self.scheduler, caller(&request).as_deref(), &request.get_ref().name)?;
         self.scheduler.delete(&request.into_inner().name)?;
         Ok(Response::new(Empty {}))
     }
 
     async fn cancel_operation(&self, request: Request<CancelOperationRequest>) -> Result<Response<Empty>, Status> {
+        check_operation(&self.scheduler, caller(&request).as_deref(), &request.get_ref().name)?;
         self.scheduler.cancel(&request.into_inner().name)?;
         Ok(Response::new(Empty {}))
     }
 
     async fn wait_operation(&self, request: Request<WaitOperationRequest>) -> Result<Response<Operation>, Status> {
+        check_operation(&self.scheduler, caller(&request).as_deref(), &request.get_ref().name)?;
         Ok(Response::new(self.wait(request.into_inner()).await?))
     }
 }

@@ -2,6 +2,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
+use memobuild_auth::{caller, Capability};
 use memobuild_proto::worker::worker_api_server::WorkerApi;
 use memobuild_proto::worker::{worker_message, SchedulerMessage, WorkerMessage};
 use memobuild_proto::Error;
@@ -30,11 +31,20 @@ impl WorkerApi for WorkerApiService {
     type SessionStream = SchedulerStream;
 
     async fn session(&self, request: Request<Streaming<WorkerMessage>>) -> Result<Response<SchedulerStream>, Status> {
+        let principal = caller(&request);
+        if let Some(principal) = &principal {
+            principal.require(Capability::Worker)?;
+        }
         let mut incoming = request.into_inner();
-        let hello = match incoming.message().await?.and_then(|m| m.kind) {
+        let mut hello = match incoming.message().await?.and_then(|m| m.kind) {
             Some(worker_message::Kind::Hello(hello)) => hello,
             _ => return Err(Error::invalid_argument("a worker session must start with Hello").into()),
         };
+        // With auth, a worker's name lives under its principal: no one else
+        // can take it, or the operations it holds.
+        if let Some(principal) = &principal {
+            hello.name = format!("{}/{}", principal.name, hello.name);
+        }
         let (sender, outgoing) = mpsc::unbounded_channel();
         let session = self.scheduler.connect_worker(&hello, sender)?;
         let scheduler = self.scheduler.clone();
