@@ -938,3 +938,100 @@ fn bazel_round_trip_refused(dir: &Path, endpoint: &str) -> String {
 // ("Failed to init TLS infrastructure: JDK provider does not support ALPN
 // protocol": its grpc-netty has no ALPN provider). The TLS and mTLS paths
 // are covered by mtls_maps_a_client_certificate_to_a_principal.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_of_roles_runs_actions_with_auth_on_every_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let principals = dir.path().join("principals.toml");
+    let text = [
+        TokenLine::new("scheduler", &["read", "write", "ac-write"]),
+        TokenLine::new("worker-1", &["worker"]),
+        TokenLine::new("ci", &["execute", "read", "write"]),
+    ]
+    .iter()
+    .map(TokenLine::text)
+    .collect::<Vec<_>>()
+    .join("\n");
+    std::fs::write(&principals, text).unwrap();
+    let principals = principals.to_str().unwrap();
+    let token_file = |name: &str| {
+        let path = dir.path().join(format!("{name}.token"));
+        std::fs::write(&path, format!("tok-{name}\n")).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let (scheduler_token, worker_token) = (token_file("scheduler"), token_file("worker-1"));
+    let state = |role: &str| dir.path().join(role).to_str().unwrap().to_string();
+    let log = |role: &str| dir.path().join(format!("{role}.log"));
+
+    let cas_args = ["cas", "--listen", "127.0.0.1:0", "--state-dir", &state("cas"), "--principals-file", principals];
+    let mut cas = RoleProcess::spawn_with_env(&cas_args, &[], log("cas"), None);
+    let cas_endpoint = format!("grpc://{}", cas.listening_address());
+    let scheduler_args = [
+        "scheduler",
+        "--listen",
+        "127.0.0.1:0",
+        "--cas",
+        &cas_endpoint,
+        "--state-dir",
+        &state("scheduler"),
+        "--principals-file",
+        principals,
+        "--token-file",
+        &scheduler_token,
+    ];
+    let mut scheduler = RoleProcess::spawn_with_env(&scheduler_args, &[], log("scheduler"), None);
+    let scheduler_endpoint = format!("grpc://{}", scheduler.listening_address());
+    let worker_args = |token: &str| {
+        vec![
+            "worker".to_string(),
+            "--scheduler".into(),
+            scheduler_endpoint.clone(),
+            "--cas".into(),
+            cas_endpoint.clone(),
+            "--state-dir".into(),
+            state("worker"),
+            "--no-dockerfile-steps".into(),
+            "--token-file".into(),
+            token.into(),
+        ]
+    };
+    // A worker with a client's token is refused by the scheduler.
+    let ci_token = token_file("ci");
+    let args = worker_args(&ci_token);
+    let mut impostor =
+        RoleProcess::spawn_with_env(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[], log("impostor"), None);
+    impostor.wait_for_line("the refusal", |l| l.contains("lacks the worker capability"));
+    impostor.kill();
+    let args = worker_args(&worker_token);
+    let mut worker =
+        RoleProcess::spawn_with_env(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[], log("worker"), None);
+    worker.wait_for_line("connected", |l| l.contains("connected to the scheduler"));
+
+    // A client uploads through the scheduler (which proxies the CAS with its
+    // own token) and executes; the worker runs it and its result is cached.
+    let credentials = ClientCredentials { token: Some("tok-ci".into()), ..Default::default() };
+    let client = grpc_channel_with(&scheduler_endpoint, &credentials).unwrap();
+    let (action, _) = action(&client, &["/bin/true"]).await;
+    let request = ExecuteRequest { action_digest: Some(action.to_proto()), ..Default::default() };
+    let mut stream = ExecutionClient::new(client.clone()).execute(request).await.unwrap().into_inner();
+    let mut last = None;
+    while let Some(operation) =
+        tokio::time::timeout(Duration::from_secs(60), stream.message()).await.expect("no progress").unwrap()
+    {
+        last = Some(operation);
+    }
+    let operation = last.unwrap();
+    assert!(operation.done);
+    let Some(memobuild_proto::longrunning::operation::Result::Response(any)) = operation.result else {
+        panic!("no response: {operation:?}")
+    };
+    let response = ExecuteResponse::decode(any.value.as_slice()).unwrap();
+    assert_eq!(response.result.unwrap().exit_code, 0, "{}", response.message);
+    let request = GetActionResultRequest { action_digest: Some(action.to_proto()), ..Default::default() };
+    ActionCacheClient::new(client.clone()).get_action_result(request).await.unwrap();
+
+    // Straight to the CAS without a token: refused.
+    let anonymous = grpc_channel_with(&cas_endpoint, &ClientCredentials::default()).unwrap();
+    assert_eq!(find_missing(&anonymous).await.unwrap_err().code(), Code::Unauthenticated);
+    drop((worker, scheduler, cas));
+}
