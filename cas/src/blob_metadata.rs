@@ -1,21 +1,59 @@
+use std::any::Any;
+
 use async_trait::async_trait;
 use memobuild_proto::{Digest, DigestFunction, Error, Result};
 
-/// Durable bookkeeping of which blobs a store holds, how big they are, when
-/// each was last used and which are pinned: what LRU eviction and the
-/// existence index need. Embedded: SQLite; cluster: PostgreSQL, shared by
-/// every CAS replica.
-///
-/// A row is either *recorded* (a write is under way, or was: counted, so
-/// eviction sees it) or *stored* (the bytes are known to be in the store;
-/// only these answer [`BlobMetadata::find_stored`]).
+/// Keeps blobs from eviction while something needs them: a queued or
+/// running action, an unfinished build. Each pin has a holder (an operation
+/// or build id) and an expiry, so pins of a holder that crashed lapse by
+/// themselves; a live holder renews them.
 #[async_trait]
-pub trait BlobMetadata: Send + Sync + 'static {
-    /// Records that the blob is held (or about to be), used at `now_ms`.
-    async fn record(&self, digest: &Digest, now_ms: i64) -> Result<()>;
+pub trait BlobPins: Send + Sync + 'static {
+    /// Keeps `digests` from eviction until `holder` lets them go or
+    /// `until_ms` passes. Blobs need not be recorded yet.
+    async fn pin(&self, holder: &str, digests: &[Digest], until_ms: i64) -> Result<()>;
 
-    /// Records that the blob's bytes are in the store, used at `now_ms`.
-    async fn mark_stored(&self, digest: &Digest, now_ms: i64) -> Result<()>;
+    /// Moves the expiry of every pin of `holders` to `until_ms`.
+    async fn renew(&self, holders: &[String], until_ms: i64) -> Result<()>;
+
+    /// Drops every pin of `holder`.
+    async fn unpin(&self, holder: &str) -> Result<()>;
+}
+
+/// A blob offered for eviction, with the access time it was listed at: if
+/// it is used after that, it is no longer a candidate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EvictionCandidate {
+    pub digest: Digest,
+    pub last_access: i64,
+}
+
+/// Held while this process evicts: no other process sharing the metadata
+/// evicts until it is dropped (a PostgreSQL advisory lock, released with
+/// its transaction; ended with the connection, should the process die).
+pub struct EvictionLock(#[allow(dead_code)] Box<dyn Any + Send>);
+
+impl EvictionLock {
+    pub(crate) fn new(held: impl Any + Send) -> Self {
+        EvictionLock(Box::new(held))
+    }
+}
+
+/// Durable bookkeeping of which blobs a store holds, how big they are, on
+/// which shard, when each was last used and which are pinned: what LRU
+/// eviction and the existence index need. Embedded: SQLite; cluster:
+/// PostgreSQL, shared by every CAS replica.
+///
+/// A row is either *recorded* (a write is under way, or was: listed for
+/// eviction, but not counted) or *stored* (the bytes are known to be in the
+/// store: counted, and only these answer [`BlobMetadata::find_stored`]).
+#[async_trait]
+pub trait BlobMetadata: BlobPins {
+    /// Records that the blob is held (or about to be) on `shard`, used at `now_ms`.
+    async fn record(&self, digest: &Digest, shard: &str, now_ms: i64) -> Result<()>;
+
+    /// Records that the blob's bytes are in the store on `shard`, used at `now_ms`.
+    async fn mark_stored(&self, digest: &Digest, shard: &str, now_ms: i64) -> Result<()>;
 
     /// The digests among `digests` whose bytes are recorded as stored.
     async fn find_stored(&self, digests: &[Digest]) -> Result<Vec<Digest>>;
@@ -26,17 +64,31 @@ pub trait BlobMetadata: Send + Sync + 'static {
     /// Forgets the blob.
     async fn remove(&self, digest: &Digest) -> Result<()>;
 
-    /// Keeps `digests` from eviction until `holder` (an operation or build
-    /// id) lets them go. Blobs need not be recorded yet.
-    async fn pin(&self, holder: &str, digests: &[Digest]) -> Result<()>;
+    /// Up to `limit` blobs not pinned at `now_ms`, least recently used first.
+    async fn least_recent(&self, limit: usize, now_ms: i64) -> Result<Vec<EvictionCandidate>>;
 
-    /// Drops every pin of `holder`.
-    async fn unpin(&self, holder: &str) -> Result<()>;
+    /// Forgets those of `candidates` that are still not pinned at `now_ms`
+    /// and were not used since they were listed, atomically against
+    /// [`BlobPins::pin`]: a blob pinned before this returns is never
+    /// removed. Returns the removed blobs, each with whether its bytes were
+    /// stored (so counted).
+    async fn remove_unpinned(&self, candidates: &[EvictionCandidate], now_ms: i64) -> Result<Vec<(Digest, bool)>>;
 
-    /// Up to `limit` unpinned blobs, least recently used first.
-    async fn least_recent(&self, limit: usize) -> Result<Vec<Digest>>;
+    /// Drops pins that expired before `now_ms` (their holders are gone).
+    async fn drop_expired_pins(&self, now_ms: i64) -> Result<u64>;
 
-    /// The summed size of all recorded blobs.
+    /// The eviction lock, if no other process holds it.
+    async fn try_lock_eviction(&self) -> Result<Option<EvictionLock>>;
+
+    /// The summed size of all stored blobs, read from the database (and
+    /// this process's view of it brought up to date).
+    async fn stored_bytes(&self) -> Result<u64>;
+
+    /// Stored bytes per shard, by shard name (`""` for an unsharded store).
+    async fn stored_bytes_by_shard(&self) -> Result<Vec<(String, u64)>>;
+
+    /// This process's view of the summed size of all stored blobs: moved by
+    /// its own writes at once, by other processes' when read back.
     fn total_bytes(&self) -> u64;
 }
 

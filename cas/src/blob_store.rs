@@ -81,6 +81,12 @@ pub trait BlobStore: Send + Sync + 'static {
         None
     }
 
+    /// The name of the shard that holds (or would hold) the blob, for
+    /// sharded stores and the wrappers around one; `None` elsewhere.
+    fn shard_name(&self, _digest: &Digest) -> Option<String> {
+        None
+    }
+
     /// The whole blob in memory. Callers bound the size they ask for.
     async fn get_bytes(&self, digest: &Digest) -> Result<Bytes> {
         collect(self.get(digest, ByteRange::ALL).await?).await

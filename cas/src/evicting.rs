@@ -16,14 +16,21 @@ const TOUCH_BATCH: usize = 4096;
 const EVICT_BATCH: usize = 256;
 
 /// Keeps another store under a byte budget by evicting least recently used
-/// blobs. When a write takes the total past `max_bytes`, blobs go, oldest
-/// first, until the total is at or under `low_watermark_bytes`.
+/// blobs. When a write takes the total past `max_bytes` (the high
+/// watermark), blobs go, oldest first, until the total is at or under
+/// `low_watermark_bytes`. Pinned blobs never go.
+///
+/// The total is over everything the metadata knows (every shard of a
+/// sharded store, and every replica sharing a PostgreSQL): one evictor at a
+/// time over it all (the metadata's eviction lock, a PostgreSQL advisory
+/// lock in a cluster), which reads the total from the database, so replicas
+/// never evict on different views nor count one removal twice.
 ///
 /// A blob is recorded in the metadata before it is written, so a crash in
 /// between leaves a row without a blob (evicted in its turn) and never a
 /// blob that eviction cannot see. Its size counts toward the budget only
 /// once the write succeeded: a write that declares a huge size and stalls
-/// evicts nothing.
+/// evicts nothing. Access times are buffered and written in batches.
 pub struct EvictingStore {
     inner: Arc<dyn BlobStore>,
     metadata: Arc<dyn BlobMetadata>,
@@ -34,6 +41,17 @@ pub struct EvictingStore {
     /// Whether a background flush of `touched` is running.
     flushing: Arc<AtomicBool>,
     evicting: tokio::sync::Mutex<()>,
+}
+
+/// What one eviction pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvictionReport {
+    /// Blobs removed (stored or only recorded).
+    pub blobs: u64,
+    /// Stored bytes freed: only bytes that were really stored count.
+    pub freed_bytes: u64,
+    /// The total before the pass, read from the metadata under the lock.
+    pub total_before: u64,
 }
 
 impl EvictingStore {
@@ -97,33 +115,77 @@ impl EvictingStore {
         if self.metadata.total_bytes() <= self.max_bytes {
             return Ok(());
         }
+        self.evict().await.map(|_| ())
+    }
+
+    /// One eviction pass, if no other runs (in this process or another
+    /// sharing the metadata) and the total is over the high watermark:
+    /// removes unpinned blobs, least recently used first, until the stored
+    /// total is at or under the low watermark.
+    pub async fn evict(&self) -> Result<EvictionReport> {
         // One evictor at a time; writers that find it busy carry on.
-        let Ok(_guard) = self.evicting.try_lock() else {
-            return Ok(());
+        let Ok(_local) = self.evicting.try_lock() else {
+            return Ok(EvictionReport::default());
+        };
+        let Some(_lock) = self.metadata.try_lock_eviction().await? else {
+            tracing::debug!("another replica is evicting");
+            return Ok(EvictionReport::default());
         };
         self.flush().await?;
-        let before = self.metadata.total_bytes();
-        let mut evicted = 0u64;
-        while self.metadata.total_bytes() > self.low_watermark_bytes {
-            let victims = self.metadata.least_recent(EVICT_BATCH).await?;
-            if victims.is_empty() {
+        let now = self.clock.now_ms();
+        self.metadata.drop_expired_pins(now).await?;
+        // Under the lock, the database's total is the truth: another
+        // replica may have evicted (or written) since this one last looked.
+        let total_before = self.metadata.stored_bytes().await?;
+        let mut report = EvictionReport { total_before, ..EvictionReport::default() };
+        if total_before <= self.max_bytes {
+            return Ok(report);
+        }
+        let to_free = total_before - self.low_watermark_bytes;
+        let mut fruitless = 0;
+        while report.freed_bytes < to_free && fruitless < 16 {
+            let mut candidates = self.metadata.least_recent(EVICT_BATCH, now).await?;
+            // Just enough, oldest first: stop once the stored bytes suffice.
+            let mut planned = report.freed_bytes;
+            let mut keep = 0;
+            while keep < candidates.len() && planned < to_free {
+                planned += candidates[keep].digest.size();
+                keep += 1;
+            }
+            candidates.truncate(keep);
+            if candidates.is_empty() {
+                tracing::warn!(
+                    total = total_before - report.freed_bytes,
+                    low_watermark = self.low_watermark_bytes,
+                    "cannot evict down to the low watermark: the rest is pinned"
+                );
                 break;
             }
-            for digest in victims {
-                self.inner.delete(&digest).await?;
-                self.metadata.remove(&digest).await?;
-                evicted += 1;
-                if self.metadata.total_bytes() <= self.low_watermark_bytes {
-                    break;
+            let removed = self.metadata.remove_unpinned(&candidates, now).await?;
+            if removed.is_empty() {
+                // Every candidate was pinned or used meanwhile: list again.
+                fruitless += 1;
+                continue;
+            }
+            fruitless = 0;
+            for (digest, stored) in removed {
+                // Forgotten first, so the index never claims a blob being deleted.
+                if let Err(e) = self.inner.delete(&digest).await {
+                    tracing::warn!(%digest, error = %e, "evicted blob could not be deleted from its store");
+                }
+                report.blobs += 1;
+                if stored {
+                    report.freed_bytes += digest.size();
                 }
             }
         }
         tracing::info!(
-            evicted,
-            freed_bytes = before - self.metadata.total_bytes(),
+            evicted = report.blobs,
+            freed_bytes = report.freed_bytes,
+            total_before,
             "evicted least recently used blobs"
         );
-        Ok(())
+        Ok(report)
     }
 }
 
@@ -144,14 +206,15 @@ impl BlobStore for EvictingStore {
     }
 
     async fn put(&self, digest: &Digest, data: BlobStream) -> Result<()> {
-        self.metadata.record(digest, self.clock.now_ms()).await?;
+        let shard = self.inner.shard_name(digest).unwrap_or_default();
+        self.metadata.record(digest, &shard, self.clock.now_ms()).await?;
         if let Err(e) = self.inner.put(digest, data).await {
             if !self.inner.find_missing(&[*digest]).await?.is_empty() {
                 self.metadata.remove(digest).await?;
             }
             return Err(e);
         }
-        self.metadata.mark_stored(digest, self.clock.now_ms()).await?;
+        self.metadata.mark_stored(digest, &shard, self.clock.now_ms()).await?;
         self.evict_if_needed().await
     }
 
@@ -169,16 +232,22 @@ impl BlobStore for EvictingStore {
     fn usage(&self) -> Option<Usage> {
         self.inner.usage()
     }
+
+    fn shard_name(&self, digest: &Digest) -> Option<String> {
+        self.inner.shard_name(digest)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::blob_metadata::BlobPins;
     use crate::clock::ManualClock;
     use crate::{MemoryStore, SqliteMetadata};
     use bytes::Bytes;
     use memobuild_proto::DigestFunction;
+    use std::collections::HashSet;
 
     async fn store(dir: &std::path::Path, max: u64, low: u64) -> (Arc<ManualClock>, EvictingStore) {
         let clock = Arc::new(ManualClock::new(1_000));
@@ -254,5 +323,165 @@ mod tests {
         clock.advance(10);
         store.put_bytes(&blob(6).0, blob(6).1).await.unwrap();
         assert!(store.find_missing(&all).await.unwrap().is_empty(), "still nothing evicted");
+    }
+
+    /// Two replicas of a cluster: evicting stores over one sharded store,
+    /// each with its own connection to one PostgreSQL schema.
+    struct Replicas {
+        shards: Vec<Arc<MemoryStore>>,
+        sharded: Arc<crate::ShardedStore>,
+        metadata: Vec<Arc<crate::PostgresMetadata>>,
+        schema: String,
+        clock: Arc<ManualClock>,
+    }
+
+    impl Replicas {
+        async fn new(n: usize) -> Replicas {
+            let shards: Vec<Arc<MemoryStore>> = (0..2).map(|_| Arc::new(MemoryStore::new())).collect();
+            let sharded = Arc::new(
+                crate::ShardedStore::new(
+                    shards
+                        .iter()
+                        .enumerate()
+                        .map(|(i, store)| crate::Shard {
+                            name: format!("shard-{i}"),
+                            weight: 1.0,
+                            store: store.clone() as Arc<dyn BlobStore>,
+                        })
+                        .collect(),
+                )
+                .unwrap(),
+            );
+            let (first, schema) = crate::postgres_metadata::tests::fresh().await;
+            let mut metadata = vec![Arc::new(first)];
+            for _ in 1..n {
+                let url = crate::test_services::postgres_url();
+                metadata.push(Arc::new(crate::PostgresMetadata::connect(&url, Some(&schema)).await.unwrap()));
+            }
+            Replicas { shards, sharded, metadata, schema, clock: Arc::new(ManualClock::new(1_000)) }
+        }
+
+        fn store(&self, replica: usize, max: u64, low: u64) -> Arc<EvictingStore> {
+            let metadata = self.metadata[replica].clone();
+            Arc::new(EvictingStore::new(self.sharded.clone(), metadata, self.clock.clone(), max, low))
+        }
+
+        /// The bytes the shards really hold.
+        fn held_bytes(&self) -> u64 {
+            self.shards.iter().map(|s| s.usage().unwrap().bytes).sum()
+        }
+    }
+
+    fn sized_blob(i: u32, len: usize) -> (Digest, Bytes) {
+        let data = Bytes::from(format!("{i:08}").repeat(len / 8));
+        (Digest::of(DigestFunction::Sha256, &data), data)
+    }
+
+    /// Over a sharded store, the total is over every shard: past the high
+    /// watermark, the least recently used go until the stored bytes are
+    /// at the low watermark, and the per-shard accounts match what each
+    /// shard really holds.
+    #[tokio::test]
+    async fn watermarks_hold_over_all_shards_with_exact_accounts() {
+        let replicas = Replicas::new(1).await;
+        let store = replicas.store(0, 10_000, 6_000);
+        let blobs: Vec<_> = (0..10).map(|i| sized_blob(i, 1000)).collect();
+        for (digest, data) in &blobs {
+            replicas.clock.advance(10);
+            store.put_bytes(digest, data.clone()).await.unwrap();
+        }
+        replicas.clock.advance(10);
+        store.get_bytes(&blobs[0].0).await.unwrap();
+        replicas.clock.advance(10);
+        let (digest, data) = sized_blob(10, 1000);
+        store.put_bytes(&digest, data).await.unwrap();
+        // 11,000 > 10,000: down to 6,000, oldest first, blob 0 read lately.
+        let all: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+        assert_eq!(store.find_missing(&all).await.unwrap(), all[1..6].to_vec());
+        assert_eq!(replicas.held_bytes(), 6_000);
+        let meta = &replicas.metadata[0];
+        assert_eq!(meta.stored_bytes().await.unwrap(), 6_000);
+        let by_shard = meta.stored_bytes_by_shard().await.unwrap();
+        let real: Vec<(String, u64)> = replicas
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("shard-{i}"), s.usage().unwrap().bytes))
+            .filter(|(_, bytes)| *bytes > 0)
+            .collect();
+        assert_eq!(by_shard, real, "each shard's account is what it holds");
+        meta.drop_schema(&replicas.schema).await;
+    }
+
+    /// Two replicas evict at once, while a scheduler pins blobs (pin, then
+    /// check that the blob is still known, as an Execute does): no blob
+    /// pinned and found is removed, and the bytes freed are counted once
+    /// (the total ends at the low watermark, not below it twice over).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_replicas_evicting_at_once_keep_pins_and_count_once() {
+        let replicas = Replicas::new(3).await;
+        let blob_bytes = 1000u64;
+        let count = 60u32;
+        let filler = replicas.store(0, u64::MAX, u64::MAX);
+        let blobs: Vec<_> = (0..count).map(|i| sized_blob(i, blob_bytes as usize)).collect();
+        for (digest, data) in &blobs {
+            replicas.clock.advance(1);
+            filler.put_bytes(digest, data.clone()).await.unwrap();
+        }
+        // Pinned from the start: every third blob, old ones included.
+        let pinned: Vec<Digest> = blobs.iter().step_by(3).map(|(d, _)| *d).collect();
+        replicas.metadata[2].pin("operations/early", &pinned, i64::MAX).await.unwrap();
+        let (max, low) = (40_000, 25_000);
+        let (a, b) = (replicas.store(0, max, low), replicas.store(1, max, low));
+        // The pinner (a scheduler, on a third connection) races the
+        // evictors, pinning blobs oldest first.
+        let pinner = {
+            let meta = replicas.metadata[2].clone();
+            let unpinned = blobs.iter().map(|(d, _)| *d).filter(|d| !pinned.contains(d));
+            let racing: Vec<Digest> = unpinned.skip(5).take(10).collect();
+            tokio::spawn(async move {
+                let mut kept = Vec::new();
+                for digest in racing {
+                    meta.pin("operations/racing", &[digest], i64::MAX).await.unwrap();
+                    if !meta.find_stored(&[digest]).await.unwrap().is_empty() {
+                        kept.push(digest);
+                    }
+                }
+                kept
+            })
+        };
+        let evictions: Vec<_> = [a.clone(), b.clone(), a, b]
+            .into_iter()
+            .map(|store| tokio::spawn(async move { store.evict().await.unwrap() }))
+            .collect();
+        let mut freed = 0;
+        for report in futures::future::join_all(evictions).await {
+            freed += report.unwrap().freed_bytes;
+        }
+        let kept = pinner.await.unwrap();
+
+        let all: Vec<Digest> = blobs.iter().map(|b| b.0).collect();
+        let missing: HashSet<Digest> = replicas.sharded.find_missing(&all).await.unwrap().into_iter().collect();
+        for digest in pinned.iter().chain(&kept) {
+            assert!(!missing.contains(digest), "pinned blob {digest} was evicted");
+        }
+        let total = replicas.metadata[0].stored_bytes().await.unwrap();
+        assert_eq!(total, replicas.held_bytes(), "the metadata counts exactly what the shards hold");
+        assert_eq!(total, u64::from(count) * blob_bytes - freed, "freed bytes are counted once");
+        assert_eq!(missing.len() as u64 * blob_bytes, freed, "each evicted blob counted once");
+        assert!(
+            total <= max,
+            "the total ends under the high watermark: {total} (freed {freed}, {} pinned while racing)",
+            kept.len()
+        );
+        if total > low {
+            // Pins left too little to evict: everything unpinned went.
+            let left: Vec<&Digest> =
+                all.iter().filter(|d| !missing.contains(d) && !pinned.contains(d) && !kept.contains(d)).collect();
+            assert!(left.is_empty(), "stopped at {total} over the low watermark with unpinned blobs left: {left:?}");
+        } else {
+            assert!(total > low - blob_bytes, "evicted past the low watermark: {total} (freed twice?)");
+        }
+        replicas.metadata[0].drop_schema(&replicas.schema).await;
     }
 }

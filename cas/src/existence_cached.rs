@@ -97,7 +97,8 @@ impl BlobStore for ExistenceCachedStore {
 
     async fn put(&self, digest: &Digest, data: BlobStream) -> Result<()> {
         self.inner.put(digest, data).await?;
-        self.index.mark_stored(digest, self.clock.now_ms()).await?;
+        let shard = self.inner.shard_name(digest).unwrap_or_default();
+        self.index.mark_stored(digest, &shard, self.clock.now_ms()).await?;
         self.warm(&[*digest]).await;
         Ok(())
     }
@@ -113,6 +114,10 @@ impl BlobStore for ExistenceCachedStore {
 
     fn usage(&self) -> Option<Usage> {
         self.inner.usage()
+    }
+
+    fn shard_name(&self, digest: &Digest) -> Option<String> {
+        self.inner.shard_name(digest)
     }
 }
 

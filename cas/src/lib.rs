@@ -4,6 +4,8 @@
 //! ActionCache).
 
 mod action_cache;
+mod action_index;
+mod action_index_store;
 mod action_results;
 mod blob_metadata;
 mod blob_store;
@@ -19,6 +21,7 @@ mod grpc_channel;
 mod grpc_store;
 mod memory;
 mod metered;
+mod pin_leases;
 mod postgres_metadata;
 mod postgres_pool;
 mod redis_index;
@@ -41,11 +44,14 @@ pub mod service;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod metadata_conformance;
+mod outage_tests;
 mod test_services;
 
 pub use action_cache::{output_digests, ActionCache};
+pub use action_index::ActionIndex;
+pub use action_index_store::ActionIndexStore;
 pub use action_results::ActionResults;
-pub use blob_metadata::BlobMetadata;
+pub use blob_metadata::{BlobMetadata, BlobPins, EvictionCandidate, EvictionLock};
 pub use blob_store::{
     collect, collect_at_most, get_bytes_at_most, single_chunk, BlobStore, BlobStream, ByteRange, Usage,
 };
@@ -53,7 +59,7 @@ pub use cas_limits::{checked_total, CasLimits};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use directory_check::{check_directory, unsafe_name_reason, MAX_DIRECTORY_BYTES};
 pub use env_expand::expand_env;
-pub use evicting::EvictingStore;
+pub use evicting::{EvictingStore, EvictionReport};
 pub use existence_cached::ExistenceCachedStore;
 pub use filesystem::{FilesystemStore, StoredBlob};
 pub use grpc_action_cache::GrpcActionCache;
@@ -61,6 +67,7 @@ pub use grpc_channel::{client_tls_config, grpc_channel, grpc_channel_with, Clien
 pub use grpc_store::GrpcStore;
 pub use memory::MemoryStore;
 pub use metered::MeteredStore;
+pub use pin_leases::PinLeases;
 pub use postgres_metadata::PostgresMetadata;
 pub use postgres_pool::connect_postgres;
 pub use redis_index::RedisIndex;
@@ -73,6 +80,6 @@ pub use store_builder::StoreBuilder;
 pub use store_config::{MetadataConfig, RedisConfig, ShardConfig, StoreConfig};
 pub use store_metrics::StoreMetrics;
 pub use tiered::TieredStore;
-pub use tree::{walk_tree, TreeWalker};
+pub use tree::{tree_blobs, walk_tree, TreeWalker};
 pub use verified::{verify_stream, VerifiedStore};
 pub use zstd_codec::{StreamDecoder, StreamEncoder};

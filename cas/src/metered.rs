@@ -92,6 +92,10 @@ impl BlobStore for MeteredStore {
     fn usage(&self) -> Option<Usage> {
         self.inner.usage()
     }
+
+    fn shard_name(&self, digest: &Digest) -> Option<String> {
+        self.inner.shard_name(digest)
+    }
 }
 
 #[cfg(test)]

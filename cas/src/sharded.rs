@@ -114,6 +114,10 @@ impl BlobStore for ShardedStore {
             Some(Usage { bytes: sum.bytes + usage.bytes, blobs: sum.blobs + usage.blobs })
         })
     }
+
+    fn shard_name(&self, digest: &Digest) -> Option<String> {
+        Some(self.shards[self.shard_of(digest)].name.clone())
+    }
 }
 
 #[cfg(test)]

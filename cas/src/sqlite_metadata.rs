@@ -1,18 +1,24 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use memobuild_proto::{Digest, DigestFunction, Error, Result};
 use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
 
-use crate::blob_metadata::{digest_from_columns, BlobMetadata};
+use crate::action_index::ActionIndex;
+use crate::blob_metadata::{digest_from_columns, BlobMetadata, BlobPins, EvictionCandidate, EvictionLock};
 use crate::sqlite_pool::open_sqlite;
 
-/// [`BlobMetadata`] in a SQLite database (WAL mode), for embedded use.
+/// [`BlobMetadata`] (and the [`ActionIndex`]) in a SQLite database (WAL
+/// mode), for embedded use: one process evicts at a time within this
+/// process (an embedded node is one process).
 pub struct SqliteMetadata {
     pool: SqlitePool,
     total_bytes: AtomicU64,
+    evicting: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn db_error(what: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
@@ -27,18 +33,15 @@ impl SqliteMetadata {
             .run(&pool)
             .await
             .map_err(|e| Error::internal(format!("migrating blob metadata {}: {e}", path.display())))?;
-        let total: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(size), 0) FROM blobs WHERE stored = 1")
-            .fetch_one(&pool)
-            .await
-            .map_err(db_error("summing sizes"))?;
-        Ok(SqliteMetadata { pool, total_bytes: AtomicU64::new(total as u64) })
+        let total = read_total(&pool).await?;
+        Ok(SqliteMetadata { pool, total_bytes: AtomicU64::new(total), evicting: Arc::default() })
     }
 
     /// Adds the blob's row or moves its access time forward; `stored` marks
     /// its bytes as in the store, which is when its size starts to count.
-    async fn insert(&self, digest: &Digest, now_ms: i64, stored: bool) -> Result<()> {
+    async fn insert(&self, digest: &Digest, shard: &str, now_ms: i64, stored: bool) -> Result<()> {
         let inserted = sqlx::query(
-            "INSERT INTO blobs (function, hash, size, last_access, stored) VALUES (?, ?, ?, ?, ?)
+            "INSERT INTO blobs (function, hash, size, last_access, stored, shard) VALUES (?, ?, ?, ?, ?, ?)
              ON CONFLICT DO NOTHING",
         )
         .bind(function_code(digest.function()))
@@ -46,6 +49,7 @@ impl SqliteMetadata {
         .bind(digest.size() as i64)
         .bind(now_ms)
         .bind(stored)
+        .bind(shard)
         .execute(&self.pool)
         .await
         .map_err(db_error("recording a blob"))?
@@ -70,8 +74,31 @@ impl SqliteMetadata {
                 self.total_bytes.fetch_add(digest.size(), Ordering::SeqCst);
             }
         }
-        self.touch(&[(*digest, now_ms)]).await
+        sqlx::query(
+            "UPDATE blobs SET last_access = MAX(last_access, ?), shard = ? WHERE function = ? AND hash = ? AND size = ?",
+        )
+        .bind(now_ms)
+        .bind(shard)
+        .bind(function_code(digest.function()))
+        .bind(&digest.hash()[..])
+        .bind(digest.size() as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error("recording a blob"))?;
+        Ok(())
     }
+
+    fn uncount(&self, bytes: u64) {
+        let _ = self.total_bytes.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| Some(t.saturating_sub(bytes)));
+    }
+}
+
+async fn read_total(pool: &SqlitePool) -> Result<u64> {
+    let total: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(size), 0) FROM blobs WHERE stored = 1")
+        .fetch_one(pool)
+        .await
+        .map_err(db_error("summing sizes"))?;
+    Ok(total.max(0) as u64)
 }
 
 fn function_code(function: DigestFunction) -> i64 {
@@ -79,13 +106,57 @@ fn function_code(function: DigestFunction) -> i64 {
 }
 
 #[async_trait]
-impl BlobMetadata for SqliteMetadata {
-    async fn record(&self, digest: &Digest, now_ms: i64) -> Result<()> {
-        self.insert(digest, now_ms, false).await
+impl BlobPins for SqliteMetadata {
+    async fn pin(&self, holder: &str, digests: &[Digest], until_ms: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_error("starting a transaction"))?;
+        for digest in digests {
+            sqlx::query(
+                "INSERT INTO blob_pins (holder, function, hash, size, until_ms) VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT DO UPDATE SET until_ms = MAX(until_ms, excluded.until_ms)",
+            )
+            .bind(holder)
+            .bind(function_code(digest.function()))
+            .bind(&digest.hash()[..])
+            .bind(digest.size() as i64)
+            .bind(until_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error("pinning blobs"))?;
+        }
+        tx.commit().await.map_err(db_error("committing pins"))
     }
 
-    async fn mark_stored(&self, digest: &Digest, now_ms: i64) -> Result<()> {
-        self.insert(digest, now_ms, true).await
+    async fn renew(&self, holders: &[String], until_ms: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_error("starting a transaction"))?;
+        for holder in holders {
+            sqlx::query("UPDATE blob_pins SET until_ms = MAX(until_ms, ?) WHERE holder = ?")
+                .bind(until_ms)
+                .bind(holder)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error("renewing pins"))?;
+        }
+        tx.commit().await.map_err(db_error("committing renewed pins"))
+    }
+
+    async fn unpin(&self, holder: &str) -> Result<()> {
+        sqlx::query("DELETE FROM blob_pins WHERE holder = ?")
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("unpinning blobs"))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BlobMetadata for SqliteMetadata {
+    async fn record(&self, digest: &Digest, shard: &str, now_ms: i64) -> Result<()> {
+        self.insert(digest, shard, now_ms, false).await
+    }
+
+    async fn mark_stored(&self, digest: &Digest, shard: &str, now_ms: i64) -> Result<()> {
+        self.insert(digest, shard, now_ms, true).await
     }
 
     async fn find_stored(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
@@ -135,49 +206,88 @@ impl BlobMetadata for SqliteMetadata {
                 .await
                 .map_err(db_error("removing a blob"))?;
         if removed == Some(true) {
-            self.total_bytes.fetch_sub(digest.size(), Ordering::SeqCst);
+            self.uncount(digest.size());
         }
         Ok(())
     }
 
-    async fn pin(&self, holder: &str, digests: &[Digest]) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(db_error("starting a transaction"))?;
-        for digest in digests {
-            sqlx::query(
-                "INSERT INTO blob_pins (holder, function, hash, size) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            )
-            .bind(holder)
-            .bind(function_code(digest.function()))
-            .bind(&digest.hash()[..])
-            .bind(digest.size() as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error("pinning blobs"))?;
-        }
-        tx.commit().await.map_err(db_error("committing pins"))
-    }
-
-    async fn unpin(&self, holder: &str) -> Result<()> {
-        sqlx::query("DELETE FROM blob_pins WHERE holder = ?")
-            .bind(holder)
-            .execute(&self.pool)
-            .await
-            .map_err(db_error("unpinning blobs"))?;
-        Ok(())
-    }
-
-    async fn least_recent(&self, limit: usize) -> Result<Vec<Digest>> {
+    async fn least_recent(&self, limit: usize, now_ms: i64) -> Result<Vec<EvictionCandidate>> {
         let rows = sqlx::query(
-            "SELECT b.function, b.hash, b.size FROM blobs b
+            "SELECT b.function, b.hash, b.size, b.last_access FROM blobs b
              WHERE NOT EXISTS (SELECT 1 FROM blob_pins p
-                               WHERE p.function = b.function AND p.hash = b.hash AND p.size = b.size)
+                               WHERE p.function = b.function AND p.hash = b.hash AND p.size = b.size
+                                 AND p.until_ms > ?)
              ORDER BY b.last_access LIMIT ?",
         )
+        .bind(now_ms)
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await
         .map_err(db_error("listing blobs"))?;
-        rows.iter().map(|row| digest_from_columns(row.get(0), row.get(1), row.get(2))).collect()
+        rows.iter()
+            .map(|row| {
+                let digest = digest_from_columns(row.get(0), row.get(1), row.get(2))?;
+                Ok(EvictionCandidate { digest, last_access: row.get(3) })
+            })
+            .collect()
+    }
+
+    async fn remove_unpinned(&self, candidates: &[EvictionCandidate], now_ms: i64) -> Result<Vec<(Digest, bool)>> {
+        // SQLite runs one writer at a time: each statement is atomic
+        // against a pin's insert.
+        let mut tx = self.pool.begin().await.map_err(db_error("starting a transaction"))?;
+        let mut removed = Vec::new();
+        for candidate in candidates {
+            let digest = candidate.digest;
+            let stored: Option<bool> = sqlx::query_scalar(
+                "DELETE FROM blobs AS b WHERE function = ? AND hash = ? AND size = ? AND last_access <= ?
+                   AND NOT EXISTS (SELECT 1 FROM blob_pins p
+                                   WHERE p.function = b.function AND p.hash = b.hash AND p.size = b.size
+                                     AND p.until_ms > ?)
+                 RETURNING stored",
+            )
+            .bind(function_code(digest.function()))
+            .bind(&digest.hash()[..])
+            .bind(digest.size() as i64)
+            .bind(candidate.last_access)
+            .bind(now_ms)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error("evicting blobs"))?;
+            removed.extend(stored.map(|stored| (digest, stored)));
+        }
+        tx.commit().await.map_err(db_error("committing an eviction"))?;
+        self.uncount(removed.iter().filter(|(_, stored)| *stored).map(|(d, _)| d.size()).sum());
+        Ok(removed)
+    }
+
+    async fn drop_expired_pins(&self, now_ms: i64) -> Result<u64> {
+        let dropped = sqlx::query("DELETE FROM blob_pins WHERE until_ms <= ?")
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("dropping expired pins"))?;
+        Ok(dropped.rows_affected())
+    }
+
+    async fn try_lock_eviction(&self) -> Result<Option<EvictionLock>> {
+        Ok(self.evicting.clone().try_lock_owned().ok().map(EvictionLock::new))
+    }
+
+    async fn stored_bytes(&self) -> Result<u64> {
+        let total = read_total(&self.pool).await?;
+        self.total_bytes.store(total, Ordering::SeqCst);
+        Ok(total)
+    }
+
+    async fn stored_bytes_by_shard(&self) -> Result<Vec<(String, u64)>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT shard, COALESCE(SUM(size), 0) FROM blobs WHERE stored = 1 GROUP BY shard ORDER BY shard",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error("summing sizes per shard"))?;
+        Ok(rows.into_iter().map(|(shard, bytes)| (shard, bytes.max(0) as u64)).collect())
     }
 
     fn total_bytes(&self) -> u64 {
@@ -185,10 +295,91 @@ impl BlobMetadata for SqliteMetadata {
     }
 }
 
+#[async_trait]
+impl ActionIndex for SqliteMetadata {
+    async fn get_entry(&self, key: &Digest) -> Result<Option<Bytes>> {
+        let value: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT result FROM action_results WHERE function = ? AND hash = ? AND size = ?")
+                .bind(function_code(key.function()))
+                .bind(&key.hash()[..])
+                .bind(key.size() as i64)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error("reading an action result"))?;
+        Ok(value.map(Bytes::from))
+    }
+
+    async fn put_entry(&self, key: &Digest, value: &[u8], now_ms: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO action_results (function, hash, size, result, updated_ms, last_access)
+             VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT DO UPDATE
+                SET result = excluded.result, updated_ms = excluded.updated_ms, last_access = excluded.last_access",
+        )
+        .bind(function_code(key.function()))
+        .bind(&key.hash()[..])
+        .bind(key.size() as i64)
+        .bind(value)
+        .bind(now_ms)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error("storing an action result"))?;
+        Ok(())
+    }
+
+    async fn delete_entry(&self, key: &Digest) -> Result<bool> {
+        let deleted = sqlx::query("DELETE FROM action_results WHERE function = ? AND hash = ? AND size = ?")
+            .bind(function_code(key.function()))
+            .bind(&key.hash()[..])
+            .bind(key.size() as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("deleting an action result"))?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    async fn find_entries(&self, keys: &[Digest]) -> Result<Vec<Digest>> {
+        let mut found = Vec::new();
+        for key in keys {
+            let present: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM action_results WHERE function = ? AND hash = ? AND size = ?")
+                    .bind(function_code(key.function()))
+                    .bind(&key.hash()[..])
+                    .bind(key.size() as i64)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_error("looking up action results"))?;
+            if present.is_some() {
+                found.push(*key);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn touch_entry(&self, key: &Digest, now_ms: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE action_results SET last_access = MAX(last_access, ?) WHERE function = ? AND hash = ? AND size = ?",
+        )
+        .bind(now_ms)
+        .bind(function_code(key.function()))
+        .bind(&key.hash()[..])
+        .bind(key.size() as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error("recording the use of an action result"))?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn listed(candidates: Vec<EvictionCandidate>) -> Vec<Digest> {
+        candidates.into_iter().map(|c| c.digest).collect()
+    }
 
     #[tokio::test]
     async fn tracks_sizes_and_order_across_reopen() {
@@ -198,22 +389,22 @@ mod tests {
         let b = Digest::of(DigestFunction::Blake3, b"bb");
         {
             let meta = SqliteMetadata::open(&path).await.unwrap();
-            meta.record(&a, 10).await.unwrap();
-            meta.record(&b, 20).await.unwrap();
+            meta.record(&a, "", 10).await.unwrap();
+            meta.record(&b, "", 20).await.unwrap();
             assert_eq!(meta.total_bytes(), 0, "a declared size is not a stored byte");
-            meta.mark_stored(&a, 5).await.unwrap();
-            meta.mark_stored(&b, 20).await.unwrap();
-            meta.mark_stored(&a, 5).await.unwrap();
+            meta.mark_stored(&a, "", 5).await.unwrap();
+            meta.mark_stored(&b, "", 20).await.unwrap();
+            meta.mark_stored(&a, "", 5).await.unwrap();
             assert_eq!(meta.total_bytes(), 6);
             meta.touch(&[(a, 30)]).await.unwrap();
-            assert_eq!(meta.least_recent(10).await.unwrap(), vec![b, a]);
+            assert_eq!(listed(meta.least_recent(10, 0).await.unwrap()), vec![b, a]);
         }
         let meta = SqliteMetadata::open(&path).await.unwrap();
         assert_eq!(meta.total_bytes(), 6);
         meta.remove(&b).await.unwrap();
         meta.remove(&b).await.unwrap();
         assert_eq!(meta.total_bytes(), 4);
-        assert_eq!(meta.least_recent(10).await.unwrap(), vec![a]);
+        assert_eq!(listed(meta.least_recent(10, 0).await.unwrap()), vec![a]);
     }
 
     #[tokio::test]

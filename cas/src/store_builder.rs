@@ -6,7 +6,9 @@ use parking_lot::Mutex;
 use prometheus::Registry;
 use tokio::sync::OnceCell;
 
-use crate::blob_metadata::BlobMetadata;
+use crate::action_index::ActionIndex;
+use crate::action_index_store::ActionIndexStore;
+use crate::blob_metadata::{BlobMetadata, BlobPins};
 use crate::env_expand::expand_env;
 use crate::existence_cached::ExistenceCachedStore;
 use crate::metered::MeteredStore;
@@ -25,13 +27,39 @@ use crate::{
 pub struct StoreBuilder {
     registry: Registry,
     metrics: OnceCell<StoreMetrics>,
-    metadata: Mutex<Vec<(MetadataConfig, Arc<dyn BlobMetadata>)>>,
+    metadata: Mutex<Vec<OpenMetadata>>,
+    /// The metadata of every evicting store built: where pins must go.
+    evictors: Mutex<Vec<Arc<dyn BlobMetadata>>>,
     clock: Arc<dyn Clock>,
+}
+
+/// One metadata database, opened once per builder, under both its faces.
+struct OpenMetadata {
+    config: MetadataConfig,
+    blobs: Arc<dyn BlobMetadata>,
+    actions: Arc<dyn ActionIndex>,
 }
 
 impl StoreBuilder {
     pub fn new(registry: Registry) -> Self {
-        StoreBuilder { registry, metrics: OnceCell::new(), metadata: Mutex::default(), clock: Arc::new(SystemClock) }
+        StoreBuilder {
+            registry,
+            metrics: OnceCell::new(),
+            metadata: Mutex::default(),
+            evictors: Mutex::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Where pins must be taken so that no evicting store built so far
+    /// removes a pinned blob: the metadata of each (empty when nothing
+    /// evicts).
+    pub fn pins(&self) -> Vec<Arc<dyn BlobPins>> {
+        let mut pins: Vec<Arc<dyn BlobPins>> = Vec::new();
+        for metadata in self.evictors.lock().iter() {
+            pins.push(metadata.clone());
+        }
+        pins
     }
 
     /// The store tree `config` describes.
@@ -40,7 +68,13 @@ impl StoreBuilder {
             StoreConfig::Memory => Arc::new(MemoryStore::new()),
             StoreConfig::Filesystem { path, sync } => Arc::new(FilesystemStore::open(path.clone(), *sync).await?),
             StoreConfig::Evicting { max_bytes, low_watermark_bytes, metadata, inner } => {
-                let metadata = self.metadata(metadata).await?;
+                let metadata = self.metadata(metadata).await?.blobs;
+                {
+                    let mut evictors = self.evictors.lock();
+                    if !evictors.iter().any(|m| Arc::ptr_eq(m, &metadata)) {
+                        evictors.push(metadata.clone());
+                    }
+                }
                 let low = low_watermark_bytes.unwrap_or(max_bytes / 10 * 8);
                 let inner = Box::pin(self.build(inner)).await?;
                 Arc::new(EvictingStore::new(inner, metadata, self.clock.clone(), *max_bytes, low))
@@ -66,10 +100,13 @@ impl StoreBuilder {
                 Arc::new(TieredStore::new(Box::pin(self.build(fast)).await?, Box::pin(self.build(slow)).await?))
             }
             StoreConfig::ExistenceCached { metadata, redis, inner } => {
-                let index = self.metadata(metadata).await?;
+                let index = self.metadata(metadata).await?.blobs;
                 let hot = redis.as_ref().map(redis_index).transpose()?;
                 let inner = Box::pin(self.build(inner)).await?;
                 Arc::new(ExistenceCachedStore::new(inner, index, hot, self.clock.clone()))
+            }
+            StoreConfig::ActionIndex { metadata } => {
+                Arc::new(ActionIndexStore::new(self.metadata(metadata).await?.actions, self.clock.clone()))
             }
             StoreConfig::Metered { name, inner } => {
                 let metrics = self
@@ -83,29 +120,37 @@ impl StoreBuilder {
     }
 
     /// The metadata `config` describes, opened once per builder.
-    async fn metadata(&self, config: &MetadataConfig) -> Result<Arc<dyn BlobMetadata>> {
-        if let Some((_, open)) = self.metadata.lock().iter().find(|(c, _)| c == config) {
-            return Ok(open.clone());
+    async fn metadata(&self, config: &MetadataConfig) -> Result<Handles> {
+        if let Some(open) = self.metadata.lock().iter().find(|m| &m.config == config) {
+            return Ok(Handles { blobs: open.blobs.clone(), actions: open.actions.clone() });
         }
-        let opened: Arc<dyn BlobMetadata> = match config {
+        let (blobs, actions): (Arc<dyn BlobMetadata>, Arc<dyn ActionIndex>) = match config {
             MetadataConfig::Sqlite { path } => {
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
                 }
-                Arc::new(SqliteMetadata::open(path).await?)
+                let opened = Arc::new(SqliteMetadata::open(path).await?);
+                (opened.clone(), opened)
             }
             MetadataConfig::Postgres { url, schema } => {
                 let schema = schema.as_deref().map(expand_env).transpose()?;
-                Arc::new(PostgresMetadata::connect(&expand_env(url)?, schema.as_deref()).await?)
+                let opened = Arc::new(PostgresMetadata::connect(&expand_env(url)?, schema.as_deref()).await?);
+                (opened.clone(), opened)
             }
         };
         let mut open = self.metadata.lock();
-        if let Some((_, other)) = open.iter().find(|(c, _)| c == config) {
-            return Ok(other.clone());
+        if let Some(other) = open.iter().find(|m| &m.config == config) {
+            return Ok(Handles { blobs: other.blobs.clone(), actions: other.actions.clone() });
         }
-        open.push((config.clone(), opened.clone()));
-        Ok(opened)
+        open.push(OpenMetadata { config: config.clone(), blobs: blobs.clone(), actions: actions.clone() });
+        Ok(Handles { blobs, actions })
     }
+}
+
+/// The faces of one opened metadata database.
+struct Handles {
+    blobs: Arc<dyn BlobMetadata>,
+    actions: Arc<dyn ActionIndex>,
 }
 
 async fn s3(bucket: &str, settings: &S3Settings) -> Result<S3Store> {

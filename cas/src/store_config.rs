@@ -65,6 +65,11 @@ pub enum StoreConfig {
         redis: Option<RedisConfig>,
         inner: Box<StoreConfig>,
     },
+    /// Small entries (action results) in the metadata database: SQLite
+    /// embedded, PostgreSQL shared by the replicas of a cluster.
+    ActionIndex {
+        metadata: MetadataConfig,
+    },
     /// Prometheus requests, bytes and latency under `name`.
     Metered {
         name: String,

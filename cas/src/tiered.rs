@@ -87,6 +87,10 @@ impl BlobStore for TieredStore {
     fn usage(&self) -> Option<Usage> {
         self.slow.usage()
     }
+
+    fn shard_name(&self, digest: &Digest) -> Option<String> {
+        self.slow.shard_name(digest)
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,28 @@ pub async fn walk_tree(cas: &dyn BlobStore, root: Digest) -> Result<Vec<Director
     Ok(directories)
 }
 
+/// Every blob of the tree under `root`: the root, each directory and each
+/// file, once each (what must stay while something runs on that tree).
+/// Missing subdirectories are left out, as [`walk_tree`] does.
+pub async fn tree_blobs(cas: &dyn BlobStore, root: Digest) -> Result<Vec<Digest>> {
+    let mut walker = TreeWalker::new(root);
+    let mut seen = HashSet::from([root]);
+    let mut blobs = vec![root];
+    while let Some(directory) = walker.next(cas).await? {
+        let files = directory.files.iter().map(|f| f.digest.as_ref());
+        let directories = directory.directories.iter().map(|d| d.digest.as_ref());
+        for digest in files.chain(directories) {
+            // The walker checked every digest of the directories it yields.
+            if let Ok(digest) = Digest::from_proto_field(root.function(), digest, "digest") {
+                if seen.insert(digest) {
+                    blobs.push(digest);
+                }
+            }
+        }
+    }
+    Ok(blobs)
+}
+
 /// Walks the tree under a root breadth first, one directory per step and
 /// each distinct directory once, holding only the digests still to visit
 /// and those seen: a caller streams a tree of any size without keeping it.
@@ -90,6 +112,7 @@ mod tests {
         let root = Directory { directories: vec![node("a", mid_d), node("b", leaf_d)], ..Default::default() };
         let root_d = put(&cas, &root).await;
         assert_eq!(walk_tree(&cas, root_d).await.unwrap(), vec![root, mid, leaf]);
+        assert_eq!(tree_blobs(&cas, root_d).await.unwrap(), vec![root_d, mid_d, leaf_d, absent]);
         let e = walk_tree(&cas, absent).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::NotFound);
     }

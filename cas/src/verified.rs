@@ -99,6 +99,10 @@ impl BlobStore for VerifiedStore {
     fn usage(&self) -> Option<Usage> {
         self.inner.usage()
     }
+
+    fn shard_name(&self, digest: &Digest) -> Option<String> {
+        self.inner.shard_name(digest)
+    }
 }
 
 #[cfg(test)]
