@@ -5,7 +5,8 @@
 //! `execute` times Execute calls of distinct trivial actions, executed and
 //! as cache hits; `queue-memory` measures a scheduler's memory per queued
 //! action; `builds` times concurrent remote Dockerfile builds through
-//! MemoBuild's BuildService.
+//! MemoBuild's BuildService; `s3-shards` times MemoBuild's sharded S3 store
+//! itself against an S3-compatible server.
 
 mod blob_source;
 mod build_mix;
@@ -18,6 +19,7 @@ mod metrics_scrape;
 mod process_stats;
 mod queue_memory;
 mod remote_builds;
+mod s3_shards;
 mod size;
 mod stats;
 mod trivial_action;
@@ -63,6 +65,35 @@ enum Command {
     /// (`memobuild.build.v1`): a mix of all-cached, one-step-changed and
     /// cold builds, timed to their first event and to their result.
     Builds(BuildsArgs),
+    /// Upload and download MB/s of MemoBuild's sharded S3 store, with one
+    /// bucket per shard, against an S3-compatible endpoint (credentials
+    /// from the standard AWS environment variables).
+    S3Shards(S3ShardsArgs),
+}
+
+#[derive(Args)]
+struct S3ShardsArgs {
+    /// The S3-compatible endpoint, e.g. http://127.0.0.1:9455.
+    #[arg(long)]
+    endpoint: String,
+    /// Shard counts to measure, one run each.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    shards: Vec<usize>,
+    /// Size of each blob (above 16MiB they go up as multipart uploads).
+    #[arg(long, value_parser = parse_size, default_value = "8MiB")]
+    blob_size: u64,
+    /// Blobs written and read per run.
+    #[arg(long, default_value_t = 32)]
+    blobs: usize,
+    /// Blobs in flight at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Seed naming the run's buckets and blobs [default: random].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print one JSON object with the figures on standard output.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -519,6 +550,41 @@ fn millis(l: &LatencySummary) -> String {
     )
 }
 
+async fn s3_shards(args: S3ShardsArgs) -> anyhow::Result<bool> {
+    let out = Output { json: args.json };
+    let options = s3_shards::S3ShardsOptions {
+        endpoint: args.endpoint,
+        shard_counts: args.shards,
+        blob_bytes: args.blob_size,
+        blobs: args.blobs,
+        concurrency: args.concurrency.max(1),
+        seed: args.seed.unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0),
+    };
+    let report = s3_shards::run(options).await?;
+    out.line(&format!(
+        "s3-shards: {} blobs of {} at {}, {} in flight; MB = 10^6 bytes",
+        report.blobs,
+        format_size(report.blob_bytes),
+        report.endpoint,
+        report.concurrency
+    ))?;
+    for run in &report.runs {
+        out.line(&format!(
+            "  {} shard(s) {:?}: put {:.1} MB/s ({:.1} per shard, {:.2} s)  get {:.1} MB/s ({:.1} per shard, {:.2} s)",
+            run.shards,
+            run.blobs_per_shard,
+            run.put_mb_per_s,
+            run.put_mb_per_s_per_shard,
+            run.put_seconds,
+            run.get_mb_per_s,
+            run.get_mb_per_s_per_shard,
+            run.get_seconds
+        ))?;
+    }
+    out.json(&report)?;
+    Ok(true)
+}
+
 async fn builds(args: BuildsArgs) -> anyhow::Result<bool> {
     let out = Output { json: args.json };
     let concurrency = args.concurrency.unwrap_or(args.builds);
@@ -616,6 +682,7 @@ fn main() -> ExitCode {
             Command::Execute(args) => execute(args).await,
             Command::QueueMemory(args) => queue_memory(args).await,
             Command::Builds(args) => builds(args).await,
+            Command::S3Shards(args) => s3_shards(args).await,
         }
     });
     match result {
