@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use memobuild_cas::{CasLimits, MetadataConfig, StoreConfig};
+use memobuild_worker::network::NetworkConfig;
 use serde::Deserialize;
 
 /// The default byte budget of the embedded CAS.
@@ -104,6 +105,10 @@ pub struct WorkerSection {
     /// containerd's socket [default: /run/containerd/containerd.sock, else a
     /// private containerd under `work_dir`, started on the first RUN].
     pub containerd_address: Option<PathBuf>,
+    /// What RUN steps may reach (`egress`, `host`, `blocked`), and how
+    /// their default network is laid out (`subnets`, `resolv_conf`).
+    #[serde(default)]
+    pub network: NetworkConfig,
 }
 
 impl SchedulerSection {
@@ -140,6 +145,7 @@ impl WorkerSection {
             properties: default_properties(),
             dockerfile_steps: true,
             containerd_address: None,
+            network: NetworkConfig::default(),
         }
     }
 }

@@ -129,6 +129,15 @@ struct WorkerArgs {
     /// Run only REAPI actions, no Dockerfile steps (no containerd needed).
     #[arg(long)]
     no_dockerfile_steps: bool,
+    /// Refuse RUN steps on the default network (outbound access): builds must use --network none.
+    #[arg(long)]
+    forbid_egress: bool,
+    /// Let RUN steps use this host's network (builds also need --allow network.host).
+    #[arg(long)]
+    allow_host_network: bool,
+    /// A network RUN steps never reach, e.g. the cluster's pod range (repeatable).
+    #[arg(long = "blocked-network", value_name = "CIDR")]
+    blocked_networks: Vec<memobuild_worker::network::Ipv4Cidr>,
 }
 
 fn parse_property(text: &str) -> Result<(String, String), String> {
@@ -298,6 +307,9 @@ async fn run() -> anyhow::Result<()> {
             section.properties.extend(args.properties);
             section.containerd_address = args.containerd_address;
             section.dockerfile_steps = !args.no_dockerfile_steps;
+            section.network.egress = !args.forbid_egress;
+            section.network.host = args.allow_host_network;
+            section.network.blocked.extend(args.blocked_networks);
             let credentials = args.client.credentials()?;
             server::run_worker_role(&args.scheduler, &args.cas, &credentials, section, shutdown_signal())
                 .await

@@ -246,6 +246,7 @@ async fn request(args: &BuildArgs, inputs: &BuildInputs, instance: &str) -> anyh
         }
         .into(),
         add_hosts: args.add_hosts.iter().map(ToString::to_string).collect(),
+        allow: args.allow.clone(),
         limits: Some(inputs.limits.to_proto()),
         secrets: inputs.secrets.values().map(|(id, value)| Secret { id: id.into(), value: value.to_vec() }).collect(),
         exports,

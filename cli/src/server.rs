@@ -12,6 +12,7 @@ use memobuild_cas::{
     grpc_channel_with, ActionCache, BlobStore, CasLimits, ClientCredentials, GrpcActionCache, GrpcChannel, GrpcStore,
     SystemClock, VerifiedStore,
 };
+use memobuild_engine::NetworkPolicy;
 use memobuild_proto::reapi::capabilities_server::CapabilitiesServer;
 use memobuild_proto::reapi::{digest_function, ExecutionCapabilities};
 use memobuild_proto::DigestFunction;
@@ -152,6 +153,8 @@ impl Node {
                 state.action_cache.clone(),
                 section.work_dir(),
                 store,
+                // Without a worker here, the workers elsewhere enforce their own policy.
+                worker_section.as_ref().map_or(NetworkPolicy::ANY, |w| w.network.policy()),
             )
             .await
             .context("starting the build service")?;
@@ -339,7 +342,12 @@ async fn worker(
         .await
         .context("starting the worker")?;
     let runner = section.dockerfile_steps.then(|| {
-        Arc::new(StepRunner::new(cas.clone(), section.containerd_address.clone(), section.work_dir.join("steps")))
+        Arc::new(StepRunner::new(
+            cas.clone(),
+            section.containerd_address.clone(),
+            section.work_dir.join("steps"),
+            section.network.clone(),
+        ))
     });
     let steps = runner.clone().map(|runner| Arc::new(StepActions::new(runner, cas)));
     let executors = Executors { actions: Arc::new(executor), steps };

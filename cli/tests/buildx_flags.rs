@@ -109,7 +109,17 @@ fn network_flag_is_the_default_of_run_steps() {
          RUN --network=none cat /proc/net/dev > /none-net\n",
     );
     let (output, oci) = oci_output(&project, "host.tar");
-    let build = project.build(&["-t", "img:1", "-o", &output, "--network=host", "--add-host", "db.internal:10.1.2.3"]);
+    let build = project.build(&[
+        "-t",
+        "img:1",
+        "-o",
+        &output,
+        "--network=host",
+        "--allow",
+        "network.host",
+        "--add-host",
+        "db.internal:10.1.2.3",
+    ]);
     assert!(build.ok(), "{}", build.stderr());
     let host = Unpacked::from_oci_tar(std::path::Path::new(&oci), "1");
     let own = interfaces(&std::fs::read_to_string("/proc/net/dev").unwrap());
@@ -126,7 +136,7 @@ fn network_flag_is_the_default_of_run_steps() {
     assert!(build.ok(), "{}", build.stderr());
     assert_eq!(build.ran().len(), 2, "another network is another key: {:?}", build.cached());
     let default = Unpacked::from_oci_tar(std::path::Path::new(&oci), "1");
-    assert_eq!(interfaces(&default.read("/default-net")), ["lo"]);
+    assert_eq!(interfaces(&default.read("/default-net")), ["eth0", "lo"], "its own namespace, behind NAT");
 }
 
 #[test]

@@ -18,7 +18,7 @@ use crate::base_images::ResolvedImage;
 use crate::build_record::StepRecord;
 use crate::image_state::{History, ImageState, DEFAULT_PATH};
 use crate::run_command::run_argv;
-use crate::{BuildSession, EngineStores, EventSender, StepAction, StepExecutor, StepSpec, StepTask};
+use crate::{BuildSession, EngineStores, EventSender, StepAction, StepExecutor, StepSpec, StepTask, HOST_ENTITLEMENT};
 
 /// How the build runs.
 pub struct BuildSettings {
@@ -29,6 +29,8 @@ pub struct BuildSettings {
     pub dry_run: bool,
     /// `--network`: the network of a RUN without its own `--network`.
     pub network: NetworkMode,
+    /// `--allow network.host`: RUN steps may use the host's network.
+    pub host_network_allowed: bool,
 }
 
 impl BuildSettings {
@@ -70,6 +72,7 @@ pub struct BuildRun {
 impl BuildRun {
     /// Builds every stage of the graph; returns the target stage's state.
     pub async fn run(self: Arc<Self>) -> Result<StageResult> {
+        self.check_networks()?;
         let mut stages: HashMap<usize, StageFuture> = HashMap::new();
         let first_error: Arc<Mutex<Option<Error>>> = Arc::default();
         for stage in &self.graph.stages {
@@ -104,6 +107,36 @@ impl BuildRun {
         match stages.get(&target) {
             Some(f) => f.clone().await,
             None => Err(Error::internal(format!("target stage {target} is not in the graph"))),
+        }
+    }
+
+    /// Fails before any step runs when a RUN asks for a network the build's
+    /// entitlements or the executor's policy do not allow.
+    fn check_networks(&self) -> Result<()> {
+        let policy = self.executor.network_policy();
+        for step in self.graph.stages.iter().flat_map(|s| &s.steps) {
+            let StepDefinition::Run { network, .. } = &step.definition else { continue };
+            let mode = self.settings.network_of(*network);
+            let refusal = if mode == NetworkMode::Host && !self.settings.host_network_allowed {
+                Some(format!(
+                    "the host's network needs the {HOST_ENTITLEMENT} entitlement: add --allow {HOST_ENTITLEMENT}"
+                ))
+            } else {
+                policy.refusal(mode)
+            };
+            if let Some(why) = refusal {
+                return Err(Error::new(tonic::Code::PermissionDenied, why).context(self.step_context(step)));
+            }
+        }
+        Ok(())
+    }
+
+    /// `Dockerfile:LINE: INSTRUCTION`, as errors name a step.
+    fn step_context(&self, step: &Step) -> String {
+        let dockerfile = &self.graph.dockerfile;
+        match &step.trigger {
+            Some(trigger) => trigger.context(dockerfile, step.location.line),
+            None => format!("{dockerfile}:{}: {}", step.location.line, first_line(&step.instruction)),
         }
     }
 

@@ -17,7 +17,7 @@ mod export;
 mod host_entry;
 mod image_build;
 mod image_state;
-mod network_flag;
+mod network_policy;
 mod output_spec;
 mod remote_file_note;
 mod remote_source;
@@ -36,7 +36,7 @@ pub use export::{image_id, metadata, write_iidfile, write_metadata_file, write_o
 pub use host_entry::HostEntry;
 pub use image_build::{BuiltOutput, ImageBuild};
 pub use image_state::rfc3339;
-pub use network_flag::parse_network;
+pub use network_policy::{network_hint, parse_entitlement, parse_network, NetworkPolicy, HOST_ENTITLEMENT};
 pub use output_spec::OutputSpec;
 pub use remote_file_note::RemoteFileNote;
 pub use remote_source::source_key;

@@ -15,7 +15,7 @@ use memobuild_oci::Layer;
 use memobuild_proto::{Digest, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::{EventSender, HostEntry, ResourceLimits, Secrets, StepAction, StepSpec};
+use crate::{EventSender, HostEntry, NetworkPolicy, ResourceLimits, Secrets, StepAction, StepSpec};
 
 /// Where a step reads the files of the build context from.
 #[derive(Clone, Debug)]
@@ -76,6 +76,10 @@ pub trait StepExecutor: Send + Sync {
         events: &EventSender,
         cancel: CancellationToken,
     ) -> Result<Option<Layer>>;
+
+    /// What RUN steps may reach where this executor runs them; a build
+    /// asking for more fails before any step runs.
+    fn network_policy(&self) -> NetworkPolicy;
 }
 
 impl BuildSession {

@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 
 use memobuild_cas::{walk_tree, ActionResults, BlobStore};
 use memobuild_engine::{
-    exported_image, layer_descriptor, parse_network, BuildSettings, BuiltOutput, ContextFiles, EngineStores,
-    ExportRequest, HostEntry, ImageBuild, ResourceLimits, Secrets,
+    exported_image, layer_descriptor, parse_entitlement, parse_network, BuildSettings, BuiltOutput, ContextFiles,
+    EngineStores, ExportRequest, HostEntry, ImageBuild, NetworkPolicy, ResourceLimits, Secrets, HOST_ENTITLEMENT,
 };
 use memobuild_frontend::{BuildContext, Platform};
 use memobuild_oci::{Compression, DirectoryDiffIdMemo, RegistryClient};
@@ -119,6 +119,8 @@ pub struct BuildManager {
     /// layer an earlier build already did.
     diff_ids: Arc<DirectoryDiffIdMemo>,
     persist: mpsc::UnboundedSender<Persist>,
+    /// What the cluster's workers let RUN steps reach.
+    network_policy: NetworkPolicy,
 }
 
 impl BuildManager {
@@ -130,6 +132,7 @@ impl BuildManager {
         actions: Arc<dyn ActionResults>,
         work_dir: PathBuf,
         store: Arc<dyn BuildStore>,
+        network_policy: NetworkPolicy,
     ) -> Result<Arc<Self>> {
         let (persist, writes) = mpsc::unbounded_channel();
         tokio::spawn(run_persister(store.clone(), writes));
@@ -142,6 +145,7 @@ impl BuildManager {
             store,
             persist,
             work_dir,
+            network_policy,
         });
         for stored in manager.store.unfinished().await.context("loading the builds that were running")? {
             let id = stored.id.clone();
@@ -267,6 +271,7 @@ impl BuildManager {
             cas: self.cas.clone(),
             instance_name: request.instance_name.clone(),
             client: format!("build/{id}"),
+            network_policy: self.network_policy,
         });
         let (events, mut received) = tokio::sync::mpsc::unbounded_channel::<BuildEvent>();
         let pump_build = running.clone();
@@ -450,6 +455,9 @@ fn image_build(request: &BuildRequest, context: Arc<BuildContext>) -> Result<Ima
         "" => memobuild_frontend::NetworkMode::Default,
         text => parse_network(text).map_err(Error::invalid_argument)?,
     };
+    for entitlement in &request.allow {
+        parse_entitlement(entitlement).map_err(Error::invalid_argument)?;
+    }
     let hosts = request
         .add_hosts
         .iter()
@@ -482,6 +490,7 @@ fn image_build(request: &BuildRequest, context: Arc<BuildContext>) -> Result<Ima
             source_date_epoch: request.source_date_epoch,
             dry_run: request.dry_run,
             network,
+            host_network_allowed: request.allow.iter().any(|a| a == HOST_ENTITLEMENT),
         },
         labels: request.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         annotations: request.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),

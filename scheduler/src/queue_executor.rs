@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use memobuild_cas::BlobStore;
-use memobuild_engine::{result_layer, BuildSession, EventSender, StepExecutor, StepTask};
+use memobuild_engine::{result_layer, BuildSession, EventSender, NetworkPolicy, StepExecutor, StepTask};
 use memobuild_oci::Layer;
 use memobuild_proto::build::{step_log, BuildEvent};
 use memobuild_proto::reapi::ExecuteRequest;
@@ -24,10 +24,15 @@ pub struct QueueExecutor {
     pub instance_name: String,
     /// Who the steps are queued for (the build), for fair queueing.
     pub client: String,
+    pub network_policy: NetworkPolicy,
 }
 
 #[async_trait]
 impl StepExecutor for QueueExecutor {
+    fn network_policy(&self) -> NetworkPolicy {
+        self.network_policy
+    }
+
     async fn execute(
         &self,
         task: &StepTask,

@@ -28,6 +28,7 @@ pub mod containerd;
 mod file_cache;
 mod host_runner;
 mod input_tree;
+pub mod network;
 mod output_capture;
 mod relative_path;
 mod runner;

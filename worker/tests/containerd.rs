@@ -462,7 +462,7 @@ async fn host_network_and_limits() {
         "hostnet",
         "cat /etc/resolv.conf > /dev/null && grep -c . /proc/net/dev && cat /sys/fs/cgroup/memory/memory.limit_in_bytes && hostname",
     );
-    spec.network = true;
+    spec.network = memobuild_worker::containerd::StepNetwork::Host;
     spec.limits = ResourceLimits { memory: Some(256 << 20), cpu_quota: Some(50_000), ..Default::default() };
     let (outcome, stdout, stderr) = fx.run(&parent, &spec).await;
     assert_eq!(outcome.exit_code, 0, "{stderr}");

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use memobuild_engine::{
-    check_docker, metadata, parse_network, write_iidfile, write_metadata_file, write_outputs, BuildRecord,
-    BuildSettings, BuiltOutput, ContextFiles, EventSender, ExportRequest, HostEntry, ImageBuild, OutputSpec,
-    ResourceLimits, SecretSpec, Secrets,
+    check_docker, metadata, parse_entitlement, parse_network, write_iidfile, write_metadata_file, write_outputs,
+    BuildRecord, BuildSettings, BuiltOutput, ContextFiles, EventSender, ExportRequest, HostEntry, ImageBuild,
+    OutputSpec, ResourceLimits, SecretSpec, Secrets, HOST_ENTITLEMENT,
 };
 use memobuild_frontend::{BuildContext, ContextScanner, DockerIgnore, NetworkMode, Platform};
 use memobuild_worker::steps::{SshAgents, SshSpec};
@@ -85,10 +85,13 @@ pub struct BuildArgs {
     /// Write the result's digests, descriptor and names as JSON, as buildx does.
     #[arg(long = "metadata-file", value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
-    /// The network of RUN steps without their own RUN --network: default, none or host.
-    /// `default` is no network today, as `none`.
+    /// The network of RUN steps without their own RUN --network: default (an own
+    /// namespace with outbound access through NAT), none or host (needs --allow network.host).
     #[arg(long, value_name = "MODE", default_value = "default", value_parser = parse_network)]
     pub network: NetworkMode,
+    /// An entitlement, as buildx: network.host lets RUN steps use the host's network.
+    #[arg(long = "allow", value_name = "ENTITLEMENT", value_parser = parse_entitlement)]
+    pub allow: Vec<String>,
     /// An /etc/hosts entry for RUN steps, HOST:IP (repeatable); not part of any cache key.
     #[arg(long = "add-host", value_name = "HOST:IP")]
     pub add_hosts: Vec<HostEntry>,
@@ -236,6 +239,7 @@ impl BuildInputs {
                 source_date_epoch: self.source_date_epoch,
                 dry_run: args.dry_run,
                 network: args.network,
+                host_network_allowed: args.allow.iter().any(|a| a == HOST_ENTITLEMENT),
             },
             labels: args.labels.clone(),
             annotations: args.annotations.iter().cloned().collect(),

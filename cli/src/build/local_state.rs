@@ -9,6 +9,7 @@ use memobuild_cas::{ActionCache, ActionResults, BlobStore, FilesystemStore, Veri
 use memobuild_engine::EngineStores;
 use memobuild_oci::{DirectoryDiffIdMemo, RegistryClient};
 use memobuild_proto::{Result, ResultExt};
+use memobuild_worker::network::NetworkConfig;
 use memobuild_worker::steps::{LocalExecutor, StepRunner};
 
 pub use memobuild_worker::steps::CACHE_MOUNTS_DIR;
@@ -47,7 +48,9 @@ impl LocalState {
             diff_ids: Some(diff_ids),
             remote_files_dir: dir.join(REMOTE_FILES_DIR),
         };
-        let runner = StepRunner::new(cas, containerd_address, dir.to_path_buf());
+        // A laptop's own builds may use its network (with --allow network.host).
+        let network = NetworkConfig { host: true, ..NetworkConfig::default() };
+        let runner = StepRunner::new(cas, containerd_address, dir.to_path_buf(), network);
         Ok(LocalState { dir: dir.to_path_buf(), stores: Arc::new(stores), runner: Arc::new(runner) })
     }
 

@@ -17,10 +17,7 @@ pub struct ContainerSpec {
     /// `uid`, `uid:gid`, `name` or `name:group`; names are resolved from the
     /// rootfs' `/etc/passwd` and `/etc/group`. `None` is `0:0`.
     pub user: Option<String>,
-    /// `false`: an own network namespace with only `lo`. `true`: the host's
-    /// network, with the host's `/etc/resolv.conf` and `/etc/hosts` bound
-    /// read-only (unless one of `mounts` targets them).
-    pub network: bool,
+    pub network: StepNetwork,
     /// Memory, CPU and `/dev/shm` limits; not part of any cache key.
     pub limits: ResourceLimits,
     /// Extra mounts; their targets are never captured in the layer.
@@ -29,6 +26,20 @@ pub struct ContainerSpec {
     /// When set, every mtime in the layer is clamped to it.
     pub source_date_epoch: Option<u64>,
     pub hostname: String,
+}
+
+/// The network a RUN step's container gets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum StepNetwork {
+    /// An own network namespace with only `lo`.
+    #[default]
+    Isolated,
+    /// A prepared network namespace, joined by its path, with
+    /// `resolv_conf` bound read-only over `/etc/resolv.conf`.
+    Joined { netns: PathBuf, resolv_conf: PathBuf },
+    /// The host's network, with the host's `/etc/resolv.conf` and
+    /// `/etc/hosts` bound read-only (unless one of `mounts` targets them).
+    Host,
 }
 
 /// A mount of a RUN step (`RUN --mount=...`).

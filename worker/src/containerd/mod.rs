@@ -28,7 +28,7 @@ mod user_resolver;
 
 pub use client::{Containerd, NAMESPACE, SNAPSHOTTER, SYSTEM_SOCKET};
 pub use container_outcome::ContainerOutcome;
-pub use container_spec::{ContainerSpec, SpecMount};
+pub use container_spec::{ContainerSpec, SpecMount, StepNetwork};
 pub use log_chunk::LogChunk;
 pub use memobuild_engine::ResourceLimits;
 pub use mounted_view::MountedView;

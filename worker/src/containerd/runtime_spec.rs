@@ -9,7 +9,7 @@ use oci_spec::runtime::{
     ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
-use super::{ContainerSpec, SpecMount};
+use super::{ContainerSpec, SpecMount, StepNetwork};
 use memobuild_oci::ResolvedUser;
 
 /// `PATH` when the step's environment has none (Docker's default).
@@ -25,7 +25,8 @@ const NOFILE_HARD: u64 = 1_048_576;
 /// The umask a step runs with (Docker's).
 const STEP_UMASK: u32 = 0o022;
 /// Host files bound read-only into a step with host networking.
-const HOST_NETWORK_FILES: [&str; 2] = ["/etc/resolv.conf", "/etc/hosts"];
+const HOST_NETWORK_FILES: [&str; 2] = [RESOLV_CONF, "/etc/hosts"];
+const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// The OCI runtime spec of a RUN step, and every path something is mounted
 /// on in the container (absolute), which the layer leaves out.
@@ -160,26 +161,35 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, user: &ResolvedUser, container_
         };
         mounts.push(bind_or_mount(typ, &source, target, &options)?);
     }
-    if spec.network {
-        // A file the step's own mounts provide (a generated /etc/hosts) stays.
-        for file in HOST_NETWORK_FILES {
-            if Path::new(file).exists() && !spec.mounts.iter().any(|m| m.target() == file) {
-                mounts.push(bind_or_mount("bind", Path::new(file), file, &["rbind", "ro"])?);
-            }
+    // A file the step's own mounts provide (a generated /etc/hosts) stays.
+    let network_files: Vec<(&Path, &str)> = match &spec.network {
+        StepNetwork::Isolated => Vec::new(),
+        StepNetwork::Joined { resolv_conf, .. } => vec![(resolv_conf.as_path(), RESOLV_CONF)],
+        StepNetwork::Host => HOST_NETWORK_FILES.iter().map(|f| (Path::new(*f), *f)).collect(),
+    };
+    for (source, target) in network_files {
+        if source.exists() && !spec.mounts.iter().any(|m| m.target() == target) {
+            mounts.push(bind_or_mount("bind", source, target, &["rbind", "ro"])?);
         }
     }
     let mount_targets = mounts.iter().map(|m| m.destination().to_string_lossy().into_owned()).collect();
 
     let mut namespaces =
-        vec![LinuxNamespaceType::Pid, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Mount];
-    if !spec.network {
-        namespaces.push(LinuxNamespaceType::Network);
+        [LinuxNamespaceType::Pid, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Mount]
+            .into_iter()
+            .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(spec_error("namespaces"))?;
+    let network = match &spec.network {
+        StepNetwork::Isolated => Some(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).build()),
+        StepNetwork::Joined { netns, .. } => {
+            Some(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).path(netns.clone()).build())
+        }
+        StepNetwork::Host => None,
+    };
+    if let Some(network) = network {
+        namespaces.push(network.map_err(spec_error("network namespace"))?);
     }
-    let namespaces = namespaces
-        .into_iter()
-        .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(spec_error("namespaces"))?;
 
     let deny_all =
         LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().map_err(spec_error("devices"))?;
@@ -325,7 +335,7 @@ mod tests {
         let spec = ContainerSpec {
             id_hint: "t".into(),
             argv: vec!["true".into()],
-            network: true,
+            network: StepNetwork::Host,
             mounts: vec![SpecMount::Bind {
                 source: "/tmp/generated-hosts".into(),
                 target: "/etc/hosts".into(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use memobuild_cas::{ActionResults, BlobStore};
-use memobuild_engine::{BuildSession, EventSender, StepExecutor, StepTask};
+use memobuild_engine::{BuildSession, EventSender, NetworkPolicy, StepExecutor, StepTask};
 use memobuild_oci::Layer;
 use memobuild_proto::build::{step_log, BuildEvent};
 use memobuild_proto::Result;
@@ -25,6 +25,10 @@ pub struct LocalExecutor {
 
 #[async_trait]
 impl StepExecutor for LocalExecutor {
+    fn network_policy(&self) -> NetworkPolicy {
+        self.runner.network_policy()
+    }
+
     async fn execute(
         &self,
         task: &StepTask,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use memobuild_cas::BlobStore;
-use memobuild_engine::{BuildSession, ContextFiles, StepSpec};
+use memobuild_engine::{network_hint, BuildSession, ContextFiles, NetworkPolicy, StepSpec};
 use memobuild_frontend::{MountType, NetworkMode, Origin, StepDefinition};
 use memobuild_oci::Layer;
 use memobuild_proto::{Digest, DigestFunction, Error, Result};
@@ -21,7 +21,8 @@ use super::extra_hosts::HostsFiles;
 use super::layer_plan::LayerPlan;
 use super::remote_files::materialize_remote;
 use super::run_secrets::RunSecrets;
-use crate::containerd::{ContainerSpec, Containerd, LogChunk, SpecMount};
+use crate::containerd::{ContainerSpec, Containerd, LogChunk, SpecMount, StepNetwork};
+use crate::network::{NetworkConfig, NetworkPool, SandboxLease};
 
 /// Log lines a failed RUN's error repeats.
 const TAIL_LINES: usize = 10;
@@ -43,13 +44,39 @@ pub struct StepRunner {
     containerd_address: Option<PathBuf>,
     state_dir: PathBuf,
     containerd: OnceCell<Containerd>,
+    network: NetworkConfig,
+    /// RUN's default network, set up on the first step that uses it.
+    network_pool: OnceCell<Arc<NetworkPool>>,
 }
 
 impl StepRunner {
     /// `state_dir` holds cache mounts (and a private containerd, if one is
     /// started).
-    pub fn new(cas: Arc<dyn BlobStore>, containerd_address: Option<PathBuf>, state_dir: PathBuf) -> Self {
-        StepRunner { cas, containerd_address, state_dir, containerd: OnceCell::new() }
+    pub fn new(
+        cas: Arc<dyn BlobStore>,
+        containerd_address: Option<PathBuf>,
+        state_dir: PathBuf,
+        network: NetworkConfig,
+    ) -> Self {
+        StepRunner {
+            cas,
+            containerd_address,
+            state_dir,
+            containerd: OnceCell::new(),
+            network,
+            network_pool: OnceCell::new(),
+        }
+    }
+
+    /// What RUN steps may reach here.
+    pub fn network_policy(&self) -> NetworkPolicy {
+        self.network.policy()
+    }
+
+    /// A namespace of RUN's default network for one step.
+    async fn default_network(&self) -> Result<SandboxLease> {
+        let pool = self.network_pool.get_or_try_init(|| NetworkPool::start(&self.network)).await?;
+        pool.acquire().await
     }
 
     /// containerd, connected or started on first use.
@@ -62,6 +89,9 @@ impl StepRunner {
     /// Stops a private containerd this runner started, unless another
     /// process still uses it.
     pub async fn shutdown(&self) -> Result<()> {
+        if let Some(pool) = self.network_pool.get() {
+            pool.shutdown().await;
+        }
         match self.containerd.get() {
             Some(containerd) => containerd.shutdown().await,
             None => Ok(()),
@@ -114,8 +144,23 @@ impl StepRunner {
         let StepDefinition::Run { workdir, user, network, mounts, .. } = &spec.definition else {
             return Ok(None);
         };
-        let host_network = *network == NetworkMode::Host;
-        let containerd = self.containerd().await?;
+        let mode = *network;
+        if let Some(why) = self.network.policy().refusal(mode) {
+            return Err(Error::new(tonic::Code::PermissionDenied, why));
+        }
+        let host_network = mode == NetworkMode::Host;
+        let (containerd, sandbox) = match mode {
+            NetworkMode::Default => {
+                let (containerd, sandbox) = tokio::try_join!(self.containerd(), self.default_network())?;
+                (containerd, Some(sandbox))
+            }
+            NetworkMode::None | NetworkMode::Host => (self.containerd().await?, None),
+        };
+        let step_network = match (&sandbox, host_network) {
+            (Some(lease), _) => StepNetwork::Joined { netns: lease.netns(), resolv_conf: lease.resolv_conf() },
+            (None, true) => StepNetwork::Host,
+            (None, false) => StepNetwork::Isolated,
+        };
         let cas = &*self.cas;
         let parent = containerd.ensure_chain(cas, &spec.parent).await?;
         let hosts = HostsFiles::create(&session.hosts)?;
@@ -172,7 +217,7 @@ impl StepRunner {
             env,
             cwd: workdir.clone(),
             user: user.clone(),
-            network: host_network,
+            network: step_network,
             limits: session.limits.clone(),
             mounts: spec_mounts,
             timeout: None,
@@ -182,19 +227,27 @@ impl StepRunner {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let tail: Arc<Mutex<Vec<String>>> = Arc::default();
         let tail_writer = tail.clone();
+        let hint: Arc<Mutex<Option<String>>> = Arc::default();
+        let hint_writer = hint.clone();
         let forward = tokio::spawn(async move {
             while let Some(chunk) = rx.recv().await {
                 let data = match &chunk {
                     LogChunk::Stdout(d) | LogChunk::Stderr(d) => d,
                 };
+                let text = String::from_utf8_lossy(data);
+                let mut hint = hint_writer.lock();
+                if hint.is_none() {
+                    *hint = network_hint(mode, &text);
+                }
                 let mut tail = tail_writer.lock();
-                tail.extend(String::from_utf8_lossy(data).lines().map(str::to_string));
+                tail.extend(text.lines().map(str::to_string));
                 let excess = tail.len().saturating_sub(TAIL_LINES);
                 tail.drain(..excess);
                 let _ = logs.send(chunk);
             }
         });
         let outcome = containerd.run(cas, parent.as_deref(), &container, tx, cancel).await;
+        drop(sandbox);
         let _ = forward.await;
         for view in views {
             view.release().await?;
@@ -208,10 +261,11 @@ impl StepRunner {
             let last = tail.lock().join("\n");
             let why =
                 if outcome.timed_out { "timed out".to_string() } else { format!("exit code: {}", outcome.exit_code) };
+            let hint = hint.lock().as_ref().map(|h| format!("\n{h}")).unwrap_or_default();
             return Err(Error::new(
                 tonic::Code::Aborted,
                 format!(
-                    "process {:?} did not complete successfully: {why}\nlast output:\n{last}",
+                    "process {:?} did not complete successfully: {why}\nlast output:\n{last}{hint}",
                     command.argv.join(" ")
                 ),
             ));
