@@ -10,7 +10,7 @@ use memobuild_auth::{AuthLayer, Capability};
 use memobuild_cas::service::{cas_routes, CapabilitiesService, CasMetrics, CasState};
 use memobuild_cas::{
     grpc_channel_with, ActionCache, BlobStore, CasLimits, ClientCredentials, GrpcActionCache, GrpcChannel, GrpcStore,
-    SystemClock, VerifiedStore,
+    PinLeases, SystemClock, VerifiedStore,
 };
 use memobuild_engine::NetworkPolicy;
 use memobuild_proto::reapi::capabilities_server::CapabilitiesServer;
@@ -76,8 +76,9 @@ pub async fn run(
         limits: config.limits,
     };
     register_usage(&registry, cas_store)?;
+    let pins = pin_leases(&stores);
     let security = Security::from_config(config.auth.as_ref(), config.tls.as_ref())?;
-    let node = Node { state, scheduler: config.scheduler, worker: config.worker, registry, security };
+    let node = Node { state, scheduler: config.scheduler, worker: config.worker, registry, security, pins };
     node.serve(listeners, shutdown).await
 }
 
@@ -101,7 +102,7 @@ pub async fn run_scheduler(
         metrics: CasMetrics::register(&registry)?,
         limits: CasLimits::default(),
     };
-    let node = Node { state, scheduler: Some(scheduler), worker: None, registry, security };
+    let node = Node { state, scheduler: Some(scheduler), worker: None, registry, security, pins: None };
     node.serve(listeners, shutdown).await
 }
 
@@ -129,6 +130,8 @@ struct Node {
     worker: Option<WorkerSection>,
     registry: Registry,
     security: Security,
+    /// Where the scheduler pins what queued and running work needs.
+    pins: Option<Arc<PinLeases>>,
 }
 
 impl Node {
@@ -137,9 +140,9 @@ impl Node {
         listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Node { state, scheduler: scheduler_section, worker: worker_section, registry, security } = self;
+        let Node { state, scheduler: scheduler_section, worker: worker_section, registry, security, pins } = self;
         let scheduler = match &scheduler_section {
-            Some(section) => Some(start_scheduler(section, &state, &registry).await?),
+            Some(section) => Some(start_scheduler(section, &state, &registry, pins).await?),
             None => None,
         };
         let capabilities = CapabilitiesService::new(scheduler.as_ref().map(|_| execution_capabilities()));
@@ -270,6 +273,16 @@ fn cancel_on(shutdown: impl Future<Output = ()> + Send + 'static, token: Cancell
     });
 }
 
+/// How long a pin lasts without renewal: a scheduler that dies frees what it
+/// pinned this long after.
+const PIN_LEASE: Duration = Duration::from_secs(600);
+
+/// Pin leases over every evicting store's metadata, when something evicts.
+fn pin_leases(stores: &memobuild_cas::StoreBuilder) -> Option<Arc<PinLeases>> {
+    let pins = stores.pins();
+    (!pins.is_empty()).then(|| PinLeases::start(pins, Arc::new(SystemClock), PIN_LEASE))
+}
+
 /// Gauges of what the local CAS holds, refreshed at each scrape.
 fn register_usage(registry: &Registry, store: Arc<dyn BlobStore>) -> anyhow::Result<()> {
     let bytes = IntGauge::new("memobuild_cas_stored_bytes", "Bytes held by the CAS")?;
@@ -301,6 +314,7 @@ async fn start_scheduler(
     section: &SchedulerSection,
     state: &CasState,
     registry: &Registry,
+    pins: Option<Arc<PinLeases>>,
 ) -> anyhow::Result<Arc<Scheduler>> {
     let store: Arc<dyn OperationStore> = match &section.store {
         OperationStoreConfig::Sqlite { path } => {
@@ -318,6 +332,7 @@ async fn start_scheduler(
         max_attempts: section.max_attempts,
         default_timeout: Duration::from_secs(section.default_timeout_seconds),
         max_timeout: Duration::from_secs(section.max_timeout_seconds),
+        pins,
         ..Default::default()
     };
     let metrics = SchedulerMetrics::register(registry)?;

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use memobuild_cas::{walk_tree, ActionResults, BlobStore};
+use memobuild_cas::{tree_blobs, walk_tree, ActionResults, BlobStore};
 use memobuild_engine::{
     exported_image, layer_descriptor, parse_entitlement, parse_network, BuildSettings, BuiltOutput, ContextFiles,
     EngineStores, ExportRequest, HostEntry, ImageBuild, NetworkPolicy, ResourceLimits, Secrets, HOST_ENTITLEMENT,
@@ -246,9 +246,20 @@ impl BuildManager {
         let span = tracing::info_span!("build", build = %id);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                match manager.context(&request).await.and_then(|context| image_build(&request, context)) {
+                // The build's blobs (its context, then each step's outputs)
+                // are pinned under its name until it ends.
+                let holder = format!("build/{}", build.id);
+                let prepared = async {
+                    let context = manager.context(&request).await?;
+                    manager.pin_context(&holder, &request).await?;
+                    image_build(&request, context)
+                };
+                match prepared.await {
                     Ok(image_build) => manager.execute(build, &request, image_build).await,
                     Err(e) => build.end(Err(e), 0, 0),
+                }
+                if let Some(pins) = manager.scheduler.pins() {
+                    pins.release_later(holder);
                 }
             },
             span,
@@ -338,6 +349,16 @@ impl BuildManager {
             let summary = b.summary.lock();
             summary.finished_unix_ms == 0 || summary.finished_unix_ms > cutoff
         });
+    }
+
+    /// Pins every blob of the request's context for `holder`.
+    async fn pin_context(&self, holder: &str, request: &BuildRequest) -> Result<()> {
+        let (Some(pins), Some(context)) = (self.scheduler.pins(), request.context.as_ref()) else {
+            return Ok(());
+        };
+        let root = context.digest(DigestFunction::Blake3, "build context")?;
+        let blobs = tree_blobs(&*self.cas, root).await?;
+        pins.hold(holder, &blobs).await.with_context(|| format!("pinning build context {}", root.subject()))
     }
 
     /// The build context the request names, from its tree in the CAS.

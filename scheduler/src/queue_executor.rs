@@ -7,12 +7,12 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use memobuild_cas::BlobStore;
+use memobuild_cas::{output_digests, BlobStore};
 use memobuild_engine::{result_layer, BuildSession, EventSender, NetworkPolicy, StepExecutor, StepTask};
 use memobuild_oci::Layer;
 use memobuild_proto::build::{step_log, BuildEvent};
 use memobuild_proto::reapi::ExecuteRequest;
-use memobuild_proto::{Error, Result};
+use memobuild_proto::{Error, Result, ResultExt};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -71,6 +71,13 @@ impl StepExecutor for QueueExecutor {
                 let result = response.result.ok_or_else(|| {
                     Error::internal(format!("step action {} finished without a result", task.action.digest))
                 })?;
+                // Later steps and the export read these: pinned with the build.
+                if let Some(pins) = self.scheduler.pins() {
+                    let outputs = output_digests(&result, &[], &task.action.digest)?;
+                    pins.hold(&self.client, &outputs)
+                        .await
+                        .with_context(|| format!("pinning the outputs of step action {}", task.action.digest))?;
+                }
                 return result_layer(&result);
             }
             tokio::select! {

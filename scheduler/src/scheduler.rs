@@ -2,7 +2,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use memobuild_cas::{get_bytes_at_most, ActionResults, BlobStore, Clock};
+use memobuild_cas::{get_bytes_at_most, tree_blobs, ActionResults, BlobStore, Clock, PinLeases};
 use memobuild_engine::{LAYER_OUTPUT, STEP_PARENT_PREFIX, STEP_PROPERTY};
 use memobuild_proto::reapi::{Action, Command, ExecuteRequest, ExecuteResponse};
 use memobuild_proto::worker::{
@@ -43,6 +43,10 @@ pub struct SchedulerConfig {
     pub retention: Duration,
     /// Platform keys whose numeric values are minimums.
     pub minimum_keys: Vec<String>,
+    /// Where the inputs of queued and running actions (and the blobs of
+    /// unfinished builds) are pinned against eviction; none without an
+    /// evicting CAS.
+    pub pins: Option<Arc<PinLeases>>,
 }
 
 impl Default for SchedulerConfig {
@@ -54,6 +58,7 @@ impl Default for SchedulerConfig {
             max_timeout: Duration::from_secs(4 * 3600),
             retention: Duration::from_secs(3600),
             minimum_keys: vec!["cores".into(), "memory-mb".into(), "disk-mb".into()],
+            pins: None,
         }
     }
 }
@@ -79,6 +84,9 @@ struct ActionInfo {
     affinity: Option<Digest>,
     timeout: Duration,
     do_not_cache: bool,
+    /// The Command and input root (what is pinned while the action waits or runs).
+    command: Option<Digest>,
+    input_root: Option<Digest>,
 }
 
 struct Entry {
@@ -197,6 +205,8 @@ impl Scheduler {
                     affinity: None,
                     timeout: self.config.default_timeout,
                     do_not_cache: true,
+                    command: None,
+                    input_root: None,
                 }),
                 updates: watch::channel(OperationSnapshot {
                     name: record.name.clone(),
@@ -224,6 +234,10 @@ impl Scheduler {
                 );
                 self.finish_entry(&mut state, &mut entry, error_response(&error));
             } else if entry.record.stage != Stage::Completed {
+                // Its pins are in the database: keep renewing them.
+                if let Some(pins) = &self.config.pins {
+                    pins.keep(&name);
+                }
                 state.in_flight.insert((entry.record.instance_name.clone(), entry.record.action_digest), name.clone());
                 if entry.record.stage == Stage::Queued {
                     state.queue.push(entry.record.priority, &entry.record.client, name.clone());
@@ -263,7 +277,14 @@ impl Scheduler {
             true => self.top_parent_layer(&input_root).await?,
             false => Some(input_root),
         };
-        Ok(ActionInfo { platform, affinity, timeout, do_not_cache: action.do_not_cache })
+        Ok(ActionInfo {
+            platform,
+            affinity,
+            timeout,
+            do_not_cache: action.do_not_cache,
+            command: Some(command_digest),
+            input_root: Some(input_root),
+        })
     }
 
     /// The last `parent-NNNN` layer a step's input root names.
@@ -311,9 +332,17 @@ impl Scheduler {
             true => None,
             false => self.action_cache.get(&instance, &digest).await?,
         };
+        let name = format!("operations/{}", uuid::Uuid::new_v4());
+        // Inputs are pinned before the action is queued, until it completes.
+        let pins = self.config.pins.as_ref().filter(|_| cached.is_none() && !self.in_flight(&instance, &digest));
+        if let Some(pins) = pins {
+            self.pin_inputs(pins, &name, &digest, &info)
+                .await
+                .with_context(|| format!("pinning the inputs of action {digest}"))?;
+        }
         let now = self.clock.now_ms();
         let record = OperationRecord {
-            name: format!("operations/{}", uuid::Uuid::new_v4()),
+            name,
             instance_name: instance.clone(),
             action_digest: digest,
             client: client.to_string(),
@@ -359,9 +388,17 @@ impl Scheduler {
             if let Some(existing) =
                 state.in_flight.get(&(instance.clone(), digest)).and_then(|n| state.operations.get(n))
             {
+                if let Some(pins) = pins {
+                    pins.release_later(entry.record.name.clone());
+                }
                 return Ok((existing.updates.subscribe(), existing.output.subscribe()));
             }
-            self.check_matchable(&state, &digest, &entry.info.platform)?;
+            if let Err(e) = self.check_matchable(&state, &digest, &entry.info.platform) {
+                if let Some(pins) = pins {
+                    pins.release_later(entry.record.name.clone());
+                }
+                return Err(e);
+            }
             let receiver = (entry.updates.subscribe(), entry.output.subscribe());
             let saved = self.save(&entry.record, true);
             let name = entry.record.name.clone();
@@ -376,6 +413,26 @@ impl Scheduler {
         }
         self.dispatch();
         Ok(receiver)
+    }
+
+    /// Whether an operation runs `digest` in `instance` already.
+    fn in_flight(&self, instance: &str, digest: &Digest) -> bool {
+        self.state.lock().in_flight.contains_key(&(instance.to_string(), *digest))
+    }
+
+    /// Pins what an action needs for `holder`: the Action, its Command and
+    /// every blob of its input root.
+    async fn pin_inputs(&self, pins: &PinLeases, holder: &str, action: &Digest, info: &ActionInfo) -> Result<()> {
+        let mut blobs: Vec<Digest> = [Some(*action), info.command].into_iter().flatten().collect();
+        if let Some(root) = info.input_root {
+            blobs.extend(tree_blobs(self.cas.as_ref(), root).await?);
+        }
+        pins.hold(holder, &blobs).await
+    }
+
+    /// Where pins are taken, if anywhere.
+    pub fn pins(&self) -> Option<&Arc<PinLeases>> {
+        self.config.pins.as_ref()
     }
 
     /// FAILED_PRECONDITION when workers are registered and none can ever
@@ -735,6 +792,9 @@ impl Scheduler {
         let key = (entry.record.instance_name.clone(), entry.record.action_digest);
         if state.in_flight.get(&key) == Some(&entry.record.name) {
             state.in_flight.remove(&key);
+        }
+        if let Some(pins) = self.config.pins.as_ref().filter(|p| p.holds(&entry.record.name)) {
+            pins.release_later(entry.record.name.clone());
         }
         self.save(&entry.record, false);
         entry.publish();
