@@ -1035,3 +1035,30 @@ async fn a_cluster_of_roles_runs_actions_with_auth_on_every_port() {
     assert_eq!(find_missing(&anonymous).await.unwrap_err().code(), Code::Unauthenticated);
     drop((worker, scheduler, cas));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_process_worker_runs_actions_behind_auth_and_tls() {
+    let tls = tls_setup();
+    let work_dir = tls.dir.path().join("worker");
+    let extra = format!("{}[worker]\nwork_dir = {work_dir:?}\ndockerfile_steps = false\n", tls.tls_config);
+    let server = AuthServer::start(&tls.principals, &extra);
+    let endpoint = format!("grpcs://localhost:{}", server.address.rsplit(':').next().unwrap());
+    let credentials =
+        ClientCredentials { token: Some("tok-ci".into()), tls_ca: Some(tls.ca.clone()), ..Default::default() };
+    let client = grpc_channel_with(&endpoint, &credentials).unwrap();
+    let (action, _) = action(&client, &["/bin/true"]).await;
+    let request = ExecuteRequest { action_digest: Some(action.to_proto()), ..Default::default() };
+    let mut stream = ExecutionClient::new(client).execute(request).await.unwrap().into_inner();
+    let mut last = None;
+    while let Some(operation) =
+        tokio::time::timeout(Duration::from_secs(60), stream.message()).await.expect("no progress").unwrap()
+    {
+        last = Some(operation);
+    }
+    let Some(memobuild_proto::longrunning::operation::Result::Response(any)) = last.unwrap().result else {
+        panic!("the operation ended without a response")
+    };
+    let response = ExecuteResponse::decode(any.value.as_slice()).unwrap();
+    assert_eq!(response.result.unwrap().exit_code, 0, "{}", response.message);
+    assert!(response.message.contains("memobuild-in-process-worker/"), "{}", response.message);
+}
