@@ -280,13 +280,21 @@ async fn a_cluster_worker_resolves_names_through_its_resolver_config() {
     let network = NetworkConfig { resolv_conf, ..NetworkConfig::default() };
     let server = server_with(&dir.path().join("server"), network).await;
     // busybox's nslookup asks the nameserver of /etc/resolv.conf itself.
-    let project = project("RUN cat /etc/resolv.conf > /resolv && (nslookup files.build.test > /lookup 2>&1 || true)\n");
+    let project = project(
+        "RUN cat /etc/resolv.conf > /resolv && ls -l /etc/resolv.conf > /resolv-mode && \
+         (nslookup files.build.test > /lookup 2>&1 || true)\n",
+    );
     let output = tokio::task::block_in_place(|| remote_build(&server, &project, &[]));
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let image = Unpacked::from_oci_tar(&project.path().join("image.tar"), "1");
     let lookup = image.read("/lookup");
     assert!(lookup.contains(&format!("Address: {}", outside.far)), "{lookup}");
     let resolv = image.read("/resolv");
+    assert!(
+        image.read("/resolv-mode").starts_with("-rw-r--r--"),
+        "readable by any user: {}",
+        image.read("/resolv-mode")
+    );
     assert!(resolv.starts_with("nameserver 10.213."), "the worker's forwarder: {resolv}");
     assert!(resolv.contains("search build.test"), "{resolv}");
     server.stop().await;

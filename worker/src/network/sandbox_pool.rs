@@ -89,7 +89,10 @@ impl NetworkPool {
         let resolv_conf = tempfile::NamedTempFile::new()
             .and_then(|mut file| {
                 use std::io::Write as _;
+                use std::os::unix::fs::PermissionsExt as _;
                 file.write_all(step_resolv_conf(host_resolv, bridge.gateway()).as_bytes())?;
+                // Readable by every user of the step, as apt's `_apt`.
+                file.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
                 Ok(file)
             })
             .context("writing the steps' resolv.conf");
