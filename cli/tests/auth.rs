@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use memobuild_cas::{grpc_channel_with, ClientCredentials, GrpcChannel};
 use memobuild_proto::build::build_service_client::BuildServiceClient;
-use memobuild_proto::build::ListBuildsRequest;
+use memobuild_proto::build::{BuildRequest, ListBuildsRequest, RegistryCredential, Secret};
 use memobuild_proto::bytestream::byte_stream_client::ByteStreamClient;
 use memobuild_proto::bytestream::{ReadRequest, WriteRequest};
 use memobuild_proto::longrunning::operations_client::OperationsClient;
@@ -110,6 +110,11 @@ struct AuthServer {
 
 impl AuthServer {
     fn start(principals_text: &str, extra: &str) -> Self {
+        Self::start_logged(principals_text, extra, None)
+    }
+
+    /// [`AuthServer::start`] with `MEMOBUILD_LOG` set to `filter`.
+    fn start_logged(principals_text: &str, extra: &str, filter: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let principals = dir.path().join("principals.toml");
         std::fs::write(&principals, principals_text).unwrap();
@@ -123,7 +128,7 @@ impl AuthServer {
         );
         std::fs::write(&config, text).unwrap();
         let args = ["server", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"];
-        let mut process = RoleProcess::spawn_with_env(&args, &[], dir.path().join("server.log"), None);
+        let mut process = RoleProcess::spawn_with_env(&args, &[], dir.path().join("server.log"), filter);
         let address = process.listening_address();
         AuthServer { process, address, principals, dir }
     }
@@ -1061,4 +1066,57 @@ async fn the_in_process_worker_runs_actions_behind_auth_and_tls() {
     let response = ExecuteResponse::decode(any.value.as_slice()).unwrap();
     assert_eq!(response.result.unwrap().exit_code, 0, "{}", response.message);
     assert!(response.message.contains("memobuild-in-process-worker/"), "{}", response.message);
+}
+
+/// Every byte under `dir`, file by file.
+fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            out.extend(files_under(&entry.path()));
+        } else if let Ok(data) = std::fs::read(entry.path()) {
+            out.push((entry.path(), data));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_credentials_and_secrets_of_a_build_are_neither_stored_nor_logged() {
+    let text = TokenLine::new("builder", &["build", "read", "write"]).text();
+    let server = AuthServer::start_logged(&text, "", Some("trace"));
+    let (password, secret) = ("registry-password-7f3a91", "secret-value-c0ffee42");
+    let request = BuildRequest {
+        instance_name: "ci".into(),
+        dockerfile_name: "Dockerfile".into(),
+        dockerfile: "FROM scratch\nCOPY missing.txt /\n".into(),
+        registry_credentials: vec![RegistryCredential {
+            registry: "registry.example".into(),
+            username: "bob".into(),
+            password: password.into(),
+        }],
+        secrets: vec![Secret { id: "token".into(), value: secret.as_bytes().to_vec() }],
+        ..Default::default()
+    };
+    let mut client = BuildServiceClient::new(server.channel(Some("tok-builder")));
+    let mut events = client.build(request).await.unwrap().into_inner();
+    let mut count = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(30), events.message()).await.unwrap() {
+        count += 1;
+    }
+    assert!(count > 0, "the build sent no event");
+    let listed = client.list_builds(ListBuildsRequest { instance_name: "ci".into(), limit: 0 }).await.unwrap();
+    assert_eq!(listed.into_inner().builds.len(), 1, "the build was not recorded");
+    // The process is stopped so its database and log are complete on disk.
+    let AuthServer { mut process, dir, .. } = server;
+    process.stop(Duration::from_secs(10));
+    let files = files_under(dir.path());
+    assert!(files.iter().any(|(p, _)| p.to_string_lossy().contains("scheduler.db")), "{files:?}");
+    for (path, data) in &files {
+        for needle in [password, secret] {
+            let found = data.windows(needle.len()).any(|w| w == needle.as_bytes());
+            assert!(!found, "{needle:?} found in {}", path.display());
+        }
+    }
 }
