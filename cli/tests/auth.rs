@@ -1120,3 +1120,27 @@ async fn registry_credentials_and_secrets_of_a_build_are_neither_stored_nor_logg
         }
     }
 }
+
+#[test]
+fn an_open_server_on_a_non_loopback_address_warns_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let state = state.to_str().unwrap();
+    let mut open = RoleProcess::spawn_with_env(
+        &["cas", "--listen", "0.0.0.0:0", "--state-dir", state],
+        &[],
+        dir.path().join("open.log"),
+        None,
+    );
+    open.listening_address();
+    assert!(open.log_text().contains("NO AUTHENTICATION"), "{}", open.log_text());
+    open.stop(Duration::from_secs(10));
+    let mut local = RoleProcess::spawn_with_env(
+        &["cas", "--listen", "127.0.0.1:0", "--state-dir", state],
+        &[],
+        dir.path().join("local.log"),
+        None,
+    );
+    local.listening_address();
+    assert!(!local.log_text().contains("NO AUTHENTICATION"), "{}", local.log_text());
+}
