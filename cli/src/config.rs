@@ -271,6 +271,18 @@ mod tests {
     }
 
     #[test]
+    fn auth_and_tls_sections_parse() {
+        let text = "[cas]\ntype = \"memory\"\n[action_cache]\ntype = \"memory\"\n\
+                    [auth]\nprincipals_file = \"/etc/p.toml\"\n[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n";
+        let config: ServerConfig = toml::from_str(text).unwrap();
+        assert_eq!(config.auth, Some(AuthSection { principals_file: "/etc/p.toml".into() }));
+        let tls = config.tls.unwrap();
+        assert_eq!((tls.cert, tls.client_ca), (PathBuf::from("/c.pem"), None));
+        let e = toml::from_str::<ServerConfig>(&text.replace("principals_file", "tokens")).unwrap_err();
+        assert!(e.to_string().contains("tokens"), "{e}");
+    }
+
+    #[test]
     fn shipped_example_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/memobuild.toml");
         ServerConfig::load(&path).unwrap();
