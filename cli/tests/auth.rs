@@ -1144,3 +1144,38 @@ fn an_open_server_on_a_non_loopback_address_warns_loudly() {
     local.listening_address();
     assert!(!local.log_text().contains("NO AUTHENTICATION"), "{}", local.log_text());
 }
+
+#[test]
+fn a_remote_build_runs_with_a_token_and_is_refused_without_one() {
+    let text = TokenLine::new("builder", &["build", "read", "write"]).instances(&["team-a"]).text();
+    let dir = tempfile::tempdir().unwrap();
+    let work_dir = dir.path().join("worker");
+    let server = AuthServer::start(&text, &format!("[worker]\nwork_dir = {work_dir:?}\n"));
+    let context = dir.path().join("context");
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::write(context.join("Dockerfile"), "FROM scratch\nCOPY app.txt /app/\n").unwrap();
+    std::fs::write(context.join("app.txt"), "built behind auth\n").unwrap();
+    let out = dir.path().join("out");
+    let build = |token: Option<&str>, instance: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_memobuild"));
+        command
+            .args(["remote", "build", "--progress", "plain", "--endpoint", &server.endpoint(), "--instance", instance])
+            .arg("-o")
+            .arg(format!("type=local,dest={}", out.display()))
+            .arg(&context)
+            .env_remove("MEMOBUILD_TOKEN")
+            .env("MEMOBUILD_STATE_DIR", dir.path().join("client"));
+        if let Some(token) = token {
+            command.env("MEMOBUILD_TOKEN", token);
+        }
+        let output = command.output().unwrap();
+        (output.status.success(), String::from_utf8_lossy(&output.stderr).to_string())
+    };
+    let (ok, stderr) = build(None, "team-a/ci");
+    assert!(!ok && stderr.contains("requires credentials"), "{stderr}");
+    let (ok, stderr) = build(Some("tok-builder"), "team-b");
+    assert!(!ok && stderr.contains("may not use instance \"team-b\""), "{stderr}");
+    let (ok, stderr) = build(Some("tok-builder"), "team-a/ci");
+    assert!(ok, "{stderr}");
+    assert_eq!(std::fs::read_to_string(out.join("app/app.txt")).unwrap(), "built behind auth\n");
+}
