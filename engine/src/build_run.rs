@@ -227,11 +227,13 @@ impl BuildRun {
         if let StepDefinition::Run { network, .. } = &mut definition {
             *network = self.settings.network_of(*network);
         }
+        let egress = matches!(&definition, StepDefinition::Run { network: NetworkMode::Default, .. });
         let spec = StepSpec {
             definition,
             parent: state.layers.clone(),
             sources,
             source_date_epoch: self.settings.source_date_epoch,
+            egress,
         };
         let action = StepAction::of_step(&spec, argv, env);
         let task = StepTask {

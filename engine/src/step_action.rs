@@ -71,6 +71,11 @@ pub struct StepSpec {
     /// of the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_date_epoch: Option<u64>,
+    /// A RUN on the default network. That network has had outbound access
+    /// since it became NAT (before, it was none): the flag keys these runs
+    /// apart from the offline runs cached before, whose layers may differ.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub egress: bool,
 }
 
 impl StepSpec {
@@ -245,12 +250,24 @@ mod tests {
             parent: parent.to_vec(),
             sources: Vec::new(),
             source_date_epoch: epoch,
+            egress: false,
         }
     }
 
     fn action(path: &str, parent: &[Layer], env: &[(&str, &str)]) -> Digest {
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         StepAction::of_step(&spec(path, parent, None), vec!["/bin/sh".into(), "-c".into(), "true".into()], env).digest
+    }
+
+    #[test]
+    fn a_run_with_egress_has_a_key_of_its_own() {
+        let offline = spec("/w", &[], None);
+        let online = StepSpec { egress: true, ..offline.clone() };
+        assert_ne!(
+            StepAction::of_step(&offline, vec![], vec![]).digest,
+            StepAction::of_step(&online, vec![], vec![]).digest
+        );
+        assert!(!String::from_utf8_lossy(&offline.to_json()).contains("egress"), "other keys are unchanged");
     }
 
     #[test]

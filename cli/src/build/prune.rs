@@ -580,6 +580,7 @@ mod tests {
                 parent: parent.clone(),
                 sources: Vec::new(),
                 source_date_epoch: None,
+                egress: false,
             };
             let action = StepAction::of_step(&spec, Vec::new(), Vec::new());
             let stores = &state.stores;
