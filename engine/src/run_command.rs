@@ -5,23 +5,21 @@ use memobuild_frontend::{Heredoc, RunHeredoc};
 /// With heredocs, a shell-form RUN gets their bodies appended to its
 /// script, so the shell feeds them exactly as written (`<<-` and quoted
 /// delimiters keep their meaning). `RUN <<EOF` alone runs the body as the
-/// script; a body starting with `#!` runs under that interpreter.
+/// script; a body starting with `#!` is a file the worker mounts at
+/// [`RunHeredoc::script_path`], and that file is what runs.
 pub fn run_argv(argv: &[String], heredocs: &[RunHeredoc]) -> Vec<String> {
     let Some((script, shell)) = argv.split_last() else { return argv.to_vec() };
     if heredocs.is_empty() || shell.is_empty() {
         return argv.to_vec();
     }
+    if let Some(executed) = RunHeredoc::executed_script(argv, heredocs) {
+        return vec![executed.script_path()];
+    }
     let mut out = shell.to_vec();
     if let (Some(only), true) =
         (heredocs.first(), heredocs.len() == 1 && Heredoc::parse_opener(script.trim()).is_some())
     {
-        match only.content.strip_prefix("#!") {
-            Some(rest) => {
-                let interpreter = rest.lines().next().unwrap_or("").trim();
-                out.push(format!("{interpreter} <<'{0}'\n{1}{0}\n", only.name, terminated(&only.content)));
-            }
-            None => out.push(only.content.clone()),
-        }
+        out.push(only.content.clone());
         return out;
     }
     let mut full = script.clone();
@@ -58,10 +56,14 @@ mod tests {
     #[test]
     fn heredoc_forms() {
         assert_eq!(run_argv(&sh("<<EOF"), &[heredoc("EOF", "echo hi\n")]), sh("echo hi\n"));
+        // BuildKit runs a shebang script as a file, not through the shell.
         assert_eq!(
-            run_argv(&sh("<<EOF"), &[heredoc("EOF", "#!/usr/bin/env python3\nprint(1)\n")]),
-            sh("/usr/bin/env python3 <<'EOF'\n#!/usr/bin/env python3\nprint(1)\nEOF\n")
+            run_argv(&sh("<<EOF"), &[heredoc("EOF", "#!/usr/bin/awk -f\nBEGIN { print 1 }\n")]),
+            vec!["/dev/pipes/EOF".to_string()]
         );
+        assert_eq!(run_argv(&sh("<<-PY"), &[heredoc("PY", "#!/usr/bin/env python3\n")]), vec!["/dev/pipes/PY"]);
+        // Only `RUN <<EOF` alone: after a command, the shell feeds the body.
+        assert_eq!(run_argv(&sh("cat <<EOF"), &[heredoc("EOF", "#!/bin/sh\n")]), sh("cat <<EOF\n#!/bin/sh\nEOF\n"));
         assert_eq!(
             run_argv(&sh("cat <<A >/a && cat <<'B' >/b"), &[heredoc("A", "x"), heredoc("B", "y\n")]),
             sh("cat <<A >/a && cat <<'B' >/b\nx\nA\ny\nB\n")

@@ -125,6 +125,8 @@ impl<'a> StagePlanner<'a> {
                 (StageBase::Stage { index: i }, Some(parent.stage.key), def)
             }
             None if image == "scratch" => {
+                // BuildKit's empty image has WorkingDir "/" (and the default PATH).
+                self.config.workdir = Some("/".to_string());
                 let def = StepDefinition::From { image: None, digest: None, platform: platform.clone() };
                 (StageBase::Scratch, None, def)
             }
@@ -717,7 +719,9 @@ impl<'a> StagePlanner<'a> {
             })?;
             let kept = parents.map(|p| p.kept_part(&candidate)).filter(|k| !k.is_empty());
             if let Some(digest) = self.context.selection_digest(&resolved, exclude, kept.as_deref()) {
-                out.push((if parents.is_some() { candidate } else { resolved }, digest.hex()));
+                // As matched: a symlink named as a source keeps its name (the
+                // executor resolves it again).
+                out.push((candidate, digest.hex()));
             }
         }
         Ok(out)

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{GitUrl, Healthcheck, Mount, NetworkMode, SecurityMode};
+use crate::{GitUrl, Healthcheck, Heredoc, Mount, NetworkMode, SecurityMode};
 
 /// Where COPY/ADD or a mount reads from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +70,25 @@ pub struct RunHeredoc {
     pub content: String,
     pub expand: bool,
     pub file_descriptor: u32,
+}
+
+impl RunHeredoc {
+    /// The heredoc a RUN executes as a file, as BuildKit does: `RUN <<NAME`
+    /// alone (shell form) with one heredoc whose body starts with `#!`. Its
+    /// body goes to [`RunHeredoc::script_path`] (mode 0755, read-only) and
+    /// that path runs without a shell, so the kernel picks the interpreter
+    /// from the shebang line (`#!/usr/bin/awk -f` gets the file after `-f`).
+    pub fn executed_script<'a>(argv: &[String], heredocs: &'a [RunHeredoc]) -> Option<&'a RunHeredoc> {
+        let (script, shell) = argv.split_last()?;
+        let [only] = heredocs else { return None };
+        let alone = !shell.is_empty() && Heredoc::parse_opener(script.trim()).is_some();
+        (alone && only.content.starts_with("#!")).then_some(only)
+    }
+
+    /// Where an executed script is mounted in the RUN's container.
+    pub fn script_path(&self) -> String {
+        format!("/dev/pipes/{}", self.name)
+    }
 }
 
 /// The canonical definition of one step.

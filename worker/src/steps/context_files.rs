@@ -2,7 +2,7 @@
 //! copied out of the context directory (a local build) or fetched from the
 //! CAS by their digests (a remote build).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 use memobuild_cas::{BlobStore, ByteRange};
@@ -13,18 +13,27 @@ use tokio::io::AsyncWriteExt;
 
 /// Copies the context subtree at `source` into `dest` (a bind mount of the
 /// context sees only what the context holds, not ignored files); a single
-/// file lands in `dest` under its own name.
-pub async fn materialize_context(session: &BuildSession, cas: &dyn BlobStore, source: &str, dest: &Path) -> Result<()> {
+/// file lands in `dest` under its own name. Returns what to bind: `dest`,
+/// or that file.
+pub async fn materialize_context(
+    session: &BuildSession,
+    cas: &dyn BlobStore,
+    source: &str,
+    dest: &Path,
+) -> Result<PathBuf> {
     let context = &session.context;
     let root = context
         .resolve(source)
         .map_err(Error::invalid_argument)?
         .ok_or_else(|| Error::not_found(format!("--mount source {source:?} is not in the build context")))?;
     if let Some(ContextEntry::File { digest, .. }) = context.entry(&root) {
-        let name = root.rsplit('/').next().unwrap_or(&root);
-        return put_file(session, cas, &root, digest, &dest.join(name)).await;
+        // A single file is bound as a file, not as a directory holding it.
+        let file = dest.join(root.rsplit('/').next().unwrap_or(&root));
+        put_file(session, cas, &root, digest, &file).await?;
+        return Ok(file);
     }
-    copy_subtree(session, cas, &root, dest, false).await
+    copy_subtree(session, cas, &root, dest, false).await?;
+    Ok(dest.to_path_buf())
 }
 
 /// The context files a COPY reads, fetched from the CAS into a directory

@@ -78,7 +78,8 @@ pub fn plan_copy(request: &CopyRequest<'_>, source: &SourceRoot<'_>, parent: &Pa
                     .map_err(|e| Error::invalid_argument(format!("COPY source {e}")))?;
                 for (matched, path) in found {
                     let kept = parents.as_ref().map(|p| p.kept_part(&matched)).filter(|rel| !rel.is_empty());
-                    items.push(Item::Source(Matched { path, kept: kept.map(|rel| Kept { matched, rel }) }));
+                    let name = base_name(&matched).to_string();
+                    items.push(Item::Source(Matched { path, name, kept: kept.map(|rel| Kept { matched, rel }) }));
                 }
             }
             SourceDefinition::Heredoc { name, content, .. } => {
@@ -175,6 +176,10 @@ enum Item {
 struct Matched {
     /// Resolved.
     path: String,
+    /// The last component as matched, before symlinks are followed: a
+    /// symlink named as a source lands under its own name with what it
+    /// points to, as in BuildKit.
+    name: String,
     /// With `--parents`, where below the destination it lands.
     kept: Option<Kept>,
 }
@@ -191,7 +196,7 @@ impl Matched {
     fn file_target(&self, dest: &str, dest_is_dir: bool) -> String {
         match &self.kept {
             Some(kept) => join(dest, &kept.rel),
-            None if dest_is_dir => join(dest, base_name(&self.path)),
+            None if dest_is_dir => join(dest, &self.name),
             None => dest.to_string(),
         }
     }
@@ -204,7 +209,7 @@ impl Matched {
     /// What `--exclude` patterns are matched against for a file: its name,
     /// or with `--parents` its kept path.
     fn exclude_name(&self) -> &str {
-        self.kept.as_ref().map_or_else(|| base_name(&self.path), |kept| kept.rel.as_str())
+        self.kept.as_ref().map_or_else(|| self.name.as_str(), |kept| kept.rel.as_str())
     }
 
     /// What the paths below a directory are joined to before `--exclude`
@@ -483,12 +488,7 @@ impl Copier {
     /// ADD of a local archive: its members land under `dest`.
     fn unpack(&mut self, archive: &Archive, host: &Path, parent: &Path, dest: &str) -> Result<()> {
         let root = self.place_dir(parent, dest)?;
-        let file = std::fs::File::open(host)?;
-        let reader: Box<dyn Read> = match archive {
-            Archive::Tar => Box::new(file),
-            Archive::Gzip => Box::new(flate2::read::GzDecoder::new(file)),
-            Archive::Zstd => Box::new(zstd::stream::read::Decoder::new(file)?),
-        };
+        let reader = archive.reader(std::fs::File::open(host)?)?;
         let name = host.display().to_string();
         let mut tar = tar::Archive::new(reader);
         for member in tar.entries().with_context(|| format!("reading archive {name}"))? {
@@ -557,28 +557,68 @@ fn safe_member_path(raw: &str) -> Option<String> {
 enum Archive {
     Tar,
     Gzip,
+    Bzip2,
+    Xz,
     Zstd,
 }
 
 impl Archive {
+    /// What ADD unpacks, as Docker's builders decide: a tar, plain or
+    /// compressed with gzip, bzip2, xz or zstd (by the first bytes, not the
+    /// name), whose first member header is valid. Anything else, such as a
+    /// gzip of a text file, is copied as it is.
     fn detect(path: &Path) -> Result<Option<Archive>> {
-        let mut head = [0u8; 512];
+        let mut magic = [0u8; 6];
         let mut file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut n = 0;
-        while n < head.len() {
-            let read = file.read(&mut head[n..])?;
-            if read == 0 {
-                break;
-            }
-            n += read;
-        }
-        Ok(match &head[..n] {
-            [0x1f, 0x8b, ..] => Some(Archive::Gzip),
-            [0x28, 0xb5, 0x2f, 0xfd, ..] => Some(Archive::Zstd),
-            h if h.len() >= 262 && &h[257..262] == b"ustar" => Some(Archive::Tar),
-            _ => None,
+        let n = read_full(&mut file, &mut magic)?;
+        let archive = match &magic[..n] {
+            [0x1f, 0x8b, ..] => Archive::Gzip,
+            [b'B', b'Z', b'h', ..] => Archive::Bzip2,
+            [0xfd, b'7', b'z', b'X', b'Z', 0x00] => Archive::Xz,
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => Archive::Zstd,
+            _ => Archive::Tar,
+        };
+        let mut head = [0u8; 512];
+        let opened = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        // A stream that does not decompress is not an archive either.
+        let read = archive.reader(opened).and_then(|mut reader| Ok(read_full(&mut reader, &mut head)?));
+        Ok(matches!(read, Ok(512)).then_some(archive).filter(|_| is_tar_header(&head)))
+    }
+
+    fn reader(&self, file: std::fs::File) -> Result<Box<dyn Read>> {
+        Ok(match self {
+            Archive::Tar => Box::new(file),
+            Archive::Gzip => Box::new(flate2::read::GzDecoder::new(file)),
+            Archive::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(file)),
+            Archive::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(file)),
+            Archive::Zstd => Box::new(zstd::stream::read::Decoder::new(file)?),
         })
     }
+}
+
+/// Reads until `buf` is full or the stream ends; returns how much was read.
+fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..])? {
+            0 => break,
+            read => n += read,
+        }
+    }
+    Ok(n)
+}
+
+/// Whether a 512-byte block is a tar header: its checksum field (octal, at
+/// 148) is the sum of its bytes with that field read as spaces. An all-zero
+/// block is the end of an empty archive, not a member.
+fn is_tar_header(block: &[u8; 512]) -> bool {
+    let field = String::from_utf8_lossy(&block[148..156]);
+    let Ok(recorded) = u32::from_str_radix(field.trim_matches(|c: char| c == '\0' || c == ' '), 8) else {
+        return false;
+    };
+    let sum: u32 =
+        block.iter().enumerate().map(|(i, b)| if (148..156).contains(&i) { 32 } else { u32::from(*b) }).sum();
+    block.iter().any(|b| *b != 0) && sum == recorded
 }
 
 /// `--chmod`: octal (`0755`) or symbolic (`u+x,go-w`, `a=rX`).

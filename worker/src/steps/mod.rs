@@ -5,6 +5,7 @@
 mod context_files;
 mod copy_step;
 mod extra_hosts;
+mod heredoc_script;
 mod layer_plan;
 mod local_executor;
 mod remote_files;

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::context_files::{materialize_context, ContextCopy};
 use super::copy_step::{plan_copy, plan_workdir, CopyRequest, SourceRoot};
 use super::extra_hosts::HostsFiles;
+use super::heredoc_script::HeredocScript;
 use super::layer_plan::LayerPlan;
 use super::remote_files::materialize_remote;
 use super::run_secrets::RunSecrets;
@@ -184,8 +185,7 @@ impl StepRunner {
                     let host = match &m.origin {
                         Some(Origin::Context) | None => {
                             let dir = tempfile::tempdir()?;
-                            materialize_context(session, cas, &source_path, dir.path()).await?;
-                            let path = dir.path().to_path_buf();
+                            let path = materialize_context(session, cas, &source_path, dir.path()).await?;
                             scratch.push(dir);
                             path
                         }
@@ -205,6 +205,8 @@ impl StepRunner {
                 MountType::Ssh => spec_mounts.extend(private.ssh(&m.mount)?),
             }
         }
+        let script = HeredocScript::create(&spec.definition)?;
+        spec_mounts.extend(script.as_ref().map(HeredocScript::mount));
         let mut env: Vec<String> = command.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.extend(command.uncached_env.iter().map(|(k, v)| format!("{k}={v}")));
         for (key, value) in private.env() {
