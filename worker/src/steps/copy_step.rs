@@ -760,7 +760,56 @@ fn split_last(path: &str) -> (&str, &str) {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
+
+    /// A one-member tar, as `tar` would write it.
+    fn tar_bytes() -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(3);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, "pkg/file", &b"abc"[..]).unwrap();
+        builder.into_inner().unwrap()
+    }
+
+    fn detected(name: &str, bytes: &[u8]) -> Option<&'static str> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        Archive::detect(&path).unwrap().map(|a| match a {
+            Archive::Tar => "tar",
+            Archive::Gzip => "gzip",
+            Archive::Bzip2 => "bzip2",
+            Archive::Xz => "xz",
+            Archive::Zstd => "zstd",
+        })
+    }
+
+    #[test]
+    fn add_unpacks_tars_in_every_compression_docker_reads_and_nothing_else() {
+        let tar = tar_bytes();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&tar).unwrap();
+        let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
+        bz.write_all(&tar).unwrap();
+        let mut xz = xz2::write::XzEncoder::new(Vec::new(), 6);
+        xz.write_all(&tar).unwrap();
+        assert_eq!(detected("a.tar", &tar), Some("tar"));
+        assert_eq!(detected("a.tar.gz", &gz.finish().unwrap()), Some("gzip"));
+        assert_eq!(detected("a.tar.bz2", &bz.finish().unwrap()), Some("bzip2"));
+        // Named after nothing: the content decides.
+        assert_eq!(detected("payload.bin", &xz.finish().unwrap()), Some("xz"));
+        assert_eq!(detected("a.tar.zst", &zstd::encode_all(&tar[..], 3).unwrap()), Some("zstd"));
+        // A gzip of a text file, a text file, an empty file: copied as they are.
+        let mut text = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        text.write_all(b"plain text, not a tar\n").unwrap();
+        assert_eq!(detected("notes.txt.gz", &text.finish().unwrap()), None);
+        assert_eq!(detected("notes.txt", &[b'x'; 600]), None);
+        assert_eq!(detected("empty", b""), None);
+    }
 
     #[test]
     fn chmod_forms() {
