@@ -338,7 +338,7 @@ mod tests {
     #[test]
     fn connect_rejects_bad_endpoints_by_name() {
         for (endpoint, reason) in [
-            ("grpcs://cas:8980", "unsupported scheme \"grpcs\""),
+            ("ftp://cas:8980", "unsupported scheme \"ftp\""),
             ("cas:8980", "expected grpc://host:port"),
             ("grpc://bad host", "endpoint \"grpc://bad host\""),
         ] {
