@@ -1178,4 +1178,7 @@ fn a_remote_build_runs_with_a_token_and_is_refused_without_one() {
     let (ok, stderr) = build(Some("tok-builder"), "team-a/ci");
     assert!(ok, "{stderr}");
     assert_eq!(std::fs::read_to_string(out.join("app/app.txt")).unwrap(), "built behind auth\n");
+    // SIGTERM: the server's worker stops the private containerd it started.
+    let mut server = server;
+    server.process.stop(Duration::from_secs(15));
 }
