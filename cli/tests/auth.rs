@@ -4,6 +4,9 @@
 //! workers that try to take what is not theirs.
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/bazel_workspace.rs"]
+mod bazel_workspace;
+
 #[path = "common/process_cluster.rs"]
 mod process_cluster;
 
@@ -11,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bazel_workspace::copy_workspace;
 use memobuild_cas::{grpc_channel_with, ClientCredentials, GrpcChannel};
 use memobuild_proto::build::build_service_client::BuildServiceClient;
 use memobuild_proto::build::{BuildRequest, ListBuildsRequest, RegistryCredential, Secret};
@@ -864,28 +868,12 @@ async fn the_cli_sends_a_token_from_the_environment_or_a_file() {
 }
 
 /// Copies the Bazel test workspace (without its bazel-* links) to `to`.
-fn copy_workspace(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with("bazel-") {
-            continue;
-        }
-        if entry.file_type().unwrap().is_dir() {
-            copy_workspace(&entry.path(), &to.join(&name));
-        } else {
-            std::fs::copy(entry.path(), to.join(&name)).unwrap();
-        }
-    }
-}
-
 /// Builds three chained genrules with Bazel and `flags`, cleans, builds
 /// again: the second build must be all remote cache hits. Returns the
 /// output of the first build.
 fn bazel_round_trip(dir: &Path, flags: &[String]) -> String {
     let workspace = dir.join("ws");
-    copy_workspace(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/bazel-workspace"), &workspace);
+    copy_workspace(&workspace);
     let root = format!("--output_user_root={}", dir.join("bazel-root").display());
     let bazel = |args: &[&str]| {
         let output = Command::new("bazel")
@@ -926,7 +914,7 @@ fn bazel_uses_the_cache_with_a_bearer_token() {
 /// A cold Bazel build against `endpoint` without credentials; returns its output.
 fn bazel_round_trip_refused(dir: &Path, endpoint: &str) -> String {
     let workspace = dir.join("ws");
-    copy_workspace(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/bazel-workspace"), &workspace);
+    copy_workspace(&workspace);
     let root = format!("--output_user_root={}", dir.join("bazel-root").display());
     let output = Command::new("bazel")
         .arg(&root)

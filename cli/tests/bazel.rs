@@ -3,11 +3,15 @@
 //! must then be a remote cache hit and every output identical.
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/bazel_workspace.rs"]
+mod bazel_workspace;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use bazel_workspace::copy_workspace;
 use memobuild_proto::{Digest, DigestFunction};
 
 struct Server(Child);
@@ -45,23 +49,6 @@ fn start_server(state_dir: &Path) -> (Server, String) {
     // Keep draining the log so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     (Server(child), address)
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with("bazel-") {
-            continue;
-        }
-        let kind = entry.file_type().unwrap();
-        if kind.is_dir() {
-            copy_tree(&entry.path(), &to.join(&name));
-        } else if kind.is_file() {
-            std::fs::copy(entry.path(), to.join(&name)).unwrap();
-        }
-    }
 }
 
 /// Runs bazel; returns its combined output. Panics with it on failure.
@@ -131,7 +118,7 @@ impl Setup {
         let temp = tempfile::tempdir().unwrap();
         let workspace = temp.path().join("ws");
         let root = temp.path().join("bazel-root");
-        copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/bazel-workspace"), &workspace);
+        copy_workspace(&workspace);
         let (server, address) = start_server(&temp.path().join("state"));
         Setup { workspace, root, _server: server, address, _temp: temp }
     }
