@@ -67,10 +67,4 @@ impl Scope {
         env.extend(self.env.iter().cloned());
         env
     }
-
-    /// Starts a stage from a base stage's scope: ENV is inherited, ARGs are
-    /// not.
-    pub fn inherit_env(&self) -> Scope {
-        Scope { env: self.env.clone(), args: Vec::new() }
-    }
 }

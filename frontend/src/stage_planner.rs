@@ -23,7 +23,9 @@ pub struct PlannedStage {
     pub stage: Stage,
     /// Position in planning order (dependencies first).
     pub order: usize,
-    env: Scope,
+    /// The variables a stage built `FROM` this one starts with: ENV and the
+    /// ARGs declared here with their values (BuildKit carries both over).
+    scope: Scope,
     workdir: String,
     user: Option<String>,
     shell: Vec<String>,
@@ -114,7 +116,7 @@ impl<'a> StagePlanner<'a> {
         let (base, parent_key, definition) = match ex.base_stage(&image, index) {
             Some(i) => {
                 let parent = self.stage(i, from.image_location)?;
-                self.scope = parent.env.clone();
+                self.scope = parent.scope.clone();
                 self.workdir = parent.workdir.clone();
                 self.user = parent.user.clone();
                 self.shell = parent.shell.clone();
@@ -214,7 +216,7 @@ impl<'a> StagePlanner<'a> {
                 image_key,
             },
             order: self.done.len(),
-            env: self.scope.inherit_env(),
+            scope: self.scope,
             workdir: self.workdir,
             user: self.user,
             shell: self.shell,

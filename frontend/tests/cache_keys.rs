@@ -319,3 +319,16 @@ fn copy_parents_excludes_match_the_kept_path() {
     assert!(changed(&a, &plan(df, &ctx("2", "1"), &options(&[]))).is_empty());
     assert_eq!(changed(&a, &plan(df, &ctx("1", "2"), &options(&[]))), ["0.1"]);
 }
+
+#[test]
+fn a_stage_built_from_a_stage_inherits_its_args() {
+    let dockerfile = "FROM busybox AS one\nARG ONLY_ONE=one\nRUN true\nFROM one\nRUN echo \"$ONLY_ONE\"\n";
+    let a = plan(dockerfile, &context(&[]), &options(&[]));
+    let child_run = a.steps().find(|s| s.id == "1.1").unwrap();
+    match &child_run.definition {
+        memobuild_frontend::StepDefinition::Run { env, .. } => assert_eq!(env.get("ONLY_ONE").unwrap(), "one"),
+        other => panic!("1.1 is not a RUN: {other:?}"),
+    }
+    let b = plan(dockerfile, &context(&[]), &options(&[("ONLY_ONE", "two")]));
+    assert!(changed(&a, &b).contains(&"1.1".to_string()), "the child's RUN is keyed on the inherited value");
+}
