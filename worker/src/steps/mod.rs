@@ -2,6 +2,7 @@
 //! WORKDIR as builtin steps (see [`StepRunner`]), and the in-process
 //! [`LocalExecutor`] that `memobuild build` runs them through.
 
+mod cache_mount;
 mod context_files;
 mod copy_step;
 mod extra_hosts;

@@ -10,11 +10,12 @@ use memobuild_cas::BlobStore;
 use memobuild_engine::{network_hint, BuildSession, ContextFiles, NetworkPolicy, StepSpec};
 use memobuild_frontend::{MountType, NetworkMode, Origin, StepDefinition};
 use memobuild_oci::Layer;
-use memobuild_proto::{Digest, DigestFunction, Error, Result};
+use memobuild_proto::{Error, Result};
 use parking_lot::Mutex;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
+use super::cache_mount::cache_mount_dir;
 use super::context_files::{materialize_context, ContextCopy};
 use super::copy_step::{plan_copy, plan_workdir, CopyRequest, SourceRoot};
 use super::extra_hosts::HostsFiles;
@@ -174,9 +175,7 @@ impl StepRunner {
             let target = m.mount.target.clone().unwrap_or_default();
             match m.mount.kind {
                 MountType::Cache => {
-                    let id = m.mount.id.clone().unwrap_or_else(|| target.clone());
-                    let dir = self.cache_mounts_dir().join(Digest::of(DigestFunction::Sha256, id.as_bytes()).hex());
-                    std::fs::create_dir_all(&dir)?;
+                    let dir = cache_mount_dir(&self.cache_mounts_dir(), &m.mount)?;
                     spec_mounts.push(SpecMount::Cache { source: dir, target });
                 }
                 MountType::Tmpfs => spec_mounts.push(SpecMount::Tmpfs { target }),
