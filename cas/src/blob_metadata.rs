@@ -64,15 +64,27 @@ pub trait BlobMetadata: BlobPins {
     /// Forgets the blob.
     async fn remove(&self, digest: &Digest) -> Result<()>;
 
-    /// Up to `limit` blobs not pinned at `now_ms`, least recently used first.
+    /// Up to `limit` blobs not pinned at `now_ms`, least recently used
+    /// first: stored blobs, and recorded ones whose write began before
+    /// `now_ms - WRITE_GRACE_MS` (a write that long under way has failed).
     async fn least_recent(&self, limit: usize, now_ms: i64) -> Result<Vec<EvictionCandidate>>;
 
     /// Forgets those of `candidates` that are still not pinned at `now_ms`
     /// and were not used since they were listed, atomically against
     /// [`BlobPins::pin`]: a blob pinned before this returns is never
     /// removed. Returns the removed blobs, each with whether its bytes were
-    /// stored (so counted).
+    /// stored (so counted). Each is marked as being deleted, from `now_ms`
+    /// until [`BlobMetadata::deleted`].
     async fn remove_unpinned(&self, candidates: &[EvictionCandidate], now_ms: i64) -> Result<Vec<(Digest, bool)>>;
+
+    /// Ends the deletion of `digests` (their bytes are gone from the store),
+    /// and of any whose deletion began before `stale_ms` (its evictor died).
+    async fn deleted(&self, digests: &[Digest], stale_ms: i64) -> Result<()>;
+
+    /// Whether the bytes of `digest` are being deleted by an eviction that
+    /// began at `stale_ms` or later. A write of that blob waits until not,
+    /// or the deletion could remove the bytes it has just written.
+    async fn being_deleted(&self, digest: &Digest, stale_ms: i64) -> Result<bool>;
 
     /// Drops pins that expired before `now_ms` (their holders are gone).
     async fn drop_expired_pins(&self, now_ms: i64) -> Result<u64>;
@@ -91,6 +103,9 @@ pub trait BlobMetadata: BlobPins {
     /// its own writes at once, by other processes' when read back.
     fn total_bytes(&self) -> u64;
 }
+
+/// How long a write may take before its recorded row can be evicted.
+pub const WRITE_GRACE_MS: i64 = 3_600_000;
 
 /// A digest from the `(function, hash, size)` columns of a metadata row.
 pub(crate) fn digest_from_columns(function: i64, hash: Vec<u8>, size: i64) -> Result<Digest> {

@@ -3,8 +3,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use memobuild_proto::{Digest, Result};
+use memobuild_proto::{Digest, Error, Result};
 use parking_lot::Mutex;
+use std::time::Duration;
 
 use crate::blob_metadata::BlobMetadata;
 use crate::blob_store::{BlobStore, BlobStream, ByteRange, Usage};
@@ -12,6 +13,10 @@ use crate::clock::Clock;
 
 /// Access times are buffered in memory and written in batches of this size.
 const TOUCH_BATCH: usize = 4096;
+/// How long an eviction may take to delete what it removed; a deletion
+/// mark older than this is of an evictor that died, and writes ignore it.
+const DELETION_GRACE_MS: i64 = 60_000;
+
 /// Blobs removed per metadata query while evicting.
 const EVICT_BATCH: usize = 256;
 
@@ -111,6 +116,25 @@ impl EvictingStore {
         });
     }
 
+    /// Returns once no eviction is deleting the bytes of `digest`, which
+    /// is recorded already: an eviction that removed its row before that is
+    /// still deleting, and would delete what this write is about to put.
+    async fn wait_for_deletion(&self, digest: &Digest) -> Result<()> {
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(2);
+        while self.metadata.being_deleted(digest, self.clock.now_ms() - DELETION_GRACE_MS).await? {
+            if started.elapsed() > Duration::from_millis(DELETION_GRACE_MS as u64) {
+                return Err(Error::unavailable(format!(
+                    "blob {digest} is still being deleted by an eviction after {} s",
+                    DELETION_GRACE_MS / 1000
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
     async fn evict_if_needed(&self) -> Result<()> {
         if self.metadata.total_bytes() <= self.max_bytes {
             return Ok(());
@@ -168,16 +192,18 @@ impl EvictingStore {
                 continue;
             }
             fruitless = 0;
-            for (digest, stored) in removed {
+            for (digest, stored) in &removed {
                 // Forgotten first, so the index never claims a blob being deleted.
-                if let Err(e) = self.inner.delete(&digest).await {
+                if let Err(e) = self.inner.delete(digest).await {
                     tracing::warn!(%digest, error = %e, "evicted blob could not be deleted from its store");
                 }
                 report.blobs += 1;
-                if stored {
+                if *stored {
                     report.freed_bytes += digest.size();
                 }
             }
+            let digests: Vec<Digest> = removed.iter().map(|(digest, _)| *digest).collect();
+            self.metadata.deleted(&digests, self.clock.now_ms() - DELETION_GRACE_MS).await?;
         }
         tracing::info!(
             evicted = report.blobs,
@@ -208,6 +234,7 @@ impl BlobStore for EvictingStore {
     async fn put(&self, digest: &Digest, data: BlobStream) -> Result<()> {
         let shard = self.inner.shard_name(digest).unwrap_or_default();
         self.metadata.record(digest, &shard, self.clock.now_ms()).await?;
+        self.wait_for_deletion(digest).await?;
         if let Err(e) = self.inner.put(digest, data).await {
             if !self.inner.find_missing(&[*digest]).await?.is_empty() {
                 self.metadata.remove(digest).await?;
@@ -323,6 +350,77 @@ mod tests {
         clock.advance(10);
         store.put_bytes(&blob(6).0, blob(6).1).await.unwrap();
         assert!(store.find_missing(&all).await.unwrap().is_empty(), "still nothing evicted");
+    }
+
+    /// A memory store whose deletes wait for the test to let them go.
+    #[derive(Default)]
+    struct HeldDeletes {
+        inner: MemoryStore,
+        entered: tokio::sync::Notify,
+        release: tokio::sync::Notify,
+    }
+
+    #[async_trait]
+    impl BlobStore for HeldDeletes {
+        async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+            self.inner.find_missing(digests).await
+        }
+        async fn get(&self, digest: &Digest, range: ByteRange) -> Result<BlobStream> {
+            self.inner.get(digest, range).await
+        }
+        async fn put(&self, digest: &Digest, data: BlobStream) -> Result<()> {
+            self.inner.put(digest, data).await
+        }
+        async fn delete(&self, digest: &Digest) -> Result<bool> {
+            self.entered.notify_one();
+            self.release.notified().await;
+            self.inner.delete(digest).await
+        }
+    }
+
+    /// A blob written again while an eviction is deleting it: the write
+    /// waits for the deletion, so the bytes it wrote stay, and are counted.
+    async fn a_write_during_the_deletion_of_the_same_blob_is_kept(meta: Arc<dyn BlobMetadata>) {
+        let clock = Arc::new(ManualClock::new(1_000));
+        let inner = Arc::new(HeldDeletes::default());
+        let writer = Arc::new(EvictingStore::new(inner.clone(), meta.clone(), clock.clone(), u64::MAX, u64::MAX));
+        let evictor = EvictingStore::new(inner.clone(), meta.clone(), clock.clone(), 150, 100);
+        let (old, old_data) = blob(1);
+        writer.put_bytes(&old, old_data.clone()).await.unwrap();
+        clock.advance(10);
+        writer.put_bytes(&blob(2).0, blob(2).1).await.unwrap();
+        clock.advance(10);
+
+        let eviction = tokio::spawn(async move { evictor.evict().await.unwrap() });
+        inner.entered.notified().await;
+        let rewrite = {
+            let writer = writer.clone();
+            let data = old_data.clone();
+            tokio::spawn(async move { writer.put_bytes(&old, data).await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!rewrite.is_finished(), "the write waits while the eviction deletes the same blob");
+        inner.release.notify_one();
+        assert_eq!(eviction.await.unwrap().blobs, 1);
+        rewrite.await.unwrap().unwrap();
+        assert_eq!(writer.get_bytes(&old).await.unwrap(), old_data, "the rewritten bytes are there");
+        assert_eq!(meta.find_stored(&[old]).await.unwrap(), vec![old]);
+        assert_eq!(meta.stored_bytes().await.unwrap(), 200, "and counted");
+    }
+
+    #[tokio::test]
+    async fn a_write_during_a_deletion_waits_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Arc::new(SqliteMetadata::open(&dir.path().join("meta.db")).await.unwrap());
+        a_write_during_the_deletion_of_the_same_blob_is_kept(meta).await;
+    }
+
+    #[tokio::test]
+    async fn a_write_during_a_deletion_waits_on_postgres() {
+        let (meta, schema) = crate::postgres_metadata::tests::fresh().await;
+        let meta = Arc::new(meta);
+        a_write_during_the_deletion_of_the_same_blob_is_kept(meta.clone()).await;
+        meta.drop_schema(&schema).await;
     }
 
     /// Two replicas of a cluster: evicting stores over one sharded store,

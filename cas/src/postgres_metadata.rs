@@ -9,7 +9,9 @@ use sqlx::postgres::PgPool;
 use sqlx::Row;
 
 use crate::action_index::ActionIndex;
-use crate::blob_metadata::{digest_from_columns, BlobMetadata, BlobPins, EvictionCandidate, EvictionLock};
+use crate::blob_metadata::{
+    digest_from_columns, BlobMetadata, BlobPins, EvictionCandidate, EvictionLock, WRITE_GRACE_MS,
+};
 use crate::postgres_pool::connect_postgres;
 
 /// How often the byte total is read back, to see other replicas' writes.
@@ -258,13 +260,15 @@ impl BlobMetadata for PostgresMetadata {
     async fn least_recent(&self, limit: usize, now_ms: i64) -> Result<Vec<EvictionCandidate>> {
         let rows = sqlx::query(
             "SELECT b.function, b.hash, b.size, b.last_access FROM blobs b
-             WHERE NOT EXISTS (SELECT 1 FROM blob_pins p
+             WHERE (b.stored OR b.last_access < $3)
+               AND NOT EXISTS (SELECT 1 FROM blob_pins p
                                WHERE p.function = b.function AND p.hash = b.hash AND p.size = b.size
                                  AND p.until_ms > $2)
              ORDER BY b.last_access LIMIT $1",
         )
         .bind(limit as i64)
         .bind(now_ms)
+        .bind(now_ms.saturating_sub(WRITE_GRACE_MS))
         .fetch_all(&self.pool)
         .await
         .map_err(db_error("listing blobs"))?;
@@ -298,14 +302,23 @@ impl BlobMetadata for PostgresMetadata {
         .execute(&mut *tx)
         .await
         .map_err(db_error("evicting blobs"))?;
+        // In the same transaction, so a writer that finds no row after it
+        // commits finds the deletion mark.
         let rows = sqlx::query(
-            "DELETE FROM blobs b
-             USING UNNEST($1::SMALLINT[], $2::BYTEA[], $3::BIGINT[], $4::BIGINT[]) AS t(function, hash, size, seen)
-             WHERE b.function = t.function AND b.hash = t.hash AND b.size = t.size AND b.last_access <= t.seen
-               AND NOT EXISTS (SELECT 1 FROM blob_pins p
-                               WHERE p.function = b.function AND p.hash = b.hash AND p.size = b.size
-                                 AND p.until_ms > $5)
-             RETURNING b.function, b.hash, b.size, b.stored",
+            "WITH gone AS (
+                DELETE FROM blobs b
+                USING UNNEST($1::SMALLINT[], $2::BYTEA[], $3::BIGINT[], $4::BIGINT[]) AS t(function, hash, size, seen)
+                WHERE b.function = t.function AND b.hash = t.hash AND b.size = t.size AND b.last_access <= t.seen
+                  AND NOT EXISTS (SELECT 1 FROM blob_pins p
+                                  WHERE p.function = b.function AND p.hash = b.hash AND p.size = b.size
+                                    AND p.until_ms > $5)
+                RETURNING b.function, b.hash, b.size, b.stored
+             ), marked AS (
+                INSERT INTO blob_deletions (function, hash, size, since_ms)
+                SELECT function, hash, size, $5 FROM gone
+                ON CONFLICT (function, hash, size) DO UPDATE SET since_ms = EXCLUDED.since_ms
+             )
+             SELECT function, hash, size, stored FROM gone",
         )
         .bind(functions)
         .bind(hashes)
@@ -320,6 +333,38 @@ impl BlobMetadata for PostgresMetadata {
         let removed: Vec<(Digest, bool)> = digests.into_iter().zip(&rows).map(|(d, row)| (d, row.get(3))).collect();
         self.uncount(removed.iter().filter(|(_, stored)| *stored).map(|(d, _)| d.size()).sum());
         Ok(removed)
+    }
+
+    async fn deleted(&self, digests: &[Digest], stale_ms: i64) -> Result<()> {
+        let (functions, hashes, sizes) = columns(digests.iter().copied());
+        sqlx::query(
+            "DELETE FROM blob_deletions d
+             WHERE d.since_ms < $4
+                OR (d.function, d.hash, d.size) IN
+                   (SELECT * FROM UNNEST($1::SMALLINT[], $2::BYTEA[], $3::BIGINT[]))",
+        )
+        .bind(functions)
+        .bind(hashes)
+        .bind(sizes)
+        .bind(stale_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error("ending deletions"))?;
+        Ok(())
+    }
+
+    async fn being_deleted(&self, digest: &Digest, stale_ms: i64) -> Result<bool> {
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM blob_deletions WHERE function = $1 AND hash = $2 AND size = $3 AND since_ms >= $4",
+        )
+        .bind(digest.function().to_proto() as i16)
+        .bind(&digest.hash()[..])
+        .bind(digest.size() as i64)
+        .bind(stale_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error("looking up deletions"))?;
+        Ok(found.is_some())
     }
 
     async fn drop_expired_pins(&self, now_ms: i64) -> Result<u64> {

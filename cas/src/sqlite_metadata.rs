@@ -9,7 +9,9 @@ use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
 
 use crate::action_index::ActionIndex;
-use crate::blob_metadata::{digest_from_columns, BlobMetadata, BlobPins, EvictionCandidate, EvictionLock};
+use crate::blob_metadata::{
+    digest_from_columns, BlobMetadata, BlobPins, EvictionCandidate, EvictionLock, WRITE_GRACE_MS,
+};
 use crate::sqlite_pool::open_sqlite;
 
 /// [`BlobMetadata`] (and the [`ActionIndex`]) in a SQLite database (WAL
@@ -214,11 +216,13 @@ impl BlobMetadata for SqliteMetadata {
     async fn least_recent(&self, limit: usize, now_ms: i64) -> Result<Vec<EvictionCandidate>> {
         let rows = sqlx::query(
             "SELECT b.function, b.hash, b.size, b.last_access FROM blobs b
-             WHERE NOT EXISTS (SELECT 1 FROM blob_pins p
+             WHERE (b.stored = 1 OR b.last_access < ?)
+               AND NOT EXISTS (SELECT 1 FROM blob_pins p
                                WHERE p.function = b.function AND p.hash = b.hash AND p.size = b.size
                                  AND p.until_ms > ?)
              ORDER BY b.last_access LIMIT ?",
         )
+        .bind(now_ms.saturating_sub(WRITE_GRACE_MS))
         .bind(now_ms)
         .bind(limit as i64)
         .fetch_all(&self.pool)
@@ -254,11 +258,57 @@ impl BlobMetadata for SqliteMetadata {
             .fetch_optional(&mut *tx)
             .await
             .map_err(db_error("evicting blobs"))?;
-            removed.extend(stored.map(|stored| (digest, stored)));
+            if let Some(stored) = stored {
+                sqlx::query(
+                    "INSERT INTO blob_deletions (function, hash, size, since_ms) VALUES (?, ?, ?, ?)
+                     ON CONFLICT DO UPDATE SET since_ms = excluded.since_ms",
+                )
+                .bind(function_code(digest.function()))
+                .bind(&digest.hash()[..])
+                .bind(digest.size() as i64)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error("marking evicted blobs"))?;
+                removed.push((digest, stored));
+            }
         }
         tx.commit().await.map_err(db_error("committing an eviction"))?;
         self.uncount(removed.iter().filter(|(_, stored)| *stored).map(|(d, _)| d.size()).sum());
         Ok(removed)
+    }
+
+    async fn deleted(&self, digests: &[Digest], stale_ms: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_error("starting a transaction"))?;
+        for digest in digests {
+            sqlx::query("DELETE FROM blob_deletions WHERE function = ? AND hash = ? AND size = ?")
+                .bind(function_code(digest.function()))
+                .bind(&digest.hash()[..])
+                .bind(digest.size() as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error("ending deletions"))?;
+        }
+        sqlx::query("DELETE FROM blob_deletions WHERE since_ms < ?")
+            .bind(stale_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error("ending deletions"))?;
+        tx.commit().await.map_err(db_error("ending deletions"))
+    }
+
+    async fn being_deleted(&self, digest: &Digest, stale_ms: i64) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM blob_deletions WHERE function = ? AND hash = ? AND size = ? AND since_ms >= ?",
+        )
+        .bind(function_code(digest.function()))
+        .bind(&digest.hash()[..])
+        .bind(digest.size() as i64)
+        .bind(stale_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error("looking up deletions"))?;
+        Ok(found.is_some())
     }
 
     async fn drop_expired_pins(&self, now_ms: i64) -> Result<u64> {
