@@ -62,6 +62,12 @@ impl StoreBuilder {
         pins
     }
 
+    /// Where to pin blobs that the evicting stores on `config` (run by
+    /// another process, e.g. the CAS role) must keep.
+    pub async fn pins_in(&self, config: &MetadataConfig) -> Result<Arc<dyn BlobPins>> {
+        Ok(self.metadata(config).await?.blobs)
+    }
+
     /// The store tree `config` describes.
     pub async fn build(&self, config: &StoreConfig) -> Result<Arc<dyn BlobStore>> {
         Ok(match config {

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use memobuild_cas::MetadataConfig;
 use memobuild_cli::build::{self, BuildArgs, PruneArgs};
 use memobuild_cli::config::{default_state_dir, OperationStoreConfig, SchedulerSection, ServerConfig, WorkerSection};
 use memobuild_cli::credentials::ClientArgs;
@@ -92,6 +93,14 @@ struct SchedulerArgs {
     /// Seconds a worker may go silent before its actions are requeued.
     #[arg(long, default_value_t = 30)]
     lease_seconds: u64,
+    /// The PostgreSQL database of the CAS role's blob metadata (its
+    /// `DATABASE_URL`): the scheduler pins there what queued and running
+    /// work needs, so the CAS never evicts it. Without it nothing is pinned.
+    #[arg(long, env = "MEMOBUILD_CAS_METADATA")]
+    cas_metadata: Option<String>,
+    /// The schema of that metadata (the CAS role's `DATABASE_SCHEMA`).
+    #[arg(long, env = "MEMOBUILD_CAS_METADATA_SCHEMA", default_value = "memobuild", requires = "cas_metadata")]
+    cas_metadata_schema: String,
     #[command(flatten)]
     security: ServerSecurityArgs,
     /// What this scheduler presents to the CAS role.
@@ -288,7 +297,10 @@ async fn run() -> anyhow::Result<()> {
             let security = Security::from_config(auth.as_ref(), tls.as_ref())?;
             let credentials = args.client.credentials()?;
             let listeners = Listeners::bind(args.listen, admin).await?;
-            server::run_scheduler(&args.cas, &credentials, section, security, listeners, shutdown_signal())
+            let pins =
+                args.cas_metadata.map(|url| MetadataConfig::Postgres { url, schema: Some(args.cas_metadata_schema) });
+            let cas = server::CasRole { endpoint: &args.cas, credentials: &credentials, pins };
+            server::run_scheduler(cas, section, security, listeners, shutdown_signal())
                 .await
                 .context("memobuild scheduler")
         }

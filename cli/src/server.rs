@@ -10,7 +10,7 @@ use memobuild_auth::{AuthLayer, Capability};
 use memobuild_cas::service::{cas_routes, CapabilitiesService, CasMetrics, CasState};
 use memobuild_cas::{
     grpc_channel_with, ActionCache, BlobStore, CasLimits, ClientCredentials, GrpcActionCache, GrpcChannel, GrpcStore,
-    PinLeases, SystemClock, VerifiedStore,
+    MetadataConfig, PinLeases, SystemClock, VerifiedStore,
 };
 use memobuild_engine::NetworkPolicy;
 use memobuild_proto::reapi::capabilities_server::CapabilitiesServer;
@@ -82,27 +82,44 @@ pub async fn run(
     node.serve(listeners, shutdown).await
 }
 
+/// The CAS role as the scheduler role reaches it.
+pub struct CasRole<'a> {
+    /// e.g. `grpc://cas:8980`.
+    pub endpoint: &'a str,
+    /// What the scheduler presents to it.
+    pub credentials: &'a ClientCredentials,
+    /// The metadata of its evicting stores, where the scheduler pins what
+    /// queued and running work needs (`None`: nothing is pinned).
+    pub pins: Option<MetadataConfig>,
+}
+
 /// The scheduler role of a cluster: Execution and Operations, plus the CAS
-/// and action cache of the CAS role at `cas` (proxied, so clients need one
-/// endpoint). `credentials` are what it presents to the CAS role;
-/// `security` what its own port requires.
+/// and action cache of the CAS role (proxied, so clients need one
+/// endpoint). `security` is what its own port requires.
 pub async fn run_scheduler(
-    cas: &str,
-    credentials: &ClientCredentials,
+    cas: CasRole<'_>,
     scheduler: SchedulerSection,
     security: Security,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let registry = Registry::new();
-    let channel = grpc_channel_with(cas, credentials)?;
+    let channel = grpc_channel_with(cas.endpoint, cas.credentials)?;
     let state = CasState {
-        cas: Arc::new(GrpcStore::connect_with(cas, "", credentials)?),
+        cas: Arc::new(GrpcStore::connect_with(cas.endpoint, "", cas.credentials)?),
         action_cache: Arc::new(GrpcActionCache::new(channel)),
         metrics: CasMetrics::register(&registry)?,
         limits: CasLimits::default(),
     };
-    let node = Node { state, scheduler: Some(scheduler), worker: None, registry, security, pins: None };
+    let pins = match &cas.pins {
+        Some(metadata) => {
+            let stores = memobuild_cas::StoreBuilder::new(registry.clone());
+            let pins = stores.pins_in(metadata).await.context("opening the CAS metadata to pin blobs in")?;
+            Some(PinLeases::start(vec![pins], Arc::new(SystemClock), PIN_LEASE))
+        }
+        None => None,
+    };
+    let node = Node { state, scheduler: Some(scheduler), worker: None, registry, security, pins };
     node.serve(listeners, shutdown).await
 }
 

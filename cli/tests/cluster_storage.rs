@@ -107,6 +107,16 @@ impl SharedStorage {
     }
 }
 
+impl SharedStorage {
+    /// Rows of the CAS's pin table: blobs someone holds from eviction.
+    fn pins(&self) -> usize {
+        let query = format!("SELECT count(*) FROM {}.blob_pins", self.schema);
+        let out = Command::new("psql").args([&postgres_url(), "-tAc", &query]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+}
+
 impl Drop for SharedStorage {
     fn drop(&mut self) {
         self.flush_redis();
@@ -213,6 +223,7 @@ fn a_remote_build_on_cluster_storage_stays_cached_when_redis_is_flushed() {
     let mut running = client.start_build(project.path(), &["-t", "app:2"], &epoch);
     running
         .wait_for("the sleep step running", |p| p.step("RUN sleep 2").filter(|s| !s.workers().is_empty()).map(|_| ()));
+    assert!(storage.pins() > 0, "the scheduler pins what the running step needs in the CAS's PostgreSQL");
     storage.flush_redis();
     let during = running.finish();
     let (ran, _) = ran_and_cached(&during);

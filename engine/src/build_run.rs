@@ -250,6 +250,10 @@ impl BuildRun {
         } else {
             task.action.lookup(&*self.stores.actions, &self.stores.instance_name).await?
         };
+        let hit = match hit {
+            Some(Some(layer)) if !self.settings.dry_run && !self.executor.keep(&layer).await? => None,
+            hit => hit,
+        };
         let cached = hit.is_some();
         self.records.lock().push(StepRecord::new(
             step,

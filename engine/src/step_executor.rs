@@ -80,6 +80,13 @@ pub trait StepExecutor: Send + Sync {
     /// What RUN steps may reach where this executor runs them; a build
     /// asking for more fails before any step runs.
     fn network_policy(&self) -> NetworkPolicy;
+
+    /// Keeps a cached step's layer for the rest of the build (a cluster pins
+    /// it against eviction). `false`: the layer is gone after all, so the
+    /// step must run.
+    async fn keep(&self, _layer: &Layer) -> Result<bool> {
+        Ok(true)
+    }
 }
 
 impl BuildSession {

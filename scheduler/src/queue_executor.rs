@@ -33,6 +33,15 @@ impl StepExecutor for QueueExecutor {
         self.network_policy
     }
 
+    /// Pins the layer with the build, then checks it is still there: an
+    /// eviction that came between the cache lookup and the pin makes the
+    /// step run again rather than fail later.
+    async fn keep(&self, layer: &Layer) -> Result<bool> {
+        let Some(pins) = self.scheduler.pins() else { return Ok(true) };
+        pins.hold(&self.client, &[layer.blob]).await.with_context(|| format!("pinning cached layer {}", layer.blob))?;
+        Ok(self.cas.find_missing(&[layer.blob]).await?.is_empty())
+    }
+
     async fn execute(
         &self,
         task: &StepTask,

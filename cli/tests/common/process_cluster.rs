@@ -47,6 +47,11 @@ pub struct CasConfig {
 }
 
 impl CasConfig {
+    /// The value this config's environment gives `name`.
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
     /// Starts `memobuild cas` on this config, gRPC and admin on loopback
     /// ports of its own, logging to `log`; returns it with its gRPC address.
     pub fn spawn(&self, log: PathBuf, log_filter: Option<&str>) -> (RoleProcess, String) {
@@ -221,6 +226,11 @@ impl ProcessCluster {
         }
         if let Some(url) = &options.postgres {
             args.extend(["--postgres", url]);
+        }
+        // A CAS on PostgreSQL metadata: the scheduler pins in it, as a cluster's does.
+        let metadata = options.cas_config.as_ref().map(|c| (c.var("DATABASE_URL"), c.var("DATABASE_SCHEMA")));
+        if let Some((Some(url), Some(schema))) = &metadata {
+            args.extend(["--cas-metadata", url, "--cas-metadata-schema", schema]);
         }
         RoleProcess::spawn(&args, dir.join("logs").join(log), options.log_filter.as_deref())
     }
