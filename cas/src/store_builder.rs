@@ -62,10 +62,19 @@ impl StoreBuilder {
         pins
     }
 
-    /// Where to pin blobs that the evicting stores on `config` (run by
-    /// another process, e.g. the CAS role) must keep.
-    pub async fn pins_in(&self, config: &MetadataConfig) -> Result<Arc<dyn BlobPins>> {
-        Ok(self.metadata(config).await?.blobs)
+    /// Adds the metadata `config` of evicting stores another process runs
+    /// (the CAS role) to [`StoreBuilder::pins`].
+    pub async fn pin_in(&self, config: &MetadataConfig) -> Result<()> {
+        let metadata = self.metadata(config).await?.blobs;
+        self.add_evictor(metadata);
+        Ok(())
+    }
+
+    fn add_evictor(&self, metadata: Arc<dyn BlobMetadata>) {
+        let mut evictors = self.evictors.lock();
+        if !evictors.iter().any(|m| Arc::ptr_eq(m, &metadata)) {
+            evictors.push(metadata);
+        }
     }
 
     /// The store tree `config` describes.
@@ -75,12 +84,7 @@ impl StoreBuilder {
             StoreConfig::Filesystem { path, sync } => Arc::new(FilesystemStore::open(path.clone(), *sync).await?),
             StoreConfig::Evicting { max_bytes, low_watermark_bytes, metadata, inner } => {
                 let metadata = self.metadata(metadata).await?.blobs;
-                {
-                    let mut evictors = self.evictors.lock();
-                    if !evictors.iter().any(|m| Arc::ptr_eq(m, &metadata)) {
-                        evictors.push(metadata.clone());
-                    }
-                }
+                self.add_evictor(metadata.clone());
                 let low = low_watermark_bytes.unwrap_or(max_bytes / 10 * 8);
                 let inner = Box::pin(self.build(inner)).await?;
                 Arc::new(EvictingStore::new(inner, metadata, self.clock.clone(), *max_bytes, low))

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use memobuild_proto::Result;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::store_builder::StoreBuilder;
 use crate::{BlobStore, S3Settings};
@@ -18,7 +18,7 @@ use crate::{BlobStore, S3Settings};
 /// metadata = { type = "sqlite", path = "/var/lib/memobuild/cas.db" }
 /// inner = { type = "filesystem", path = "/var/lib/memobuild/cas" }
 /// ```
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StoreConfig {
     Memory,
@@ -79,7 +79,7 @@ pub enum StoreConfig {
 
 /// One shard of a `sharded` store. Its name is what blobs hash against:
 /// keep it when the store behind it moves.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ShardConfig {
     pub name: String,
@@ -90,7 +90,7 @@ pub struct ShardConfig {
 
 /// Where blob metadata lives. Stores configured with equal metadata share
 /// one connection and one view of it.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum MetadataConfig {
     Sqlite { path: PathBuf },
@@ -98,7 +98,7 @@ pub enum MetadataConfig {
 }
 
 /// The Redis hot index of an `existence_cached` store.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     pub url: String,
@@ -126,6 +126,33 @@ fn default_ttl() -> u64 {
 }
 
 impl StoreConfig {
+    /// The metadata of every evicting store in the tree that lives in a
+    /// database other processes can reach (PostgreSQL): where a scheduler
+    /// running apart pins what its work needs.
+    pub fn shared_eviction_metadata(&self) -> Vec<MetadataConfig> {
+        let mut found = Vec::new();
+        let mut stack = vec![self];
+        while let Some(config) = stack.pop() {
+            match config {
+                StoreConfig::Evicting { metadata, inner, .. } => {
+                    if matches!(metadata, MetadataConfig::Postgres { .. }) && !found.contains(metadata) {
+                        found.push(metadata.clone());
+                    }
+                    stack.push(inner);
+                }
+                StoreConfig::ExistenceCached { inner, .. } | StoreConfig::Metered { inner, .. } => stack.push(inner),
+                StoreConfig::Tiered { fast, slow } => stack.extend([&**fast, &**slow]),
+                StoreConfig::Sharded { shards } => stack.extend(shards.iter().map(|s| &s.store)),
+                StoreConfig::Memory
+                | StoreConfig::Filesystem { .. }
+                | StoreConfig::S3 { .. }
+                | StoreConfig::S3Shards { .. }
+                | StoreConfig::ActionIndex { .. } => {}
+            }
+        }
+        found
+    }
+
     /// Builds the store tree this config describes, its metrics in a
     /// registry of its own (see [`StoreBuilder`] to share one).
     pub async fn build(&self) -> Result<Arc<dyn BlobStore>> {
@@ -174,6 +201,9 @@ mod tests {
     fn cluster_config_has_the_shape_of_the_composed_stores() {
         let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/cluster.toml"));
         let (cas, _) = store_sections(&text.unwrap());
+        // A scheduler pins in the shared PostgreSQL, not in a replica's local SQLite.
+        let shared = cas.shared_eviction_metadata();
+        assert!(matches!(shared.as_slice(), [MetadataConfig::Postgres { .. }]), "{shared:?}");
         let StoreConfig::Metered { inner, .. } = cas else { panic!("{cas:?}") };
         let StoreConfig::Evicting { inner, metadata, .. } = *inner else { panic!() };
         assert!(matches!(metadata, MetadataConfig::Postgres { .. }));

@@ -89,8 +89,8 @@ pub struct CasRole<'a> {
     /// What the scheduler presents to it.
     pub credentials: &'a ClientCredentials,
     /// The metadata of its evicting stores, where the scheduler pins what
-    /// queued and running work needs (`None`: nothing is pinned).
-    pub pins: Option<MetadataConfig>,
+    /// queued and running work needs (none: nothing is pinned).
+    pub pins: Vec<MetadataConfig>,
 }
 
 /// The scheduler role of a cluster: Execution and Operations, plus the CAS
@@ -111,30 +111,32 @@ pub async fn run_scheduler(
         metrics: CasMetrics::register(&registry)?,
         limits: CasLimits::default(),
     };
-    let pins = match &cas.pins {
-        Some(metadata) => {
-            let stores = memobuild_cas::StoreBuilder::new(registry.clone());
-            let pins = stores.pins_in(metadata).await.context("opening the CAS metadata to pin blobs in")?;
-            Some(PinLeases::start(vec![pins], Arc::new(SystemClock), PIN_LEASE))
-        }
-        None => None,
-    };
+    let stores = memobuild_cas::StoreBuilder::new(registry.clone());
+    for metadata in &cas.pins {
+        stores.pin_in(metadata).await.context("opening the CAS metadata to pin blobs in")?;
+    }
+    let pins = pin_leases(&stores);
     let node = Node { state, scheduler: Some(scheduler), worker: None, registry, security, pins };
     node.serve(listeners, shutdown).await
 }
 
 /// The worker role: runs actions for the scheduler at `scheduler`, with
 /// blobs from the CAS at `cas`, until `shutdown` completes, presenting
-/// `credentials` to both.
+/// `credentials` to both; `/metrics` and `/healthz` on `admin` if given.
 pub async fn run_worker_role(
     scheduler: &str,
     cas: &str,
     credentials: &ClientCredentials,
     section: WorkerSection,
+    admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     cancel_on(shutdown, token.clone());
+    if let Some(listener) = admin {
+        tracing::info!(address = %listener.local_addr()?, "admin listening (/metrics, /healthz)");
+        tokio::spawn(admin::serve(listener, Registry::new(), token.clone().cancelled_owned()));
+    }
     let store = Arc::new(GrpcStore::connect_with(cas, "", credentials)?);
     let worker = worker(&section, store, grpc_channel_with(scheduler, credentials)?, token).await?;
     worker.await.context("worker")
