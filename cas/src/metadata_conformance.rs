@@ -4,7 +4,7 @@
 
 use memobuild_proto::{Digest, DigestFunction};
 
-use crate::blob_metadata::{BlobMetadata, EvictionCandidate};
+use crate::blob_metadata::{BlobMetadata, EvictionCandidate, WRITE_GRACE_MS};
 
 fn digest(i: u8) -> Digest {
     Digest::of(
@@ -73,11 +73,20 @@ pub async fn run(meta: &dyn BlobMetadata) {
     removed.sort();
     assert_eq!(removed, vec![(b, true)], "c was pinned and a used since");
     assert_eq!(meta.total_bytes(), a.size() + c.size());
-    let d_candidate = meta.least_recent(1, now).await.unwrap();
+    // A recorded blob is a write under way: listed only once it is older
+    // than any write takes.
+    assert!(!meta.least_recent(10, 1 + WRITE_GRACE_MS).await.unwrap().iter().any(|c| c.digest == d));
+    let later = 2 + WRITE_GRACE_MS;
+    let d_candidate = meta.least_recent(1, later).await.unwrap();
     assert_eq!(d_candidate, vec![EvictionCandidate { digest: d, last_access: 1 }]);
-    assert_eq!(meta.remove_unpinned(&d_candidate, now).await.unwrap(), vec![(d, false)], "recorded, not counted");
+    assert_eq!(meta.remove_unpinned(&d_candidate, later).await.unwrap(), vec![(d, false)], "recorded, not counted");
     assert_eq!(meta.total_bytes(), a.size() + c.size());
-    assert!(meta.remove_unpinned(&d_candidate, now).await.unwrap().is_empty(), "removed once");
+    assert!(meta.remove_unpinned(&d_candidate, later).await.unwrap().is_empty(), "removed once");
+    // Until the deletion is done, a write of it waits; a stale mark is ignored.
+    assert!(meta.being_deleted(&d, later).await.unwrap());
+    assert!(!meta.being_deleted(&d, later + 1).await.unwrap(), "marked at `later`");
+    meta.deleted(&[d], 0).await.unwrap();
+    assert!(!meta.being_deleted(&d, 0).await.unwrap());
     meta.unpin("op-3").await.unwrap();
 
     // Removal uncounts once and forgets the stored mark.

@@ -222,8 +222,14 @@ mod tests {
     async fn cluster_config_builds_and_passes_conformance() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/cluster.toml");
         let local = tempfile::tempdir().unwrap();
-        let text =
-            std::fs::read_to_string(path).unwrap().replace("/var/cache/memobuild", &local.path().display().to_string());
+        // Its own Redis keys: the index outlives a run, and would answer for
+        // blobs an earlier run stored in other buckets.
+        let prefix = test_services::unique("memobuild-test:");
+        let text = std::fs::read_to_string(path)
+            .unwrap()
+            .replace("/var/cache/memobuild", &local.path().display().to_string())
+            .replace("\"memobuild:cas:\"", &format!("\"{prefix}:\""));
+        assert!(text.contains(&prefix), "the config names its Redis key prefix");
         let (cas, action_cache) = store_sections(&text);
         let buckets = [test_services::unique("c1-"), test_services::unique("c2-")];
         let schema = test_services::unique("cluster_test_");
