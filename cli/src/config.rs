@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use memobuild_cas::{CasLimits, MetadataConfig, StoreConfig};
 use memobuild_worker::network::NetworkConfig;
+use memobuild_worker::SandboxConfig;
 use serde::Deserialize;
 
 /// The default byte budget of the embedded CAS.
@@ -109,6 +110,10 @@ pub struct WorkerSection {
     /// their default network is laid out (`subnets`, `resolv_conf`).
     #[serde(default)]
     pub network: NetworkConfig,
+    /// The root worker's sandbox for actions: what they see (`read_only`,
+    /// `hidden`), their user and limits.
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
 }
 
 impl SchedulerSection {
@@ -146,6 +151,7 @@ impl WorkerSection {
             dockerfile_steps: true,
             containerd_address: None,
             network: NetworkConfig::default(),
+            sandbox: SandboxConfig::default(),
         }
     }
 }

@@ -351,7 +351,11 @@ async fn worker(
     scheduler: GrpcChannel,
     shutdown: CancellationToken,
 ) -> anyhow::Result<impl Future<Output = memobuild_proto::Result<()>>> {
-    let runner = Arc::new(HostRunner::new());
+    // The worker's own state stays out of sight also where a read-only
+    // directory would show it.
+    let mut sandbox = section.sandbox.clone();
+    sandbox.hidden.push(section.work_dir.clone());
+    let runner = Arc::new(HostRunner::with_config(sandbox));
     runner.check().await.context("checking the worker's sandbox")?;
     let executor = ActionExecutor::new(cas.clone(), section.work_dir.clone(), section.cache_max_bytes, runner)
         .await

@@ -16,6 +16,7 @@ use memobuild_cas::{tree_blobs, walk_tree, ActionResults, BlobStore};
 use memobuild_engine::{
     exported_image, layer_descriptor, parse_entitlement, parse_network, BuildSettings, BuiltOutput, ContextFiles,
     EngineStores, ExportRequest, HostEntry, ImageBuild, NetworkPolicy, ResourceLimits, Secrets, HOST_ENTITLEMENT,
+    INSECURE_ENTITLEMENT,
 };
 use memobuild_frontend::{BuildContext, Platform};
 use memobuild_oci::{Compression, DirectoryDiffIdMemo, RegistryClient};
@@ -512,6 +513,7 @@ fn image_build(request: &BuildRequest, context: Arc<BuildContext>) -> Result<Ima
             dry_run: request.dry_run,
             network,
             host_network_allowed: request.allow.iter().any(|a| a == HOST_ENTITLEMENT),
+            insecure_allowed: request.allow.iter().any(|a| a == INSECURE_ENTITLEMENT),
         },
         labels: request.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         annotations: request.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),

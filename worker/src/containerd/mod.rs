@@ -21,6 +21,7 @@ mod mounted_view;
 mod private_daemon;
 mod run_step;
 mod runtime_spec;
+mod seccomp_profile;
 mod snapshot_mounts;
 mod snapshot_removal;
 mod stdio_fifos;

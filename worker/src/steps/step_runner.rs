@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use memobuild_cas::BlobStore;
 use memobuild_engine::{network_hint, BuildSession, ContextFiles, NetworkPolicy, StepSpec};
-use memobuild_frontend::{MountType, NetworkMode, Origin, StepDefinition};
+use memobuild_frontend::{MountType, NetworkMode, Origin, SecurityMode, StepDefinition};
 use memobuild_oci::Layer;
 use memobuild_proto::{Digest, DigestFunction, Error, Result};
 use parking_lot::Mutex;
@@ -142,7 +142,7 @@ impl StepRunner {
         logs: tokio::sync::mpsc::UnboundedSender<LogChunk>,
         cancel: CancellationToken,
     ) -> Result<Option<Layer>> {
-        let StepDefinition::Run { workdir, user, network, mounts, .. } = &spec.definition else {
+        let StepDefinition::Run { workdir, user, network, mounts, security, .. } = &spec.definition else {
             return Ok(None);
         };
         let mode = *network;
@@ -225,6 +225,7 @@ impl StepRunner {
             timeout: None,
             source_date_epoch: spec.source_date_epoch,
             hostname: "memobuild".into(),
+            insecure: *security == SecurityMode::Insecure,
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let tail: Arc<Mutex<Vec<String>>> = Arc::default();
