@@ -69,7 +69,7 @@ impl Launcher {
             // The queue is bounded: a full one is waited for off the runtime.
             Err(std::sync::mpsc::TrySendError::Full(request)) => {
                 let requests = self.requests.clone();
-                tokio::task::spawn_blocking(move || requests.send(request))
+                tokio::task::spawn_blocking(move || requests.send(request).map_err(drop))
                     .await
                     .map_err(|e| Error::internal(e.to_string()))?
                     .map_err(|_| gone())?;

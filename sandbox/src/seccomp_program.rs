@@ -16,8 +16,7 @@ pub(super) fn seccomp_programs() -> Result<[BpfProgram; 2]> {
     let arch = std::env::consts::ARCH
         .try_into()
         .map_err(|e| Error::internal(format!("no seccomp filter for {}: {e}", std::env::consts::ARCH)))?;
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        DENIED.iter().map(|(_, number)| (*number as i64, Vec::new())).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED.iter().map(|(_, number)| (*number, Vec::new())).collect();
     let clone_rules = NAMESPACE_FLAGS
         .iter()
         .map(|flag| {
@@ -26,11 +25,11 @@ pub(super) fn seccomp_programs() -> Result<[BpfProgram; 2]> {
         })
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(error)?;
-    rules.insert(libc::SYS_clone as i64, clone_rules);
+    rules.insert(libc::SYS_clone, clone_rules);
     let denied =
         SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(DENIED_ERRNO), arch).map_err(error)?;
     let clone3 = SeccompFilter::new(
-        BTreeMap::from([(libc::SYS_clone3 as i64, Vec::new())]),
+        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
         SeccompAction::Allow,
         SeccompAction::Errno(CLONE3_ERRNO),
         arch,

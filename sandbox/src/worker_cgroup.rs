@@ -57,7 +57,11 @@ impl WorkerCgroup {
                 }
                 let path = own
                     .lines()
-                    .filter_map(|l| l.splitn(3, ':').nth(1).zip(l.splitn(3, ':').nth(2)))
+                    .filter_map(|l| {
+                        let mut fields = l.splitn(3, ':');
+                        fields.next();
+                        fields.next().zip(fields.next())
+                    })
                     .find(|(list, _)| list.split(',').any(|c| c == controller))
                     .map(|(_, path)| path)
                     .ok_or_else(|| {

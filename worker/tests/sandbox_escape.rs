@@ -2,6 +2,8 @@
 //! actions through the ActionExecutor with the hardened HostRunner, each
 //! checked from the host afterwards (issue #16).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::ErrorKind;

@@ -61,54 +61,61 @@ fn default_capabilities() -> Capabilities {
     .collect()
 }
 
-/// Every capability, for insecure steps (runc skips those the kernel lacks).
+/// Every capability this worker holds (its bounding set), for insecure
+/// steps: runc cannot give more.
 fn all_capabilities() -> Capabilities {
     use Capability::*;
-    [
-        AuditControl,
-        AuditRead,
-        AuditWrite,
-        BlockSuspend,
-        Bpf,
-        CheckpointRestore,
+    // In the kernel's numbering.
+    let by_number = [
         Chown,
         DacOverride,
         DacReadSearch,
         Fowner,
         Fsetid,
-        IpcLock,
-        IpcOwner,
         Kill,
-        Lease,
+        Setgid,
+        Setuid,
+        Setpcap,
         LinuxImmutable,
-        MacAdmin,
-        MacOverride,
-        Mknod,
-        NetAdmin,
         NetBindService,
         NetBroadcast,
+        NetAdmin,
         NetRaw,
-        Perfmon,
-        Setgid,
-        Setfcap,
-        Setpcap,
-        Setuid,
+        IpcLock,
+        IpcOwner,
+        SysModule,
+        SysRawio,
+        SysChroot,
+        SysPtrace,
+        SysPacct,
         SysAdmin,
         SysBoot,
-        SysChroot,
-        SysModule,
         SysNice,
-        SysPacct,
-        SysPtrace,
-        SysRawio,
         SysResource,
         SysTime,
         SysTtyConfig,
+        Mknod,
+        Lease,
+        AuditWrite,
+        AuditControl,
+        Setfcap,
+        MacOverride,
+        MacAdmin,
         Syslog,
         WakeAlarm,
-    ]
-    .into_iter()
-    .collect()
+        BlockSuspend,
+        AuditRead,
+        Perfmon,
+        Bpf,
+        CheckpointRestore,
+    ];
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let bounding = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(u64::MAX);
+    by_number.into_iter().enumerate().filter(|(bit, _)| bounding & (1 << bit) != 0).map(|(_, c)| c).collect()
 }
 
 fn spec_error(what: &str) -> impl Fn(oci_spec::OciSpecError) -> Error + '_ {
