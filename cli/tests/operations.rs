@@ -284,3 +284,48 @@ fn wait_for_step(browser: &mut Chromium, build: &str, found: impl Fn(&(String, S
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Benchmark (not a pass/fail test; run with `--ignored --nocapture`): how
+/// long a worker's output takes to reach the dashboard in the browser. A
+/// RUN step prints the time (from a file it touches, to the nanosecond)
+/// every 200 ms; the page notes, per new line, the browser's clock minus
+/// that time. Prints the percentiles (BENCHMARKS.md).
+#[test]
+#[ignore]
+fn dashboard_event_latency_benchmark() {
+    let mut cluster = ProcessCluster::start(ClusterOptions { workers: 1, ..ClusterOptions::default() });
+    let admin = cluster.scheduler.admin_address();
+    let mut browser = Chromium::open(&format!("http://{admin}/"), 1200, 800);
+    browser.eval(
+        r#"(() => {
+            window.tickDelays = []; const seen = new Set();
+            new EventSource('api/events').addEventListener('state', e => {
+                const now = Date.now();
+                for (const b of JSON.parse(e.data).builds) for (const s of b.view.steps)
+                    for (const line of s.log_tail.split('\n')) {
+                        const m = line.match(/^tick (\d+) (\S+) (\S+)/);
+                        if (m && !seen.has(m[1])) { seen.add(m[1]); tickDelays.push(now - Date.parse(m[2] + 'T' + m[3].slice(0, 12) + 'Z')); }
+                    }
+            });
+            return true;
+        })()"#,
+    );
+    let client = Client::new(&cluster.endpoint());
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let script = "for i in $(seq 100); do touch /t; echo \"tick $i $(stat -c %y /t)\"; sleep 0.2; done";
+    let project =
+        Project::new(&[("Dockerfile", &format!("FROM {}\nRUN echo {unique} && {script}\n", fixture().base()))]);
+    client.build(project.path(), &["-t", "latency:1"], &[]).assert_ok();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut delays: Vec<i64> = serde_json::from_value(browser.eval("window.tickDelays")).unwrap();
+    delays.sort_unstable();
+    assert!(!delays.is_empty(), "no tick reached the page");
+    let at = |p: f64| delays[((delays.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "worker output -> browser: {} ticks, p50 {} ms, p95 {} ms, max {} ms",
+        delays.len(),
+        at(0.5),
+        at(0.95),
+        delays[delays.len() - 1]
+    );
+}
