@@ -321,7 +321,7 @@ fn dashboard_event_latency_benchmark() {
     delays.sort_unstable();
     assert!(!delays.is_empty(), "no tick reached the page");
     let at = |p: f64| delays[((delays.len() - 1) as f64 * p).round() as usize];
-    println!(
+    eprintln!(
         "worker output -> browser: {} ticks, p50 {} ms, p95 {} ms, max {} ms",
         delays.len(),
         at(0.5),
