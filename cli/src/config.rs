@@ -6,22 +6,26 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use memobuild_cas::{CasLimits, MetadataConfig, StoreConfig};
+use memobuild_cas::{expand_env, CasLimits, MetadataConfig, StoreConfig};
 use memobuild_worker::network::NetworkConfig;
 use memobuild_worker::SandboxConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The default byte budget of the embedded CAS.
 const DEFAULT_CAS_BYTES: u64 = 20 << 30;
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// The gRPC address (REAPI, ByteStream).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// The HTTP address of `/metrics` and `/healthz`; none when unset.
+    /// The HTTP address of `/metrics`, `/healthz`, `/readyz` and the
+    /// dashboard; none when unset.
     pub admin_listen: Option<SocketAddr>,
+    /// An OTLP/gRPC collector to send traces to, e.g. `http://collector:4317`
+    /// (`--otlp-endpoint` and `OTEL_EXPORTER_OTLP_ENDPOINT` win over it).
+    pub otlp_endpoint: Option<String>,
     /// The content-addressed store.
     pub cas: StoreConfig,
     /// Where action results are kept.
@@ -41,7 +45,7 @@ pub struct ServerConfig {
 
 /// `[auth]`: every call needs a bearer token or a client certificate that
 /// the principals file names.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
     /// Hashed tokens and certificate names with their capabilities and
@@ -50,7 +54,7 @@ pub struct AuthSection {
 }
 
 /// `[tls]`: the server's certificate, and the CA of client certificates.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSection {
     /// PEM certificate chain and private key of the server.
@@ -62,7 +66,7 @@ pub struct TlsSection {
 }
 
 /// `[scheduler]`: durable operation state and the rules of dispatch.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulerSection {
     pub store: OperationStoreConfig,
@@ -80,7 +84,7 @@ pub struct SchedulerSection {
 }
 
 /// Where the scheduler keeps operations.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum OperationStoreConfig {
     Sqlite { path: PathBuf },
@@ -88,7 +92,7 @@ pub enum OperationStoreConfig {
 }
 
 /// `[worker]`: an executor of actions.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSection {
     pub work_dir: PathBuf,
@@ -117,6 +121,19 @@ pub struct WorkerSection {
 }
 
 impl SchedulerSection {
+    /// Fills `${VAR}` and `${VAR:-default}` in the store's PostgreSQL URL and
+    /// schema from the environment, as the store trees do.
+    pub fn expand_env(mut self) -> anyhow::Result<Self> {
+        let expand = |value: &str| expand_env(value).map_err(|e| anyhow::anyhow!("{}", e.message()));
+        if let OperationStoreConfig::Postgres { url, schema } = &mut self.store {
+            *url = expand(url)?;
+            if let Some(schema) = schema {
+                *schema = expand(schema)?;
+            }
+        }
+        Ok(self)
+    }
+
     /// Where builds keep what they fetch (`ADD URL` notes): beside the
     /// SQLite store, else in the temp dir.
     pub fn work_dir(&self) -> PathBuf {
@@ -194,6 +211,7 @@ impl ServerConfig {
         ServerConfig {
             listen: default_listen(),
             admin_listen: None,
+            otlp_endpoint: None,
             cas: StoreConfig::Evicting {
                 max_bytes: DEFAULT_CAS_BYTES,
                 low_watermark_bytes: None,
@@ -224,6 +242,19 @@ impl ServerConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// `[scheduler]` of the file at `path`, for `memobuild scheduler --config`,
+    /// its store's `${VAR}`s filled from the environment.
+    pub fn scheduler_section(&self, path: &Path) -> anyhow::Result<SchedulerSection> {
+        let section =
+            self.scheduler.clone().with_context(|| format!("{} has no [scheduler] section", path.display()))?;
+        section.expand_env().with_context(|| format!("{}: [scheduler.store]", path.display()))
+    }
+
+    /// `[worker]` of the file at `path`, for `memobuild worker --config`.
+    pub fn worker_section(&self, path: &Path) -> anyhow::Result<WorkerSection> {
+        self.worker.clone().with_context(|| format!("{} has no [worker] section", path.display()))
     }
 }
 
@@ -286,6 +317,19 @@ mod tests {
         assert_eq!((tls.cert, tls.client_ca), (PathBuf::from("/c.pem"), None));
         let e = toml::from_str::<ServerConfig>(&text.replace("principals_file", "tokens")).unwrap_err();
         assert!(e.to_string().contains("tokens"), "{e}");
+    }
+
+    #[test]
+    fn scheduler_store_url_is_filled_from_the_environment() {
+        let text = "[cas]\ntype = \"memory\"\n[action_cache]\ntype = \"memory\"\n[scheduler]\n\
+                    store = { type = \"postgres\", url = \"postgres://${MEMOBUILD_TEST_UNSET_HOST:-db}/m\", \
+                    schema = \"${MEMOBUILD_TEST_UNSET_SCHEMA:-s}\" }\n";
+        let config: ServerConfig = toml::from_str(text).unwrap();
+        let section = config.scheduler_section(Path::new("m.toml")).unwrap();
+        let expected = OperationStoreConfig::Postgres { url: "postgres://db/m".into(), schema: Some("s".into()) };
+        assert_eq!(section.store, expected);
+        let e = config.worker_section(Path::new("m.toml")).unwrap_err();
+        assert!(e.to_string().contains("m.toml has no [worker] section"), "{e}");
     }
 
     #[test]
