@@ -18,6 +18,7 @@ mod layer_writer;
 mod manifest;
 mod oci_layout_reader;
 mod oci_layout_writer;
+mod output_mark;
 mod pulled_image;
 mod registry_client;
 mod tar_stream;
