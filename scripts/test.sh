@@ -8,6 +8,10 @@ bash scripts/install-deps.sh
 bash scripts/services.sh
 source scripts/env.sh
 
+# The Helm chart: lint, render and validate every profile (no cluster needed).
+/opt/memobuild-k8s/venv/bin/python helm/tests/check_chart.py
+bash deploy/check-compose.sh
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

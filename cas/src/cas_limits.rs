@@ -1,5 +1,5 @@
 use memobuild_proto::{Digest, Error, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// What one client may ask of the CAS services: every size or count a
 /// request names is checked against these before anything is allocated,
@@ -11,7 +11,7 @@ use serde::Deserialize;
 /// max_batch_blobs = 10000
 /// max_uploads = 1000
 /// ```
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CasLimits {
     /// The largest blob accepted (uncompressed): larger digests are refused

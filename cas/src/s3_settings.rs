@@ -1,10 +1,10 @@
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// How to reach an S3-compatible server and how to move blobs to it; the
 /// bucket is named beside these (one per shard). Credentials come from the
 /// standard AWS chain: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, profiles,
 /// web identity, ECS and instance metadata.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct S3Settings {
     /// A custom endpoint (`http://minio:9000`, `${S3_ENDPOINT}`); AWS when unset or empty.
     #[serde(default)]

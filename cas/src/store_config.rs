@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use memobuild_proto::Result;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::store_builder::StoreBuilder;
 use crate::{BlobStore, S3Settings};
@@ -18,7 +18,7 @@ use crate::{BlobStore, S3Settings};
 /// metadata = { type = "sqlite", path = "/var/lib/memobuild/cas.db" }
 /// inner = { type = "filesystem", path = "/var/lib/memobuild/cas" }
 /// ```
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StoreConfig {
     Memory,
@@ -79,7 +79,7 @@ pub enum StoreConfig {
 
 /// One shard of a `sharded` store. Its name is what blobs hash against:
 /// keep it when the store behind it moves.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ShardConfig {
     pub name: String,
@@ -90,7 +90,7 @@ pub struct ShardConfig {
 
 /// Where blob metadata lives. Stores configured with equal metadata share
 /// one connection and one view of it.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum MetadataConfig {
     Sqlite { path: PathBuf },
@@ -98,7 +98,7 @@ pub enum MetadataConfig {
 }
 
 /// The Redis hot index of an `existence_cached` store.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     pub url: String,

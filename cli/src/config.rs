@@ -6,14 +6,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use memobuild_cas::{CasLimits, MetadataConfig, StoreConfig};
+use memobuild_cas::{expand_env, CasLimits, MetadataConfig, StoreConfig};
 use memobuild_worker::network::NetworkConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The default byte budget of the embedded CAS.
 const DEFAULT_CAS_BYTES: u64 = 20 << 30;
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// The gRPC address (REAPI, ByteStream).
@@ -40,7 +40,7 @@ pub struct ServerConfig {
 
 /// `[auth]`: every call needs a bearer token or a client certificate that
 /// the principals file names.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
     /// Hashed tokens and certificate names with their capabilities and
@@ -49,7 +49,7 @@ pub struct AuthSection {
 }
 
 /// `[tls]`: the server's certificate, and the CA of client certificates.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSection {
     /// PEM certificate chain and private key of the server.
@@ -61,7 +61,7 @@ pub struct TlsSection {
 }
 
 /// `[scheduler]`: durable operation state and the rules of dispatch.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulerSection {
     pub store: OperationStoreConfig,
@@ -79,7 +79,7 @@ pub struct SchedulerSection {
 }
 
 /// Where the scheduler keeps operations.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum OperationStoreConfig {
     Sqlite { path: PathBuf },
@@ -87,7 +87,7 @@ pub enum OperationStoreConfig {
 }
 
 /// `[worker]`: an executor of actions.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSection {
     pub work_dir: PathBuf,
@@ -112,6 +112,19 @@ pub struct WorkerSection {
 }
 
 impl SchedulerSection {
+    /// Fills `${VAR}` and `${VAR:-default}` in the store's PostgreSQL URL and
+    /// schema from the environment, as the store trees do.
+    pub fn expand_env(mut self) -> anyhow::Result<Self> {
+        let expand = |value: &str| expand_env(value).map_err(|e| anyhow::anyhow!("{}", e.message()));
+        if let OperationStoreConfig::Postgres { url, schema } = &mut self.store {
+            *url = expand(url)?;
+            if let Some(schema) = schema {
+                *schema = expand(schema)?;
+            }
+        }
+        Ok(self)
+    }
+
     /// Where builds keep what they fetch (`ADD URL` notes): beside the
     /// SQLite store, else in the temp dir.
     pub fn work_dir(&self) -> PathBuf {
@@ -219,6 +232,19 @@ impl ServerConfig {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
+
+    /// `[scheduler]` of the file at `path`, for `memobuild scheduler --config`,
+    /// its store's `${VAR}`s filled from the environment.
+    pub fn scheduler_section(&self, path: &Path) -> anyhow::Result<SchedulerSection> {
+        let section =
+            self.scheduler.clone().with_context(|| format!("{} has no [scheduler] section", path.display()))?;
+        section.expand_env().with_context(|| format!("{}: [scheduler.store]", path.display()))
+    }
+
+    /// `[worker]` of the file at `path`, for `memobuild worker --config`.
+    pub fn worker_section(&self, path: &Path) -> anyhow::Result<WorkerSection> {
+        self.worker.clone().with_context(|| format!("{} has no [worker] section", path.display()))
+    }
 }
 
 /// `$XDG_STATE_HOME/memobuild`, else `~/.local/state/memobuild`.
@@ -280,6 +306,19 @@ mod tests {
         assert_eq!((tls.cert, tls.client_ca), (PathBuf::from("/c.pem"), None));
         let e = toml::from_str::<ServerConfig>(&text.replace("principals_file", "tokens")).unwrap_err();
         assert!(e.to_string().contains("tokens"), "{e}");
+    }
+
+    #[test]
+    fn scheduler_store_url_is_filled_from_the_environment() {
+        let text = "[cas]\ntype = \"memory\"\n[action_cache]\ntype = \"memory\"\n[scheduler]\n\
+                    store = { type = \"postgres\", url = \"postgres://${MEMOBUILD_TEST_UNSET_HOST:-db}/m\", \
+                    schema = \"${MEMOBUILD_TEST_UNSET_SCHEMA:-s}\" }\n";
+        let config: ServerConfig = toml::from_str(text).unwrap();
+        let section = config.scheduler_section(Path::new("m.toml")).unwrap();
+        let expected = OperationStoreConfig::Postgres { url: "postgres://db/m".into(), schema: Some("s".into()) };
+        assert_eq!(section.store, expected);
+        let e = config.worker_section(Path::new("m.toml")).unwrap_err();
+        assert!(e.to_string().contains("m.toml has no [worker] section"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use memobuild_cli::graph::{self, GraphFormat};
 use memobuild_cli::remote::{self, RemoteCommand};
 use memobuild_cli::security::{Security, ServerSecurityArgs};
 use memobuild_cli::server::{self, Listeners};
+use tokio::net::TcpListener;
 
 /// MemoBuild: container image builds and a Remote Execution API cluster.
 #[derive(Parser)]
@@ -74,9 +75,13 @@ struct GraphArgs {
 
 #[derive(Args)]
 struct SchedulerArgs {
-    /// gRPC address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8981")]
-    listen: std::net::SocketAddr,
+    /// TOML configuration: its `listen`, `admin_listen`, `[scheduler]`,
+    /// `[auth]` and `[tls]`; flags given here override it.
+    #[arg(long, env = "MEMOBUILD_CONFIG", conflicts_with_all = ["state_dir", "postgres", "lease_seconds"])]
+    config: Option<PathBuf>,
+    /// gRPC address to listen on [default: 127.0.0.1:8981].
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
     /// HTTP address for /metrics and /healthz.
     #[arg(long)]
     admin_listen: Option<std::net::SocketAddr>,
@@ -101,6 +106,13 @@ struct SchedulerArgs {
 
 #[derive(Args)]
 struct WorkerArgs {
+    /// TOML configuration: its `[worker]` section and `admin_listen`; flags
+    /// given here override it.
+    #[arg(long, env = "MEMOBUILD_CONFIG", conflicts_with = "state_dir")]
+    config: Option<PathBuf>,
+    /// HTTP address for /metrics and /healthz.
+    #[arg(long)]
+    admin_listen: Option<std::net::SocketAddr>,
     /// The scheduler to serve, e.g. grpc://scheduler:8981.
     #[arg(long, env = "MEMOBUILD_SCHEDULER")]
     scheduler: String,
@@ -116,9 +128,9 @@ struct WorkerArgs {
     /// Actions run at once [default: the number of CPUs].
     #[arg(long)]
     slots: Option<u32>,
-    /// Bytes of the local input file cache.
-    #[arg(long, default_value_t = 10 << 30)]
-    cache_max_bytes: u64,
+    /// Bytes of the local input file cache [default: 10 GiB].
+    #[arg(long)]
+    cache_max_bytes: Option<u64>,
     /// A platform property offered to actions, NAME=VALUE (repeatable).
     #[arg(long = "property", value_parser = parse_property)]
     properties: Vec<(String, String)>,
@@ -272,22 +284,26 @@ async fn run() -> anyhow::Result<()> {
             std::io::stdout().write_all(text.as_bytes())?;
             Ok(())
         }
-        Command::Server(args) => serve(args.config()?).await,
+        Command::Server(args) => {
+            let mut config = args.config()?;
+            config.scheduler = config.scheduler.map(SchedulerSection::expand_env).transpose()?;
+            serve(config).await
+        }
         Command::Cas(args) => serve(args.config()?.cache_only()).await,
         Command::Scheduler(args) => {
-            let store = match (&args.postgres, &args.state_dir) {
-                (Some(url), _) => OperationStoreConfig::Postgres { url: url.clone(), schema: None },
-                (None, dir) => OperationStoreConfig::Sqlite {
-                    path: dir.clone().unwrap_or_else(default_state_dir).join("scheduler.db"),
-                },
+            let (section, listen, admin, mut auth, mut tls) = match &args.config {
+                Some(path) => {
+                    let config = ServerConfig::load(path)?;
+                    let section = config.scheduler_section(path)?;
+                    (section, config.listen, config.admin_listen, config.auth, config.tls)
+                }
+                None => (scheduler_section(&args), SCHEDULER_LISTEN.into(), None, None, None),
             };
-            let section = SchedulerSection { store, lease_seconds: args.lease_seconds, ..SchedulerSection::default() };
-            let admin = args.admin_listen;
-            let (mut auth, mut tls) = (None, None);
+            let (listen, admin) = (args.listen.unwrap_or(listen), args.admin_listen.or(admin));
             args.security.apply(&mut auth, &mut tls);
             let security = Security::from_config(auth.as_ref(), tls.as_ref())?;
             let credentials = args.client.credentials()?;
-            let listeners = Listeners::bind(args.listen, admin).await?;
+            let listeners = Listeners::bind(listen, admin).await?;
             server::run_scheduler(&args.cas, &credentials, section, security, listeners, shutdown_signal())
                 .await
                 .context("memobuild scheduler")
@@ -300,22 +316,52 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Worker(args) => {
-            let state_dir = args.state_dir.unwrap_or_else(default_state_dir);
-            let mut section = WorkerSection::new(state_dir.join("worker"));
-            section.slots = args.slots;
-            section.cache_max_bytes = args.cache_max_bytes;
-            section.properties.extend(args.properties);
-            section.containerd_address = args.containerd_address;
-            section.dockerfile_steps = !args.no_dockerfile_steps;
-            section.network.egress = !args.forbid_egress;
-            section.network.host = args.allow_host_network;
-            section.network.blocked.extend(args.blocked_networks);
+            let (section, admin) = worker_section(&args)?;
             let credentials = args.client.credentials()?;
-            server::run_worker_role(&args.scheduler, &args.cas, &credentials, section, shutdown_signal())
+            let admin = match admin {
+                Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?),
+                None => None,
+            };
+            server::run_worker_role(&args.scheduler, &args.cas, &credentials, section, admin, shutdown_signal())
                 .await
                 .context("memobuild worker")
         }
     }
+}
+
+/// Where `memobuild scheduler` listens without --config or --listen.
+const SCHEDULER_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 8981);
+
+/// `[scheduler]` from the flags, when no --config is given.
+fn scheduler_section(args: &SchedulerArgs) -> SchedulerSection {
+    let store = match (&args.postgres, &args.state_dir) {
+        (Some(url), _) => OperationStoreConfig::Postgres { url: url.clone(), schema: None },
+        (None, dir) => {
+            OperationStoreConfig::Sqlite { path: dir.clone().unwrap_or_else(default_state_dir).join("scheduler.db") }
+        }
+    };
+    SchedulerSection { store, lease_seconds: args.lease_seconds, ..SchedulerSection::default() }
+}
+
+/// `[worker]` and the admin address: the --config file's (or the defaults
+/// under the state dir), with the flags given on top.
+fn worker_section(args: &WorkerArgs) -> anyhow::Result<(WorkerSection, Option<std::net::SocketAddr>)> {
+    let (mut section, admin) = match &args.config {
+        Some(path) => {
+            let config = ServerConfig::load(path)?;
+            (config.worker_section(path)?, config.admin_listen)
+        }
+        None => (WorkerSection::new(args.state_dir.clone().unwrap_or_else(default_state_dir).join("worker")), None),
+    };
+    section.slots = args.slots.or(section.slots);
+    section.cache_max_bytes = args.cache_max_bytes.unwrap_or(section.cache_max_bytes);
+    section.properties.extend(args.properties.iter().cloned());
+    section.containerd_address = args.containerd_address.clone().or(section.containerd_address);
+    section.dockerfile_steps &= !args.no_dockerfile_steps;
+    section.network.egress &= !args.forbid_egress;
+    section.network.host |= args.allow_host_network;
+    section.network.blocked.extend(args.blocked_networks.iter().copied());
+    Ok((section, args.admin_listen.or(admin)))
 }
 
 /// Asks before a prune, as docker does; refuses when no one can answer.

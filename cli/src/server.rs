@@ -108,16 +108,21 @@ pub async fn run_scheduler(
 
 /// The worker role: runs actions for the scheduler at `scheduler`, with
 /// blobs from the CAS at `cas`, until `shutdown` completes, presenting
-/// `credentials` to both.
+/// `credentials` to both; `/metrics` and `/healthz` on `admin` if given.
 pub async fn run_worker_role(
     scheduler: &str,
     cas: &str,
     credentials: &ClientCredentials,
     section: WorkerSection,
+    admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     cancel_on(shutdown, token.clone());
+    if let Some(listener) = admin {
+        tracing::info!(address = %listener.local_addr()?, "admin listening (/metrics, /healthz)");
+        tokio::spawn(admin::serve(listener, Registry::new(), token.clone().cancelled_owned()));
+    }
     let store = Arc::new(GrpcStore::connect_with(cas, "", credentials)?);
     let worker = worker(&section, store, grpc_channel_with(scheduler, credentials)?, token).await?;
     worker.await.context("worker")
