@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use crate::blob_metadata::BlobMetadata;
 use crate::blob_store::{BlobStore, BlobStream, ByteRange, Usage};
 use crate::clock::Clock;
+use crate::eviction_metrics::EvictionMetrics;
 
 /// Access times are buffered in memory and written in batches of this size.
 const TOUCH_BATCH: usize = 4096;
@@ -41,6 +42,7 @@ pub struct EvictingStore {
     /// Whether a background flush of `touched` is running.
     flushing: Arc<AtomicBool>,
     evicting: tokio::sync::Mutex<()>,
+    metrics: Option<EvictionMetrics>,
 }
 
 /// What one eviction pass did.
@@ -71,7 +73,14 @@ impl EvictingStore {
             touched: Arc::default(),
             flushing: Arc::default(),
             evicting: tokio::sync::Mutex::new(()),
+            metrics: None,
         }
+    }
+
+    /// Counts what eviction removes into `metrics`.
+    pub fn with_metrics(mut self, metrics: EvictionMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Writes buffered access times to the metadata.
@@ -178,6 +187,10 @@ impl EvictingStore {
                     report.freed_bytes += digest.size();
                 }
             }
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.blobs.inc_by(report.blobs);
+            metrics.bytes.inc_by(report.freed_bytes);
         }
         tracing::info!(
             evicted = report.blobs,

@@ -19,8 +19,12 @@ pub struct ServerConfig {
     /// The gRPC address (REAPI, ByteStream).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// The HTTP address of `/metrics` and `/healthz`; none when unset.
+    /// The HTTP address of `/metrics`, `/healthz`, `/readyz` and the
+    /// dashboard; none when unset.
     pub admin_listen: Option<SocketAddr>,
+    /// An OTLP/gRPC collector to send traces to, e.g. `http://collector:4317`
+    /// (`--otlp-endpoint` and `OTEL_EXPORTER_OTLP_ENDPOINT` win over it).
+    pub otlp_endpoint: Option<String>,
     /// The content-addressed store.
     pub cas: StoreConfig,
     /// Where action results are kept.
@@ -201,6 +205,7 @@ impl ServerConfig {
         ServerConfig {
             listen: default_listen(),
             admin_listen: None,
+            otlp_endpoint: None,
             cas: StoreConfig::Evicting {
                 max_bytes: DEFAULT_CAS_BYTES,
                 low_watermark_bytes: None,

@@ -27,7 +27,7 @@ mod snapshot_removal;
 mod stdio_fifos;
 mod user_resolver;
 
-pub use client::{Containerd, NAMESPACE, SNAPSHOTTER, SYSTEM_SOCKET};
+pub use client::{probe_version, Containerd, NAMESPACE, SNAPSHOTTER, SYSTEM_SOCKET};
 pub use container_outcome::ContainerOutcome;
 pub use container_spec::{ContainerSpec, SpecMount, StepNetwork};
 pub use log_chunk::LogChunk;

@@ -92,6 +92,26 @@ impl StepRunner {
             .await
     }
 
+    /// How containerd stands, for a health check: the one in use answers,
+    /// or (before the first step) the one that would be used answers, or a
+    /// private one will be started on the first RUN.
+    pub async fn containerd_health(&self) -> Result<String> {
+        if let Some(containerd) = self.containerd.get() {
+            containerd.check().await?;
+            let kind = if containerd.is_private() { "private containerd" } else { "containerd" };
+            return Ok(format!("{kind} at {} answers", containerd.address().display()));
+        }
+        let configured = self.containerd_address.as_deref();
+        let system = std::path::Path::new(crate::containerd::SYSTEM_SOCKET);
+        match configured.or(system.exists().then_some(system)) {
+            Some(address) => {
+                crate::containerd::probe_version(address).await?;
+                Ok(format!("containerd at {} answers", address.display()))
+            }
+            None => Ok("no containerd yet: a private one starts on the first RUN".into()),
+        }
+    }
+
     /// Stops a private containerd this runner started, unless another
     /// process still uses it.
     pub async fn shutdown(&self) -> Result<()> {
