@@ -18,6 +18,7 @@ mod layer_stack;
 mod lease;
 mod log_chunk;
 mod mounted_view;
+mod phase_clock;
 mod private_daemon;
 mod run_step;
 mod runtime_spec;

@@ -5,8 +5,11 @@
 mod context_files;
 mod copy_step;
 mod extra_hosts;
+mod fs_view;
 mod heredoc_script;
+mod layer_indexes;
 mod layer_plan;
+mod layer_stack_view;
 mod local_executor;
 mod remote_files;
 mod rootfs;
@@ -18,4 +21,4 @@ mod step_runner;
 pub use local_executor::LocalExecutor;
 pub use ssh_agents::{SshAgents, SshSpec};
 pub use step_actions::StepActions;
-pub use step_runner::{StepCommand, StepRunner, CACHE_MOUNTS_DIR};
+pub use step_runner::{StepCommand, StepRunner, CACHE_MOUNTS_DIR, LAYER_INDEXES_DIR};

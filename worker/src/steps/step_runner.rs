@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use super::context_files::{materialize_context, ContextCopy};
 use super::copy_step::{plan_copy, plan_workdir, CopyRequest, SourceRoot};
 use super::extra_hosts::HostsFiles;
+use super::fs_view::{FsView, HostDir};
 use super::heredoc_script::HeredocScript;
+use super::layer_indexes::LayerIndexes;
 use super::layer_plan::LayerPlan;
 use super::remote_files::materialize_remote;
 use super::run_secrets::RunSecrets;
@@ -48,6 +50,8 @@ pub struct StepRunner {
     network: NetworkConfig,
     /// RUN's default network, set up on the first step that uses it.
     network_pool: OnceCell<Arc<NetworkPool>>,
+    /// What COPY, ADD and WORKDIR read of their parent filesystem.
+    layer_indexes: LayerIndexes,
 }
 
 impl StepRunner {
@@ -62,6 +66,7 @@ impl StepRunner {
         StepRunner {
             cas,
             containerd_address,
+            layer_indexes: LayerIndexes::new(state_dir.join(LAYER_INDEXES_DIR)),
             state_dir,
             containerd: OnceCell::new(),
             network,
@@ -326,12 +331,10 @@ impl StepRunner {
             (None, ContextFiles::Directory(dir)) => dir.clone(),
             (None, ContextFiles::Cas) => PathBuf::new(),
         };
-        let containerd = self.containerd().await?;
-        let parent_chain = containerd.ensure_chain(cas, &spec.parent).await?;
-        let parent_view = containerd.mount_view(parent_chain.as_deref()).await?;
         let source_view = match origin {
             Origin::Context => None,
             _ => {
+                let containerd = self.containerd().await?;
                 let layers = spec.sources.first().cloned().unwrap_or_default();
                 let chain = containerd.ensure_chain(cas, &layers).await?;
                 Some(containerd.mount_view(chain.as_deref()).await?)
@@ -349,23 +352,42 @@ impl StepRunner {
             fetched: &fetched,
             keep_git_dir: *keep_git_dir,
         };
-        let plan = {
-            let source = match &source_view {
-                Some(view) => SourceRoot::Filesystem(view.path()),
-                None => SourceRoot::Context { dir: &context_dir, context: &session.context },
-            };
-            let mtime = Self::timestamp(spec, session);
-            tokio::task::block_in_place(|| plan_copy(&request, &source, parent_view.path(), mtime))
+        let source = match &source_view {
+            Some(view) => SourceRoot::Filesystem(view.path()),
+            None => SourceRoot::Context { dir: &context_dir, context: &session.context },
         };
+        let mtime = Self::timestamp(spec, session);
+        let plan = self.plan_on_parent(spec, |parent| plan_copy(&request, &source, parent, mtime)).await;
         let layer = match plan {
             Ok(plan) => Self::clamped(plan, spec).write(cas).await,
             Err(e) => Err(e),
         };
-        parent_view.release().await?;
         if let Some(view) = source_view {
             view.release().await?;
         }
         layer
+    }
+
+    /// Plans a builtin step on the parent filesystem read from its layer
+    /// indexes, or, when the plan needed bytes no index keeps, on the
+    /// parent mounted through containerd.
+    async fn plan_on_parent(
+        &self,
+        spec: &StepSpec,
+        plan: impl Fn(&dyn FsView) -> Result<LayerPlan>,
+    ) -> Result<LayerPlan> {
+        let cas = &*self.cas;
+        let indexed = self.layer_indexes.view(cas, &spec.parent).await?;
+        let planned = tokio::task::block_in_place(|| plan(&indexed));
+        if !indexed.incomplete() {
+            return planned;
+        }
+        let containerd = self.containerd().await?;
+        let chain = containerd.ensure_chain(cas, &spec.parent).await?;
+        let view = containerd.mount_view(chain.as_deref()).await?;
+        let planned = tokio::task::block_in_place(|| plan(&HostDir(view.path())));
+        view.release().await?;
+        planned
     }
 
     async fn workdir(
@@ -375,20 +397,16 @@ impl StepRunner {
         user: Option<&str>,
         session: &BuildSession,
     ) -> Result<Option<Layer>> {
-        let containerd = self.containerd().await?;
-        let cas = &*self.cas;
-        let chain = containerd.ensure_chain(cas, &spec.parent).await?;
-        let view = containerd.mount_view(chain.as_deref()).await?;
         let mtime = Self::timestamp(spec, session);
-        let plan = tokio::task::block_in_place(|| plan_workdir(path, user, view.path(), mtime));
-        let layer = match plan {
-            Ok(plan) => Self::clamped(plan, spec).write(cas).await,
+        let plan = self.plan_on_parent(spec, |parent| plan_workdir(path, user, parent, mtime)).await;
+        match plan {
+            Ok(plan) => Self::clamped(plan, spec).write(&*self.cas).await,
             Err(e) => Err(e),
-        };
-        view.release().await?;
-        layer
+        }
     }
 }
 
 /// The subdirectory of a state dir with the cache mounts.
 pub const CACHE_MOUNTS_DIR: &str = "cache-mounts";
+/// The subdirectory of a state dir with the layer indexes.
+pub const LAYER_INDEXES_DIR: &str = "layer-indexes";
