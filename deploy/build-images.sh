@@ -87,9 +87,15 @@ build() { # tag dockerfile context
 mkdir -p "$work/context"
 cp "$bin" "$work/context/memobuild"
 build memobuild/memobuild:dev deploy/Dockerfile "$work/context"
-for image in postgres redis s3; do
+for image in postgres redis; do
   build "memobuild/$image:dev" "deploy/images/$image/Dockerfile" "deploy/images/$image"
 done
+# moto's wheels come from the host's pip (Python 3.11 as in bookworm).
+mkdir -p "$work/s3"
+python3 -m pip download -q --dest "$work/s3/wheels" --only-binary=:all: --python-version 3.11 \
+  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+  'moto[s3]==5.2.6' flask flask-cors
+build memobuild/s3:dev deploy/images/s3/Dockerfile "$work/s3"
 
 # 5. What a user checks first: the binary and the runtime tools run in the image.
 want="memobuild $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"

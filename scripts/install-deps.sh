@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(build-essential ca-certificates curl git procps util-linux protobuf-compiler bazel-bootstrap
   containerd runc docker-registry skopeo umoci busybox-static debootstrap openssh-client docker.io
-  python3-venv redis-server iproute2 nftables npm docker-compose)
+  python3-venv redis-server iproute2 nftables npm docker-compose prometheus chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

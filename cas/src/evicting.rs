@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::blob_metadata::BlobMetadata;
 use crate::blob_store::{BlobStore, BlobStream, ByteRange, Usage};
 use crate::clock::Clock;
+use crate::eviction_metrics::EvictionMetrics;
 
 /// Access times are buffered in memory and written in batches of this size.
 const TOUCH_BATCH: usize = 4096;
@@ -46,6 +47,7 @@ pub struct EvictingStore {
     /// Whether a background flush of `touched` is running.
     flushing: Arc<AtomicBool>,
     evicting: tokio::sync::Mutex<()>,
+    metrics: Option<EvictionMetrics>,
 }
 
 /// What one eviction pass did.
@@ -76,7 +78,14 @@ impl EvictingStore {
             touched: Arc::default(),
             flushing: Arc::default(),
             evicting: tokio::sync::Mutex::new(()),
+            metrics: None,
         }
+    }
+
+    /// Counts what eviction removes into `metrics`.
+    pub fn with_metrics(mut self, metrics: EvictionMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Writes buffered access times to the metadata.
@@ -204,6 +213,10 @@ impl EvictingStore {
             }
             let digests: Vec<Digest> = removed.iter().map(|(digest, _)| *digest).collect();
             self.metadata.deleted(&digests, self.clock.now_ms() - DELETION_GRACE_MS).await?;
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.blobs.inc_by(report.blobs);
+            metrics.bytes.inc_by(report.freed_bytes);
         }
         tracing::info!(
             evicted = report.blobs,

@@ -9,11 +9,13 @@ mod action_index_store;
 mod action_results;
 mod blob_metadata;
 mod blob_store;
+mod cache_lookups;
 mod cas_limits;
 mod clock;
 mod directory_check;
 mod env_expand;
 mod evicting;
+mod eviction_metrics;
 mod existence_cached;
 mod filesystem;
 mod grpc_action_cache;
@@ -55,11 +57,13 @@ pub use blob_metadata::{BlobMetadata, BlobPins, EvictionCandidate, EvictionLock}
 pub use blob_store::{
     collect, collect_at_most, get_bytes_at_most, single_chunk, BlobStore, BlobStream, ByteRange, Usage,
 };
+pub use cache_lookups::{CacheKind, CacheLookups};
 pub use cas_limits::{checked_total, CasLimits};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use directory_check::{check_directory, unsafe_name_reason, MAX_DIRECTORY_BYTES};
 pub use env_expand::expand_env;
 pub use evicting::{EvictingStore, EvictionReport};
+pub use eviction_metrics::EvictionMetrics;
 pub use existence_cached::ExistenceCachedStore;
 pub use filesystem::{FilesystemStore, StoredBlob};
 pub use grpc_action_cache::GrpcActionCache;

@@ -1,4 +1,5 @@
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ pub struct PinLeases {
     clock: Arc<dyn Clock>,
     lease: Duration,
     held: Mutex<HashSet<String>>,
+    /// Digests pinned so far (a counter, for metrics).
+    pinned: AtomicU64,
 }
 
 impl std::fmt::Debug for PinLeases {
@@ -34,7 +37,7 @@ impl PinLeases {
     /// Leases over `pins` (every metadata whose evictor must respect them),
     /// renewed in the background until the returned value is dropped.
     pub fn start(pins: Vec<Arc<dyn BlobPins>>, clock: Arc<dyn Clock>, lease: Duration) -> Arc<Self> {
-        let leases = Arc::new(PinLeases { pins, clock, lease, held: Mutex::default() });
+        let leases = Arc::new(PinLeases { pins, clock, lease, held: Mutex::default(), pinned: AtomicU64::new(0) });
         tokio::spawn(renew_until_dropped(Arc::downgrade(&leases)));
         leases
     }
@@ -53,6 +56,7 @@ impl PinLeases {
                 pins.pin(holder, batch, until).await?;
             }
         }
+        self.pinned.fetch_add(digests.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -86,6 +90,16 @@ impl PinLeases {
     /// Whether `holder` is held.
     pub fn holds(&self, holder: &str) -> bool {
         self.held.lock().contains(holder)
+    }
+
+    /// How many holders hold pins now.
+    pub fn holders(&self) -> usize {
+        self.held.lock().len()
+    }
+
+    /// How many digests were pinned since the start (each pin counts).
+    pub fn pinned_total(&self) -> u64 {
+        self.pinned.load(Ordering::Relaxed)
     }
 
     /// Renews every held holder's pins by one lease.

@@ -19,7 +19,8 @@ use crate::store_config::{MetadataConfig, RedisConfig, StoreConfig};
 use crate::store_metrics::StoreMetrics;
 use crate::tiered::TieredStore;
 use crate::{
-    BlobStore, Clock, EvictingStore, FilesystemStore, MemoryStore, S3Settings, S3Store, SqliteMetadata, SystemClock,
+    BlobStore, Clock, EvictingStore, EvictionMetrics, FilesystemStore, MemoryStore, S3Settings, S3Store,
+    SqliteMetadata, SystemClock,
 };
 
 /// Builds store trees from [`StoreConfig`]s. Trees built by one builder
@@ -27,6 +28,7 @@ use crate::{
 pub struct StoreBuilder {
     registry: Registry,
     metrics: OnceCell<StoreMetrics>,
+    eviction: OnceCell<EvictionMetrics>,
     metadata: Mutex<Vec<OpenMetadata>>,
     /// The metadata of every evicting store built: where pins must go.
     evictors: Mutex<Vec<Arc<dyn BlobMetadata>>>,
@@ -45,6 +47,7 @@ impl StoreBuilder {
         StoreBuilder {
             registry,
             metrics: OnceCell::new(),
+            eviction: OnceCell::new(),
             metadata: Mutex::default(),
             evictors: Mutex::default(),
             clock: Arc::new(SystemClock),
@@ -87,7 +90,15 @@ impl StoreBuilder {
                 self.add_evictor(metadata.clone());
                 let low = low_watermark_bytes.unwrap_or(max_bytes / 10 * 8);
                 let inner = Box::pin(self.build(inner)).await?;
-                Arc::new(EvictingStore::new(inner, metadata, self.clock.clone(), *max_bytes, low))
+                let metrics = self
+                    .eviction
+                    .get_or_try_init(|| async { EvictionMetrics::register(&self.registry) })
+                    .await
+                    .map_err(|e| Error::internal(format!("registering eviction metrics: {e}")))?;
+                Arc::new(
+                    EvictingStore::new(inner, metadata, self.clock.clone(), *max_bytes, low)
+                        .with_metrics(metrics.clone()),
+                )
             }
             StoreConfig::S3 { bucket, settings } => Arc::new(s3(&expand_env(bucket)?, settings).await?),
             StoreConfig::S3Shards { buckets, settings } => {

@@ -158,6 +158,40 @@ impl StoreConfig {
     pub async fn build(&self) -> Result<Arc<dyn BlobStore>> {
         StoreBuilder::new(prometheus::Registry::new()).build(self).await
     }
+
+    /// The metadata databases and Redis indexes the tree uses, each once
+    /// (for health checks).
+    pub fn dependencies(&self, metadata: &mut Vec<MetadataConfig>, redis: &mut Vec<RedisConfig>) {
+        fn add<T: Clone + PartialEq>(list: &mut Vec<T>, item: &T) {
+            if !list.contains(item) {
+                list.push(item.clone());
+            }
+        }
+        match self {
+            StoreConfig::Memory
+            | StoreConfig::Filesystem { .. }
+            | StoreConfig::S3 { .. }
+            | StoreConfig::S3Shards { .. } => {}
+            StoreConfig::Evicting { metadata: m, inner, .. } => {
+                add(metadata, m);
+                inner.dependencies(metadata, redis);
+            }
+            StoreConfig::ExistenceCached { metadata: m, redis: r, inner } => {
+                add(metadata, m);
+                if let Some(r) = r {
+                    add(redis, r);
+                }
+                inner.dependencies(metadata, redis);
+            }
+            StoreConfig::ActionIndex { metadata: m } => add(metadata, m),
+            StoreConfig::Sharded { shards } => shards.iter().for_each(|s| s.store.dependencies(metadata, redis)),
+            StoreConfig::Tiered { fast, slow } => {
+                fast.dependencies(metadata, redis);
+                slow.dependencies(metadata, redis);
+            }
+            StoreConfig::Metered { inner, .. } => inner.dependencies(metadata, redis),
+        }
+    }
 }
 
 #[cfg(test)]

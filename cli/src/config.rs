@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use memobuild_cas::{expand_env, CasLimits, MetadataConfig, StoreConfig};
 use memobuild_worker::network::NetworkConfig;
+use memobuild_worker::SandboxConfig;
 use serde::{Deserialize, Serialize};
 
 /// The default byte budget of the embedded CAS.
@@ -19,8 +20,12 @@ pub struct ServerConfig {
     /// The gRPC address (REAPI, ByteStream).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// The HTTP address of `/metrics` and `/healthz`; none when unset.
+    /// The HTTP address of `/metrics`, `/healthz`, `/readyz` and the
+    /// dashboard; none when unset.
     pub admin_listen: Option<SocketAddr>,
+    /// An OTLP/gRPC collector to send traces to, e.g. `http://collector:4317`
+    /// (`--otlp-endpoint` and `OTEL_EXPORTER_OTLP_ENDPOINT` win over it).
+    pub otlp_endpoint: Option<String>,
     /// The content-addressed store.
     pub cas: StoreConfig,
     /// Where action results are kept.
@@ -109,6 +114,10 @@ pub struct WorkerSection {
     /// their default network is laid out (`subnets`, `resolv_conf`).
     #[serde(default)]
     pub network: NetworkConfig,
+    /// The root worker's sandbox for actions: what they see (`read_only`,
+    /// `hidden`), their user and limits.
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
 }
 
 impl SchedulerSection {
@@ -159,6 +168,7 @@ impl WorkerSection {
             dockerfile_steps: true,
             containerd_address: None,
             network: NetworkConfig::default(),
+            sandbox: SandboxConfig::default(),
         }
     }
 }
@@ -201,6 +211,7 @@ impl ServerConfig {
         ServerConfig {
             listen: default_listen(),
             admin_listen: None,
+            otlp_endpoint: None,
             cas: StoreConfig::Evicting {
                 max_bytes: DEFAULT_CAS_BYTES,
                 low_watermark_bytes: None,

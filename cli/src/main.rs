@@ -6,18 +6,28 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use memobuild_cas::MetadataConfig;
 use memobuild_cli::build::{self, BuildArgs, PruneArgs};
+use memobuild_cli::cluster::{self, BuildsCommand};
 use memobuild_cli::config::{default_state_dir, OperationStoreConfig, SchedulerSection, ServerConfig, WorkerSection};
 use memobuild_cli::credentials::ClientArgs;
 use memobuild_cli::graph::{self, GraphFormat};
-use memobuild_cli::remote::{self, RemoteCommand};
+use memobuild_cli::remote::{self, Endpoint, RemoteCommand};
 use memobuild_cli::security::{Security, ServerSecurityArgs};
 use memobuild_cli::server::{self, Listeners};
+use memobuild_cli::telemetry::{LogFormat, Telemetry};
 use tokio::net::TcpListener;
 
 /// MemoBuild: container image builds and a Remote Execution API cluster.
 #[derive(Parser)]
 #[command(name = "memobuild", version, about)]
 struct Cli {
+    /// How log lines are written: text, or json (one object per line, with
+    /// the build, step and operation of the spans around it).
+    #[arg(long, global = true, value_enum, env = "MEMOBUILD_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    /// Send traces to this OTLP/gRPC collector, e.g. http://collector:4317
+    /// (a server's config may set `otlp_endpoint` instead).
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,6 +49,23 @@ enum Command {
         #[command(subcommand)]
         command: RemoteCommand,
     },
+    /// The cluster at a glance: queue, workers' slots, builds, step cache.
+    Status {
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// The cluster's workers and their load.
+    Workers {
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// List, inspect or cancel the cluster's builds.
+    Builds {
+        #[command(subcommand)]
+        command: BuildsCommand,
+    },
+    /// Print a completion script for a shell (bash, zsh, fish, ...).
+    Completions { shell: clap_complete::Shell },
     /// Tell why the steps of the last build of a Dockerfile missed the cache.
     ExplainCache(BuildArgs),
     /// Print a Dockerfile's build graph (stages, steps, keys) without building.
@@ -83,7 +110,7 @@ struct SchedulerArgs {
     /// gRPC address to listen on [default: 127.0.0.1:8981].
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
-    /// HTTP address for /metrics and /healthz.
+    /// HTTP address for /metrics, /healthz and /readyz.
     #[arg(long)]
     admin_listen: Option<std::net::SocketAddr>,
     /// The CAS role, e.g. grpc://cas:8980.
@@ -121,7 +148,7 @@ struct WorkerArgs {
     /// given here override it.
     #[arg(long, env = "MEMOBUILD_CONFIG", conflicts_with = "state_dir")]
     config: Option<PathBuf>,
-    /// HTTP address for /metrics and /healthz.
+    /// HTTP address for /metrics, /healthz and /readyz.
     #[arg(long)]
     admin_listen: Option<std::net::SocketAddr>,
     /// The scheduler to serve, e.g. grpc://scheduler:8981.
@@ -177,7 +204,7 @@ struct ServerArgs {
     /// gRPC address to listen on [default: 127.0.0.1:8980].
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
-    /// HTTP address for /metrics and /healthz.
+    /// HTTP address for /metrics, /healthz and /readyz.
     #[arg(long)]
     admin_listen: Option<std::net::SocketAddr>,
     /// Where embedded state lives when no --config is given
@@ -245,19 +272,33 @@ async fn run() -> anyhow::Result<()> {
     let default_level = match cli.command {
         Command::Build(_)
         | Command::Remote { .. }
+        | Command::Status { .. }
+        | Command::Workers { .. }
+        | Command::Builds { .. }
+        | Command::Completions { .. }
         | Command::ExplainCache(_)
         | Command::Graph(_)
         | Command::Prune(_) => "warn",
         _ => "info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MEMOBUILD_LOG").unwrap_or_else(|_| default_level.into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    match cli.command {
+    let (service, config_otlp) = match &cli.command {
+        Command::Server(args) | Command::Cas(args) => {
+            let configured = args.config.as_deref().and_then(|path| ServerConfig::load(path).ok());
+            ("memobuild-server", configured.and_then(|c| c.otlp_endpoint))
+        }
+        Command::Scheduler(_) => ("memobuild-scheduler", None),
+        Command::Worker(_) => ("memobuild-worker", None),
+        _ => ("memobuild", None),
+    };
+    let otlp = cli.otlp_endpoint.clone().or(config_otlp);
+    let telemetry = Telemetry::init(default_level, cli.log_format, otlp.as_deref(), service)?;
+    let result = dispatch(cli.command).await;
+    telemetry.shutdown();
+    result
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Build(args) => {
             let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
             let quiet = args.quiet;
@@ -273,6 +314,18 @@ async fn run() -> anyhow::Result<()> {
             if let Some(text) = remote::run(command).await? {
                 std::io::stdout().write_all(format!("{text}\n").as_bytes())?;
             }
+            Ok(())
+        }
+        Command::Status { endpoint } => print(cluster::status_text(&endpoint).await?),
+        Command::Workers { endpoint } => print(cluster::workers_text(&endpoint).await?),
+        Command::Builds { command } => match cluster::builds(command).await? {
+            Some(text) => print(text),
+            None => Ok(()),
+        },
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "memobuild", &mut script);
+            std::io::stdout().write_all(&script)?;
             Ok(())
         }
         Command::ExplainCache(args) => {
@@ -344,6 +397,11 @@ async fn run() -> anyhow::Result<()> {
                 .context("memobuild worker")
         }
     }
+}
+
+fn print(text: String) -> anyhow::Result<()> {
+    std::io::stdout().write_all(format!("{text}\n").as_bytes())?;
+    Ok(())
 }
 
 /// Where `memobuild scheduler` listens without --config or --listen.

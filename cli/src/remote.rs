@@ -21,6 +21,7 @@ use memobuild_proto::build::{
 use memobuild_proto::Digest;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::build::{anyhow_of, cancel_on_signals, render, write_results, BuildArgs, BuildInputs, ProgressMode};
 use crate::config::default_state_dir;
@@ -79,10 +80,15 @@ pub struct RemoteBuildArgs {
 /// Runs a `memobuild remote` command; returns what to print on stdout.
 pub async fn run(command: RemoteCommand) -> anyhow::Result<Option<String>> {
     match command {
-        RemoteCommand::Build(args) => build(*args).await,
+        RemoteCommand::Build(args) => {
+            // The build's id joins the span once the cluster accepts it.
+            let span = tracing::info_span!("remote_build", build = tracing::field::Empty);
+            build(*args).instrument(span).await
+        }
         RemoteCommand::Attach { build_id, endpoint, progress } => {
             let mut client = BuildServiceClient::new(channel(&endpoint)?);
-            let request = WatchRequest { instance_name: endpoint.instance.clone(), build_id: build_id.clone() };
+            let request =
+                WatchRequest { instance_name: endpoint.instance.clone(), build_id: build_id.clone(), no_follow: false };
             let events = client.watch(request).await.map_err(status)?.into_inner();
             let mode = progress.resolve(std::io::IsTerminal::is_terminal(&std::io::stderr()));
             let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
@@ -113,14 +119,14 @@ pub async fn run(command: RemoteCommand) -> anyhow::Result<Option<String>> {
     }
 }
 
-fn channel(endpoint: &Endpoint) -> anyhow::Result<GrpcChannel> {
+pub(crate) fn channel(endpoint: &Endpoint) -> anyhow::Result<GrpcChannel> {
     let credentials = endpoint.client.credentials()?;
     grpc_channel_with(&endpoint.endpoint, &credentials)
         .map_err(anyhow_of)
         .with_context(|| format!("--endpoint {}", endpoint.endpoint))
 }
 
-fn status(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn status(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", status.message())
 }
 
@@ -145,6 +151,10 @@ async fn build(args: RemoteBuildArgs) -> anyhow::Result<Option<String>> {
     tracing::info!(blobs = uploaded.blobs, bytes = uploaded.bytes, "uploaded the build context");
     let request = request(build, &inputs, &args.endpoint.instance).await?;
     let mut client = BuildServiceClient::new(channel);
+    let mut request = tonic::Request::new(request);
+    if let Some(parent) = memobuild_proto::trace_parent::current().and_then(|p| p.parse().ok()) {
+        request.metadata_mut().insert(memobuild_proto::trace_parent::TRACEPARENT, parent);
+    }
     let events = client.build(request).await.map_err(status)?.into_inner();
     if args.detach {
         return Ok(Some(accepted_id(events).await?));
@@ -325,7 +335,11 @@ async fn follow(
             break Err(anyhow::anyhow!("the cluster ended the build stream early (build {build_id})"));
         };
         match &event.kind {
-            Some(Kind::Accepted(accepted)) => build_id = accepted.build_id.clone(),
+            Some(Kind::Accepted(accepted)) => {
+                build_id = accepted.build_id.clone();
+                tracing::Span::current().record("build", build_id.as_str());
+                tracing::info!("the cluster accepted the build");
+            }
             Some(Kind::Result(result)) => break Ok(result.clone()),
             Some(Kind::BuildFailed(failed)) => break Err(anyhow::anyhow!("{}", failed.message)),
             _ => {}

@@ -9,8 +9,8 @@ use anyhow::Context;
 use memobuild_auth::{AuthLayer, Capability};
 use memobuild_cas::service::{cas_routes, CapabilitiesService, CasMetrics, CasState};
 use memobuild_cas::{
-    grpc_channel_with, ActionCache, BlobStore, CasLimits, ClientCredentials, GrpcActionCache, GrpcChannel, GrpcStore,
-    MetadataConfig, PinLeases, SystemClock, VerifiedStore,
+    expand_env, grpc_channel_with, ActionCache, BlobStore, CasLimits, ClientCredentials, GrpcActionCache, GrpcChannel,
+    GrpcStore, MetadataConfig, MeteredStore, PinLeases, StoreConfig, StoreMetrics, SystemClock, VerifiedStore,
 };
 use memobuild_engine::NetworkPolicy;
 use memobuild_proto::reapi::capabilities_server::CapabilitiesServer;
@@ -21,15 +21,17 @@ use memobuild_scheduler::{
     PostgresOperationStore, Scheduler, SchedulerConfig, SchedulerMetrics, SqliteBuildStore, SqliteOperationStore,
 };
 use memobuild_worker::steps::{StepActions, StepRunner};
-use memobuild_worker::{run_worker, ActionExecutor, Executors, HostRunner, WorkerIdentity};
+use memobuild_worker::{run_worker, ActionExecutor, Executors, HostRunner, WorkerIdentity, WorkerMonitor};
 use prometheus::core::Collector;
-use prometheus::{IntGauge, Registry};
+use prometheus::{IntCounter, IntGauge, Registry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
-use crate::admin;
+use crate::admin::{self, Admin};
 use crate::config::{OperationStoreConfig, SchedulerSection, ServerConfig, WorkerSection};
+use crate::dashboard::Dashboard;
+use crate::health::{ContainerdCheck, DatabaseCheck, Health, RedisCheck, StoreCheck, WorkerLinkCheck};
 use crate::request_layer::RequestLayer;
 use crate::security::Security;
 
@@ -75,10 +77,19 @@ pub async fn run(
         metrics: CasMetrics::register(&registry)?,
         limits: config.limits,
     };
-    register_usage(&registry, cas_store)?;
+    register_usage(&registry, cas_store.clone())?;
     let pins = pin_leases(&stores);
+    if let Some(pins) = &pins {
+        register_pins(&registry, pins.clone())?;
+    }
     let security = Security::from_config(config.auth.as_ref(), config.tls.as_ref())?;
-    let node = Node { state, scheduler: config.scheduler, worker: config.worker, registry, security, pins };
+    let mut health = Health::new(if config.scheduler.is_some() { "server" } else { "cas" });
+    health.add(StoreCheck { name: "cas".into(), store: cas_store });
+    add_store_dependencies(&mut health, &[&config.cas, &config.action_cache])?;
+    if let Some(section) = &config.scheduler {
+        health.add(database_check("scheduler state", &section.store)?);
+    }
+    let node = Node { state, scheduler: config.scheduler, worker: config.worker, registry, security, pins, health };
     node.serve(listeners, shutdown).await
 }
 
@@ -116,13 +127,16 @@ pub async fn run_scheduler(
         stores.pin_in(metadata).await.context("opening the CAS metadata to pin blobs in")?;
     }
     let pins = pin_leases(&stores);
-    let node = Node { state, scheduler: Some(scheduler), worker: None, registry, security, pins };
+    let mut health = Health::new("scheduler");
+    health.add(StoreCheck { name: "cas".into(), store: state.cas.clone() });
+    health.add(database_check("scheduler state", &scheduler.store)?);
+    let node = Node { state, scheduler: Some(scheduler), worker: None, registry, security, pins, health };
     node.serve(listeners, shutdown).await
 }
 
 /// The worker role: runs actions for the scheduler at `scheduler`, with
 /// blobs from the CAS at `cas`, until `shutdown` completes, presenting
-/// `credentials` to both; `/metrics` and `/healthz` on `admin` if given.
+/// `credentials` to both; `/metrics`, `/healthz` and `/readyz` on `admin`.
 pub async fn run_worker_role(
     scheduler: &str,
     cas: &str,
@@ -133,13 +147,23 @@ pub async fn run_worker_role(
 ) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     cancel_on(shutdown, token.clone());
+    let registry = Registry::new();
+    let remote: Arc<dyn BlobStore> = Arc::new(GrpcStore::connect_with(cas, "", credentials)?);
+    let store = Arc::new(MeteredStore::new(remote, "cas", StoreMetrics::register(&registry)?));
+    let mut health = Health::new("worker");
+    health.add(StoreCheck { name: "cas".into(), store: store.clone() });
+    let channel = grpc_channel_with(scheduler, credentials)?;
+    let worker = worker(&section, store, channel, (&registry, &mut health), token.clone()).await?;
+    let health = Arc::new(health);
     if let Some(listener) = admin {
-        tracing::info!(address = %listener.local_addr()?, "admin listening (/metrics, /healthz)");
-        tokio::spawn(admin::serve(listener, Registry::new(), token.clone().cancelled_owned()));
+        tracing::info!(address = %listener.local_addr()?, "admin listening (/metrics, /healthz, /readyz)");
+        let admin = Admin { registry, health: health.clone(), dashboard: None };
+        tokio::spawn(admin::serve(listener, admin, token.clone().cancelled_owned()));
     }
-    let store = Arc::new(GrpcStore::connect_with(cas, "", credentials)?);
-    let worker = worker(&section, store, grpc_channel_with(scheduler, credentials)?, token).await?;
-    worker.await.context("worker")
+    health.set_serving(true);
+    let result = worker.await.context("worker");
+    health.set_serving(false);
+    result
 }
 
 /// What one process serves.
@@ -151,6 +175,7 @@ struct Node {
     security: Security,
     /// Where the scheduler pins what queued and running work needs.
     pins: Option<Arc<PinLeases>>,
+    health: Health,
 }
 
 impl Node {
@@ -159,13 +184,15 @@ impl Node {
         listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Node { state, scheduler: scheduler_section, worker: worker_section, registry, security, pins } = self;
+        let Node { state, scheduler: scheduler_section, worker: worker_section, registry, security, pins, mut health } =
+            self;
         let scheduler = match &scheduler_section {
             Some(section) => Some(start_scheduler(section, &state, &registry, pins).await?),
             None => None,
         };
         let capabilities = CapabilitiesService::new(scheduler.as_ref().map(|_| execution_capabilities()));
         let mut routes = cas_routes(&state).add_service(CapabilitiesServer::new(capabilities));
+        let mut dashboard = None;
         if let (Some(scheduler), Some(section)) = (&scheduler, &scheduler_section) {
             routes = add_execution_services(routes, scheduler);
             let store = build_store(&section.store).await?;
@@ -181,13 +208,10 @@ impl Node {
             .await
             .context("starting the build service")?;
             routes = add_build_service(routes, &builds);
+            dashboard = Some(Arc::new(Dashboard::new(builds.clone(), state.metrics.lookups.clone())));
         }
         let token = CancellationToken::new();
         cancel_on(shutdown, token.clone());
-        if let Some(listener) = listeners.admin {
-            tracing::info!(address = %listener.local_addr()?, "admin listening (/metrics, /healthz)");
-            tokio::spawn(admin::serve(listener, registry.clone(), token.clone().cancelled_owned()));
-        }
         let address = listeners.grpc.local_addr()?;
         security.warn_if_open(address);
         let request_layer = RequestLayer::new(&registry)?;
@@ -202,15 +226,24 @@ impl Node {
                 token.clone(),
             )
             .await?;
-            let worker = worker(section, state.cas.clone(), channel, token.clone()).await?;
+            let worker = worker(section, state.cas.clone(), channel, (&registry, &mut health), token.clone()).await?;
             in_process_worker = Some(tokio::spawn(async move {
                 if let Err(e) = worker.await {
                     tracing::error!(error = %e, "worker stopped");
                 }
             }));
         }
+        let health = Arc::new(health);
+        if let Some(listener) = listeners.admin {
+            tracing::info!(address = %listener.local_addr()?, "admin listening (/metrics, /healthz, /readyz)");
+            let admin = Admin { registry: registry.clone(), health: health.clone(), dashboard };
+            tokio::spawn(admin::serve(listener, admin, token.clone().cancelled_owned()));
+        }
         tracing::info!(tls = security.tls.is_some(), auth = security.authenticator.is_some(), %address, "memobuild listening");
-        serve_grpc(routes, listeners.grpc, security.tls.clone(), (request_layer, auth_layer), token).await?;
+        health.set_serving(true);
+        let served = serve_grpc(routes, listeners.grpc, security.tls.clone(), (request_layer, auth_layer), token).await;
+        health.set_serving(false);
+        served?;
         // The worker stops with the token; let it clean up (its containerd).
         if let Some(worker) = in_process_worker {
             let _ = worker.await;
@@ -302,6 +335,63 @@ fn pin_leases(stores: &memobuild_cas::StoreBuilder) -> Option<Arc<PinLeases>> {
     (!pins.is_empty()).then(|| PinLeases::start(pins, Arc::new(SystemClock), PIN_LEASE))
 }
 
+/// Checks of the databases and Redis indexes the store trees use.
+fn add_store_dependencies(health: &mut Health, trees: &[&StoreConfig]) -> anyhow::Result<()> {
+    let (mut metadata, mut redis) = (Vec::new(), Vec::new());
+    for tree in trees {
+        tree.dependencies(&mut metadata, &mut redis);
+    }
+    for m in metadata {
+        health.add(match m {
+            MetadataConfig::Sqlite { path } => DatabaseCheck::sqlite("blob metadata", path),
+            MetadataConfig::Postgres { url, .. } => {
+                DatabaseCheck::postgres("blob metadata", &expand_env(&url)?).map_err(anyhow::Error::msg)?
+            }
+        });
+    }
+    for r in redis {
+        health.add(RedisCheck::new(&expand_env(&r.url)?).map_err(anyhow::Error::msg)?);
+    }
+    Ok(())
+}
+
+/// The check of where the scheduler keeps operations and builds.
+fn database_check(what: &str, store: &OperationStoreConfig) -> anyhow::Result<DatabaseCheck> {
+    Ok(match store {
+        OperationStoreConfig::Sqlite { path } => DatabaseCheck::sqlite(what, path.clone()),
+        OperationStoreConfig::Postgres { url, .. } => DatabaseCheck::postgres(what, url).map_err(anyhow::Error::msg)?,
+    })
+}
+
+/// `memobuild_pin_holders` (work holding pins now) and
+/// `memobuild_pinned_blobs_total`, read from the leases at each scrape.
+fn register_pins(registry: &Registry, pins: Arc<PinLeases>) -> anyhow::Result<()> {
+    let holders = IntGauge::new("memobuild_pin_holders", "Operations and builds holding pins against eviction")?;
+    let pinned = IntCounter::new("memobuild_pinned_blobs_total", "Blob pins taken against eviction")?;
+    registry.register(Box::new(PinCollector { pins, holders, pinned }))?;
+    Ok(())
+}
+
+/// The pin series, read from the leases at each scrape.
+struct PinCollector {
+    pins: Arc<PinLeases>,
+    holders: IntGauge,
+    pinned: IntCounter,
+}
+
+impl Collector for PinCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.holders.desc().into_iter().chain(self.pinned.desc()).collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.holders.set(self.pins.holders() as i64);
+        let total = self.pins.pinned_total();
+        self.pinned.inc_by(total.saturating_sub(self.pinned.get()));
+        self.holders.collect().into_iter().chain(self.pinned.collect()).collect()
+    }
+}
+
 /// Gauges of what the local CAS holds, refreshed at each scrape.
 fn register_usage(registry: &Registry, store: Arc<dyn BlobStore>) -> anyhow::Result<()> {
     let bytes = IntGauge::new("memobuild_cas_stored_bytes", "Bytes held by the CAS")?;
@@ -354,7 +444,7 @@ async fn start_scheduler(
         pins,
         ..Default::default()
     };
-    let metrics = SchedulerMetrics::register(registry)?;
+    let metrics = SchedulerMetrics::register(registry, state.metrics.lookups.clone())?;
     let scheduler =
         Scheduler::start(config, state.cas.clone(), state.action_cache.clone(), store, Arc::new(SystemClock), metrics)
             .await
@@ -368,9 +458,14 @@ async fn worker(
     section: &WorkerSection,
     cas: Arc<dyn BlobStore>,
     scheduler: GrpcChannel,
+    (registry, health): (&Registry, &mut Health),
     shutdown: CancellationToken,
 ) -> anyhow::Result<impl Future<Output = memobuild_proto::Result<()>>> {
-    let runner = Arc::new(HostRunner::new());
+    // The worker's own state stays out of sight also where a read-only
+    // directory would show it.
+    let mut sandbox = section.sandbox.clone();
+    sandbox.hidden.push(section.work_dir.clone());
+    let runner = Arc::new(HostRunner::with_config(sandbox));
     runner.check().await.context("checking the worker's sandbox")?;
     let executor = ActionExecutor::new(cas.clone(), section.work_dir.clone(), section.cache_max_bytes, runner)
         .await
@@ -384,6 +479,11 @@ async fn worker(
         ))
     });
     let steps = runner.clone().map(|runner| Arc::new(StepActions::new(runner, cas)));
+    let monitor = WorkerMonitor::new(Some(registry))?;
+    health.add(WorkerLinkCheck { monitor: monitor.clone() });
+    if let Some(runner) = &runner {
+        health.add(ContainerdCheck { runner: runner.clone() });
+    }
     let executors = Executors { actions: Arc::new(executor), steps };
     let slots =
         section.slots.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1));
@@ -398,7 +498,7 @@ async fn worker(
         slots,
     };
     Ok(async move {
-        let result = run_worker(identity, executors, scheduler, shutdown).await;
+        let result = run_worker(identity, executors, scheduler, monitor, shutdown).await;
         // A private containerd the steps started stops with the worker.
         let stopped = match runner {
             Some(runner) => runner.shutdown().await,

@@ -74,6 +74,7 @@ fn every_config() -> Vec<ServerConfig> {
     worker.containerd_address = Some("/c.sock".into());
     let full = ServerConfig {
         admin_listen: Some("127.0.0.1:9090".parse().unwrap()),
+        otlp_endpoint: Some("http://collector:4317".into()),
         worker: Some(worker),
         auth: Some(AuthSection { principals_file: "/p.toml".into() }),
         tls: Some(TlsSection { cert: "/c".into(), key: "/k".into(), client_ca: Some("/ca".into()) }),

@@ -248,7 +248,11 @@ fn the_host_network_needs_the_entitlement() {
     }
     let unknown = project("RUN true\n").build(&["--allow", "security.everything"]);
     assert!(!unknown.ok());
-    assert!(unknown.stderr().contains("the only entitlement is network.host"), "{}", unknown.stderr());
+    assert!(
+        unknown.stderr().contains("the entitlements are network.host and security.insecure"),
+        "{}",
+        unknown.stderr()
+    );
 }
 
 /// `memobuild remote build` against `server`, writing the image to the project.

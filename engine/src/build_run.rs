@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
-use memobuild_frontend::{BuildGraph, NetworkMode, Origin, Stage, StageBase, Step, StepDefinition};
+use memobuild_frontend::{BuildGraph, NetworkMode, Origin, SecurityMode, Stage, StageBase, Step, StepDefinition};
 use memobuild_oci::Layer;
 use memobuild_proto::build::BuildEvent;
 use memobuild_proto::{Error, Result};
@@ -18,7 +18,10 @@ use crate::base_images::ResolvedImage;
 use crate::build_record::StepRecord;
 use crate::image_state::{History, ImageState, DEFAULT_PATH};
 use crate::run_command::run_argv;
-use crate::{BuildSession, EngineStores, EventSender, StepAction, StepExecutor, StepSpec, StepTask, HOST_ENTITLEMENT};
+use crate::{
+    BuildSession, EngineStores, EventSender, StepAction, StepExecutor, StepSpec, StepTask, HOST_ENTITLEMENT,
+    INSECURE_ENTITLEMENT,
+};
 
 /// How the build runs.
 pub struct BuildSettings {
@@ -31,6 +34,8 @@ pub struct BuildSettings {
     pub network: NetworkMode,
     /// `--allow network.host`: RUN steps may use the host's network.
     pub host_network_allowed: bool,
+    /// `--allow security.insecure`: `RUN --security=insecure` may run.
+    pub insecure_allowed: bool,
 }
 
 impl BuildSettings {
@@ -72,7 +77,7 @@ pub struct BuildRun {
 impl BuildRun {
     /// Builds every stage of the graph; returns the target stage's state.
     pub async fn run(self: Arc<Self>) -> Result<StageResult> {
-        self.check_networks()?;
+        self.check_entitlements()?;
         let mut stages: HashMap<usize, StageFuture> = HashMap::new();
         let first_error: Arc<Mutex<Option<Error>>> = Arc::default();
         for stage in &self.graph.stages {
@@ -112,12 +117,17 @@ impl BuildRun {
 
     /// Fails before any step runs when a RUN asks for a network the build's
     /// entitlements or the executor's policy do not allow.
-    fn check_networks(&self) -> Result<()> {
+    fn check_entitlements(&self) -> Result<()> {
         let policy = self.executor.network_policy();
         for step in self.graph.stages.iter().flat_map(|s| &s.steps) {
-            let StepDefinition::Run { network, .. } = &step.definition else { continue };
+            let StepDefinition::Run { network, security, .. } = &step.definition else { continue };
             let mode = self.settings.network_of(*network);
-            let refusal = if mode == NetworkMode::Host && !self.settings.host_network_allowed {
+            let refusal = if *security == SecurityMode::Insecure && !self.settings.insecure_allowed {
+                Some(format!(
+                    "RUN --security=insecure needs the {INSECURE_ENTITLEMENT} entitlement: add --allow \
+                     {INSECURE_ENTITLEMENT}"
+                ))
+            } else if mode == NetworkMode::Host && !self.settings.host_network_allowed {
                 Some(format!(
                     "the host's network needs the {HOST_ENTITLEMENT} entitlement: add --allow {HOST_ENTITLEMENT}"
                 ))

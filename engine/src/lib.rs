@@ -36,7 +36,9 @@ pub use export::{image_id, metadata, write_iidfile, write_metadata_file, write_o
 pub use host_entry::HostEntry;
 pub use image_build::{BuiltOutput, ImageBuild};
 pub use image_state::rfc3339;
-pub use network_policy::{network_hint, parse_entitlement, parse_network, NetworkPolicy, HOST_ENTITLEMENT};
+pub use network_policy::{
+    network_hint, parse_entitlement, parse_network, NetworkPolicy, HOST_ENTITLEMENT, INSECURE_ENTITLEMENT,
+};
 pub use output_spec::OutputSpec;
 pub use remote_file_note::RemoteFileNote;
 pub use remote_source::source_key;

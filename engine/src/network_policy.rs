@@ -14,16 +14,19 @@ pub fn parse_network(text: &str) -> Result<NetworkMode, String> {
     }
 }
 
-/// The entitlement `--allow` grants. Only `network.host` is known.
+/// The entitlement `--allow` grants: `network.host` or `security.insecure`.
 pub fn parse_entitlement(text: &str) -> Result<String, String> {
     match text {
-        HOST_ENTITLEMENT => Ok(text.to_string()),
-        other => Err(format!("--allow {other:?}: the only entitlement is {HOST_ENTITLEMENT}")),
+        HOST_ENTITLEMENT | INSECURE_ENTITLEMENT => Ok(text.to_string()),
+        other => Err(format!("--allow {other:?}: the entitlements are {HOST_ENTITLEMENT} and {INSECURE_ENTITLEMENT}")),
     }
 }
 
 /// The entitlement RUN steps with the host's network need.
 pub const HOST_ENTITLEMENT: &str = "network.host";
+/// The entitlement `RUN --security=insecure` needs (every capability, no
+/// seccomp filter).
+pub const INSECURE_ENTITLEMENT: &str = "security.insecure";
 
 /// What a worker lets RUN steps reach (`[worker.network]` in its config).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,7 +101,8 @@ mod tests {
         assert_eq!(parse_network("default").unwrap(), NetworkMode::Default);
         assert!(parse_network("bridge").unwrap_err().contains("\"bridge\""));
         assert_eq!(parse_entitlement("network.host").unwrap(), "network.host");
-        assert!(parse_entitlement("security.insecure").unwrap_err().contains("network.host"));
+        assert_eq!(parse_entitlement("security.insecure").unwrap(), "security.insecure");
+        assert!(parse_entitlement("device").unwrap_err().contains("network.host and security.insecure"));
     }
 
     #[test]

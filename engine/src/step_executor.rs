@@ -103,6 +103,8 @@ impl BuildSession {
             downloads: self.downloads.iter().map(|(url, digest)| (url.clone(), BlobDigest::of(digest))).collect(),
             timestamp: self.timestamp,
             uncached_env: task.uncached_env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            build_id: String::new(),
+            trace_parent: memobuild_proto::trace_parent::current().unwrap_or_default(),
         }
     }
 }

@@ -74,7 +74,7 @@ async fn write(image: &BuiltImage, store: &dyn BlobStore, dest: &Path, tags: &[S
     }
     blobs.insert(blob_path(&config_digest), None);
     let config = image.config.clone();
-    write_tar_atomically(dest, |mut tar| async move {
+    write_tar_atomically(dest, None, |mut tar| async move {
         tar.directory("blobs/").await?;
         tar.directory("blobs/sha256/").await?;
         for (path, blob) in &blobs {

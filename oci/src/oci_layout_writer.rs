@@ -13,6 +13,7 @@ use crate::blob_io::oci_digest;
 use crate::built_image::BuiltImage;
 use crate::image_reference::ImageReference;
 use crate::manifest::{OCI_INDEX, OCI_MANIFEST};
+use crate::output_mark::OutputMark;
 use crate::tar_stream::TarStream;
 
 /// `org.opencontainers.image.ref.name`
@@ -32,6 +33,16 @@ pub enum OciDestination {
 enum Content {
     Bytes(Bytes),
     Blob(Digest),
+}
+
+impl Content {
+    /// What identifies the content: its digest.
+    fn id(&self) -> String {
+        match self {
+            Content::Bytes(data) => Digest::of(memobuild_proto::DigestFunction::Sha256, data).to_string(),
+            Content::Blob(digest) => digest.to_string(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -100,8 +111,10 @@ fn layout_files(image: &BuiltImage, tags: &[String]) -> Result<Vec<(String, Cont
 
 /// Writes `image` as an OCI image layout at `dest`, atomically (a temporary
 /// sibling renamed into place) and deterministically (a tar's entries are
-/// sorted, with mtime 0 and owner 0). A directory destination may exist
-/// only when empty or already an OCI layout, which is then replaced.
+/// sorted, with mtime 0 and owner 0). A tar that MemoBuild wrote with the
+/// same content and that nothing changed since is left as it is (see
+/// [`OutputMark`]). A directory destination may exist only when empty or
+/// already an OCI layout, which is then replaced.
 pub async fn write_oci_layout(
     image: &BuiltImage,
     store: &dyn BlobStore,
@@ -115,7 +128,12 @@ pub async fn write_oci_layout(
             .with_context(|| format!("writing OCI layout directory {}", path.display())),
         OciDestination::Tar(path) => {
             let dirs = ["blobs/", "blobs/sha256/"];
-            write_tar_atomically(path, |tar| async move { write_entries(tar, &dirs, &files, store).await })
+            let mark =
+                OutputMark::of("oci-layout-tar", files.iter().map(|(name, content)| (name.as_str(), content.id())));
+            if mark.is_on(path) {
+                return Ok(());
+            }
+            write_tar_atomically(path, Some(&mark), |tar| async move { write_entries(tar, &dirs, &files, store).await })
                 .await
                 .with_context(|| format!("writing OCI layout tar {}", path.display()))
         }
@@ -140,8 +158,9 @@ async fn write_entries(
     Ok(tar)
 }
 
-/// Creates the tar in a temporary file beside `dest` and renames it there.
-pub(crate) async fn write_tar_atomically<F, Fut>(dest: &Path, fill: F) -> Result<()>
+/// Creates the tar in a temporary file beside `dest` and renames it there,
+/// with `mark` on it when given.
+pub(crate) async fn write_tar_atomically<F, Fut>(dest: &Path, mark: Option<&OutputMark>, fill: F) -> Result<()>
 where
     F: FnOnce(TarStream<tokio::fs::File>) -> Fut,
     Fut: std::future::Future<Output = Result<TarStream<tokio::fs::File>>>,
@@ -153,6 +172,9 @@ where
     file.flush().await?;
     file.sync_all().await?;
     set_mode(temp.path(), 0o644)?;
+    if let Some(mark) = mark {
+        mark.put_on(temp.path());
+    }
     temp.persist(dest).map_err(|e| Error::from(e.error))?;
     Ok(())
 }
@@ -185,6 +207,9 @@ async fn write_directory(files: &[(String, Content)], store: &dyn BlobStore, des
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(e.into()),
     };
+    if replaced && !dest.join("blobs").is_symlink() && !dest.join("blobs/sha256").is_symlink() {
+        return update_directory(files, store, dest).await;
+    }
     let parent = parent_of(dest);
     let temp = tempfile::Builder::new().prefix(".memobuild-").tempdir_in(parent)?;
     set_mode(temp.path(), 0o755)?;
@@ -208,6 +233,54 @@ async fn write_directory(files: &[(String, Content)], store: &dyn BlobStore, des
         drop(old);
     } else {
         std::fs::rename(temp.keep(), dest)?;
+    }
+    Ok(())
+}
+
+/// Brings an existing OCI layout directory to `files`: a blob MemoBuild
+/// wrote there before and that nothing changed since (see [`OutputMark`])
+/// stays, other files are written beside their place and renamed into it
+/// (blobs first, so `index.json` never names a missing blob), then blobs
+/// no longer named go.
+async fn update_directory(files: &[(String, Content)], store: &dyn BlobStore, dest: &Path) -> Result<()> {
+    let blobs = dest.join("blobs/sha256");
+    tokio::fs::create_dir_all(&blobs).await?;
+    let mut kept = std::collections::HashSet::new();
+    for (path, content) in files {
+        let target = dest.join(path);
+        let mark = OutputMark::of("oci-layout-file", [(path.as_str(), content.id())]);
+        if let Some(name) = path.strip_prefix("blobs/sha256/") {
+            kept.insert(name.to_string());
+            if mark.is_on(&target) {
+                continue;
+            }
+        }
+        let temp = tempfile::Builder::new().prefix(".memobuild-").tempfile_in(parent_of(&target))?;
+        let mut file = tokio::fs::File::from_std(temp.as_file().try_clone()?);
+        match content {
+            Content::Bytes(data) => {
+                file.write_all(data).await?;
+                file.flush().await?;
+            }
+            Content::Blob(digest) => {
+                BlobFile { file }.copy_from(store, digest).await.with_context(|| format!("writing {path}"))?
+            }
+        }
+        set_mode(temp.path(), 0o644)?;
+        mark.put_on(temp.path());
+        temp.persist(&target).map_err(|e| Error::from(e.error))?;
+    }
+    for entry in std::fs::read_dir(&blobs)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !kept.contains(&name) {
+            let path = entry.path();
+            let removed = match entry.file_type()?.is_dir() {
+                true => std::fs::remove_dir_all(&path),
+                false => std::fs::remove_file(&path),
+            };
+            removed.with_context(|| format!("removing {}", path.display()))?;
+        }
     }
     Ok(())
 }

@@ -137,8 +137,20 @@ async fn writes_layouts_as_directory_and_tar() {
     assert_eq!(index["manifests"][0]["annotations"]["io.containerd.image.name"], "example.com/app:v1");
     assert_eq!(index["manifests"][1]["annotations"]["org.opencontainers.image.ref.name"], "v2");
     assert_eq!(index["manifests"][1]["digest"], image.manifest_digest());
-    // Writing over an existing layout replaces it; over another directory is refused.
+    // Writing over an existing layout brings it up to date: a blob changed
+    // since is written again, one no longer named goes; over another
+    // directory is refused.
+    let layer_blob = layout.join("blobs/sha256").join(image.layers[0].blob.hex());
+    let mut data = std::fs::read(&layer_blob).unwrap();
+    let middle = data.len() / 2;
+    data[middle] ^= 1;
+    std::fs::write(&layer_blob, data).unwrap();
+    std::fs::write(layout.join("blobs/sha256/stale"), b"old").unwrap();
     write_oci_layout(&image, &store, &OciDestination::Directory(layout.clone()), &tags).await.unwrap();
+    assert!(!layout.join("blobs/sha256/stale").exists());
+    check_layout(&layout, &dir.path().join("bundle3"));
+    let back = read_oci_layout(&layout, Some("v1"), "linux/amd64", &common::store(), None).await.unwrap();
+    assert_eq!(back.manifest_digest, image.manifest_digest());
     let other = dir.path().join("other");
     std::fs::create_dir(&other).unwrap();
     std::fs::write(other.join("keep"), b"x").unwrap();
@@ -149,6 +161,15 @@ async fn writes_layouts_as_directory_and_tar() {
     let tar_a = dir.path().join("a.tar");
     let tar_b = dir.path().join("b.tar");
     write_oci_layout(&image, &store, &OciDestination::Tar(tar_a.clone()), &tags).await.unwrap();
+    write_oci_layout(&image, &store, &OciDestination::Tar(tar_b.clone()), &tags).await.unwrap();
+    assert_eq!(std::fs::read(&tar_a).unwrap(), std::fs::read(&tar_b).unwrap());
+    // The same image again leaves the tar alone, unless it changed since.
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(&tar_a).unwrap().ino();
+    write_oci_layout(&image, &store, &OciDestination::Tar(tar_a.clone()), &tags).await.unwrap();
+    let marked = xattr_supported(&tar_a);
+    assert_eq!(std::fs::metadata(&tar_a).unwrap().ino() == inode, marked);
+    std::fs::write(&tar_b, b"not a layout").unwrap();
     write_oci_layout(&image, &store, &OciDestination::Tar(tar_b.clone()), &tags).await.unwrap();
     assert_eq!(std::fs::read(&tar_a).unwrap(), std::fs::read(&tar_b).unwrap());
     let listing = run(Command::new("tar").arg("-tvf").arg(&tar_a));
@@ -165,4 +186,13 @@ async fn writes_layouts_as_directory_and_tar() {
     // And it reads back.
     let back = read_oci_layout(&unpacked, Some("v2"), "linux/amd64", &common::store(), None).await.unwrap();
     assert_eq!(back.manifest_digest, image.manifest_digest());
+}
+
+/// Whether the filesystem of `path` keeps user extended attributes.
+fn xattr_supported(path: &Path) -> bool {
+    let probe = path.with_extension("probe");
+    std::fs::write(&probe, b"").unwrap();
+    let ok = xattr::set(&probe, "user.probe", b"1").is_ok();
+    std::fs::remove_file(&probe).unwrap();
+    ok
 }

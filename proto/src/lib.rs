@@ -7,6 +7,7 @@ mod digest;
 mod error;
 mod platform;
 mod resource;
+pub mod trace_parent;
 pub mod worker;
 
 pub use digest::{Digest, DigestFunction, DigestHasher};

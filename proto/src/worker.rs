@@ -144,6 +144,12 @@ pub struct StepSession {
     /// Environment kept out of the step's key (proxy variables).
     #[prost(map = "string, string", tag = "7")]
     pub uncached_env: std::collections::HashMap<String, String>,
+    /// The build the step belongs to (the first, when builds share it), for logs and traces.
+    #[prost(string, tag = "8")]
+    pub build_id: String,
+    /// The W3C traceparent of the span that queued the step, when tracing is on.
+    #[prost(string, tag = "9")]
+    pub trace_parent: String,
 }
 
 /// Stop running this action.

@@ -12,15 +12,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use memobuild_cas::{tree_blobs, walk_tree, ActionResults, BlobStore};
+use memobuild_cas::{tree_blobs, walk_tree, ActionResults, BlobStore, CacheKind};
 use memobuild_engine::{
     exported_image, layer_descriptor, parse_entitlement, parse_network, BuildSettings, BuiltOutput, ContextFiles,
     EngineStores, ExportRequest, HostEntry, ImageBuild, NetworkPolicy, ResourceLimits, Secrets, HOST_ENTITLEMENT,
+    INSECURE_ENTITLEMENT,
 };
-use memobuild_frontend::{BuildContext, Platform};
+use memobuild_frontend::{plan_text, BuildContext, BuildOptions, Platform};
 use memobuild_oci::{Compression, DirectoryDiffIdMemo, RegistryClient};
 use memobuild_proto::build::{
     build_event::Kind, export, BuildAccepted, BuildEvent, BuildFailed, BuildRequest, BuildResult, BuildSummary,
+    ClusterStatusResponse, WorkerInfo,
 };
 use memobuild_proto::{Digest, DigestFunction, Error, Result, ResultExt};
 use parking_lot::Mutex;
@@ -28,6 +30,7 @@ use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::build_dag::BuildDag;
 use crate::queue_executor::QueueExecutor;
 use crate::{BuildState, BuildStore, Scheduler, StoredBuild, MAX_BUILD_PAGE};
 
@@ -52,6 +55,10 @@ pub struct RunningBuild {
     cancel: CancellationToken,
     /// Where new events are written down.
     persist: mpsc::UnboundedSender<Persist>,
+    /// When the newest event of any build arrived (unix ms), for live views.
+    activity: watch::Sender<u64>,
+    /// The planned steps, once known.
+    dag: std::sync::OnceLock<BuildDag>,
 }
 
 /// A build's events, and how much output they hold.
@@ -103,6 +110,12 @@ impl RunningBuild {
         let _ = self.persist.send(Persist::Event(self.id.clone(), event.sequence, event.encode_to_vec()));
         log.events.push(event);
         self.count.send_replace(log.events.len());
+        self.activity.send_replace(unix_ms().max(0) as u64);
+    }
+
+    /// The build's steps as a graph, once planned.
+    pub fn dag(&self) -> Option<&BuildDag> {
+        self.dag.get()
     }
 }
 
@@ -121,6 +134,7 @@ pub struct BuildManager {
     persist: mpsc::UnboundedSender<Persist>,
     /// What the cluster's workers let RUN steps reach.
     network_policy: NetworkPolicy,
+    activity: watch::Sender<u64>,
 }
 
 impl BuildManager {
@@ -146,6 +160,7 @@ impl BuildManager {
             persist,
             work_dir,
             network_policy,
+            activity: watch::channel(0).0,
         });
         for stored in manager.store.unfinished().await.context("loading the builds that were running")? {
             let id = stored.id.clone();
@@ -220,6 +235,8 @@ impl BuildManager {
             count: watch::channel(count).0,
             cancel: CancellationToken::new(),
             persist: self.persist.clone(),
+            activity: self.activity.clone(),
+            dag: std::sync::OnceLock::new(),
         })
     }
 
@@ -254,10 +271,16 @@ impl BuildManager {
                     manager.pin_context(&holder, &request).await?;
                     image_build(&request, context)
                 };
+                let metrics = manager.scheduler.metrics().clone();
+                metrics.builds_running.inc();
                 match prepared.await {
-                    Ok(image_build) => manager.execute(build, &request, image_build).await,
+                    Ok(image_build) => manager.execute(build.clone(), &request, image_build).await,
                     Err(e) => build.end(Err(e), 0, 0),
                 }
+                metrics.builds_running.dec();
+                let summary = build.summary();
+                let seconds = (summary.finished_unix_ms - summary.created_unix_ms).max(0) as f64 / 1000.0;
+                metrics.build_ended(&summary.state, seconds);
                 if let Some(pins) = manager.scheduler.pins() {
                     pins.release_later(holder);
                 }
@@ -269,6 +292,18 @@ impl BuildManager {
     /// Runs the engine for `build`, its events into the build.
     async fn execute(&self, running: Arc<RunningBuild>, request: &BuildRequest, image_build: ImageBuild) {
         let id = running.id.clone();
+        let options = BuildOptions {
+            build_args: image_build.build_args.clone(),
+            target: image_build.target.clone(),
+            target_platform: image_build.platform.clone(),
+            ..BuildOptions::default()
+        };
+        // For live views only: the engine plans (and fails) for itself.
+        if let Ok(graph) =
+            plan_text(&image_build.dockerfile_name, &image_build.dockerfile, &image_build.context, &options)
+        {
+            let _ = running.dag.set(BuildDag::of(&graph));
+        }
         let stores = Arc::new(EngineStores {
             cas: self.cas.clone(),
             actions: self.actions.clone(),
@@ -282,16 +317,25 @@ impl BuildManager {
             cas: self.cas.clone(),
             instance_name: request.instance_name.clone(),
             client: format!("build/{id}"),
+            build_id: id.clone(),
             network_policy: self.network_policy,
         });
         let (events, mut received) = tokio::sync::mpsc::unbounded_channel::<BuildEvent>();
         let pump_build = running.clone();
+        let metrics = self.scheduler.metrics().clone();
         let pump = tokio::spawn(async move {
             let mut counts = (0u32, 0u32);
             while let Some(event) = received.recv().await {
                 match &event.kind {
-                    Some(Kind::Done(_)) => counts.0 += 1,
-                    Some(Kind::Cached(_)) => counts.1 += 1,
+                    Some(Kind::Done(done)) => {
+                        counts.0 += 1;
+                        metrics.lookups.record(CacheKind::Step, false);
+                        metrics.step_seconds.observe(done.seconds);
+                    }
+                    Some(Kind::Cached(_)) => {
+                        counts.1 += 1;
+                        metrics.lookups.record(CacheKind::Step, true);
+                    }
                     _ => {}
                 }
                 pump_build.push(event);
@@ -341,6 +385,45 @@ impl BuildManager {
         builds.sort_by_key(|b| std::cmp::Reverse(b.created_unix_ms));
         builds.truncate(limit);
         Ok(builds)
+    }
+
+    /// The builds in memory (running, and ended within the retention), of
+    /// every instance, newest first.
+    pub fn recent(&self) -> Vec<Arc<RunningBuild>> {
+        let mut builds: Vec<Arc<RunningBuild>> = self.builds.lock().values().cloned().collect();
+        builds.sort_by_key(|b| std::cmp::Reverse(b.summary().created_unix_ms));
+        builds
+    }
+
+    /// A receiver told at every event of every build.
+    pub fn subscribe_activity(&self) -> watch::Receiver<u64> {
+        self.activity.subscribe()
+    }
+
+    /// The scheduler the builds run on.
+    pub fn scheduler(&self) -> &Arc<Scheduler> {
+        &self.scheduler
+    }
+
+    /// The scheduler's queue and workers, and the builds' cache use.
+    pub fn cluster_status(&self) -> ClusterStatusResponse {
+        let queue = self.scheduler.queue_status();
+        let metrics = self.scheduler.metrics();
+        let workers = self
+            .scheduler
+            .workers()
+            .into_iter()
+            .map(|w| WorkerInfo { name: w.name, slots: w.slots, running: w.running, properties: w.properties })
+            .collect();
+        ClusterStatusResponse {
+            queued: queue.queued as u32,
+            executing: queue.executing as u32,
+            oldest_queued_seconds: queue.oldest_seconds,
+            workers,
+            builds_running: metrics.builds_running.get().max(0) as u32,
+            step_cache_hits: metrics.lookups.count(CacheKind::Step, true),
+            step_cache_misses: metrics.lookups.count(CacheKind::Step, false),
+        }
     }
 
     fn forget_old(&self) {
@@ -512,6 +595,7 @@ fn image_build(request: &BuildRequest, context: Arc<BuildContext>) -> Result<Ima
             dry_run: request.dry_run,
             network,
             host_network_allowed: request.allow.iter().any(|a| a == HOST_ENTITLEMENT),
+            insecure_allowed: request.allow.iter().any(|a| a == INSECURE_ENTITLEMENT),
         },
         labels: request.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         annotations: request.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
@@ -556,6 +640,8 @@ mod tests {
             count: watch::channel(0).0,
             cancel: CancellationToken::new(),
             persist,
+            activity: watch::channel(0).0,
+            dag: std::sync::OnceLock::new(),
         };
         let chunk = vec![b'x'; 1 << 20];
         for _ in 0..100 {

@@ -3,6 +3,7 @@
 //! Operations and worker-protocol services in front of it.
 
 mod action_queue;
+mod build_dag;
 mod build_manager;
 mod build_record;
 mod build_store;
@@ -18,12 +19,14 @@ mod service;
 mod sqlite_build_store;
 mod sqlite_operation_store;
 mod state_db;
+mod worker_status;
 
 #[cfg(test)]
 mod build_store_tests;
 #[cfg(test)]
 mod operation_store_tests;
 
+pub use build_dag::{BuildDag, DagNode};
 pub use build_manager::{BuildManager, RunningBuild};
 pub use build_record::{BuildState, StoredBuild};
 pub use build_store::{BuildStore, MAX_BUILD_PAGE};
@@ -38,3 +41,4 @@ pub use scheduler::{OperationSnapshot, Scheduler, SchedulerConfig};
 pub use service::{add_build_service, add_execution_services, ExecutionService, OperationsService, WorkerApiService};
 pub use sqlite_build_store::SqliteBuildStore;
 pub use sqlite_operation_store::SqliteOperationStore;
+pub use worker_status::{QueueStatus, WorkerStatus};

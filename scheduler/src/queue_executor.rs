@@ -15,6 +15,7 @@ use memobuild_proto::reapi::ExecuteRequest;
 use memobuild_proto::{Error, Result, ResultExt};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{Scheduler, Stage};
 
@@ -24,6 +25,8 @@ pub struct QueueExecutor {
     pub instance_name: String,
     /// Who the steps are queued for (the build), for fair queueing.
     pub client: String,
+    /// The build, named to workers for their logs.
+    pub build_id: String,
     pub network_policy: NetworkPolicy,
 }
 
@@ -49,6 +52,20 @@ impl StepExecutor for QueueExecutor {
         events: &EventSender,
         cancel: CancellationToken,
     ) -> Result<Option<Layer>> {
+        let span = tracing::info_span!("step", step = %task.step_id, operation = tracing::field::Empty);
+        self.run_step(task, session, events, cancel).instrument(span).await
+    }
+}
+
+impl QueueExecutor {
+    /// Queues the step and follows it to its end, under the step's span.
+    async fn run_step(
+        &self,
+        task: &StepTask,
+        session: &BuildSession,
+        events: &EventSender,
+        cancel: CancellationToken,
+    ) -> Result<Option<Layer>> {
         task.action.upload(&*self.cas).await?;
         let request = ExecuteRequest {
             instance_name: self.instance_name.clone(),
@@ -58,9 +75,11 @@ impl StepExecutor for QueueExecutor {
             digest_function: task.action.digest.function().to_proto(),
             ..Default::default()
         };
-        let (mut updates, mut output) =
-            self.scheduler.execute_step(request, &self.client, Some(session.to_proto(task))).await?;
+        let mut step_session = session.to_proto(task);
+        step_session.build_id = self.build_id.clone();
+        let (mut updates, mut output) = self.scheduler.execute_step(request, &self.client, Some(step_session)).await?;
         let step = &task.step_id;
+        tracing::Span::current().record("operation", updates.borrow().name.as_str());
         let mut worker: Option<String> = None;
         let mut output_open = true;
         loop {
@@ -70,6 +89,7 @@ impl StepExecutor for QueueExecutor {
                 let _ = events.send(BuildEvent::info(step, format!("running on {}", worker.as_deref().unwrap_or(""))));
             }
             if let Some(response) = snapshot.response.filter(|_| snapshot.stage == Stage::Completed) {
+                tracing::info!(worker = worker.as_deref().unwrap_or(""), message = %response.message, "step operation ended");
                 // Output sent before the end is still queued: show it.
                 while let Ok(chunk) = output.try_recv() {
                     let _ = events.send(BuildEvent::log(step, stream(chunk.stream), chunk.data));

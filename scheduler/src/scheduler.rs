@@ -19,6 +19,7 @@ use crate::metrics::SchedulerMetrics;
 use crate::operation_record::{OperationRecord, Stage};
 use crate::operation_store::OperationStore;
 use crate::platform::{Matcher, Platform};
+use crate::worker_status::{QueueStatus, WorkerStatus};
 
 /// Input roots and layers remembered per worker for affinity.
 const RECENT_ROOTS: usize = 64;
@@ -151,6 +152,8 @@ pub struct Scheduler {
     matcher: Matcher,
     persist: mpsc::UnboundedSender<Persist>,
     metrics: SchedulerMetrics,
+    /// Bumped whenever the queue or the workers change, for live views.
+    changes: watch::Sender<u64>,
 }
 
 impl Scheduler {
@@ -175,7 +178,9 @@ impl Scheduler {
             config,
             persist,
             metrics,
+            changes: watch::channel(0).0,
         });
+        scheduler.metrics.watch_queue(Arc::downgrade(&scheduler));
         scheduler.recover(records).await;
         tokio::spawn(run_janitor(Arc::downgrade(&scheduler)));
         Ok(scheduler)
@@ -330,7 +335,11 @@ impl Scheduler {
         let instance = request.instance_name;
         let cached = match request.skip_cache_lookup {
             true => None,
-            false => self.action_cache.get(&instance, &digest).await?,
+            false => {
+                let found = self.action_cache.get(&instance, &digest).await?;
+                self.metrics.lookups.record(memobuild_cas::CacheKind::Execute, found.is_some());
+                found
+            }
         };
         let name = format!("operations/{}", uuid::Uuid::new_v4());
         // Inputs are pinned before the action is queued, until it completes.
@@ -473,6 +482,47 @@ impl Scheduler {
         let mut names: Vec<String> = self.state.lock().operations.keys().cloned().collect();
         names.sort();
         names
+    }
+
+    /// Where the scheduler and its builds count.
+    pub fn metrics(&self) -> &SchedulerMetrics {
+        &self.metrics
+    }
+
+    /// The connected workers, by name.
+    pub fn workers(&self) -> Vec<WorkerStatus> {
+        let state = self.state.lock();
+        let mut workers: Vec<WorkerStatus> = state
+            .workers
+            .iter()
+            .map(|(name, w)| {
+                let mut running: Vec<String> = w.running.iter().cloned().collect();
+                running.sort();
+                let mut properties: Vec<String> =
+                    w.platform.properties().iter().map(|(n, v)| format!("{n}={v}")).collect();
+                properties.sort();
+                WorkerStatus { name: name.clone(), slots: w.slots as u32, running, properties }
+            })
+            .collect();
+        workers.sort_by(|a, b| a.name.cmp(&b.name));
+        workers
+    }
+
+    /// How many actions wait and run, and how long the oldest has waited.
+    pub fn queue_status(&self) -> QueueStatus {
+        let now = self.clock.now_ms();
+        let state = self.state.lock();
+        let oldest =
+            state.operations.values().filter(|e| e.record.stage == Stage::Queued).map(|e| e.record.queued_at_ms).min();
+        QueueStatus {
+            queued: state.queue.len(),
+            executing: state.workers.values().map(|w| w.running.len()).sum(),
+            oldest_seconds: oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0),
+        }
+    }
+
+    pub(crate) fn oldest_queued_seconds(&self) -> f64 {
+        self.queue_status().oldest_seconds
     }
 
     /// Cancels an operation: dequeues it or stops it on its worker.
@@ -814,10 +864,20 @@ impl Scheduler {
         receiver
     }
 
+    /// A receiver told when the queue or the workers change.
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
     fn refresh_gauges(&self, state: &State) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
         self.metrics.queued.set(state.queue.len() as i64);
         self.metrics.workers.set(state.workers.len() as i64);
-        self.metrics.executing.set(state.workers.values().map(|w| w.running.len() as i64).sum());
+        let busy: i64 = state.workers.values().map(|w| w.running.len() as i64).sum();
+        let total: i64 = state.workers.values().map(|w| w.slots as i64).sum();
+        self.metrics.executing.set(busy);
+        self.metrics.slots.with_label_values(&["busy"]).set(busy);
+        self.metrics.slots.with_label_values(&["free"]).set((total - busy).max(0));
     }
 }
 

@@ -62,7 +62,7 @@ async fn inputs_of_a_queued_or_running_action_are_never_evicted_and_are_let_go_a
     let config = SchedulerConfig { pins: Some(pins.clone()), ..Default::default() };
     let store = Arc::new(SqliteOperationStore::open(&dir.path().join("ops.db")).await.unwrap());
     let action_cache = Arc::new(ActionCache::new(Arc::new(MemoryStore::new()), cas.clone()));
-    let metrics = SchedulerMetrics::register(&prometheus::Registry::new()).unwrap();
+    let metrics = SchedulerMetrics::unregistered();
     let scheduler =
         Scheduler::start(config, cas.clone(), action_cache, store, Arc::new(SystemClock), metrics).await.unwrap();
     let request = ExecuteRequest { action_digest: Some(action.to_proto()), ..Default::default() };

@@ -36,7 +36,7 @@ impl Harness {
     async fn scheduler(&self) -> Arc<Scheduler> {
         let config = SchedulerConfig { lease: Duration::from_millis(300), max_attempts: 2, ..Default::default() };
         let store = Arc::new(SqliteOperationStore::open(&self.dir.path().join("ops.db")).await.unwrap());
-        let metrics = SchedulerMetrics::register(&prometheus::Registry::new()).unwrap();
+        let metrics = SchedulerMetrics::unregistered();
         Scheduler::start(config, self.cas.clone(), self.action_cache.clone(), store, Arc::new(SystemClock), metrics)
             .await
             .unwrap()

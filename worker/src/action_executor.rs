@@ -117,6 +117,7 @@ impl ActionExecutor {
             working_dir: prepared.working_dir.under(&root),
             root: root.clone(),
             network: prepared.network,
+            as_root: prepared.as_root,
             timeout: prepared.timeout,
             stdout: dir.join("stdout"),
             stderr: dir.join("stderr"),
@@ -160,10 +161,19 @@ impl ActionExecutor {
             execution_metadata: Some(metadata),
             ..Default::default()
         };
-        let status = run.timed_out.then(|| {
+        let status = if run.timed_out {
             let timeout = prepared.timeout.unwrap_or_default();
-            Error::new(tonic::Code::DeadlineExceeded, format!("the command timed out after {timeout:?}"))
-        });
+            Some(Error::new(tonic::Code::DeadlineExceeded, format!("the command timed out after {timeout:?}")))
+        } else {
+            run.memory_limit_exceeded.map(|limit| {
+                Error::resource_exhausted(format!(
+                    "the command was killed (exit code {}) for using more than the sandbox's memory limit of {} \
+                     MiB ([worker.sandbox] memory_bytes = {limit})",
+                    run.exit_code,
+                    limit >> 20
+                ))
+            })
+        };
         tracing::debug!(exit_code = run.exit_code, timed_out = run.timed_out, "action executed");
         Ok(ExecutionOutcome { result, status })
     }
@@ -198,7 +208,9 @@ impl ActionExecutor {
         let outputs = outputs(&command, &working_dir)?;
         // Command.platform is deprecated in favour of Action.platform; old clients set only it.
         #[allow(deprecated)]
-        let network = wants_network(action.platform.as_ref()) || wants_network(command.platform.as_ref());
+        let platforms = [action.platform.as_ref(), command.platform.as_ref()];
+        let network = platforms.iter().any(|p| wants_network(*p));
+        let as_root = platforms.iter().any(|p| wants_root(*p));
         let root_owned = root.to_path_buf();
         let (working_dir, outputs) = blocking(move || -> Result<_> {
             std::fs::create_dir(&root_owned)?;
@@ -214,7 +226,7 @@ impl ActionExecutor {
         })
         .await
         .context("materializing the input root")?;
-        Ok(Prepared { command, working_dir, outputs, network, timeout })
+        Ok(Prepared { command, working_dir, outputs, network, as_root, timeout })
     }
 
     /// A proto through the cache; FAILED_PRECONDITION when the CAS lacks it.
@@ -234,6 +246,7 @@ struct Prepared {
     working_dir: RelativePath,
     outputs: Vec<Output>,
     network: bool,
+    as_root: bool,
     timeout: Option<Duration>,
 }
 
@@ -280,6 +293,12 @@ fn wants_network(platform: Option<&Platform>) -> bool {
             _ => false,
         })
     })
+}
+
+/// Whether the platform asks to run as root (`dockerRunAsRoot` set to
+/// `true`, as Bazel's RBE configurations send it).
+fn wants_root(platform: Option<&Platform>) -> bool {
+    platform.is_some_and(|p| p.properties.iter().any(|prop| prop.name == "dockerRunAsRoot" && prop.value == "true"))
 }
 
 /// Creates `path` under `root` and its parents, never through a symlink.

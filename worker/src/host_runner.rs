@@ -3,6 +3,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::OnceLock;
 
 use async_trait::async_trait;
 use memobuild_proto::{Error, Result, ResultExt};
@@ -11,47 +12,53 @@ use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 
 use crate::runner::{RunOutcome, RunSpec, Runner};
-
-/// util-linux `unshare`, which makes the namespaces.
-const UNSHARE: &str = "/usr/bin/unshare";
-/// util-linux `setpriv`, which drops the capabilities.
-const SETPRIV: &str = "/usr/bin/setpriv";
+use memobuild_sandbox::{HostSandbox, SandboxConfig, SandboxedCommand};
 
 /// How [`HostRunner`] isolates a command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sandbox {
     /// Runs the command as a plain child process in its own process group.
     None,
-    /// Root only: runs the command in fresh PID, mount (with its own
-    /// `/proc`) and, unless the spec asks for network, network namespaces,
-    /// through util-linux `unshare`, with every capability dropped through
-    /// util-linux `setpriv`. The command keeps uid 0 but cannot override
-    /// file permissions, so the read-only files of the worker's file cache,
-    /// hardlinked into the input root, cannot be written or chmod-ed.
+    /// Root only: the namespace sandbox (see [`memobuild_sandbox`]): own PID,
+    /// mount, IPC, UTS and (unless the spec asks for network) network
+    /// namespaces, a root of its own with the host's toolchain read-only,
+    /// memory and pids limits, no capabilities, an unprivileged user,
+    /// `no_new_privs` and a seccomp filter. Its user cannot write or chmod
+    /// the read-only files of the worker's file cache, hardlinked into the
+    /// input root.
     Namespaces,
 }
 
 /// Runs commands as processes on the host.
 ///
-/// The command runs in its own process group with exactly the spec's
-/// environment, in the spec's working directory, stdin from `/dev/null` and
-/// stdout/stderr into the spec's files. On timeout or cancel, and after the
-/// command exits, the whole process group is killed with SIGKILL; in the
-/// [`Sandbox::Namespaces`] sandbox the kernel also kills every process left in
-/// the PID namespace, including ones that left the process group.
+/// The command runs with exactly the spec's environment, in the spec's
+/// working directory, stdin from `/dev/null` and stdout/stderr into the
+/// spec's files. On timeout or cancel, and after the command exits, its
+/// processes are killed with SIGKILL: the process group in
+/// [`Sandbox::None`], the whole PID namespace in [`Sandbox::Namespaces`].
 pub struct HostRunner {
     sandbox: Sandbox,
+    config: SandboxConfig,
+    /// Made on first use.
+    host: OnceLock<std::result::Result<HostSandbox, Error>>,
 }
 
 impl HostRunner {
-    /// The namespace sandbox when the worker runs as root, none otherwise.
+    /// The namespace sandbox with the default [`SandboxConfig`] when the
+    /// worker runs as root, none otherwise.
     pub fn new() -> Self {
+        Self::with_config(SandboxConfig::default())
+    }
+
+    /// The namespace sandbox with `config` when the worker runs as root,
+    /// none otherwise.
+    pub fn with_config(config: SandboxConfig) -> Self {
         let sandbox = if nix::unistd::geteuid().is_root() { Sandbox::Namespaces } else { Sandbox::None };
-        HostRunner { sandbox }
+        HostRunner { sandbox, config, host: OnceLock::new() }
     }
 
     pub fn with_sandbox(sandbox: Sandbox) -> Self {
-        HostRunner { sandbox }
+        HostRunner { sandbox, config: SandboxConfig::default(), host: OnceLock::new() }
     }
 
     pub fn sandbox(&self) -> Sandbox {
@@ -59,64 +66,53 @@ impl HostRunner {
     }
 
     /// Runs `true` in the sandbox, to fail at startup rather than on the
-    /// first action when the sandbox cannot be made (missing util-linux,
-    /// no permission to create namespaces).
+    /// first action when the sandbox cannot be made (no permission to
+    /// create namespaces or cgroups, a bad `[worker.sandbox]`).
     pub async fn check(&self) -> Result<()> {
-        let dir = std::env::temp_dir();
-        let mut command = self.command(Path::new("/bin/true"), &["true".to_string()], false);
-        command.current_dir(&dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        let output = command.output().await.with_context(|| format!("starting the {:?} sandbox", self.sandbox))?;
-        if !output.status.success() {
+        let dir = tempfile::tempdir().context("creating a directory to check the sandbox in")?;
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).context("creating a directory to check the sandbox in")?;
+        let spec = RunSpec {
+            argv: vec!["true".into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            root: root.clone(),
+            working_dir: root,
+            network: false,
+            as_root: false,
+            timeout: None,
+            stdout: dir.path().join("stdout"),
+            stderr: dir.path().join("stderr"),
+        };
+        let outcome = self
+            .run(spec, CancellationToken::new())
+            .await
+            .with_context(|| format!("the {:?} sandbox", self.sandbox))?;
+        if outcome.exit_code != 0 {
+            let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
             return Err(Error::internal(format!(
-                "the {:?} sandbox does not work here: {}",
+                "the {:?} sandbox does not work here: `true` exited {}: {}",
                 self.sandbox,
-                String::from_utf8_lossy(&output.stderr).trim()
+                outcome.exit_code,
+                stderr.trim()
             )));
         }
         Ok(())
     }
 
-    /// The process to spawn for `program` with `argv`, wrapped in the sandbox.
-    fn command(&self, program: &Path, argv: &[String], network: bool) -> tokio::process::Command {
-        match self.sandbox {
-            Sandbox::None => {
-                let mut command = tokio::process::Command::new(program);
-                if let Some(arg0) = argv.first() {
-                    command.arg0(arg0);
-                }
-                command.args(argv.iter().skip(1));
-                command
-            }
-            Sandbox::Namespaces => {
-                let mut command = tokio::process::Command::new(UNSHARE);
-                command.args(["--pid", "--fork", "--kill-child", "--mount", "--mount-proc"]);
-                if !network {
-                    command.arg("--net");
-                }
-                command.args(["--", SETPRIV, "--inh-caps=-all", "--bounding-set=-all", "--"]);
-                command.arg(program).args(argv.iter().skip(1));
-                command
-            }
-        }
+    fn host(&self) -> Result<&HostSandbox> {
+        let host = self.host.get_or_init(|| HostSandbox::new(self.config.clone()));
+        host.as_ref().map_err(|e| e.clone().context("starting the namespace sandbox"))
     }
-}
 
-impl Default for HostRunner {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-#[async_trait]
-impl Runner for HostRunner {
-    async fn run(&self, spec: RunSpec, cancel: CancellationToken) -> Result<RunOutcome> {
-        let argv0 = spec.argv.first().ok_or_else(|| Error::invalid_argument("the command has no arguments"))?;
-        let program = resolve_program(argv0, &spec.working_dir, &spec.env)?;
+    /// A plain process group, for [`Sandbox::None`].
+    async fn run_plain(&self, spec: RunSpec, program: PathBuf, cancel: CancellationToken) -> Result<RunOutcome> {
+        let argv0 = spec.argv.first().map(String::as_str).unwrap_or_default();
         let stdout =
             std::fs::File::create(&spec.stdout).with_context(|| format!("creating {}", spec.stdout.display()))?;
         let stderr =
             std::fs::File::create(&spec.stderr).with_context(|| format!("creating {}", spec.stderr.display()))?;
-        let mut command = self.command(&program, &spec.argv, spec.network);
+        let mut command = tokio::process::Command::new(&program);
+        command.arg0(argv0).args(spec.argv.iter().skip(1));
         command
             .env_clear()
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -156,8 +152,47 @@ impl Runner for HostRunner {
         // Background processes the command left in its group go too.
         group.kill();
         let status = status.with_context(|| format!("waiting for {argv0:?}"))?;
-        tracing::debug!(argv0, ?status, timed_out, cancelled, "command finished");
-        Ok(RunOutcome { exit_code: exit_code(status), timed_out, cancelled })
+        Ok(RunOutcome { exit_code: exit_code(status), timed_out, cancelled, memory_limit_exceeded: None })
+    }
+}
+
+impl Default for HostRunner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl Runner for HostRunner {
+    async fn run(&self, spec: RunSpec, cancel: CancellationToken) -> Result<RunOutcome> {
+        let argv0 = spec.argv.first().ok_or_else(|| Error::invalid_argument("the command has no arguments"))?;
+        let program = resolve_program(argv0, &spec.working_dir, &spec.env)?;
+        let outcome = match self.sandbox {
+            Sandbox::None => self.run_plain(spec.clone(), program, cancel).await?,
+            Sandbox::Namespaces => {
+                let command = SandboxedCommand {
+                    program: &program,
+                    argv: &spec.argv,
+                    env: &spec.env,
+                    root: &spec.root,
+                    working_dir: &spec.working_dir,
+                    network: spec.network,
+                    as_root: spec.as_root,
+                    timeout: spec.timeout,
+                    stdout: &spec.stdout,
+                    stderr: &spec.stderr,
+                };
+                let exit = self.host()?.run(&command, cancel).await?;
+                RunOutcome {
+                    exit_code: exit.exit_code,
+                    timed_out: exit.timed_out,
+                    cancelled: exit.cancelled,
+                    memory_limit_exceeded: exit.memory_limit_exceeded,
+                }
+            }
+        };
+        tracing::debug!(argv0 = spec.argv[0], ?outcome, "command finished");
+        Ok(outcome)
     }
 }
 

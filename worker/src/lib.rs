@@ -33,10 +33,13 @@ mod output_capture;
 mod relative_path;
 mod runner;
 pub mod steps;
+mod worker_monitor;
 mod worker_session;
 
 pub use action_executor::{ActionExecutor, ExecutionOutcome};
 pub use file_cache::{CacheKey, CachePin, CacheStats, FileCache};
 pub use host_runner::{HostRunner, Sandbox};
+pub use memobuild_sandbox::SandboxConfig;
 pub use runner::{RunOutcome, RunSpec, Runner};
+pub use worker_monitor::{WorkKind, WorkerMonitor};
 pub use worker_session::{run_worker, Executors, WorkerIdentity};

@@ -29,6 +29,10 @@ pub struct RunSpec {
     pub working_dir: PathBuf,
     /// Whether the command may use the network.
     pub network: bool,
+    /// Whether the command runs as uid 0 (still without capabilities)
+    /// rather than the sandbox's unprivileged user (platform property
+    /// `dockerRunAsRoot`).
+    pub as_root: bool,
     pub timeout: Option<Duration>,
     /// Files to write the streams to (created or truncated).
     pub stdout: PathBuf,
@@ -43,4 +47,7 @@ pub struct RunOutcome {
     pub exit_code: i32,
     pub timed_out: bool,
     pub cancelled: bool,
+    /// Set, to the limit in bytes, when the kernel killed the command for
+    /// using more memory than the sandbox allows.
+    pub memory_limit_exceeded: Option<u64>,
 }

@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use memobuild_cas::GrpcChannel;
 use memobuild_engine::STEP_PROPERTY;
@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use crate::containerd::LogChunk;
 use crate::steps::StepActions;
-use crate::ActionExecutor;
+use crate::{ActionExecutor, WorkKind, WorkerMonitor};
 
 /// Heartbeats renew leases; the scheduler's lease is several of these.
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -44,9 +44,11 @@ pub async fn run_worker(
     identity: WorkerIdentity,
     executors: Executors,
     scheduler: impl Into<GrpcChannel>,
+    monitor: WorkerMonitor,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let scheduler: GrpcChannel = scheduler.into();
+    monitor.set_slots(identity.slots);
     let running: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
     let (results, mut finished) = mpsc::unbounded_channel::<Finished>();
     let (outputs, mut output) = mpsc::unbounded_channel::<Output>();
@@ -68,6 +70,7 @@ pub async fn run_worker(
         let mut incoming = match client.session(UnboundedReceiverStream::new(stream)).await {
             Ok(response) => response.into_inner(),
             Err(e) => {
+                monitor.link(Some(format!("cannot reach the scheduler: {}", e.message())));
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach the scheduler");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -78,6 +81,7 @@ pub async fn run_worker(
             }
         };
         tracing::info!(worker = %identity.name, slots = identity.slots, "connected to the scheduler");
+        monitor.link(None);
         backoff = Duration::from_millis(200);
         let mut period = HEARTBEAT;
         let mut heartbeat = tokio::time::interval(period);
@@ -94,7 +98,8 @@ pub async fn run_worker(
                                     heartbeat = tokio::time::interval(period);
                                 }
                             }
-                            let sinks = Sinks { results: results.clone(), outputs: outputs.clone() };
+                            let sinks =
+                                Sinks { results: results.clone(), outputs: outputs.clone(), monitor: monitor.clone() };
                             start(assign, &identity.name, &executors, &running, sinks);
                         }
                         Some(scheduler_message::Kind::Cancel(cancel)) => {
@@ -106,6 +111,7 @@ pub async fn run_worker(
                         None => {}
                     },
                     Ok(None) | Err(_) => {
+                        monitor.link(Some("the scheduler stream ended; reconnecting".into()));
                         tracing::warn!("scheduler stream ended; reconnecting");
                         break;
                     }
@@ -124,6 +130,7 @@ pub async fn run_worker(
             }
         }
     }
+    monitor.link(Some("the worker is shutting down".into()));
     for token in running.lock().values() {
         token.cancel();
     }
@@ -159,6 +166,7 @@ impl Executors {
 struct Sinks {
     results: mpsc::UnboundedSender<Finished>,
     outputs: mpsc::UnboundedSender<Output>,
+    monitor: WorkerMonitor,
 }
 
 /// Runs an assignment in the background; its end goes to `sinks.results`.
@@ -172,10 +180,20 @@ fn start(
     let token = CancellationToken::new();
     running.lock().insert(assign.operation.clone(), token.clone());
     let (executors, worker) = (executors.clone(), worker.to_string());
-    let span = tracing::info_span!("action", operation = %assign.operation);
-    let Sinks { results, outputs } = sinks;
+    let span = tracing::info_span!("action", operation = %assign.operation, build = tracing::field::Empty);
+    if let Some(session) = &assign.session {
+        if !session.build_id.is_empty() {
+            span.record("build", session.build_id.as_str());
+        }
+        memobuild_proto::trace_parent::adopt(&span, &session.trace_parent);
+    }
+    let Sinks { results, outputs, monitor } = sinks;
     tokio::spawn(
         async move {
+            monitor.started();
+            let started = Instant::now();
+            let kind = if assign.session.is_some() { WorkKind::Step } else { WorkKind::Action };
+            tracing::info!(kind = ?kind, "running");
             let run = match &assign.session {
                 Some(session) => execute_step(&assign, session, &worker, &executors, outputs, token).await,
                 None => execute(&assign, &worker, &executors.actions, token).await,
@@ -187,6 +205,13 @@ fn start(
             if status != rpc::Status::default() {
                 tracing::info!(code = status.code, message = %status.message, "action ended without a result");
             }
+            let outcome = match (&result, status == rpc::Status::default()) {
+                (Some(r), true) if r.exit_code == 0 => "ok",
+                (Some(_), true) => "failed",
+                _ => "error",
+            };
+            monitor.finished(kind, outcome, started.elapsed());
+            tracing::info!(outcome, seconds = started.elapsed().as_secs_f64(), "finished");
             let _ = results.send(Finished { operation: assign.operation, result, status: Some(status) });
         }
         .instrument(span),

@@ -17,6 +17,7 @@ fn spec(dir: &std::path::Path, argv: &[&str], timeout: Option<Duration>) -> RunS
         root: dir.to_path_buf(),
         working_dir: dir.to_path_buf(),
         network: false,
+        as_root: false,
         timeout,
         stdout: dir.join("stdout"),
         stderr: dir.join("stderr"),

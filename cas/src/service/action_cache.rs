@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::CasState;
 use crate::action_cache::output_digests;
+use crate::CacheKind;
 
 /// The most output bytes inlined into one GetActionResult response.
 const MAX_INLINE_BYTES: u64 = 1 << 20;
@@ -23,12 +24,9 @@ impl ActionCacheService {
     pub async fn get_action_result(&self, req: GetActionResultRequest) -> Result<ActionResult> {
         let function = DigestFunction::from_proto(req.digest_function)?;
         let action = Digest::from_proto_field(function, req.action_digest.as_ref(), "action_digest")?;
-        let mut result = self
-            .state
-            .action_cache
-            .get(&req.instance_name, &action)
-            .await?
-            .ok_or_else(|| Error::not_found(format!("no cached result for action {action}")))?;
+        let found = self.state.action_cache.get(&req.instance_name, &action).await?;
+        self.state.metrics.lookups.record(CacheKind::ActionCache, found.is_some());
+        let mut result = found.ok_or_else(|| Error::not_found(format!("no cached result for action {action}")))?;
         self.inline_outputs(&mut result, &req, function).await?;
         Ok(result)
     }

@@ -21,7 +21,7 @@ pub use capabilities::{CapabilitiesService, MAX_BATCH_TOTAL_BYTES};
 pub use content_addressable_storage::CasService;
 pub use oversize_status::OversizeStatus;
 
-use crate::{ActionResults, BlobStore, CasLimits};
+use crate::{ActionResults, BlobStore, CacheLookups, CasLimits};
 
 /// The largest gRPC message accepted. Well above the batch limit, so an
 /// oversized batch gets an explanation rather than a transport error.
@@ -34,6 +34,7 @@ const BATCH_CONCURRENCY: usize = 16;
 pub struct CasMetrics {
     pub bytes_read: IntCounter,
     pub bytes_written: IntCounter,
+    pub lookups: CacheLookups,
 }
 
 impl CasMetrics {
@@ -42,7 +43,8 @@ impl CasMetrics {
         let bytes_written = IntCounter::new("memobuild_cas_written_bytes_total", "Blob bytes received from clients")?;
         registry.register(Box::new(bytes_read.clone()))?;
         registry.register(Box::new(bytes_written.clone()))?;
-        Ok(CasMetrics { bytes_read, bytes_written })
+        let lookups = CacheLookups::register(registry)?;
+        Ok(CasMetrics { bytes_read, bytes_written, lookups })
     }
 }
 

@@ -9,7 +9,7 @@ use anyhow::Context;
 use memobuild_engine::{
     check_docker, metadata, parse_entitlement, parse_network, write_iidfile, write_metadata_file, write_outputs,
     BuildRecord, BuildSettings, BuiltOutput, ContextFiles, EventSender, ExportRequest, HostEntry, ImageBuild,
-    OutputSpec, ResourceLimits, SecretSpec, Secrets, HOST_ENTITLEMENT,
+    OutputSpec, ResourceLimits, SecretSpec, Secrets, HOST_ENTITLEMENT, INSECURE_ENTITLEMENT,
 };
 use memobuild_frontend::{BuildContext, ContextScanner, DockerIgnore, NetworkMode, Platform};
 use memobuild_worker::steps::{SshAgents, SshSpec};
@@ -240,6 +240,7 @@ impl BuildInputs {
                 dry_run: args.dry_run,
                 network: args.network,
                 host_network_allowed: args.allow.iter().any(|a| a == HOST_ENTITLEMENT),
+                insecure_allowed: args.allow.iter().any(|a| a == INSECURE_ENTITLEMENT),
             },
             labels: args.labels.clone(),
             annotations: args.annotations.iter().cloned().collect(),

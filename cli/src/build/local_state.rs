@@ -12,7 +12,7 @@ use memobuild_proto::{Result, ResultExt};
 use memobuild_worker::network::NetworkConfig;
 use memobuild_worker::steps::{LocalExecutor, StepRunner};
 
-pub use memobuild_worker::steps::CACHE_MOUNTS_DIR;
+pub use memobuild_worker::steps::{CACHE_MOUNTS_DIR, LAYER_INDEXES_DIR};
 
 /// Subdirectories of the state dir.
 pub const CAS_DIR: &str = "cas";

@@ -31,7 +31,8 @@ use memobuild_worker::containerd::{Containerd, SYSTEM_SOCKET};
 use prost::Message;
 
 use super::local_state::{
-    ACTION_CACHE_DIR, CACHE_MOUNTS_DIR, CAS_DIR, DIFF_IDS_DIR, RECORDS_DIR, REMOTE_FILES_DIR, STAT_CACHE_DIR,
+    ACTION_CACHE_DIR, CACHE_MOUNTS_DIR, CAS_DIR, DIFF_IDS_DIR, LAYER_INDEXES_DIR, RECORDS_DIR, REMOTE_FILES_DIR,
+    STAT_CACHE_DIR,
 };
 use memobuild_engine::{RemoteFileNote, StepLayers};
 
@@ -43,7 +44,8 @@ const SERVER_ACTION_CACHE_DIR: &str = "ac";
 /// Where a private containerd keeps its root (see `Containerd::start_private`).
 const PRIVATE_CONTAINERD_DIR: &str = "containerd";
 /// What `--all` empties besides the stores.
-const CACHE_DIRS: [&str; 5] = [CACHE_MOUNTS_DIR, STAT_CACHE_DIR, REMOTE_FILES_DIR, DIFF_IDS_DIR, RECORDS_DIR];
+const CACHE_DIRS: [&str; 6] =
+    [CACHE_MOUNTS_DIR, STAT_CACHE_DIR, REMOTE_FILES_DIR, DIFF_IDS_DIR, LAYER_INDEXES_DIR, RECORDS_DIR];
 
 /// The flags of `docker builder prune` that memobuild takes.
 #[derive(clap::Args, Clone, Debug)]
@@ -306,10 +308,13 @@ impl Pruner {
             report.bytes += blob.size;
             report.removed.push(format!("blob {} ({})", blob.digest, HumanBytes(blob.size)));
         }
-        // Diff ids are named by their blob's hex digest; ADD notes name theirs inside.
-        report.bytes += remove_notes(&self.dir.join(DIFF_IDS_DIR), |path| {
-            path.file_name().and_then(|n| n.to_str()).is_some_and(|n| remaining.contains(n))
-        })?;
+        // Diff ids and layer indexes are named by their blob's hex digest;
+        // ADD notes name theirs inside.
+        for dir in [DIFF_IDS_DIR, LAYER_INDEXES_DIR] {
+            report.bytes += remove_notes(&self.dir.join(dir), |path| {
+                path.file_name().and_then(|n| n.to_str()).is_some_and(|n| remaining.contains(n))
+            })?;
+        }
         report.bytes += remove_notes(&self.dir.join(REMOTE_FILES_DIR), |path| {
             RemoteFileNote::load(path).is_some_and(|note| remaining.contains(&note.digest.hex()))
         })?;

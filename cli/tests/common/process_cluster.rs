@@ -30,11 +30,21 @@ pub struct ClusterOptions {
     pub postgres: Option<String>,
     /// The CAS on this config file (else embedded state in its state dir).
     pub cas_config: Option<CasConfig>,
+    /// Added to the workers' environment (e.g. `MEMOBUILD_LOG_FORMAT`).
+    pub worker_env: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { workers: 2, slots: 2, lease_seconds: None, log_filter: None, postgres: None, cas_config: None }
+        ClusterOptions {
+            workers: 2,
+            slots: 2,
+            lease_seconds: None,
+            log_filter: None,
+            postgres: None,
+            cas_config: None,
+            worker_env: Vec::new(),
+        }
     }
 }
 
@@ -121,6 +131,16 @@ impl RoleProcess {
         }
     }
 
+    /// The admin (`/metrics`, `/healthz`) address the role logs once it listens.
+    pub fn admin_address(&mut self) -> String {
+        let line = self.wait_for_line("admin listening", |l| l.contains("admin listening"));
+        // A text line ends `address=A`; a JSON line holds `"address":"A"`.
+        match line.split_once("\"address\":\"") {
+            Some((_, rest)) => rest.split('"').next().unwrap().to_string(),
+            None => line.rsplit("address=").next().unwrap().trim().to_string(),
+        }
+    }
+
     /// The gRPC address the role logs once it listens.
     pub fn listening_address(&mut self) -> String {
         let line = self.wait_for_line("memobuild listening", |l| l.contains("memobuild listening"));
@@ -176,7 +196,15 @@ impl ProcessCluster {
             None => {
                 let cas_state = dir.join("cas");
                 let mut cas = RoleProcess::spawn(
-                    &["cas", "--listen", "127.0.0.1:0", "--state-dir", cas_state.to_str().unwrap()],
+                    &[
+                        "cas",
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--admin-listen",
+                        "127.0.0.1:0",
+                        "--state-dir",
+                        cas_state.to_str().unwrap(),
+                    ],
                     dir.join("logs/cas.log"),
                     filter,
                 );
@@ -220,7 +248,17 @@ impl ProcessCluster {
         let state = dir.join("scheduler");
         let cas = format!("grpc://{cas_address}");
         let lease = options.lease_seconds.map(|s| s.to_string());
-        let mut args = vec!["scheduler", "--listen", listen, "--cas", &cas, "--state-dir", state.to_str().unwrap()];
+        let mut args = vec![
+            "scheduler",
+            "--listen",
+            listen,
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--cas",
+            &cas,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
         if let Some(lease) = &lease {
             args.extend(["--lease-seconds", lease]);
         }
@@ -266,8 +304,11 @@ impl ProcessCluster {
             state.to_str().unwrap(),
             "--slots",
             &slots,
+            "--admin-listen",
+            "127.0.0.1:0",
         ];
-        RoleProcess::spawn(&args, self.dir.join(format!("logs/worker-{index}.log")), self.options.log_filter.as_deref())
+        let log = self.dir.join(format!("logs/worker-{index}.log"));
+        RoleProcess::spawn_with_env(&args, &self.options.worker_env, log, self.options.log_filter.as_deref())
     }
 
     /// `grpc://SCHEDULER`, what clients are given.

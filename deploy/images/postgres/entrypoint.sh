@@ -1,6 +1,7 @@
 #!/bin/sh
 # Creates the cluster on first start (user and database $POSTGRES_USER,
-# password $POSTGRES_PASSWORD), then runs PostgreSQL in the foreground.
+# password $POSTGRES_PASSWORD, and the databases named in
+# $POSTGRES_EXTRA_DATABASES), then runs PostgreSQL in the foreground.
 set -eu
 user="${POSTGRES_USER:-memobuild}"
 mkdir -p "$PGDATA" /run/postgresql
@@ -12,7 +13,9 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   rm -f /tmp/pwfile
   echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
   su postgres -s /bin/sh -c "pg_ctl -D '$PGDATA' -o '-c listen_addresses=' -w start" >/dev/null
-  psql -U "$user" -d postgres -c "CREATE DATABASE \"$user\"" >/dev/null
+  for db in "$user" ${POSTGRES_EXTRA_DATABASES:-}; do
+    psql -U "$user" -d postgres -c "CREATE DATABASE \"$db\"" >/dev/null
+  done
   su postgres -s /bin/sh -c "pg_ctl -D '$PGDATA' -m fast -w stop" >/dev/null
 fi
 exec su postgres -s /bin/sh -c "exec postgres -D '$PGDATA' -c listen_addresses='*'"

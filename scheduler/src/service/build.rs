@@ -8,7 +8,8 @@ use futures::Stream;
 use memobuild_auth::{caller, check_request, Capability, Principal};
 use memobuild_proto::build::build_service_server::BuildService;
 use memobuild_proto::build::{
-    BuildEvent, BuildRequest, CancelRequest, CancelResponse, ListBuildsRequest, ListBuildsResponse, WatchRequest,
+    BuildEvent, BuildRequest, CancelRequest, CancelResponse, ClusterStatusRequest, ClusterStatusResponse,
+    ListBuildsRequest, ListBuildsResponse, WatchRequest,
 };
 use memobuild_proto::{Error, Result};
 use tonic::{Request, Response, Status};
@@ -35,7 +36,7 @@ const STREAM_BUFFER: usize = 256;
 
 /// Every event of `build` from the start, then new ones as they come, until
 /// the one that ends the build (or the client goes away).
-fn follow(build: Arc<RunningBuild>) -> EventStream {
+fn follow(build: Arc<RunningBuild>, live: bool) -> EventStream {
     let (sender, receiver) = tokio::sync::mpsc::channel(STREAM_BUFFER);
     let mut added = build.subscribe();
     tokio::spawn(async move {
@@ -48,7 +49,7 @@ fn follow(build: Arc<RunningBuild>) -> EventStream {
                     return;
                 }
             }
-            if ended || added.changed().await.is_err() {
+            if ended || !live || added.changed().await.is_err() {
                 return;
             }
         }
@@ -77,7 +78,7 @@ impl BuildService for BuildServiceImpl {
     async fn build(&self, request: Request<BuildRequest>) -> Result<Response<EventStream>, Status> {
         check_request(&request, Capability::Build, &request.get_ref().instance_name)?;
         let build = self.builds.build(request.into_inner()).await?;
-        Ok(Response::new(follow(build)))
+        Ok(Response::new(follow(build, true)))
     }
 
     #[tracing::instrument(skip_all, fields(build = %request.get_ref().build_id))]
@@ -86,7 +87,7 @@ impl BuildService for BuildServiceImpl {
         let request = request.into_inner();
         check_build(principal.as_deref(), &request.instance_name, &request.build_id)?;
         let build = self.builds.get(&request.instance_name, &request.build_id).await?;
-        Ok(Response::new(follow(build)))
+        Ok(Response::new(follow(build, !request.no_follow)))
     }
 
     #[tracing::instrument(skip_all, fields(build = %request.get_ref().build_id))]
@@ -106,5 +107,13 @@ impl BuildService for BuildServiceImpl {
             n => n.min(MAX_LISTED),
         };
         Ok(Response::new(ListBuildsResponse { builds: self.builds.list(&request.instance_name, limit).await? }))
+    }
+
+    async fn cluster_status(
+        &self,
+        request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        check_request(&request, Capability::Build, &request.get_ref().instance_name)?;
+        Ok(Response::new(self.builds.cluster_status()))
     }
 }

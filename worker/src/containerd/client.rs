@@ -102,6 +102,11 @@ impl Containerd {
         &self.inner.address
     }
 
+    /// Asks this containerd for its version: whether it answers now.
+    pub async fn check(&self) -> Result<()> {
+        probe(&self.inner.address).await.map(|_| ())
+    }
+
     /// Whether this is a private containerd that MemoBuild started.
     pub fn is_private(&self) -> bool {
         self.inner.daemon.is_some()
@@ -165,6 +170,11 @@ impl std::fmt::Debug for Containerd {
 }
 
 /// Connects to the socket at `address` and checks that containerd answers.
+/// Whether the containerd at `address` answers a version call.
+pub async fn probe_version(address: &Path) -> Result<()> {
+    probe(address).await.map(|_| ())
+}
+
 pub(super) async fn probe(address: &Path) -> Result<Channel> {
     let attempt = async {
         let channel = containerd_client::connect(address)

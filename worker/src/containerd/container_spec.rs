@@ -26,6 +26,11 @@ pub struct ContainerSpec {
     /// When set, every mtime in the layer is clamped to it.
     pub source_date_epoch: Option<u64>,
     pub hostname: String,
+    /// `RUN --security=insecure`: every capability, no seccomp filter, no
+    /// masked `/proc` paths, privileges may be gained (as BuildKit's
+    /// insecure mode). The engine allows it only with `--allow
+    /// security.insecure`.
+    pub insecure: bool,
 }
 
 /// The network a RUN step's container gets.

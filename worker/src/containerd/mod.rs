@@ -18,15 +18,17 @@ mod layer_stack;
 mod lease;
 mod log_chunk;
 mod mounted_view;
+mod phase_clock;
 mod private_daemon;
 mod run_step;
 mod runtime_spec;
+mod seccomp_profile;
 mod snapshot_mounts;
 mod snapshot_removal;
 mod stdio_fifos;
 mod user_resolver;
 
-pub use client::{Containerd, NAMESPACE, SNAPSHOTTER, SYSTEM_SOCKET};
+pub use client::{probe_version, Containerd, NAMESPACE, SNAPSHOTTER, SYSTEM_SOCKET};
 pub use container_outcome::ContainerOutcome;
 pub use container_spec::{ContainerSpec, SpecMount, StepNetwork};
 pub use log_chunk::LogChunk;

@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use super::diff_writer::DiffWriter;
 use super::lease::{delete_lease, Lease};
+use super::phase_clock::PhaseClock;
 use super::runtime_spec::runtime_spec;
 use super::snapshot_mounts::SnapshotMounts;
 use super::stdio_fifos::StdioFifos;
@@ -57,10 +58,15 @@ impl Containerd {
         let id = container_id(&spec.id_hint);
         let span = tracing::debug_span!("run_step", step = %spec.id_hint, container = %id);
         let ttl = spec.timeout.map(|t| t + Duration::from_secs(3600)).unwrap_or(DEFAULT_LEASE_TTL);
+        let mut clock = PhaseClock::start();
         let lease = Lease::create(self, "run", ttl).await.map_err(|e| e.context(format!("step {}", spec.id_hint)))?;
+        clock.mark("lease");
         let mut cleanup = Cleanup::new(self.clone(), id.clone(), lease.id().to_string());
-        let result = self.run_inner(store, parent, spec, logs, cancel, &id, &mut cleanup).instrument(span).await;
+        let result =
+            self.run_inner(store, parent, spec, logs, cancel, &id, &mut cleanup, &mut clock).instrument(span).await;
         cleanup.finish().await;
+        clock.mark("cleanup");
+        tracing::debug!(step = %spec.id_hint, phases = %clock.summary(), "RUN phases");
         result.map_err(|e| e.context(format!("step {} (container {id})", spec.id_hint)))
     }
 
@@ -74,6 +80,7 @@ impl Containerd {
         cancel: CancellationToken,
         id: &str,
         cleanup: &mut Cleanup,
+        clock: &mut PhaseClock,
     ) -> Result<ContainerOutcome> {
         let lease = cleanup.lease.clone();
         let prepare = PrepareSnapshotRequest {
@@ -90,6 +97,7 @@ impl Containerd {
             .into_inner()
             .mounts;
         cleanup.snapshot = true;
+        clock.mark("prepare_snapshot");
         let mounts = SnapshotMounts::parse(mounts)?;
         let upper = mounts
             .upper()
@@ -100,6 +108,7 @@ impl Containerd {
         let runtime = runtime_spec(spec, &user, id)?;
         let spec_json = serde_json::to_vec(&runtime.spec)
             .map_err(|e| Error::internal(format!("encoding the runtime spec: {e}")))?;
+        clock.mark("runtime_spec");
 
         let container = Container {
             id: id.to_string(),
@@ -115,6 +124,7 @@ impl Containerd {
             .await
             .map_err(|s| Error::from(s).context("creating the container"))?;
         cleanup.container = true;
+        clock.mark("create_container");
 
         let mut fifos = StdioFifos::create(id, logs)?;
         let mut tasks = TasksClient::new(self.channel());
@@ -129,6 +139,7 @@ impl Containerd {
         };
         tasks.create(self.request(create, None)).await.map_err(|s| Error::from(s).context("creating the task"))?;
         cleanup.task = true;
+        clock.mark("create_task");
 
         // Wait before start, so a quick exit is not missed.
         let wait_request = self.request(WaitRequest { container_id: id.to_string(), exec_id: String::new() }, None);
@@ -139,6 +150,7 @@ impl Containerd {
             .await
             .map_err(|s| Error::from(s).context(format!("starting {:?}", spec.argv)))?;
         tracing::debug!(container = id, argv = ?spec.argv, "step started");
+        clock.mark("start_task");
 
         let timeout = async {
             match spec.timeout {
@@ -178,6 +190,7 @@ impl Containerd {
             .into_inner()
             .exit_status;
         let exit_code = exit_status as i32;
+        clock.mark("command");
         tasks
             .delete(self.request(DeleteTaskRequest { container_id: id.to_string() }, None))
             .await
@@ -190,6 +203,7 @@ impl Containerd {
             .await
             .map_err(|s| Error::from(s).context("deleting the container"))?;
         cleanup.container = false;
+        clock.mark("delete_task_and_container");
         tracing::debug!(container = id, exit_code, timed_out, cancelled, "step ended");
 
         let mut outcome = ContainerOutcome { exit_code, timed_out, cancelled, layer: None, chain_id: None };
@@ -201,8 +215,10 @@ impl Containerd {
         let result = self.capture(store, &upper, &lower, &runtime.mount_targets, spec, &tar_path).await;
         let _ = std::fs::remove_file(&tar_path);
         let diff_id = result?;
+        clock.mark("capture_layer");
         let chain_id = next_chain_id(parent, &diff_id);
         self.commit_snapshot(id, &chain_id, &lease).await?;
+        clock.mark("commit_snapshot");
         cleanup.snapshot = false;
         outcome.layer = Some(Layer::uncompressed(diff_id));
         outcome.chain_id = Some(chain_id);

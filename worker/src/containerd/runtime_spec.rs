@@ -5,10 +5,11 @@ use memobuild_proto::{Error, Result};
 use oci_spec::runtime::{
     get_default_maskedpaths, get_default_mounts, get_default_readonly_paths, Capabilities, Capability, LinuxBuilder,
     LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
+use super::seccomp_profile::default_seccomp;
 use super::{ContainerSpec, SpecMount, StepNetwork};
 use memobuild_oci::ResolvedUser;
 
@@ -27,6 +28,9 @@ const STEP_UMASK: u32 = 0o022;
 /// Host files bound read-only into a step with host networking.
 const HOST_NETWORK_FILES: [&str; 2] = [RESOLV_CONF, "/etc/hosts"];
 const RESOLV_CONF: &str = "/etc/resolv.conf";
+/// The processes (and threads) a step may have at once: a fork bomb stops
+/// here, a parallel `make` or a JVM does not.
+const PIDS_LIMIT: i64 = 16384;
 
 /// The OCI runtime spec of a RUN step, and every path something is mounted
 /// on in the container (absolute), which the layer leaves out.
@@ -57,6 +61,63 @@ fn default_capabilities() -> Capabilities {
     .collect()
 }
 
+/// Every capability this worker holds (its bounding set), for insecure
+/// steps: runc cannot give more.
+fn all_capabilities() -> Capabilities {
+    use Capability::*;
+    // In the kernel's numbering.
+    let by_number = [
+        Chown,
+        DacOverride,
+        DacReadSearch,
+        Fowner,
+        Fsetid,
+        Kill,
+        Setgid,
+        Setuid,
+        Setpcap,
+        LinuxImmutable,
+        NetBindService,
+        NetBroadcast,
+        NetAdmin,
+        NetRaw,
+        IpcLock,
+        IpcOwner,
+        SysModule,
+        SysRawio,
+        SysChroot,
+        SysPtrace,
+        SysPacct,
+        SysAdmin,
+        SysBoot,
+        SysNice,
+        SysResource,
+        SysTime,
+        SysTtyConfig,
+        Mknod,
+        Lease,
+        AuditWrite,
+        AuditControl,
+        Setfcap,
+        MacOverride,
+        MacAdmin,
+        Syslog,
+        WakeAlarm,
+        BlockSuspend,
+        AuditRead,
+        Perfmon,
+        Bpf,
+        CheckpointRestore,
+    ];
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let bounding = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(u64::MAX);
+    by_number.into_iter().enumerate().filter(|(bit, _)| bounding & (1 << bit) != 0).map(|(_, c)| c).collect()
+}
+
 fn spec_error(what: &str) -> impl Fn(oci_spec::OciSpecError) -> Error + '_ {
     move |e| Error::internal(format!("building the runtime spec ({what}): {e}"))
 }
@@ -83,9 +144,10 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, user: &ResolvedUser, container_
         env.push(format!("HOME={}", user.home));
     }
 
-    let capabilities = default_capabilities();
+    let capabilities = if spec.insecure { all_capabilities() } else { default_capabilities() };
     // As Docker: a non-root user starts without effective or permitted
-    // capabilities (it can still gain them from setuid binaries).
+    // capabilities (setuid binaries give them back only in insecure mode,
+    // no_new_privs stops them otherwise).
     let (effective, permitted) = if user.uid == 0 {
         (capabilities.clone(), capabilities.clone())
     } else {
@@ -125,7 +187,7 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, user: &ResolvedUser, container_
         .cwd(cwd)
         .capabilities(capabilities)
         .rlimits(vec![rlimit])
-        .no_new_privileges(false)
+        .no_new_privileges(!spec.insecure)
         .build()
         .map_err(spec_error("process"))?;
 
@@ -193,7 +255,8 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, user: &ResolvedUser, container_
 
     let deny_all =
         LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().map_err(spec_error("devices"))?;
-    let mut resources = LinuxResourcesBuilder::default().devices(vec![deny_all]);
+    let pids = LinuxPidsBuilder::default().limit(PIDS_LIMIT).build().map_err(spec_error("pids"))?;
+    let mut resources = LinuxResourcesBuilder::default().devices(vec![deny_all]).pids(pids);
     let limits = &spec.limits;
     if let Some(memory) = limits.memory {
         let limit = i64::try_from(memory).unwrap_or(i64::MAX);
@@ -229,11 +292,16 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, user: &ResolvedUser, container_
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .cgroups_path(PathBuf::from(format!("/memobuild/{container_id}")))
-        .resources(resources.build().map_err(spec_error("resources"))?)
-        .masked_paths(get_default_maskedpaths())
-        .readonly_paths(get_default_readonly_paths())
-        .build()
-        .map_err(spec_error("linux"))?;
+        .resources(resources.build().map_err(spec_error("resources"))?);
+    let linux = if spec.insecure {
+        linux
+    } else {
+        linux
+            .masked_paths(get_default_maskedpaths())
+            .readonly_paths(get_default_readonly_paths())
+            .seccomp(default_seccomp()?)
+    };
+    let linux = linux.build().map_err(spec_error("linux"))?;
 
     let hostname = if spec.hostname.is_empty() { "memobuild".to_string() } else { spec.hostname.clone() };
     let spec = SpecBuilder::default()

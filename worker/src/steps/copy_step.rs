@@ -1,7 +1,8 @@
 //! COPY, ADD and WORKDIR without a container: the new layer is planned from
 //! the context (or another stage's mounted filesystem, or fetched remote
 //! sources) and the parent filesystem (for symlinks on the destination
-//! path, existing directories and `--chown` names), then written by
+//! path, existing directories and `--chown` names; read through an
+//! [`FsView`], usually the parent's layer indexes), then written by
 //! [`LayerPlan`].
 
 use std::collections::HashMap;
@@ -10,8 +11,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use memobuild_frontend::{http_file_name, BuildContext, ContextEntry, DockerIgnore, ParentsPath, SourceDefinition};
+use memobuild_oci::FsKind;
 use memobuild_proto::{Error, Result, ResultExt};
 
+use super::fs_view::{FsView, HostDir};
 use super::layer_plan::{Content, Entry, LayerPlan, Meta};
 use super::rootfs::{lookup_user, resolve_in_root};
 
@@ -43,7 +46,12 @@ pub struct CopyRequest<'a> {
 }
 
 /// Plans the layer of a COPY/ADD onto the filesystem mounted at `parent`.
-pub fn plan_copy(request: &CopyRequest<'_>, source: &SourceRoot<'_>, parent: &Path, mtime: u64) -> Result<LayerPlan> {
+pub fn plan_copy(
+    request: &CopyRequest<'_>,
+    source: &SourceRoot<'_>,
+    parent: &dyn FsView,
+    mtime: u64,
+) -> Result<LayerPlan> {
     let owner = match request.chown {
         Some(spec) => Some(lookup_user(parent, spec).context("--chown")?),
         None => None,
@@ -146,7 +154,7 @@ fn fetched(request: &CopyRequest<'_>, key: &str) -> Result<PathBuf> {
 /// Plans WORKDIR: the directory and its missing parents, unless it exists,
 /// owned by the current USER as BuildKit does (and, as BuildKit, by root
 /// when the image does not know that user: RUN reports it if it matters).
-pub fn plan_workdir(path: &str, user: Option<&str>, parent: &Path, mtime: u64) -> Result<LayerPlan> {
+pub fn plan_workdir(path: &str, user: Option<&str>, parent: &dyn FsView, mtime: u64) -> Result<LayerPlan> {
     let owner = user.and_then(|user| lookup_user(parent, user).ok());
     let mut copier = Copier { plan: LayerPlan::default(), owner, chmod: None, exclude: DockerIgnore::default(), mtime };
     if !is_dir_in(parent, path)? {
@@ -250,7 +258,7 @@ impl Copier {
 
     /// Resolves `target` through the parent filesystem's symlinks (all but
     /// the last component) and plans its missing parent directories.
-    fn place(&mut self, parent: &Path, target: &str) -> Result<String> {
+    fn place(&mut self, parent: &dyn FsView, target: &str) -> Result<String> {
         let (dir, name) = split_last(target);
         let resolved_dir = resolve_in_root(parent, dir)?;
         let at = if resolved_dir.is_empty() { name.to_string() } else { format!("{resolved_dir}/{name}") };
@@ -260,14 +268,14 @@ impl Copier {
 
     /// Like [`Copier::place`] for a destination directory: the directory
     /// itself, resolved (`""` for the root), with its parents planned.
-    fn place_dir(&mut self, parent: &Path, dest: &str) -> Result<String> {
+    fn place_dir(&mut self, parent: &dyn FsView, dest: &str) -> Result<String> {
         let at = self.place(parent, &format!("{}/.", dest.trim_end_matches('/')))?;
         Ok(at.strip_suffix("/.").or_else(|| at.strip_suffix('.')).unwrap_or(&at).to_string())
     }
 
     /// Plans the directories above `at`: existing ones keep their metadata,
     /// new ones are 0755 and owned by the `--chown` user (root by default).
-    fn parents_of(&mut self, parent: &Path, at: &str) -> Result<()> {
+    fn parents_of(&mut self, parent: &dyn FsView, at: &str) -> Result<()> {
         let mut prefix = String::new();
         let parts: Vec<&str> = at.split('/').filter(|p| !p.is_empty()).collect();
         for part in parts.iter().take(parts.len().saturating_sub(1)) {
@@ -275,13 +283,10 @@ impl Copier {
             if self.plan.contains(&prefix) {
                 continue;
             }
-            let entry = match std::fs::symlink_metadata(parent.join(&prefix)) {
-                Ok(m) if m.is_dir() => Entry::Directory(Meta {
-                    mode: m.mode() & 0o7777,
-                    uid: m.uid() as u64,
-                    gid: m.gid() as u64,
-                    mtime: m.mtime().max(0) as u64,
-                }),
+            let entry = match parent.lstat(&prefix)? {
+                Some(m) if m.kind == FsKind::Directory => {
+                    Entry::Directory(Meta { mode: m.mode, uid: m.uid, gid: m.gid, mtime: m.mtime })
+                }
                 _ => {
                     let (uid, gid) = self.owner.unwrap_or((0, 0));
                     Entry::Directory(Meta { mode: 0o755, uid: uid as u64, gid: gid as u64, mtime: self.mtime })
@@ -297,7 +302,7 @@ impl Copier {
     /// directory it copies (`source_dir` reads it by its matched path).
     fn kept_parents(
         &mut self,
-        parent: &Path,
+        parent: &dyn FsView,
         dest: &str,
         kept: &Kept,
         source_dir: impl Fn(&str) -> Result<Meta>,
@@ -327,7 +332,7 @@ impl Copier {
         dir: &Path,
         context: &BuildContext,
         item: &Matched,
-        parent: &Path,
+        parent: &dyn FsView,
         dest_is_dir: bool,
     ) -> Result<()> {
         let path = item.path.as_str();
@@ -394,7 +399,7 @@ impl Copier {
         &mut self,
         root: &Path,
         item: &Matched,
-        parent: &Path,
+        parent: &dyn FsView,
         dest: &str,
         dest_is_dir: bool,
     ) -> Result<()> {
@@ -407,7 +412,7 @@ impl Copier {
         }
         if let Some(kept) = &item.kept {
             self.kept_parents(parent, dest, kept, |p| {
-                let at = resolve_in_root(root, p)?;
+                let at = resolve_in_root(&HostDir(root), p)?;
                 let m = std::fs::symlink_metadata(root.join(&at))
                     .with_context(|| format!("reading {p} in the --from filesystem"))?;
                 Ok(Meta {
@@ -486,7 +491,7 @@ impl Copier {
     }
 
     /// ADD of a local archive: its members land under `dest`.
-    fn unpack(&mut self, archive: &Archive, host: &Path, parent: &Path, dest: &str) -> Result<()> {
+    fn unpack(&mut self, archive: &Archive, host: &Path, parent: &dyn FsView, dest: &str) -> Result<()> {
         let root = self.place_dir(parent, dest)?;
         let reader = archive.reader(std::fs::File::open(host)?)?;
         let name = host.display().to_string();
@@ -703,7 +708,7 @@ fn glob_in_root(root: &Path, pattern: &str) -> Result<Vec<(String, String)>> {
     for part in pattern.split('/').filter(|p| !p.is_empty() && *p != ".") {
         let mut next = Vec::new();
         for (matched, base) in &found {
-            let dir = resolve_in_root(root, base)?;
+            let dir = resolve_in_root(&HostDir(root), base)?;
             if !part.contains(['*', '?', '[']) {
                 next.push((join_rel(matched, part), join_rel(&dir, part)));
                 continue;
@@ -721,7 +726,7 @@ fn glob_in_root(root: &Path, pattern: &str) -> Result<Vec<(String, String)>> {
     }
     let mut resolved = Vec::new();
     for (matched, path) in found {
-        let at = resolve_in_root(root, &path)?;
+        let at = resolve_in_root(&HostDir(root), &path)?;
         if std::fs::symlink_metadata(root.join(&at)).is_ok() {
             resolved.push((matched, at));
         }
@@ -729,9 +734,9 @@ fn glob_in_root(root: &Path, pattern: &str) -> Result<Vec<(String, String)>> {
     Ok(resolved)
 }
 
-fn is_dir_in(root: &Path, path: &str) -> Result<bool> {
+fn is_dir_in(root: &dyn FsView, path: &str) -> Result<bool> {
     let at = resolve_in_root(root, path)?;
-    Ok(std::fs::metadata(root.join(at)).map(|m| m.is_dir()).unwrap_or(false))
+    Ok(matches!(root.lstat(&at)?, Some(entry) if entry.kind == FsKind::Directory))
 }
 
 fn join(dir: &str, name: &str) -> String {
@@ -829,7 +834,7 @@ mod tests {
         std::fs::create_dir_all(root.path().join("etc")).unwrap();
         std::fs::write(root.path().join("etc/passwd"), "app:x:1000:1001::/home/app:/bin/sh\n").unwrap();
         let owner = |user: Option<&str>| {
-            let plan = plan_workdir("/w/x", user, root.path(), 0).unwrap();
+            let plan = plan_workdir("/w/x", user, &HostDir(root.path()), 0).unwrap();
             let Some(Entry::Directory(meta)) = plan.entry("w/x") else { panic!("no directory w/x planned") };
             (meta.uid, meta.gid)
         };
@@ -837,6 +842,56 @@ mod tests {
         assert_eq!(owner(Some("1234")), (1234, 1234));
         assert_eq!(owner(Some("ghost")), (0, 0));
         assert_eq!(owner(None), (0, 0));
+    }
+
+    /// A COPY planned on the parent's layer index is the one planned on
+    /// the parent mounted: symlinks on the destination, existing
+    /// directories' modes, owners and times, and `--chown` names.
+    #[test]
+    fn the_layer_index_plans_what_the_mounted_parent_plans() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let parent = tempfile::tempdir().unwrap();
+        let p = parent.path();
+        std::fs::create_dir_all(p.join("usr/lib/kept")).unwrap();
+        std::fs::create_dir_all(p.join("etc")).unwrap();
+        std::fs::write(p.join("etc/passwd"), "app:x:1000:1001::/home/app:/bin/sh\n").unwrap();
+        std::fs::write(p.join("etc/group"), "staff:x:50:\n").unwrap();
+        std::fs::set_permissions(p.join("usr/lib"), std::fs::Permissions::from_mode(0o701)).unwrap();
+        symlink("usr/lib", p.join("lib")).unwrap();
+        symlink("/usr/lib/kept", p.join("abs")).unwrap();
+        let mut tar = tar::Builder::new(Vec::new());
+        tar.follow_symlinks(false);
+        tar.append_dir_all(".", p).unwrap();
+        let index = std::sync::Arc::new(memobuild_oci::LayerIndex::from_tar(&tar.into_inner().unwrap()[..]).unwrap());
+        let indexed = super::super::layer_stack_view::LayerStackView::new(vec![index]);
+
+        let source = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(source.path().join("out")).unwrap();
+        std::fs::write(source.path().join("out/bin"), "binary").unwrap();
+        let fetched = HashMap::new();
+        let sources = [SourceDefinition::Path { path: "/out/bin".into(), matches: Vec::new() }];
+        for (dest, chown) in [("/lib/sub/", Some("app:staff")), ("/abs/x", None), ("/srv/new/", Some("42"))] {
+            let request = CopyRequest {
+                add: false,
+                sources: &sources,
+                dest,
+                chown,
+                chmod: None,
+                excludes: &[],
+                unpack: None,
+                parents: false,
+                fetched: &fetched,
+                keep_git_dir: false,
+            };
+            let from = SourceRoot::Filesystem(source.path());
+            let mounted = plan_copy(&request, &from, &HostDir(p), 7).unwrap().describe();
+            assert_eq!(plan_copy(&request, &from, &indexed, 7).unwrap().describe(), mounted, "COPY to {dest}");
+            assert!(!indexed.incomplete());
+        }
+        for user in [Some("app"), None] {
+            let mounted = plan_workdir("/lib/w", user, &HostDir(p), 7).unwrap().describe();
+            assert_eq!(plan_workdir("/lib/w", user, &indexed, 7).unwrap().describe(), mounted);
+        }
     }
 
     #[test]

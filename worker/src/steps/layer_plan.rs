@@ -55,6 +55,12 @@ impl LayerPlan {
         self.entries.get(path)
     }
 
+    /// Every planned entry, for tests to compare plans.
+    #[cfg(test)]
+    pub fn describe(&self) -> String {
+        format!("{:#?}", self.entries)
+    }
+
     /// Adds or replaces the entry at `path`. A directory never replaces a
     /// directory already planned (the first one's metadata wins).
     pub fn insert(&mut self, path: &str, entry: Entry) {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use memobuild_cas::BlobStore;
 use memobuild_engine::{network_hint, BuildSession, ContextFiles, NetworkPolicy, StepSpec};
-use memobuild_frontend::{MountType, NetworkMode, Origin, StepDefinition};
+use memobuild_frontend::{MountType, NetworkMode, Origin, SecurityMode, StepDefinition};
 use memobuild_oci::Layer;
 use memobuild_proto::{Error, Result};
 use parking_lot::Mutex;
@@ -19,7 +19,9 @@ use super::cache_mount::cache_mount_dir;
 use super::context_files::{materialize_context, ContextCopy};
 use super::copy_step::{plan_copy, plan_workdir, CopyRequest, SourceRoot};
 use super::extra_hosts::HostsFiles;
+use super::fs_view::{FsView, HostDir};
 use super::heredoc_script::HeredocScript;
+use super::layer_indexes::LayerIndexes;
 use super::layer_plan::LayerPlan;
 use super::remote_files::materialize_remote;
 use super::run_secrets::RunSecrets;
@@ -49,6 +51,8 @@ pub struct StepRunner {
     network: NetworkConfig,
     /// RUN's default network, set up on the first step that uses it.
     network_pool: OnceCell<Arc<NetworkPool>>,
+    /// What COPY, ADD and WORKDIR read of their parent filesystem.
+    layer_indexes: LayerIndexes,
 }
 
 impl StepRunner {
@@ -63,6 +67,7 @@ impl StepRunner {
         StepRunner {
             cas,
             containerd_address,
+            layer_indexes: LayerIndexes::new(state_dir.join(LAYER_INDEXES_DIR)),
             state_dir,
             containerd: OnceCell::new(),
             network,
@@ -86,6 +91,26 @@ impl StepRunner {
         self.containerd
             .get_or_try_init(|| Containerd::connect_or_start(self.containerd_address.as_deref(), &self.state_dir))
             .await
+    }
+
+    /// How containerd stands, for a health check: the one in use answers,
+    /// or (before the first step) the one that would be used answers, or a
+    /// private one will be started on the first RUN.
+    pub async fn containerd_health(&self) -> Result<String> {
+        if let Some(containerd) = self.containerd.get() {
+            containerd.check().await?;
+            let kind = if containerd.is_private() { "private containerd" } else { "containerd" };
+            return Ok(format!("{kind} at {} answers", containerd.address().display()));
+        }
+        let configured = self.containerd_address.as_deref();
+        let system = std::path::Path::new(crate::containerd::SYSTEM_SOCKET);
+        match configured.or(system.exists().then_some(system)) {
+            Some(address) => {
+                crate::containerd::probe_version(address).await?;
+                Ok(format!("containerd at {} answers", address.display()))
+            }
+            None => Ok("no containerd yet: a private one starts on the first RUN".into()),
+        }
     }
 
     /// Stops a private containerd this runner started, unless another
@@ -143,7 +168,7 @@ impl StepRunner {
         logs: tokio::sync::mpsc::UnboundedSender<LogChunk>,
         cancel: CancellationToken,
     ) -> Result<Option<Layer>> {
-        let StepDefinition::Run { workdir, user, network, mounts, .. } = &spec.definition else {
+        let StepDefinition::Run { workdir, user, network, mounts, security, .. } = &spec.definition else {
             return Ok(None);
         };
         let mode = *network;
@@ -224,6 +249,7 @@ impl StepRunner {
             timeout: None,
             source_date_epoch: spec.source_date_epoch,
             hostname: "memobuild".into(),
+            insecure: *security == SecurityMode::Insecure,
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let tail: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -304,12 +330,10 @@ impl StepRunner {
             (None, ContextFiles::Directory(dir)) => dir.clone(),
             (None, ContextFiles::Cas) => PathBuf::new(),
         };
-        let containerd = self.containerd().await?;
-        let parent_chain = containerd.ensure_chain(cas, &spec.parent).await?;
-        let parent_view = containerd.mount_view(parent_chain.as_deref()).await?;
         let source_view = match origin {
             Origin::Context => None,
             _ => {
+                let containerd = self.containerd().await?;
                 let layers = spec.sources.first().cloned().unwrap_or_default();
                 let chain = containerd.ensure_chain(cas, &layers).await?;
                 Some(containerd.mount_view(chain.as_deref()).await?)
@@ -327,23 +351,42 @@ impl StepRunner {
             fetched: &fetched,
             keep_git_dir: *keep_git_dir,
         };
-        let plan = {
-            let source = match &source_view {
-                Some(view) => SourceRoot::Filesystem(view.path()),
-                None => SourceRoot::Context { dir: &context_dir, context: &session.context },
-            };
-            let mtime = Self::timestamp(spec, session);
-            tokio::task::block_in_place(|| plan_copy(&request, &source, parent_view.path(), mtime))
+        let source = match &source_view {
+            Some(view) => SourceRoot::Filesystem(view.path()),
+            None => SourceRoot::Context { dir: &context_dir, context: &session.context },
         };
+        let mtime = Self::timestamp(spec, session);
+        let plan = self.plan_on_parent(spec, |parent| plan_copy(&request, &source, parent, mtime)).await;
         let layer = match plan {
             Ok(plan) => Self::clamped(plan, spec).write(cas).await,
             Err(e) => Err(e),
         };
-        parent_view.release().await?;
         if let Some(view) = source_view {
             view.release().await?;
         }
         layer
+    }
+
+    /// Plans a builtin step on the parent filesystem read from its layer
+    /// indexes, or, when the plan needed bytes no index keeps, on the
+    /// parent mounted through containerd.
+    async fn plan_on_parent(
+        &self,
+        spec: &StepSpec,
+        plan: impl Fn(&dyn FsView) -> Result<LayerPlan>,
+    ) -> Result<LayerPlan> {
+        let cas = &*self.cas;
+        let indexed = self.layer_indexes.view(cas, &spec.parent).await?;
+        let planned = tokio::task::block_in_place(|| plan(&indexed));
+        if !indexed.incomplete() {
+            return planned;
+        }
+        let containerd = self.containerd().await?;
+        let chain = containerd.ensure_chain(cas, &spec.parent).await?;
+        let view = containerd.mount_view(chain.as_deref()).await?;
+        let planned = tokio::task::block_in_place(|| plan(&HostDir(view.path())));
+        view.release().await?;
+        planned
     }
 
     async fn workdir(
@@ -353,20 +396,16 @@ impl StepRunner {
         user: Option<&str>,
         session: &BuildSession,
     ) -> Result<Option<Layer>> {
-        let containerd = self.containerd().await?;
-        let cas = &*self.cas;
-        let chain = containerd.ensure_chain(cas, &spec.parent).await?;
-        let view = containerd.mount_view(chain.as_deref()).await?;
         let mtime = Self::timestamp(spec, session);
-        let plan = tokio::task::block_in_place(|| plan_workdir(path, user, view.path(), mtime));
-        let layer = match plan {
-            Ok(plan) => Self::clamped(plan, spec).write(cas).await,
+        let plan = self.plan_on_parent(spec, |parent| plan_workdir(path, user, parent, mtime)).await;
+        match plan {
+            Ok(plan) => Self::clamped(plan, spec).write(&*self.cas).await,
             Err(e) => Err(e),
-        };
-        view.release().await?;
-        layer
+        }
     }
 }
 
 /// The subdirectory of a state dir with the cache mounts.
 pub const CACHE_MOUNTS_DIR: &str = "cache-mounts";
+/// The subdirectory of a state dir with the layer indexes.
+pub const LAYER_INDEXES_DIR: &str = "layer-indexes";

@@ -64,12 +64,14 @@ impl Fixture {
     }
 
     pub async fn with_cache(cache_max_bytes: u64) -> Self {
+        Self::with_runner(cache_max_bytes, HostRunner::new()).await
+    }
+
+    pub async fn with_runner(cache_max_bytes: u64, runner: HostRunner) -> Self {
         let cas = Arc::new(CountingStore::default());
         let dir = tempfile::tempdir().unwrap();
         let executor =
-            ActionExecutor::new(cas.clone(), dir.path().join("work"), cache_max_bytes, Arc::new(HostRunner::new()))
-                .await
-                .unwrap();
+            ActionExecutor::new(cas.clone(), dir.path().join("work"), cache_max_bytes, Arc::new(runner)).await.unwrap();
         Fixture { cas, dir, executor }
     }
 

@@ -1,0 +1,22 @@
+use std::ffi::CString;
+use std::os::fd::{OwnedFd, RawFd};
+
+use super::mount_op::MountOp;
+
+/// Everything the child needs for one action, prepared before the clone.
+pub(super) struct ActionLaunch {
+    pub(super) program: CString,
+    pub(super) argv: Vec<CString>,
+    pub(super) env: Vec<CString>,
+    pub(super) working_dir: CString,
+    /// Binding the input root, after the template's steps.
+    pub(super) ops: Vec<MountOp>,
+    pub(super) uid: u32,
+    pub(super) gid: u32,
+    /// `None`: the host's network; else the slot's empty namespace.
+    pub(super) netns: Option<RawFd>,
+    /// The slot's `cgroup.procs` files.
+    pub(super) cgroup_procs: Vec<CString>,
+    pub(super) stdout: OwnedFd,
+    pub(super) stderr: OwnedFd,
+}

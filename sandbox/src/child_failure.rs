@@ -1,0 +1,93 @@
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What the child was doing when a step between clone and exec failed,
+/// written to memory it shares with the launcher (the parent waits for the
+/// child's exec or exit before reading it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ChildStep {
+    JoinCgroup,
+    /// A step of the fixed root (`template`) or of the action's own.
+    Mount {
+        template: bool,
+        index: u32,
+    },
+    PivotRoot,
+    Hostname,
+    Network,
+    Limits,
+    Stdio,
+    Privileges,
+    Seccomp,
+    WorkingDir,
+    Exec,
+}
+
+/// A failed step and its errno; zero when none failed.
+pub(super) struct ChildFailure(AtomicU64);
+
+impl ChildFailure {
+    pub(super) fn new() -> Self {
+        ChildFailure(AtomicU64::new(0))
+    }
+
+    /// Records the step and the current errno (async-signal-safe).
+    pub(super) fn record(&self, step: ChildStep, errno: i32) {
+        let (kind, index) = match step {
+            ChildStep::JoinCgroup => (1, 0),
+            ChildStep::Mount { template: true, index } => (2, index),
+            ChildStep::Mount { template: false, index } => (3, index),
+            ChildStep::PivotRoot => (4, 0),
+            ChildStep::Hostname => (5, 0),
+            ChildStep::Network => (6, 0),
+            ChildStep::Limits => (7, 0),
+            ChildStep::Stdio => (8, 0),
+            ChildStep::Privileges => (9, 0),
+            ChildStep::Seccomp => (10, 0),
+            ChildStep::WorkingDir => (11, 0),
+            ChildStep::Exec => (12, 0),
+        };
+        self.0.store((kind << 48) | (u64::from(index) << 32) | u64::from(errno as u32), Ordering::SeqCst);
+    }
+
+    /// The failed step and its errno, if one failed.
+    pub(super) fn get(&self) -> Option<(ChildStep, i32)> {
+        let value = self.0.load(Ordering::SeqCst);
+        let index = ((value >> 32) & 0xffff) as u32;
+        let step = match value >> 48 {
+            0 => return None,
+            1 => ChildStep::JoinCgroup,
+            2 => ChildStep::Mount { template: true, index },
+            3 => ChildStep::Mount { template: false, index },
+            4 => ChildStep::PivotRoot,
+            5 => ChildStep::Hostname,
+            6 => ChildStep::Network,
+            7 => ChildStep::Limits,
+            8 => ChildStep::Stdio,
+            9 => ChildStep::Privileges,
+            10 => ChildStep::Seccomp,
+            11 => ChildStep::WorkingDir,
+            _ => ChildStep::Exec,
+        };
+        Some((step, (value & 0xffff_ffff) as u32 as i32))
+    }
+}
+
+impl fmt::Display for ChildStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self {
+            ChildStep::JoinCgroup => "joining the slot's cgroup",
+            ChildStep::Mount { .. } => "building the root",
+            ChildStep::PivotRoot => "entering the root",
+            ChildStep::Hostname => "setting the hostname",
+            ChildStep::Network => "joining the empty network namespace",
+            ChildStep::Limits => "setting rlimits",
+            ChildStep::Stdio => "redirecting stdio",
+            ChildStep::Privileges => "dropping privileges",
+            ChildStep::Seccomp => "installing the seccomp filter",
+            ChildStep::WorkingDir => "entering the working directory",
+            ChildStep::Exec => "executing the command",
+        };
+        f.write_str(text)
+    }
+}

@@ -1,0 +1,220 @@
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memobuild_proto::{Error, Result, ResultExt};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio_util::sync::CancellationToken;
+
+use super::action_launch::ActionLaunch;
+use super::launcher::{Launched, Launcher};
+use super::root_template::{c_path, c_string};
+use super::sandbox_template::SandboxTemplate;
+use super::slot_pool::{Slot, SlotPool};
+use super::worker_cgroup::WorkerCgroup;
+use super::SandboxConfig;
+use crate::sandboxed_command::{SandboxedCommand, SandboxedExit};
+
+/// The owner of the file cache's entries, which actions must not be.
+const CACHE_OWNER_UID: u32 = 65534;
+
+/// The namespace sandbox of a root worker (see the crate's documentation).
+pub struct HostSandbox {
+    config: SandboxConfig,
+    template: Arc<SandboxTemplate>,
+    pool: Arc<SlotPool>,
+    launcher: Launcher,
+}
+
+impl HostSandbox {
+    pub fn new(config: SandboxConfig) -> Result<Self> {
+        if config.uid == CACHE_OWNER_UID {
+            return Err(Error::invalid_argument(format!(
+                "sandbox uid {CACHE_OWNER_UID} owns the worker's file cache; actions need another uid"
+            )));
+        }
+        let template = Arc::new(SandboxTemplate::new(&config)?);
+        let cgroup = WorkerCgroup::create(config.memory_bytes, config.pids).context("making the sandbox cgroups")?;
+        let launcher = Launcher::start(template.clone())?;
+        Ok(HostSandbox { config, template, pool: Arc::new(SlotPool::new(cgroup)), launcher })
+    }
+
+    /// Runs `spec` to its end, its timeout or `cancel`; every process it
+    /// started is gone when this returns (or is dropped).
+    pub async fn run(&self, spec: &SandboxedCommand<'_>, cancel: CancellationToken) -> Result<SandboxedExit> {
+        let program = spec.program;
+        let (uid, gid) = if spec.as_root { (0, 0) } else { (self.config.uid, self.config.gid) };
+        let slot = {
+            let pool = self.pool.clone();
+            let (root, stdout, stderr) =
+                (spec.root.to_path_buf(), spec.stdout.to_path_buf(), spec.stderr.to_path_buf());
+            tokio::task::spawn_blocking(move || -> Result<_> {
+                give_dirs(&root, uid, gid)?;
+                let stdout = create(&stdout)?;
+                let stderr = create(&stderr)?;
+                Ok((pool.acquire()?, stdout, stderr))
+            })
+            .await
+            .map_err(|e| Error::internal(e.to_string()))?
+        };
+        let (slot, stdout, stderr) = slot?;
+        let launch = ActionLaunch {
+            program: c_path(program)?,
+            argv: spec.argv.iter().map(|a| c_string(a.clone())).collect::<Result<_>>()?,
+            env: spec.env.iter().map(|(k, v)| c_string(format!("{k}={v}"))).collect::<Result<_>>()?,
+            working_dir: c_path(spec.working_dir)?,
+            ops: self.template.root.input_root_ops(spec.root)?,
+            uid,
+            gid,
+            netns: (!spec.network).then(|| slot.netns.as_raw_fd()),
+            cgroup_procs: slot.cgroup.as_ref().map(|c| c.procs.clone()).unwrap_or_default(),
+            stdout,
+            stderr,
+        };
+        let oom_before = slot.cgroup.as_ref().map_or(0, |c| c.oom_kills());
+        let launched = match self.launcher.launch(launch).await {
+            Ok(launched) => launched,
+            Err(e) => {
+                self.pool.release(slot);
+                return Err(e);
+            }
+        };
+        let mut child = RunningChild::new(launched, slot, self.pool.clone())?;
+        let sleep = async {
+            match spec.timeout {
+                Some(timeout) => tokio::time::sleep(timeout).await,
+                None => std::future::pending().await,
+            }
+        };
+        let (status, timed_out, cancelled) = tokio::select! {
+            status = child.wait() => (status, false, false),
+            () = sleep => {
+                child.kill();
+                (child.wait().await, true, false)
+            }
+            () = cancel.cancelled() => {
+                child.kill();
+                (child.wait().await, false, true)
+            }
+        };
+        let exit_code = status.context("waiting for the sandboxed command")?;
+        let oom_killed = child.slot.as_ref().and_then(|s| s.cgroup.as_ref()).map_or(0, |c| c.oom_kills()) > oom_before;
+        child.finish();
+        Ok(SandboxedExit {
+            exit_code,
+            timed_out,
+            cancelled,
+            memory_limit_exceeded: if oom_killed { self.config.memory_bytes } else { None },
+        })
+    }
+}
+
+/// A started child: killed and reaped however the run ends, its slot
+/// returned once it is gone.
+struct RunningChild {
+    pid: libc::pid_t,
+    pidfd: AsyncFd<OwnedFd>,
+    reaped: bool,
+    slot: Option<Slot>,
+    pool: Arc<SlotPool>,
+}
+
+impl RunningChild {
+    fn new(launched: Launched, slot: Slot, pool: Arc<SlotPool>) -> Result<Self> {
+        let Launched { pid, pidfd } = launched;
+        // SAFETY: the AsyncFd owns the pidfd, whose number stays the same.
+        #[allow(unsafe_code)]
+        let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
+            .map_err(|e| Error::internal(format!("watching the sandboxed command: {e}")))?;
+        Ok(RunningChild { pid, pidfd, reaped: false, slot: Some(slot), pool })
+    }
+
+    /// Its exit code, or 128 + the signal that killed it.
+    async fn wait(&mut self) -> std::io::Result<i32> {
+        loop {
+            let mut guard = self.pidfd.readable().await?;
+            let mut status = 0;
+            // SAFETY: our own child, not yet reaped.
+            #[allow(unsafe_code)]
+            let rc = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+            if rc == self.pid {
+                self.reaped = true;
+                return Ok(if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else if libc::WIFSIGNALED(status) {
+                    128 + libc::WTERMSIG(status)
+                } else {
+                    -1
+                });
+            }
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            guard.clear_ready();
+        }
+    }
+
+    /// SIGKILL to pid 1 of the namespace: the kernel kills the rest.
+    fn kill(&self) {
+        // SAFETY: a signal through our own pidfd.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::syscall(libc::SYS_pidfd_send_signal, self.pidfd.get_ref().as_raw_fd(), libc::SIGKILL, 0, 0);
+        }
+    }
+
+    /// Returns the slot of a reaped child.
+    fn finish(&mut self) {
+        if let (true, Some(slot)) = (self.reaped, self.slot.take()) {
+            self.pool.release(slot);
+        }
+    }
+}
+
+impl Drop for RunningChild {
+    fn drop(&mut self) {
+        if self.reaped {
+            self.finish();
+            return;
+        }
+        self.kill();
+        let (pid, slot, pool) = (self.pid, self.slot.take(), self.pool.clone());
+        let reap = move || {
+            let mut status = 0;
+            // SAFETY: our own child, killed above.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::waitpid(pid, &mut status, 0)
+            };
+            if let Some(slot) = slot {
+                pool.release(slot);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => drop(handle.spawn_blocking(reap)),
+            Err(_) => reap(),
+        }
+    }
+}
+
+/// Gives the input root's directories to the action's user, so it can
+/// create its outputs (the files stay the file cache's, read-only).
+fn give_dirs(root: &Path, uid: u32, gid: u32) -> Result<()> {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        std::os::unix::fs::lchown(&dir, Some(uid), Some(gid)).with_context(|| format!("chown {}", dir.display()))?;
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn create(path: &PathBuf) -> Result<OwnedFd> {
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(file.into())
+}

@@ -1,0 +1,145 @@
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::ptr::null;
+use std::sync::Arc;
+
+use libc::{c_char, c_int};
+use memobuild_proto::{Error, Result};
+use tokio::sync::oneshot;
+
+use super::action_launch::ActionLaunch;
+use super::child_failure::{ChildFailure, ChildStep};
+use super::child_process::{child_main, ChildArgs};
+use super::sandbox_template::SandboxTemplate;
+
+/// The child's stack (it only runs the setup code, then execs).
+const STACK_BYTES: usize = 256 << 10;
+/// Launches waiting for the launcher thread.
+const QUEUE: usize = 64;
+
+/// A started action: pid 1 of its PID namespace.
+pub(super) struct Launched {
+    pub(super) pid: libc::pid_t,
+    pub(super) pidfd: OwnedFd,
+}
+
+struct Request {
+    launch: ActionLaunch,
+    reply: oneshot::Sender<Result<Launched>>,
+}
+
+/// A thread that starts sandboxed children, one `clone` each: new PID,
+/// mount, IPC and UTS namespaces, sharing this process's memory until the
+/// child execs (as `posix_spawn` does, so nothing of the worker's memory is
+/// copied). Children die with the thread (`PR_SET_PDEATHSIG`), that is when
+/// the launcher is dropped.
+pub(super) struct Launcher {
+    requests: std::sync::mpsc::SyncSender<Request>,
+}
+
+impl Launcher {
+    pub(super) fn start(template: Arc<SandboxTemplate>) -> Result<Self> {
+        let (requests, queue) = std::sync::mpsc::sync_channel::<Request>(QUEUE);
+        std::thread::Builder::new()
+            .name("sandbox-launcher".into())
+            .spawn(move || {
+                // SAFETY: blocks signals on this thread only, so a child
+                // never runs one of the worker's handlers before exec.
+                #[allow(unsafe_code)]
+                unsafe {
+                    let mut all: libc::sigset_t = std::mem::zeroed();
+                    libc::sigfillset(&mut all);
+                    libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+                }
+                let mut stack = vec![0u8; STACK_BYTES];
+                while let Ok(request) = queue.recv() {
+                    let launched = launch(&template, &request.launch, &mut stack);
+                    let _ = request.reply.send(launched);
+                }
+            })
+            .map_err(|e| Error::internal(format!("starting the sandbox launcher thread: {e}")))?;
+        Ok(Launcher { requests })
+    }
+
+    pub(super) async fn launch(&self, launch: ActionLaunch) -> Result<Launched> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || Error::internal("the sandbox launcher thread is gone");
+        match self.requests.try_send(Request { launch, reply }) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(gone()),
+            // The queue is bounded: a full one is waited for off the runtime.
+            Err(std::sync::mpsc::TrySendError::Full(request)) => {
+                let requests = self.requests.clone();
+                tokio::task::spawn_blocking(move || requests.send(request).map_err(drop))
+                    .await
+                    .map_err(|e| Error::internal(e.to_string()))?
+                    .map_err(|_| gone())?;
+            }
+        }
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+fn launch(template: &SandboxTemplate, launch: &ActionLaunch, stack: &mut [u8]) -> Result<Launched> {
+    let pointers = |strings: &[std::ffi::CString]| -> Vec<*const c_char> {
+        strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(null())).collect()
+    };
+    let (argv, envp) = (pointers(&launch.argv), pointers(&launch.env));
+    let failure = ChildFailure::new();
+    let args = ChildArgs { template, launch, argv: &argv, envp: &envp, failure: &failure };
+    let flags = libc::CLONE_VM
+        | libc::CLONE_VFORK
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_PIDFD
+        | libc::SIGCHLD;
+    let mut pidfd: c_int = -1;
+    // The stack grows down from its end, 16-byte aligned.
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+    // SAFETY: CLONE_VFORK stops this thread until the child execs or exits,
+    // so `args` and the stack outlive the child's use of them.
+    #[allow(unsafe_code)]
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            top as *mut libc::c_void,
+            flags,
+            &args as *const ChildArgs<'_> as *mut libc::c_void,
+            &mut pidfd as *mut c_int,
+        )
+    };
+    if pid < 0 {
+        return Err(Error::internal(format!("clone: {}", std::io::Error::last_os_error())));
+    }
+    // SAFETY: CLONE_PIDFD gave this fd to us.
+    #[allow(unsafe_code)]
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    if let Some((step, errno)) = failure.get() {
+        let mut status = 0;
+        // SAFETY: reaps the child that just exited.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::waitpid(pid, &mut status, 0)
+        };
+        let what = match step {
+            ChildStep::Mount { template: true, index } => template.root.ops.get(index as usize).map(|o| o.to_string()),
+            ChildStep::Mount { template: false, index } => launch.ops.get(index as usize).map(|o| o.to_string()),
+            ChildStep::Exec => Some(format!("{:?}", launch.program)),
+            _ => None,
+        };
+        let error = std::io::Error::from_raw_os_error(errno);
+        let message = match what {
+            Some(what) => format!("sandbox: {step} ({what}): {error}"),
+            None => format!("sandbox: {step}: {error}"),
+        };
+        let code = match (step, errno) {
+            (ChildStep::Exec | ChildStep::WorkingDir, libc::ENOENT | libc::EACCES | libc::ENOEXEC | libc::ENOTDIR) => {
+                tonic::Code::InvalidArgument
+            }
+            _ => tonic::Code::Internal,
+        };
+        return Err(Error::new(code, message));
+    }
+    Ok(Launched { pid, pidfd })
+}

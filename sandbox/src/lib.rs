@@ -1,0 +1,38 @@
+//! The root worker's sandbox for REAPI actions ([`HostSandbox`]): one `clone` per action into new
+//! PID, mount, IPC and UTS namespaces (sharing the worker's memory until
+//! exec, from a launcher thread), then, before exec:
+//!
+//! - a root of its own: a read-only tmpfs with the configured host
+//!   directories (`/usr`, `/etc`, ...) bound read-only, hidden paths covered,
+//!   the input root bound read-write at its own path, a private `/tmp` and
+//!   `/dev/shm`, a fresh `/proc` (`/proc/sys` read-only) and a minimal `/dev`;
+//!   nothing else of the host, the worker's state directory included;
+//! - an empty network namespace (only `lo`) made once per slot and joined,
+//!   unless the action asks for network;
+//! - a cgroup per slot (memory and pids limits) made once under the
+//!   worker's own and reused;
+//! - rlimits, every capability dropped (bounding set included), an
+//!   unprivileged uid/gid, `no_new_privs` and a seccomp filter
+//!   ([`syscall_policy`], also the RUN steps' OCI seccomp profile).
+//!
+//! No helper program runs per action.
+
+mod action_launch;
+mod child_failure;
+mod child_process;
+mod empty_netns;
+mod host_sandbox;
+mod launcher;
+mod mount_op;
+mod root_template;
+mod sandbox_config;
+mod sandbox_template;
+mod sandboxed_command;
+mod seccomp_program;
+mod slot_pool;
+pub mod syscall_policy;
+mod worker_cgroup;
+
+pub use host_sandbox::HostSandbox;
+pub use sandbox_config::SandboxConfig;
+pub use sandboxed_command::{SandboxedCommand, SandboxedExit};
