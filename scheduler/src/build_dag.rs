@@ -67,7 +67,7 @@ mod tests {
         let context = BuildContext::empty();
         let graph = plan_text("Dockerfile", dockerfile, &context, &BuildOptions::default()).unwrap();
         let dag = BuildDag::of(&graph);
-        assert_eq!(dag.nodes.len(), 6, "{dag:?}");
+        assert_eq!(dag.nodes.len(), 7, "three FROMs and four steps: {dag:?}");
         let edges: Vec<(&str, &str)> = dag.edges.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         for edge in [("0.0", "0.1"), ("1.0", "1.1"), ("2.0", "2.1"), ("2.1", "2.2"), ("0.1", "2.1"), ("1.1", "2.2")] {
             assert!(edges.contains(&edge), "{edge:?} in {edges:?}");
