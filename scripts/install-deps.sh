@@ -5,11 +5,14 @@ set -euo pipefail
 
 packages=(build-essential ca-certificates curl git procps util-linux protobuf-compiler bazel-bootstrap
   containerd runc docker-registry skopeo umoci busybox-static debootstrap openssh-client docker.io
-  python3-venv redis-server iproute2 nftables npm docker-compose prometheus chromium)
+  python3-venv redis-server iproute2 nftables docker-compose prometheus chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
+# npm: Debian's package, unless the machine has one already (e.g. NodeSource's
+# nodejs, which bundles npm and conflicts with Debian's).
+command -v npm >/dev/null || missing+=(npm)
 if ((${#missing[@]})); then
   echo "installing Debian packages: ${missing[*]}" >&2
   apt-get update -qq
