@@ -162,16 +162,6 @@ fn project(steps: &str) -> Project {
     Project::new(&[("Dockerfile", &format!("FROM {}\n{steps}", fixture().base()))])
 }
 
-fn built_image(project: &Project, args: &[&str]) -> Unpacked {
-    let oci = project.path().join("image.tar");
-    let output = format!("type=oci,dest={}", oci.display());
-    let mut all = vec!["-t", "img:1", "-o", &output];
-    all.extend_from_slice(args);
-    let build = project.build(&all);
-    assert!(build.ok(), "{}", build.stderr());
-    Unpacked::from_oci_tar(&oci, "1")
-}
-
 /// A RUN step's GET of `/hello` from `address` (HOST:PORT) with busybox's
 /// `nc`, the answer and nc's exit code written to `file`. (busybox's wget
 /// crashes when a connection fails.)
@@ -201,7 +191,7 @@ fn the_default_network_reaches_outside_but_not_this_host() {
         fetch_into(&format!("{}:{own}", outside.near), "/own-port"),
         fetch_into(&outside.address(), "/none"),
     ));
-    let image = built_image(&project, &[]);
+    let image = project.built_image(&[]);
     let reached = image.read("/outside");
     assert!(reached.ends_with(&format!("{HELLO} exit=0\n")), "{reached}");
     for (file, secret) in [("/loopback", "loopback secret"), ("/own-port", "own port secret"), ("/none", HELLO)] {
@@ -243,7 +233,7 @@ fn the_host_network_needs_the_entitlement() {
 
         let mut allowed = flags.to_vec();
         allowed.extend(["--allow", "network.host"]);
-        let image = built_image(&project, &allowed);
+        let image = project.built_image(&allowed);
         assert!(image.read("/net").contains("eth0"), "the host's interfaces");
     }
     let unknown = project("RUN true\n").build(&["--allow", "security.everything"]);

@@ -7,7 +7,7 @@
 #[path = "image_build/harness.rs"]
 mod harness;
 
-use harness::{fixture, Project, Unpacked};
+use harness::{fixture, Project};
 
 /// Writes the step's own security state, and whether it could mount.
 const PROBE: &str = "grep -E '^(NoNewPrivs|Seccomp|CapEff):' /proc/self/status > /status; \
@@ -17,23 +17,13 @@ fn project(run: &str) -> Project {
     Project::new(&[("Dockerfile", &format!("FROM {}\nRUN echo first > /first\n{run} {PROBE}\n", fixture().base()))])
 }
 
-fn built_image(project: &Project, args: &[&str]) -> Unpacked {
-    let oci = project.path().join("image.tar");
-    let output = format!("type=oci,dest={}", oci.display());
-    let mut all = vec!["-t", "img:1", "-o", &output];
-    all.extend_from_slice(args);
-    let build = project.build(&all);
-    assert!(build.ok(), "{}", build.stderr());
-    Unpacked::from_oci_tar(&oci, "1")
-}
-
 fn field<'a>(status: &'a str, name: &str) -> &'a str {
     status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or_else(|| panic!("{name} in {status}"))
 }
 
 #[test]
 fn run_steps_have_no_new_privs_and_seccomp() {
-    let image = built_image(&project("RUN"), &[]);
+    let image = project("RUN").built_image(&[]);
     let status = image.read("/status");
     assert_eq!(field(&status, "NoNewPrivs:"), "1", "{status}");
     assert_eq!(field(&status, "Seccomp:"), "2", "{status}");
@@ -52,7 +42,7 @@ fn insecure_runs_need_the_entitlement() {
     assert!(stderr.contains("--allow security.insecure"), "{stderr}");
     assert!(refused.ran().is_empty(), "refused before any step ran: {:?}", refused.ran());
 
-    let image = built_image(&project, &["--allow", "security.insecure"]);
+    let image = project.built_image(&["--allow", "security.insecure"]);
     let status = image.read("/status");
     assert_eq!(field(&status, "NoNewPrivs:"), "0", "{status}");
     assert_eq!(field(&status, "Seccomp:"), "0", "{status}");

@@ -195,6 +195,18 @@ impl Project {
         self.build_with_env(args, &[])
     }
 
+    /// Builds `-t img:1` with ARGS into an OCI tar in the project and
+    /// unpacks it; the build must succeed.
+    pub fn built_image(&self, args: &[&str]) -> Unpacked {
+        let oci = self.path().join("image.tar");
+        let output = format!("type=oci,dest={}", oci.display());
+        let mut all = vec!["-t", "img:1", "-o", &output];
+        all.extend_from_slice(args);
+        let build = self.build(&all);
+        assert!(build.ok(), "{}", build.stderr());
+        Unpacked::from_oci_tar(&oci, "1")
+    }
+
     pub fn build_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Build {
         let output = self.memobuild("build", args, env);
         let events = String::from_utf8_lossy(&output.stderr)
