@@ -29,6 +29,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 source "$ROOT/scripts/env.sh"
+source "$ROOT/scripts/dockerd.sh"
 MEMOBUILD=${MEMOBUILD:-$CARGO_TARGET_DIR/release/memobuild}
 log() { printf '[bench-incremental] %s\n' "$*" >&2; }
 
@@ -162,19 +163,8 @@ EOF
   setsid containerd --config "$S/config.toml" >"$S/containerd.log" 2>&1 </dev/null &
   echo $! > "$S/containerd.pid"
 
-  local D="$W/dockerd"
-  cat > "$D/daemon.json" <<EOF
-{"data-root": "$D/data", "exec-root": "$D/exec", "pidfile": "$D/dockerd.pid",
- "hosts": ["unix://$D/docker.sock"], "bridge": "none", "iptables": false,
- "ip-forward": false, "ip-masq": false, "storage-driver": "overlay2",
- "insecure-registries": ["$registry"], "features": {"buildkit": true}}
-EOF
-  setsid /usr/sbin/dockerd --config-file "$D/daemon.json" >"$D/dockerd.log" 2>&1 </dev/null &
-  for _ in $(seq 150); do
-    [ -S "$S/containerd.sock" ] && DOCKER_HOST="unix://$D/docker.sock" /usr/bin/docker version >/dev/null 2>&1 && break
-    sleep 0.2
-  done
-  DOCKER_HOST="unix://$D/docker.sock" /usr/bin/docker version --format 'dockerd {{.Server.Version}} up' >&2
+  dockerd_start "$W/dockerd" "$registry"
+  for _ in $(seq 150); do [ -S "$S/containerd.sock" ] && break; sleep 0.2; done
 
   write_cases "$W" "$registry"
   list_cases "$W" > "$W/cases.tsv"
@@ -187,16 +177,13 @@ EOF
 
 teardown() {
   local W=$1 pid
-  if [ -f "$W/dockerd/dockerd.pid" ]; then
-    pid=$(cat "$W/dockerd/dockerd.pid"); kill "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  fi
+  dockerd_stop "$W/dockerd"
   if [ -f "$W/containerd/containerd.pid" ]; then
     pid=$(cat "$W/containerd/containerd.pid"); kill "$pid" 2>/dev/null || true
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   fi
   [ -f "$W/registry.port" ] && bash "$ROOT/scripts/registry.sh" stop "$(cat "$W/registry.port")" >/dev/null 2>&1 || true
-  grep -o " $W/[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  { grep -o " $W/[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   rm -rf "$W" 2>/dev/null || { sleep 1; rm -rf "$W"; }
 }
 

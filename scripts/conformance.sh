@@ -16,6 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
+source scripts/dockerd.sh
 
 mode=check
 case "${1:-}" in
@@ -44,12 +45,8 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 registry="127.0.0.1:$port"
 D=$(mktemp -d /tmp/mb-conf-dockerd.XXXXXX)
 cleanup() {
-  if [ -f "$D/dockerd.pid" ]; then
-    kill "$(cat "$D/dockerd.pid")" 2>/dev/null || true
-    for _ in $(seq 100); do [ -e "$D/dockerd.pid" ] || break; sleep 0.1; done
-  fi
+  dockerd_stop "$D"
   bash scripts/registry.sh stop "$port" >/dev/null 2>&1 || true
-  umount "$D/data/overlay2" 2>/dev/null || true
   rm -rf "$D" 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -59,19 +56,7 @@ layout="${MEMOBUILD_BASE_CACHE:-/var/cache/memobuild/base-images}/oci"
 skopeo copy -q --dest-tls-verify=false "oci:$layout:busybox" "docker://$registry/memobuild-base/busybox:1"
 [ -z "$debian" ] || skopeo copy -q --dest-tls-verify=false "oci:$layout:debian" "docker://$registry/memobuild-base/debian:bookworm"
 
-cat > "$D/daemon.json" <<EOF
-{"data-root": "$D/data", "exec-root": "$D/exec", "pidfile": "$D/dockerd.pid",
- "hosts": ["unix://$D/docker.sock"], "bridge": "none", "iptables": false,
- "ip-forward": false, "ip-masq": false, "storage-driver": "overlay2",
- "insecure-registries": ["$registry"], "features": {"buildkit": true}}
-EOF
-setsid /usr/sbin/dockerd --config-file "$D/daemon.json" >"$D/dockerd.log" 2>&1 </dev/null &
-for _ in $(seq 150); do
-  DOCKER_HOST="unix://$D/docker.sock" /usr/bin/docker version >/dev/null 2>&1 && break
-  sleep 0.2
-done
-DOCKER_HOST="unix://$D/docker.sock" /usr/bin/docker version --format 'dockerd {{.Server.Version}} up' >&2 \
-  || { tail -n 30 "$D/dockerd.log" >&2; exit 1; }
+dockerd_start "$D" "$registry"
 
 test_name=refresh_buildkit_results
 [ "$mode" = bench ] && test_name=bench_corpus
