@@ -3,7 +3,7 @@
 # apt already uses) and caches them as tags of ONE OCI image layout:
 #
 #   $MEMOBUILD_BASE_CACHE/oci      (default /var/cache/memobuild/base-images/oci)
-#     tags: busybox  debian  node  python  golang  rust
+#     tags: busybox  debian  node  python  golang  rust  gcc
 #
 # Usage:
 #   scripts/base-images.sh [all]          build every image that is not built yet
@@ -11,13 +11,13 @@
 #   scripts/base-images.sh push REGISTRY  push every built image, e.g. to 127.0.0.1:5000:
 #       REGISTRY/memobuild-base/busybox:1
 #       REGISTRY/memobuild-base/debian:bookworm
-#       REGISTRY/memobuild-base/{node,python,golang,rust}:bookworm
+#       REGISTRY/memobuild-base/{node,python,golang,rust,gcc}:bookworm
 #   scripts/base-images.sh list           print the layout path and its tags
 #
 # Idempotent: a tag only appears in the layout once its image is complete (work is done
 # under a temporary tag, then renamed), and existing tags are skipped. Delete a tag
 # (`umoci rm --image $CACHE/oci:TAG`) or the whole cache dir to rebuild.
-# debian is `debootstrap --variant=minbase bookworm`; node/python/golang/rust are
+# debian is `debootstrap --variant=minbase bookworm`; node/python/golang/rust/gcc are
 # debian's layer plus one layer from `apt-get install` in a chroot.
 # Env: MEMOBUILD_BASE_CACHE (cache dir), MEMOBUILD_DEBIAN_MIRROR (default: from apt sources).
 # Needs root.
@@ -226,13 +226,14 @@ build_variant() { # name cmd packages...
 }
 
 # name -> "cmd packages..."
-VARIANTS=(node python golang rust)
+VARIANTS=(node python golang rust gcc)
 variant_spec() {
   case "$1" in
     node) echo "node nodejs npm" ;;
     python) echo "python3 python3" ;;
     golang) echo "/bin/bash golang-go ca-certificates" ;;
     rust) echo "/bin/bash rustc cargo" ;;
+    gcc) echo "/bin/bash g++" ;;
   esac
 }
 
@@ -277,7 +278,7 @@ case "$mode" in
     ensure busybox; ensure debian
     for v in "${VARIANTS[@]}"; do ensure "$v"; done
     log "all images ready in $LAYOUT ($((SECONDS - t0)) s)" ;;
-  debian|node|python|golang|rust)
+  debian|node|python|golang|rust|gcc)
     need_tools umoci debootstrap; with_lock; init_layout
     [ "$mode" = debian ] || ensure debian
     ensure "$mode" ;;
@@ -288,5 +289,5 @@ case "$mode" in
     echo "$LAYOUT"; [ -f "$LAYOUT/index.json" ] && umoci ls --layout "$LAYOUT" | grep -v '^tmp-' || true ;;
   -h|--help|help)
     sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' ;;
-  *) die "unknown mode '$mode' (all|busybox|debian|node|python|golang|rust|push REGISTRY|list)" ;;
+  *) die "unknown mode '$mode' (all|busybox|debian|node|python|golang|rust|gcc|push REGISTRY|list)" ;;
 esac

@@ -13,6 +13,7 @@ use memobuild_cas::{
     GrpcStore, MetadataConfig, MeteredStore, PinLeases, StoreConfig, StoreMetrics, SystemClock, VerifiedStore,
 };
 use memobuild_engine::NetworkPolicy;
+use memobuild_oci::RegistryClient;
 use memobuild_proto::reapi::capabilities_server::CapabilitiesServer;
 use memobuild_proto::reapi::{digest_function, ExecutionCapabilities};
 use memobuild_proto::DigestFunction;
@@ -21,7 +22,9 @@ use memobuild_scheduler::{
     PostgresOperationStore, Scheduler, SchedulerConfig, SchedulerMetrics, SqliteBuildStore, SqliteOperationStore,
 };
 use memobuild_worker::steps::{StepActions, StepRunner};
-use memobuild_worker::{run_worker, ActionExecutor, Executors, HostRunner, WorkerIdentity, WorkerMonitor};
+use memobuild_worker::{
+    run_worker, ActionExecutor, Executors, HostRunner, ImageRunner, Runner, WorkerIdentity, WorkerMonitor,
+};
 use prometheus::core::Collector;
 use prometheus::{IntCounter, IntGauge, Registry};
 use tokio::net::TcpListener;
@@ -465,11 +468,8 @@ async fn worker(
     // directory would show it.
     let mut sandbox = section.sandbox.clone();
     sandbox.hidden.push(section.work_dir.clone());
-    let runner = Arc::new(HostRunner::with_config(sandbox));
-    runner.check().await.context("checking the worker's sandbox")?;
-    let executor = ActionExecutor::new(cas.clone(), section.work_dir.clone(), section.cache_max_bytes, runner)
-        .await
-        .context("starting the worker")?;
+    let host = Arc::new(HostRunner::with_config(sandbox.clone()));
+    host.check().await.context("checking the worker's sandbox")?;
     let runner = section.dockerfile_steps.then(|| {
         Arc::new(StepRunner::new(
             cas.clone(),
@@ -478,6 +478,17 @@ async fn worker(
             section.network.clone(),
         ))
     });
+    // With containerd, actions may also name a `container-image`.
+    let actions: Arc<dyn Runner> = match &runner {
+        Some(steps) => {
+            let registry = RegistryClient::from_docker_config().context("reading registry credentials")?;
+            Arc::new(ImageRunner::new(host, steps.clone(), cas.clone(), registry, sandbox))
+        }
+        None => host,
+    };
+    let executor = ActionExecutor::new(cas.clone(), section.work_dir.clone(), section.cache_max_bytes, actions)
+        .await
+        .context("starting the worker")?;
     let steps = runner.clone().map(|runner| Arc::new(StepActions::new(runner, cas)));
     let monitor = WorkerMonitor::new(Some(registry))?;
     health.add(WorkerLinkCheck { monitor: monitor.clone() });
@@ -489,11 +500,12 @@ async fn worker(
         section.slots.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1));
     let identity = WorkerIdentity {
         name: format!("{}:{}", hostname(), std::process::id()),
+        // What the configuration says of a property replaces what the worker finds.
         properties: section
             .properties
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
-            .chain(executors.properties())
+            .chain(executors.properties().into_iter().filter(|(k, _)| !section.properties.contains_key(k)))
             .collect(),
         slots,
     };

@@ -5,6 +5,8 @@
 
 #[path = "common/bazel_workspace.rs"]
 mod bazel_workspace;
+#[path = "image_build/harness.rs"]
+mod harness;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -243,4 +245,59 @@ fn bazel_and_dockerfile_builds_share_one_cluster_cache() {
     let warm = memobuild(&setup, &["remote", "build", "--progress", "plain", dir]);
     assert!(warm.contains("0 steps ran, 2 cached"), "{warm}");
     setup.rebuild_all_cached(&remote, &outputs);
+}
+
+/// The Debian g++ image of `scripts/base-images.sh gcc` plus a marker file
+/// holding `marker`, built by `memobuild build` and pushed to the test
+/// registry; returns it pinned as Bazel's RBE configs name images.
+fn toolchain_image(marker: &str) -> String {
+    let cache = std::env::var("MEMOBUILD_BASE_CACHE").unwrap_or_else(|_| "/var/cache/memobuild/base-images".into());
+    let layout = Path::new(&cache).join("oci");
+    let tags = Command::new("umoci").args(["ls", "--layout"]).arg(&layout).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&tags.stdout).lines().any(|t| t == "gcc"),
+        "no gcc image in {}: run `scripts/base-images.sh gcc` (scripts/test.sh does)",
+        layout.display()
+    );
+    let registry = &harness::fixture().registry;
+    let tag = format!("{registry}/toolchain/gcc:{marker}");
+    let project = harness::Project::new(&[
+        ("Dockerfile", "FROM toolchain\nCOPY marker /etc/memobuild-toolchain\n"),
+        ("marker", marker),
+    ]);
+    let build = project.build(&[
+        "--build-context",
+        &format!("toolchain=oci-layout://{}:gcc", layout.display()),
+        "-t",
+        &tag,
+        "--push",
+    ]);
+    assert!(build.ok(), "building the toolchain image failed:\n{}", build.stderr());
+    let inspect = harness::sh("skopeo", &["inspect", "--tls-verify=false", &format!("docker://{tag}")]);
+    let digest = serde_json::from_str::<serde_json::Value>(&inspect).unwrap()["Digest"].as_str().unwrap().to_string();
+    format!("docker://{registry}/toolchain/gcc@{digest}")
+}
+
+#[test]
+fn bazel_builds_cpp_remotely_inside_a_container_image() {
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let image = toolchain_image(&marker);
+    let setup = Setup::new();
+    let remote = format!("--remote_executor=grpc://{}", setup.address);
+    let properties = format!("--remote_default_exec_properties=container-image={image}");
+    let targets = ["//cc:hello", "//:hello_output", "//:toolchain_id"];
+    let built = setup.bazel(&[&["build", &remote, &properties][..], &targets].concat());
+    let summary = process_summary(&built);
+    assert_eq!(count(&summary, "linux-sandbox") + count(&summary, "local"), 0, "ran locally: {summary}");
+    assert!(count(&summary, "remote") >= 4, "not executed remotely: {summary}");
+
+    // The actions saw the image's filesystem, not the host's.
+    let bin = std::fs::canonicalize(setup.workspace.join("bazel-bin")).unwrap();
+    assert_eq!(std::fs::read_to_string(bin.join("toolchain_id.txt")).unwrap(), marker);
+    // The image's g++ compiled and linked a binary that runs, there and here.
+    let expected = "hello, memobuild (checksum 1711727988)\n";
+    assert_eq!(std::fs::read_to_string(bin.join("hello_output.txt")).unwrap(), expected);
+    let here = Command::new(bin.join("cc/hello")).arg("memobuild").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&here.stdout), expected);
+    setup.bazel(&["shutdown"]);
 }

@@ -47,6 +47,8 @@ pub struct ExecuteOptions {
     pub timeout: Duration,
     /// The server's process, to report its CPU time per pass.
     pub server_pid: Option<u32>,
+    /// Platform properties of every action.
+    pub platform: Vec<(String, String)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -269,9 +271,15 @@ pub async fn run(options: ExecuteOptions) -> anyhow::Result<ExecuteReport> {
     let first = channels.first().cloned().context("no channel")?;
 
     let upload_start = Instant::now();
-    let digests =
-        upload_trivial_actions(first, &options.instance_name, options.digest_function, options.seed, options.actions)
-            .await?;
+    let digests = upload_trivial_actions(
+        first,
+        &options.instance_name,
+        options.digest_function,
+        options.seed,
+        options.actions,
+        &options.platform,
+    )
+    .await?;
     let upload_seconds = upload_start.elapsed().as_secs_f64();
     let mut passes = Vec::new();
     match options.phase {

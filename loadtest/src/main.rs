@@ -188,6 +188,17 @@ struct ExecuteArgs {
     /// The server's process id, to report the CPU time it used per pass.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// A platform property of every action, NAME=VALUE (repeatable), e.g.
+    /// `container-image=docker://127.0.0.1:5000/img@sha256:...`.
+    #[arg(long = "platform", value_parser = parse_property)]
+    platform: Vec<(String, String)>,
+}
+
+fn parse_property(value: &str) -> Result<(String, String), String> {
+    value
+        .split_once('=')
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .ok_or_else(|| format!("{value:?} is not NAME=VALUE"))
 }
 
 #[derive(Args)]
@@ -450,6 +461,7 @@ async fn execute(args: ExecuteArgs) -> anyhow::Result<bool> {
         seed: args.common.seed(),
         timeout: Duration::from_secs(args.timeout),
         server_pid: args.server_pid,
+        platform: args.platform,
     };
     let report = execute::run(options).await?;
     out.line(&format!(

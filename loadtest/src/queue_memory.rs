@@ -145,6 +145,7 @@ pub async fn run(options: QueueMemoryOptions) -> anyhow::Result<QueueMemoryRepor
         options.digest_function,
         options.seed,
         options.actions,
+        &[],
     )
     .await?;
 

@@ -1,7 +1,7 @@
 //! Distinct trivial actions: `/bin/true` in an empty input root, made
 //! distinct by one environment variable so each has its own action digest.
 
-use memobuild_proto::reapi::{command, Action, Command, Directory};
+use memobuild_proto::reapi::{command, platform, Action, Command, Directory, Platform};
 use memobuild_proto::{Digest, DigestFunction};
 use prost::Message;
 
@@ -18,8 +18,14 @@ pub struct TrivialAction {
 
 /// Action `index` of run `run`: `/bin/true` with environment
 /// `LOADTEST_RUN=<run>`, `N=<index>`, `PATH=/usr/bin:/bin` (sorted by name,
-/// as REAPI requires), an empty input root and `do_not_cache = false`.
-pub fn trivial_action(function: DigestFunction, run: u64, index: usize) -> TrivialAction {
+/// as REAPI requires), an empty input root, `do_not_cache = false` and the
+/// platform `properties` (e.g. a `container-image`).
+pub fn trivial_action(
+    function: DigestFunction,
+    run: u64,
+    index: usize,
+    properties: &[(String, String)],
+) -> TrivialAction {
     let variable = |name: &str, value: String| command::EnvironmentVariable { name: name.to_string(), value };
     let command = Command {
         arguments: vec![PROGRAM.to_string()],
@@ -37,6 +43,12 @@ pub fn trivial_action(function: DigestFunction, run: u64, index: usize) -> Trivi
         command_digest: Some(command_digest.to_proto()),
         input_root_digest: Some(input_root.to_proto()),
         do_not_cache: false,
+        platform: (!properties.is_empty()).then(|| Platform {
+            properties: properties
+                .iter()
+                .map(|(name, value)| platform::Property { name: name.clone(), value: value.clone() })
+                .collect(),
+        }),
         ..Default::default()
     };
     let action_bytes = action.encode_to_vec();
@@ -45,8 +57,13 @@ pub fn trivial_action(function: DigestFunction, run: u64, index: usize) -> Trivi
 }
 
 /// Actions `0..count` of run `run`.
-pub fn trivial_actions(function: DigestFunction, run: u64, count: usize) -> Vec<TrivialAction> {
-    (0..count).map(|i| trivial_action(function, run, i)).collect()
+pub fn trivial_actions(
+    function: DigestFunction,
+    run: u64,
+    count: usize,
+    properties: &[(String, String)],
+) -> Vec<TrivialAction> {
+    (0..count).map(|i| trivial_action(function, run, i, properties)).collect()
 }
 
 /// Makes `count` trivial actions of run `run` and uploads their blobs through
@@ -57,8 +74,9 @@ pub async fn upload_trivial_actions(
     function: DigestFunction,
     run: u64,
     count: usize,
+    properties: &[(String, String)],
 ) -> anyhow::Result<Vec<Digest>> {
-    let actions = trivial_actions(function, run, count);
+    let actions = trivial_actions(function, run, count, properties);
     let blobs: Vec<(Digest, &[u8])> =
         actions.iter().flat_map(|a| a.blobs.iter().map(|(d, data)| (*d, data.as_slice()))).collect();
     let largest = blobs.iter().map(|(_, data)| data.len() as u64).max().unwrap_or(0);
@@ -83,17 +101,17 @@ mod tests {
 
     #[test]
     fn actions_are_distinct_and_repeatable() {
-        let actions = trivial_actions(DigestFunction::Sha256, 7, 500);
+        let actions = trivial_actions(DigestFunction::Sha256, 7, 500, &[]);
         let digests: HashSet<Digest> = actions.iter().map(|a| a.digest).collect();
         assert_eq!(digests.len(), 500);
         // The same run and index give the same action, so a second run hits the cache.
-        assert_eq!(trivial_action(DigestFunction::Sha256, 7, 3).digest, actions[3].digest);
-        assert_ne!(trivial_action(DigestFunction::Sha256, 8, 3).digest, actions[3].digest);
+        assert_eq!(trivial_action(DigestFunction::Sha256, 7, 3, &[]).digest, actions[3].digest);
+        assert_ne!(trivial_action(DigestFunction::Sha256, 8, 3, &[]).digest, actions[3].digest);
     }
 
     #[test]
     fn blobs_decode_to_the_trivial_command_in_an_empty_root() {
-        let action = trivial_action(DigestFunction::Sha256, 1, 42);
+        let action = trivial_action(DigestFunction::Sha256, 1, 42, &[]);
         let (action_digest, action_bytes) = &action.blobs[0];
         assert_eq!(*action_digest, action.digest);
         let decoded = Action::decode(action_bytes.as_slice()).unwrap();

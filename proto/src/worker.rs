@@ -4,6 +4,10 @@
 
 use crate::{protobuf, reapi, rpc};
 
+/// An offered property value that satisfies any requested value of its
+/// name: the worker interprets the value itself (`container-image=*`).
+pub const ANY_VALUE: &str = "*";
+
 /// Worker -> scheduler.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WorkerMessage {
@@ -34,7 +38,8 @@ pub struct Hello {
     /// Unique and stable for the worker process, e.g. `host:pid`.
     #[prost(string, tag = "1")]
     pub name: String,
-    /// What the worker offers; actions' platform properties are matched against these.
+    /// What the worker offers; actions' platform properties are matched
+    /// against these. A name may come with several values, or [`ANY_VALUE`].
     #[prost(message, repeated, tag = "2")]
     pub properties: Vec<reapi::platform::Property>,
     /// How many actions it runs at once.

@@ -1,5 +1,5 @@
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use memobuild_proto::{Error, Result, ResultExt};
@@ -14,6 +14,7 @@ use super::sandbox_template::SandboxTemplate;
 use super::slot_pool::{Slot, SlotPool};
 use super::worker_cgroup::WorkerCgroup;
 use super::SandboxConfig;
+use crate::input_dirs::give_dirs;
 use crate::sandboxed_command::{SandboxedCommand, SandboxedExit};
 
 /// The owner of the file cache's entries, which actions must not be.
@@ -196,22 +197,6 @@ impl Drop for RunningChild {
             Err(_) => reap(),
         }
     }
-}
-
-/// Gives the input root's directories to the action's user, so it can
-/// create its outputs (the files stay the file cache's, read-only).
-fn give_dirs(root: &Path, uid: u32, gid: u32) -> Result<()> {
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        std::os::unix::fs::lchown(&dir, Some(uid), Some(gid)).with_context(|| format!("chown {}", dir.display()))?;
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                stack.push(entry.path());
-            }
-        }
-    }
-    Ok(())
 }
 
 fn create(path: &PathBuf) -> Result<OwnedFd> {

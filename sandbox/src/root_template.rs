@@ -24,6 +24,9 @@ const DEV_LINKS: [(&str, &str); 4] = [
 /// The part of every action's root that does not depend on the action:
 /// the steps building it under `new_root` (an empty directory this worker
 /// made, a mount point only inside the actions' mount namespaces).
+/// The names of the template roots, before `{pid}-{n}`.
+const ROOT_PREFIX: &str = "memobuild-sandbox-";
+
 pub(super) struct RootTemplate {
     pub(super) new_root: CString,
     new_root_path: PathBuf,
@@ -36,7 +39,8 @@ pub(super) struct RootTemplate {
 
 impl RootTemplate {
     pub(super) fn new(config: &SandboxConfig) -> Result<Self> {
-        let name = format!("memobuild-sandbox-{}-{}", std::process::id(), INSTANCES.fetch_add(1, Ordering::Relaxed));
+        super::stale_dirs::remove_stale(&std::env::temp_dir(), ROOT_PREFIX);
+        let name = format!("{ROOT_PREFIX}{}-{}", std::process::id(), INSTANCES.fetch_add(1, Ordering::Relaxed));
         let new_root_path = std::env::temp_dir().join(name);
         std::fs::create_dir(&new_root_path).with_context(|| format!("creating {}", new_root_path.display()))?;
         let mut template = RootTemplate {

@@ -5,8 +5,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use memobuild_proto::{Error, Result, ResultExt};
 
+use super::stale_dirs::remove_stale;
+
 /// Where the cgroup filesystems are mounted.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The names of the workers' cgroups, before `{pid}-{n}`.
+const CGROUP_PREFIX: &str = "memobuild-";
 
 static INSTANCES: AtomicU64 = AtomicU64::new(0);
 
@@ -37,13 +42,14 @@ impl WorkerCgroup {
         if memory_bytes.is_none() && pids.is_none() {
             return Ok(None);
         }
-        let name = format!("memobuild-{}-{}", std::process::id(), INSTANCES.fetch_add(1, Ordering::Relaxed));
+        let name = format!("{CGROUP_PREFIX}{}-{}", std::process::id(), INSTANCES.fetch_add(1, Ordering::Relaxed));
         let own = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
         let v2 = Path::new(CGROUP_ROOT).join("cgroup.controllers").exists();
         let mut dirs = Vec::new();
         if v2 {
             let path = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/");
             let base = Path::new(CGROUP_ROOT).join(path.trim_start_matches('/'));
+            remove_stale(&base, CGROUP_PREFIX);
             enable_controllers(&base)?;
             let dir = base.join(&name);
             create_dir(&dir)?;
@@ -67,7 +73,9 @@ impl WorkerCgroup {
                     .ok_or_else(|| {
                         Error::new(tonic::Code::FailedPrecondition, format!("no cgroup v1 {controller} hierarchy here"))
                     })?;
-                let dir = Path::new(CGROUP_ROOT).join(controller).join(path.trim_start_matches('/')).join(&name);
+                let base = Path::new(CGROUP_ROOT).join(controller).join(path.trim_start_matches('/'));
+                remove_stale(&base, CGROUP_PREFIX);
+                let dir = base.join(&name);
                 create_dir(&dir)?;
                 dirs.push((dir, Some(controller)));
             }

@@ -1,6 +1,7 @@
 use std::collections::BTreeSet;
 
 use memobuild_proto::reapi;
+use memobuild_proto::worker::ANY_VALUE;
 
 /// Platform properties as (name, value) pairs, sorted: what an action asks
 /// for or what a worker offers. A name may appear with several values.
@@ -32,7 +33,8 @@ impl Platform {
 }
 
 /// How requested properties are matched against offered ones: equal values,
-/// except for `minimum_keys`, whose numeric values are lower bounds.
+/// except for `minimum_keys`, whose numeric values are lower bounds, and an
+/// offered [`ANY_VALUE`], which takes any value.
 #[derive(Clone, Debug, Default)]
 pub struct Matcher {
     minimum_keys: BTreeSet<String>,
@@ -58,6 +60,9 @@ impl Matcher {
     }
 
     fn satisfies(&self, name: &str, offered: &str, wanted: &str) -> bool {
+        if offered == ANY_VALUE {
+            return true;
+        }
         if self.minimum_keys.contains(name) {
             if let (Ok(offered), Ok(wanted)) = (offered.parse::<f64>(), wanted.parse::<f64>()) {
                 return offered >= wanted;
@@ -85,6 +90,13 @@ mod tests {
         assert_eq!(
             matcher.unmet(&worker, &platform(&[("OSFamily", "Windows"), ("gpu", "1")])),
             vec!["OSFamily=Windows", "gpu=1"]
+        );
+        // A worker that interprets a property itself takes any value of it.
+        let images = platform(&[("OSFamily", "Linux"), ("container-image", "*")]);
+        assert!(matcher.matches(&images, &platform(&[("container-image", "docker://r/i@sha256:00")])));
+        assert_eq!(
+            matcher.unmet(&worker, &platform(&[("container-image", "docker://r/i")])),
+            vec!["container-image=docker://r/i"]
         );
         // Numbers compare exactly unless the key is a minimum key.
         assert!(!matcher.matches(&platform(&[("version", "12")]), &platform(&[("version", "11")])));

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use memobuild_cas::BlobStore;
+use memobuild_oci::ImageReference;
 use memobuild_proto::protobuf::Timestamp;
 use memobuild_proto::reapi::{Action, ActionResult, Command, ExecutedActionMetadata, Platform};
 use memobuild_proto::{Digest, Error, Result, ResultExt};
@@ -15,6 +16,9 @@ use crate::input_tree::InputTree;
 use crate::output_capture::{Output, OutputCapture, OutputKind};
 use crate::relative_path::RelativePath;
 use crate::runner::{RunSpec, Runner};
+
+/// The platform property naming the image an action runs in.
+pub const CONTAINER_IMAGE_PROPERTY: &str = "container-image";
 
 /// The largest Action or Command proto read.
 const MAX_PROTO_BYTES: u64 = 16 << 20;
@@ -118,6 +122,7 @@ impl ActionExecutor {
             root: root.clone(),
             network: prepared.network,
             as_root: prepared.as_root,
+            image: prepared.image,
             timeout: prepared.timeout,
             stdout: dir.join("stdout"),
             stderr: dir.join("stderr"),
@@ -211,6 +216,7 @@ impl ActionExecutor {
         let platforms = [action.platform.as_ref(), command.platform.as_ref()];
         let network = platforms.iter().any(|p| wants_network(*p));
         let as_root = platforms.iter().any(|p| wants_root(*p));
+        let image = container_image(&platforms)?;
         let root_owned = root.to_path_buf();
         let (working_dir, outputs) = blocking(move || -> Result<_> {
             std::fs::create_dir(&root_owned)?;
@@ -226,7 +232,7 @@ impl ActionExecutor {
         })
         .await
         .context("materializing the input root")?;
-        Ok(Prepared { command, working_dir, outputs, network, as_root, timeout })
+        Ok(Prepared { command, working_dir, outputs, network, as_root, image, timeout })
     }
 
     /// A proto through the cache; FAILED_PRECONDITION when the CAS lacks it.
@@ -247,6 +253,7 @@ struct Prepared {
     outputs: Vec<Output>,
     network: bool,
     as_root: bool,
+    image: Option<ImageReference>,
     timeout: Option<Duration>,
 }
 
@@ -299,6 +306,23 @@ fn wants_network(platform: Option<&Platform>) -> bool {
 /// `true`, as Bazel's RBE configurations send it).
 fn wants_root(platform: Option<&Platform>) -> bool {
     platform.is_some_and(|p| p.properties.iter().any(|prop| prop.name == "dockerRunAsRoot" && prop.value == "true"))
+}
+
+/// The image the platform asks to run in: `container-image` set to
+/// `docker://REFERENCE` (as Bazel's RBE configurations send it) or a plain
+/// reference; the first platform that sets it wins.
+fn container_image(platforms: &[Option<&Platform>]) -> Result<Option<ImageReference>> {
+    let value = platforms
+        .iter()
+        .flatten()
+        .flat_map(|p| p.properties.iter())
+        .find(|prop| prop.name == CONTAINER_IMAGE_PROPERTY)
+        .map(|prop| prop.value.as_str());
+    let Some(value) = value else { return Ok(None) };
+    let reference = value.strip_prefix("docker://").unwrap_or(value);
+    reference.parse().map(Some).map_err(|e: Error| {
+        Error::invalid_argument(format!("platform property {CONTAINER_IMAGE_PROPERTY}={value:?}: {}", e.message()))
+    })
 }
 
 /// Creates `path` under `root` and its parents, never through a symlink.

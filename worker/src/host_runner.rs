@@ -79,6 +79,7 @@ impl HostRunner {
             working_dir: root,
             network: false,
             as_root: false,
+            image: None,
             timeout: None,
             stdout: dir.path().join("stdout"),
             stderr: dir.path().join("stderr"),
@@ -166,6 +167,12 @@ impl Default for HostRunner {
 impl Runner for HostRunner {
     async fn run(&self, spec: RunSpec, cancel: CancellationToken) -> Result<RunOutcome> {
         let argv0 = spec.argv.first().ok_or_else(|| Error::invalid_argument("the command has no arguments"))?;
+        if let Some(image) = &spec.image {
+            return Err(Error::invalid_argument(format!(
+                "container-image {}: this worker runs actions on the host only (it has no containerd)",
+                image.as_written()
+            )));
+        }
         let program = resolve_program(argv0, &spec.working_dir, &spec.env)?;
         let outcome = match self.sandbox {
             Sandbox::None => self.run_plain(spec.clone(), program, cancel).await?,

@@ -2,10 +2,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use memobuild_oci::ImageReference;
 use memobuild_proto::Result;
 use tokio_util::sync::CancellationToken;
 
-/// Runs commands: the host runner now, containerd later.
+/// Runs commands: on the host ([`crate::HostRunner`]) or in a container
+/// image ([`crate::ImageRunner`]).
 #[async_trait]
 pub trait Runner: Send + Sync + 'static {
     /// Runs `spec` to completion, until its timeout, or until `cancel` fires,
@@ -33,6 +35,9 @@ pub struct RunSpec {
     /// rather than the sandbox's unprivileged user (platform property
     /// `dockerRunAsRoot`).
     pub as_root: bool,
+    /// The image to run in (platform property `container-image`); `None`:
+    /// the host's toolchain.
+    pub image: Option<ImageReference>,
     pub timeout: Option<Duration>,
     /// Files to write the streams to (created or truncated).
     pub stdout: PathBuf,

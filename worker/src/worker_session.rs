@@ -7,6 +7,7 @@ use memobuild_engine::STEP_PROPERTY;
 use memobuild_proto::build::step_log;
 use memobuild_proto::reapi::platform::Property;
 use memobuild_proto::worker::worker_api_client::WorkerApiClient;
+use memobuild_proto::worker::ANY_VALUE;
 use memobuild_proto::worker::{
     scheduler_message, worker_message, Assign, Finished, Heartbeat, Hello, Output, StepSession, WorkerMessage,
 };
@@ -18,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::containerd::LogChunk;
+use crate::machine_properties::machine_properties;
 use crate::steps::StepActions;
-use crate::{ActionExecutor, WorkKind, WorkerMonitor};
+use crate::{ActionExecutor, WorkKind, WorkerMonitor, CONTAINER_IMAGE_PROPERTY};
 
 /// Heartbeats renew leases; the scheduler's lease is several of these.
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -154,11 +156,22 @@ pub struct Executors {
 }
 
 impl Executors {
-    /// The platform properties a worker with these executors adds: the
-    /// step kinds it runs.
+    /// The platform properties a worker with these executors adds: what
+    /// the machine is (`ISA`, `cores`, `memory-mb`), the properties the
+    /// action executor interprets itself, with any value (`network`,
+    /// `dockerNetwork`, `dockerRunAsRoot`, and `container-image` when it has
+    /// containerd), and the step kinds it runs.
     pub fn properties(&self) -> Vec<(String, String)> {
-        let kinds: &[&str] = if self.steps.is_some() { &["run", "copy", "workdir"] } else { &[] };
-        kinds.iter().map(|k| (STEP_PROPERTY.to_string(), k.to_string())).collect()
+        let mut interpreted = vec!["network", "dockerNetwork", "dockerRunAsRoot"];
+        let kinds: &[&str] = if self.steps.is_some() {
+            interpreted.push(CONTAINER_IMAGE_PROPERTY);
+            &["run", "copy", "workdir"]
+        } else {
+            &[]
+        };
+        let interpreted = interpreted.into_iter().map(|name| (name.to_string(), ANY_VALUE.to_string()));
+        let steps = kinds.iter().map(|k| (STEP_PROPERTY.to_string(), k.to_string()));
+        machine_properties().into_iter().chain(interpreted).chain(steps).collect()
     }
 }
 

@@ -18,6 +18,7 @@ fn spec(dir: &std::path::Path, argv: &[&str], timeout: Option<Duration>) -> RunS
         working_dir: dir.to_path_buf(),
         network: false,
         as_root: false,
+        image: None,
         timeout,
         stdout: dir.join("stdout"),
         stderr: dir.join("stderr"),

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use super::ResourceLimits;
 
-/// One RUN step to run in a container.
+/// One RUN step (or REAPI action) to run in a container.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ContainerSpec {
     /// For container names and logs, e.g. `stage-1-step-3`.
@@ -31,6 +31,21 @@ pub struct ContainerSpec {
     /// insecure mode). The engine allows it only with `--allow
     /// security.insecure`.
     pub insecure: bool,
+    pub purpose: ContainerPurpose,
+}
+
+/// What a container runs for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ContainerPurpose {
+    /// A RUN step: root gets Docker's default capabilities and the
+    /// rootfs changes become the step's layer.
+    #[default]
+    Step,
+    /// A REAPI action in its `container-image`: no capabilities, even as
+    /// root (its inputs, bound in, are the worker's read-only file cache),
+    /// and rootfs changes are thrown away (outputs are read from the bound
+    /// input root).
+    Action,
 }
 
 /// The network a RUN step's container gets.

@@ -30,7 +30,7 @@ mod user_resolver;
 
 pub use client::{probe_version, Containerd, NAMESPACE, SNAPSHOTTER, SYSTEM_SOCKET};
 pub use container_outcome::ContainerOutcome;
-pub use container_spec::{ContainerSpec, SpecMount, StepNetwork};
+pub use container_spec::{ContainerPurpose, ContainerSpec, SpecMount, StepNetwork};
 pub use log_chunk::LogChunk;
 pub use memobuild_engine::ResourceLimits;
 pub use mounted_view::MountedView;

@@ -25,7 +25,7 @@ use super::runtime_spec::runtime_spec;
 use super::snapshot_mounts::SnapshotMounts;
 use super::stdio_fifos::StdioFifos;
 use super::user_resolver::resolve_user;
-use super::{ContainerOutcome, ContainerSpec, Containerd, LogChunk, SNAPSHOTTER};
+use super::{ContainerOutcome, ContainerPurpose, ContainerSpec, Containerd, LogChunk, SNAPSHOTTER};
 
 /// The runtime shim.
 const RUNTIME: &str = "io.containerd.runc.v2";
@@ -40,11 +40,11 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(5);
 const SIGKILL: u32 = 9;
 
 impl Containerd {
-    /// Runs one RUN step on top of the committed chain `parent` (`None`:
-    /// an empty rootfs). Output goes to `logs` as it comes. On exit 0 the
-    /// step's changes become an uncompressed layer, stored in `store` and
-    /// committed as the snapshot of the new chain id; on another exit code
-    /// nothing is kept. A timeout or `cancel` kills the task. The task,
+    /// Runs one RUN step (or action) on top of the committed chain `parent`
+    /// (`None`: an empty rootfs). Output goes to `logs` as it comes. On exit
+    /// 0 a [`ContainerPurpose::Step`]'s changes become an uncompressed
+    /// layer, stored in `store` and committed as the snapshot of the new
+    /// chain id; otherwise nothing is kept. A timeout or `cancel` kills the task. The task,
     /// container, active snapshot, FIFOs and lease are always cleaned up (if
     /// this future is dropped midway, a background task does it).
     pub async fn run(
@@ -207,7 +207,7 @@ impl Containerd {
         tracing::debug!(container = id, exit_code, timed_out, cancelled, "step ended");
 
         let mut outcome = ContainerOutcome { exit_code, timed_out, cancelled, layer: None, chain_id: None };
-        if exit_code != 0 || timed_out || cancelled {
+        if exit_code != 0 || timed_out || cancelled || spec.purpose == ContainerPurpose::Action {
             return Ok(outcome);
         }
 

@@ -10,7 +10,7 @@ use oci_spec::runtime::{
 };
 
 use super::seccomp_profile::default_seccomp;
-use super::{ContainerSpec, SpecMount, StepNetwork};
+use super::{ContainerPurpose, ContainerSpec, SpecMount, StepNetwork};
 use memobuild_oci::ResolvedUser;
 
 /// `PATH` when the step's environment has none (Docker's default).
@@ -144,7 +144,11 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, user: &ResolvedUser, container_
         env.push(format!("HOME={}", user.home));
     }
 
-    let capabilities = if spec.insecure { all_capabilities() } else { default_capabilities() };
+    let capabilities = match (spec.purpose, spec.insecure) {
+        (ContainerPurpose::Action, _) => Capabilities::new(),
+        (ContainerPurpose::Step, true) => all_capabilities(),
+        (ContainerPurpose::Step, false) => default_capabilities(),
+    };
     // As Docker: a non-root user starts without effective or permitted
     // capabilities (setuid binaries give them back only in insecure mode,
     // no_new_privs stops them otherwise).

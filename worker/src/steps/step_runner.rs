@@ -25,7 +25,7 @@ use super::layer_indexes::LayerIndexes;
 use super::layer_plan::LayerPlan;
 use super::remote_files::materialize_remote;
 use super::run_secrets::RunSecrets;
-use crate::containerd::{ContainerSpec, Containerd, LogChunk, SpecMount, StepNetwork};
+use crate::containerd::{ContainerPurpose, ContainerSpec, Containerd, LogChunk, SpecMount, StepNetwork};
 use crate::network::{NetworkConfig, NetworkPool, SandboxLease};
 
 /// Log lines a failed RUN's error repeats.
@@ -81,7 +81,7 @@ impl StepRunner {
     }
 
     /// A namespace of RUN's default network for one step.
-    async fn default_network(&self) -> Result<SandboxLease> {
+    pub(crate) async fn default_network(&self) -> Result<SandboxLease> {
         let pool = self.network_pool.get_or_try_init(|| NetworkPool::start(&self.network)).await?;
         pool.acquire().await
     }
@@ -250,6 +250,7 @@ impl StepRunner {
             source_date_epoch: spec.source_date_epoch,
             hostname: "memobuild".into(),
             insecure: *security == SecurityMode::Insecure,
+            purpose: ContainerPurpose::Step,
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let tail: Arc<Mutex<Vec<String>>> = Arc::default();
