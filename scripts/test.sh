@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 bash scripts/services.sh
 source scripts/env.sh
+# The Debian g++ image Bazel's container-image test builds C++ in (cached
+# under /var/cache/memobuild/base-images after the first run).
+bash scripts/base-images.sh gcc
 
 # The Helm chart: lint, render and validate every profile (no cluster needed).
 /opt/memobuild-k8s/venv/bin/python helm/tests/check_chart.py

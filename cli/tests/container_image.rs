@@ -72,12 +72,17 @@ async fn run(server: &TestServer, job: &Job<'_>) -> (ExecuteResponse, Option<Str
     let action = put(&cas, action.encode_to_vec()).await;
     let request =
         ExecuteRequest { action_digest: Some(action.to_proto()), skip_cache_lookup: true, ..Default::default() };
-    let mut stream = ExecutionClient::new(server.channel.clone()).execute(request).await.unwrap().into_inner();
-    let response = loop {
-        let operation = stream.message().await.unwrap().expect("the stream ended before the operation did");
-        if let (true, Some(operation::Result::Response(any))) = (operation.done, &operation.result) {
-            break ExecuteResponse::decode(&any.value[..]).unwrap();
-        }
+    let response = match ExecutionClient::new(server.channel.clone()).execute(request).await {
+        Ok(stream) => done(stream.into_inner()).await,
+        // Refused before any operation: as the operation's status.
+        Err(status) => ExecuteResponse {
+            status: Some(memobuild_proto::rpc::Status {
+                code: status.code() as i32,
+                message: status.message().to_string(),
+                details: Vec::new(),
+            }),
+            ..Default::default()
+        },
     };
     let result = match response.result.as_ref().and_then(|r| r.output_files.first()) {
         Some(file) => {
@@ -87,6 +92,16 @@ async fn run(server: &TestServer, job: &Job<'_>) -> (ExecuteResponse, Option<Str
         None => None,
     };
     (response, result)
+}
+
+/// The response of the operation `stream` watches, once it is done.
+async fn done(mut stream: tonic::Streaming<memobuild_proto::longrunning::Operation>) -> ExecuteResponse {
+    loop {
+        let operation = stream.message().await.unwrap().expect("the stream ended before the operation did");
+        if let (true, Some(operation::Result::Response(any))) = (operation.done, &operation.result) {
+            return ExecuteResponse::decode(&any.value[..]).unwrap();
+        }
+    }
 }
 
 /// The stderr of an action, as the CAS holds it.
@@ -160,5 +175,29 @@ async fn an_image_that_cannot_be_pulled_fails_the_action_naming_it() {
     let status = response.status.expect("a status");
     assert_eq!(status.code, tonic::Code::InvalidArgument as i32, "{}", status.message);
     assert!(status.message.contains("container-image"), "{}", status.message);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_workers_with_containerd_are_offered_container_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = memobuild_cli::config::ServerConfig::embedded(dir.path());
+    config.worker.as_mut().unwrap().dockerfile_steps = false;
+    let server = TestServer::start_with(config).await;
+    let image = pinned_image();
+    let job = Job { script: SCRIPT, input: b"x", properties: &[("container-image", &image)] };
+    let (response, _) = run(&server, &job).await;
+    let status = response.status.expect("a status");
+    assert_eq!(status.code, tonic::Code::FailedPrecondition as i32, "{}", status.message);
+    assert!(status.message.contains(&format!("none offers container-image={image}")), "{}", status.message);
+
+    // What the worker is, it offers: an action asking for more cores than
+    // it has waits for none and is refused the same way.
+    let cores = std::thread::available_parallelism().unwrap().get() + 1;
+    let cores = cores.to_string();
+    let job = Job { script: "true", input: b"x", properties: &[("ISA", "x86-64"), ("cores", &cores)] };
+    let (response, _) = run(&server, &job).await;
+    let status = response.status.expect("a status");
+    assert!(status.message.contains(&format!("none offers cores={cores}")), "{}", status.message);
     server.stop().await;
 }
