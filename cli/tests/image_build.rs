@@ -279,3 +279,97 @@ fn two_builds_share_one_state_dir_at_once() {
     assert_eq!(Unpacked::from_oci_tar(&one.path().join("one.tar"), "1").read("/one"), "one\n");
     assert_eq!(Unpacked::from_oci_tar(&two.path().join("two.tar"), "1").read("/two"), "two\n");
 }
+
+/// Each file under `dir`, with its inode and modification time.
+fn files_and_times(dir: &std::path::Path) -> Vec<(String, u64, i64, i64)> {
+    let listing = sh("find", &[dir.to_str().unwrap(), "-type", "f"]);
+    let mut files: Vec<_> = listing
+        .lines()
+        .map(|path| {
+            let meta = std::fs::metadata(path).unwrap();
+            (path.to_string(), meta.ino(), meta.mtime(), meta.mtime_nsec())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// The `created` of each history entry of an OCI layout's image, and the
+/// image's own.
+fn history_times(reference: &str) -> (Vec<String>, String) {
+    let config = inspect_config(reference);
+    let times = config["history"].as_array().unwrap().iter().map(|h| h["created"].as_str().unwrap().into()).collect();
+    (times, config["created"].as_str().unwrap().to_string())
+}
+
+/// Without SOURCE_DATE_EPOCH, a cached step keeps the time it was built,
+/// so a rebuild of an unchanged context gives the same image (as
+/// BuildKit keeps its image id) and leaves the outputs alone; a step that
+/// runs again gets the time of the new build.
+#[test]
+fn an_unchanged_rebuild_gives_the_same_image_and_writes_nothing() {
+    let base = fixture().base();
+    let project = Project::new(&[
+        (
+            "Dockerfile",
+            &format!(
+                "FROM {base}\nENV A=1\nWORKDIR /app\nCOPY a.txt ./\nRUN cat a.txt > /copy.txt\nLABEL step=after-run\nCOPY b.txt ./\nCMD [\"cat\", \"/copy.txt\"]\n"
+            ),
+        ),
+        ("a.txt", "alpha\n"),
+        ("b.txt", "beta\n"),
+    ]);
+    let out = tempfile::tempdir().unwrap();
+    let tar = out.path().join("image.tar");
+    let layout = out.path().join("layout");
+    let outputs = [
+        "-t".to_string(),
+        "img:1".to_string(),
+        "-o".to_string(),
+        format!("type=oci,dest={}", tar.display()),
+        "-o".to_string(),
+        format!("type=oci,dest={},tar=false", layout.display()),
+    ];
+    let args: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    let digest = |build: &image_build::harness::Build| String::from_utf8_lossy(&build.output.stdout).trim().to_string();
+
+    let first = project.build(&args);
+    assert!(first.ok(), "{}", first.stderr());
+    assert_eq!(first.ran().len(), 4, "{:?}", first.ran());
+    let (times, created) = history_times(&format!("oci-archive:{}:1", tar.display()));
+    // Steps: ENV, WORKDIR, COPY, RUN, LABEL, COPY, CMD after the base's entries.
+    let ours = &times[times.len() - 7..];
+    assert_eq!(ours[0], times[times.len() - 8], "ENV takes the time of the base image's last entry");
+    assert_eq!(ours[4], ours[3], "LABEL takes the time of the RUN before it");
+    assert_eq!(ours[6], ours[5], "CMD takes the time of the COPY before it");
+    assert_eq!(&created, ours.iter().max().unwrap(), "the image's time is its latest step's");
+    let tar_before = files_and_times(out.path()).into_iter().filter(|f| f.0.ends_with("image.tar")).collect::<Vec<_>>();
+    // A second apart, so that a step that runs again has a later time.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+
+    for round in 0..2 {
+        let layout_before = files_and_times(&layout);
+        let noop = project.build(&args);
+        assert!(noop.ok(), "{}", noop.stderr());
+        assert!(noop.ran().is_empty(), "no-op {round} ran {:?}", noop.ran());
+        assert_eq!(digest(&noop), digest(&first), "no-op {round} made another image");
+        let tar_now =
+            files_and_times(out.path()).into_iter().filter(|f| f.0.ends_with("image.tar")).collect::<Vec<_>>();
+        assert_eq!(tar_now, tar_before, "no-op {round} wrote the OCI tar again");
+        assert_eq!(files_and_times(&layout), layout_before, "no-op {round} wrote into the OCI layout directory");
+    }
+
+    project.write("b.txt", "BETA\n");
+    let changed = project.build(&args);
+    assert!(changed.ok(), "{}", changed.stderr());
+    assert_eq!(changed.ran().len(), 1, "only the COPY of b.txt runs: {:?}", changed.ran());
+    assert_ne!(digest(&changed), digest(&first));
+    let (new_times, new_created) = history_times(&format!("oci-archive:{}:1", tar.display()));
+    let new_ours = &new_times[new_times.len() - 7..];
+    assert_eq!(new_ours[..5], ours[..5], "the cached steps keep their times");
+    assert!(new_ours[5] > ours[5], "the COPY that ran has the new build's time: {} vs {}", new_ours[5], ours[5]);
+    assert_eq!(new_ours[6], new_ours[5]);
+    assert_eq!(new_created, new_ours[5]);
+    let (layout_times, _) = history_times(&format!("oci:{}:1", layout.display()));
+    assert_eq!(layout_times, new_times, "the layout directory holds the new image");
+}

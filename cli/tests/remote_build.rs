@@ -168,6 +168,17 @@ fn remote_and_local_builds_give_the_same_digest_and_a_rebuild_is_cached() {
         let summaries = build.progress().summary_lines().len();
         assert_eq!(summaries, 1, "one `build finished` line, not {summaries}:\n{}", build.stderr);
     }
+
+    // Without the epoch, a cached step keeps the time its worker recorded:
+    // a rebuild a second later gives the same image.
+    let plain = client.build(project.path(), &["-t", "demo:1"], &[]);
+    plain.assert_ok();
+    assert_ne!(plain.printed(), local_digest);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let plain_again = client.build(project.path(), &["-t", "demo:1"], &[]);
+    plain_again.assert_ok();
+    assert_eq!(plain_again.progress().summary().map(|(ran, _)| ran), Some(0), "{}", plain_again.stderr);
+    assert_eq!(plain_again.printed(), plain.printed(), "{}", plain_again.stderr);
 }
 
 #[test]

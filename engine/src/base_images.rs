@@ -153,6 +153,7 @@ fn convert(pulled: &PulledImage) -> (ImageConfig, Vec<History>) {
             created_by: h.created_by().clone().unwrap_or_default(),
             empty_layer: h.empty_layer().unwrap_or(false),
             comment: h.comment().clone(),
+            built_at: None,
         })
         .collect();
     (config, history)

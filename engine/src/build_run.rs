@@ -16,11 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::base_images::ResolvedImage;
 use crate::build_record::StepRecord;
-use crate::image_state::{History, ImageState, DEFAULT_PATH};
+use crate::image_state::{rfc3339, History, ImageState, DEFAULT_PATH};
 use crate::run_command::run_argv;
 use crate::{
-    BuildSession, EngineStores, EventSender, StepAction, StepExecutor, StepSpec, StepTask, HOST_ENTITLEMENT,
-    INSECURE_ENTITLEMENT,
+    BuildSession, EngineStores, EventSender, StepAction, StepExecutor, StepOutcome, StepSpec, StepTask,
+    HOST_ENTITLEMENT, INSECURE_ENTITLEMENT,
 };
 
 /// How the build runs.
@@ -48,7 +48,8 @@ impl BuildSettings {
         }
     }
 
-    /// The time written into new layers and history entries.
+    /// The time written into new layers, and into the history entries of
+    /// steps that run.
     pub fn timestamp(&self) -> u64 {
         self.source_date_epoch.unwrap_or_else(|| {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -167,6 +168,9 @@ impl BuildRun {
                 .map(|s| s.as_ref().clone())
                 .ok_or_else(|| Error::internal(format!("stage {index} finished without a result")))?,
         };
+        // Metadata-only steps with no time before them (first in a stage
+        // from scratch): they take the next step's.
+        let mut undated: Vec<usize> = Vec::new();
         for (i, step) in stage.steps.iter().enumerate().skip(1) {
             if self.cancel.is_cancelled() {
                 return Err(Error::new(tonic::Code::Cancelled, "build cancelled"));
@@ -182,8 +186,23 @@ impl BuildRun {
                     })
                 })?;
             } else {
-                state.history.push(self.history(step, true));
+                let entry = self.metadata_history(step, &state.history);
+                if entry.created.is_empty() {
+                    undated.push(state.history.len());
+                }
+                state.history.push(entry);
             }
+            if let Some(dated) = state.history.last().filter(|h| !h.created.is_empty()).cloned() {
+                for i in undated.drain(..) {
+                    state.history[i].created.clone_from(&dated.created);
+                    state.history[i].built_at = dated.built_at;
+                }
+            }
+        }
+        let now = self.settings.timestamp();
+        for i in undated {
+            state.history[i].created = rfc3339(now);
+            state.history[i].built_at = Some(now);
         }
         Ok(state)
     }
@@ -192,13 +211,52 @@ impl BuildRun {
         self.images.get(reference).ok_or_else(|| Error::internal(format!("image {reference} was not resolved")))
     }
 
-    fn history(&self, step: &Step, empty_layer: bool) -> History {
+    /// The history entry of a filesystem step built at `built_at` (a cache
+    /// hit keeps the time the step was first built, so an unchanged build
+    /// gives the same config); `SOURCE_DATE_EPOCH` overrides it.
+    fn history(&self, step: &Step, empty_layer: bool, built_at: u64) -> History {
+        let at = self.settings.source_date_epoch.unwrap_or(built_at);
         History {
-            created: crate::image_state::rfc3339(self.settings.timestamp()),
+            created: rfc3339(at),
             created_by: step.instruction.trim().to_string(),
             empty_layer,
             comment: Some("memobuild".into()),
+            built_at: Some(at),
         }
+    }
+
+    /// The history entry of a metadata-only step: the time of the entry
+    /// before it (the latest step that built something, or the base
+    /// image's); `SOURCE_DATE_EPOCH` overrides it. Its `created` is empty
+    /// when nothing before it has a time.
+    fn metadata_history(&self, step: &Step, before: &[History]) -> History {
+        let (created, built_at) = match (self.settings.source_date_epoch, before.last()) {
+            (Some(epoch), _) => (rfc3339(epoch), Some(epoch)),
+            (None, Some(last)) => (last.created.clone(), last.built_at),
+            (None, None) => (String::new(), None),
+        };
+        History {
+            created,
+            created_by: step.instruction.trim().to_string(),
+            empty_layer: true,
+            comment: Some("memobuild".into()),
+            built_at,
+        }
+    }
+
+    /// A cached result recorded before results carried their time gets
+    /// this build's, written back once so that later builds find the same.
+    async fn dated(&self, task: &StepTask, outcome: StepOutcome) -> StepOutcome {
+        if outcome.built_at.is_some() || self.settings.source_date_epoch.is_some() {
+            return outcome;
+        }
+        let dated = StepOutcome { built_at: Some(self.settings.timestamp()), ..outcome };
+        let recorded =
+            self.stores.actions.update(&self.stores.instance_name, &task.action.digest, &dated.result()).await;
+        if let Err(e) = recorded {
+            tracing::warn!(action = %task.action.digest, error = %e, "could not record the time of a cached step");
+        }
+        dated
     }
 
     /// The filesystems a step reads besides its parent.
@@ -261,7 +319,10 @@ impl BuildRun {
             task.action.lookup(&*self.stores.actions, &self.stores.instance_name).await?
         };
         let hit = match hit {
-            Some(Some(layer)) if !self.settings.dry_run && !self.executor.keep(&layer).await? => None,
+            Some(outcome) if !self.settings.dry_run => match &outcome.layer {
+                Some(layer) if !self.executor.keep(layer).await? => None,
+                _ => Some(outcome),
+            },
             hit => hit,
         };
         let cached = hit.is_some();
@@ -281,8 +342,8 @@ impl BuildRun {
             };
             let _ = self.events.send(BuildEvent::info(&step.id, message));
             match hit {
-                Some(layer) => {
-                    state.layers.extend(layer);
+                Some(outcome) => {
+                    state.layers.extend(outcome.layer);
                     let _ = self.events.send(BuildEvent::cached(&step.id));
                 }
                 None => {
@@ -292,12 +353,13 @@ impl BuildRun {
             }
             return Ok(());
         }
-        let layer = match hit {
-            Some(layer) => layer,
+        let outcome = match hit {
+            Some(outcome) => self.dated(&task, outcome).await,
             None => self.executor.execute(&task, &self.session, &self.events, self.cancel.child_token()).await?,
         };
-        state.history.push(self.history(step, layer.is_none()));
-        state.layers.extend(layer);
+        let built_at = outcome.built_at.unwrap_or_else(|| self.settings.timestamp());
+        state.history.push(self.history(step, outcome.layer.is_none(), built_at));
+        state.layers.extend(outcome.layer);
         let event = if cached {
             BuildEvent::cached(&step.id)
         } else {

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use crate::docker_load::docker_load;
 use crate::image_state::ImageState;
 use crate::output_spec::OutputSpec;
-use crate::{EngineStores, EventSender, StepAction};
+use crate::{layer_result, EngineStores, EventSender, StepAction, StepOutcome};
 
 /// What the engine makes of the target stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,11 +163,12 @@ async fn compressed(state: &EngineStores, layer: &Layer, compression: Compressio
         return Ok(layer.clone());
     }
     let action = StepAction::compress(layer, media_type);
-    if let Some(Some(hit)) = action.lookup(&*state.actions, &state.instance_name).await? {
+    if let Some(StepOutcome { layer: Some(hit), .. }) = action.lookup(&*state.actions, &state.instance_name).await? {
         return Ok(Layer { blob: hit.blob, media_type: media_type.into(), diff_id: layer.diff_id });
     }
     let done = compress_layer(&*state.cas, layer, compression).await?;
-    action.record(&*state.cas, &*state.actions, &state.instance_name, Some(&Layer::uncompressed(done.blob))).await?;
+    let result = layer_result(Some(&Layer::uncompressed(done.blob)));
+    action.record(&*state.cas, &*state.actions, &state.instance_name, &result).await?;
     Ok(done)
 }
 

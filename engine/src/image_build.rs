@@ -132,7 +132,6 @@ impl ImageBuild {
             git_checkouts: git_checkouts(&remote),
             timestamp: self.settings.timestamp(),
         };
-        let created = rfc3339(self.settings.timestamp());
         let dry_run = self.settings.dry_run;
         let run = Arc::new(BuildRun {
             stores: stores.clone(),
@@ -156,6 +155,12 @@ impl ImageBuild {
         let target = graph.target_stage().ok_or_else(|| Error::internal("the target stage is not in the graph"))?;
         let mut image_config = target.config.clone();
         image_config.labels.extend(self.labels.iter().cloned());
+        // The latest time in the history: an unchanged build gives the same
+        // config, so the same image id and manifest, as BuildKit does.
+        let created = match run.settings.source_date_epoch {
+            Some(epoch) => rfc3339(epoch),
+            None => image.created().unwrap_or_else(|| rfc3339(run.settings.timestamp())),
+        };
         let config = Bytes::from(image.config_json(&image_config, &self.platform, &created));
         let image_id = crate::export::image_id(&config);
         let images = export(&stores, &image, config, &self.annotations, &self.exports, &self.tags, events).await?;

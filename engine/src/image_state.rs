@@ -17,6 +17,9 @@ pub struct History {
     pub created_by: String,
     pub empty_layer: bool,
     pub comment: Option<String>,
+    /// `created` in seconds since the epoch, for the entries of this
+    /// build's steps (`None` for a base image's).
+    pub built_at: Option<u64>,
 }
 
 impl History {
@@ -44,6 +47,16 @@ pub struct ImageState {
 }
 
 impl ImageState {
+    /// The image's `created` without `SOURCE_DATE_EPOCH`: the latest time
+    /// of the build's own history entries, else the last entry's (a base
+    /// image's); `None` when there is no history.
+    pub fn created(&self) -> Option<String> {
+        match self.history.iter().filter_map(|h| h.built_at).max() {
+            Some(latest) => Some(rfc3339(latest)),
+            None => self.history.iter().rev().map(|h| &h.created).find(|c| !c.is_empty()).cloned(),
+        }
+    }
+
     /// The image config JSON (`application/vnd.oci.image.config.v1+json`).
     pub fn config_json(&self, config: &ImageConfig, platform: &Platform, created: &str) -> Vec<u8> {
         let mut c = Map::new();
@@ -140,6 +153,24 @@ mod tests {
     }
 
     #[test]
+    fn an_image_is_as_old_as_its_latest_step() {
+        let entry = |created: &str, built_at| History {
+            created: created.into(),
+            created_by: String::new(),
+            empty_layer: false,
+            comment: None,
+            built_at,
+        };
+        let mut state = ImageState::default();
+        assert_eq!(state.created(), None);
+        state.history = vec![entry("2020-01-01T00:00:00.5Z", None), entry("", None)];
+        assert_eq!(state.created().as_deref(), Some("2020-01-01T00:00:00.5Z"), "the base image's time");
+        state.history.push(entry(&rfc3339(200), Some(200)));
+        state.history.push(entry(&rfc3339(100), Some(100)));
+        assert_eq!(state.created(), Some(rfc3339(200)));
+    }
+
+    #[test]
     fn config_as_docker_writes_it() {
         let config = ImageConfig {
             env: vec!["A=1".into()],
@@ -154,6 +185,7 @@ mod tests {
                 created_by: "CMD [\"app\"]".into(),
                 empty_layer: true,
                 comment: None,
+                built_at: Some(0),
             }],
             unknown: false,
         };

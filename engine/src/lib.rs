@@ -45,8 +45,8 @@ pub use remote_source::source_key;
 pub use resource_limits::ResourceLimits;
 pub use secrets::{SecretSource, SecretSpec, Secrets};
 pub use step_action::{
-    layer_result, result_layer, StepAction, StepLayers, StepSpec, LAYER_OUTPUT, STEP_FILE, STEP_PARENT_PREFIX,
-    STEP_PROPERTY,
+    dated_result, layer_result, result_layer, StepAction, StepLayers, StepOutcome, StepSpec, LAYER_OUTPUT, STEP_FILE,
+    STEP_PARENT_PREFIX, STEP_PROPERTY,
 };
 pub use step_executor::{BuildSession, ContextFiles, StepExecutor, StepTask};
 pub use wire_image::{exported_image, image_of, layer_descriptor, layer_of};

@@ -10,11 +10,16 @@
 //! layer as the output file `layer.tar`; a step that changes nothing
 //! (WORKDIR of an existing directory) has no output.
 
+use std::time::SystemTime;
+
 use bytes::Bytes;
 use memobuild_cas::{ActionResults, BlobStore};
 use memobuild_frontend::StepDefinition;
 use memobuild_oci::Layer;
-use memobuild_proto::reapi::{self, platform::Property, Action, ActionResult, Command, Directory, FileNode, Platform};
+use memobuild_proto::protobuf::Timestamp;
+use memobuild_proto::reapi::{
+    self, platform::Property, Action, ActionResult, Command, Directory, ExecutedActionMetadata, FileNode, Platform,
+};
 use memobuild_proto::{Digest, DigestFunction, Error, Result};
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -188,27 +193,81 @@ impl StepAction {
         Ok(())
     }
 
-    /// The cached result in `instance`: `Some(layer or None)` on a hit.
-    pub async fn lookup(&self, cache: &dyn ActionResults, instance: &str) -> Result<Option<Option<Layer>>> {
+    /// The cached result in `instance`, on a hit.
+    pub async fn lookup(&self, cache: &dyn ActionResults, instance: &str) -> Result<Option<StepOutcome>> {
         let Some(result) = cache.get(instance, &self.digest).await? else { return Ok(None) };
         if result.exit_code != 0 {
             return Ok(None);
         }
-        result_layer(&result).map(Some)
+        StepOutcome::of(&result).map(Some)
     }
 
-    /// Records the step's result in `instance` (its layer must already be
-    /// in the CAS), with the action's own blobs for REAPI tools.
+    /// Records `result` as the step's result in `instance` (its layer must
+    /// already be in the CAS), with the action's own blobs for REAPI tools.
     pub async fn record(
         &self,
         cas: &dyn BlobStore,
         cache: &dyn ActionResults,
         instance: &str,
-        layer: Option<&Layer>,
+        result: &ActionResult,
     ) -> Result<()> {
         self.upload(cas).await?;
-        cache.update(instance, &self.digest, &layer_result(layer)).await
+        cache.update(instance, &self.digest, result).await
     }
+}
+
+/// What a step's action result says: the layer the step made and when it
+/// was built. A cache hit keeps that time, so an unchanged build gives the
+/// same image config (as BuildKit keeps its image id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepOutcome {
+    /// The (uncompressed) layer; `None`: the step changed nothing.
+    pub layer: Option<Layer>,
+    /// When the step finished, in seconds since the epoch (the result's
+    /// `worker_completed_timestamp`); `None` in results recorded without it.
+    pub built_at: Option<u64>,
+}
+
+impl StepOutcome {
+    pub fn of(result: &ActionResult) -> Result<StepOutcome> {
+        let built_at = result
+            .execution_metadata
+            .as_ref()
+            .and_then(|m| m.worker_completed_timestamp.as_ref())
+            .and_then(|t| u64::try_from(t.seconds).ok());
+        Ok(StepOutcome { layer: result_layer(result)?, built_at })
+    }
+
+    /// The action result that says this (no worker, no start time).
+    pub fn result(&self) -> ActionResult {
+        let mut result = layer_result(self.layer.as_ref());
+        result.execution_metadata = self.built_at.map(|seconds| ExecutedActionMetadata {
+            worker_completed_timestamp: Some(Timestamp {
+                seconds: i64::try_from(seconds).unwrap_or(i64::MAX),
+                nanos: 0,
+            }),
+            ..ExecutedActionMetadata::default()
+        });
+        result
+    }
+}
+
+/// The action result of a step that made `layer` (or nothing) on
+/// `worker`, between `started` and `completed`.
+pub fn dated_result(layer: Option<&Layer>, worker: &str, started: SystemTime, completed: SystemTime) -> ActionResult {
+    let mut result = layer_result(layer);
+    result.execution_metadata = Some(ExecutedActionMetadata {
+        worker: worker.to_string(),
+        worker_start_timestamp: Some(timestamp(started)),
+        worker_completed_timestamp: Some(timestamp(completed)),
+        ..ExecutedActionMetadata::default()
+    });
+    result
+}
+
+fn timestamp(time: SystemTime) -> Timestamp {
+    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Timestamp { seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX), nanos: since.subsec_nanos() as i32 }
 }
 
 /// The action result of a step that made `layer` (or nothing).
@@ -281,6 +340,18 @@ mod tests {
         assert_ne!(same, action("/a", &base, &[("A", "1")]));
         let epoch = StepAction::of_step(&spec("/a", &base, Some(1)), vec![], vec![]).digest;
         assert_ne!(epoch, StepAction::of_step(&spec("/a", &base, None), vec![], vec![]).digest);
+    }
+
+    #[test]
+    fn a_result_says_when_its_step_was_built() {
+        let made = layer(b"a");
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_900);
+        let result = dated_result(Some(&made), "w1", at, at);
+        let outcome = StepOutcome::of(&result).unwrap();
+        assert_eq!(outcome, StepOutcome { layer: Some(made.clone()), built_at: Some(1_700_000_000) });
+        assert_eq!(StepOutcome::of(&outcome.result()).unwrap(), outcome);
+        let undated = StepOutcome::of(&layer_result(Some(&made))).unwrap();
+        assert_eq!(undated, StepOutcome { layer: Some(made), built_at: None });
     }
 
     #[test]

@@ -15,7 +15,7 @@ use memobuild_oci::Layer;
 use memobuild_proto::{Digest, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::{EventSender, HostEntry, NetworkPolicy, ResourceLimits, Secrets, StepAction, StepSpec};
+use crate::{EventSender, HostEntry, NetworkPolicy, ResourceLimits, Secrets, StepAction, StepOutcome, StepSpec};
 
 /// Where a step reads the files of the build context from.
 #[derive(Clone, Debug)]
@@ -65,17 +65,17 @@ pub struct StepTask {
 /// Runs steps whose results are not cached.
 #[async_trait]
 pub trait StepExecutor: Send + Sync {
-    /// Runs `task` and records its result in the action cache. Returns the
-    /// layer it made (`None`: the step changed nothing). Log lines and the
-    /// worker go to `events`. An error names what failed; the engine adds
-    /// the Dockerfile line.
+    /// Runs `task` and records its result, with the time it finished, in
+    /// the action cache. Returns what that result says: the layer it made
+    /// and that time. Log lines and the worker go to `events`. An error
+    /// names what failed; the engine adds the Dockerfile line.
     async fn execute(
         &self,
         task: &StepTask,
         session: &BuildSession,
         events: &EventSender,
         cancel: CancellationToken,
-    ) -> Result<Option<Layer>>;
+    ) -> Result<StepOutcome>;
 
     /// What RUN steps may reach where this executor runs them; a build
     /// asking for more fails before any step runs.

@@ -224,6 +224,7 @@ async fn write_directory(files: &[(String, Content)], store: &dyn BlobStore, des
                 out.copy_from(store, digest).await.with_context(|| format!("writing {path}"))?;
             }
         }
+        OutputMark::of("oci-layout-file", [(path.as_str(), content.id())]).put_on(&target);
     }
     if replaced {
         let old = tempfile::Builder::new().prefix(".memobuild-old-").tempdir_in(parent)?;
@@ -237,11 +238,12 @@ async fn write_directory(files: &[(String, Content)], store: &dyn BlobStore, des
     Ok(())
 }
 
-/// Brings an existing OCI layout directory to `files`: a blob MemoBuild
-/// wrote there before and that nothing changed since (see [`OutputMark`])
-/// stays, other files are written beside their place and renamed into it
-/// (blobs first, so `index.json` never names a missing blob), then blobs
-/// no longer named go.
+/// Brings an existing OCI layout directory to `files`: a file MemoBuild
+/// wrote there before with the same content and that nothing changed
+/// since (see [`OutputMark`]) stays, other files are written beside their
+/// place and renamed into it (blobs first, so `index.json` never names a
+/// missing blob), then blobs no longer named go. An unchanged image writes
+/// nothing.
 async fn update_directory(files: &[(String, Content)], store: &dyn BlobStore, dest: &Path) -> Result<()> {
     let blobs = dest.join("blobs/sha256");
     tokio::fs::create_dir_all(&blobs).await?;
@@ -251,9 +253,9 @@ async fn update_directory(files: &[(String, Content)], store: &dyn BlobStore, de
         let mark = OutputMark::of("oci-layout-file", [(path.as_str(), content.id())]);
         if let Some(name) = path.strip_prefix("blobs/sha256/") {
             kept.insert(name.to_string());
-            if mark.is_on(&target) {
-                continue;
-            }
+        }
+        if mark.is_on(&target) {
+            continue;
         }
         let temp = tempfile::Builder::new().prefix(".memobuild-").tempfile_in(parent_of(&target))?;
         let mut file = tokio::fs::File::from_std(temp.as_file().try_clone()?);

@@ -124,6 +124,7 @@ fn check_layout(layout: &Path, bundle: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_layouts_as_directory_and_tar() {
+    use std::os::unix::fs::MetadataExt;
     require(&["skopeo", "umoci", "tar"]);
     let store = store();
     let image = hello_image(&store).await;
@@ -137,6 +138,25 @@ async fn writes_layouts_as_directory_and_tar() {
     assert_eq!(index["manifests"][0]["annotations"]["io.containerd.image.name"], "example.com/app:v1");
     assert_eq!(index["manifests"][1]["annotations"]["org.opencontainers.image.ref.name"], "v2");
     assert_eq!(index["manifests"][1]["digest"], image.manifest_digest());
+    // The same image again writes nothing: every file keeps its inode and time.
+    let files_and_times = || {
+        let mut files: Vec<_> = ["index.json", "oci-layout"]
+            .iter()
+            .map(|f| layout.join(f))
+            .chain(std::fs::read_dir(layout.join("blobs/sha256")).unwrap().map(|e| e.unwrap().path()))
+            .map(|path| {
+                let meta = std::fs::metadata(&path).unwrap();
+                (path, meta.ino(), meta.mtime(), meta.mtime_nsec())
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = files_and_times();
+    write_oci_layout(&image, &store, &OciDestination::Directory(layout.clone()), &tags).await.unwrap();
+    if xattr_supported(&layout.join("x")) {
+        assert_eq!(files_and_times(), before);
+    }
     // Writing over an existing layout brings it up to date: a blob changed
     // since is written again, one no longer named goes; over another
     // directory is refused.
@@ -164,7 +184,6 @@ async fn writes_layouts_as_directory_and_tar() {
     write_oci_layout(&image, &store, &OciDestination::Tar(tar_b.clone()), &tags).await.unwrap();
     assert_eq!(std::fs::read(&tar_a).unwrap(), std::fs::read(&tar_b).unwrap());
     // The same image again leaves the tar alone, unless it changed since.
-    use std::os::unix::fs::MetadataExt;
     let inode = std::fs::metadata(&tar_a).unwrap().ino();
     write_oci_layout(&image, &store, &OciDestination::Tar(tar_a.clone()), &tags).await.unwrap();
     let marked = xattr_supported(&tar_a);

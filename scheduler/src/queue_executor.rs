@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use memobuild_cas::{output_digests, BlobStore};
-use memobuild_engine::{result_layer, BuildSession, EventSender, NetworkPolicy, StepExecutor, StepTask};
+use memobuild_engine::{BuildSession, EventSender, NetworkPolicy, StepExecutor, StepOutcome, StepTask};
 use memobuild_oci::Layer;
 use memobuild_proto::build::{step_log, BuildEvent};
 use memobuild_proto::reapi::ExecuteRequest;
@@ -51,7 +51,7 @@ impl StepExecutor for QueueExecutor {
         session: &BuildSession,
         events: &EventSender,
         cancel: CancellationToken,
-    ) -> Result<Option<Layer>> {
+    ) -> Result<StepOutcome> {
         let span = tracing::info_span!("step", step = %task.step_id, operation = tracing::field::Empty);
         self.run_step(task, session, events, cancel).instrument(span).await
     }
@@ -65,7 +65,7 @@ impl QueueExecutor {
         session: &BuildSession,
         events: &EventSender,
         cancel: CancellationToken,
-    ) -> Result<Option<Layer>> {
+    ) -> Result<StepOutcome> {
         task.action.upload(&*self.cas).await?;
         let request = ExecuteRequest {
             instance_name: self.instance_name.clone(),
@@ -107,7 +107,7 @@ impl QueueExecutor {
                         .await
                         .with_context(|| format!("pinning the outputs of step action {}", task.action.digest))?;
                 }
-                return result_layer(&result);
+                return StepOutcome::of(&result);
             }
             tokio::select! {
                 changed = updates.changed() => {

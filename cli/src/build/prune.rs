@@ -589,7 +589,8 @@ mod tests {
             };
             let action = StepAction::of_step(&spec, Vec::new(), Vec::new());
             let stores = &state.stores;
-            action.record(&*stores.cas, &*stores.actions, "", Some(&Layer::uncompressed(layer))).await.unwrap();
+            let result = memobuild_engine::layer_result(Some(&Layer::uncompressed(layer)));
+            action.record(&*stores.cas, &*stores.actions, "", &result).await.unwrap();
             parent.push(Layer::uncompressed(layer));
             steps.push((action, layer));
         }
@@ -617,7 +618,14 @@ mod tests {
             let state = LocalState::open(self.dir.path(), None).await.unwrap();
             let mut hits = Vec::new();
             for (action, _) in &self.steps {
-                hits.push(action.lookup(&*state.stores.actions, "").await.unwrap().flatten().map(|layer| layer.blob));
+                hits.push(
+                    action
+                        .lookup(&*state.stores.actions, "")
+                        .await
+                        .unwrap()
+                        .and_then(|hit| hit.layer)
+                        .map(|layer| layer.blob),
+                );
             }
             hits
         }

@@ -3,11 +3,11 @@
 //! into the local action cache.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use memobuild_cas::{ActionResults, BlobStore};
-use memobuild_engine::{BuildSession, EventSender, NetworkPolicy, StepExecutor, StepTask};
-use memobuild_oci::Layer;
+use memobuild_engine::{dated_result, BuildSession, EventSender, NetworkPolicy, StepExecutor, StepOutcome, StepTask};
 use memobuild_proto::build::{step_log, BuildEvent};
 use memobuild_proto::Result;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +35,8 @@ impl StepExecutor for LocalExecutor {
         session: &BuildSession,
         events: &EventSender,
         cancel: CancellationToken,
-    ) -> Result<Option<Layer>> {
+    ) -> Result<StepOutcome> {
+        let started = SystemTime::now();
         let (logs, mut received) = tokio::sync::mpsc::unbounded_channel();
         let step = task.step_id.clone();
         let sender = events.clone();
@@ -46,9 +47,9 @@ impl StepExecutor for LocalExecutor {
         });
         let layer = self.runner.run(&task.spec, step_command(task), session, logs, cancel).await;
         let _ = forward.await;
-        let layer = layer?;
-        task.action.record(&*self.cas, &*self.actions, &self.instance_name, layer.as_ref()).await?;
-        Ok(layer)
+        let result = dated_result(layer?.as_ref(), "local", started, SystemTime::now());
+        task.action.record(&*self.cas, &*self.actions, &self.instance_name, &result).await?;
+        StepOutcome::of(&result)
     }
 }
 

@@ -10,12 +10,11 @@ use std::time::SystemTime;
 
 use memobuild_cas::{get_bytes_at_most, walk_tree, BlobStore};
 use memobuild_engine::{
-    layer_result, BuildSession, ContextFiles, HostEntry, ResourceLimits, Secrets, StepSpec, STEP_FILE,
+    dated_result, BuildSession, ContextFiles, HostEntry, ResourceLimits, Secrets, StepSpec, STEP_FILE,
 };
 use memobuild_frontend::BuildContext;
 use memobuild_proto::build::BlobDigest;
-use memobuild_proto::protobuf::Timestamp;
-use memobuild_proto::reapi::{Action, ActionResult, Command, Directory, ExecutedActionMetadata};
+use memobuild_proto::reapi::{Action, ActionResult, Command, Directory};
 use memobuild_proto::worker::StepSession;
 use memobuild_proto::{Digest, DigestFunction, Error, Result, ResultExt};
 use parking_lot::Mutex;
@@ -54,7 +53,7 @@ impl StepActions {
         logs: UnboundedSender<LogChunk>,
         cancel: CancellationToken,
     ) -> Result<ActionResult> {
-        let start = now();
+        let start = SystemTime::now();
         let function = digest.function();
         let action: Action = self.fetch(digest, "action").await?;
         let command: Command = self
@@ -77,14 +76,7 @@ impl StepActions {
             id_hint: format!("action-{}", &digest.hex()[..12]),
         };
         let layer = self.runner.run(&spec, step, &build, logs, cancel).await?;
-        let mut result = layer_result(layer.as_ref());
-        result.execution_metadata = Some(ExecutedActionMetadata {
-            worker: worker.to_string(),
-            worker_start_timestamp: Some(start),
-            worker_completed_timestamp: Some(now()),
-            ..Default::default()
-        });
-        Ok(result)
+        Ok(dated_result(layer.as_ref(), worker, start, SystemTime::now()))
     }
 
     async fn fetch<M: Message + Default>(&self, digest: &Digest, what: &str) -> Result<M> {
@@ -137,9 +129,4 @@ impl StepActions {
         contexts.truncate(CONTEXTS_KEPT);
         Ok(context)
     }
-}
-
-fn now() -> Timestamp {
-    let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    Timestamp { seconds: since.as_secs() as i64, nanos: since.subsec_nanos() as i32 }
 }
