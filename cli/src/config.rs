@@ -81,6 +81,14 @@ pub struct SchedulerSection {
     pub default_timeout_seconds: u64,
     #[serde(default = "default_max_timeout")]
     pub max_timeout_seconds: u64,
+    /// The most bytes one layer of a base image a build pulls or imports
+    /// may decompress to; a bigger one fails the build, naming it.
+    #[serde(default = "default_max_layer_bytes")]
+    pub max_layer_bytes: u64,
+}
+
+fn default_max_layer_bytes() -> u64 {
+    memobuild_oci::DEFAULT_MAX_LAYER_BYTES
 }
 
 /// Where the scheduler keeps operations.
@@ -153,6 +161,7 @@ impl Default for SchedulerSection {
             max_attempts: default_attempts(),
             default_timeout_seconds: default_timeout(),
             max_timeout_seconds: default_max_timeout(),
+            max_layer_bytes: default_max_layer_bytes(),
         }
     }
 }

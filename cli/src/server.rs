@@ -207,6 +207,7 @@ impl Node {
                 store,
                 // Without a worker here, the workers elsewhere enforce their own policy.
                 worker_section.as_ref().map_or(NetworkPolicy::ANY, |w| w.network.policy()),
+                section.max_layer_bytes,
             )
             .await
             .context("starting the build service")?;

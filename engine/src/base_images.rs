@@ -77,7 +77,8 @@ pub async fn resolve_images(
 async fn pull(state: &EngineStores, source: &str, platform: &str) -> Result<PulledImage> {
     if let Some(layout) = source.strip_prefix("oci-layout://") {
         let (path, tag) = split_layout(layout);
-        return read_oci_layout(&PathBuf::from(path), tag, platform, &*state.cas, state.diff_ids.as_deref()).await;
+        let (cas, memo, max_layer_bytes) = (&*state.cas, state.diff_ids.as_deref(), state.registry.max_layer_bytes());
+        return read_oci_layout(&PathBuf::from(path), tag, platform, cas, memo, max_layer_bytes).await;
     }
     let reference: ImageReference = source.parse()?;
     state.registry.pull(&reference, platform, &*state.cas).await

@@ -11,6 +11,11 @@ use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
 /// Manifests, indexes and configs are small; anything bigger is refused.
 pub(crate) const MAX_METADATA_BYTES: u64 = 4 << 20;
 
+/// The most bytes one layer may decompress to unless configured otherwise
+/// (64 GiB, the CAS's largest blob by default): pulls and imports refuse a
+/// layer that decompresses to more.
+pub const DEFAULT_MAX_LAYER_BYTES: u64 = 64 << 30;
+
 /// The blob as a blocking reader, for use inside `spawn_blocking`.
 pub(crate) async fn blob_reader(store: &dyn BlobStore, digest: &Digest) -> Result<impl Read + Send + 'static> {
     let stream = store.get(digest, ByteRange::ALL).await?;
@@ -103,6 +108,35 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// A reader that fails with `error` as soon as `inner` yields more than
+/// `limit` bytes: what a small compressed blob turns into is bounded by
+/// this, not by the blob.
+pub(crate) struct CappedReader<R> {
+    inner: R,
+    left: u64,
+    error: Error,
+}
+
+impl<R: Read> CappedReader<R> {
+    pub(crate) fn new(inner: R, limit: u64, error: Error) -> Self {
+        CappedReader { inner, left: limit, error }
+    }
+}
+
+impl<R: Read> Read for CappedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // One byte past the limit is enough to know it is passed.
+        let room = usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX);
+        let len = buf.len().min(room);
+        let n = self.inner.read(&mut buf[..len])?;
+        if n as u64 > self.left {
+            return Err(io::Error::other(self.error.clone()));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
 /// `sha256:<hex>`.
 pub(crate) fn oci_digest(digest: &Digest) -> String {
     format!("sha256:{}", digest.hex())
@@ -116,5 +150,23 @@ pub(crate) fn parse_oci_digest(text: &str, size: i64) -> Result<Digest> {
             Err(Error::invalid_argument(format!("digest {text}: unsupported algorithm {algorithm}, only sha256")))
         }
         None => Err(Error::invalid_argument(format!("digest {text}: expected sha256:<hex>"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_capped_reader_passes_the_limit_exactly_and_fails_past_it() {
+        let data = vec![7u8; 10_000];
+        let mut out = Vec::new();
+        CappedReader::new(&data[..], 10_000, Error::invalid_argument("too big")).read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
+        let err = CappedReader::new(&data[..], 9_999, Error::invalid_argument("too big"))
+            .read_to_end(&mut Vec::new())
+            .unwrap_err();
+        assert_eq!(io_error(err), Error::invalid_argument("too big"));
     }
 }

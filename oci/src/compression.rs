@@ -8,7 +8,10 @@ use std::str::FromStr;
 use memobuild_cas::BlobStore;
 use memobuild_proto::{Error, Result};
 
-use crate::blob_io::{blob_reader, blocking, io_error, put_file, HashingReader, HashingWriter};
+use crate::blob_io::{
+    blob_reader, blocking, io_error, oci_digest, put_file, CappedReader, HashingReader, HashingWriter,
+    DEFAULT_MAX_LAYER_BYTES,
+};
 use crate::layer::{Layer, MEDIA_TYPE_DOCKER_TAR_GZIP, MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP, MEDIA_TYPE_TAR_ZSTD};
 
 /// Docker's uncompressed layer type.
@@ -43,13 +46,42 @@ impl Compression {
         }
     }
 
-    /// A reader of the uncompressed bytes of `reader`.
-    pub(crate) fn decoder<R: Read + Send + 'static>(self, reader: R) -> Result<Box<dyn Read + Send>> {
-        Ok(match self {
+    /// A reader of the uncompressed bytes of `reader` that fails with
+    /// `too_big` once they pass `limit` bytes: a small blob can decompress
+    /// to anything.
+    pub(crate) fn decoder<R: Read + Send + 'static>(
+        self,
+        reader: R,
+        limit: u64,
+        too_big: Error,
+    ) -> Result<Box<dyn Read + Send>> {
+        let decoded: Box<dyn Read + Send> = match self {
             Compression::None => Box::new(reader),
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
             Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(reader)?),
-        })
+        };
+        Ok(Box::new(CappedReader::new(decoded, limit, too_big)))
+    }
+
+    /// [`Compression::decoder`] for a layer whose diff id is known: no
+    /// more than its diff id's size comes out, and never more than
+    /// [`DEFAULT_MAX_LAYER_BYTES`] (a diff id a client sent is a claim).
+    pub(crate) fn layer_decoder<R: Read + Send + 'static>(
+        self,
+        reader: R,
+        layer: &Layer,
+    ) -> Result<Box<dyn Read + Send>> {
+        let blob = oci_digest(&layer.blob);
+        let too_big = match layer.diff_id.size() {
+            size if size <= DEFAULT_MAX_LAYER_BYTES => Error::invalid_argument(format!(
+                "layer {blob} decompresses to more than the {size} bytes of its diff id {}",
+                layer.diff_id_string()
+            )),
+            _ => Error::invalid_argument(format!(
+                "layer {blob} decompresses to more than the {DEFAULT_MAX_LAYER_BYTES} bytes allowed"
+            )),
+        };
+        self.decoder(reader, layer.diff_id.size().min(DEFAULT_MAX_LAYER_BYTES), too_big)
     }
 }
 
@@ -94,8 +126,9 @@ pub async fn compress_layer(store: &dyn BlobStore, layer: &Layer, compression: C
     }
     let reader = blob_reader(store, &layer.blob).await.map_err(|e| e.context(what()))?;
     let expected_diff_id = layer.diff_id;
+    let bounded = layer.clone();
     let (file, blob) = blocking(move || {
-        let mut tar = HashingReader::new(current.decoder(reader)?);
+        let mut tar = HashingReader::new(current.layer_decoder(reader, &bounded)?);
         let file = tempfile::tempfile()?;
         let mut out = HashingWriter::new(io::BufWriter::new(file));
         match compression {

@@ -87,9 +87,10 @@ async fn extract(
         let reader = blob_reader(store, &layer.blob).await.map_err(|e| e.context(format!("layer {name}")))?;
         let root = root.clone();
         let expected = layer.diff_id_string();
+        let bounded = layer.clone();
         budget = blocking(move || {
             let mut unpacker = Unpacker::new(root, name.clone(), whiteouts);
-            let mut tar = HashingReader::new(compression.decoder(reader)?);
+            let mut tar = HashingReader::new(compression.layer_decoder(reader, &bounded)?);
             unpacker.apply(&mut tar, &mut budget).map_err(|e| e.context(format!("layer {name}")))?;
             let diff_id = oci_digest(&tar.finish().map_err(io_error)?);
             if diff_id != expected {

@@ -57,8 +57,10 @@ impl LayerIndex {
         let compression =
             Compression::of_media_type(&layer.media_type).map_err(|e| e.context(format!("layer {name}")))?;
         let reader = blob_reader(store, &layer.blob).await.map_err(|e| e.context(format!("layer {name}")))?;
+        let bounded = layer.clone();
         blocking(move || {
-            Self::from_tar(compression.decoder(reader)?).map_err(|e| e.context(format!("indexing layer {name}")))
+            Self::from_tar(compression.layer_decoder(reader, &bounded)?)
+                .map_err(|e| e.context(format!("indexing layer {name}")))
         })
         .await
     }

@@ -16,6 +16,7 @@ mod layer;
 mod layer_index;
 mod layer_writer;
 mod manifest;
+mod manifest_fetch;
 mod oci_layout_reader;
 mod oci_layout_writer;
 mod output_mark;
@@ -23,6 +24,7 @@ mod pulled_image;
 mod registry_client;
 mod tar_stream;
 
+pub use blob_io::DEFAULT_MAX_LAYER_BYTES;
 pub use built_image::BuiltImage;
 pub use compression::{compress_layer, Compression, MEDIA_TYPE_DOCKER_TAR};
 pub use diff_id_memo::{DiffIdMemo, DirectoryDiffIdMemo};

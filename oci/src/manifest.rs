@@ -150,19 +150,20 @@ pub(crate) fn layers_of(
 
 /// Completes the layers once their blobs are in `store`: an uncompressed
 /// layer's diff id is its blob; a compressed one is decompressed to learn
-/// the size of its diff id and check the config's hash.
+/// the size of its diff id and check the config's hash. A layer whose tar
+/// is more than `max_layer_bytes` is refused, and no more than that is
+/// decompressed.
 pub(crate) async fn complete_layers(
     store: &dyn BlobStore,
     listed: Vec<ListedLayer>,
     what: &str,
     memo: Option<&dyn DiffIdMemo>,
+    max_layer_bytes: u64,
 ) -> Result<Vec<Layer>> {
     // Decompressing to learn diff ids is CPU-bound: one layer per core.
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    futures::stream::iter(listed.into_iter().map(|layer| complete_layer(store, layer, what, memo)))
-        .buffered(cores)
-        .try_collect()
-        .await
+    let completions = listed.into_iter().map(|layer| complete_layer(store, layer, what, memo, max_layer_bytes));
+    futures::stream::iter(completions).buffered(cores).try_collect().await
 }
 
 /// One listed layer with its diff id: remembered, the blob itself when
@@ -172,19 +173,32 @@ async fn complete_layer(
     layer: ListedLayer,
     what: &str,
     memo: Option<&dyn DiffIdMemo>,
+    max_layer_bytes: u64,
 ) -> Result<Layer> {
     let compression = Compression::of_media_type(&layer.media_type)?;
     let remembered = memo.and_then(|m| m.get(&layer.blob));
+    let name = oci_digest(&layer.blob);
+    let too_big = || {
+        Error::invalid_argument(format!(
+            "layer {name} decompresses to more than the {max_layer_bytes} bytes allowed (max_layer_bytes)"
+        ))
+    };
     let diff_id = if compression == Compression::None {
         layer.blob
     } else if let Some(diff_id) = remembered {
         diff_id
     } else {
         let reader = blob_reader(store, &layer.blob).await?;
-        blocking(move || HashingReader::new(compression.decoder(reader)?).finish().map_err(io_error))
-            .await
-            .map_err(|e| e.context(format!("{what}: decompressing layer {}", oci_digest(&layer.blob))))?
+        let error = too_big();
+        blocking(move || {
+            HashingReader::new(compression.decoder(reader, max_layer_bytes, error)?).finish().map_err(io_error)
+        })
+        .await
+        .map_err(|e| e.context(format!("{what}: decompressing layer {name}")))?
     };
+    if diff_id.size() > max_layer_bytes {
+        return Err(too_big().context(what));
+    }
     if oci_digest(&diff_id) != layer.diff_id {
         return Err(Error::invalid_argument(format!(
             "{what}: layer {} has diff id {}, the config says {}",

@@ -17,24 +17,27 @@ use crate::pulled_image::PulledImage;
 /// Reads the image tagged `tag` (its `org.opencontainers.image.ref.name`,
 /// or its full `io.containerd.image.name`) from the layout at `path`, or
 /// the only image when `tag` is `None`; resolves an index to `platform`'s
-/// manifest and copies the config and layers into `store`, verified.
+/// manifest and copies the config and layers into `store`, verified. A
+/// layer that decompresses to more than `max_layer_bytes` is refused.
 pub async fn read_oci_layout(
     path: &Path,
     tag: Option<&str>,
     platform: &str,
     store: &dyn BlobStore,
     memo: Option<&dyn DiffIdMemo>,
+    max_layer_bytes: u64,
 ) -> Result<PulledImage> {
     let written = match tag {
         Some(tag) => format!("oci-layout://{}:{tag}", path.display()),
         None => format!("oci-layout://{}", path.display()),
     };
-    read(path, tag, platform, store, memo).await.map_err(|e| e.context(format!("reading {written}"))).map(
-        |mut image| {
+    read(path, tag, platform, store, memo, max_layer_bytes)
+        .await
+        .map_err(|e| e.context(format!("reading {written}")))
+        .map(|mut image| {
             image.reference = written;
             image
-        },
-    )
+        })
 }
 
 async fn read(
@@ -43,6 +46,7 @@ async fn read(
     platform: &str,
     store: &dyn BlobStore,
     memo: Option<&dyn DiffIdMemo>,
+    max_layer_bytes: u64,
 ) -> Result<PulledImage> {
     let layout = Layout { root: path.to_path_buf() };
     if !path.join("oci-layout").is_file() {
@@ -96,7 +100,7 @@ async fn read(
     for digest in store.find_missing(&blobs).await? {
         layout.copy_blob(&digest, store).await?;
     }
-    let layers = complete_layers(store, listed, &what, memo).await?;
+    let layers = complete_layers(store, listed, &what, memo, max_layer_bytes).await?;
     Ok(PulledImage {
         reference: String::new(),
         resolved: format!("{}@{manifest_digest}", path.display()),

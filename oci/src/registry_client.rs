@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -14,7 +15,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
 use tonic::Code;
 
-use crate::blob_io::{oci_digest, small_blob, MAX_METADATA_BYTES};
+use crate::blob_io::{oci_digest, small_blob, DEFAULT_MAX_LAYER_BYTES, MAX_METADATA_BYTES};
 use crate::built_image::BuiltImage;
 use crate::credential_helper::{CredentialHelper, HelperCredentials};
 use crate::diff_id_memo::DiffIdMemo;
@@ -23,6 +24,7 @@ use crate::image_reference::ImageReference;
 use crate::manifest::{
     complete_layers, layers_of, select_platform, ManifestDocument, ACCEPTED, DOCKER_MANIFEST, OCI_MANIFEST,
 };
+use crate::manifest_fetch::{http_status_error, ManifestSource};
 use crate::pulled_image::PulledImage;
 
 /// Layer downloads and uploads in flight at once.
@@ -42,6 +44,10 @@ pub struct RegistryClient {
     creds_store: Option<CredentialHelper>,
     insecure: BTreeSet<String>,
     diff_ids: Option<Arc<dyn DiffIdMemo>>,
+    /// The largest manifest or index read; `None`: [`MAX_METADATA_BYTES`].
+    max_manifest_bytes: Option<u64>,
+    /// The most a pulled layer may decompress to; `None`: [`DEFAULT_MAX_LAYER_BYTES`].
+    max_layer_bytes: Option<u64>,
 }
 
 impl RegistryClient {
@@ -86,7 +92,6 @@ impl RegistryClient {
         self.credentials.insert(normalize_registry(registry), (username.to_string(), password.to_string()));
     }
 
-    /// Speaks plain HTTP to `registry` (`host[:port]`).
     /// Keeps the diff ids of pulled layers in `memo`, so a layer already
     /// pulled is not decompressed again to learn its diff id.
     pub fn with_diff_id_memo(mut self, memo: Arc<dyn DiffIdMemo>) -> Self {
@@ -94,9 +99,33 @@ impl RegistryClient {
         self
     }
 
+    /// Speaks plain HTTP to `registry` (`host[:port]`).
     pub fn with_insecure_registry(mut self, registry: &str) -> Self {
         self.insecure.insert(registry.to_string());
         self
+    }
+
+    /// Refuses manifests and indexes larger than `bytes` (4 MiB unless
+    /// set), before more than that is read.
+    pub fn with_max_manifest_bytes(mut self, bytes: u64) -> Self {
+        self.max_manifest_bytes = Some(bytes);
+        self
+    }
+
+    /// Refuses pulled layers that decompress to more than `bytes` (64 GiB
+    /// unless set), decompressing no more than that.
+    pub fn with_max_layer_bytes(mut self, bytes: u64) -> Self {
+        self.max_layer_bytes = Some(bytes);
+        self
+    }
+
+    /// The most a pulled (or imported) layer may decompress to.
+    pub fn max_layer_bytes(&self) -> u64 {
+        self.max_layer_bytes.unwrap_or(DEFAULT_MAX_LAYER_BYTES)
+    }
+
+    fn manifest_limit(&self) -> u64 {
+        self.max_manifest_bytes.unwrap_or(MAX_METADATA_BYTES)
     }
 
     /// How to authenticate to `registry`: its helper, its credentials, the
@@ -134,17 +163,22 @@ impl RegistryClient {
         })
     }
 
-    async fn client_for(&self, reference: &ImageReference) -> Result<(Client, RegistryAuth)> {
+    async fn client_for(&self, reference: &ImageReference) -> Result<Connection> {
         let registry = reference.registry();
-        let protocol = if reference.is_insecure_default() || self.insecure.contains(registry) {
-            ClientProtocol::HttpsExcept(vec![reference.as_oci().resolve_registry().to_string()])
-        } else {
-            ClientProtocol::Https
+        let insecure = reference.is_insecure_default() || self.insecure.contains(registry);
+        let protocol = match insecure {
+            true => ClientProtocol::HttpsExcept(vec![reference.as_oci().resolve_registry().to_string()]),
+            false => ClientProtocol::Https,
         };
         let config = ClientConfig { protocol, platform_resolver: None, ..Default::default() };
         let client = Client::try_from(config)
             .map_err(|e| Error::internal(format!("creating the HTTP client for {registry}: {e}")))?;
-        Ok((client, self.auth_for(registry).await?))
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| Error::internal(format!("creating the HTTP client for {registry}: {e}")))?;
+        let scheme = if insecure { "http" } else { "https" };
+        Ok(Connection { client, auth: self.auth_for(registry).await?, http, scheme })
     }
 
     /// Resolves `reference` to the image manifest for `platform` (from an
@@ -162,21 +196,34 @@ impl RegistryClient {
         store: &dyn BlobStore,
     ) -> Result<PulledImage> {
         let what = reference.to_string();
-        let (client, auth) = self.client_for(reference).await?;
-        let (body, digest) = fetch_manifest(&client, reference, &auth, &ACCEPTED).await?;
+        let connection = self.client_for(reference).await?;
+        let client = &connection.client;
+        let limit = self.manifest_limit();
+        let (body, digest) = connection.manifests().fetch(reference, &ACCEPTED, limit).await?;
         let mut manifest = ManifestDocument::parse(&body, &what)?;
         let mut manifest_digest = digest;
         if let Some(entries) = manifest.index_entries() {
             let entry = select_platform(entries, platform, &what)?;
             let pinned = reference.with_digest(&entry.digest);
-            // The index says how big the manifest is: refused before a byte of it is read.
-            if !(0..=MAX_METADATA_BYTES as i64).contains(&entry.size) {
-                return Err(Error::invalid_argument(format!(
-                    "manifest {pinned} is {} bytes by its index, more than the {MAX_METADATA_BYTES} allowed",
+            // The index says how big the manifest is: refused before a byte
+            // of it is read when too big, and no more than that is read.
+            let claimed = u64::try_from(entry.size).ok().filter(|size| *size <= limit).ok_or_else(|| {
+                Error::invalid_argument(format!(
+                    "manifest {pinned} is {} bytes by its index, more than the {limit} allowed",
                     entry.size
-                )));
+                ))
+            })?;
+            let (body, digest) = connection
+                .manifests()
+                .fetch(&pinned, &[OCI_MANIFEST, DOCKER_MANIFEST], claimed)
+                .await
+                .map_err(|e| e.context(format!("the index of {what} gives it {claimed} bytes")))?;
+            if body.len() as u64 != claimed {
+                return Err(Error::new(
+                    Code::DataLoss,
+                    format!("manifest {pinned} is {} bytes, its index {what} says {claimed}", body.len()),
+                ));
             }
-            let (body, digest) = fetch_manifest(&client, &pinned, &auth, &[OCI_MANIFEST, DOCKER_MANIFEST]).await?;
             manifest = ManifestDocument::parse(&body, &pinned.to_string())?;
             if manifest.index_entries().is_some() {
                 return Err(Error::invalid_argument(format!("{pinned}: an index inside an index is not supported")));
@@ -188,7 +235,7 @@ impl RegistryClient {
         let config = if store.find_missing(&[config_digest]).await?.is_empty() {
             small_blob(store, &config_digest, MAX_METADATA_BYTES, "image config").await?
         } else {
-            let data = fetch_small_blob(&client, reference, &config_descriptor.media_type, &config_digest).await?;
+            let data = fetch_small_blob(client, reference, &config_descriptor.media_type, &config_digest).await?;
             store.put_bytes(&config_digest, data.clone()).await?;
             data
         };
@@ -197,9 +244,9 @@ impl RegistryClient {
         let missing = store.find_missing(&blobs).await?;
         // The futures are made up front: a stream that maps through a
         // closure over `&Digest` is not provably Send to callers that spawn.
-        let downloads: Vec<_> = missing.iter().map(|digest| download_blob(&client, reference, digest, store)).collect();
+        let downloads: Vec<_> = missing.iter().map(|digest| download_blob(client, reference, digest, store)).collect();
         futures::stream::iter(downloads).buffer_unordered(CONCURRENT_TRANSFERS).try_collect::<Vec<()>>().await?;
-        let layers = complete_layers(store, listed, &what, self.diff_ids.as_deref()).await?;
+        let layers = complete_layers(store, listed, &what, self.diff_ids.as_deref(), self.max_layer_bytes()).await?;
         Ok(PulledImage {
             reference: reference.as_written().to_string(),
             resolved: reference.pinned(&manifest_digest),
@@ -223,7 +270,7 @@ impl RegistryClient {
         reference: &ImageReference,
         store: &dyn BlobStore,
     ) -> Result<String> {
-        let (client, auth) = self.client_for(reference).await?;
+        let Connection { client, auth, .. } = self.client_for(reference).await?;
         let oci_ref = reference.as_oci();
         client.store_auth_if_needed(oci_ref.resolve_registry(), &auth).await;
         let mut blobs: Vec<Digest> = image.layers.iter().map(|l| l.blob).collect();
@@ -247,24 +294,19 @@ impl RegistryClient {
     }
 }
 
-/// A manifest's bytes and digest, bounded in size.
-async fn fetch_manifest(
-    client: &Client,
-    reference: &ImageReference,
-    auth: &RegistryAuth,
-    accepted: &[&str],
-) -> Result<(Bytes, String)> {
-    let (body, digest) = client
-        .pull_manifest_raw(reference.as_oci(), auth, accepted)
-        .await
-        .map_err(|e| registry_error(e, &format!("fetching manifest {reference}")))?;
-    if body.len() as u64 > MAX_METADATA_BYTES {
-        return Err(Error::invalid_argument(format!(
-            "manifest {reference} is {} bytes, more than the {MAX_METADATA_BYTES} allowed",
-            body.len()
-        )));
+/// One registry, as this client speaks to it.
+struct Connection {
+    client: Client,
+    auth: RegistryAuth,
+    /// For manifests, read with a bound (oci-client reads them whole).
+    http: reqwest::Client,
+    scheme: &'static str,
+}
+
+impl Connection {
+    fn manifests(&self) -> ManifestSource<'_> {
+        ManifestSource { client: &self.client, auth: &self.auth, http: &self.http, scheme: self.scheme }
     }
-    Ok((body, digest))
 }
 
 fn descriptor(media_type: &str, digest: &Digest) -> OciDescriptor {
@@ -336,7 +378,7 @@ async fn upload_blob(
 /// Maps an oci-client error to our codes: unknown manifests and blobs are
 /// NOT_FOUND, refused credentials UNAUTHENTICATED / PERMISSION_DENIED,
 /// network and server trouble UNAVAILABLE.
-fn registry_error(e: OciDistributionError, what: &str) -> Error {
+pub(crate) fn registry_error(e: OciDistributionError, what: &str) -> Error {
     let code = match &e {
         OciDistributionError::RegistryError { envelope, .. } => match envelope.errors.first().map(|e| &e.code) {
             Some(
@@ -350,14 +392,7 @@ fn registry_error(e: OciDistributionError, what: &str) -> Error {
             Some(OciErrorCode::Toomanyrequests) => Code::ResourceExhausted,
             _ => Code::InvalidArgument,
         },
-        OciDistributionError::ServerError { code, .. } => match code {
-            404 => Code::NotFound,
-            401 => Code::Unauthenticated,
-            403 => Code::PermissionDenied,
-            429 => Code::ResourceExhausted,
-            400..=499 => Code::InvalidArgument,
-            _ => Code::Unavailable,
-        },
+        OciDistributionError::ServerError { code, .. } => http_status_error(*code, what).code(),
         OciDistributionError::ImageManifestNotFoundError(_) => Code::NotFound,
         OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
             Code::Unauthenticated

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use common::{busybox_layout, config_for, hello_image, hello_layer, require, run, store, umoci_unpack};
 use memobuild_cas::BlobStore;
-use memobuild_oci::{read_oci_layout, write_oci_layout, Layer, OciDestination};
+use memobuild_oci::{read_oci_layout, write_oci_layout, Layer, OciDestination, DEFAULT_MAX_LAYER_BYTES};
 use memobuild_proto::{Digest, DigestFunction};
 use tonic::Code;
 
@@ -19,17 +19,19 @@ async fn reads_a_umoci_layout_by_tag() {
     let dir = tempfile::tempdir().unwrap();
     let layout = busybox_layout(dir.path());
     let store = store();
-    let image = read_oci_layout(&layout, Some("busybox"), "linux/amd64", &store, None).await.unwrap();
+    let image =
+        read_oci_layout(&layout, Some("busybox"), "linux/amd64", &store, None, DEFAULT_MAX_LAYER_BYTES).await.unwrap();
     assert_eq!(image.layers.len(), 1);
     assert_eq!(image.config.rootfs().diff_ids(), &vec![image.layers[0].diff_id_string()]);
     assert!(store.find_missing(&[image.layers[0].blob]).await.unwrap().is_empty());
     assert_eq!(image.reference, format!("oci-layout://{}:busybox", layout.display()));
     assert_eq!(image.resolved, format!("{}@{}", layout.display(), image.manifest_digest));
     // The only image, without naming it.
-    let only = read_oci_layout(&layout, None, "linux/amd64", &store, None).await.unwrap();
+    let only = read_oci_layout(&layout, None, "linux/amd64", &store, None, DEFAULT_MAX_LAYER_BYTES).await.unwrap();
     assert_eq!(only.manifest_digest, image.manifest_digest);
 
-    let err = read_oci_layout(&layout, Some("nope"), "linux/amd64", &store, None).await.unwrap_err();
+    let err =
+        read_oci_layout(&layout, Some("nope"), "linux/amd64", &store, None, DEFAULT_MAX_LAYER_BYTES).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().contains("nope") && err.message().contains("busybox"), "{err}");
 }
@@ -89,20 +91,23 @@ async fn selects_a_platform_from_a_nested_index() {
     std::fs::write(layout.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
 
     let store = store();
-    let arm = read_oci_layout(&layout, Some("multi"), "linux/arm64", &store, None).await.unwrap();
+    let arm =
+        read_oci_layout(&layout, Some("multi"), "linux/arm64", &store, None, DEFAULT_MAX_LAYER_BYTES).await.unwrap();
     assert_eq!(arm.layers, vec![layers["arm64"].clone()]);
     assert_eq!(arm.config.architecture().to_string(), "arm64");
     assert_eq!(arm.manifest_digest, entries[1]["digest"]);
-    let amd = read_oci_layout(&layout, None, "linux/amd64", &store, None).await.unwrap();
+    let amd = read_oci_layout(&layout, None, "linux/amd64", &store, None, DEFAULT_MAX_LAYER_BYTES).await.unwrap();
     assert_eq!(amd.layers, vec![layers["amd64"].clone()]);
-    let err = read_oci_layout(&layout, Some("multi"), "linux/s390x", &store, None).await.unwrap_err();
+    let err = read_oci_layout(&layout, Some("multi"), "linux/s390x", &store, None, DEFAULT_MAX_LAYER_BYTES)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().contains("linux/amd64, linux/arm64/v8"), "{err}");
 
     // The same two manifests listed straight in index.json, untagged.
     let flat = serde_json::json!({"schemaVersion": 2, "manifests": entries});
     std::fs::write(layout.join("index.json"), serde_json::to_vec(&flat).unwrap()).unwrap();
-    let arm = read_oci_layout(&layout, None, "linux/arm64/v8", &store, None).await.unwrap();
+    let arm = read_oci_layout(&layout, None, "linux/arm64/v8", &store, None, DEFAULT_MAX_LAYER_BYTES).await.unwrap();
     assert_eq!(arm.layers, vec![layers["arm64"].clone()]);
 
     // A corrupted blob is refused.
@@ -110,7 +115,9 @@ async fn selects_a_platform_from_a_nested_index() {
     let mut data = std::fs::read(&blob).unwrap();
     data[600] ^= 1;
     std::fs::write(&blob, data).unwrap();
-    let err = read_oci_layout(&layout, None, "linux/amd64", &common::store(), None).await.unwrap_err();
+    let err = read_oci_layout(&layout, None, "linux/amd64", &common::store(), None, DEFAULT_MAX_LAYER_BYTES)
+        .await
+        .unwrap_err();
     assert!(err.message().contains(&layers["amd64"].blob.hex()), "{err}");
 }
 
@@ -169,7 +176,9 @@ async fn writes_layouts_as_directory_and_tar() {
     write_oci_layout(&image, &store, &OciDestination::Directory(layout.clone()), &tags).await.unwrap();
     assert!(!layout.join("blobs/sha256/stale").exists());
     check_layout(&layout, &dir.path().join("bundle3"));
-    let back = read_oci_layout(&layout, Some("v1"), "linux/amd64", &common::store(), None).await.unwrap();
+    let back = read_oci_layout(&layout, Some("v1"), "linux/amd64", &common::store(), None, DEFAULT_MAX_LAYER_BYTES)
+        .await
+        .unwrap();
     assert_eq!(back.manifest_digest, image.manifest_digest());
     let other = dir.path().join("other");
     std::fs::create_dir(&other).unwrap();
@@ -203,7 +212,9 @@ async fn writes_layouts_as_directory_and_tar() {
     check_layout(&unpacked, &dir.path().join("bundle2"));
 
     // And it reads back.
-    let back = read_oci_layout(&unpacked, Some("v2"), "linux/amd64", &common::store(), None).await.unwrap();
+    let back = read_oci_layout(&unpacked, Some("v2"), "linux/amd64", &common::store(), None, DEFAULT_MAX_LAYER_BYTES)
+        .await
+        .unwrap();
     assert_eq!(back.manifest_digest, image.manifest_digest());
 }
 

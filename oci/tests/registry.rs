@@ -47,6 +47,12 @@ async fn registry_round_trip() {
     assert!(store.find_missing(&[pulled.layers[0].blob]).await.unwrap().is_empty());
     assert!(pulled.layers[0].diff_id.size() > 1_000_000, "the diff id carries the tar's size");
 
+    // A manifest over the client's bound is refused, naming the tag and the bound.
+    let bounded = RegistryClient::anonymous().with_max_manifest_bytes(64);
+    let err = bounded.pull(&base, "linux/amd64", &common::store()).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().contains(&format!("manifest {base_name} is more than the 64 bytes allowed")), "{err}");
+
     // Pulling again finds every blob present and gives the same image.
     let again = client.pull(&base, "linux/amd64", &store).await.unwrap();
     assert_eq!(again, pulled);
@@ -126,4 +132,84 @@ async fn registry_basic_auth() {
 
     let wrong = RegistryClient::with_credentials(&registry.host(), "alice", "wrong");
     assert!(wrong.push(&image, &app, &store).await.is_err());
+}
+
+/// Puts an index under `tag` whose one linux/amd64 entry is the manifest
+/// `digest`, `size` bytes by the index's word.
+async fn put_index(registry: &str, tag: &str, digest: &str, size: i64) {
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest,
+            "size": size,
+            "platform": {"architecture": "amd64", "os": "linux"}
+        }]
+    });
+    let response = reqwest::Client::new()
+        .put(format!("http://{registry}/v2/base/busybox/manifests/{tag}"))
+        .header("content-type", "application/vnd.oci.image.index.v1+json")
+        .body(serde_json::to_vec(&index).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    assert!(status.is_success(), "{status}: {}", response.text().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_manifests_are_bounded_by_the_index_and_the_limit() {
+    require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(None);
+    let host = registry.host();
+    push_base(&busybox_layout(dir.path()), &format!("{host}/base/busybox:1"), None);
+    let manifest = reqwest::Client::new()
+        .get(format!("http://{host}/v2/base/busybox/manifests/1"))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let digest =
+        format!("sha256:{}", memobuild_proto::Digest::of(memobuild_proto::DigestFunction::Sha256, &manifest).hex());
+    let size = manifest.len() as i64;
+    let client = RegistryClient::anonymous();
+    let pull = |tag: &str| format!("{host}/base/busybox:{tag}").parse::<ImageReference>().unwrap();
+
+    put_index(&host, "honest", &digest, size).await;
+    let pulled = client.pull(&pull("honest"), "linux/amd64", &store()).await.unwrap();
+    assert_eq!(pulled.manifest_digest, digest);
+
+    // An index that gives its manifest fewer bytes than it has: no more is read.
+    put_index(&host, "short", &digest, size - 1).await;
+    let err = client.pull(&pull("short"), "linux/amd64", &store()).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    let pinned = format!("{host}/base/busybox@{digest}");
+    assert!(err.message().contains(&format!("manifest {pinned} is more than the {} bytes allowed", size - 1)), "{err}");
+
+    // One that gives it more than the client's bound: refused before it is fetched.
+    put_index(&host, "huge", &digest, 1 << 40).await;
+    let err = client.pull(&pull("huge"), "linux/amd64", &store()).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(
+        err.message().contains(&format!(
+            "manifest {pinned} is {} bytes by its index, more than the {} allowed",
+            1u64 << 40,
+            4 << 20
+        )),
+        "{err}"
+    );
+
+    // The index itself over the bound.
+    let err =
+        client.clone().with_max_manifest_bytes(100).pull(&pull("honest"), "linux/amd64", &store()).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(
+        err.message().contains(&format!("manifest {host}/base/busybox:honest is more than the 100 bytes allowed")),
+        "{err}"
+    );
 }

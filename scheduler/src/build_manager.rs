@@ -134,6 +134,8 @@ pub struct BuildManager {
     persist: mpsc::UnboundedSender<Persist>,
     /// What the cluster's workers let RUN steps reach.
     network_policy: NetworkPolicy,
+    /// The most one pulled or imported base layer may decompress to.
+    max_layer_bytes: u64,
     activity: watch::Sender<u64>,
 }
 
@@ -147,6 +149,7 @@ impl BuildManager {
         work_dir: PathBuf,
         store: Arc<dyn BuildStore>,
         network_policy: NetworkPolicy,
+        max_layer_bytes: u64,
     ) -> Result<Arc<Self>> {
         let (persist, writes) = mpsc::unbounded_channel();
         tokio::spawn(run_persister(store.clone(), writes));
@@ -160,6 +163,7 @@ impl BuildManager {
             persist,
             work_dir,
             network_policy,
+            max_layer_bytes,
             activity: watch::channel(0).0,
         });
         for stored in manager.store.unfinished().await.context("loading the builds that were running")? {
@@ -308,7 +312,9 @@ impl BuildManager {
             cas: self.cas.clone(),
             actions: self.actions.clone(),
             instance_name: request.instance_name.clone(),
-            registry: registry(request).with_diff_id_memo(self.diff_ids.clone()),
+            registry: registry(request)
+                .with_diff_id_memo(self.diff_ids.clone())
+                .with_max_layer_bytes(self.max_layer_bytes),
             diff_ids: Some(self.diff_ids.clone()),
             remote_files_dir: self.work_dir.join("remote-files"),
         });
