@@ -24,8 +24,19 @@ pub struct Admin {
     pub dashboard: Option<Arc<Dashboard>>,
 }
 
-/// Serves until `shutdown`; failures are logged.
+/// Serves until `shutdown`; failures are logged. The admin port has no
+/// authentication: listening beyond loopback says so at start.
 pub async fn serve(listener: TcpListener, admin: Admin, shutdown: impl Future<Output = ()> + Send + 'static) {
+    if let Ok(address) = listener.local_addr() {
+        if !address.ip().is_loopback() {
+            tracing::warn!(
+                %address,
+                "ADMIN PORT WITHOUT AUTHENTICATION: /metrics, /healthz, /readyz{} answer anyone who reaches {address}; \
+                 keep it on a private network (or 127.0.0.1) and let only the metrics scraper and probes reach it",
+                if admin.dashboard.is_some() { " and the dashboard (builds, queue and workers of every instance)" } else { "" }
+            );
+        }
+    }
     let app = router(admin);
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
         tracing::error!(error = %e, "admin listener failed");

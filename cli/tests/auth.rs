@@ -83,6 +83,11 @@ impl TokenLine {
     }
 }
 
+/// A principals file of `lines`.
+fn principals_file(lines: &[TokenLine]) -> String {
+    lines.iter().map(TokenLine::text).collect::<Vec<_>>().join("\n")
+}
+
 /// Unix seconds as an RFC 3339 UTC time.
 fn rfc3339(unix: i64) -> String {
     let (days, seconds) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
@@ -481,7 +486,7 @@ fn table_principals() -> (String, Vec<Who>) {
         TokenLine::new("worker", &["worker"]),
         TokenLine::new("tenant-admin", &["admin"]).instances(&["team-a"]),
     ];
-    let text = lines.iter().map(TokenLine::text).collect::<Vec<_>>().join("\n");
+    let text = principals_file(&lines);
     let who = |name: &'static str, effective: &'static [&'static str], team_a_only: bool| Who {
         name,
         token: Some(format!("tok-{name}")),
@@ -623,6 +628,15 @@ async fn next_assignment(stream: &mut SessionStream) -> String {
     }
 }
 
+/// Fails when the worker session is handed an action within half a second.
+async fn assert_not_assigned(stream: &mut SessionStream, what: &str) {
+    let handed = tokio::time::timeout(Duration::from_millis(500), stream.message()).await;
+    assert!(
+        !matches!(&handed, Ok(Ok(Some(SchedulerMessage { kind: Some(scheduler_message::Kind::Assign(_)) })))),
+        "{what}: {handed:?}"
+    );
+}
+
 fn finished(operation: &str, exit_code: i32) -> WorkerMessage {
     WorkerMessage {
         kind: Some(worker_message::Kind::Finished(Finished {
@@ -648,16 +662,12 @@ async fn operation_state(channel: &GrpcChannel, name: &str) -> (bool, i32, Optio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_worker_can_neither_finish_nor_steal_an_operation() {
-    let text = [
+    let text = principals_file(&[
         TokenLine::new("admin", &["admin"]),
         TokenLine::new("worker-1", &["worker"]),
         TokenLine::new("worker-2", &["worker"]),
         TokenLine::new("ci", &["execute", "read", "write"]),
-    ]
-    .iter()
-    .map(TokenLine::text)
-    .collect::<Vec<_>>()
-    .join("\n");
+    ]);
     let server = AuthServer::start(&text, "");
     let admin = server.channel(Some("tok-admin"));
     let (action, _) = action(&admin, &["/bin/true"]).await;
@@ -679,11 +689,7 @@ async fn a_forged_worker_can_neither_finish_nor_steal_an_operation() {
     let (done, stage, _) = operation_state(&admin, &name).await;
     assert!(!done, "the forged worker finished an operation it was never given");
     assert_eq!(stage, memobuild_proto::reapi::execution_stage::Value::Executing as i32);
-    let stolen = tokio::time::timeout(Duration::from_millis(500), forged_stream.message()).await;
-    assert!(
-        !matches!(&stolen, Ok(Ok(Some(SchedulerMessage { kind: Some(scheduler_message::Kind::Assign(_)) })))),
-        "the forged worker was handed work: {stolen:?}"
-    );
+    assert_not_assigned(&mut forged_stream, "the forged worker was handed work").await;
 
     // The worker that holds it is still connected, and its result counts.
     honest.send(finished(&name, 0)).await.unwrap();
@@ -698,6 +704,39 @@ async fn a_forged_worker_can_neither_finish_nor_steal_an_operation() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop((honest, forger));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_is_handed_only_actions_of_its_principals_instances() {
+    let text = principals_file(&[
+        TokenLine::new("admin", &["admin"]),
+        TokenLine::new("worker-a", &["worker"]).instances(&["team-a"]),
+        TokenLine::new("worker-any", &["worker"]),
+    ]);
+    let server = AuthServer::start(&text, "");
+    let admin = server.channel(Some("tok-admin"));
+    let (action, _) = action(&admin, &["/bin/true"]).await;
+    let (team_a, mut team_a_stream) = session(&server.channel(Some("tok-worker-a")), "box", Vec::new()).await.unwrap();
+
+    // With only team-a's worker registered, team-b's action fails at once, naming its instance.
+    let status = execute(&admin, B, &action).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains(&format!("instance {B:?}")), "{}", status.message());
+    let in_a = execute(&admin, A, &action).await.unwrap();
+    assert_eq!(next_assignment(&mut team_a_stream).await, in_a);
+    team_a.send(finished(&in_a, 0)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !operation_state(&admin, &in_a).await.0 {
+        assert!(Instant::now() < deadline, "team-a's worker's result was not taken");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Both free, team-b's action goes to the worker that may take it
+    // (team-a's would win the tie on its name).
+    let (_any, mut any_stream) = session(&server.channel(Some("tok-worker-any")), "box", Vec::new()).await.unwrap();
+    let in_b = execute(&admin, B, &action).await.unwrap();
+    assert_eq!(next_assignment(&mut any_stream).await, in_b);
+    assert_not_assigned(&mut team_a_stream, "team-a's worker was handed team-b's action").await;
 }
 
 /// A test CA, and certificates it signs.
@@ -835,11 +874,7 @@ async fn mtls_maps_a_client_certificate_to_a_principal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_sends_a_token_from_the_environment_or_a_file() {
-    let text = [TokenLine::new("builder", &["build"]).instances(&["team-a"])]
-        .iter()
-        .map(TokenLine::text)
-        .collect::<Vec<_>>()
-        .join("\n");
+    let text = principals_file(&[TokenLine::new("builder", &["build"]).instances(&["team-a"])]);
     let server = AuthServer::start(&text, "");
     let token_file = server.dir.path().join("token");
     std::fs::write(&token_file, "tok-builder\n").unwrap();
@@ -936,15 +971,11 @@ fn bazel_round_trip_refused(dir: &Path, endpoint: &str) -> String {
 async fn a_cluster_of_roles_runs_actions_with_auth_on_every_port() {
     let dir = tempfile::tempdir().unwrap();
     let principals = dir.path().join("principals.toml");
-    let text = [
+    let text = principals_file(&[
         TokenLine::new("scheduler", &["read", "write", "ac-write"]),
         TokenLine::new("worker-1", &["worker"]),
         TokenLine::new("ci", &["execute", "read", "write"]),
-    ]
-    .iter()
-    .map(TokenLine::text)
-    .collect::<Vec<_>>()
-    .join("\n");
+    ]);
     std::fs::write(&principals, text).unwrap();
     let principals = principals.to_str().unwrap();
     let token_file = |name: &str| {
@@ -1115,22 +1146,29 @@ fn an_open_server_on_a_non_loopback_address_warns_loudly() {
     let state = dir.path().join("state");
     let state = state.to_str().unwrap();
     let mut open = RoleProcess::spawn_with_env(
-        &["cas", "--listen", "0.0.0.0:0", "--state-dir", state],
+        &["cas", "--listen", "0.0.0.0:0", "--admin-listen", "0.0.0.0:0", "--state-dir", state],
         &[],
         dir.path().join("open.log"),
         None,
     );
     open.listening_address();
     assert!(open.log_text().contains("NO AUTHENTICATION"), "{}", open.log_text());
+    let admin_warned = || open.log_text().contains("ADMIN PORT WITHOUT AUTHENTICATION");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !admin_warned() {
+        assert!(Instant::now() < deadline, "no warning about the admin port: {}", open.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     open.stop(Duration::from_secs(10));
     let mut local = RoleProcess::spawn_with_env(
-        &["cas", "--listen", "127.0.0.1:0", "--state-dir", state],
+        &["cas", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--state-dir", state],
         &[],
         dir.path().join("local.log"),
         None,
     );
     local.listening_address();
     assert!(!local.log_text().contains("NO AUTHENTICATION"), "{}", local.log_text());
+    assert!(!local.log_text().contains("ADMIN PORT"), "{}", local.log_text());
 }
 
 #[test]

@@ -2,6 +2,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use memobuild_auth::Principal;
 use memobuild_cas::{get_bytes_at_most, tree_blobs, ActionResults, BlobStore, Clock, PinLeases};
 use memobuild_engine::{LAYER_OUTPUT, STEP_PARENT_PREFIX, STEP_PROPERTY};
 use memobuild_proto::reapi::{Action, Command, ExecuteRequest, ExecuteResponse};
@@ -124,6 +125,15 @@ struct Worker {
     sender: mpsc::UnboundedSender<SchedulerMessage>,
     recent_roots: VecDeque<Digest>,
     session: u64,
+    /// Who the worker authenticated as: it gets only actions of the
+    /// instances its principal may use (all of them without auth).
+    principal: Option<Arc<Principal>>,
+}
+
+impl Worker {
+    fn serves(&self, instance: &str) -> bool {
+        memobuild_auth::sees(self.principal.as_deref(), instance)
+    }
 }
 
 #[derive(Default)]
@@ -402,7 +412,7 @@ impl Scheduler {
                 }
                 return Ok((existing.updates.subscribe(), existing.output.subscribe()));
             }
-            if let Err(e) = self.check_matchable(&state, &digest, &entry.info.platform) {
+            if let Err(e) = self.check_matchable(&state, &digest, &instance, &entry.info.platform) {
                 if let Some(pins) = pins {
                     pins.release_later(entry.record.name.clone());
                 }
@@ -445,17 +455,23 @@ impl Scheduler {
     }
 
     /// FAILED_PRECONDITION when workers are registered and none can ever
-    /// run an action with this platform.
-    fn check_matchable(&self, state: &State, digest: &Digest, platform: &Platform) -> Result<()> {
-        if state.workers.is_empty() || state.workers.values().any(|w| self.matcher.matches(&w.platform, platform)) {
+    /// run an action of `instance` with this platform.
+    fn check_matchable(&self, state: &State, digest: &Digest, instance: &str, platform: &Platform) -> Result<()> {
+        if state.workers.is_empty() {
             return Ok(());
         }
-        let unmet = state
-            .workers
-            .values()
-            .map(|w| self.matcher.unmet(&w.platform, platform))
-            .min_by_key(Vec::len)
-            .unwrap_or_default();
+        let serving: Vec<&Worker> = state.workers.values().filter(|w| w.serves(instance)).collect();
+        if serving.is_empty() {
+            return Err(Error::new(
+                Code::FailedPrecondition,
+                format!("no registered worker may run actions of instance {instance:?} (action {digest})"),
+            ));
+        }
+        if serving.iter().any(|w| self.matcher.matches(&w.platform, platform)) {
+            return Ok(());
+        }
+        let unmet =
+            serving.iter().map(|w| self.matcher.unmet(&w.platform, platform)).min_by_key(Vec::len).unwrap_or_default();
         Err(Error::new(
             Code::FailedPrecondition,
             format!("no registered worker can run action {digest}: none offers {}", unmet.join(", ")),
@@ -566,8 +582,14 @@ impl Scheduler {
         Ok(())
     }
 
-    /// A worker opened a session; returns its session number.
-    pub fn connect_worker(&self, hello: &Hello, sender: mpsc::UnboundedSender<SchedulerMessage>) -> Result<u64> {
+    /// A worker opened a session as `principal` (none without auth);
+    /// returns its session number.
+    pub fn connect_worker(
+        &self,
+        hello: &Hello,
+        sender: mpsc::UnboundedSender<SchedulerMessage>,
+        principal: Option<Arc<Principal>>,
+    ) -> Result<u64> {
         if hello.name.is_empty() || hello.slots == 0 {
             return Err(Error::invalid_argument("a worker's Hello needs a name and at least one slot"));
         }
@@ -596,8 +618,8 @@ impl Scheduler {
         let platform =
             Platform::from_proto(Some(&memobuild_proto::reapi::Platform { properties: hello.properties.clone() }));
         tracing::info!(worker = %hello.name, slots = hello.slots, reclaimed = running.len(), "worker connected");
-        let worker =
-            Worker { platform, slots: hello.slots as usize, running, sender, recent_roots: VecDeque::new(), session };
+        let slots = hello.slots as usize;
+        let worker = Worker { platform, slots, running, sender, recent_roots: VecDeque::new(), session, principal };
         if let Some(old) = state.workers.insert(hello.name.clone(), worker) {
             tracing::warn!(worker = %hello.name, "worker reconnected; dropping its previous session");
             self.requeue_all(&mut state, old.running, &hello.name);
@@ -720,7 +742,7 @@ impl Scheduler {
             let mut chosen = None;
             let popped = queue.pop_first(|name| {
                 let Some(entry) = operations.get(name) else { return true };
-                chosen = self.best_worker(workers, &entry.info);
+                chosen = self.best_worker(workers, &entry.record.instance_name, &entry.info);
                 chosen.is_some()
             });
             let Some(name) = popped else { break };
@@ -757,13 +779,14 @@ impl Scheduler {
         self.refresh_gauges(&state);
     }
 
-    /// A free worker that can run the action: the least loaded, and among
-    /// those one that recently had its input root (or, for a Dockerfile
-    /// step, made the layer it starts from).
-    fn best_worker(&self, workers: &HashMap<String, Worker>, info: &ActionInfo) -> Option<String> {
+    /// A free worker that may and can run the action: the least loaded,
+    /// and among those one that recently had its input root (or, for a
+    /// Dockerfile step, made the layer it starts from).
+    fn best_worker(&self, workers: &HashMap<String, Worker>, instance: &str, info: &ActionInfo) -> Option<String> {
         workers
             .iter()
-            .filter(|(_, w)| w.running.len() < w.slots && self.matcher.matches(&w.platform, &info.platform))
+            .filter(|(_, w)| w.running.len() < w.slots && w.serves(instance))
+            .filter(|(_, w)| self.matcher.matches(&w.platform, &info.platform))
             .min_by(|(an, a), (bn, b)| {
                 let warm = |w: &Worker| info.affinity.is_some_and(|r| w.recent_roots.contains(&r));
                 let load = |w: &Worker| w.running.len() as f64 / w.slots as f64;

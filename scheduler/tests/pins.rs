@@ -81,7 +81,7 @@ async fn inputs_of_a_queued_or_running_action_are_never_evicted_and_are_let_go_a
     // A worker runs it; still pinned while it runs.
     let (sender, mut messages) = tokio::sync::mpsc::unbounded_channel();
     let hello = Hello { name: "w1".into(), slots: 1, properties: Vec::new(), running: Vec::new() };
-    scheduler.connect_worker(&hello, sender).unwrap();
+    scheduler.connect_worker(&hello, sender, None).unwrap();
     let message = tokio::time::timeout(Duration::from_secs(5), messages.recv()).await.unwrap().unwrap();
     let Some(scheduler_message::Kind::Assign(assign)) = message.kind else { panic!("expected an assignment") };
     for i in 8..12u8 {

@@ -96,7 +96,7 @@ async fn worker(scheduler: &Scheduler, name: &str, slots: u32, properties: &[(&s
             .collect(),
         running: Vec::new(),
     };
-    let session = scheduler.connect_worker(&hello, sender).unwrap();
+    let session = scheduler.connect_worker(&hello, sender, None).unwrap();
     FakeWorker { name: name.into(), messages, session }
 }
 
@@ -272,7 +272,7 @@ async fn queued_and_running_work_survives_a_restart() {
     // The worker comes back still running its action; the queued one follows.
     let (sender, messages) = mpsc::unbounded_channel();
     let hello = Hello { name: "w".into(), slots: 2, properties: Vec::new(), running: vec![running_name.clone()] };
-    let session = scheduler.connect_worker(&hello, sender).unwrap();
+    let session = scheduler.connect_worker(&hello, sender, None).unwrap();
     let mut w = FakeWorker { name: "w".into(), messages, session };
     assert_eq!(w.assigned().await, queued_name);
     scheduler.finish("w", finished(&running_name, 0)).await;

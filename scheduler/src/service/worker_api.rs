@@ -41,12 +41,13 @@ impl WorkerApi for WorkerApiService {
             _ => return Err(Error::invalid_argument("a worker session must start with Hello").into()),
         };
         // With auth, a worker's name lives under its principal: no one else
-        // can take it, or the operations it holds.
+        // can take it, or the operations it holds; and it is handed only
+        // actions of the instances its principal may use.
         if let Some(principal) = &principal {
             hello.name = format!("{}/{}", principal.name, hello.name);
         }
         let (sender, outgoing) = mpsc::unbounded_channel();
-        let session = self.scheduler.connect_worker(&hello, sender)?;
+        let session = self.scheduler.connect_worker(&hello, sender, principal)?;
         let scheduler = self.scheduler.clone();
         tokio::spawn(async move {
             loop {
