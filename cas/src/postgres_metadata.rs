@@ -13,6 +13,10 @@ use crate::blob_metadata::{
     digest_from_columns, BlobMetadata, BlobPins, EvictionCandidate, EvictionLock, WRITE_GRACE_MS,
 };
 use crate::postgres_pool::connect_postgres;
+use crate::schema_migrations::SchemaMigrations;
+
+/// The tables of blob metadata and action results.
+static MIGRATIONS: SchemaMigrations = SchemaMigrations::new("cas", &sqlx::migrate!("migrations/postgres"));
 
 /// How often the byte total is read back, to see other replicas' writes.
 const TOTAL_REFRESH: Duration = Duration::from_secs(5);
@@ -61,10 +65,7 @@ impl PostgresMetadata {
     /// Connects to `url` (in `schema` when given) and migrates.
     pub async fn connect(url: &str, schema: Option<&str>) -> Result<Self> {
         let pool = connect_postgres(url, schema, 8, "blob metadata").await?;
-        sqlx::migrate!("migrations/postgres")
-            .run(&pool)
-            .await
-            .map_err(|e| Error::internal(format!("migrating blob metadata in PostgreSQL: {e}")))?;
+        MIGRATIONS.run_postgres(&pool, "blob metadata in PostgreSQL").await?;
         let total = Arc::new(AtomicU64::new(read_total(&pool).await?));
         tokio::spawn(refresh_total(pool.clone(), Arc::downgrade(&total)));
         Ok(PostgresMetadata { pool, total_bytes: total })

@@ -12,11 +12,15 @@ use crate::action_index::ActionIndex;
 use crate::blob_metadata::{
     digest_from_columns, BlobMetadata, BlobPins, EvictionCandidate, EvictionLock, WRITE_GRACE_MS,
 };
+use crate::schema_migrations::SchemaMigrations;
 use crate::sqlite_pool::open_sqlite;
 
 /// [`BlobMetadata`] (and the [`ActionIndex`]) in a SQLite database (WAL
 /// mode), for embedded use: one process evicts at a time within this
 /// process (an embedded node is one process).
+/// The tables of blob metadata and action results.
+static MIGRATIONS: SchemaMigrations = SchemaMigrations::new("cas", &sqlx::migrate!("migrations/sqlite"));
+
 pub struct SqliteMetadata {
     pool: SqlitePool,
     total_bytes: AtomicU64,
@@ -31,10 +35,7 @@ impl SqliteMetadata {
     /// Opens (creating and migrating if needed) the database at `path`.
     pub async fn open(path: &Path) -> Result<Self> {
         let pool = open_sqlite(path, 4, "blob metadata").await?;
-        sqlx::migrate!("migrations/sqlite")
-            .run(&pool)
-            .await
-            .map_err(|e| Error::internal(format!("migrating blob metadata {}: {e}", path.display())))?;
+        MIGRATIONS.run_sqlite(&pool, &format!("blob metadata {}", path.display())).await?;
         let total = read_total(&pool).await?;
         Ok(SqliteMetadata { pool, total_bytes: AtomicU64::new(total), evicting: Arc::default() })
     }

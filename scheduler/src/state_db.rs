@@ -4,9 +4,16 @@
 
 use std::path::Path;
 
-use memobuild_proto::{Error, Result};
+use memobuild_cas::SchemaMigrations;
+use memobuild_proto::Result;
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
+
+/// The scheduler's tables (operations, builds), tracked apart from the CAS
+/// metadata's, so both may live in one database and schema.
+static SQLITE_MIGRATIONS: SchemaMigrations = SchemaMigrations::new("scheduler", &sqlx::migrate!("migrations/sqlite"));
+static POSTGRES_MIGRATIONS: SchemaMigrations =
+    SchemaMigrations::new("scheduler", &sqlx::migrate!("migrations/postgres"));
 
 /// Connections a PostgreSQL store keeps.
 const POSTGRES_CONNECTIONS: u32 = 8;
@@ -14,10 +21,7 @@ const POSTGRES_CONNECTIONS: u32 = 8;
 /// Opens (creating) the SQLite file at `path` for `what` and migrates it.
 pub(crate) async fn open_sqlite(path: &Path, what: &str) -> Result<SqlitePool> {
     let pool = memobuild_cas::open_sqlite(path, 2, what).await?;
-    sqlx::migrate!("migrations/sqlite")
-        .run(&pool)
-        .await
-        .map_err(|e| Error::internal(format!("migrating {what} {}: {e}", path.display())))?;
+    SQLITE_MIGRATIONS.run_sqlite(&pool, &format!("{what} {}", path.display())).await?;
     Ok(pool)
 }
 
@@ -26,10 +30,7 @@ pub(crate) async fn open_sqlite(path: &Path, what: &str) -> Result<SqlitePool> {
 /// schedulers or test runs can share one database.
 pub(crate) async fn connect_postgres(url: &str, schema: Option<&str>, what: &str) -> Result<PgPool> {
     let pool = memobuild_cas::connect_postgres(url, schema, POSTGRES_CONNECTIONS, what).await?;
-    sqlx::migrate!("migrations/postgres")
-        .run(&pool)
-        .await
-        .map_err(|e| Error::internal(format!("migrating the PostgreSQL {what}: {e}")))?;
+    POSTGRES_MIGRATIONS.run_postgres(&pool, &format!("the PostgreSQL {what}")).await?;
     Ok(pool)
 }
 
