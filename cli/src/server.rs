@@ -130,6 +130,9 @@ pub async fn run_scheduler(
         stores.pin_in(metadata).await.context("opening the CAS metadata to pin blobs in")?;
     }
     let pins = pin_leases(&stores);
+    if let Some(pins) = &pins {
+        register_pins(&registry, pins.clone())?;
+    }
     let mut health = Health::new("scheduler");
     health.add(StoreCheck { name: "cas".into(), store: state.cas.clone() });
     health.add(database_check("scheduler state", &scheduler.store)?);

@@ -16,6 +16,9 @@ mod process_cluster;
 #[path = "common/headless_chromium.rs"]
 mod headless_chromium;
 
+#[path = "common/metrics_table.rs"]
+mod metrics_table;
+
 mod remote_build {
     pub mod cli_run;
     pub mod progress_log;
@@ -86,6 +89,39 @@ fn sample_names(scrape: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Every family of a scrape has the type and the label names the table in
+/// docs/operations.md gives it.
+fn check_against_docs(role: &str, scrape: &str) {
+    let documented = metrics_table::documented_metrics();
+    let mut kinds = std::collections::BTreeMap::new();
+    for line in scrape.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let (name, kind) = line.split_once(' ').unwrap();
+        let row = documented.get(name).unwrap_or_else(|| panic!("{role} exports {name}, not in docs/operations.md"));
+        assert_eq!(row.kind, kind, "{role}: the type of {name}");
+        kinds.insert(name.to_string(), kind.to_string());
+    }
+    for line in scrape.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let sample = line.split([' ', '{']).next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .filter_map(|suffix| sample.strip_suffix(suffix))
+            .find(|f| kinds.get(*f).is_some_and(|k| k == "histogram"))
+            .unwrap_or(sample);
+        let labels: BTreeSet<String> = match line.split_once('{') {
+            Some((_, rest)) => rest
+                .split('}')
+                .next()
+                .unwrap()
+                .split("\",")
+                .filter_map(|pair| pair.split_once('=').map(|(k, _)| k.trim_start_matches(',').to_string()))
+                .filter(|k| k != "le")
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        assert_eq!(labels, documented[family].labels, "{role}: the labels of {family} ({line})");
+    }
+}
+
 /// The check named `name` in a `/healthz` body: (status, detail).
 fn check(health: &serde_json::Value, name: &str) -> (String, String) {
     let found = health["checks"].as_array().unwrap().iter().find(|c| c["name"] == name);
@@ -148,6 +184,7 @@ fn a_cluster_that_ran_builds_reports_metrics_health_and_state() {
         }
         let names = sample_names(&scrape);
         assert!(names.iter().all(|n| n.starts_with("memobuild_")), "{role}: {names:?}");
+        check_against_docs(role, &scrape);
         all.extend(names);
     }
     let missing: Vec<String> = dashboard_metrics().into_iter().filter(|n| !all.contains(n)).collect();
