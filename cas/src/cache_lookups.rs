@@ -1,5 +1,11 @@
 use prometheus::{IntCounterVec, Opts, Registry};
 
+/// gRPC metadata on a GetActionResult whose caller counts the lookup itself
+/// (a scheduler proxying a client's lookup, or looking up for Execute or a
+/// build step): the action cache it reaches does not count it again, so the
+/// lookups summed over a cluster's roles are the lookups clients made.
+pub const LOOKUP_COUNTED_BY_CALLER: &str = "x-memobuild-lookup-counted";
+
 /// `memobuild_cache_lookups_total{kind, result}`: cache lookups by kind
 /// (`ac` for GetActionResult, `execute` for Execute's own lookup, `step`
 /// for a build's Dockerfile steps) and result (`hit`, `miss`). The hit

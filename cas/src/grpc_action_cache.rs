@@ -4,10 +4,12 @@ use memobuild_proto::reapi::{ActionResult, GetActionResultRequest, UpdateActionR
 use memobuild_proto::{Digest, Error, Result};
 
 use crate::action_results::ActionResults;
+use crate::cache_lookups::LOOKUP_COUNTED_BY_CALLER;
 use crate::grpc_channel::GrpcChannel;
 
 /// [`ActionResults`] on a remote REAPI ActionCache, which keeps its own
-/// rule of serving only complete results.
+/// rule of serving only complete results. Its lookups are counted by the
+/// process that makes them, not again by the remote cache.
 pub struct GrpcActionCache {
     client: ActionCacheClient<GrpcChannel>,
 }
@@ -27,6 +29,9 @@ impl ActionResults for GrpcActionCache {
             digest_function: action.function().to_proto(),
             ..Default::default()
         };
+        let mut request = tonic::Request::new(request);
+        // This process counted the lookup (as `ac`, `execute` or `step`).
+        request.metadata_mut().insert(LOOKUP_COUNTED_BY_CALLER, tonic::metadata::MetadataValue::from_static("1"));
         match self.client.clone().get_action_result(request).await {
             Ok(response) => Ok(Some(response.into_inner())),
             Err(status) if status.code() == tonic::Code::NotFound => Ok(None),

@@ -58,7 +58,7 @@ pub use blob_metadata::{BlobMetadata, BlobPins, EvictionCandidate, EvictionLock}
 pub use blob_store::{
     collect, collect_at_most, get_bytes_at_most, single_chunk, BlobStore, BlobStream, ByteRange, Usage,
 };
-pub use cache_lookups::{CacheKind, CacheLookups};
+pub use cache_lookups::{CacheKind, CacheLookups, LOOKUP_COUNTED_BY_CALLER};
 pub use cas_limits::{checked_total, CasLimits};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use directory_check::{check_directory, unsafe_name_reason, MAX_DIRECTORY_BYTES};

@@ -242,6 +242,92 @@ fn a_cluster_that_ran_builds_reports_metrics_health_and_state() {
     }
 }
 
+/// `memobuild_cache_lookups_total` samples of a scrape: (kind, result) -> count.
+fn lookups(scrape: &str) -> std::collections::BTreeMap<(String, String), u64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for line in scrape.lines().filter(|l| l.starts_with("memobuild_cache_lookups_total{")) {
+        let (labels, value) = line.rsplit_once(' ').unwrap();
+        let label =
+            |name: &str| labels.split(&format!("{name}=\"")).nth(1).unwrap().split('"').next().unwrap().to_string();
+        counts.insert((label("kind"), label("result")), value.parse().unwrap());
+    }
+    counts
+}
+
+/// A client's action-cache lookups, through the scheduler or straight to
+/// the CAS, and an Execute that finds its action cached: summed over the
+/// roles, each is counted once, as the kind the client made.
+#[test]
+fn cache_lookups_are_counted_once_across_roles() {
+    use memobuild_cas::{BlobStore, GrpcStore};
+    use memobuild_proto::reapi::action_cache_client::ActionCacheClient;
+    use memobuild_proto::reapi::execution_client::ExecutionClient;
+    use memobuild_proto::reapi::{
+        Action, ActionResult, Command as ReCommand, Directory, ExecuteRequest, GetActionResultRequest,
+        UpdateActionResultRequest,
+    };
+    use memobuild_proto::{Digest, DigestFunction};
+    use prost::Message;
+
+    let mut cluster = ProcessCluster::start(ClusterOptions { workers: 0, ..ClusterOptions::default() });
+    let cas_admin = cluster.cas.admin_address();
+    let scheduler_admin = cluster.scheduler.admin_address();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let cas = GrpcStore::connect(&format!("grpc://{}", cluster.cas_address), "").unwrap();
+        let put = async |data: Vec<u8>| {
+            let digest = Digest::of(DigestFunction::Sha256, &data);
+            cas.put_bytes(&digest, bytes::Bytes::from(data)).await.unwrap();
+            digest
+        };
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        let command = ReCommand { arguments: vec!["/bin/echo".into(), unique], ..Default::default() };
+        let command = put(command.encode_to_vec()).await;
+        let root = put(Directory::default().encode_to_vec()).await;
+        let action = Action {
+            command_digest: Some(command.to_proto()),
+            input_root_digest: Some(root.to_proto()),
+            ..Default::default()
+        };
+        let action = put(action.encode_to_vec()).await;
+        let channel =
+            |address: &str| tonic::transport::Channel::from_shared(format!("http://{address}")).unwrap().connect_lazy();
+        let scheduler = channel(&cluster.scheduler_address);
+        let direct = channel(&cluster.cas_address);
+        let get = || GetActionResultRequest { action_digest: Some(action.to_proto()), ..Default::default() };
+        let missed = ActionCacheClient::new(scheduler.clone()).get_action_result(get()).await.unwrap_err();
+        assert_eq!(missed.code(), tonic::Code::NotFound);
+        let update = UpdateActionResultRequest {
+            action_digest: Some(action.to_proto()),
+            action_result: Some(ActionResult::default()),
+            ..Default::default()
+        };
+        ActionCacheClient::new(scheduler.clone()).update_action_result(update).await.unwrap();
+        ActionCacheClient::new(scheduler.clone()).get_action_result(get()).await.unwrap();
+        ActionCacheClient::new(direct).get_action_result(get()).await.unwrap();
+        let execute = ExecuteRequest { action_digest: Some(action.to_proto()), ..Default::default() };
+        let mut stream = ExecutionClient::new(scheduler).execute(execute).await.unwrap().into_inner();
+        while let Some(operation) = stream.message().await.unwrap() {
+            if operation.done {
+                break;
+            }
+        }
+    });
+    let (_, scheduler_scrape) = http_get(&scheduler_admin, "/metrics");
+    let (_, cas_scrape) = http_get(&cas_admin, "/metrics");
+    let key = |kind: &str, result: &str| (kind.to_string(), result.to_string());
+    let on_scheduler = lookups(&scheduler_scrape);
+    let on_cas = lookups(&cas_scrape);
+    // The scheduler counts what its clients asked it, not what it asked the CAS.
+    assert_eq!(
+        on_scheduler,
+        [(key("ac", "hit"), 1), (key("ac", "miss"), 1), (key("execute", "hit"), 1)].into_iter().collect(),
+        "{scheduler_scrape}"
+    );
+    // The CAS counts only the lookup a client made of it directly.
+    assert_eq!(on_cas, [(key("ac", "hit"), 1)].into_iter().collect(), "{cas_scrape}");
+}
+
 #[test]
 fn completions_cover_the_commands() {
     for shell in ["bash", "zsh", "fish"] {

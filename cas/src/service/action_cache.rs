@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::CasState;
 use crate::action_cache::output_digests;
-use crate::CacheKind;
+use crate::{CacheKind, LOOKUP_COUNTED_BY_CALLER};
 
 /// The most output bytes inlined into one GetActionResult response.
 const MAX_INLINE_BYTES: u64 = 1 << 20;
@@ -21,11 +21,15 @@ impl ActionCacheService {
         ActionCacheService { state }
     }
 
-    pub async fn get_action_result(&self, req: GetActionResultRequest) -> Result<ActionResult> {
+    /// Looks the action up; `count` unless the caller counted the lookup
+    /// already ([`LOOKUP_COUNTED_BY_CALLER`]).
+    pub async fn get_action_result(&self, req: GetActionResultRequest, count: bool) -> Result<ActionResult> {
         let function = DigestFunction::from_proto(req.digest_function)?;
         let action = Digest::from_proto_field(function, req.action_digest.as_ref(), "action_digest")?;
         let found = self.state.action_cache.get(&req.instance_name, &action).await?;
-        self.state.metrics.lookups.record(CacheKind::ActionCache, found.is_some());
+        if count {
+            self.state.metrics.lookups.record(CacheKind::ActionCache, found.is_some());
+        }
         let mut result = found.ok_or_else(|| Error::not_found(format!("no cached result for action {action}")))?;
         self.inline_outputs(&mut result, &req, function).await?;
         Ok(result)
@@ -86,7 +90,8 @@ impl ActionCacheService {
 impl ActionCache for ActionCacheService {
     async fn get_action_result(&self, req: Request<GetActionResultRequest>) -> Result<Response<ActionResult>, Status> {
         check_request(&req, Capability::Read, &req.get_ref().instance_name)?;
-        Ok(Response::new(ActionCacheService::get_action_result(self, req.into_inner()).await?))
+        let count = !req.metadata().contains_key(LOOKUP_COUNTED_BY_CALLER);
+        Ok(Response::new(ActionCacheService::get_action_result(self, req.into_inner(), count).await?))
     }
 
     async fn update_action_result(
