@@ -3,6 +3,7 @@
 //! prints it; the admin dashboard draws it.
 
 use memobuild_proto::build::{build_event::Kind, BuildEvent};
+use memobuild_scheduler::BuildDag;
 use serde::Serialize;
 
 /// Log bytes kept per step (the end of its output).
@@ -104,6 +105,33 @@ impl BuildView {
         }
     }
 
+    /// The nodes of the build's plan that have no events of their own (a
+    /// FROM, an ENV or LABEL that changes no files) get the state their
+    /// events imply: a FROM of an image is as far as resolving the image;
+    /// any such node is done once a later node of its stage got going, or
+    /// the build succeeded. Nodes the build never reached stay out.
+    pub fn settle(&mut self, dag: &BuildDag) {
+        let succeeded = self.state == "succeeded";
+        for (i, node) in dag.nodes.iter().enumerate() {
+            if self.steps.iter().any(|s| s.id == node.id) {
+                continue;
+            }
+            let resolving = node.resolved_by.as_ref().and_then(|r| self.steps.iter().find(|s| &s.id == r));
+            let later_going = dag.nodes[i + 1..]
+                .iter()
+                .take_while(|later| later.stage == node.stage)
+                .any(|later| self.steps.iter().any(|s| s.id == later.id));
+            let settled = match resolving {
+                Some(resolving) => StepView { id: node.id.clone(), ..resolving.clone() },
+                None if later_going || succeeded => {
+                    StepView { id: node.id.clone(), state: "done", ..StepView::default() }
+                }
+                None => continue,
+            };
+            self.steps.push(StepView { name: node.instruction.clone(), ..settled });
+        }
+    }
+
     /// A table of the steps, for a terminal.
     pub fn to_text(&self) -> String {
         let mut text = format!("BUILD {}  {}", self.id, self.state);
@@ -160,5 +188,45 @@ mod tests {
         let text = view.to_text();
         assert!(text.contains("0.1      done     host:12"), "{text}");
         assert!(text.contains("error: exit code 1"), "{text}");
+    }
+
+    #[test]
+    fn nodes_without_events_follow_what_they_stand_for() {
+        use memobuild_frontend::{plan_text, BuildContext, BuildOptions};
+        let dockerfile = "FROM alpine:3 AS base\nENV A=1\nRUN true\nFROM scratch\nCOPY --from=base /a /a\nLABEL x=y\n";
+        let graph = plan_text("Dockerfile", dockerfile, &BuildContext::empty(), &BuildOptions::default()).unwrap();
+        let dag = BuildDag::of(&graph);
+        let states = |view: &BuildView| -> Vec<(String, &'static str)> {
+            let mut view = view.clone();
+            view.settle(&dag);
+            let mut states: Vec<_> = view.steps.iter().map(|s| (s.id.clone(), s.state)).collect();
+            states.sort();
+            states
+        };
+        let pair = |id: &str, state| (id.to_string(), state);
+        let mut view = BuildView::new("b");
+        view.apply(&BuildEvent::started("resolve alpine:3", "resolve image alpine:3"));
+        assert_eq!(states(&view), [pair("0.0", "started"), pair("resolve alpine:3", "started")]);
+        view.apply(&BuildEvent::finished("resolve alpine:3"));
+        view.apply(&BuildEvent::started("0.2", "RUN true"));
+        assert_eq!(
+            states(&view),
+            [pair("0.0", "done"), pair("0.1", "done"), pair("0.2", "started"), pair("resolve alpine:3", "done")],
+            "the FROM is resolved, the ENV before the running RUN is done, the second stage not reached"
+        );
+        view.apply(&BuildEvent::done("0.2", 1.0));
+        view.apply(&BuildEvent::cached("1.1"));
+        let done = BuildEvent { sequence: 0, kind: Some(Kind::Result(memobuild_proto::build::BuildResult::default())) };
+        view.apply(&done);
+        let all = states(&view);
+        assert_eq!(all.len(), 7, "{all:?}");
+        assert!(all.iter().all(|(_, state)| ["done", "cached"].contains(state)), "{all:?}");
+
+        let mut failed = BuildView::new("b");
+        failed.apply(&BuildEvent::started("resolve alpine:3", "resolve image alpine:3"));
+        failed.apply(&BuildEvent::failed("resolve alpine:3", "FROM alpine:3: not found"));
+        failed.settle(&dag);
+        let from = failed.steps.iter().find(|s| s.id == "0.0").unwrap();
+        assert_eq!((from.state, from.error.as_deref()), ("failed", Some("FROM alpine:3: not found")));
     }
 }

@@ -385,6 +385,14 @@ fn the_dashboard_shows_a_running_build_as_a_dag_whose_steps_change_live() {
         assert!(std::time::Instant::now() < deadline, "the build never showed as succeeded");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Every node of the plan ended: the FROMs too, which have no events of their own.
+    let steps: Vec<(String, String, String, String)> = serde_json::from_value(browser.eval(STEPS_JS)).unwrap();
+    let nodes: Vec<(String, String)> =
+        steps.into_iter().filter(|s| s.0 == build_id).map(|(_, id, state, _)| (id, state)).collect();
+    for from in ["0.0", "1.0"] {
+        assert!(nodes.iter().any(|(id, _)| id == from), "FROM node {from} is drawn: {nodes:?}");
+    }
+    assert!(nodes.iter().all(|(_, state)| state == "done" || state == "cached"), "{nodes:?}");
     let updates_now = browser.eval("Number(document.body.dataset.updates)").as_u64().unwrap();
     assert!(updates_now > updates_then, "the page was updated by pushed events ({updates_then} -> {updates_now})");
     let workers =

@@ -43,6 +43,11 @@ pub fn image_references(graph: &BuildGraph) -> Vec<String> {
     refs
 }
 
+/// The id of the events about resolving `reference` (a FROM's image).
+pub fn resolve_step(reference: &str) -> String {
+    format!("resolve {reference}")
+}
+
 /// Resolves and pulls `references`. `--build-context NAME=oci-layout://PATH[:TAG]`
 /// entries in `contexts` replace a reference by a local layout.
 pub async fn resolve_images(
@@ -54,7 +59,7 @@ pub async fn resolve_images(
 ) -> Result<HashMap<String, Arc<ResolvedImage>>> {
     let mut resolved = HashMap::new();
     for reference in references {
-        let step = format!("resolve {reference}");
+        let step = resolve_step(reference);
         let _ = events.send(BuildEvent::started(&step, format!("resolve image {reference}")));
         let source = contexts.get(reference).map(String::as_str).unwrap_or(reference);
         let pulled = pull(state, source, platform).await.with_context(|| format!("FROM {reference}"));

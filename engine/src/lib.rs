@@ -28,6 +28,7 @@ mod step_action;
 mod step_executor;
 mod wire_image;
 
+pub use base_images::resolve_step;
 pub use build_record::{explain, BuildRecord, StepRecord};
 pub use build_run::BuildSettings;
 pub use docker_load::check_docker;

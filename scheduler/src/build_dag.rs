@@ -1,4 +1,5 @@
-use memobuild_frontend::BuildGraph;
+use memobuild_engine::resolve_step;
+use memobuild_frontend::{BuildGraph, StageBase};
 use serde::Serialize;
 
 /// A build's steps as a graph, for live views: a node per step (its id is
@@ -17,6 +18,10 @@ pub struct DagNode {
     /// The stage's name, or its index.
     pub stage: String,
     pub instruction: String,
+    /// For a FROM of an image: the id of the events about resolving that
+    /// image, which stand for this node (a FROM has none of its own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_by: Option<String>,
 }
 
 impl BuildDag {
@@ -25,11 +30,16 @@ impl BuildDag {
         for stage in &graph.stages {
             let stage_name = stage.name.clone().unwrap_or_else(|| stage.index.to_string());
             let mut previous: Option<&str> = None;
-            for step in &stage.steps {
+            for (i, step) in stage.steps.iter().enumerate() {
+                let resolved_by = match &stage.base {
+                    StageBase::Image { reference } if i == 0 => Some(resolve_step(reference)),
+                    _ => None,
+                };
                 dag.nodes.push(DagNode {
                     id: step.id.clone(),
                     stage: stage_name.clone(),
                     instruction: step.instruction.clone(),
+                    resolved_by,
                 });
                 if let Some(from) = previous {
                     dag.edge(from, &step.id);
@@ -73,5 +83,15 @@ mod tests {
             assert!(edges.contains(&edge), "{edge:?} in {edges:?}");
         }
         assert_eq!(dag.nodes[1].stage, "a");
+        assert!(dag.nodes.iter().all(|n| n.resolved_by.is_none()), "scratch is not resolved: {dag:?}");
+    }
+
+    #[test]
+    fn a_from_of_an_image_is_resolved_by_the_events_of_its_image() {
+        let context = BuildContext::empty();
+        let graph = plan_text("Dockerfile", "FROM alpine:3\nRUN true\n", &context, &BuildOptions::default()).unwrap();
+        let dag = BuildDag::of(&graph);
+        assert_eq!(dag.nodes[0].resolved_by.as_deref(), Some("resolve alpine:3"));
+        assert_eq!(dag.nodes[1].resolved_by, None);
     }
 }

@@ -158,13 +158,18 @@ impl Dashboard {
                     view.apply(event);
                 }
                 let summary = build.summary();
+                let dag = build.dag().cloned();
+                let mut view = view.clone();
+                if let Some(dag) = &dag {
+                    view.settle(dag);
+                }
                 BuildState {
                     id: build.id.clone(),
                     dockerfile: summary.dockerfile_name,
                     created_unix_ms: summary.created_unix_ms,
                     finished_unix_ms: summary.finished_unix_ms,
-                    view: view.clone(),
-                    dag: build.dag().cloned(),
+                    view,
+                    dag,
                 }
             })
             .collect()
