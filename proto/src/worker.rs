@@ -123,6 +123,11 @@ pub struct Assign {
     /// For a Dockerfile step: what its build gives it besides the action.
     #[prost(message, optional, tag = "8")]
     pub session: Option<StepSession>,
+    /// The W3C traceparent of the request that queued the action (an
+    /// Execute's caller, or a build's step), so the worker's span joins
+    /// that trace; empty when there is none.
+    #[prost(string, tag = "9")]
+    pub trace_parent: String,
 }
 
 /// What the steps of one build get besides their actions: values kept out

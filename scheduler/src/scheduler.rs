@@ -98,6 +98,8 @@ struct Entry {
     updates: watch::Sender<OperationSnapshot>,
     /// What a Dockerfile step's build gives it; in memory only.
     session: Option<StepSession>,
+    /// The W3C traceparent of the request that queued it; in memory only.
+    trace_parent: String,
     /// The action's output as its worker sends it.
     output: broadcast::Sender<Output>,
 }
@@ -232,6 +234,7 @@ impl Scheduler {
                 })
                 .0,
                 session: None,
+                trace_parent: String::new(),
                 output: broadcast::channel(OUTPUT_BACKLOG).0,
                 // Running work gets one lease for its worker to reconnect.
                 lease_expires_ms: now + self.config.lease.as_millis() as i64,
@@ -322,7 +325,18 @@ impl Scheduler {
     /// Starts (or joins) the execution of an action. `client` identifies the
     /// caller for fairness.
     pub async fn execute(&self, request: ExecuteRequest, client: &str) -> Result<watch::Receiver<OperationSnapshot>> {
-        Ok(self.execute_step(request, client, None).await?.0)
+        self.execute_traced(request, client, String::new()).await
+    }
+
+    /// [`Scheduler::execute`] within a trace: the worker's span joins the
+    /// span `trace_parent` (a W3C traceparent) names.
+    pub async fn execute_traced(
+        &self,
+        request: ExecuteRequest,
+        client: &str,
+        trace_parent: String,
+    ) -> Result<watch::Receiver<OperationSnapshot>> {
+        Ok(self.queue_action(request, client, None, trace_parent).await?.0)
     }
 
     /// [`Scheduler::execute`] for a Dockerfile step: `session` goes to the
@@ -333,6 +347,17 @@ impl Scheduler {
         request: ExecuteRequest,
         client: &str,
         session: Option<StepSession>,
+    ) -> Result<(watch::Receiver<OperationSnapshot>, broadcast::Receiver<Output>)> {
+        let trace_parent = session.as_ref().map(|s| s.trace_parent.clone()).unwrap_or_default();
+        self.queue_action(request, client, session, trace_parent).await
+    }
+
+    async fn queue_action(
+        &self,
+        request: ExecuteRequest,
+        client: &str,
+        session: Option<StepSession>,
+        trace_parent: String,
     ) -> Result<(watch::Receiver<OperationSnapshot>, broadcast::Receiver<Output>)> {
         let function = DigestFunction::from_proto(request.digest_function)?;
         let digest = Digest::from_proto_field(function, request.action_digest.as_ref(), "action_digest")?;
@@ -389,6 +414,7 @@ impl Scheduler {
                 info,
                 lease_expires_ms: 0,
                 session,
+                trace_parent,
                 output: broadcast::channel(OUTPUT_BACKLOG).0,
             };
             if let Some(result) = cached {
@@ -770,6 +796,7 @@ impl Scheduler {
                 lease: Some(duration(lease)),
                 queued: Some(timestamp(entry.record.queued_at_ms)),
                 session: entry.session.clone(),
+                trace_parent: entry.trace_parent.clone(),
             };
             let _ = worker.sender.send(message(scheduler_message::Kind::Assign(assign)));
             self.metrics.dispatch_seconds.observe((now - entry.record.queued_at_ms).max(0) as f64 / 1000.0);

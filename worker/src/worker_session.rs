@@ -194,12 +194,16 @@ fn start(
     running.lock().insert(assign.operation.clone(), token.clone());
     let (executors, worker) = (executors.clone(), worker.to_string());
     let span = tracing::info_span!("action", operation = %assign.operation, build = tracing::field::Empty);
+    let mut trace_parent = assign.trace_parent.as_str();
     if let Some(session) = &assign.session {
         if !session.build_id.is_empty() {
             span.record("build", session.build_id.as_str());
         }
-        memobuild_proto::trace_parent::adopt(&span, &session.trace_parent);
+        if trace_parent.is_empty() {
+            trace_parent = &session.trace_parent;
+        }
     }
+    memobuild_proto::trace_parent::adopt(&span, trace_parent);
     let Sinks { results, outputs, monitor } = sinks;
     tokio::spawn(
         async move {

@@ -32,6 +32,8 @@ pub struct ClusterOptions {
     pub cas_config: Option<CasConfig>,
     /// Added to the workers' environment (e.g. `MEMOBUILD_LOG_FORMAT`).
     pub worker_env: Vec<(String, String)>,
+    /// Added to the scheduler's environment.
+    pub scheduler_env: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -44,6 +46,7 @@ impl Default for ClusterOptions {
             postgres: None,
             cas_config: None,
             worker_env: Vec::new(),
+            scheduler_env: Vec::new(),
         }
     }
 }
@@ -270,7 +273,8 @@ impl ProcessCluster {
         if let Some((Some(url), Some(schema))) = &metadata {
             args.extend(["--cas-metadata", url, "--cas-metadata-schema", schema]);
         }
-        RoleProcess::spawn(&args, dir.join("logs").join(log), options.log_filter.as_deref())
+        let log = dir.join("logs").join(log);
+        RoleProcess::spawn_with_env(&args, &options.scheduler_env, log, options.log_filter.as_deref())
     }
 
     /// SIGKILLs the scheduler and starts it again on the same address and

@@ -5,9 +5,11 @@ use futures::{Stream, StreamExt};
 use memobuild_proto::longrunning::Operation;
 use memobuild_proto::reapi::execution_server::Execution;
 use memobuild_proto::reapi::{ExecuteRequest, RequestMetadata, WaitExecutionRequest};
+use memobuild_proto::trace_parent::{self, TRACEPARENT};
 use prost::Message;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use memobuild_auth::{caller, check_request, Capability};
 
@@ -42,16 +44,22 @@ fn updates(receiver: watch::Receiver<OperationSnapshot>) -> OperationStream {
     .boxed()
 }
 
-/// Who is asking, for fairness: the client's invocation id, else its address.
-fn client_id<T>(request: &Request<T>) -> String {
-    let invocation = request
+/// What the client (Bazel, Buck2, ...) says about the request, if anything.
+fn request_metadata<T>(request: &Request<T>) -> RequestMetadata {
+    request
         .metadata()
         .get_bin(REQUEST_METADATA)
         .and_then(|v| v.to_bytes().ok())
         .and_then(|b| RequestMetadata::decode(b).ok())
-        .map(|m| m.tool_invocation_id)
-        .filter(|id| !id.is_empty());
-    invocation.or_else(|| request.remote_addr().map(|a| a.ip().to_string())).unwrap_or_else(|| "anonymous".to_string())
+        .unwrap_or_default()
+}
+
+/// Who is asking, for fairness: the client's invocation id, else its address.
+fn client_id<T>(request: &Request<T>, metadata: &RequestMetadata) -> String {
+    Some(metadata.tool_invocation_id.clone())
+        .filter(|id| !id.is_empty())
+        .or_else(|| request.remote_addr().map(|a| a.ip().to_string()))
+        .unwrap_or_else(|| "anonymous".to_string())
 }
 
 #[tonic::async_trait]
@@ -60,8 +68,25 @@ impl Execution for ExecutionService {
 
     async fn execute(&self, request: Request<ExecuteRequest>) -> Result<Response<OperationStream>, Status> {
         check_request(&request, Capability::Execute, &request.get_ref().instance_name)?;
-        let client = client_id(&request);
-        let receiver = self.scheduler.execute(request.into_inner(), &client).await?;
+        let metadata = request_metadata(&request);
+        let client = client_id(&request, &metadata);
+        // The client's trace, as it came: the worker joins it also when this
+        // process exports no spans of its own.
+        let inherited = request.metadata().get(TRACEPARENT).and_then(|v| v.to_str().ok());
+        let inherited = inherited.filter(|v| trace_parent::parse(v).is_some()).unwrap_or_default().to_string();
+        let span = tracing::info_span!(
+            "execute",
+            tool_invocation_id = %metadata.tool_invocation_id,
+            action_id = %metadata.action_id,
+            operation = tracing::field::Empty,
+        );
+        let execute = async {
+            let trace_parent = trace_parent::current().unwrap_or(inherited);
+            let receiver = self.scheduler.execute_traced(request.into_inner(), &client, trace_parent).await?;
+            tracing::Span::current().record("operation", receiver.borrow().name.as_str());
+            Ok::<_, Status>(receiver)
+        };
+        let receiver = execute.instrument(span).await?;
         Ok(Response::new(updates(receiver)))
     }
 
