@@ -28,10 +28,10 @@ log() { printf '[conformance] %s\n' "$*" >&2; }
 
 if [ "$mode" = check ]; then
   status=0
-  MEMOBUILD_CONFORMANCE_CASES="$cases" cargo test -q -p memobuild-cli --test conformance \
+  MEMOBUILD_CONFORMANCE_CASES="$cases" cargo test -q --workspace --locked --test conformance \
     -- memobuild_builds_what_buildkit_builds >/dev/null 2>&1 || status=$?
   table="$CARGO_TARGET_DIR/tmp/conformance-table.txt"
-  if [ -f "$table" ]; then cat "$table"; else log "no table: the test did not get that far (rerun with cargo test -p memobuild-cli --test conformance)"; fi
+  if [ -f "$table" ]; then cat "$table"; else log "no table: the test did not get that far (rerun with cargo test --workspace --locked --test conformance)"; fi
   exit $status
 fi
 
@@ -62,6 +62,6 @@ test_name=refresh_buildkit_results
 [ "$mode" = bench ] && test_name=bench_corpus
 MEMOBUILD_CONFORMANCE_DOCKER_HOST="unix://$D/docker.sock" MEMOBUILD_CONFORMANCE_REGISTRY="$registry" \
 MEMOBUILD_CONFORMANCE_CASES="$cases" \
-  cargo test -p memobuild-cli --test conformance -- --ignored "$test_name" --exact --nocapture
+  cargo test --workspace --locked --test conformance -- --ignored "$test_name" --exact --nocapture
 [ "$mode" = refresh ] && log "stored results are in tests/conformance/expected/; commit them with the cases"
 true

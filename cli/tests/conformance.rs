@@ -46,25 +46,43 @@ fn run(program: &str, args: &[&str]) -> String {
 /// The base images (built by scripts/base-images.sh) in a registry: the one
 /// `MEMOBUILD_CONFORMANCE_REGISTRY` names (already pushed), else a private
 /// one this test starts and fills.
+///
+/// What the suite compares an image's first layers with (to take its base
+/// away) is read from a copy of the images the builders pull, made once at
+/// the start: the shared base image cache may be rebuilt while the suite
+/// runs (by another test, or on a fresh machine by a later
+/// `base-images.sh`), and a rebuilt busybox has other layer digests, which
+/// made the base of every image `none`.
 struct Bases {
     registry: String,
     images: Vec<BaseImage>,
     _server: Option<(Child, tempfile::TempDir)>,
+    _snapshot: tempfile::TempDir,
 }
 
 impl Bases {
     fn start(cases: &[Case]) -> Bases {
-        let script = suite_dir().join("../../scripts/base-images.sh");
-        let needed: Vec<&str> =
-            BASES.iter().map(|(n, _)| *n).filter(|n| cases.iter().any(|c| c.uses_base(n))).collect();
-        for name in &needed {
-            run("bash", &[script.to_str().unwrap(), name]);
-        }
-        let layout = base_layout();
-        let images = needed.iter().map(|n| BaseImage::read(n, &layout)).collect();
+        let needed: Vec<(&str, &str)> =
+            BASES.iter().copied().filter(|(n, _)| cases.iter().any(|c| c.uses_base(n))).collect();
+        let snapshot = tempfile::tempdir().unwrap();
+        let layout = snapshot.path().join("oci");
+        let copy = |from: &str, to: &str| {
+            run("skopeo", &["copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false", from, to])
+        };
+        let into_snapshot = |name: &str| format!("oci:{}:{name}", layout.display());
         if let Ok(registry) = std::env::var("MEMOBUILD_CONFORMANCE_REGISTRY") {
-            return Bases { registry, images, _server: None };
+            for (name, path) in &needed {
+                copy(&format!("docker://{registry}/{path}"), &into_snapshot(name));
+            }
+            let images = needed.iter().map(|(n, _)| BaseImage::read(n, &layout)).collect();
+            return Bases { registry, images, _server: None, _snapshot: snapshot };
         }
+        let script = suite_dir().join("../../scripts/base-images.sh");
+        for (name, _) in &needed {
+            run("bash", &[script.to_str().unwrap(), name]);
+            copy(&format!("oci:{}:{name}", base_layout().display()), &into_snapshot(name));
+        }
+        let images = needed.iter().map(|(n, _)| BaseImage::read(n, &layout)).collect();
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let config = dir.path().join("registry.yml");
@@ -88,19 +106,10 @@ impl Bases {
             assert!(Instant::now() < deadline, "registry at {registry} did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        for (name, path) in BASES.iter().filter(|(n, _)| needed.contains(n)) {
-            run(
-                "skopeo",
-                &[
-                    "copy",
-                    "-q",
-                    "--dest-tls-verify=false",
-                    &format!("oci:{}:{name}", layout.display()),
-                    &format!("docker://{registry}/{path}"),
-                ],
-            );
+        for (name, path) in &needed {
+            copy(&into_snapshot(name), &format!("docker://{registry}/{path}"));
         }
-        Bases { registry, images, _server: Some((child, dir)) }
+        Bases { registry, images, _server: Some((child, dir)), _snapshot: snapshot }
     }
 }
 
