@@ -31,9 +31,16 @@ pub struct BuildContext {
     root: Digest,
     directories: BTreeMap<Digest, reapi::Directory>,
     entries: BTreeMap<String, ContextEntry>,
+    /// Files that are hard links of one another: each member of a group
+    /// (two or more files) to the group's first path.
+    hardlinks: BTreeMap<String, String>,
 }
 
 const DIR_MODE: u32 = 0o755;
+/// The node property of a context file that is one of several hard links
+/// of one file: its value is the first path of the group (relative to the
+/// context root). COPY keeps such files linked, as BuildKit does.
+pub const HARDLINK_PROPERTY: &str = "memobuild.hardlink";
 /// The most entries a context rebuilt from a tree may hold.
 const MAX_TREE_ENTRIES: usize = 1_000_000;
 
@@ -41,6 +48,18 @@ impl BuildContext {
     /// Builds the trees from relative paths (`/`-separated, no `.`/`..`)
     /// and their content. Missing parent directories are added (mode 0755).
     pub fn from_nodes(nodes: BTreeMap<String, ContextNode>) -> Result<Self> {
+        Self::from_linked_nodes(nodes, BTreeMap::new())
+    }
+
+    /// Like [`BuildContext::from_nodes`], with files that are hard links of
+    /// one another: each member of a group to the group's first path (the
+    /// first path to itself). Members must be files of the same content and
+    /// mode; a group of one is no group.
+    pub fn from_linked_nodes(
+        nodes: BTreeMap<String, ContextNode>,
+        hardlinks: BTreeMap<String, String>,
+    ) -> Result<Self> {
+        let hardlinks = checked_hardlinks(&nodes, hardlinks)?;
         let mut nodes = nodes;
         let paths: Vec<String> = nodes.keys().cloned().collect();
         for path in paths.into_iter().filter(|p| !p.is_empty()) {
@@ -88,11 +107,17 @@ impl BuildContext {
             for (name, path) in &children[dir] {
                 match &nodes[path] {
                     ContextNode::File { digest, mode } => {
+                        let mut properties = mode_properties(*mode);
+                        if let Some(first) = hardlinks.get(path) {
+                            properties
+                                .properties
+                                .push(reapi::NodeProperty { name: HARDLINK_PROPERTY.into(), value: first.clone() });
+                        }
                         message.files.push(reapi::FileNode {
                             name: name.clone(),
                             digest: Some(digest.to_proto()),
                             is_executable: mode & 0o111 != 0,
-                            node_properties: Some(mode_properties(*mode)),
+                            node_properties: Some(properties),
                         });
                         entries.insert(path.clone(), ContextEntry::File { digest: *digest, mode: *mode });
                     }
@@ -126,7 +151,7 @@ impl BuildContext {
             Some(ContextEntry::Directory { digest, .. }) => *digest,
             _ => return Err(Error::internal("context root not digested")),
         };
-        Ok(BuildContext { root, directories, entries })
+        Ok(BuildContext { root, directories, entries, hardlinks })
     }
 
     /// Rebuilds a context from its root digest and `Directory` messages (as a
@@ -135,6 +160,7 @@ impl BuildContext {
     /// to `root` is refused.
     pub fn from_tree(root: &Digest, directories: &BTreeMap<Digest, reapi::Directory>) -> Result<Self> {
         let mut nodes = BTreeMap::new();
+        let mut hardlinks = BTreeMap::new();
         let mut pending = vec![(String::new(), *root)];
         while let Some((path, digest)) = pending.pop() {
             let directory = directories
@@ -158,7 +184,13 @@ impl BuildContext {
             for file in &directory.files {
                 let digest = Digest::from_proto_field(root.function(), file.digest.as_ref(), "context file digest")?;
                 let mode = unix_mode(&file.node_properties, if file.is_executable { 0o755 } else { 0o644 });
-                nodes.insert(child(&file.name)?, ContextNode::File { digest, mode });
+                let path = child(&file.name)?;
+                let first =
+                    file.node_properties.iter().flat_map(|p| &p.properties).find(|p| p.name == HARDLINK_PROPERTY);
+                if let Some(first) = first {
+                    hardlinks.insert(path.clone(), first.value.clone());
+                }
+                nodes.insert(path, ContextNode::File { digest, mode });
             }
             for link in &directory.symlinks {
                 nodes.insert(child(&link.name)?, ContextNode::Symlink { target: link.target.clone() });
@@ -169,7 +201,7 @@ impl BuildContext {
                 pending.push((child(&dir.name)?, digest));
             }
         }
-        let context = Self::from_nodes(nodes)?;
+        let context = Self::from_linked_nodes(nodes, hardlinks)?;
         if context.root != *root {
             return Err(Error::invalid_argument(format!(
                 "the build context tree does not hash to its root {}",
@@ -186,6 +218,7 @@ impl BuildContext {
             root: Digest::empty(DigestFunction::Blake3),
             directories: BTreeMap::new(),
             entries: BTreeMap::new(),
+            hardlinks: BTreeMap::new(),
         })
     }
 
@@ -207,6 +240,12 @@ impl BuildContext {
     /// Every entry, by path.
     pub fn entries(&self) -> &BTreeMap<String, ContextEntry> {
         &self.entries
+    }
+
+    /// For a file that is one of several hard links of one file, the first
+    /// path of its group (the same for every member).
+    pub fn hardlink_group(&self, path: &str) -> Option<&str> {
+        self.hardlinks.get(path).map(String::as_str)
     }
 
     /// Resolves a source path the way COPY reads it: relative to the
@@ -315,6 +354,9 @@ impl BuildContext {
                     }
                     hasher.update(rel.as_bytes());
                     hasher.update(describe(e).as_bytes());
+                    if let Some(first) = self.hardlinks.get(p) {
+                        hasher.update(format!("\0hardlink {first}\n").as_bytes());
+                    }
                 }
                 Some(hasher.finish())
             }
@@ -329,6 +371,31 @@ impl BuildContext {
             }
         }
     }
+}
+
+/// The hard link groups of a context, checked: every member and every
+/// group's first path is a file, members have their first path's content
+/// and mode, and groups of one are dropped.
+fn checked_hardlinks(
+    nodes: &BTreeMap<String, ContextNode>,
+    hardlinks: BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>> {
+    let mut sizes: BTreeMap<String, usize> = BTreeMap::new();
+    for (path, first) in &hardlinks {
+        let file = |p: &str| match nodes.get(p) {
+            Some(ContextNode::File { digest, mode }) => Ok((*digest, *mode)),
+            _ => Err(Error::invalid_argument(format!(
+                "context hard link {path:?}: {p:?} is not a file of the build context"
+            ))),
+        };
+        if file(path)? != file(first)? || hardlinks.get(first) != Some(first) {
+            return Err(Error::invalid_argument(format!(
+                "context hard link {path:?} -> {first:?}: not a group of the same file"
+            )));
+        }
+        *sizes.entry(first.clone()).or_default() += 1;
+    }
+    Ok(hardlinks.into_iter().filter(|(_, first)| sizes.get(first).is_some_and(|n| *n > 1)).collect())
 }
 
 fn describe(entry: &ContextEntry) -> String {

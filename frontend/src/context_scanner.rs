@@ -37,6 +37,8 @@ struct PendingFile {
     rel: String,
     abs: PathBuf,
     stat: FileStat,
+    /// Device and inode, for a file with more than one link.
+    linked: Option<(u64, u64)>,
 }
 
 impl ContextScanner {
@@ -83,6 +85,7 @@ impl ContextScanner {
             }
             nodes.insert(file.rel.clone(), ContextNode::File { digest, mode: file.stat.mode & 0o7777 });
         }
+        let hardlinks = hardlink_groups(&files);
         // Keep the real modes of directories that hold kept paths.
         let kept: Vec<String> = nodes.keys().cloned().collect();
         for path in kept {
@@ -103,7 +106,7 @@ impl ContextScanner {
                 tracing::warn!(error = %e, "could not save the context stat cache");
             }
         }
-        Ok((BuildContext::from_nodes(nodes)?, stats))
+        Ok((BuildContext::from_linked_nodes(nodes, hardlinks)?, stats))
     }
 
     fn walk(
@@ -153,7 +156,8 @@ impl ContextScanner {
                     inode: meta.ino(),
                     mode: meta.mode(),
                 };
-                files.push(PendingFile { rel, abs, stat });
+                let linked = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
+                files.push(PendingFile { rel, abs, stat, linked });
             }
             // Sockets, fifos and devices are not part of a build context.
         }
@@ -184,6 +188,26 @@ impl ContextScanner {
             .map(|(r, &i)| r.unwrap_or_else(|| Err(Error::internal(format!("{} was not hashed", files[i].rel)))))
             .collect()
     }
+}
+
+/// Files of the context that are hard links of one another (ignored paths
+/// left out): each member of a group of two or more to the group's first
+/// path.
+fn hardlink_groups(files: &[PendingFile]) -> BTreeMap<String, String> {
+    let mut by_inode: BTreeMap<(u64, u64), Vec<&str>> = BTreeMap::new();
+    for file in files {
+        if let Some(key) = file.linked {
+            by_inode.entry(key).or_default().push(&file.rel);
+        }
+    }
+    let mut groups = BTreeMap::new();
+    for mut paths in by_inode.into_values().filter(|paths| paths.len() > 1) {
+        paths.sort_unstable();
+        for path in &paths {
+            groups.insert(path.to_string(), paths[0].to_string());
+        }
+    }
+    groups
 }
 
 fn hash_file(path: &Path) -> Result<Digest> {

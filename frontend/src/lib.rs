@@ -99,7 +99,7 @@ mod step_definition;
 mod warning;
 pub mod words;
 
-pub use build_context::{BuildContext, ContextEntry, ContextNode};
+pub use build_context::{BuildContext, ContextEntry, ContextNode, HARDLINK_PROPERTY};
 pub use build_graph::{BuildGraph, Stage, StageBase, Step};
 pub use build_options::{BaseImage, BuildOptions, RemoteSource, PROXY_ARGS};
 pub use byte_size::parse_byte_size;

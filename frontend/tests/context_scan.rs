@@ -126,3 +126,67 @@ fn resolve_and_glob() {
     assert_eq!(ctx.glob("s?c/m[a-z]in.rs").unwrap(), ["src/main.rs"]);
     assert!(ctx.glob("*.none").unwrap().is_empty());
 }
+
+/// Files that are hard links of one another stay a group (COPY keeps them
+/// linked, as BuildKit does): by their first path, ignored members left
+/// out, in the tree a remote build uploads, and in the context's digest.
+#[test]
+fn hard_links_are_grouped_and_survive_the_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "orig", "same\n");
+    write(root, "lonely", "one\n");
+    write(root, "sub/a", "pair\n");
+    fs::hard_link(root.join("orig"), root.join("twin")).unwrap();
+    fs::hard_link(root.join("orig"), root.join("ignored")).unwrap();
+    fs::hard_link(root.join("lonely"), root.join("skipped")).unwrap();
+    fs::hard_link(root.join("sub/a"), root.join("b")).unwrap();
+    let ignore = DockerIgnore::from_patterns(&["ignored", "skipped"]).unwrap();
+    let (ctx, _) = ContextScanner::new(root, ignore).scan().unwrap();
+    assert_eq!(ctx.hardlink_group("orig"), Some("orig"));
+    assert_eq!(ctx.hardlink_group("twin"), Some("orig"));
+    assert_eq!(ctx.hardlink_group("ignored"), None);
+    assert_eq!(ctx.hardlink_group("lonely"), None, "a group of one once its link is ignored");
+    assert_eq!(ctx.hardlink_group("sub/a"), Some("b"));
+    assert_eq!(ctx.hardlink_group("b"), Some("b"));
+
+    let rebuilt = memobuild_frontend::BuildContext::from_tree(&ctx.root_digest(), ctx.directories()).unwrap();
+    assert_eq!(rebuilt.hardlink_group("twin"), Some("orig"));
+    assert_eq!(rebuilt.hardlink_group("sub/a"), Some("b"));
+    assert_eq!(rebuilt.root_digest(), ctx.root_digest());
+
+    // The same files as copies: another context, other COPY results.
+    let copies = tempfile::tempdir().unwrap();
+    for (rel, data) in
+        [("orig", "same\n"), ("twin", "same\n"), ("lonely", "one\n"), ("sub/a", "pair\n"), ("b", "pair\n")]
+    {
+        write(copies.path(), rel, data);
+    }
+    let (unlinked, _) = ContextScanner::new(copies.path(), DockerIgnore::default()).scan().unwrap();
+    assert_eq!(unlinked.hardlink_group("twin"), None);
+    assert_ne!(unlinked.root_digest(), ctx.root_digest());
+}
+
+/// A tree naming a hard link group that is not one is refused.
+#[test]
+fn a_tree_with_a_false_hard_link_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a", "a\n");
+    write(dir.path(), "b", "b\n");
+    let (ctx, _) = ContextScanner::new(dir.path(), DockerIgnore::default()).scan().unwrap();
+    let mut directories = ctx.directories().clone();
+    let root = directories.get_mut(&ctx.root_digest()).unwrap();
+    for file in &mut root.files {
+        let properties = file.node_properties.get_or_insert_with(Default::default);
+        properties.properties.push(memobuild_proto::reapi::NodeProperty {
+            name: memobuild_frontend::HARDLINK_PROPERTY.into(),
+            value: "a".into(),
+        });
+    }
+    use prost::Message;
+    let message = root.clone();
+    let digest = Digest::of(DigestFunction::Blake3, &message.encode_to_vec());
+    directories.insert(digest, message);
+    let error = memobuild_frontend::BuildContext::from_tree(&digest, &directories).unwrap_err();
+    assert!(error.message().contains("context hard link \"b\""), "{}", error.message());
+}
