@@ -584,12 +584,6 @@ impl<'a> StagePlanner<'a> {
             );
         }
         let dest_raw = word(&copy.dest, &self.scope, &mut reads)?;
-        if copy.sources.len() > 1 && !dest_raw.ends_with('/') && !copy.parents {
-            return Err(ex.error(
-                at,
-                format!("when using {kw} with more than one source file, the destination must be a directory and end with a /"),
-            ));
-        }
         let mut dest = absolute_dest(&self.workdir, &dest_raw);
         if copy.parents && !dest.ends_with('/') {
             // Sources keep their paths below it: always a directory.

@@ -79,11 +79,13 @@ impl LayerWriter {
         self.append(&path, tar::EntryType::Symlink, 0o777, uid, gid, mtime, Some(target), 0, &mut io::empty())
     }
 
-    /// A hard link to `target`, an entry added earlier (a layer path).
-    pub fn add_hardlink(&mut self, path: &str, target: &str) -> Result<()> {
+    /// A hard link to `target`, a file added earlier (a layer path). The
+    /// header carries the file's mode, owner and mtime, as `tar` writes it,
+    /// so readers that index headers see the linked file's metadata.
+    pub fn add_hardlink(&mut self, path: &str, target: &str, mode: u32, uid: u64, gid: u64, mtime: u64) -> Result<()> {
         let path = normalize(path, false)?;
         let target = normalize(target, false)?;
-        self.append(&path, tar::EntryType::Link, 0o644, 0, 0, 0, Some(&target), 0, &mut io::empty())
+        self.append(&path, tar::EntryType::Link, mode, uid, gid, mtime, Some(&target), 0, &mut io::empty())
     }
 
     /// Marks `path` deleted: an empty `.wh.NAME` file beside it.

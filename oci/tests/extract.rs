@@ -66,7 +66,7 @@ async fn applies_whiteouts_links_and_metadata() {
     lower.add_directory("opq/sub", 0o755, 0, 0, 100).unwrap();
     lower.add_file("opq/sub/deep", 0o644, 0, 0, 100, &mut &b"deep"[..], 4).unwrap();
     lower.add_symlink("etc/link", "keep", 0, 0, 100).unwrap();
-    lower.add_hardlink("etc/hard", "etc/keep").unwrap();
+    lower.add_hardlink("etc/hard", "etc/keep", 0o640, 12, 34, 1_600_000_000).unwrap();
     let long = format!("{}/file", "d".repeat(120));
     lower.add_file(&long, 0o755, 0, 0, 100, &mut &b"long"[..], 4).unwrap();
     let lower = lower.finish(&store).await.unwrap();

@@ -16,6 +16,7 @@ use memobuild_proto::{Error, Result, ResultExt};
 
 use super::fs_view::{FsView, HostDir};
 use super::layer_plan::{Content, Entry, LayerPlan, Meta};
+use super::planned_view::PlannedView;
 use super::rootfs::{lookup_user, resolve_in_root};
 
 /// Largest archive member ADD reads into memory.
@@ -58,7 +59,7 @@ pub fn plan_copy(
     };
     let chmod = request.chmod.map(Chmod::parse).transpose()?;
     let exclude = DockerIgnore::from_patterns(request.excludes).map_err(Error::invalid_argument)?;
-    let mut copier = Copier { plan: LayerPlan::default(), owner, chmod, exclude, mtime };
+    let mut copier = Copier::new(owner, chmod, exclude, mtime);
 
     let mut items: Vec<Item> = Vec::new();
     for def in request.sources {
@@ -87,7 +88,8 @@ pub fn plan_copy(
                 for (matched, path) in found {
                     let kept = parents.as_ref().map(|p| p.kept_part(&matched)).filter(|rel| !rel.is_empty());
                     let name = base_name(&matched).to_string();
-                    items.push(Item::Source(Matched { path, name, kept: kept.map(|rel| Kept { matched, rel }) }));
+                    let kept = kept.map(|rel| Kept { matched, rel });
+                    items.push(Item::Source(Matched { path, name, kept }));
                 }
             }
             SourceDefinition::Heredoc { name, content, .. } => {
@@ -101,41 +103,66 @@ pub fn plan_copy(
             }
         }
     }
-    let dest_is_dir = request.dest.ends_with('/') || items.len() > 1 || is_dir_in(parent, request.dest)?;
+    let dest = resolved_dest(parent, request.dest)?;
+    let request = &CopyRequest { dest: &dest, ..*request };
     for item in items {
+        // Whether each source lands inside the destination is decided when
+        // it is copied, as BuildKit decides it: a trailing `/`, or a
+        // directory there now (made by an earlier source, too). Without
+        // them, several sources each become the destination file in turn.
+        let view = PlannedView { plan: &copier.plan, parent };
+        let dest_is_dir = request.dest.ends_with('/') || is_dir_in(&view, request.dest)?;
         match item {
             Item::Inline { name, content } => {
                 let target = if dest_is_dir { join(request.dest, &name) } else { request.dest.to_string() };
                 let at = copier.place(parent, &target)?;
                 let meta = copier.meta(0o644, 0, 0, false);
-                copier.plan.insert(&at, Entry::File(meta, Content::Bytes(content)));
+                copier.put(parent, &at, Entry::File(meta, Content::Bytes(content)))?;
             }
-            Item::Source(item) => match source {
-                SourceRoot::Context { dir, context } => {
-                    copier.context_item(request, dir, context, &item, parent, dest_is_dir)?
+            Item::Source(item) => {
+                copier.start_source();
+                match source {
+                    SourceRoot::Context { dir, context } => {
+                        copier.context_item(request, dir, context, &item, parent, dest_is_dir)?
+                    }
+                    SourceRoot::Filesystem(root) => {
+                        copier.filesystem_item(root, &item, parent, request.dest, dest_is_dir)?
+                    }
                 }
-                SourceRoot::Filesystem(root) => {
-                    copier.filesystem_item(root, &item, parent, request.dest, dest_is_dir)?
-                }
-            },
+            }
             Item::Download { name, host, mtime } => {
                 // Docker's rule for remote files: 0600 unless --chmod says.
                 let target = if dest_is_dir { join(request.dest, &name) } else { request.dest.to_string() };
                 let at = copier.place(parent, &target)?;
                 let size = std::fs::metadata(&host).with_context(|| format!("reading {}", host.display()))?.len();
                 let meta = Meta { mtime: mtime.unwrap_or(copier.mtime), ..copier.meta(0o600, 0, 0, false) };
-                copier.plan.insert(&at, Entry::File(meta, Content::File { path: host, size, expect: None }));
+                copier.put(parent, &at, Entry::File(meta, Content::File { path: host, size, expect: None }))?;
             }
             Item::Checkout(root) => {
                 let at = copier.place_dir(parent, request.dest)?;
                 if !at.is_empty() && !is_dir_in(parent, request.dest)? {
-                    copier.plan.insert(&at, Entry::Directory(copier.meta(0o755, 0, 0, true)));
+                    copier.put(parent, &at, Entry::Directory(copier.meta(0o755, 0, 0, true)))?;
                 }
-                copier.walk(&root, &at, "", HostFiles::Checkout { keep_git_dir: request.keep_git_dir })?;
+                copier.walk(parent, &root, &at, "", HostFiles::Checkout { keep_git_dir: request.keep_git_dir })?;
             }
         }
     }
     Ok(copier.plan)
+}
+
+/// The destination as written, resolved through the parent filesystem's
+/// symlinks, its last component too, as BuildKit's copy resolves it
+/// before anything is copied: a file copied onto an existing symlink is
+/// written where the link points (a dangling link's target is created),
+/// and the link stays. Paths joined below it later (`/dst/name`) are not
+/// followed at their last component: there a symlink is replaced.
+fn resolved_dest(parent: &dyn FsView, dest: &str) -> Result<String> {
+    let resolved = resolve_in_root(parent, dest)?;
+    Ok(match (resolved.is_empty(), dest.ends_with('/')) {
+        (true, _) => "/".to_string(),
+        (false, true) => format!("/{resolved}/"),
+        (false, false) => format!("/{resolved}"),
+    })
 }
 
 /// A context path from the step definition, resolved.
@@ -156,7 +183,7 @@ fn fetched(request: &CopyRequest<'_>, key: &str) -> Result<PathBuf> {
 /// when the image does not know that user: RUN reports it if it matters).
 pub fn plan_workdir(path: &str, user: Option<&str>, parent: &dyn FsView, mtime: u64) -> Result<LayerPlan> {
     let owner = user.and_then(|user| lookup_user(parent, user).ok());
-    let mut copier = Copier { plan: LayerPlan::default(), owner, chmod: None, exclude: DockerIgnore::default(), mtime };
+    let mut copier = Copier::new(owner, None, DockerIgnore::default(), mtime);
     if !is_dir_in(parent, path)? {
         let at = resolve_in_root(parent, path)?;
         copier.parents_of(parent, &format!("{at}/."))?;
@@ -243,9 +270,70 @@ struct Copier {
     chmod: Option<Chmod>,
     exclude: DockerIgnore,
     mtime: u64,
+    /// Where the first file of each hard link group in the source being
+    /// copied landed: files that are hard links of one another within one
+    /// source path (a directory's tree) stay linked, as BuildKit's copy
+    /// keeps them; across sources, and across the matches of a wildcard,
+    /// they are separate files.
+    context_links: HashMap<String, String>,
+    host_links: HashMap<(u64, u64), String>,
 }
 
 impl Copier {
+    fn new(owner: Option<(u32, u32)>, chmod: Option<Chmod>, exclude: DockerIgnore, mtime: u64) -> Self {
+        Copier {
+            plan: LayerPlan::default(),
+            owner,
+            chmod,
+            exclude,
+            mtime,
+            context_links: HashMap::new(),
+            host_links: HashMap::new(),
+        }
+    }
+
+    /// Starts copying one source path: no file copied so far is linked to.
+    fn start_source(&mut self) {
+        self.context_links.clear();
+        self.host_links.clear();
+    }
+
+    /// A context file of a directory being copied, landing at `at`: a hard
+    /// link to the first file of its group copied from this directory, if
+    /// any.
+    fn context_file(&mut self, context: &BuildContext, path: &str, at: &str, file: Entry) -> Entry {
+        let Some(first) = context.hardlink_group(path) else { return file };
+        match self.context_links.get(first) {
+            Some(landed) if landed != at => Entry::Hardlink(landed.clone()),
+            Some(_) => file,
+            None => {
+                self.context_links.insert(first.to_string(), at.to_string());
+                file
+            }
+        }
+    }
+
+    /// Plans a copied entry at `at`, refusing what BuildKit's copy refuses:
+    /// a directory onto an existing non-directory (a symlink included), and
+    /// a file or symlink onto an existing directory.
+    fn put(&mut self, parent: &dyn FsView, at: &str, entry: Entry) -> Result<()> {
+        let existing = PlannedView { plan: &self.plan, parent }.lstat(at)?;
+        let is_dir = matches!(entry, Entry::Directory(_));
+        match existing.map(|e| e.kind == FsKind::Directory) {
+            Some(false) if is_dir => {
+                return Err(Error::invalid_argument(format!(
+                    "cannot copy a directory to /{at}: it exists and is not a directory"
+                )))
+            }
+            Some(true) if !is_dir => {
+                return Err(Error::invalid_argument(format!("cannot replace the directory /{at} with a file")))
+            }
+            _ => {}
+        }
+        self.plan.insert(at, entry);
+        Ok(())
+    }
+
     /// Metadata for a copied entry: `--chown`/`--chmod` win over the source's.
     fn meta(&self, mode: u32, uid: u64, gid: u64, is_dir: bool) -> Meta {
         let (uid, gid) = self.owner.map(|(u, g)| (u as u64, g as u64)).unwrap_or((uid, gid));
@@ -358,18 +446,18 @@ impl Copier {
                 let at = self.place(parent, &target)?;
                 let meta = self.meta(*mode, 0, 0, false);
                 let content = Content::File { path: host, size: digest.size(), expect: Some(*digest) };
-                self.plan.insert(&at, Entry::File(meta, content));
+                self.put(parent, &at, Entry::File(meta, content))?;
             }
             ContextEntry::Symlink { target } => {
                 let at = self.place(parent, &item.file_target(request.dest, dest_is_dir))?;
                 let meta = self.meta(0o777, 0, 0, false);
-                self.plan.insert(&at, Entry::Symlink(meta, target.clone()));
+                self.put(parent, &at, Entry::Symlink(meta, target.clone()))?;
             }
             ContextEntry::Directory { mode, .. } => {
                 let dest = item.dir_target(request.dest);
                 let root = self.place_dir(parent, &dest)?;
                 if !root.is_empty() && !is_dir_in(parent, &dest)? {
-                    self.plan.insert(&root, Entry::Directory(self.meta(*mode, 0, 0, true)));
+                    self.put(parent, &root, Entry::Directory(self.meta(*mode, 0, 0, true)))?;
                 }
                 let prefix = if path.is_empty() { String::new() } else { format!("{path}/") };
                 for (p, e) in context.entries().range(prefix.clone()..) {
@@ -379,16 +467,17 @@ impl Copier {
                     }
                     let at = if root.is_empty() { rel.to_string() } else { format!("{root}/{rel}") };
                     let entry = match e {
-                        ContextEntry::File { digest, mode } => Entry::File(
-                            self.meta(*mode, 0, 0, false),
-                            Content::File { path: dir.join(p), size: digest.size(), expect: Some(*digest) },
-                        ),
+                        ContextEntry::File { digest, mode } => {
+                            let content =
+                                Content::File { path: dir.join(p), size: digest.size(), expect: Some(*digest) };
+                            self.context_file(context, p, &at, Entry::File(self.meta(*mode, 0, 0, false), content))
+                        }
                         ContextEntry::Directory { mode, .. } => Entry::Directory(self.meta(*mode, 0, 0, true)),
                         ContextEntry::Symlink { target } => {
                             Entry::Symlink(self.meta(0o777, 0, 0, false), target.clone())
                         }
                     };
-                    self.plan.insert(&at, entry);
+                    self.put(parent, &at, entry)?;
                 }
             }
         }
@@ -428,17 +517,17 @@ impl Copier {
             let at = self.place_dir(parent, &dest)?;
             if !at.is_empty() && !is_dir_in(parent, &dest)? {
                 let m = self.meta(meta.mode() & 0o7777, meta.uid() as u64, meta.gid() as u64, true);
-                self.plan.insert(&at, Entry::Directory(m));
+                self.put(parent, &at, Entry::Directory(m))?;
             }
-            return self.walk(&host, &at, item.exclude_base(), HostFiles::AsIs);
+            return self.walk(parent, &host, &at, item.exclude_base(), HostFiles::AsIs);
         }
         let at = self.place(parent, &item.file_target(dest, dest_is_dir))?;
-        self.filesystem_entry(&host, &meta, &at, HostFiles::AsIs)
+        self.filesystem_entry(parent, &host, &meta, &at, HostFiles::AsIs)
     }
 
     /// Plans what is below `dir` under `at`; `--exclude` is matched against
     /// paths below `rel`.
-    fn walk(&mut self, dir: &Path, at: &str, rel: &str, files: HostFiles) -> Result<()> {
+    fn walk(&mut self, parent: &dyn FsView, dir: &Path, at: &str, rel: &str, files: HostFiles) -> Result<()> {
         let mut names: Vec<_> = std::fs::read_dir(dir)
             .with_context(|| format!("reading {}", dir.display()))?
             .collect::<std::io::Result<Vec<_>>>()?;
@@ -454,17 +543,24 @@ impl Copier {
             let meta = std::fs::symlink_metadata(&host)?;
             let excluded = self.exclude.is_excluded(&child_rel);
             if !excluded {
-                self.filesystem_entry(&host, &meta, &child_at, files)?;
+                self.filesystem_entry(parent, &host, &meta, &child_at, files)?;
             }
             // An excluded directory may still hold paths a `!` pattern keeps.
             if meta.is_dir() && (!excluded || self.exclude.has_exclusions()) {
-                self.walk(&host, &child_at, &child_rel, files)?;
+                self.walk(parent, &host, &child_at, &child_rel, files)?;
             }
         }
         Ok(())
     }
 
-    fn filesystem_entry(&mut self, host: &Path, meta: &std::fs::Metadata, at: &str, files: HostFiles) -> Result<()> {
+    fn filesystem_entry(
+        &mut self,
+        parent: &dyn FsView,
+        host: &Path,
+        meta: &std::fs::Metadata,
+        at: &str,
+        files: HostFiles,
+    ) -> Result<()> {
         let is_dir = meta.is_dir();
         let m = match files {
             HostFiles::AsIs => Meta {
@@ -481,13 +577,52 @@ impl Copier {
         } else if meta.file_type().is_symlink() {
             Entry::Symlink(m, std::fs::read_link(host)?.to_string_lossy().to_string())
         } else if meta.is_file() {
-            Entry::File(m, Content::File { path: host.to_path_buf(), size: meta.len(), expect: None })
+            let file = Entry::File(m, Content::File { path: host.to_path_buf(), size: meta.len(), expect: None });
+            if meta.nlink() < 2 {
+                file
+            } else {
+                match self.host_links.entry((meta.dev(), meta.ino())) {
+                    std::collections::hash_map::Entry::Occupied(first) if first.get() != at => {
+                        Entry::Hardlink(first.get().clone())
+                    }
+                    std::collections::hash_map::Entry::Occupied(_) => file,
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(at.to_string());
+                        file
+                    }
+                }
+            }
         } else {
             // Devices, sockets and fifos are not copied, as Docker does not.
             return Ok(());
         };
-        self.plan.insert(at, entry);
-        Ok(())
+        self.put(parent, at, entry)
+    }
+
+    /// Where an archive member below `root` lands, as unpacking puts it:
+    /// its directory resolved through the symlinks of the parent filesystem
+    /// and of the members unpacked so far, the directories it lacks created
+    /// 0755, owned by root whatever `--chown` says, at the step's time. The
+    /// member's own name is not followed (a member replaces a symlink).
+    fn member_path(&mut self, parent: &dyn FsView, root: &str, rel: &str) -> Result<String> {
+        let (rel_dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let mut dir = root.to_string();
+        for part in rel_dir.split('/').filter(|p| !p.is_empty()) {
+            let view = PlannedView { plan: &self.plan, parent };
+            let next = resolve_in_root(&view, &join_rel(&dir, part))?;
+            let existing = view.lstat(&next)?;
+            if split_last(&next).0.trim_start_matches('/') != dir {
+                // A symlink was followed: the directories above its target.
+                self.parents_of(parent, &format!("{next}/."))?;
+            }
+            let meta = match existing {
+                Some(e) if e.kind == FsKind::Directory => Meta { mode: e.mode, uid: e.uid, gid: e.gid, mtime: e.mtime },
+                _ => Meta { mode: 0o755, uid: 0, gid: 0, mtime: self.mtime },
+            };
+            self.plan.insert(&next, Entry::Directory(meta));
+            dir = next;
+        }
+        Ok(join_rel(&dir, name))
     }
 
     /// ADD of a local archive: its members land under `dest`.
@@ -505,17 +640,21 @@ impl Copier {
             if rel.is_empty() {
                 continue;
             }
-            let at = if root.is_empty() { rel.clone() } else { format!("{root}/{rel}") };
+            let at = self.member_path(parent, &root, &rel)?;
             let header = member.header();
-            let m = self.meta(
-                header.mode().unwrap_or(0o644) & 0o7777,
-                header.uid().unwrap_or(0),
-                header.gid().unwrap_or(0),
-                header.entry_type().is_dir(),
-            );
-            let m = Meta { mtime: header.mtime().unwrap_or(self.mtime), ..m };
+            // Members keep the archive's owners and modes: `--chown` and
+            // `--chmod` apply only to the directories ADD creates above.
+            let m = Meta {
+                mode: header.mode().unwrap_or(0o644) & 0o7777,
+                uid: header.uid().unwrap_or(0),
+                gid: header.gid().unwrap_or(0),
+                mtime: header.mtime().unwrap_or(self.mtime),
+            };
             let kind = header.entry_type();
             let entry = if kind.is_dir() {
+                // The archive's own entry wins over a directory planned
+                // implicitly for an earlier member.
+                self.plan.remove(&at);
                 Entry::Directory(m)
             } else if kind.is_symlink() {
                 let target = member.link_name()?.map(|l| l.to_string_lossy().to_string()).unwrap_or_default();
@@ -525,7 +664,9 @@ impl Copier {
                 let target = safe_member_path(&target).ok_or_else(|| {
                     Error::invalid_argument(format!("archive {name}: hard link {raw:?} points outside it"))
                 })?;
-                Entry::Hardlink(if root.is_empty() { target } else { format!("{root}/{target}") })
+                let (target_dir, target_name) = target.rsplit_once('/').unwrap_or(("", &target));
+                let view = PlannedView { plan: &self.plan, parent };
+                Entry::Hardlink(join_rel(&resolve_in_root(&view, &join_rel(&root, target_dir))?, target_name))
             } else if kind.is_file() {
                 let size = member.size();
                 if size > MAX_ARCHIVE_MEMBER {
@@ -892,6 +1033,152 @@ mod tests {
             let mounted = plan_workdir("/lib/w", user, &HostDir(p), 7).unwrap().describe();
             assert_eq!(plan_workdir("/lib/w", user, &indexed, 7).unwrap().describe(), mounted);
         }
+    }
+
+    fn request<'a>(
+        sources: &'a [SourceDefinition],
+        dest: &'a str,
+        fetched: &'a HashMap<String, PathBuf>,
+    ) -> CopyRequest<'a> {
+        CopyRequest {
+            add: false,
+            sources,
+            dest,
+            chown: None,
+            chmod: None,
+            excludes: &[],
+            unpack: None,
+            parents: false,
+            fetched,
+            keep_git_dir: false,
+        }
+    }
+
+    fn paths(sources: &[&str]) -> Vec<SourceDefinition> {
+        sources.iter().map(|p| SourceDefinition::Path { path: p.to_string(), matches: Vec::new() }).collect()
+    }
+
+    /// What a plan has at `path`: `file MODE UID:GID`, `dir ...`,
+    /// `symlink -> T`, `hardlink -> T`.
+    fn planned(plan: &LayerPlan, path: &str) -> Option<String> {
+        Some(match plan.entry(path)? {
+            Entry::Directory(m) => format!("dir {:o} {}:{}", m.mode, m.uid, m.gid),
+            Entry::File(m, _) => format!("file {:o} {}:{}", m.mode, m.uid, m.gid),
+            Entry::Symlink(_, target) => format!("symlink -> {target}"),
+            Entry::Hardlink(target) => format!("hardlink -> {target}"),
+        })
+    }
+
+    /// As BuildKit: the destination as written is followed through a
+    /// symlink, its last component too (a dangling link's target is
+    /// created); a name joined below it is replaced, not followed.
+    #[test]
+    fn copy_onto_an_existing_symlink_writes_where_it_points() {
+        use std::os::unix::fs::symlink;
+        let parent = tempfile::tempdir().unwrap();
+        let p = parent.path();
+        std::fs::write(p.join("target"), "old").unwrap();
+        symlink("/target", p.join("link")).unwrap();
+        symlink("/made/here", p.join("dangling")).unwrap();
+        std::fs::create_dir(p.join("realdir")).unwrap();
+        symlink("/realdir", p.join("dirlink")).unwrap();
+        std::fs::write(p.join("target2"), "old").unwrap();
+        symlink("target2", p.join("rel")).unwrap();
+        std::fs::create_dir(p.join("d")).unwrap();
+        symlink("/target", p.join("d/a.txt")).unwrap();
+        let source = tempfile::tempdir().unwrap();
+        std::fs::write(source.path().join("a.txt"), "new").unwrap();
+        let fetched = HashMap::new();
+        let sources = paths(&["/a.txt"]);
+        let copy = |dest: &str| {
+            let from = SourceRoot::Filesystem(source.path());
+            plan_copy(&request(&sources, dest, &fetched), &from, &HostDir(p), 7).unwrap()
+        };
+        let plan = copy("/link");
+        assert_eq!(planned(&plan, "target").as_deref(), Some("file 644 0:0"));
+        assert_eq!(planned(&plan, "link"), None);
+        let plan = copy("/dangling");
+        assert_eq!(planned(&plan, "made").as_deref(), Some("dir 755 0:0"));
+        assert_eq!(planned(&plan, "made/here").as_deref(), Some("file 644 0:0"));
+        assert_eq!(planned(&plan, "dangling"), None);
+        assert_eq!(planned(&copy("/dirlink"), "realdir/a.txt").as_deref(), Some("file 644 0:0"));
+        assert_eq!(planned(&copy("/rel"), "target2").as_deref(), Some("file 644 0:0"));
+        let plan = copy("/d/");
+        assert_eq!(planned(&plan, "d/a.txt").as_deref(), Some("file 644 0:0"));
+        assert_eq!(planned(&plan, "target"), None);
+    }
+
+    /// Files that are hard links of one another in one copied directory
+    /// stay linked; named as separate sources they are separate files.
+    #[test]
+    fn hard_links_within_one_source_stay_linked() {
+        let source = tempfile::tempdir().unwrap();
+        let s = source.path();
+        std::fs::create_dir_all(s.join("d/sub")).unwrap();
+        std::fs::write(s.join("d/sub/a"), "same").unwrap();
+        std::fs::hard_link(s.join("d/sub/a"), s.join("d/b")).unwrap();
+        std::fs::hard_link(s.join("d/sub/a"), s.join("d/c")).unwrap();
+        let parent = tempfile::tempdir().unwrap();
+        let fetched = HashMap::new();
+        let from = SourceRoot::Filesystem(s);
+
+        let sources = paths(&["/d"]);
+        let plan = plan_copy(&request(&sources, "/copied/", &fetched), &from, &HostDir(parent.path()), 7).unwrap();
+        // Walked in name order: `b` comes first and the others link to it.
+        assert_eq!(planned(&plan, "copied/b").as_deref(), Some("file 644 0:0"));
+        assert_eq!(planned(&plan, "copied/c").as_deref(), Some("hardlink -> copied/b"));
+        assert_eq!(planned(&plan, "copied/sub/a").as_deref(), Some("hardlink -> copied/b"));
+
+        let sources = paths(&["/d/b", "/d/c"]);
+        let plan = plan_copy(&request(&sources, "/two/", &fetched), &from, &HostDir(parent.path()), 7).unwrap();
+        assert_eq!(planned(&plan, "two/b").as_deref(), Some("file 644 0:0"));
+        assert_eq!(planned(&plan, "two/c").as_deref(), Some("file 644 0:0"));
+    }
+
+    /// ADD of a local archive, as Docker 20.10's BuildKit unpacks it: the
+    /// members keep the archive's owners and modes whatever `--chown` and
+    /// `--chmod` say (those apply to the directories ADD creates above);
+    /// a directory a member needs that the archive does not list is 0755,
+    /// root's, at the step's time; a directory listed after its contents
+    /// gets the archive's metadata.
+    #[test]
+    fn archive_members_keep_their_metadata_and_implicit_directories_are_root_0755() {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, kind: tar::EntryType, mode: u32, owner: u64, data: &[u8]| {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_size(data.len() as u64);
+            header.set_mode(mode);
+            header.set_uid(owner);
+            header.set_gid(owner + 1);
+            header.set_mtime(1_600_000_000);
+            header.set_cksum();
+            builder.append_data(&mut header, path, data).unwrap();
+        };
+        add("implicit/parent/file", tar::EntryType::Regular, 0o600, 5, b"deep");
+        add("late/x", tar::EntryType::Regular, 0o644, 0, b"x");
+        add("late/", tar::EntryType::Directory, 0o700, 7, b"");
+        let context_dir = tempfile::tempdir().unwrap();
+        std::fs::write(context_dir.path().join("a.tar"), builder.into_inner().unwrap()).unwrap();
+        let (context, _) =
+            memobuild_frontend::ContextScanner::new(context_dir.path(), DockerIgnore::default()).scan().unwrap();
+        let parent = tempfile::tempdir().unwrap();
+        let fetched = HashMap::new();
+        let sources =
+            [SourceDefinition::Path { path: "a.tar".into(), matches: vec![("a.tar".into(), Default::default())] }];
+        let request =
+            CopyRequest { add: true, chown: Some("42:43"), chmod: Some("0640"), ..request(&sources, "/r/", &fetched) };
+        let from = SourceRoot::Context { dir: context_dir.path(), context: &context };
+        let plan = plan_copy(&request, &from, &HostDir(parent.path()), 7).unwrap();
+        assert_eq!(planned(&plan, "r").as_deref(), Some("dir 755 42:43"));
+        for dir in ["r/implicit", "r/implicit/parent"] {
+            assert_eq!(planned(&plan, dir).as_deref(), Some("dir 755 0:0"), "{dir}");
+            let Some(Entry::Directory(meta)) = plan.entry(dir) else { unreachable!() };
+            assert_eq!(meta.mtime, 7, "{dir}");
+        }
+        assert_eq!(planned(&plan, "r/implicit/parent/file").as_deref(), Some("file 600 5:6"));
+        assert_eq!(planned(&plan, "r/late").as_deref(), Some("dir 700 7:8"));
+        assert_eq!(planned(&plan, "r/late/x").as_deref(), Some("file 644 0:1"));
     }
 
     #[test]

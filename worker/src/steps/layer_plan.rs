@@ -50,7 +50,6 @@ impl LayerPlan {
         self.entries.contains_key(path)
     }
 
-    #[cfg(test)]
     pub fn entry(&self, path: &str) -> Option<&Entry> {
         self.entries.get(path)
     }
@@ -71,7 +70,27 @@ impl LayerPlan {
         if matches!(entry, Entry::Directory(_)) && matches!(self.entries.get(&path), Some(Entry::Directory(_))) {
             return;
         }
-        self.entries.insert(path, entry);
+        if let Some(Entry::File(meta, content)) = self.entries.insert(path.clone(), entry) {
+            // A file replaced at its path keeps living at the paths that
+            // were hard links of it, as an unlinked and rewritten file does.
+            let links: Vec<String> = self
+                .entries
+                .iter()
+                .filter(|(_, e)| matches!(e, Entry::Hardlink(target) if *target == path))
+                .map(|(p, _)| p.clone())
+                .collect();
+            if let Some((first, rest)) = links.split_first() {
+                self.entries.insert(first.clone(), Entry::File(meta, content));
+                for link in rest {
+                    self.entries.insert(link.clone(), Entry::Hardlink(first.clone()));
+                }
+            }
+        }
+    }
+
+    /// Drops the entry at `path` (not what is planned below it).
+    pub fn remove(&mut self, path: &str) {
+        self.entries.remove(path.trim_matches('/'));
     }
 
     /// Makes no timestamp later than `epoch` (`SOURCE_DATE_EPOCH`): files a
@@ -91,15 +110,23 @@ impl LayerPlan {
         if self.entries.is_empty() {
             return Ok(None);
         }
+        let mut entries = self.entries;
+        lead_hardlinks_with_first_path(&mut entries);
         let writer = tokio::task::spawn_blocking(move || -> Result<LayerWriter> {
             let mut writer = LayerWriter::new();
-            for (path, entry) in self.entries {
+            for (path, entry) in &entries {
                 match entry {
-                    Entry::Directory(m) => writer.add_directory(&path, m.mode, m.uid, m.gid, m.mtime)?,
-                    Entry::Symlink(m, target) => writer.add_symlink(&path, &target, m.uid, m.gid, m.mtime)?,
-                    Entry::Hardlink(target) => writer.add_hardlink(&path, &target)?,
+                    Entry::Directory(m) => writer.add_directory(path, m.mode, m.uid, m.gid, m.mtime)?,
+                    Entry::Symlink(m, target) => writer.add_symlink(path, target, m.uid, m.gid, m.mtime)?,
+                    Entry::Hardlink(target) => {
+                        let m = match entries.get(target) {
+                            Some(Entry::File(m, _)) => *m,
+                            _ => Meta { mode: 0o644, uid: 0, gid: 0, mtime: 0 },
+                        };
+                        writer.add_hardlink(path, target, m.mode, m.uid, m.gid, m.mtime)?
+                    }
                     Entry::File(m, Content::Bytes(bytes)) => writer.add_file(
-                        &path,
+                        path,
                         m.mode,
                         m.uid,
                         m.gid,
@@ -108,9 +135,9 @@ impl LayerPlan {
                         bytes.len() as u64,
                     )?,
                     Entry::File(m, Content::File { path: host, size, expect }) => {
-                        let file = std::fs::File::open(&host).with_context(|| format!("reading {}", host.display()))?;
-                        let mut reader = CheckedReader::new(file, &host, size, expect);
-                        writer.add_file(&path, m.mode, m.uid, m.gid, m.mtime, &mut reader, size)?;
+                        let file = std::fs::File::open(host).with_context(|| format!("reading {}", host.display()))?;
+                        let mut reader = CheckedReader::new(file, host, *size, *expect);
+                        writer.add_file(path, m.mode, m.uid, m.gid, m.mtime, &mut reader, *size)?;
                         reader.finish()?;
                     }
                 }
@@ -120,6 +147,40 @@ impl LayerPlan {
         .await
         .map_err(|e| Error::internal(format!("layer writer: {e}")))??;
         Ok(Some(writer.finish(store).await?))
+    }
+}
+
+/// Entries are written in path order, and a hard link must come after the
+/// file it links to: in each group of paths linked to one planned file,
+/// the first path in that order becomes the file and the others link to
+/// it. Links to links are followed to the file; links to a path the plan
+/// does not hold as a file are left as they are.
+fn lead_hardlinks_with_first_path(entries: &mut BTreeMap<String, Entry>) {
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (path, entry) in entries.iter() {
+        let Entry::Hardlink(target) = entry else { continue };
+        let mut file = target.clone();
+        for _ in 0..entries.len() {
+            match entries.get(&file) {
+                Some(Entry::Hardlink(next)) if *next != file => file = next.clone(),
+                _ => break,
+            }
+        }
+        if matches!(entries.get(&file), Some(Entry::File(..))) {
+            groups.entry(file).or_default().push(path.clone());
+        }
+    }
+    for (file, links) in groups {
+        let first = links.iter().min().filter(|first| **first < file).cloned().unwrap_or_else(|| file.clone());
+        if first != file {
+            if let Some(content) = entries.remove(&file) {
+                entries.insert(first.clone(), content);
+            }
+            entries.insert(file, Entry::Hardlink(first.clone()));
+        }
+        for link in links.into_iter().filter(|link| *link != first) {
+            entries.insert(link, Entry::Hardlink(first.clone()));
+        }
     }
 }
 
@@ -156,5 +217,52 @@ impl Read for CheckedReader {
             hasher.update(&buf[..n]);
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(data: &str) -> Entry {
+        Entry::File(Meta { mode: 0o640, uid: 1, gid: 2, mtime: 3 }, Content::Bytes(data.as_bytes().to_vec()))
+    }
+
+    fn kind(entries: &BTreeMap<String, Entry>, path: &str) -> String {
+        match &entries[path] {
+            Entry::File(_, Content::Bytes(data)) => format!("file {}", String::from_utf8_lossy(data)),
+            Entry::Hardlink(target) => format!("link {target}"),
+            other => format!("{other:?}"),
+        }
+    }
+
+    /// A tar's hard link must follow its file: the first path of a group
+    /// in write order holds the content, whatever was planned first.
+    #[test]
+    fn the_first_path_of_a_hard_link_group_holds_the_file() {
+        let mut plan = LayerPlan::default();
+        plan.insert("m/file", file("same"));
+        plan.insert("z", Entry::Hardlink("m/file".into()));
+        plan.insert("a", Entry::Hardlink("z".into()));
+        plan.insert("b", Entry::Hardlink("m/file".into()));
+        let mut entries = plan.entries;
+        lead_hardlinks_with_first_path(&mut entries);
+        assert_eq!(kind(&entries, "a"), "file same");
+        for link in ["b", "m/file", "z"] {
+            assert_eq!(kind(&entries, link), "link a", "{link}");
+        }
+    }
+
+    /// A file replaced at its path lives on at the paths linked to it.
+    #[test]
+    fn a_replaced_file_stays_at_its_links() {
+        let mut plan = LayerPlan::default();
+        plan.insert("d/x", file("old"));
+        plan.insert("d/y", Entry::Hardlink("d/x".into()));
+        plan.insert("d/z", Entry::Hardlink("d/x".into()));
+        plan.insert("d/x", file("new"));
+        assert_eq!(kind(&plan.entries, "d/x"), "file new");
+        assert_eq!(kind(&plan.entries, "d/y"), "file old");
+        assert_eq!(kind(&plan.entries, "d/z"), "link d/y");
     }
 }

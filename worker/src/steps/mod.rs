@@ -12,6 +12,7 @@ mod layer_indexes;
 mod layer_plan;
 mod layer_stack_view;
 mod local_executor;
+mod planned_view;
 mod remote_files;
 mod rootfs;
 mod run_secrets;
