@@ -258,7 +258,8 @@ impl RegistryClient {
     }
 
     /// Pushes the layers the registry lacks, the config and the manifest,
-    /// under `reference`'s tag (or digest). Returns the manifest digest.
+    /// under `reference`'s tag (or digest). Returns the manifest digest. An
+    /// image the tag already names costs one request.
     pub async fn push(&self, image: &BuiltImage, reference: &ImageReference, store: &dyn BlobStore) -> Result<String> {
         let what = reference.to_string();
         self.push_inner(image, reference, store).await.map_err(|e| e.context(format!("pushing {what}")))
@@ -270,7 +271,13 @@ impl RegistryClient {
         reference: &ImageReference,
         store: &dyn BlobStore,
     ) -> Result<String> {
-        let Connection { client, auth, .. } = self.client_for(reference).await?;
+        let connection = self.client_for(reference).await?;
+        let digest = image.manifest_digest();
+        if connection.names_manifest(reference, &digest).await {
+            tracing::debug!(%reference, %digest, "the registry has the image under this name already");
+            return Ok(digest);
+        }
+        let Connection { client, auth, .. } = connection;
         let oci_ref = reference.as_oci();
         client.store_auth_if_needed(oci_ref.resolve_registry(), &auth).await;
         let mut blobs: Vec<Digest> = image.layers.iter().map(|l| l.blob).collect();
@@ -306,6 +313,37 @@ struct Connection {
 impl Connection {
     fn manifests(&self) -> ManifestSource<'_> {
         ManifestSource { client: &self.client, auth: &self.auth, http: &self.http, scheme: self.scheme }
+    }
+
+    /// Whether `reference` (its tag or digest) names the manifest `digest`
+    /// in its registry: one HEAD request, with the credentials when they are
+    /// a user name and password (or a token). Any other answer (not there,
+    /// another image, a token challenge, an error) is `false`, and the push
+    /// goes the whole way.
+    async fn names_manifest(&self, reference: &ImageReference, digest: &str) -> bool {
+        let oci = reference.as_oci();
+        let Some(name) = oci.digest().or(oci.tag()) else { return false };
+        let url = format!("{}://{}/v2/{}/manifests/{name}", self.scheme, oci.resolve_registry(), oci.repository());
+        let request = self.http.head(&url).header(http::header::ACCEPT, OCI_MANIFEST);
+        let request = match &self.auth {
+            RegistryAuth::Basic(user, password) => request.basic_auth(user, Some(password)),
+            RegistryAuth::Bearer(token) => request.bearer_auth(token),
+            RegistryAuth::Anonymous => request,
+        };
+        match request.send().await {
+            Ok(response) if response.status() == http::StatusCode::OK => response
+                .headers()
+                .get("docker-content-digest")
+                .is_some_and(|found| found.as_bytes() == digest.as_bytes()),
+            Ok(response) => {
+                tracing::debug!(%url, status = %response.status(), "the manifest is not there as pushed");
+                false
+            }
+            Err(e) => {
+                tracing::debug!(%url, error = %e, "checking the manifest");
+                false
+            }
+        }
     }
 }
 

@@ -113,11 +113,11 @@ impl Fixture {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn wait_for(address: &str) {
+pub fn wait_for(address: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(address).is_err() {
         assert!(Instant::now() < deadline, "registry at {address} did not start");
