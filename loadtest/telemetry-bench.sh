@@ -4,6 +4,8 @@
 # text logs at info, and with JSON logs plus spans exported over OTLP (to a
 # port nothing listens on: spans are built and batched, the export fails),
 # in rotation. Metrics are on in every mode (they cannot be turned off).
+# Besides latency and throughput, each pass reports the server's CPU seconds
+# (from /proc), which a machine shared with other work disturbs less.
 #   BIN=DIR (where memobuild and memobuild-loadtest are; default target/release)
 #   ROUNDS=N (default 3)
 set -u
@@ -21,11 +23,16 @@ run() { # mode round
   esac
   env "${env[@]}" "$MB" server --listen 127.0.0.1:37477 --admin-listen 127.0.0.1:37478 --state-dir "$S" 2>"$S.log" &
   PID=$!
-  sleep 1.5
+  for _ in $(seq 150); do (exec 3<>/dev/tcp/127.0.0.1/37477) 2>/dev/null && break; sleep 0.2; done
+  c0=$(cpu $PID)
   fm=$($LT find-missing --endpoint $ep --digests 1000 --requests 3000 --concurrency 16 --json 2>>"$S.lt")
-  ex=$($LT execute --endpoint $ep --actions 300 --concurrency 32 --skip-cache-lookup --json 2>>"$S.lt")
+  c1=$(cpu $PID)
+  ex=$($LT execute --endpoint $ep --actions 300 --concurrency 32 --skip-cache-lookup --server-pid $PID --json 2>>"$S.lt")
   kill $PID; wait $PID 2>/dev/null
-  echo "{\"mode\":\"$mode\",\"round\":$r,\"find_missing\":$fm,\"execute\":$ex}"
+  fm_cpu=$(awk -v a="$c0" -v b="$c1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", (b - a) / hz }')
+  echo "{\"mode\":\"$mode\",\"round\":$r,\"find_missing_server_cpu_seconds\":$fm_cpu,\"find_missing\":$fm,\"execute\":$ex}"
 }
+# User + system CPU ticks of process $1.
+cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 for r in $(seq "${ROUNDS:-3}"); do for m in off text otlp; do run $m "$r"; done; done
 rm -rf "$D"
