@@ -14,13 +14,12 @@ use memobuild_frontend::{http_file_name, BuildContext, ContextEntry, DockerIgnor
 use memobuild_oci::FsKind;
 use memobuild_proto::{Error, Result, ResultExt};
 
+use super::archive::{safe_member_path, Archive, MAX_ARCHIVE_MEMBER};
+use super::chmod::Chmod;
 use super::fs_view::{FsView, HostDir};
 use super::layer_plan::{Content, Entry, LayerPlan, Meta};
 use super::planned_view::PlannedView;
 use super::rootfs::{lookup_user, resolve_in_root};
-
-/// Largest archive member ADD reads into memory.
-const MAX_ARCHIVE_MEMBER: u64 = 1 << 30;
 
 /// Where the sources of a COPY live.
 pub enum SourceRoot<'a> {
@@ -686,161 +685,6 @@ impl Copier {
     }
 }
 
-/// A member path made relative and clean; `None` if it climbs out.
-fn safe_member_path(raw: &str) -> Option<String> {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in raw.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => return None,
-            p => parts.push(p),
-        }
-    }
-    Some(parts.join("/"))
-}
-
-/// The archive formats ADD unpacks.
-enum Archive {
-    Tar,
-    Gzip,
-    Bzip2,
-    Xz,
-    Zstd,
-}
-
-impl Archive {
-    /// What ADD unpacks, as Docker's builders decide: a tar, plain or
-    /// compressed with gzip, bzip2, xz or zstd (by the first bytes, not the
-    /// name), whose first member header is valid. Anything else, such as a
-    /// gzip of a text file, is copied as it is.
-    fn detect(path: &Path) -> Result<Option<Archive>> {
-        let mut magic = [0u8; 6];
-        let mut file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-        let n = read_full(&mut file, &mut magic)?;
-        let archive = match &magic[..n] {
-            [0x1f, 0x8b, ..] => Archive::Gzip,
-            [b'B', b'Z', b'h', ..] => Archive::Bzip2,
-            [0xfd, b'7', b'z', b'X', b'Z', 0x00] => Archive::Xz,
-            [0x28, 0xb5, 0x2f, 0xfd, ..] => Archive::Zstd,
-            _ => Archive::Tar,
-        };
-        let mut head = [0u8; 512];
-        let opened = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-        // A stream that does not decompress is not an archive either.
-        let read = archive.reader(opened).and_then(|mut reader| Ok(read_full(&mut reader, &mut head)?));
-        Ok(matches!(read, Ok(512)).then_some(archive).filter(|_| is_tar_header(&head)))
-    }
-
-    fn reader(&self, file: std::fs::File) -> Result<Box<dyn Read>> {
-        Ok(match self {
-            Archive::Tar => Box::new(file),
-            Archive::Gzip => Box::new(flate2::read::GzDecoder::new(file)),
-            Archive::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(file)),
-            Archive::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(file)),
-            Archive::Zstd => Box::new(zstd::stream::read::Decoder::new(file)?),
-        })
-    }
-}
-
-/// Reads until `buf` is full or the stream ends; returns how much was read.
-fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match reader.read(&mut buf[n..])? {
-            0 => break,
-            read => n += read,
-        }
-    }
-    Ok(n)
-}
-
-/// Whether a 512-byte block is a tar header: its checksum field (octal, at
-/// 148) is the sum of its bytes with that field read as spaces. An all-zero
-/// block is the end of an empty archive, not a member.
-fn is_tar_header(block: &[u8; 512]) -> bool {
-    let field = String::from_utf8_lossy(&block[148..156]);
-    let Ok(recorded) = u32::from_str_radix(field.trim_matches(|c: char| c == '\0' || c == ' '), 8) else {
-        return false;
-    };
-    let sum: u32 =
-        block.iter().enumerate().map(|(i, b)| if (148..156).contains(&i) { 32 } else { u32::from(*b) }).sum();
-    block.iter().any(|b| *b != 0) && sum == recorded
-}
-
-/// `--chmod`: octal (`0755`) or symbolic (`u+x,go-w`, `a=rX`).
-enum Chmod {
-    Octal(u32),
-    Symbolic(String),
-}
-
-impl Chmod {
-    fn parse(spec: &str) -> Result<Chmod> {
-        if let Ok(mode) = u32::from_str_radix(spec, 8) {
-            return Ok(Chmod::Octal(mode & 0o7777));
-        }
-        let valid = spec.split(',').all(|clause| {
-            let ops = clause.trim_start_matches(['u', 'g', 'o', 'a']);
-            !ops.is_empty()
-                && ops.split_inclusive(['+', '-', '=']).count() > 0
-                && ops.starts_with(['+', '-', '='])
-                && ops.chars().all(|c| "+-=rwxXst".contains(c))
-        });
-        if valid {
-            Ok(Chmod::Symbolic(spec.to_string()))
-        } else {
-            Err(Error::invalid_argument(format!("invalid --chmod={spec}")))
-        }
-    }
-
-    fn apply(&self, mode: u32, is_dir: bool) -> u32 {
-        match self {
-            Chmod::Octal(bits) => (mode & !0o7777) | bits,
-            Chmod::Symbolic(spec) => spec.split(',').fold(mode, |mode, clause| symbolic(clause, mode, is_dir)),
-        }
-    }
-}
-
-fn symbolic(clause: &str, mode: u32, is_dir: bool) -> u32 {
-    let who_end = clause.find(['+', '-', '=']).unwrap_or(clause.len());
-    let who = &clause[..who_end];
-    let mask = if who.is_empty() || who.contains('a') {
-        0o7777
-    } else {
-        who.chars().fold(0, |m, c| {
-            m | match c {
-                'u' => 0o4700,
-                'g' => 0o2070,
-                _ => 0o1007,
-            }
-        })
-    };
-    let mut mode = mode;
-    let mut rest = &clause[who_end..];
-    while let Some(op) = rest.chars().next() {
-        let perms_end = rest[1..].find(['+', '-', '=']).map(|i| i + 1).unwrap_or(rest.len());
-        let perms = &rest[1..perms_end];
-        let any_exec = is_dir || mode & 0o111 != 0;
-        let bits = perms.chars().fold(0, |b, c| {
-            b | match c {
-                'r' => 0o444,
-                'w' => 0o222,
-                'x' => 0o111,
-                'X' if any_exec => 0o111,
-                's' => 0o6000,
-                't' => 0o1000,
-                _ => 0,
-            }
-        }) & mask;
-        mode = match op {
-            '+' => mode | bits,
-            '-' => mode & !bits,
-            _ => (mode & !(mask & 0o7777)) | bits,
-        };
-        rest = &rest[perms_end..];
-    }
-    mode
-}
-
 /// Expands `pattern` (absolute in the image) against the filesystem at
 /// `root`, wildcards per path element; returns each match as matched and
 /// resolved, as relative paths.
@@ -906,68 +750,7 @@ fn split_last(path: &str) -> (&str, &str) {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-
     use super::*;
-
-    /// A one-member tar, as `tar` would write it.
-    fn tar_bytes() -> Vec<u8> {
-        let mut builder = tar::Builder::new(Vec::new());
-        let mut header = tar::Header::new_gnu();
-        header.set_size(3);
-        header.set_mode(0o644);
-        header.set_cksum();
-        builder.append_data(&mut header, "pkg/file", &b"abc"[..]).unwrap();
-        builder.into_inner().unwrap()
-    }
-
-    fn detected(name: &str, bytes: &[u8]) -> Option<&'static str> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(name);
-        std::fs::write(&path, bytes).unwrap();
-        Archive::detect(&path).unwrap().map(|a| match a {
-            Archive::Tar => "tar",
-            Archive::Gzip => "gzip",
-            Archive::Bzip2 => "bzip2",
-            Archive::Xz => "xz",
-            Archive::Zstd => "zstd",
-        })
-    }
-
-    #[test]
-    fn add_unpacks_tars_in_every_compression_docker_reads_and_nothing_else() {
-        let tar = tar_bytes();
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(&tar).unwrap();
-        let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
-        bz.write_all(&tar).unwrap();
-        let mut xz = xz2::write::XzEncoder::new(Vec::new(), 6);
-        xz.write_all(&tar).unwrap();
-        assert_eq!(detected("a.tar", &tar), Some("tar"));
-        assert_eq!(detected("a.tar.gz", &gz.finish().unwrap()), Some("gzip"));
-        assert_eq!(detected("a.tar.bz2", &bz.finish().unwrap()), Some("bzip2"));
-        // Named after nothing: the content decides.
-        assert_eq!(detected("payload.bin", &xz.finish().unwrap()), Some("xz"));
-        assert_eq!(detected("a.tar.zst", &zstd::encode_all(&tar[..], 3).unwrap()), Some("zstd"));
-        // A gzip of a text file, a text file, an empty file: copied as they are.
-        let mut text = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        text.write_all(b"plain text, not a tar\n").unwrap();
-        assert_eq!(detected("notes.txt.gz", &text.finish().unwrap()), None);
-        assert_eq!(detected("notes.txt", &[b'x'; 600]), None);
-        assert_eq!(detected("empty", b""), None);
-    }
-
-    #[test]
-    fn chmod_forms() {
-        assert_eq!(Chmod::Octal(0o755).apply(0o100644, false), 0o100755);
-        let sym = |s: &str, mode: u32, dir: bool| Chmod::parse(s).map(|c| c.apply(mode, dir)).ok();
-        assert_eq!(sym("u+x", 0o644, false), Some(0o744));
-        assert_eq!(sym("go-w", 0o666, false), Some(0o644));
-        assert_eq!(sym("a=rX", 0o700, true), Some(0o555));
-        assert_eq!(sym("a=rX", 0o600, false), Some(0o444));
-        assert_eq!(sym("u=rwx,g=rx,o=", 0o000, false), Some(0o750));
-        assert!(Chmod::parse("banana").is_err());
-    }
 
     #[test]
     fn workdir_belongs_to_the_user_or_to_root_when_the_image_does_not_know_them() {
@@ -1179,12 +962,5 @@ mod tests {
         assert_eq!(planned(&plan, "r/implicit/parent/file").as_deref(), Some("file 600 5:6"));
         assert_eq!(planned(&plan, "r/late").as_deref(), Some("dir 700 7:8"));
         assert_eq!(planned(&plan, "r/late/x").as_deref(), Some("file 644 0:1"));
-    }
-
-    #[test]
-    fn archive_members_stay_inside() {
-        assert_eq!(safe_member_path("./a/b").as_deref(), Some("a/b"));
-        assert_eq!(safe_member_path("/etc/passwd").as_deref(), Some("etc/passwd"));
-        assert_eq!(safe_member_path("a/../../x"), None);
     }
 }

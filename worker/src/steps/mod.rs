@@ -2,7 +2,9 @@
 //! WORKDIR as builtin steps (see [`StepRunner`]), and the in-process
 //! [`LocalExecutor`] that `memobuild build` runs them through.
 
+mod archive;
 mod cache_mount;
+mod chmod;
 mod context_files;
 mod copy_step;
 mod extra_hosts;
