@@ -16,6 +16,7 @@ use crate::input_tree::InputTree;
 use crate::output_capture::{Output, OutputCapture, OutputKind};
 use crate::relative_path::RelativePath;
 use crate::runner::{RunSpec, Runner};
+use crate::scratch_dirs::ScratchDirs;
 
 /// The platform property naming the image an action runs in.
 pub const CONTAINER_IMAGE_PROPERTY: &str = "container-image";
@@ -38,38 +39,29 @@ pub struct ExecutionOutcome {
 /// Executes REAPI actions on this machine, one call per action, any number
 /// at once: fetch inputs -> run -> capture outputs -> upload -> clean up.
 ///
-/// `work_dir` holds the file cache (`cache/`) and one fresh directory per
-/// running action (`actions/{id}/` with `root/`, the input root, and the
-/// captured `stdout` and `stderr`), removed when the action is done.
+/// `work_dir` holds the file cache (`cache/`) and a directory per running
+/// action (`actions/slot-N/` with `root/`, the input root, and the captured
+/// `stdout` and `stderr`), cleaned for the next action when one is done.
 pub struct ActionExecutor {
     cas: Arc<dyn BlobStore>,
     cache: FileCache,
-    actions_dir: PathBuf,
+    scratch: Arc<ScratchDirs>,
     runner: Arc<dyn Runner>,
 }
 
 impl ActionExecutor {
     /// Opens the file cache under `work_dir` (at most `cache_max_bytes`) and
-    /// removes action directories a previous run left behind.
+    /// removes the action directories a previous run left behind.
     pub async fn new(
         cas: Arc<dyn BlobStore>,
         work_dir: PathBuf,
         cache_max_bytes: u64,
         runner: Arc<dyn Runner>,
     ) -> Result<Self> {
-        let actions_dir = work_dir.join("actions");
-        let stale = actions_dir.clone();
-        blocking(move || {
-            if stale.exists() {
-                force_remove_dir_all(&stale)?;
-            }
-            std::fs::create_dir_all(&stale)
-        })
-        .await
-        .with_context(|| format!("preparing {}", actions_dir.display()))?;
+        let scratch = ScratchDirs::open(work_dir.join("actions")).await?;
         let owner = nix::unistd::geteuid().is_root().then_some(CACHE_OWNER);
         let cache = FileCache::open(work_dir.join("cache"), cas.clone(), cache_max_bytes, owner).await?;
-        Ok(ActionExecutor { cas, cache, actions_dir, runner })
+        Ok(ActionExecutor { cas, cache, scratch, runner })
     }
 
     pub fn cache_stats(&self) -> CacheStats {
@@ -89,9 +81,9 @@ impl ActionExecutor {
         cancel: CancellationToken,
     ) -> Result<ExecutionOutcome> {
         let span = tracing::info_span!("execute", action = %action_digest, worker = worker_name);
-        let dir = ActionDir::create(&self.actions_dir).await?;
-        let outcome = self.execute_in(&dir.path, action_digest, worker_name, cancel).instrument(span).await;
-        dir.remove().await;
+        let dir = self.scratch.take().await?;
+        let outcome = self.execute_in(dir.path(), action_digest, worker_name, cancel).instrument(span).await;
+        dir.release().await;
         outcome.with_context(|| format!("executing action {}", action_digest.subject()))
     }
 
@@ -347,66 +339,6 @@ fn create_dirs(root: &Path, path: &RelativePath, strict: bool) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// One action's directory, removed when the action is done, also when its
-/// future is dropped midway.
-struct ActionDir {
-    path: PathBuf,
-    removed: bool,
-}
-
-impl ActionDir {
-    async fn create(actions_dir: &Path) -> Result<Self> {
-        let path = actions_dir.join(uuid::Uuid::new_v4().simple().to_string());
-        tokio::fs::create_dir(&path).await.with_context(|| format!("creating {}", path.display()))?;
-        Ok(ActionDir { path, removed: false })
-    }
-
-    async fn remove(mut self) {
-        let path = self.path.clone();
-        self.removed = true;
-        if let Err(e) = blocking(move || force_remove_dir_all(&path)).await {
-            tracing::warn!(path = %self.path.display(), error = %e, "removing the action directory");
-        }
-    }
-}
-
-impl Drop for ActionDir {
-    fn drop(&mut self) {
-        if self.removed {
-            return;
-        }
-        let path = self.path.clone();
-        let remove = move || {
-            if let Err(e) = force_remove_dir_all(&path) {
-                tracing::warn!(path = %path.display(), error = %e, "removing the action directory");
-            }
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => drop(handle.spawn_blocking(remove)),
-            Err(_) => remove(),
-        }
-    }
-}
-
-/// Removes a tree even when the command left read-only directories in it.
-fn force_remove_dir_all(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if std::fs::remove_dir_all(path).is_ok() || !path.exists() {
-        return Ok(());
-    }
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                stack.push(entry.path());
-            }
-        }
-    }
-    std::fs::remove_dir_all(path)
 }
 
 async fn blocking<T: Send + 'static, E: Into<Error> + Send + 'static>(

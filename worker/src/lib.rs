@@ -34,6 +34,7 @@ pub mod network;
 mod output_capture;
 mod relative_path;
 mod runner;
+mod scratch_dirs;
 pub mod steps;
 mod worker_monitor;
 mod worker_session;

@@ -208,8 +208,13 @@ impl OutputCapture {
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
+        let len = file.metadata().with_context(|| format!("reading {}", path.display()))?.len();
+        if len == 0 {
+            // Every CAS holds the empty blob: nothing to read or upload.
+            return Ok(Digest::empty(self.function));
+        }
         let mut hasher = self.function.hasher();
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = vec![0u8; CHUNK.min(len as usize)];
         loop {
             let n = file.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
             if n == 0 {

@@ -120,8 +120,14 @@ impl Fixture {
         self.dir.path().join("work/actions")
     }
 
+    /// Whether nothing of finished actions is left: action directories
+    /// are reused, but without input roots and with empty streams.
     pub fn no_action_dirs_left(&self) -> bool {
-        std::fs::read_dir(self.actions_dir()).unwrap().next().is_none()
+        std::fs::read_dir(self.actions_dir()).unwrap().all(|entry| {
+            let dir = entry.unwrap().path();
+            let empty = |name: &str| std::fs::metadata(dir.join(name)).map(|m| m.len() == 0).unwrap_or(true);
+            !dir.join("root").exists() && empty("stdout") && empty("stderr")
+        })
     }
 }
 
