@@ -124,11 +124,12 @@ impl Cluster {
         Channel::from_shared(format!("http://127.0.0.1:{}", self.scheduler_port)).unwrap().connect_lazy()
     }
 
-    /// Which worker has an action directory right now.
+    /// Which worker is running an action right now.
     fn busy_worker(&self) -> Option<usize> {
         (0..self.workers.len()).find(|i| {
+            // Action directories are reused: one with an input root is in use.
             std::fs::read_dir(Self::worker_dir(self.dir.path(), *i).join("worker/actions"))
-                .map(|entries| entries.count() > 0)
+                .map(|mut entries| entries.any(|e| e.is_ok_and(|e| e.path().join("root").exists())))
                 .unwrap_or(false)
         })
     }
