@@ -341,7 +341,8 @@ fn create_dirs(root: &Path, path: &RelativePath, strict: bool) -> Result<()> {
     Ok(())
 }
 
-async fn blocking<T: Send + 'static, E: Into<Error> + Send + 'static>(
+/// Runs `f` on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static, E: Into<Error> + Send + 'static>(
     f: impl FnOnce() -> std::result::Result<T, E> + Send + 'static,
 ) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(e.to_string()))?.map_err(Into::into)

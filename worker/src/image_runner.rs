@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::action_executor::blocking;
 use crate::containerd::{ContainerPurpose, ContainerSpec, LogChunk, SpecMount, StepNetwork};
 use crate::runner::{RunOutcome, RunSpec, Runner};
 use crate::steps::StepRunner;
@@ -96,9 +97,7 @@ impl ImageRunner {
         let chain = self.chain(&image).await.with_context(|| format!("container-image {}", image.as_written()))?;
         let (uid, gid) = if spec.as_root { (0, 0) } else { (self.sandbox.uid, self.sandbox.gid) };
         let root = spec.root.clone();
-        tokio::task::spawn_blocking(move || memobuild_sandbox::give_dirs(&root, uid, gid))
-            .await
-            .map_err(|e| Error::internal(e.to_string()))??;
+        blocking(move || memobuild_sandbox::give_dirs(&root, uid, gid)).await?;
         let lease = if spec.network {
             if let Some(why) = self.network.refusal(NetworkMode::Default) {
                 return Err(Error::new(tonic::Code::PermissionDenied, why));

@@ -1,8 +1,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memobuild_proto::{Error, Result, ResultExt};
+use memobuild_proto::{Result, ResultExt};
 use parking_lot::Mutex;
+
+use crate::action_executor::blocking;
 
 /// The directories actions run in: `slot-N/` with `root/` (the input root)
 /// and the captured `stdout` and `stderr`. A directory serves one action
@@ -136,10 +138,6 @@ pub(crate) fn force_remove_dir_all(path: &Path) -> std::io::Result<()> {
         }
     }
     std::fs::remove_dir_all(path)
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(e.to_string()))?.map_err(Error::from)
 }
 
 #[cfg(test)]
