@@ -382,7 +382,10 @@ impl BlobMetadata for PostgresMetadata {
         // dropping the transaction does, and with the session if the
         // process dies.
         let mut tx = self.pool.begin().await.map_err(db_error("taking the eviction lock"))?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext($1))")
+        // Advisory locks are database-wide: the key names the schema, so
+        // deployments sharing a database in separate schemas never wait on
+        // each other.
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext($1 || current_schema()))")
             .bind(EVICTION_LOCK)
             .fetch_one(&mut *tx)
             .await
@@ -534,7 +537,8 @@ pub(crate) mod tests {
         one.drop_schema(&schema).await;
     }
 
-    /// One evictor at a time over one schema; the lock goes with its holder.
+    /// One evictor at a time over one schema, whatever other schemas do; the
+    /// lock goes with its holder.
     #[tokio::test]
     async fn one_replica_holds_the_eviction_lock_at_a_time() {
         let (one, schema) = fresh().await;
@@ -542,6 +546,11 @@ pub(crate) mod tests {
         let held = one.try_lock_eviction().await.unwrap().expect("a free lock is taken");
         assert!(two.try_lock_eviction().await.unwrap().is_none(), "a second evictor is refused");
         assert!(one.try_lock_eviction().await.unwrap().is_none(), "also from the same replica");
+        let (elsewhere, other_schema) = fresh().await;
+        let other = elsewhere.try_lock_eviction().await.unwrap();
+        assert!(other.is_some(), "a deployment in another schema of the same database evicts on its own");
+        drop(other);
+        elsewhere.drop_schema(&other_schema).await;
         drop(held);
         // The transaction's rollback runs as its connection goes back to the pool.
         let mut taken = None;
