@@ -201,3 +201,34 @@ async fn only_workers_with_containerd_are_offered_container_images() {
     assert!(status.message.contains(&format!("none offers cores={cores}")), "{}", status.message);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_action_over_the_memory_limit_in_an_image_fails_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = memobuild_cli::config::ServerConfig::embedded(dir.path());
+    config.worker.as_mut().unwrap().sandbox.memory_bytes = Some(32 << 20);
+    let server = TestServer::start_with(config).await;
+    let image = pinned_image();
+    // dd's 256 MiB buffer is touched as /dev/zero fills it.
+    let hog = Job {
+        script: "dd if=/dev/zero of=/dev/null bs=256M count=1",
+        input: b"x",
+        properties: &[("container-image", &image)],
+    };
+    let (response, _) = run(&server, &hog).await;
+    assert_eq!(response.result.as_ref().map(|r| r.exit_code), Some(137), "{response:?}");
+    let status = response.status.expect("a status");
+    assert_eq!(status.code, tonic::Code::ResourceExhausted as i32, "{}", status.message);
+    assert!(status.message.contains("memory limit of 32 MiB"), "{}", status.message);
+
+    // Under the limit, the next action in the image is fine.
+    let job = Job {
+        script: "mkdir -p out && echo fine > out/result",
+        input: b"x",
+        properties: &[("container-image", &image)],
+    };
+    let (response, result) = run(&server, &job).await;
+    assert_eq!(response.status.as_ref().map(|s| s.code).unwrap_or(0), 0, "{response:?}");
+    assert_eq!(result.as_deref(), Some("fine\n"));
+    server.stop().await;
+}

@@ -78,3 +78,15 @@ fn bad_limits_are_refused_naming_the_flag() {
         assert!(build.ran().is_empty(), "{args:?} ran {:?}", build.ran());
     }
 }
+
+#[test]
+fn a_step_over_its_memory_limit_fails_naming_the_oom_killer() {
+    // dd's 256 MiB buffer is touched as /dev/zero fills it.
+    let dockerfile = format!("FROM {}\nRUN dd if=/dev/zero of=/dev/null bs=256M count=1\n", fixture().base());
+    let project = Project::new(&[("Dockerfile", &dockerfile)]);
+    let build = project.build(&["--memory", "32m", "--memory-swap", "32m"]);
+    assert!(!build.ok(), "the step stayed under 32 MiB");
+    let stderr = build.stderr();
+    assert!(stderr.contains("exit code: 137"), "{stderr}");
+    assert!(stderr.contains("OOM killer at the step's memory limit of 32 MiB (--memory)"), "{stderr}");
+}

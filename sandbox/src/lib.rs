@@ -39,3 +39,4 @@ pub use host_sandbox::HostSandbox;
 pub use input_dirs::give_dirs;
 pub use sandbox_config::SandboxConfig;
 pub use sandboxed_command::{SandboxedCommand, SandboxedExit};
+pub use worker_cgroup::oom_kills;

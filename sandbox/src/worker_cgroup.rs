@@ -127,9 +127,7 @@ impl Drop for WorkerCgroup {
 impl CgroupSlot {
     /// How many times the kernel's OOM killer struck in this slot so far.
     pub(super) fn oom_kills(&self) -> u64 {
-        let Some(file) = &self.oom_counter else { return 0 };
-        let text = std::fs::read_to_string(file).unwrap_or_default();
-        text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+        self.oom_counter.as_deref().map_or(0, oom_kill_count)
     }
 }
 
@@ -139,6 +137,29 @@ impl Drop for CgroupSlot {
             remove(dir);
         }
     }
+}
+
+/// How many times the kernel's OOM killer struck in the cgroup at `path`
+/// (as an OCI runtime spec's `cgroupsPath` names it, below the memory
+/// hierarchy of cgroup v1 or the unified one of v2), 0 when it has no
+/// memory controller.
+pub fn oom_kills(path: &Path) -> u64 {
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    let root = Path::new(CGROUP_ROOT);
+    let v1 = root.join("memory").join(relative).join("memory.oom_control");
+    let v2 = root.join(relative).join("memory.events");
+    if v1.exists() {
+        oom_kill_count(&v1)
+    } else {
+        oom_kill_count(&v2)
+    }
+}
+
+/// The `oom_kill N` line of a cgroup's `memory.oom_control` (v1) or
+/// `memory.events` (v2).
+fn oom_kill_count(file: &Path) -> u64 {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
 }
 
 /// Lets children of `base` (cgroup v2) have the memory and pids

@@ -140,7 +140,7 @@ impl ImageRunner {
             exit_code: outcome.exit_code,
             timed_out: outcome.timed_out,
             cancelled: outcome.cancelled,
-            memory_limit_exceeded: None,
+            memory_limit_exceeded: self.sandbox.memory_bytes.filter(|_| outcome.oom_killed),
         })
     }
 }

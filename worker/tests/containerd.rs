@@ -74,7 +74,7 @@ impl Fixture {
         if let Some(chain) = &outcome.chain_id {
             self.chains.push(chain.clone());
         }
-        self.assert_no_leftovers();
+        self.assert_no_leftovers().await;
         (outcome, String::from_utf8_lossy(&stdout).into_owned(), String::from_utf8_lossy(&stderr).into_owned())
     }
 
@@ -106,8 +106,10 @@ impl Fixture {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
-    /// No container, task or active snapshot of this test is left.
-    fn assert_no_leftovers(&self) {
+    /// No container, task or active snapshot of this test is left once the
+    /// background cleanups are done.
+    async fn assert_no_leftovers(&self) {
+        self.ctd.settle().await;
         let prefix = format!("memobuild-{}", self.tag);
         let containers = self.ctr(&["containers", "ls", "-q"]);
         assert!(!containers.contains(&prefix), "containers left: {containers}");
@@ -214,7 +216,7 @@ async fn output_streams_apart_and_the_exit_code_comes_back() {
     let (tx, _rx) = unbounded_channel();
     let err = fx.ctd.run(&fx.store, None, &spec, tx, CancellationToken::new()).await.unwrap_err();
     assert!(err.message().contains("/bin/sh") && err.message().contains(&spec.id_hint), "{err}");
-    fx.assert_no_leftovers();
+    fx.assert_no_leftovers().await;
     fx.finish().await;
 }
 
@@ -288,7 +290,7 @@ async fn users_resolve_from_the_image() {
     let (tx, _rx) = unbounded_channel();
     let err = fx.ctd.run(&fx.store, Some(&parent), &spec, tx, CancellationToken::new()).await.unwrap_err();
     assert!(err.message().contains("\"ghost\""), "{err}");
-    fx.assert_no_leftovers();
+    fx.assert_no_leftovers().await;
     fx.finish().await;
 }
 
@@ -357,7 +359,7 @@ async fn cancel_kills_the_step() {
     let outcome = fx.ctd.run(&fx.store, Some(&fx.base_chain), &spec, tx, cancel).await.unwrap();
     assert!(outcome.cancelled && !outcome.timed_out);
     assert!(outcome.layer.is_none());
-    fx.assert_no_leftovers();
+    fx.assert_no_leftovers().await;
     fx.finish().await;
 }
 

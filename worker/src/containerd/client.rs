@@ -39,6 +39,8 @@ struct Inner {
     daemon: Option<PrivateDaemon>,
     /// Serializes unpacking the same chain id within this process.
     chain_locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Cleanups of finished steps still under way.
+    cleanups: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Containerd {
@@ -83,14 +85,22 @@ impl Containerd {
 
     fn from_parts(channel: Channel, address: PathBuf, daemon: Option<PrivateDaemon>) -> Containerd {
         Containerd {
-            inner: Arc::new(Inner { channel, address, daemon, chain_locks: parking_lot::Mutex::new(HashMap::new()) }),
+            inner: Arc::new(Inner {
+                channel,
+                address,
+                daemon,
+                chain_locks: parking_lot::Mutex::new(HashMap::new()),
+                cleanups: parking_lot::Mutex::new(Vec::new()),
+            }),
         }
     }
 
-    /// Stops the private containerd if this was its last user. Idempotent;
-    /// a no-op for a system or given containerd. Clones share the one user
-    /// slot: after `shutdown`, none of them should be used.
+    /// Waits for the cleanups of finished steps, then stops the private
+    /// containerd if this was its last user. Idempotent; for a system or
+    /// given containerd, only the wait. Clones share the one user slot:
+    /// after `shutdown`, none of them should be used.
     pub async fn shutdown(&self) -> Result<()> {
+        self.settle().await;
         match &self.inner.daemon {
             Some(daemon) => daemon.leave().await,
             None => Ok(()),
@@ -153,6 +163,36 @@ impl Containerd {
             Err(status) if status.code() == tonic::Code::NotFound => Ok(()),
             Err(status) => Err(Error::from(status).context(format!("removing snapshot {key}"))),
         }
+    }
+
+    /// Runs the cleanup of step `id` in the background; [`Containerd::settle`]
+    /// waits for it.
+    pub(super) fn spawn_cleanup(&self, id: &str, job: impl std::future::Future<Output = ()> + Send + 'static) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(container = id, "cannot clean up the step's container: no runtime");
+            return;
+        };
+        let mut cleanups = self.inner.cleanups.lock();
+        cleanups.retain(|job| !job.is_finished());
+        cleanups.push(runtime.spawn(job));
+    }
+
+    /// Returns once the cleanups of the steps that finished so far are done
+    /// (tasks and containers deleted, snapshots committed or removed).
+    pub async fn settle(&self) {
+        loop {
+            let pending = std::mem::take(&mut *self.inner.cleanups.lock());
+            if pending.is_empty() {
+                return;
+            }
+            futures::future::join_all(pending).await;
+        }
+    }
+
+    /// Returns once no step of this process is still committing `chain_id`
+    /// (see [`Containerd::run`]).
+    pub(super) async fn committed(&self, chain_id: &str) {
+        drop(self.chain_lock(chain_id).lock().await);
     }
 
     /// The in-process lock for unpacking `chain_id`.

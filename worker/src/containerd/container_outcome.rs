@@ -8,10 +8,14 @@ pub struct ContainerOutcome {
     pub exit_code: i32,
     pub timed_out: bool,
     pub cancelled: bool,
+    /// The kernel's OOM killer struck in the container (its memory limit,
+    /// [`super::ResourceLimits::memory`], was reached).
+    pub oom_killed: bool,
     /// The step's filesystem changes as an uncompressed layer (blob =
     /// diff id), stored in the blob store; only on exit 0.
     pub layer: Option<Layer>,
     /// The chain id of the parent stack plus `layer`, committed as a
-    /// snapshot; `Some` exactly when `layer` is.
+    /// snapshot in the background (this process's `run`, `ensure_chain` and
+    /// `mount_view` wait for it); `Some` exactly when `layer` is.
     pub chain_id: Option<String>,
 }

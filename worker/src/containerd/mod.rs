@@ -26,6 +26,7 @@ mod seccomp_profile;
 mod snapshot_mounts;
 mod snapshot_removal;
 mod stdio_fifos;
+mod step_cleanup;
 mod user_resolver;
 
 pub use client::{probe_version, Containerd, NAMESPACE, SNAPSHOTTER, SYSTEM_SOCKET};

@@ -34,6 +34,7 @@ impl Containerd {
         std::fs::create_dir(&path).with_context(|| format!("creating view directory {}", path.display()))?;
         let mut view = MountedView { path, mounted: false, snapshot: None, released: false };
         let Some(parent) = parent else { return Ok(view) };
+        self.committed(parent).await;
         let lease = Lease::create(self, "view", VIEW_LEASE_TTL).await?;
         view.snapshot = Some((self.clone(), name.clone(), lease.id().to_string()));
         let request = ViewSnapshotRequest {

@@ -7,8 +7,7 @@ use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::snapshots::PrepareSnapshotRequest;
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest, KillRequest,
-    StartRequest, WaitRequest,
+    Container, CreateContainerRequest, CreateTaskRequest, KillRequest, StartRequest, WaitRequest,
 };
 use futures::StreamExt;
 use memobuild_cas::BlobStore;
@@ -19,11 +18,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::diff_writer::DiffWriter;
-use super::lease::{delete_lease, Lease};
+use super::lease::Lease;
 use super::phase_clock::PhaseClock;
 use super::runtime_spec::runtime_spec;
 use super::snapshot_mounts::SnapshotMounts;
 use super::stdio_fifos::StdioFifos;
+use super::step_cleanup::{SnapshotFate, StepCleanup, TaskState, KILL_GRACE, SIGKILL};
 use super::user_resolver::resolve_user;
 use super::{ContainerOutcome, ContainerPurpose, ContainerSpec, Containerd, LogChunk, SNAPSHOTTER};
 
@@ -33,20 +33,18 @@ const RUNTIME: &str = "io.containerd.runc.v2";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 /// How long the lease of a step without timeout lives.
 const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
-/// How long a task may take to go after SIGKILL.
-const KILL_GRACE: Duration = Duration::from_secs(30);
 /// How long the output may keep coming after the task ended.
 const OUTPUT_GRACE: Duration = Duration::from_secs(5);
-const SIGKILL: u32 = 9;
 
 impl Containerd {
     /// Runs one RUN step (or action) on top of the committed chain `parent`
     /// (`None`: an empty rootfs). Output goes to `logs` as it comes. On exit
     /// 0 a [`ContainerPurpose::Step`]'s changes become an uncompressed
     /// layer, stored in `store` and committed as the snapshot of the new
-    /// chain id; otherwise nothing is kept. A timeout or `cancel` kills the task. The task,
-    /// container, active snapshot, FIFOs and lease are always cleaned up (if
-    /// this future is dropped midway, a background task does it).
+    /// chain id; otherwise nothing is kept. A timeout or `cancel` kills the
+    /// task. The task, container, active snapshot and lease are always
+    /// cleaned up, in the background once the outcome is known (or this
+    /// future dropped): see [`StepCleanup`].
     pub async fn run(
         &self,
         store: &dyn BlobStore,
@@ -61,11 +59,10 @@ impl Containerd {
         let mut clock = PhaseClock::start();
         let lease = Lease::create(self, "run", ttl).await.map_err(|e| e.context(format!("step {}", spec.id_hint)))?;
         clock.mark("lease");
-        let mut cleanup = Cleanup::new(self.clone(), id.clone(), lease.id().to_string());
+        let mut cleanup = StepCleanup::new(self.clone(), id.clone(), lease.id().to_string());
         let result =
             self.run_inner(store, parent, spec, logs, cancel, &id, &mut cleanup, &mut clock).instrument(span).await;
-        cleanup.finish().await;
-        clock.mark("cleanup");
+        drop(cleanup);
         tracing::debug!(step = %spec.id_hint, phases = %clock.summary(), "RUN phases");
         result.map_err(|e| e.context(format!("step {} (container {id})", spec.id_hint)))
     }
@@ -79,10 +76,13 @@ impl Containerd {
         logs: UnboundedSender<LogChunk>,
         cancel: CancellationToken,
         id: &str,
-        cleanup: &mut Cleanup,
+        cleanup: &mut StepCleanup,
         clock: &mut PhaseClock,
     ) -> Result<ContainerOutcome> {
-        let lease = cleanup.lease.clone();
+        let lease = cleanup.lease().to_string();
+        if let Some(parent) = parent {
+            self.committed(parent).await;
+        }
         let prepare = PrepareSnapshotRequest {
             snapshotter: SNAPSHOTTER.to_string(),
             key: id.to_string(),
@@ -96,7 +96,7 @@ impl Containerd {
             })?
             .into_inner()
             .mounts;
-        cleanup.snapshot = true;
+        cleanup.snapshot = SnapshotFate::Remove;
         clock.mark("prepare_snapshot");
         let mounts = SnapshotMounts::parse(mounts)?;
         let upper = mounts
@@ -138,7 +138,7 @@ impl Containerd {
             ..Default::default()
         };
         tasks.create(self.request(create, None)).await.map_err(|s| Error::from(s).context("creating the task"))?;
-        cleanup.task = true;
+        cleanup.task = TaskState::Live;
         clock.mark("create_task");
 
         // Wait before start, so a quick exit is not missed.
@@ -190,23 +190,18 @@ impl Containerd {
             .into_inner()
             .exit_status;
         let exit_code = exit_status as i32;
+        cleanup.task = TaskState::Exited;
+        // The task's cgroup stays until the task is deleted.
+        let cgroup = runtime.spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+        let oom_killed = exit_code != 0 && cgroup.is_some_and(|path| memobuild_sandbox::oom_kills(&path) > 0);
         clock.mark("command");
-        tasks
-            .delete(self.request(DeleteTaskRequest { container_id: id.to_string() }, None))
-            .await
-            .map_err(|s| Error::from(s).context("deleting the task"))?;
-        cleanup.task = false;
+        // The shim closes the FIFOs once the task's processes are gone.
         fifos.finish(OUTPUT_GRACE).await;
         drop(fifos);
-        ContainersClient::new(self.channel())
-            .delete(self.request(DeleteContainerRequest { id: id.to_string() }, None))
-            .await
-            .map_err(|s| Error::from(s).context("deleting the container"))?;
-        cleanup.container = false;
-        clock.mark("delete_task_and_container");
-        tracing::debug!(container = id, exit_code, timed_out, cancelled, "step ended");
+        clock.mark("output");
+        tracing::debug!(container = id, exit_code, timed_out, cancelled, oom_killed, "step ended");
 
-        let mut outcome = ContainerOutcome { exit_code, timed_out, cancelled, layer: None, chain_id: None };
+        let mut outcome = ContainerOutcome { exit_code, timed_out, cancelled, oom_killed, layer: None, chain_id: None };
         if exit_code != 0 || timed_out || cancelled || spec.purpose == ContainerPurpose::Action {
             return Ok(outcome);
         }
@@ -217,9 +212,11 @@ impl Containerd {
         let diff_id = result?;
         clock.mark("capture_layer");
         let chain_id = next_chain_id(parent, &diff_id);
-        self.commit_snapshot(id, &chain_id, &lease).await?;
-        clock.mark("commit_snapshot");
-        cleanup.snapshot = false;
+        // The task is deleted (and its rootfs unmounted) before the snapshot
+        // is committed, in the background; until then the chain's lock
+        // holds back whoever needs the chain.
+        let unpacking = self.chain_lock(&chain_id).lock_owned().await;
+        cleanup.snapshot = SnapshotFate::Commit { chain_id: chain_id.clone(), _unpacking: unpacking };
         outcome.layer = Some(Layer::uncompressed(diff_id));
         outcome.chain_id = Some(chain_id);
         Ok(outcome)
@@ -290,82 +287,6 @@ fn container_id(hint: &str) -> String {
         format!("memobuild-{}", &random[..16])
     } else {
         format!("memobuild-{clean}-{}", &random[..16])
-    }
-}
-
-/// What a step made that still has to go; removed by [`Cleanup::finish`],
-/// or by a background task if the step's future is dropped first.
-struct Cleanup {
-    containerd: Containerd,
-    id: String,
-    lease: String,
-    task: bool,
-    container: bool,
-    snapshot: bool,
-    done: bool,
-}
-
-impl Cleanup {
-    fn new(containerd: Containerd, id: String, lease: String) -> Self {
-        Cleanup { containerd, id, lease, task: false, container: false, snapshot: false, done: false }
-    }
-
-    async fn finish(&mut self) {
-        self.done = true;
-        clean_up(&self.containerd, &self.id, &self.lease, self.task, self.container, self.snapshot).await;
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        let (containerd, id, lease) = (self.containerd.clone(), self.id.clone(), self.lease.clone());
-        let (task, container, snapshot) = (self.task, self.container, self.snapshot);
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move { clean_up(&containerd, &id, &lease, task, container, snapshot).await });
-            }
-            Err(_) => tracing::warn!(container = %id, "cannot clean up the step's container: no runtime"),
-        }
-    }
-}
-
-async fn clean_up(containerd: &Containerd, id: &str, lease: &str, task: bool, container: bool, snapshot: bool) {
-    let warn = |what: &str, status: tonic::Status| {
-        if status.code() != tonic::Code::NotFound {
-            tracing::warn!(container = id, error = %Error::from(status), "cleaning up: {what}");
-        }
-    };
-    if task {
-        let mut tasks = TasksClient::new(containerd.channel());
-        let kill = KillRequest { container_id: id.to_string(), exec_id: String::new(), signal: SIGKILL, all: true };
-        if let Err(status) = tasks.kill(containerd.request(kill, None)).await {
-            warn("killing the task", status);
-        }
-        let wait = WaitRequest { container_id: id.to_string(), exec_id: String::new() };
-        let _ = tokio::time::timeout(KILL_GRACE, tasks.wait(containerd.request(wait, None))).await;
-        if let Err(status) =
-            tasks.delete(containerd.request(DeleteTaskRequest { container_id: id.to_string() }, None)).await
-        {
-            warn("deleting the task", status);
-        }
-    }
-    if container {
-        let delete = DeleteContainerRequest { id: id.to_string() };
-        if let Err(status) = ContainersClient::new(containerd.channel()).delete(containerd.request(delete, None)).await
-        {
-            warn("deleting the container", status);
-        }
-    }
-    if snapshot {
-        if let Err(e) = containerd.remove_snapshot(id).await {
-            tracing::warn!(container = id, error = %e, "cleaning up: removing the snapshot");
-        }
-    }
-    if let Err(e) = delete_lease(containerd, lease, false).await {
-        tracing::warn!(container = id, error = %e, "cleaning up: deleting the lease");
     }
 }
 

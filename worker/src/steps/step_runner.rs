@@ -287,8 +287,15 @@ impl StepRunner {
         }
         if outcome.exit_code != 0 || outcome.timed_out {
             let last = tail.lock().join("\n");
-            let why =
-                if outcome.timed_out { "timed out".to_string() } else { format!("exit code: {}", outcome.exit_code) };
+            let why = match (outcome.timed_out, outcome.oom_killed, session.limits.memory) {
+                (true, _, _) => "timed out".to_string(),
+                (false, true, Some(limit)) => format!(
+                    "exit code: {}: killed by the kernel's OOM killer at the step's memory limit of {} MiB (--memory)",
+                    outcome.exit_code,
+                    limit >> 20
+                ),
+                _ => format!("exit code: {}", outcome.exit_code),
+            };
             let hint = hint.lock().as_ref().map(|h| format!("\n{h}")).unwrap_or_default();
             return Err(Error::new(
                 tonic::Code::Aborted,

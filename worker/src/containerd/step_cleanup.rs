@@ -1,0 +1,146 @@
+use std::time::{Duration, Instant};
+
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::{DeleteContainerRequest, DeleteTaskRequest, KillRequest, WaitRequest};
+use memobuild_proto::Error;
+use tokio::sync::OwnedMutexGuard;
+
+use super::lease::delete_lease;
+use super::Containerd;
+
+/// How long a task may take to go after SIGKILL.
+pub(super) const KILL_GRACE: Duration = Duration::from_secs(30);
+pub(super) const SIGKILL: u32 = 9;
+
+/// Where a step's task stands when its cleanup takes over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum TaskState {
+    Absent,
+    /// Created, maybe running: it is killed first.
+    Live,
+    /// Its process ended (and with it every process of its PID namespace).
+    Exited,
+}
+
+/// What becomes of the step's active snapshot.
+pub(super) enum SnapshotFate {
+    Absent,
+    Remove,
+    /// Committed as the step's chain id. The chain's in-process lock is
+    /// held until then, so a later step that needs the chain
+    /// ([`Containerd::ensure_chain`]) waits for the commit instead of
+    /// unpacking the layer again.
+    Commit {
+        chain_id: String,
+        _unpacking: OwnedMutexGuard<()>,
+    },
+}
+
+/// What a step made that has to go once its outcome is known: the task, the
+/// container, the active snapshot (committed or removed) and the lease.
+///
+/// Deleting a task (runc's delete, unmounting the rootfs, the shim's exit)
+/// takes tens of milliseconds, so it happens in the background when this is
+/// dropped, off the step's path, whether the step finished or its future
+/// was dropped midway. [`Containerd::settle`] waits for it.
+pub(super) struct StepCleanup {
+    containerd: Containerd,
+    id: String,
+    lease: String,
+    pub(super) task: TaskState,
+    pub(super) container: bool,
+    pub(super) snapshot: SnapshotFate,
+}
+
+impl StepCleanup {
+    pub(super) fn new(containerd: Containerd, id: String, lease: String) -> Self {
+        StepCleanup { containerd, id, lease, task: TaskState::Absent, container: false, snapshot: SnapshotFate::Absent }
+    }
+
+    /// The lease the step's objects are created under.
+    pub(super) fn lease(&self) -> &str {
+        &self.lease
+    }
+}
+
+impl Drop for StepCleanup {
+    fn drop(&mut self) {
+        let job = Job {
+            containerd: self.containerd.clone(),
+            id: std::mem::take(&mut self.id),
+            lease: std::mem::take(&mut self.lease),
+            task: self.task,
+            container: self.container,
+            snapshot: std::mem::replace(&mut self.snapshot, SnapshotFate::Absent),
+        };
+        self.containerd.spawn_cleanup(&job.id.clone(), job.run());
+    }
+}
+
+struct Job {
+    containerd: Containerd,
+    id: String,
+    lease: String,
+    task: TaskState,
+    container: bool,
+    snapshot: SnapshotFate,
+}
+
+impl Job {
+    async fn run(self) {
+        let started = Instant::now();
+        let (containerd, id) = (&self.containerd, self.id.as_str());
+        let warn = |what: &str, status: tonic::Status| {
+            if status.code() != tonic::Code::NotFound {
+                tracing::warn!(container = id, error = %Error::from(status), "cleaning up: {what}");
+            }
+        };
+        if self.task != TaskState::Absent {
+            let mut tasks = TasksClient::new(containerd.channel());
+            if self.task == TaskState::Live {
+                let kill =
+                    KillRequest { container_id: id.to_string(), exec_id: String::new(), signal: SIGKILL, all: true };
+                if let Err(status) = tasks.kill(containerd.request(kill, None)).await {
+                    warn("killing the task", status);
+                }
+                let wait = WaitRequest { container_id: id.to_string(), exec_id: String::new() };
+                let _ = tokio::time::timeout(KILL_GRACE, tasks.wait(containerd.request(wait, None))).await;
+            }
+            let delete = DeleteTaskRequest { container_id: id.to_string() };
+            if let Err(status) = tasks.delete(containerd.request(delete, None)).await {
+                warn("deleting the task", status);
+            }
+        }
+        if self.container {
+            let delete = DeleteContainerRequest { id: id.to_string() };
+            if let Err(status) =
+                ContainersClient::new(containerd.channel()).delete(containerd.request(delete, None)).await
+            {
+                warn("deleting the container", status);
+            }
+        }
+        match self.snapshot {
+            SnapshotFate::Absent => {}
+            SnapshotFate::Remove => {
+                if let Err(e) = containerd.remove_snapshot(id).await {
+                    tracing::warn!(container = id, error = %e, "cleaning up: removing the snapshot");
+                }
+            }
+            SnapshotFate::Commit { chain_id, _unpacking } => {
+                // On failure the chain is unpacked from its stored layer
+                // when a later step needs it.
+                if let Err(e) = containerd.commit_snapshot(id, &chain_id, &self.lease).await {
+                    tracing::warn!(container = id, chain_id, error = %e, "cleaning up: committing the step's snapshot");
+                    if let Err(e) = containerd.remove_snapshot(id).await {
+                        tracing::warn!(container = id, error = %e, "cleaning up: removing the snapshot");
+                    }
+                }
+            }
+        }
+        if let Err(e) = delete_lease(containerd, &self.lease, false).await {
+            tracing::warn!(container = id, error = %e, "cleaning up: deleting the lease");
+        }
+        tracing::debug!(container = id, elapsed = ?started.elapsed(), "step cleaned up");
+    }
+}
