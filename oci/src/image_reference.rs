@@ -3,8 +3,11 @@
 use std::fmt;
 use std::str::FromStr;
 
-use memobuild_proto::{Error, Result};
+use memobuild_proto::{Error, ImageName, Result};
 use oci_client::Reference;
+
+/// The tag of a reference that names neither tag nor digest.
+const DEFAULT_TAG: &str = "latest";
 
 /// An image reference: `[registry/]repository[:tag][@digest]`, with
 /// Docker's defaults (`docker.io`, `library/` for single-name Docker Hub
@@ -76,8 +79,13 @@ impl FromStr for ImageReference {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let inner = Reference::from_str(s)
-            .map_err(|e| Error::invalid_argument(format!("invalid image reference {s:?}: {e}")))?;
+        let ImageName { registry, repository, tag, digest } =
+            ImageName::parse(s).map_err(|e| Error::invalid_argument(format!("invalid image reference {s:?}: {e}")))?;
+        let inner = match (tag, digest) {
+            (Some(tag), Some(digest)) => Reference::with_tag_and_digest(registry, repository, tag, digest),
+            (None, Some(digest)) => Reference::with_digest(registry, repository, digest),
+            (tag, None) => Reference::with_tag(registry, repository, tag.unwrap_or_else(|| DEFAULT_TAG.to_string())),
+        };
         Ok(ImageReference { inner, written: s.to_string() })
     }
 }

@@ -22,6 +22,7 @@ mod oci_layout_writer;
 mod output_mark;
 mod pulled_image;
 mod registry_client;
+mod registry_connection;
 mod tar_stream;
 
 pub use blob_io::DEFAULT_MAX_LAYER_BYTES;

@@ -1,27 +1,22 @@
 //! Fetching a manifest or index by tag or digest with a bound on its size.
 //! A registry's answer (and its `Content-Length`) is a claim: the body is
 //! read chunk by chunk and refused as soon as it passes the limit, never
-//! read whole first. oci-client does the token handshake; the GET is ours.
+//! read whole first. The GET is ours: first with the credentials as they
+//! are; after a 401, once more with the token of oci-client's handshake.
 
 use bytes::{Bytes, BytesMut};
 use memobuild_proto::{Digest, DigestFunction, Error, Result};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, RegistryOperation};
 use tonic::Code;
 
 use crate::image_reference::ImageReference;
-use crate::registry_client::registry_error;
+use crate::registry_connection::Connection;
 
 /// How much of an error answer's body goes into the message.
 const MAX_ERROR_BODY: u64 = 4096;
 
 /// Where and how to ask one registry for manifests.
 pub(crate) struct ManifestSource<'a> {
-    pub(crate) client: &'a Client,
-    pub(crate) auth: &'a RegistryAuth,
-    pub(crate) http: &'a reqwest::Client,
-    /// `http` or `https`.
-    pub(crate) scheme: &'static str,
+    pub(crate) connection: &'a Connection,
 }
 
 impl ManifestSource<'_> {
@@ -35,18 +30,19 @@ impl ManifestSource<'_> {
         accepted: &[&str],
         limit: u64,
     ) -> Result<(Bytes, String)> {
-        let oci = reference.as_oci();
         let what = format!("fetching manifest {reference}");
-        let token =
-            self.client.auth(oci, self.auth, RegistryOperation::Pull).await.map_err(|e| registry_error(e, &what))?;
         let url = self.url(reference);
-        let mut request = self.http.get(&url).header(http::header::ACCEPT, accepted.join(", "));
-        request = match (token, self.auth) {
-            (Some(token), _) => request.bearer_auth(token),
-            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
-            (None, _) => request,
+        let connection = self.connection;
+        let get = || connection.http.get(&url).header(http::header::ACCEPT, accepted.join(", "));
+        let sent = |request: reqwest::RequestBuilder| async {
+            request.send().await.map_err(|e| Error::unavailable(format!("{what}: {e}")))
         };
-        let mut response = request.send().await.map_err(|e| Error::unavailable(format!("{what}: {e}")))?;
+        let mut response = sent(connection.with_credentials(get())).await?;
+        if response.status() == http::StatusCode::UNAUTHORIZED {
+            if let Some(token) = connection.pull_token(reference).await.map_err(|e| e.context(&what))? {
+                response = sent(get().bearer_auth(token)).await?;
+            }
+        }
         let status = response.status();
         if !status.is_success() {
             let (body, _) = read_at_most(&mut response, MAX_ERROR_BODY).await.unwrap_or_default();
@@ -87,7 +83,7 @@ impl ManifestSource<'_> {
         let oci = reference.as_oci();
         let name = oci.digest().or(oci.tag()).unwrap_or("latest");
         let ns = oci.namespace().map(|ns| format!("?ns={ns}")).unwrap_or_default();
-        format!("{}://{}/v2/{}/manifests/{name}{ns}", self.scheme, oci.resolve_registry(), oci.repository())
+        format!("{}://{}/v2/{}/manifests/{name}{ns}", self.connection.scheme, oci.resolve_registry(), oci.repository())
     }
 }
 

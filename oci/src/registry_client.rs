@@ -2,13 +2,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use memobuild_cas::{verify_stream, BlobStore, ByteRange};
 use memobuild_proto::{Digest, Error, Result};
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
@@ -24,8 +22,9 @@ use crate::image_reference::ImageReference;
 use crate::manifest::{
     complete_layers, layers_of, select_platform, ManifestDocument, ACCEPTED, DOCKER_MANIFEST, OCI_MANIFEST,
 };
-use crate::manifest_fetch::{http_status_error, ManifestSource};
+use crate::manifest_fetch::http_status_error;
 use crate::pulled_image::PulledImage;
+use crate::registry_connection::Connection;
 
 /// Layer downloads and uploads in flight at once.
 const CONCURRENT_TRANSFERS: usize = 4;
@@ -166,19 +165,8 @@ impl RegistryClient {
     async fn client_for(&self, reference: &ImageReference) -> Result<Connection> {
         let registry = reference.registry();
         let insecure = reference.is_insecure_default() || self.insecure.contains(registry);
-        let protocol = match insecure {
-            true => ClientProtocol::HttpsExcept(vec![reference.as_oci().resolve_registry().to_string()]),
-            false => ClientProtocol::Https,
-        };
-        let config = ClientConfig { protocol, platform_resolver: None, ..Default::default() };
-        let client = Client::try_from(config)
-            .map_err(|e| Error::internal(format!("creating the HTTP client for {registry}: {e}")))?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| Error::internal(format!("creating the HTTP client for {registry}: {e}")))?;
-        let scheme = if insecure { "http" } else { "https" };
-        Ok(Connection { client, auth: self.auth_for(registry).await?, http, scheme })
+        let insecure_host = insecure.then(|| reference.as_oci().resolve_registry().to_string());
+        Connection::new(registry, insecure_host, self.auth_for(registry).await?)
     }
 
     /// Resolves `reference` to the image manifest for `platform` (from an
@@ -197,7 +185,6 @@ impl RegistryClient {
     ) -> Result<PulledImage> {
         let what = reference.to_string();
         let connection = self.client_for(reference).await?;
-        let client = &connection.client;
         let limit = self.manifest_limit();
         let (body, digest) = connection.manifests().fetch(reference, &ACCEPTED, limit).await?;
         let mut manifest = ManifestDocument::parse(&body, &what)?;
@@ -235,6 +222,7 @@ impl RegistryClient {
         let config = if store.find_missing(&[config_digest]).await?.is_empty() {
             small_blob(store, &config_digest, MAX_METADATA_BYTES, "image config").await?
         } else {
+            let client = connection.pulling_client(reference).await?;
             let data = fetch_small_blob(client, reference, &config_descriptor.media_type, &config_digest).await?;
             store.put_bytes(&config_digest, data.clone()).await?;
             data
@@ -244,7 +232,14 @@ impl RegistryClient {
         let missing = store.find_missing(&blobs).await?;
         // The futures are made up front: a stream that maps through a
         // closure over `&Digest` is not provably Send to callers that spawn.
-        let downloads: Vec<_> = missing.iter().map(|digest| download_blob(client, reference, digest, store)).collect();
+        let client = match missing.is_empty() {
+            true => None,
+            false => Some(connection.pulling_client(reference).await?),
+        };
+        let downloads: Vec<_> = client
+            .iter()
+            .flat_map(|c| missing.iter().map(|digest| download_blob(c, reference, digest, store)))
+            .collect();
         futures::stream::iter(downloads).buffer_unordered(CONCURRENT_TRANSFERS).try_collect::<Vec<()>>().await?;
         let layers = complete_layers(store, listed, &what, self.diff_ids.as_deref(), self.max_layer_bytes()).await?;
         Ok(PulledImage {
@@ -277,13 +272,13 @@ impl RegistryClient {
             tracing::debug!(%reference, %digest, "the registry has the image under this name already");
             return Ok(digest);
         }
-        let Connection { client, auth, .. } = connection;
+        let client = connection.client()?;
         let oci_ref = reference.as_oci();
-        client.store_auth_if_needed(oci_ref.resolve_registry(), &auth).await;
+        client.store_auth_if_needed(oci_ref.resolve_registry(), &connection.auth).await;
         let mut blobs: Vec<Digest> = image.layers.iter().map(|l| l.blob).collect();
         blobs.sort();
         blobs.dedup();
-        let uploads: Vec<_> = blobs.iter().map(|digest| upload_blob(&client, reference, digest, store)).collect();
+        let uploads: Vec<_> = blobs.iter().map(|digest| upload_blob(client, reference, digest, store)).collect();
         futures::stream::iter(uploads).buffer_unordered(CONCURRENT_TRANSFERS).try_collect::<Vec<()>>().await?;
         let config_digest = oci_digest(&image.config_digest());
         if !client.blob_exists(oci_ref, &config_digest).await.map_err(|e| registry_error(e, &config_digest))? {
@@ -298,52 +293,6 @@ impl RegistryClient {
             .await
             .map_err(|e| registry_error(e, &format!("uploading manifest {}", image.manifest_digest())))?;
         Ok(image.manifest_digest())
-    }
-}
-
-/// One registry, as this client speaks to it.
-struct Connection {
-    client: Client,
-    auth: RegistryAuth,
-    /// For manifests, read with a bound (oci-client reads them whole).
-    http: reqwest::Client,
-    scheme: &'static str,
-}
-
-impl Connection {
-    fn manifests(&self) -> ManifestSource<'_> {
-        ManifestSource { client: &self.client, auth: &self.auth, http: &self.http, scheme: self.scheme }
-    }
-
-    /// Whether `reference` (its tag or digest) names the manifest `digest`
-    /// in its registry: one HEAD request, with the credentials when they are
-    /// a user name and password (or a token). Any other answer (not there,
-    /// another image, a token challenge, an error) is `false`, and the push
-    /// goes the whole way.
-    async fn names_manifest(&self, reference: &ImageReference, digest: &str) -> bool {
-        let oci = reference.as_oci();
-        let Some(name) = oci.digest().or(oci.tag()) else { return false };
-        let url = format!("{}://{}/v2/{}/manifests/{name}", self.scheme, oci.resolve_registry(), oci.repository());
-        let request = self.http.head(&url).header(http::header::ACCEPT, OCI_MANIFEST);
-        let request = match &self.auth {
-            RegistryAuth::Basic(user, password) => request.basic_auth(user, Some(password)),
-            RegistryAuth::Bearer(token) => request.bearer_auth(token),
-            RegistryAuth::Anonymous => request,
-        };
-        match request.send().await {
-            Ok(response) if response.status() == http::StatusCode::OK => response
-                .headers()
-                .get("docker-content-digest")
-                .is_some_and(|found| found.as_bytes() == digest.as_bytes()),
-            Ok(response) => {
-                tracing::debug!(%url, status = %response.status(), "the manifest is not there as pushed");
-                false
-            }
-            Err(e) => {
-                tracing::debug!(%url, error = %e, "checking the manifest");
-                false
-            }
-        }
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod build;
 mod digest;
 mod error;
+mod image_name;
 mod platform;
 mod resource;
 pub mod trace_parent;
@@ -12,6 +13,7 @@ pub mod worker;
 
 pub use digest::{Digest, DigestFunction, DigestHasher};
 pub use error::{Error, Result, ResultExt, VIOLATION_MISSING};
+pub use image_name::ImageName;
 pub use platform::Platform;
 pub use resource::{Compressor, ResourceName};
 
