@@ -64,8 +64,9 @@ impl Containerd {
                 tracing::warn!(error = %e, "cleaning up after a failed unpack");
             }
         }
-        // Synchronous: containerd collects the temporary content now.
-        if let Err(e) = lease.delete(self, true).await {
+        // The lease holds nothing once the snapshot is committed (or removed):
+        // containerd's collector need not run before the step goes on.
+        if let Err(e) = lease.delete(self, false).await {
             tracing::warn!(error = %e, "deleting the unpack lease");
         }
         if result.is_ok() {
