@@ -81,7 +81,7 @@ pub use s3_store::S3Store;
 pub use schema_migrations::SchemaMigrations;
 pub use sharded::{Shard, ShardedStore};
 pub use sqlite_metadata::SqliteMetadata;
-pub use sqlite_pool::open_sqlite;
+pub use sqlite_pool::{execute_chunked, open_sqlite};
 pub use store_builder::StoreBuilder;
 pub use store_config::{MetadataConfig, RedisConfig, ShardConfig, StoreConfig};
 pub use store_metrics::StoreMetrics;

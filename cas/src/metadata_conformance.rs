@@ -97,6 +97,14 @@ pub async fn run(meta: &dyn BlobMetadata) {
     assert!(meta.find_stored(&[]).await.unwrap().is_empty());
     assert_eq!(meta.stored_bytes().await.unwrap(), a.size());
 
+    // A pin of more digests than one SQLite statement binds holds them all.
+    let many: Vec<Digest> =
+        (0..7_000u32).map(|i| Digest::of(DigestFunction::Sha256, &i.to_le_bytes())).chain([a]).collect();
+    meta.pin("op-4", &many, i64::MAX).await.unwrap();
+    assert!(listed(meta, now).await.is_empty(), "a, the last of many, is pinned");
+    meta.unpin("op-4").await.unwrap();
+    assert_eq!(listed(meta, now).await, vec![a]);
+
     // One evictor at a time.
     let lock = meta.try_lock_eviction().await.unwrap();
     assert!(lock.is_some());

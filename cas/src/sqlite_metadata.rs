@@ -5,15 +5,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use memobuild_proto::{Digest, DigestFunction, Error, Result};
-use sqlx::sqlite::SqlitePool;
-use sqlx::Row;
+use sqlx::sqlite::{Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Row};
 
 use crate::action_index::ActionIndex;
 use crate::blob_metadata::{
     digest_from_columns, BlobMetadata, BlobPins, EvictionCandidate, EvictionLock, WRITE_GRACE_MS,
 };
 use crate::schema_migrations::SchemaMigrations;
-use crate::sqlite_pool::open_sqlite;
+use crate::sqlite_pool::{execute_chunked, open_sqlite};
 
 /// [`BlobMetadata`] (and the [`ActionIndex`]) in a SQLite database (WAL
 /// mode), for embedded use: one process evicts at a time within this
@@ -104,6 +104,20 @@ async fn read_total(pool: &SqlitePool) -> Result<u64> {
     Ok(total.max(0) as u64)
 }
 
+/// One statement pinning `digests` for `holder` (five parameters each).
+fn pin_query<'a>(holder: &'a str, digests: &'a [Digest], until_ms: i64) -> QueryBuilder<'a, Sqlite> {
+    let mut query = QueryBuilder::new("INSERT INTO blob_pins (holder, function, hash, size, until_ms) ");
+    query.push_values(digests, |mut row, digest| {
+        row.push_bind(holder)
+            .push_bind(function_code(digest.function()))
+            .push_bind(&digest.hash()[..])
+            .push_bind(digest.size() as i64)
+            .push_bind(until_ms);
+    });
+    query.push(" ON CONFLICT DO UPDATE SET until_ms = MAX(until_ms, excluded.until_ms)");
+    query
+}
+
 fn function_code(function: DigestFunction) -> i64 {
     i64::from(function.to_proto())
 }
@@ -111,22 +125,9 @@ fn function_code(function: DigestFunction) -> i64 {
 #[async_trait]
 impl BlobPins for SqliteMetadata {
     async fn pin(&self, holder: &str, digests: &[Digest], until_ms: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(db_error("starting a transaction"))?;
-        for digest in digests {
-            sqlx::query(
-                "INSERT INTO blob_pins (holder, function, hash, size, until_ms) VALUES (?, ?, ?, ?, ?)
-                 ON CONFLICT DO UPDATE SET until_ms = MAX(until_ms, excluded.until_ms)",
-            )
-            .bind(holder)
-            .bind(function_code(digest.function()))
-            .bind(&digest.hash()[..])
-            .bind(digest.size() as i64)
-            .bind(until_ms)
-            .execute(&mut *tx)
+        execute_chunked(&self.pool, digests, 5, |chunk| pin_query(holder, chunk, until_ms))
             .await
-            .map_err(db_error("pinning blobs"))?;
-        }
-        tx.commit().await.map_err(db_error("committing pins"))
+            .map_err(db_error("pinning blobs"))
     }
 
     async fn renew(&self, holders: &[String], until_ms: i64) -> Result<()> {
