@@ -24,7 +24,8 @@ use crate::worker_status::{QueueStatus, WorkerStatus};
 
 /// Input roots and layers remembered per worker for affinity.
 const RECENT_ROOTS: usize = 64;
-/// Output chunks kept for a follower that lags behind (then it misses some).
+/// Output chunks of a Dockerfile step kept for a follower that lags behind
+/// (then it misses some).
 const OUTPUT_BACKLOG: usize = 1024;
 /// Records written per transaction at most.
 const PERSIST_BATCH: usize = 256;
@@ -235,7 +236,7 @@ impl Scheduler {
                 .0,
                 session: None,
                 trace_parent: String::new(),
-                output: broadcast::channel(OUTPUT_BACKLOG).0,
+                output: output_channel(false),
                 // Running work gets one lease for its worker to reconnect.
                 lease_expires_ms: now + self.config.lease.as_millis() as i64,
                 record,
@@ -413,9 +414,9 @@ impl Scheduler {
                 record,
                 info,
                 lease_expires_ms: 0,
+                output: output_channel(session.is_some()),
                 session,
                 trace_parent,
-                output: broadcast::channel(OUTPUT_BACKLOG).0,
             };
             if let Some(result) = cached {
                 self.metrics.outcome("cache_hit");
@@ -929,6 +930,13 @@ impl Scheduler {
         self.metrics.slots.with_label_values(&["busy"]).set(busy);
         self.metrics.slots.with_label_values(&["free"]).set((total - busy).max(0));
     }
+}
+
+/// Where an operation's output goes as its worker sends it: only a
+/// Dockerfile step's worker sends any, so only a step gets a backlog (one
+/// allocated whole, for the operation's life).
+fn output_channel(step: bool) -> broadcast::Sender<Output> {
+    broadcast::channel(if step { OUTPUT_BACKLOG } else { 1 }).0
 }
 
 fn message(kind: scheduler_message::Kind) -> SchedulerMessage {
