@@ -443,7 +443,7 @@ impl Inner {
 }
 
 /// An error unless the downloaded blob's digest is the one asked for.
-fn check_digest(expected: &Digest, got: Digest) -> Result<()> {
+pub(crate) fn check_digest(expected: &Digest, got: Digest) -> Result<()> {
     if got != *expected {
         return Err(Error::new(
             tonic::Code::DataLoss,
