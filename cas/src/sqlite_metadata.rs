@@ -104,11 +104,11 @@ async fn read_total(pool: &SqlitePool) -> Result<u64> {
     Ok(total.max(0) as u64)
 }
 
-/// One statement pinning `digests` for `holder` (five parameters each).
-fn pin_query<'a>(holder: &'a str, digests: &'a [Digest], until_ms: i64) -> QueryBuilder<'a, Sqlite> {
+/// One statement pinning each digest for its holder (five parameters each).
+fn pin_query<'a>(pins: &'a [(&'a str, Digest)], until_ms: i64) -> QueryBuilder<'a, Sqlite> {
     let mut query = QueryBuilder::new("INSERT INTO blob_pins (holder, function, hash, size, until_ms) ");
-    query.push_values(digests, |mut row, digest| {
-        row.push_bind(holder)
+    query.push_values(pins, |mut row, (holder, digest)| {
+        row.push_bind(*holder)
             .push_bind(function_code(digest.function()))
             .push_bind(&digest.hash()[..])
             .push_bind(digest.size() as i64)
@@ -124,8 +124,10 @@ fn function_code(function: DigestFunction) -> i64 {
 
 #[async_trait]
 impl BlobPins for SqliteMetadata {
-    async fn pin(&self, holder: &str, digests: &[Digest], until_ms: i64) -> Result<()> {
-        execute_chunked(&self.pool, digests, 5, |chunk| pin_query(holder, chunk, until_ms))
+    async fn pin(&self, pins: &[(&str, &[Digest])], until_ms: i64) -> Result<()> {
+        let pairs: Vec<(&str, Digest)> =
+            pins.iter().flat_map(|(holder, digests)| digests.iter().map(move |d| (*holder, *d))).collect();
+        execute_chunked(&self.pool, &pairs, 5, |chunk| pin_query(chunk, until_ms))
             .await
             .map_err(db_error("pinning blobs"))
     }
@@ -143,13 +145,18 @@ impl BlobPins for SqliteMetadata {
         tx.commit().await.map_err(db_error("committing renewed pins"))
     }
 
-    async fn unpin(&self, holder: &str) -> Result<()> {
-        sqlx::query("DELETE FROM blob_pins WHERE holder = ?")
-            .bind(holder)
-            .execute(&self.pool)
-            .await
-            .map_err(db_error("unpinning blobs"))?;
-        Ok(())
+    async fn unpin(&self, holders: &[String]) -> Result<()> {
+        execute_chunked(&self.pool, holders, 1, |chunk| {
+            let mut query = QueryBuilder::new("DELETE FROM blob_pins WHERE holder IN (");
+            let mut list = query.separated(", ");
+            for holder in chunk {
+                list.push_bind(holder.as_str());
+            }
+            query.push(")");
+            query
+        })
+        .await
+        .map_err(db_error("unpinning blobs"))
     }
 }
 
