@@ -29,6 +29,8 @@ const RECENT_ROOTS: usize = 64;
 const OUTPUT_BACKLOG: usize = 1024;
 /// Records written per transaction at most.
 const PERSIST_BATCH: usize = 256;
+/// How long a write nobody waits for waits for others to share it.
+const PERSIST_WINDOW: Duration = Duration::from_millis(5);
 /// The largest Action or Command read, the bound the worker applies too.
 const MAX_PROTO_BYTES: u64 = 16 << 20;
 
@@ -152,6 +154,13 @@ struct State {
 enum Persist {
     Save(Box<OperationRecord>, Option<oneshot::Sender<Result<()>>>),
     Delete(String),
+}
+
+impl Persist {
+    /// Whether somebody waits for this write.
+    fn awaited(&self) -> bool {
+        matches!(self, Persist::Save(_, Some(_)))
+    }
 }
 
 /// The execution scheduler: queues actions, matches them to workers, holds
@@ -955,15 +964,24 @@ pub(crate) fn timestamp(ms: i64) -> protobuf::Timestamp {
     protobuf::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
-/// Writes records in order, batching whatever has queued up.
+/// Writes records in order, batching whatever has queued up. A write that
+/// nobody waits for first waits up to [`PERSIST_WINDOW`] for others to join
+/// it (an action's start and end, other actions' saves); one somebody waits
+/// for (an accepted action) is written at once with what has queued up.
 async fn run_persister(store: Arc<dyn OperationStore>, mut requests: mpsc::UnboundedReceiver<Persist>) {
     while let Some(first) = requests.recv().await {
+        let mut awaited = first.awaited();
         let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + PERSIST_WINDOW;
         while batch.len() < PERSIST_BATCH {
-            match requests.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
+            let next = match requests.try_recv() {
+                Ok(next) => Some(next),
+                Err(_) if awaited => None,
+                Err(_) => tokio::time::timeout_at(deadline, requests.recv()).await.ok().flatten(),
+            };
+            let Some(next) = next else { break };
+            awaited |= next.awaited();
+            batch.push(next);
         }
         let mut saves = Vec::new();
         let mut acks = Vec::new();
