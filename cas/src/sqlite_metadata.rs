@@ -13,7 +13,8 @@ use crate::blob_metadata::{
     digest_from_columns, BlobMetadata, BlobPins, EvictionCandidate, EvictionLock, WRITE_GRACE_MS,
 };
 use crate::schema_migrations::SchemaMigrations;
-use crate::sqlite_pool::{execute_chunked, open_sqlite};
+use crate::sqlite_pool::open_sqlite;
+use crate::sqlite_writer::SqliteWriter;
 
 /// [`BlobMetadata`] (and the [`ActionIndex`]) in a SQLite database (WAL
 /// mode), for embedded use: one process evicts at a time within this
@@ -23,6 +24,8 @@ static MIGRATIONS: SchemaMigrations = SchemaMigrations::new("cas", &sqlx::migrat
 
 pub struct SqliteMetadata {
     pool: SqlitePool,
+    /// Pins and unpins, written for every action.
+    writer: SqliteWriter,
     total_bytes: AtomicU64,
     evicting: Arc<tokio::sync::Mutex<()>>,
 }
@@ -37,7 +40,8 @@ impl SqliteMetadata {
         let pool = open_sqlite(path, 4, "blob metadata").await?;
         MIGRATIONS.run_sqlite(&pool, &format!("blob metadata {}", path.display())).await?;
         let total = read_total(&pool).await?;
-        Ok(SqliteMetadata { pool, total_bytes: AtomicU64::new(total), evicting: Arc::default() })
+        let writer = SqliteWriter::open(&pool, "blob metadata").await?;
+        Ok(SqliteMetadata { pool, writer, total_bytes: AtomicU64::new(total), evicting: Arc::default() })
     }
 
     /// Adds the blob's row or moves its access time forward; `stored` marks
@@ -127,7 +131,8 @@ impl BlobPins for SqliteMetadata {
     async fn pin(&self, pins: &[(&str, &[Digest])], until_ms: i64) -> Result<()> {
         let pairs: Vec<(&str, Digest)> =
             pins.iter().flat_map(|(holder, digests)| digests.iter().map(move |d| (*holder, *d))).collect();
-        execute_chunked(&self.pool, &pairs, 5, |chunk| pin_query(chunk, until_ms))
+        self.writer
+            .execute_chunked(&pairs, 5, |chunk| pin_query(chunk, until_ms))
             .await
             .map_err(db_error("pinning blobs"))
     }
@@ -146,17 +151,18 @@ impl BlobPins for SqliteMetadata {
     }
 
     async fn unpin(&self, holders: &[String]) -> Result<()> {
-        execute_chunked(&self.pool, holders, 1, |chunk| {
-            let mut query = QueryBuilder::new("DELETE FROM blob_pins WHERE holder IN (");
-            let mut list = query.separated(", ");
-            for holder in chunk {
-                list.push_bind(holder.as_str());
-            }
-            query.push(")");
-            query
-        })
-        .await
-        .map_err(db_error("unpinning blobs"))
+        self.writer
+            .execute_chunked(holders, 1, |chunk| {
+                let mut query = QueryBuilder::new("DELETE FROM blob_pins WHERE holder IN (");
+                let mut list = query.separated(", ");
+                for holder in chunk {
+                    list.push_bind(holder.as_str());
+                }
+                query.push(")");
+                query
+            })
+            .await
+            .map_err(db_error("unpinning blobs"))
     }
 }
 

@@ -1,7 +1,7 @@
 use std::path::Path;
 
 use async_trait::async_trait;
-use memobuild_cas::execute_chunked;
+use memobuild_cas::SqliteWriter;
 use memobuild_proto::Result;
 use sqlx::sqlite::{Sqlite, SqlitePool};
 use sqlx::{QueryBuilder, Row};
@@ -23,18 +23,22 @@ fn upsert<'a>(records: &'a [OperationRecord]) -> QueryBuilder<'a, Sqlite> {
 /// [`OperationStore`] in SQLite, for the embedded scheduler.
 pub struct SqliteOperationStore {
     pool: SqlitePool,
+    /// Saves, written several times per action.
+    writer: SqliteWriter,
 }
 
 impl SqliteOperationStore {
     pub async fn open(path: &Path) -> Result<Self> {
-        Ok(SqliteOperationStore { pool: open_sqlite(path, "operation store").await? })
+        let pool = open_sqlite(path, "operation store").await?;
+        let writer = SqliteWriter::open(&pool, "operation store").await?;
+        Ok(SqliteOperationStore { pool, writer })
     }
 }
 
 #[async_trait]
 impl OperationStore for SqliteOperationStore {
     async fn save(&self, records: &[OperationRecord]) -> Result<()> {
-        execute_chunked(&self.pool, records, COLUMNS, upsert).await.map_err(db_error("saving operations"))
+        self.writer.execute_chunked(records, COLUMNS, upsert).await.map_err(db_error("saving operations"))
     }
 
     async fn delete(&self, names: &[String]) -> Result<()> {
