@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use memobuild_cas::{get_bytes_at_most, BlobStore};
+use memobuild_cas::BlobStore;
 use memobuild_oci::ImageReference;
 use memobuild_proto::protobuf::Timestamp;
 use memobuild_proto::reapi::{Action, ActionResult, Command, ExecutedActionMetadata, Platform};
@@ -11,7 +11,7 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::file_cache::{check_digest, CacheStats, FileCache};
+use crate::file_cache::{get_checked, CacheStats, FileCache};
 use crate::input_tree::InputTree;
 use crate::output_capture::{Output, OutputCapture, OutputKind};
 use crate::relative_path::RelativePath;
@@ -232,12 +232,11 @@ impl ActionExecutor {
     /// read once: the file cache (a file created per blob) is for what input
     /// roots share.
     async fn read_proto<M: Message + Default>(&self, digest: &Digest) -> Result<M> {
-        let data = match get_bytes_at_most(self.cas.as_ref(), digest, MAX_PROTO_BYTES, "proto").await {
+        let data = match get_checked(self.cas.as_ref(), digest, MAX_PROTO_BYTES).await {
             Ok(data) => data,
             Err(e) if e.code() == tonic::Code::NotFound => return Err(Error::missing_blobs(&[*digest])),
             Err(e) => return Err(e),
         };
-        check_digest(digest, Digest::of(digest.function(), &data))?;
         M::decode(data).with_context(|| format!("decoding {}", digest.subject()))
     }
 }
