@@ -9,15 +9,16 @@ use memobuild_proto::{Digest, DigestFunction, Error, Result};
 /// themselves; a live holder renews them.
 #[async_trait]
 pub trait BlobPins: Send + Sync + 'static {
-    /// Keeps `digests` from eviction until `holder` lets them go or
-    /// `until_ms` passes. Blobs need not be recorded yet.
-    async fn pin(&self, holder: &str, digests: &[Digest], until_ms: i64) -> Result<()>;
+    /// Keeps each holder's digests from eviction until it lets them go or
+    /// `until_ms` passes, all at once. Blobs need not be recorded yet. A
+    /// holder and digest appear at most once.
+    async fn pin(&self, pins: &[(&str, &[Digest])], until_ms: i64) -> Result<()>;
 
     /// Moves the expiry of every pin of `holders` to `until_ms`.
     async fn renew(&self, holders: &[String], until_ms: i64) -> Result<()>;
 
-    /// Drops every pin of `holder`.
-    async fn unpin(&self, holder: &str) -> Result<()>;
+    /// Drops every pin of `holders`.
+    async fn unpin(&self, holders: &[String]) -> Result<()>;
 }
 
 /// A blob offered for eviction, with the access time it was listed at: if

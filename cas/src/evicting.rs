@@ -541,7 +541,7 @@ mod tests {
         }
         // Pinned from the start: every third blob, old ones included.
         let pinned: Vec<Digest> = blobs.iter().step_by(3).map(|(d, _)| *d).collect();
-        replicas.metadata[2].pin("operations/early", &pinned, i64::MAX).await.unwrap();
+        replicas.metadata[2].pin(&[("operations/early", &pinned)], i64::MAX).await.unwrap();
         let (max, low) = (40_000, 25_000);
         let (a, b) = (replicas.store(0, max, low), replicas.store(1, max, low));
         // The pinner (a scheduler, on a third connection) races the
@@ -553,7 +553,7 @@ mod tests {
             tokio::spawn(async move {
                 let mut kept = Vec::new();
                 for digest in racing {
-                    meta.pin("operations/racing", &[digest], i64::MAX).await.unwrap();
+                    meta.pin(&[("operations/racing", &[digest])], i64::MAX).await.unwrap();
                     if !meta.find_stored(&[digest]).await.unwrap().is_empty() {
                         kept.push(digest);
                     }

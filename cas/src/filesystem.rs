@@ -11,7 +11,7 @@ use parking_lot::RwLock;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
-use crate::blob_store::{BlobStore, BlobStream, ByteRange, Usage};
+use crate::blob_store::{single_chunk, BlobStore, BlobStream, ByteRange, Usage};
 
 /// Chunk size of streamed reads.
 const READ_CHUNK: usize = 1 << 20;
@@ -178,12 +178,26 @@ impl FilesystemStore {
     }
 
     /// Writes `data` to a new temporary file; returns its path and length.
+    /// A blob that arrives in one chunk (as small blobs do) is written in one
+    /// blocking call rather than one per step.
     async fn write_temp(&self, mut data: BlobStream) -> Result<(PathBuf, u64)> {
         let path = self.root.join("tmp").join(uuid::Uuid::new_v4().to_string());
         let result = async {
+            let first = data.next().await.transpose()?;
+            let second = match first {
+                Some(_) => data.next().await.transpose()?,
+                None => None,
+            };
+            let Some(second) = second else {
+                let (target, sync, first) = (path.clone(), self.sync, first.unwrap_or_default());
+                let len = first.len() as u64;
+                blocking(move || write_file(&target, &first, sync)).await?;
+                return Ok(len);
+            };
             let mut file = tokio::fs::File::create(&path).await?;
             let mut len = 0u64;
-            while let Some(chunk) = data.next().await {
+            let mut chunks = futures::stream::iter(first.into_iter().chain([second]).map(Ok)).chain(data);
+            while let Some(chunk) = chunks.next().await {
                 let chunk = chunk?;
                 len += chunk.len() as u64;
                 file.write_all(&chunk).await?;
@@ -204,6 +218,47 @@ impl FilesystemStore {
             }
         }
     }
+}
+
+impl FilesystemStore {
+    /// A failed read of `digest`'s file as an error; a file gone from disk
+    /// is dropped from the index.
+    fn read_error(&self, digest: &Digest, e: std::io::Error) -> Error {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            tracing::warn!(%digest, "blob vanished from disk; dropping it from the index");
+            self.index.write().remove(digest);
+            return Error::blob_not_found(digest);
+        }
+        Error::from(e).context(format!("reading blob {}", digest.subject()))
+    }
+}
+
+/// Bytes `start..end` of the file at `path`.
+fn read_range(path: &Path, start: u64, end: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    let mut file = fs::File::open(path)?;
+    if start > 0 {
+        file.seek(SeekFrom::Start(start))?;
+    }
+    let mut data = Vec::with_capacity((end - start) as usize);
+    file.take(end - start).read_to_end(&mut data)?;
+    Ok(data)
+}
+
+/// Creates the file at `path` holding `data`, synced with `sync`.
+fn write_file(path: &Path, data: &[u8], sync: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = fs::File::create(path)?;
+    file.write_all(data)?;
+    if sync {
+        file.sync_data()?;
+    }
+    Ok(())
+}
+
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(std::io::Error::other)?
 }
 
 /// The blobs of one shard directory.
@@ -240,14 +295,17 @@ impl BlobStore for FilesystemStore {
     async fn get(&self, digest: &Digest, range: ByteRange) -> Result<BlobStream> {
         let size = self.size_of(digest).ok_or_else(|| Error::blob_not_found(digest))?;
         let (start, end) = range.bounds(digest, size)?;
-        let mut file = match tokio::fs::File::open(self.path(digest)).await {
+        let path = self.path(digest);
+        if end - start <= READ_CHUNK as u64 {
+            // One chunk's worth is read in one blocking call rather than one per step.
+            return match blocking(move || read_range(&path, start, end)).await {
+                Ok(data) => Ok(single_chunk(data.into())),
+                Err(e) => Err(self.read_error(digest, e)),
+            };
+        }
+        let mut file = match tokio::fs::File::open(path).await {
             Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::warn!(%digest, "blob vanished from disk; dropping it from the index");
-                self.index.write().remove(digest);
-                return Err(Error::blob_not_found(digest));
-            }
-            Err(e) => return Err(Error::from(e).context(format!("reading blob {}", digest.subject()))),
+            Err(e) => return Err(self.read_error(digest, e)),
         };
         if start > 0 {
             file.seek(SeekFrom::Start(start)).await?;

@@ -50,11 +50,11 @@ pub async fn run(meta: &dyn BlobMetadata) {
 
     // Pinned blobs are never offered for eviction, whoever else holds them,
     // until every holder lets go or their pins lapse.
-    meta.pin("op-1", &[b, d], i64::MAX).await.unwrap();
-    meta.pin("op-2", &[b], now + 10).await.unwrap();
-    meta.pin("op-2", &[b], now + 5).await.unwrap();
+    meta.pin(&[("op-1", &[b, d]), ("op-2", &[b])], now + 10).await.unwrap();
+    meta.pin(&[("op-1", &[b, d])], i64::MAX).await.unwrap();
+    meta.pin(&[("op-2", &[b])], now + 5).await.unwrap();
     assert_eq!(listed(meta, now).await, vec![c, a]);
-    meta.unpin("op-1").await.unwrap();
+    meta.unpin(&["op-1".to_string()]).await.unwrap();
     assert_eq!(listed(meta, now).await, vec![c, a], "op-2 still holds b");
     assert_eq!(listed(meta, now + 10).await, vec![b, c, a], "op-2's pin lapsed (renewing never shortens it)");
     meta.renew(&["op-2".to_string(), "gone".to_string()], now + 100).await.unwrap();
@@ -66,7 +66,7 @@ pub async fn run(meta: &dyn BlobMetadata) {
     // Eviction removes only what is still unpinned and unused since it was
     // listed, and says which removed blobs were counted.
     let candidates = meta.least_recent(10, now).await.unwrap();
-    meta.pin("op-3", &[c], i64::MAX).await.unwrap();
+    meta.pin(&[("op-3", &[c])], i64::MAX).await.unwrap();
     meta.touch(&[(a, 500)]).await.unwrap();
     meta.record(&d, "two", 1).await.unwrap();
     let mut removed = meta.remove_unpinned(&candidates, now).await.unwrap();
@@ -87,7 +87,7 @@ pub async fn run(meta: &dyn BlobMetadata) {
     assert!(!meta.being_deleted(&d, later + 1).await.unwrap(), "marked at `later`");
     meta.deleted(&[d], 0).await.unwrap();
     assert!(!meta.being_deleted(&d, 0).await.unwrap());
-    meta.unpin("op-3").await.unwrap();
+    meta.unpin(&["op-3".to_string(), "op-none".to_string()]).await.unwrap();
 
     // Removal uncounts once and forgets the stored mark.
     meta.remove(&c).await.unwrap();
@@ -96,6 +96,14 @@ pub async fn run(meta: &dyn BlobMetadata) {
     assert!(meta.find_stored(&[c]).await.unwrap().is_empty());
     assert!(meta.find_stored(&[]).await.unwrap().is_empty());
     assert_eq!(meta.stored_bytes().await.unwrap(), a.size());
+
+    // A pin of more digests than one SQLite statement binds holds them all.
+    let many: Vec<Digest> =
+        (0..7_000u32).map(|i| Digest::of(DigestFunction::Sha256, &i.to_le_bytes())).chain([a]).collect();
+    meta.pin(&[("op-4", &many)], i64::MAX).await.unwrap();
+    assert!(listed(meta, now).await.is_empty(), "a, the last of many, is pinned");
+    meta.unpin(&["op-4".to_string()]).await.unwrap();
+    assert_eq!(listed(meta, now).await, vec![a]);
 
     // One evictor at a time.
     let lock = meta.try_lock_eviction().await.unwrap();

@@ -132,8 +132,10 @@ fn digests_of(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<Digest>> {
 
 #[async_trait]
 impl BlobPins for PostgresMetadata {
-    async fn pin(&self, holder: &str, digests: &[Digest], until_ms: i64) -> Result<()> {
-        let (functions, hashes, sizes) = columns(digests.iter().copied());
+    async fn pin(&self, pins: &[(&str, &[Digest])], until_ms: i64) -> Result<()> {
+        let holders: Vec<&str> =
+            pins.iter().flat_map(|(holder, digests)| std::iter::repeat_n(*holder, digests.len())).collect();
+        let (functions, hashes, sizes) = columns(pins.iter().flat_map(|(_, digests)| digests.iter().copied()));
         let mut tx = self.pool.begin().await.map_err(db_error("pinning blobs"))?;
         // Share-locks the blobs' rows: an evictor removing one of them
         // (under FOR UPDATE) either finished first, or waits and then sees
@@ -153,12 +155,12 @@ impl BlobPins for PostgresMetadata {
         .map_err(db_error("pinning blobs"))?;
         sqlx::query(
             "INSERT INTO blob_pins (holder, function, hash, size, until_ms)
-             SELECT $1, t.function, t.hash, t.size, $5
-             FROM UNNEST($2::SMALLINT[], $3::BYTEA[], $4::BIGINT[]) AS t(function, hash, size)
+             SELECT t.holder, t.function, t.hash, t.size, $5
+             FROM UNNEST($1::TEXT[], $2::SMALLINT[], $3::BYTEA[], $4::BIGINT[]) AS t(holder, function, hash, size)
              ON CONFLICT (holder, function, hash, size) DO UPDATE
                 SET until_ms = GREATEST(blob_pins.until_ms, EXCLUDED.until_ms)",
         )
-        .bind(holder)
+        .bind(holders)
         .bind(functions)
         .bind(hashes)
         .bind(sizes)
@@ -182,9 +184,9 @@ impl BlobPins for PostgresMetadata {
         Ok(())
     }
 
-    async fn unpin(&self, holder: &str) -> Result<()> {
-        sqlx::query("DELETE FROM blob_pins WHERE holder = $1")
-            .bind(holder)
+    async fn unpin(&self, holders: &[String]) -> Result<()> {
+        sqlx::query("DELETE FROM blob_pins WHERE holder = ANY($1)")
+            .bind(holders)
             .execute(&self.pool)
             .await
             .map_err(db_error("unpinning blobs"))?;
@@ -529,7 +531,7 @@ pub(crate) mod tests {
         one.mark_stored(&a, "s1", 1).await.unwrap();
         two.mark_stored(&b, "s2", 2).await.unwrap();
         assert_eq!(two.find_stored(&[a]).await.unwrap(), vec![a]);
-        one.pin("build-1", &[a], i64::MAX).await.unwrap();
+        one.pin(&[("build-1", &[a])], i64::MAX).await.unwrap();
         let listed: Vec<Digest> = two.least_recent(10, 3).await.unwrap().iter().map(|c| c.digest).collect();
         assert_eq!(listed, vec![b]);
         assert_eq!(two.stored_bytes().await.unwrap(), a.size() + b.size());

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use memobuild_proto::{Digest, DigestFunction, Error, Result};
-use sqlx::sqlite::SqlitePool;
-use sqlx::Row;
+use sqlx::sqlite::{Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Row};
 
 use crate::action_index::ActionIndex;
 use crate::blob_metadata::{
@@ -14,6 +14,7 @@ use crate::blob_metadata::{
 };
 use crate::schema_migrations::SchemaMigrations;
 use crate::sqlite_pool::open_sqlite;
+use crate::sqlite_writer::SqliteWriter;
 
 /// [`BlobMetadata`] (and the [`ActionIndex`]) in a SQLite database (WAL
 /// mode), for embedded use: one process evicts at a time within this
@@ -23,6 +24,8 @@ static MIGRATIONS: SchemaMigrations = SchemaMigrations::new("cas", &sqlx::migrat
 
 pub struct SqliteMetadata {
     pool: SqlitePool,
+    /// Pins and unpins, written for every action.
+    writer: SqliteWriter,
     total_bytes: AtomicU64,
     evicting: Arc<tokio::sync::Mutex<()>>,
 }
@@ -37,7 +40,8 @@ impl SqliteMetadata {
         let pool = open_sqlite(path, 4, "blob metadata").await?;
         MIGRATIONS.run_sqlite(&pool, &format!("blob metadata {}", path.display())).await?;
         let total = read_total(&pool).await?;
-        Ok(SqliteMetadata { pool, total_bytes: AtomicU64::new(total), evicting: Arc::default() })
+        let writer = SqliteWriter::open(&pool, "blob metadata").await?;
+        Ok(SqliteMetadata { pool, writer, total_bytes: AtomicU64::new(total), evicting: Arc::default() })
     }
 
     /// Adds the blob's row or moves its access time forward; `stored` marks
@@ -104,29 +108,33 @@ async fn read_total(pool: &SqlitePool) -> Result<u64> {
     Ok(total.max(0) as u64)
 }
 
+/// One statement pinning each digest for its holder (five parameters each).
+fn pin_query<'a>(pins: &'a [(&'a str, Digest)], until_ms: i64) -> QueryBuilder<'a, Sqlite> {
+    let mut query = QueryBuilder::new("INSERT INTO blob_pins (holder, function, hash, size, until_ms) ");
+    query.push_values(pins, |mut row, (holder, digest)| {
+        row.push_bind(*holder)
+            .push_bind(function_code(digest.function()))
+            .push_bind(&digest.hash()[..])
+            .push_bind(digest.size() as i64)
+            .push_bind(until_ms);
+    });
+    query.push(" ON CONFLICT DO UPDATE SET until_ms = MAX(until_ms, excluded.until_ms)");
+    query
+}
+
 fn function_code(function: DigestFunction) -> i64 {
     i64::from(function.to_proto())
 }
 
 #[async_trait]
 impl BlobPins for SqliteMetadata {
-    async fn pin(&self, holder: &str, digests: &[Digest], until_ms: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(db_error("starting a transaction"))?;
-        for digest in digests {
-            sqlx::query(
-                "INSERT INTO blob_pins (holder, function, hash, size, until_ms) VALUES (?, ?, ?, ?, ?)
-                 ON CONFLICT DO UPDATE SET until_ms = MAX(until_ms, excluded.until_ms)",
-            )
-            .bind(holder)
-            .bind(function_code(digest.function()))
-            .bind(&digest.hash()[..])
-            .bind(digest.size() as i64)
-            .bind(until_ms)
-            .execute(&mut *tx)
+    async fn pin(&self, pins: &[(&str, &[Digest])], until_ms: i64) -> Result<()> {
+        let pairs: Vec<(&str, Digest)> =
+            pins.iter().flat_map(|(holder, digests)| digests.iter().map(move |d| (*holder, *d))).collect();
+        self.writer
+            .execute_chunked(&pairs, 5, |chunk| pin_query(chunk, until_ms))
             .await
-            .map_err(db_error("pinning blobs"))?;
-        }
-        tx.commit().await.map_err(db_error("committing pins"))
+            .map_err(db_error("pinning blobs"))
     }
 
     async fn renew(&self, holders: &[String], until_ms: i64) -> Result<()> {
@@ -142,13 +150,19 @@ impl BlobPins for SqliteMetadata {
         tx.commit().await.map_err(db_error("committing renewed pins"))
     }
 
-    async fn unpin(&self, holder: &str) -> Result<()> {
-        sqlx::query("DELETE FROM blob_pins WHERE holder = ?")
-            .bind(holder)
-            .execute(&self.pool)
+    async fn unpin(&self, holders: &[String]) -> Result<()> {
+        self.writer
+            .execute_chunked(holders, 1, |chunk| {
+                let mut query = QueryBuilder::new("DELETE FROM blob_pins WHERE holder IN (");
+                let mut list = query.separated(", ");
+                for holder in chunk {
+                    list.push_bind(holder.as_str());
+                }
+                query.push(")");
+                query
+            })
             .await
-            .map_err(db_error("unpinning blobs"))?;
-        Ok(())
+            .map_err(db_error("unpinning blobs"))
     }
 }
 

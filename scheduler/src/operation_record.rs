@@ -79,13 +79,34 @@ pub(crate) const LOAD: &str = "SELECT name, instance_name, digest_function, acti
 /// Forgets operations in stage `$1` (completed) last updated before `$2`.
 pub(crate) const EXPIRE: &str = "DELETE FROM operations WHERE stage = $1 AND updated_at_ms < $2";
 
-/// The upsert both databases run, with `$n` placeholders.
-pub(crate) const UPSERT: &str =
-    "INSERT INTO operations (name, instance_name, digest_function, action_hash, action_size, \
-     client, priority, skip_cache_lookup, stage, attempts, worker, queued_at_ms, updated_at_ms, response) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-     ON CONFLICT (name) DO UPDATE SET stage = excluded.stage, attempts = excluded.attempts, \
-     worker = excluded.worker, updated_at_ms = excluded.updated_at_ms, response = excluded.response";
+/// The start of an upsert of operations: the columns, in the order of [`Columns`].
+macro_rules! insert_operations {
+    () => {
+        "INSERT INTO operations (name, instance_name, digest_function, action_hash, action_size, \
+         client, priority, skip_cache_lookup, stage, attempts, worker, queued_at_ms, updated_at_ms, response) "
+    };
+}
+
+/// The end of an upsert of operations: what a saved operation may change.
+macro_rules! update_operations {
+    () => {
+        " ON CONFLICT (name) DO UPDATE SET stage = excluded.stage, attempts = excluded.attempts, \
+         worker = excluded.worker, updated_at_ms = excluded.updated_at_ms, response = excluded.response"
+    };
+}
+
+/// The upsert of one operation, with `$n` placeholders.
+pub(crate) const UPSERT: &str = concat!(
+    insert_operations!(),
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+    update_operations!()
+);
+/// An upsert of several operations is [`INSERT_OPERATIONS`], their `VALUES`
+/// and [`UPDATE_OPERATIONS`].
+pub(crate) const INSERT_OPERATIONS: &str = insert_operations!();
+pub(crate) const UPDATE_OPERATIONS: &str = update_operations!();
+/// The columns of [`Columns`].
+pub(crate) const COLUMNS: usize = 14;
 
 impl OperationRecord {
     pub(crate) fn to_columns(&self) -> Columns {

@@ -20,24 +20,28 @@ pub trait OperationStore: Send + Sync + 'static {
     async fn delete_completed_before(&self, ms: i64) -> Result<u64>;
 }
 
-/// Binds a record's columns to a query of [`crate::operation_record::UPSERT`].
+/// Binds a record's columns to a query of [`crate::operation_record::UPSERT`]
+/// (`bind`), or to a row of a multi-row upsert (`push_bind`).
 macro_rules! bind_columns {
     ($query:expr, $c:expr) => {
+        bind_columns!($query, $c, bind)
+    };
+    ($query:expr, $c:expr, $bind:ident) => {
         $query
-            .bind($c.name)
-            .bind($c.instance_name)
-            .bind($c.digest_function)
-            .bind($c.action_hash)
-            .bind($c.action_size)
-            .bind($c.client)
-            .bind($c.priority)
-            .bind($c.skip_cache_lookup)
-            .bind($c.stage)
-            .bind($c.attempts)
-            .bind($c.worker)
-            .bind($c.queued_at_ms)
-            .bind($c.updated_at_ms)
-            .bind($c.response)
+            .$bind($c.name)
+            .$bind($c.instance_name)
+            .$bind($c.digest_function)
+            .$bind($c.action_hash)
+            .$bind($c.action_size)
+            .$bind($c.client)
+            .$bind($c.priority)
+            .$bind($c.skip_cache_lookup)
+            .$bind($c.stage)
+            .$bind($c.attempts)
+            .$bind($c.worker)
+            .$bind($c.queued_at_ms)
+            .$bind($c.updated_at_ms)
+            .$bind($c.response)
     };
 }
 

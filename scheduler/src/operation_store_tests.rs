@@ -46,4 +46,12 @@ pub async fn run(store: &dyn OperationStore) {
     assert_eq!(store.load().await.unwrap(), vec![a.clone()]);
     store.delete(std::slice::from_ref(&a.name)).await.unwrap();
     assert!(store.load().await.unwrap().is_empty());
+
+    // More operations at once than one SQLite statement binds.
+    let many: Vec<OperationRecord> = (0..2_500).map(|i| record(&format!("operations/m{i}"), 100 + i)).collect();
+    store.save(&many).await.unwrap();
+    assert_eq!(store.load().await.unwrap(), many);
+    let names: Vec<String> = many.into_iter().map(|r| r.name).collect();
+    store.delete(&names).await.unwrap();
+    assert!(store.load().await.unwrap().is_empty());
 }

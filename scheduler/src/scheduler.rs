@@ -24,10 +24,13 @@ use crate::worker_status::{QueueStatus, WorkerStatus};
 
 /// Input roots and layers remembered per worker for affinity.
 const RECENT_ROOTS: usize = 64;
-/// Output chunks kept for a follower that lags behind (then it misses some).
+/// Output chunks of a Dockerfile step kept for a follower that lags behind
+/// (then it misses some).
 const OUTPUT_BACKLOG: usize = 1024;
 /// Records written per transaction at most.
 const PERSIST_BATCH: usize = 256;
+/// How long a write nobody waits for waits for others to share it.
+const PERSIST_WINDOW: Duration = Duration::from_millis(5);
 /// The largest Action or Command read, the bound the worker applies too.
 const MAX_PROTO_BYTES: u64 = 16 << 20;
 
@@ -153,6 +156,13 @@ enum Persist {
     Delete(String),
 }
 
+impl Persist {
+    /// Whether somebody waits for this write.
+    fn awaited(&self) -> bool {
+        matches!(self, Persist::Save(_, Some(_)))
+    }
+}
+
 /// The execution scheduler: queues actions, matches them to workers, holds
 /// leases, retries lost work and answers for operations, durably.
 pub struct Scheduler {
@@ -235,7 +245,7 @@ impl Scheduler {
                 .0,
                 session: None,
                 trace_parent: String::new(),
-                output: broadcast::channel(OUTPUT_BACKLOG).0,
+                output: output_channel(false),
                 // Running work gets one lease for its worker to reconnect.
                 lease_expires_ms: now + self.config.lease.as_millis() as i64,
                 record,
@@ -413,9 +423,9 @@ impl Scheduler {
                 record,
                 info,
                 lease_expires_ms: 0,
+                output: output_channel(session.is_some()),
                 session,
                 trace_parent,
-                output: broadcast::channel(OUTPUT_BACKLOG).0,
             };
             if let Some(result) = cached {
                 self.metrics.outcome("cache_hit");
@@ -931,6 +941,13 @@ impl Scheduler {
     }
 }
 
+/// Where an operation's output goes as its worker sends it: only a
+/// Dockerfile step's worker sends any, so only a step gets a backlog (one
+/// allocated whole, for the operation's life).
+fn output_channel(step: bool) -> broadcast::Sender<Output> {
+    broadcast::channel(if step { OUTPUT_BACKLOG } else { 1 }).0
+}
+
 fn message(kind: scheduler_message::Kind) -> SchedulerMessage {
     SchedulerMessage { kind: Some(kind) }
 }
@@ -947,15 +964,24 @@ pub(crate) fn timestamp(ms: i64) -> protobuf::Timestamp {
     protobuf::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
-/// Writes records in order, batching whatever has queued up.
+/// Writes records in order, batching whatever has queued up. A write that
+/// nobody waits for first waits up to [`PERSIST_WINDOW`] for others to join
+/// it (an action's start and end, other actions' saves); one somebody waits
+/// for (an accepted action) is written at once with what has queued up.
 async fn run_persister(store: Arc<dyn OperationStore>, mut requests: mpsc::UnboundedReceiver<Persist>) {
     while let Some(first) = requests.recv().await {
+        let mut awaited = first.awaited();
         let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + PERSIST_WINDOW;
         while batch.len() < PERSIST_BATCH {
-            match requests.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
+            let next = match requests.try_recv() {
+                Ok(next) => Some(next),
+                Err(_) if awaited => None,
+                Err(_) => tokio::time::timeout_at(deadline, requests.recv()).await.ok().flatten(),
+            };
+            let Some(next) = next else { break };
+            awaited |= next.awaited();
+            batch.push(next);
         }
         let mut saves = Vec::new();
         let mut acks = Vec::new();

@@ -1,35 +1,44 @@
 use std::path::Path;
 
 use async_trait::async_trait;
+use memobuild_cas::SqliteWriter;
 use memobuild_proto::Result;
-use sqlx::sqlite::SqlitePool;
-use sqlx::Row;
+use sqlx::sqlite::{Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Row};
 
-use crate::operation_record::{OperationRecord, EXPIRE, LOAD, UPSERT};
+use crate::operation_record::{OperationRecord, COLUMNS, EXPIRE, INSERT_OPERATIONS, LOAD, UPDATE_OPERATIONS};
 use crate::operation_store::{bind_columns, db_error, records_from_rows, row_columns, OperationStore};
 use crate::state_db::{open_sqlite, sqlite_sql};
+
+/// One statement saving `records`.
+fn upsert<'a>(records: &'a [OperationRecord]) -> QueryBuilder<'a, Sqlite> {
+    let mut query = QueryBuilder::new(INSERT_OPERATIONS);
+    query.push_values(records.iter().map(OperationRecord::to_columns), |mut row, c| {
+        bind_columns!(row, c, push_bind);
+    });
+    query.push(UPDATE_OPERATIONS);
+    query
+}
 
 /// [`OperationStore`] in SQLite, for the embedded scheduler.
 pub struct SqliteOperationStore {
     pool: SqlitePool,
+    /// Saves, written several times per action.
+    writer: SqliteWriter,
 }
 
 impl SqliteOperationStore {
     pub async fn open(path: &Path) -> Result<Self> {
-        Ok(SqliteOperationStore { pool: open_sqlite(path, "operation store").await? })
+        let pool = open_sqlite(path, "operation store").await?;
+        let writer = SqliteWriter::open(&pool, "operation store").await?;
+        Ok(SqliteOperationStore { pool, writer })
     }
 }
 
 #[async_trait]
 impl OperationStore for SqliteOperationStore {
     async fn save(&self, records: &[OperationRecord]) -> Result<()> {
-        let sql = sqlite_sql(UPSERT);
-        let mut tx = self.pool.begin().await.map_err(db_error("starting a transaction"))?;
-        for record in records {
-            let c = record.to_columns();
-            bind_columns!(sqlx::query(&sql), c).execute(&mut *tx).await.map_err(db_error("saving an operation"))?;
-        }
-        tx.commit().await.map_err(db_error("committing operations"))
+        self.writer.execute_chunked(records, COLUMNS, upsert).await.map_err(db_error("saving operations"))
     }
 
     async fn delete(&self, names: &[String]) -> Result<()> {

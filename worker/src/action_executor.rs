@@ -11,7 +11,7 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::file_cache::{CacheStats, FileCache};
+use crate::file_cache::{get_checked, CacheStats, FileCache};
 use crate::input_tree::InputTree;
 use crate::output_capture::{Output, OutputCapture, OutputKind};
 use crate::relative_path::RelativePath;
@@ -227,9 +227,12 @@ impl ActionExecutor {
         Ok(Prepared { command, working_dir, outputs, network, as_root, image, timeout })
     }
 
-    /// A proto through the cache; FAILED_PRECONDITION when the CAS lacks it.
+    /// A proto straight from the CAS, its digest checked; FAILED_PRECONDITION
+    /// when the CAS lacks it. The Action and Command are this action's own,
+    /// read once: the file cache (a file created per blob) is for what input
+    /// roots share.
     async fn read_proto<M: Message + Default>(&self, digest: &Digest) -> Result<M> {
-        let data = match self.cache.get_bytes(digest, MAX_PROTO_BYTES).await {
+        let data = match get_checked(self.cas.as_ref(), digest, MAX_PROTO_BYTES).await {
             Ok(data) => data,
             Err(e) if e.code() == tonic::Code::NotFound => return Err(Error::missing_blobs(&[*digest])),
             Err(e) => return Err(e),

@@ -6,13 +6,18 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use memobuild_cas::{BlobStore, ByteRange};
+use memobuild_cas::{get_bytes_at_most, BlobStore, ByteRange};
 use memobuild_proto::{Digest, DigestFunction, Error, Result, ResultExt};
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 
 /// One cache entry: a blob's content with one of the two modes it can
 /// have in an input root.
+/// Blobs up to this size are downloaded into memory and written to the
+/// cache in one blocking call (protos, small files); larger ones stream to
+/// disk.
+const IN_MEMORY_BYTES: u64 = 1 << 20;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     pub digest: Digest,
@@ -87,6 +92,12 @@ struct Entry {
     /// Tells a re-fetched entry from the one it replaced, so that pins on
     /// the old one do not unpin the new one.
     generation: u64,
+}
+
+/// A pinned entry, with its bytes when they came along.
+struct Held {
+    pin: CachePin,
+    data: Option<Bytes>,
 }
 
 /// Keeps an entry from being evicted while its file is being linked or read.
@@ -168,23 +179,36 @@ impl FileCache {
                 digest.subject()
             )));
         }
-        let pin = self.ensure(CacheKey { digest: *digest, executable: false }).await?;
-        let data = tokio::fs::read(pin.path()).await.with_context(|| format!("reading {}", pin.path().display()))?;
-        Ok(data.into())
+        let held = self.hold(CacheKey { digest: *digest, executable: false }, true).await?;
+        match held.data {
+            Some(data) => Ok(data),
+            None => {
+                let path = held.pin.path();
+                let data = tokio::fs::read(path).await.with_context(|| format!("reading {}", path.display()))?;
+                Ok(data.into())
+            }
+        }
     }
 
     /// The entry for `key`, fetched from the CAS (or copied from the entry of
     /// the other mode) when the cache does not hold it. NOT_FOUND when the
     /// CAS does not hold the blob either.
     pub async fn ensure(&self, key: CacheKey) -> Result<CachePin> {
-        if let Some(pin) = self.lookup(key, false).await {
-            return Ok(pin);
+        Ok(self.hold(key, false).await?.pin)
+    }
+
+    /// [`FileCache::ensure`], with the entry's bytes when `read` asks for
+    /// them and they come cheaply: read along with the check of an entry
+    /// held, or kept from a download small enough to pass through memory.
+    async fn hold(&self, key: CacheKey, read: bool) -> Result<Held> {
+        if let Some(held) = self.lookup(key, false, read).await {
+            return Ok(held);
         }
         let lock = self.inner.fetches.lock().entry(key.digest).or_default().clone();
         let result = {
             let _fetching = lock.lock().await;
-            match self.lookup(key, true).await {
-                Some(pin) => Ok(pin),
+            match self.lookup(key, true, read).await {
+                Some(held) => Ok(held),
                 None => self.fetch(key).await,
             }
         };
@@ -197,23 +221,29 @@ impl FileCache {
     }
 
     /// Fills the entry for `key`, copying the other mode's entry if the
-    /// cache holds it, else downloading from the CAS.
-    async fn fetch(&self, key: CacheKey) -> Result<CachePin> {
+    /// cache holds it, else downloading from the CAS: a small blob into
+    /// memory (and its bytes are returned), a larger one straight to disk.
+    async fn fetch(&self, key: CacheKey) -> Result<Held> {
         let other = CacheKey { digest: key.digest, executable: !key.executable };
-        let source = self.lookup(other, true).await;
+        let source = self.lookup(other, true, false).await;
         self.inner.state.lock().stats.misses += 1;
         let tmp_dir = self.inner.root.join("tmp");
-        tokio::fs::create_dir_all(&tmp_dir).await.with_context(|| format!("creating {}", tmp_dir.display()))?;
         let tmp = tmp_dir.join(uuid::Uuid::new_v4().simple().to_string());
+        if source.is_none() && key.digest.size() <= IN_MEMORY_BYTES {
+            let data = self.download_bytes(&key.digest).await?;
+            let pin = self.install(key, &tmp, Some(data.clone())).await?;
+            return Ok(Held { pin, data: Some(data) });
+        }
+        tokio::fs::create_dir_all(&tmp_dir).await.with_context(|| format!("creating {}", tmp_dir.display()))?;
         let written = match source {
-            Some(source) => tokio::fs::copy(source.path(), &tmp)
+            Some(source) => tokio::fs::copy(source.pin.path(), &tmp)
                 .await
                 .map(|_| ())
-                .with_context(|| format!("copying {}", source.path().display())),
+                .with_context(|| format!("copying {}", source.pin.path().display())),
             None => self.download(&key.digest, &tmp).await,
         };
         match written {
-            Ok(()) => self.install(key, &tmp).await,
+            Ok(()) => Ok(Held { pin: self.install(key, &tmp, None).await?, data: None }),
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
                 Err(e)
@@ -221,24 +251,30 @@ impl FileCache {
         }
     }
 
-    /// A pin on `key` if the cache holds it intact. With `repair` (only while
-    /// holding the blob's fetch lock, so that no fresh copy is being
-    /// installed meanwhile), an entry that changed on disk is dropped.
-    async fn lookup(&self, key: CacheKey, repair: bool) -> Option<CachePin> {
+    /// A pin on `key` if the cache holds it intact, with its bytes if
+    /// `read`. With `repair` (only while holding the blob's fetch lock, so
+    /// that no fresh copy is being installed meanwhile), an entry that
+    /// changed on disk is dropped.
+    async fn lookup(&self, key: CacheKey, repair: bool, read: bool) -> Option<Held> {
         let pin = self.inner.pin(key)?;
         let expected = self.inner.state.lock().entries.get(&key).and_then(|e| e.mtime);
-        let intact = match tokio::fs::symlink_metadata(pin.path()).await {
-            Ok(meta) => {
-                meta.is_file()
-                    && meta.len() == key.digest.size()
-                    && meta.permissions().mode() & 0o7777 == key.mode()
-                    && meta.modified().ok() == expected
+        let path = pin.path().to_path_buf();
+        // One blocking call checks the entry and reads it.
+        let checked = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Option<Vec<u8>>>> {
+            let meta = std::fs::symlink_metadata(&path)?;
+            let intact = meta.is_file()
+                && meta.len() == key.digest.size()
+                && meta.permissions().mode() & 0o7777 == key.mode()
+                && meta.modified().ok() == expected;
+            if !intact {
+                return Ok(None);
             }
-            Err(_) => false,
-        };
-        if intact {
+            Ok(Some(if read { Some(std::fs::read(&path)?) } else { None }))
+        })
+        .await;
+        if let Ok(Ok(Some(data))) = checked {
             self.inner.state.lock().stats.hits += 1;
-            return Some(pin);
+            return Some(Held { pin, data: data.map(Bytes::from) });
         }
         if repair {
             tracing::warn!(path = %pin.path().display(), "file cache entry changed on disk; fetching it again");
@@ -246,6 +282,11 @@ impl FileCache {
             let _ = tokio::fs::remove_file(pin.path()).await;
         }
         None
+    }
+
+    /// The blob from the CAS in memory, its digest checked.
+    async fn download_bytes(&self, digest: &Digest) -> Result<Bytes> {
+        get_checked(self.inner.cas.as_ref(), digest, digest.size()).await
     }
 
     /// Streams the blob from the CAS into `tmp`, checking its digest.
@@ -261,22 +302,22 @@ impl FileCache {
             }
         }
         file.flush().await?;
-        let got = hasher.finish();
-        if got != *digest {
-            return Err(Error::new(
-                tonic::Code::DataLoss,
-                format!("blob {} from the CAS has digest {}", digest.subject(), got.subject()),
-            ));
-        }
-        Ok(())
+        check_digest(digest, hasher.finish())
     }
 
-    /// Makes `tmp` read-only, gives it to the owner and renames it into place.
-    async fn install(&self, key: CacheKey, tmp: &Path) -> Result<CachePin> {
+    /// Writes `data` (when given) to `tmp`, makes it read-only, gives it to
+    /// the owner and renames it into place.
+    async fn install(&self, key: CacheKey, tmp: &Path, data: Option<Bytes>) -> Result<CachePin> {
         let path = self.inner.path(&key);
         let owner = self.inner.owner;
         let (tmp_owned, path_owned) = (tmp.to_path_buf(), path.clone());
         let prepared = tokio::task::spawn_blocking(move || -> std::io::Result<Option<SystemTime>> {
+            if let Some(data) = data {
+                if let Some(dir) = tmp_owned.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                std::fs::write(&tmp_owned, &data)?;
+            }
             std::fs::set_permissions(&tmp_owned, std::fs::Permissions::from_mode(key.mode()))?;
             if let Some((uid, gid)) = owner {
                 std::os::unix::fs::chown(&tmp_owned, Some(uid), Some(gid))?;
@@ -397,6 +438,29 @@ impl Inner {
             }
         }
     }
+}
+
+/// A blob of at most `max_bytes` from `cas` in memory, its digest checked
+/// (DATA_LOSS when the CAS returns other bytes). The empty blob needs no CAS.
+pub(crate) async fn get_checked(cas: &dyn BlobStore, digest: &Digest, max_bytes: u64) -> Result<Bytes> {
+    if digest.size() == 0 {
+        check_digest(digest, Digest::of(digest.function(), &[]))?;
+        return Ok(Bytes::new());
+    }
+    let data = get_bytes_at_most(cas, digest, max_bytes, "blob").await?;
+    check_digest(digest, Digest::of(digest.function(), &data))?;
+    Ok(data)
+}
+
+/// An error unless the downloaded blob's digest is the one asked for.
+fn check_digest(expected: &Digest, got: Digest) -> Result<()> {
+    if got != *expected {
+        return Err(Error::new(
+            tonic::Code::DataLoss,
+            format!("blob {} from the CAS has digest {}", expected.subject(), got.subject()),
+        ));
+    }
+    Ok(())
 }
 
 /// The intact entries under `root`, oldest first by mtime; removes
