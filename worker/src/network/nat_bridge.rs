@@ -14,6 +14,8 @@ use super::{run_tool, NetworkConfig};
 const OWNERS_DIR: &str = "/run/memobuild/network";
 /// Where `ip netns` keeps named namespaces.
 const NETNS_DIR: &str = "/run/netns";
+/// This network namespace's links.
+const LINKS_DIR: &str = "/sys/class/net";
 
 /// The bridge this worker owns, `mbrN` on `A.B.N.0/24`.
 pub struct NatBridge {
@@ -141,15 +143,15 @@ impl NatBridge {
     /// Removes the bridge, its namespaces, its table and its owner note;
     /// what is already gone is fine.
     pub async fn remove(&self) {
+        // Host-side veths first: deleting one removes its pair at once,
+        // while a deleted namespace takes its links with it only when the
+        // kernel gets round to it, after the next owner may want the names.
+        let veth_prefix = format!("mbv{}x", self.index);
+        for veth in names_in(LINKS_DIR).into_iter().filter(|l| l.starts_with(&veth_prefix)) {
+            let _ = run_tool("ip", &["link", "del", &veth], "").await;
+        }
         let prefix = format!("{}-", self.name());
-        let namespaces: Vec<String> = std::fs::read_dir(NETNS_DIR)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.starts_with(&prefix))
-            .collect();
-        for namespace in namespaces {
+        for namespace in names_in(NETNS_DIR).into_iter().filter(|n| n.starts_with(&prefix)) {
             let _ = run_tool("ip", &["netns", "del", &namespace], "").await;
         }
         let _ = run_tool("nft", &["delete", "table", "inet", &self.table()], "").await;
@@ -166,8 +168,13 @@ fn process_alive(pid: i32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
 }
 
-fn link_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
+pub(super) fn link_exists(name: &str) -> bool {
+    Path::new(LINKS_DIR).join(name).exists()
+}
+
+/// The names of the entries of `dir` (none if it cannot be read).
+fn names_in(dir: &str) -> Vec<String> {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().filter_map(|e| e.file_name().into_string().ok()).collect()
 }
 
 #[cfg(test)]

@@ -151,6 +151,10 @@ impl NetworkPool {
     async fn set_up(&self, sandbox: &Sandbox) -> Result<()> {
         let (name, veth) = self.bridge.sandbox_names(sandbox.slot);
         let bridge = self.bridge.name();
+        if super::nat_bridge::link_exists(&veth) {
+            // Left by an owner of this bridge that died: this slot is ours.
+            let _ = run_tool("ip", &["link", "del", &veth], "").await;
+        }
         let host_side = format!(
             "netns add {name}\n\
              link add {veth} type veth peer name eth0 netns {name}\n\

@@ -116,6 +116,11 @@ impl StepRunner {
     /// Stops a private containerd this runner started, unless another
     /// process still uses it.
     pub async fn shutdown(&self) -> Result<()> {
+        // Steps' cleanups first: a task still being deleted may be in one of
+        // the pool's namespaces.
+        if let Some(containerd) = self.containerd.get() {
+            containerd.settle().await;
+        }
         if let Some(pool) = self.network_pool.get() {
             pool.shutdown().await;
         }
