@@ -230,17 +230,14 @@ impl RegistryClient {
         let (config_parsed, listed) = layers_of(&manifest, &config, &what)?;
         let blobs: Vec<Digest> = listed.iter().map(|l| *l.blob()).collect();
         let missing = store.find_missing(&blobs).await?;
-        // The futures are made up front: a stream that maps through a
-        // closure over `&Digest` is not provably Send to callers that spawn.
-        let client = match missing.is_empty() {
-            true => None,
-            false => Some(connection.pulling_client(reference).await?),
-        };
-        let downloads: Vec<_> = client
-            .iter()
-            .flat_map(|c| missing.iter().map(|digest| download_blob(c, reference, digest, store)))
-            .collect();
-        futures::stream::iter(downloads).buffer_unordered(CONCURRENT_TRANSFERS).try_collect::<Vec<()>>().await?;
+        if !missing.is_empty() {
+            let client = connection.pulling_client(reference).await?;
+            // The futures are made up front: a stream that maps through a
+            // closure over `&Digest` is not provably Send to callers that spawn.
+            let downloads: Vec<_> =
+                missing.iter().map(|digest| download_blob(client, reference, digest, store)).collect();
+            futures::stream::iter(downloads).buffer_unordered(CONCURRENT_TRANSFERS).try_collect::<Vec<()>>().await?;
+        }
         let layers = complete_layers(store, listed, &what, self.diff_ids.as_deref(), self.max_layer_bytes()).await?;
         Ok(PulledImage {
             reference: reference.as_written().to_string(),
