@@ -2,8 +2,8 @@
 //! file that is read again whenever it changes.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use memobuild_proto::{Error, Result};
 use parking_lot::RwLock;
@@ -12,12 +12,9 @@ use tonic::Code;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::file_watch::watch_files;
 use crate::principals_file::TokenEntry;
 use crate::{Capability, Principal, PrincipalsFile};
-
-/// How often the principals file is looked at: a revoked token stops
-/// working within about this long.
-const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The SHA-256 of a bearer token, as the principals file holds it.
 pub fn hash_token(token: &str) -> [u8; 32] {
@@ -53,36 +50,14 @@ impl Authenticator {
     /// previous principals stay.
     pub fn watch(self: &Arc<Self>) {
         let Some(path) = self.path.clone() else { return };
-        let weak: Weak<Self> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut last = std::fs::read(&path).ok();
-            loop {
-                tokio::time::sleep(RELOAD_INTERVAL).await;
-                let Some(this) = weak.upgrade() else { return };
-                let text = match tokio::fs::read(&path).await {
-                    Ok(text) => text,
-                    Err(e) => {
-                        tracing::error!(path = %path.display(), error = %e, "cannot read the principals file; keeping the previous principals");
-                        continue;
-                    }
-                };
-                if last.as_ref() == Some(&text) {
-                    continue;
-                }
-                let parsed = std::str::from_utf8(&text)
-                    .map_err(|_| Error::invalid_argument("not UTF-8"))
-                    .and_then(PrincipalsFile::parse);
-                match parsed {
-                    Ok(file) => {
-                        tracing::info!(path = %path.display(), tokens = file.tokens.len(), certificates = file.certificates.len(), "principals file reloaded");
-                        *this.file.write() = Arc::new(file);
-                    }
-                    Err(e) => {
-                        tracing::error!(path = %path.display(), error = %e.message(), "the principals file does not parse; keeping the previous principals");
-                    }
-                }
-                last = Some(text);
-            }
+        watch_files(self, vec![path], "principals file", |this, contents| {
+            let file = std::str::from_utf8(&contents[0])
+                .map_err(|_| Error::invalid_argument("not UTF-8"))
+                .and_then(PrincipalsFile::parse)
+                .map_err(|e| e.message().to_string())?;
+            let summary = format!("{} tokens, {} certificates", file.tokens.len(), file.certificates.len());
+            *this.file.write() = Arc::new(file);
+            Ok(summary)
         });
     }
 

@@ -5,9 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
-use memobuild_auth::Authenticator;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use memobuild_auth::{Authenticator, ServerTls, TlsFiles};
 
 use crate::config::{AuthSection, TlsSection};
 
@@ -46,12 +44,13 @@ impl ServerSecurityArgs {
 #[derive(Default)]
 pub struct Security {
     pub authenticator: Option<Arc<Authenticator>>,
-    pub tls: Option<ServerTlsConfig>,
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 impl Security {
-    /// Reads the principals file and the TLS files now: a bad file stops
-    /// the server at start, not at the first call.
+    /// Reads the principals file and the TLS files now (a bad file stops
+    /// the server at start, not at the first call), and again whenever
+    /// they change.
     pub fn from_config(auth: Option<&AuthSection>, tls: Option<&TlsSection>) -> anyhow::Result<Self> {
         let authenticator = match auth {
             Some(section) => {
@@ -64,21 +63,16 @@ impl Security {
         };
         let tls = match tls {
             Some(section) => {
-                let read = |path: &PathBuf, what: &str| {
-                    std::fs::read(path).with_context(|| format!("reading the TLS {what} {}", path.display()))
+                anyhow::ensure!(
+                    section.client_ca.is_none() || authenticator.is_some(),
+                    "[tls] client_ca needs [auth] principals_file: it maps client certificates to principals"
+                );
+                let files = TlsFiles {
+                    cert: section.cert.clone(),
+                    key: section.key.clone(),
+                    client_ca: section.client_ca.clone(),
                 };
-                let mut config = ServerTlsConfig::new()
-                    .identity(Identity::from_pem(read(&section.cert, "certificate")?, read(&section.key, "key")?));
-                if let Some(ca) = &section.client_ca {
-                    anyhow::ensure!(
-                        authenticator.is_some(),
-                        "[tls] client_ca needs [auth] principals_file: it maps client certificates to principals"
-                    );
-                    // Optional: a client without a certificate may still present a token.
-                    config =
-                        config.client_ca_root(Certificate::from_pem(read(ca, "client CA")?)).client_auth_optional(true);
-                }
-                Some(config)
+                Some(ServerTls::load(&files).map_err(|e| anyhow::anyhow!("{e}"))?)
             }
             None => None,
         };

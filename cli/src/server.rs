@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use memobuild_auth::{AuthLayer, Capability};
+use memobuild_auth::{AuthLayer, Capability, ServerTls};
 use memobuild_cas::service::{cas_routes, CapabilitiesService, CasMetrics, CasState};
 use memobuild_cas::{
     expand_env, grpc_channel_with, ActionCache, BlobStore, CasLimits, ClientCredentials, GrpcActionCache, GrpcChannel,
@@ -264,26 +264,26 @@ impl Node {
 async fn serve_grpc(
     routes: tonic::service::Routes,
     listener: TcpListener,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<Arc<ServerTls>>,
     (request_layer, auth_layer): (RequestLayer, AuthLayer),
     token: CancellationToken,
 ) -> anyhow::Result<()> {
-    // Small request/response calls must not wait on Nagle's algorithm.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls).context("configuring TLS on the gRPC port")?;
-    }
-    builder
+    let router = tonic::transport::Server::builder()
         .layer(request_layer)
         .layer(auth_layer)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
-        .await
-        .context("serving gRPC")
+        .add_routes(routes);
+    let shutdown = token.cancelled_owned();
+    match tls {
+        // Small request/response calls must not wait on Nagle's algorithm.
+        None => {
+            router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown).await
+        }
+        Some(tls) => router.serve_with_incoming_shutdown(tls.incoming(listener), shutdown).await,
+    }
+    .context("serving gRPC")
 }
 
 /// The channel of the worker inside this process to its scheduler: the

@@ -614,7 +614,7 @@ async fn a_revoked_token_stops_working_and_an_expired_one_too() {
     std::fs::write(&server.principals, "[[token]]\nthis is not toml").unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     find_missing(&server.channel(Some("tok-fresh"))).await.unwrap();
-    assert!(server.process.log_text().contains("does not parse; keeping the previous principals"));
+    assert!(server.process.log_text().contains("the principals file was not reloaded; keeping the previous one"));
 }
 
 /// Waits for the next Assign on a worker session.
@@ -903,16 +903,17 @@ async fn the_cli_sends_a_token_from_the_environment_or_a_file() {
 }
 
 /// Copies the Bazel test workspace (without its bazel-* links) to `to`.
-/// Builds three chained genrules with Bazel and `flags`, cleans, builds
-/// again: the second build must be all remote cache hits. Returns the
-/// output of the first build.
-fn bazel_round_trip(dir: &Path, flags: &[String]) -> String {
+/// Builds three chained genrules with Bazel (`startup` options, then the
+/// build's `flags`), cleans, builds again: the second build must be all
+/// remote cache hits. Returns the output of the first build.
+fn bazel_round_trip(dir: &Path, startup: &[String], flags: &[String]) -> String {
     let workspace = dir.join("ws");
     copy_workspace(&workspace);
     let root = format!("--output_user_root={}", dir.join("bazel-root").display());
     let bazel = |args: &[&str]| {
         let output = Command::new("bazel")
             .arg(&root)
+            .args(startup)
             .args(args)
             .args(if args[0] == "build" { flags } else { &[] })
             .current_dir(&workspace)
@@ -939,7 +940,7 @@ fn bazel_uses_the_cache_with_a_bearer_token() {
     let server = AuthServer::start(&bazel_principals(), "");
     let flags =
         [format!("--remote_cache={}", server.endpoint()), "--remote_header=Authorization=Bearer tok-bazel".to_string()];
-    bazel_round_trip(server.dir.path(), &flags);
+    bazel_round_trip(server.dir.path(), &[], &flags);
     // Without the token, every upload is refused (Bazel warns and builds locally).
     let dir = tempfile::tempdir().unwrap();
     let cold = bazel_round_trip_refused(dir.path(), &server.endpoint());
@@ -961,11 +962,76 @@ fn bazel_round_trip_refused(dir: &Path, endpoint: &str) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
-// Bazel over TLS (--tls_certificate) cannot be tested here: Debian's
-// bazel-bootstrap 4.2.3 crashes before it dials, on JDK 17 and 25 alike
-// ("Failed to init TLS infrastructure: JDK provider does not support ALPN
-// protocol": its grpc-netty has no ALPN provider). The TLS and mTLS paths
-// are covered by mtls_maps_a_client_certificate_to_a_principal.
+/// Startup options that let Debian's Bazel speak TLS. Its netty has no
+/// ALPN on the JDK's TLS ("JDK provider does not support ALPN protocol"),
+/// so its gRPC needs OpenSSL through netty-tcnative, which it loads as
+/// `libnetty_tcnative.so` from java.library.path. Debian's
+/// libnetty-tcnative-jni (scripts/install-deps.sh) ships it under another
+/// name, and the library checks its own file name, so a copy is made.
+fn bazel_tls_startup(dir: &Path) -> Vec<String> {
+    let debian = format!("/usr/lib/{}-linux-gnu/jni/libnetty-tcnative.so", std::env::consts::ARCH);
+    let libraries = dir.join("jni");
+    std::fs::create_dir_all(&libraries).unwrap();
+    std::fs::copy(&debian, libraries.join("libnetty_tcnative.so"))
+        .unwrap_or_else(|e| panic!("{debian}: {e}: run scripts/install-deps.sh, which installs libnetty-tcnative-jni"));
+    vec![format!("--host_jvm_args=-Djava.library.path={}", libraries.display())]
+}
+
+#[test]
+fn bazel_uses_the_cache_over_tls_with_a_token_or_a_client_certificate() {
+    let tls = tls_setup();
+    let server = AuthServer::start(&tls.principals, &tls.tls_config);
+    let endpoint = format!("grpcs://localhost:{}", server.address.rsplit(':').next().unwrap());
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let trusting = [format!("--remote_cache={endpoint}"), format!("--tls_certificate={}", path(&tls.ca))];
+
+    let dir = tempfile::tempdir().unwrap();
+    let with_token = [&trusting[..], &["--remote_header=Authorization=Bearer tok-ci".to_string()]].concat();
+    bazel_round_trip(dir.path(), &bazel_tls_startup(dir.path()), &with_token);
+
+    let dir = tempfile::tempdir().unwrap();
+    let client = [
+        format!("--tls_client_certificate={}", path(&tls.client.0)),
+        format!("--tls_client_key={}", path(&tls.client.1)),
+    ];
+    bazel_round_trip(dir.path(), &bazel_tls_startup(dir.path()), &[&trusting[..], &client[..]].concat());
+    let log = std::fs::read_to_string(server.dir.path().join("server.log")).unwrap();
+    assert!(!log.contains("TLS handshake failed"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_server_certificate_is_served_without_a_restart() {
+    let tls = tls_setup();
+    let server = AuthServer::start(&tls.principals, &tls.tls_config);
+    let endpoint = format!("grpcs://localhost:{}", server.address.rsplit(':').next().unwrap());
+    let trusting = |ca: &Path| {
+        let credentials = ClientCredentials {
+            token: Some("tok-ci".to_string()),
+            tls_ca: Some(ca.to_path_buf()),
+            ..ClientCredentials::default()
+        };
+        grpc_channel_with(&endpoint, &credentials).unwrap()
+    };
+    find_missing(&trusting(&tls.ca)).await.unwrap();
+
+    // The renewal comes from another CA, so which certificate a new
+    // connection gets shows in which CA it must trust.
+    let renewed = TestCa::new("renewed CA");
+    let renewed_ca = renewed.write(tls.dir.path(), "renewed-ca");
+    let (cert, key) = renewed.sign(tls.dir.path(), "renewed", "memobuild", &["localhost", "127.0.0.1"], false);
+    std::fs::copy(&key, tls.dir.path().join("server.key")).unwrap();
+    std::fs::copy(&cert, tls.dir.path().join("server.pem")).unwrap();
+    let served = poll_until(&trusting(&renewed_ca), Result::is_ok).await;
+    assert!(served.is_ok(), "the renewed certificate was not served: {served:?}");
+    assert!(find_missing(&trusting(&tls.ca)).await.is_err(), "a new connection still got the old certificate");
+
+    // A certificate file that does not parse leaves the last good one served.
+    std::fs::write(tls.dir.path().join("server.pem"), "not a certificate").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    find_missing(&trusting(&renewed_ca)).await.unwrap();
+    let log = std::fs::read_to_string(server.dir.path().join("server.log")).unwrap();
+    assert!(log.contains("the TLS certificate was not reloaded"), "{log}");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_of_roles_runs_actions_with_auth_on_every_port() {
