@@ -228,3 +228,13 @@ fn copy_parents_refuses_dot_dot() {
         "Dockerfile:2:16: COPY source \"./a/./../b\": \"..\" is not allowed in a --parents source\n 2 | COPY --parents ./a/./../b /d/\n   |                ^"
     );
 }
+
+#[test]
+fn add_has_no_parents_flag() {
+    // BuildKit's ADD has never taken --parents (only COPY does): its
+    // frontend fails with "unknown flag: --parents".
+    assert_eq!(
+        parse_error("FROM alpine\nADD --parents ./x/a.txt /d/\n"),
+        "Dockerfile:2:5: unknown flag \"--parents\": ADD takes --chown, --chmod, --link, --keep-git-dir, --checksum, --exclude, --unpack\n 2 | ADD --parents ./x/a.txt /d/\n   |     ^"
+    );
+}
