@@ -294,6 +294,38 @@ async fn a_cluster_worker_resolves_names_through_its_resolver_config() {
     server.stop().await;
 }
 
+/// The address a RUN step's `/etc/hosts` gives `gw.internal`.
+const GW_ADDRESS: &str = "$(awk '$2 == \"gw.internal\" {print $1}' /etc/hosts)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_gateway_is_the_gateway_of_the_workers_bridge() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(dir.path(), NetworkConfig { host: true, ..NetworkConfig::default() }).await;
+    let own = secret_server("0.0.0.0:0", "own port secret");
+    let project = project(&format!(
+        "RUN ip route | awk '$1 == \"default\" {{print $3}}' > /route && grep gw.internal /etc/hosts > /default && {}\n\
+         RUN --network=none grep gw.internal /etc/hosts > /none\n\
+         RUN --network=host grep gw.internal /etc/hosts > /host && {}\n",
+        fetch_into(&format!("{GW_ADDRESS}:{own}"), "/from-default"),
+        fetch_into(&format!("{GW_ADDRESS}:{own}"), "/from-host"),
+    ));
+    let flags = ["--add-host", "gw.internal:host-gateway", "--allow", "network.host"];
+    let output = tokio::task::block_in_place(|| remote_build(&server, &project, &flags));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let image = Unpacked::from_oci_tar(&project.path().join("image.tar"), "1");
+    let gateway = image.read("/route").trim().to_string();
+    assert!(gateway.starts_with("10.213.") && gateway.ends_with(".1"), "the bridge's gateway: {gateway}");
+    for file in ["/default", "/none", "/host"] {
+        assert_eq!(image.read(file), format!("{gateway}\tgw.internal\n"), "{file}");
+    }
+    // The default network keeps steps off the worker's host, its gateway
+    // included; with the host's network the address is the host's own.
+    assert_unreached("/from-default", &image.read("/from-default"), "own port secret");
+    let reached = image.read("/from-host");
+    assert!(reached.ends_with("own port secret exit=0\n"), "{reached}");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_policy_refuses_what_it_forbids_before_any_step_runs() {
     let outside = OutsideHost::start();
@@ -322,6 +354,16 @@ async fn a_worker_policy_refuses_what_it_forbids_before_any_step_runs() {
     assert!(offline.status.success(), "{}", String::from_utf8_lossy(&offline.stderr));
     let image = Unpacked::from_oci_tar(&project.path().join("image.tar"), "1");
     assert_unreached("/outside", &image.read("/outside"), HELLO);
+
+    // No default network, so no gateway for host-gateway to name.
+    let gateway = tokio::task::block_in_place(|| {
+        remote_build(&server, &project, &["--network", "none", "--no-cache", "--add-host", "gw:host-gateway"])
+    });
+    assert!(!gateway.status.success());
+    let stderr = String::from_utf8_lossy(&gateway.stderr);
+    assert!(stderr.contains("--add-host NAME:host-gateway names the gateway of RUN's default network"), "{stderr}");
+    assert!(stderr.contains("egress = false"), "{stderr}");
+    assert!(stderr.contains("Dockerfile:2"), "{stderr}");
     server.stop().await;
 }
 

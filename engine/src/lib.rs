@@ -34,7 +34,7 @@ pub use build_run::BuildSettings;
 pub use docker_load::check_docker;
 pub use engine_stores::EngineStores;
 pub use export::{image_id, metadata, write_iidfile, write_metadata_file, write_outputs, ExportRequest};
-pub use host_entry::HostEntry;
+pub use host_entry::{HostAddress, HostEntry, HOST_GATEWAY};
 pub use image_build::{BuiltOutput, ImageBuild};
 pub use image_state::rfc3339;
 pub use network_policy::{

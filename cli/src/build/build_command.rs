@@ -93,6 +93,7 @@ pub struct BuildArgs {
     #[arg(long = "allow", value_name = "ENTITLEMENT", value_parser = parse_entitlement)]
     pub allow: Vec<String>,
     /// An /etc/hosts entry for RUN steps, HOST:IP (repeatable); not part of any cache key.
+    /// HOST:host-gateway names the worker's side of RUN's default network (its bridge's gateway).
     #[arg(long = "add-host", value_name = "HOST:IP")]
     pub add_hosts: Vec<HostEntry>,
     /// Only false is accepted: attestations are not supported yet.

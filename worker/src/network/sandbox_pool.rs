@@ -110,6 +110,11 @@ impl NetworkPool {
         }))
     }
 
+    /// The bridge's gateway: this worker's side of the network.
+    pub fn gateway(&self) -> std::net::Ipv4Addr {
+        self.bridge.gateway()
+    }
+
     /// A namespace for one step: a prepared one when there is one (another
     /// is then prepared in the background), else a new one.
     pub async fn acquire(self: &Arc<Self>) -> Result<SandboxLease> {

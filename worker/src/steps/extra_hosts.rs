@@ -1,11 +1,14 @@
 //! `--add-host HOST:IP`: entries in every RUN step's `/etc/hosts`. The file
-//! is generated for the build and bound read-only over `/etc/hosts`, so it
+//! is generated for the step and bound read-only over `/etc/hosts`, so it
 //! never lands in a layer and, as in BuildKit, is not part of any key.
+//! `HOST:host-gateway` entries get the gateway of RUN's default network on
+//! this worker, whatever the step's network.
 
 use std::fmt::Write as _;
+use std::net::IpAddr;
 
-use memobuild_engine::HostEntry;
-use memobuild_proto::{Result, ResultExt};
+use memobuild_engine::{HostAddress, HostEntry, HOST_GATEWAY};
+use memobuild_proto::{Error, Result, ResultExt};
 
 use crate::containerd::SpecMount;
 
@@ -24,7 +27,8 @@ pub struct HostsFiles {
 
 impl HostsFiles {
     /// `None` without entries: steps keep the `/etc/hosts` they have today.
-    pub fn create(entries: &[HostEntry]) -> Result<Option<Self>> {
+    /// `gateway` is what `host-gateway` stands for.
+    pub fn create(entries: &[HostEntry], gateway: Option<IpAddr>) -> Result<Option<Self>> {
         if entries.is_empty() {
             return Ok(None);
         }
@@ -32,7 +36,8 @@ impl HostsFiles {
         let host_file = std::fs::read_to_string(HOSTS).unwrap_or_else(|_| LOCALHOST.to_string());
         for (name, base) in [("isolated", LOCALHOST), ("host-network", host_file.as_str())] {
             let path = dir.path().join(name);
-            std::fs::write(&path, hosts_file(base, entries)).with_context(|| format!("writing {}", path.display()))?;
+            let text = hosts_file(base, entries, gateway)?;
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(Some(HostsFiles { dir }))
     }
@@ -44,15 +49,26 @@ impl HostsFiles {
     }
 }
 
-fn hosts_file(base: &str, entries: &[HostEntry]) -> String {
+/// Whether any entry names `host-gateway`.
+pub fn need_gateway(entries: &[HostEntry]) -> bool {
+    entries.iter().any(|e| e.address == HostAddress::Gateway)
+}
+
+fn hosts_file(base: &str, entries: &[HostEntry], gateway: Option<IpAddr>) -> Result<String> {
     let mut text = base.to_string();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
     for entry in entries {
-        let _ = writeln!(text, "{}\t{}", entry.ip, entry.host);
+        let ip = entry.ip(gateway).ok_or_else(|| {
+            Error::new(
+                tonic::Code::FailedPrecondition,
+                format!("--add-host {entry}: this worker has no {HOST_GATEWAY} to give"),
+            )
+        })?;
+        let _ = writeln!(text, "{ip}\t{}", entry.host);
     }
-    text
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -63,11 +79,23 @@ mod tests {
     #[test]
     fn entries_follow_the_base() {
         let entries = ["a:10.0.0.1".parse().unwrap(), "b:10.0.0.2".parse().unwrap()];
-        assert_eq!(hosts_file("127.0.0.1 localhost", &entries), "127.0.0.1 localhost\n10.0.0.1\ta\n10.0.0.2\tb\n");
-        let files = HostsFiles::create(&entries).unwrap().unwrap();
+        let text = hosts_file("127.0.0.1 localhost", &entries, None).unwrap();
+        assert_eq!(text, "127.0.0.1 localhost\n10.0.0.1\ta\n10.0.0.2\tb\n");
+        assert!(!need_gateway(&entries));
+        let files = HostsFiles::create(&entries, None).unwrap().unwrap();
         let SpecMount::Bind { source, target, readonly } = files.mount(false) else { panic!("not a bind") };
         assert_eq!((target.as_str(), readonly), (HOSTS, true));
         assert!(std::fs::read_to_string(source).unwrap().starts_with(LOCALHOST));
-        assert!(HostsFiles::create(&[]).unwrap().is_none());
+        assert!(HostsFiles::create(&[], None).unwrap().is_none());
+    }
+
+    #[test]
+    fn host_gateway_is_the_given_gateway() {
+        let entries = ["gw:host-gateway".parse().unwrap(), "b:10.0.0.2".parse().unwrap()];
+        assert!(need_gateway(&entries));
+        let text = hosts_file("", &entries, Some("10.213.4.1".parse().unwrap())).unwrap();
+        assert_eq!(text, "10.213.4.1\tgw\n10.0.0.2\tb\n");
+        let missing = hosts_file("", &entries, None).unwrap_err().to_string();
+        assert!(missing.contains("--add-host gw:host-gateway"), "{missing}");
     }
 }

@@ -3,14 +3,15 @@
 //! The same code serves `memobuild build` (in-process) and a cluster worker
 //! (the spec read from the action's input root).
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use memobuild_cas::BlobStore;
-use memobuild_engine::{network_hint, BuildSession, ContextFiles, NetworkPolicy, StepSpec};
+use memobuild_engine::{network_hint, BuildSession, ContextFiles, NetworkPolicy, StepSpec, HOST_GATEWAY};
 use memobuild_frontend::{MountType, NetworkMode, Origin, SecurityMode, StepDefinition};
 use memobuild_oci::Layer;
-use memobuild_proto::{Error, Result};
+use memobuild_proto::{Error, Result, ResultExt};
 use parking_lot::Mutex;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::cache_mount::cache_mount_dir;
 use super::context_files::{materialize_context, ContextCopy};
 use super::copy_step::{plan_copy, plan_workdir, CopyRequest, SourceRoot};
-use super::extra_hosts::HostsFiles;
+use super::extra_hosts::{need_gateway, HostsFiles};
 use super::fs_view::{FsView, HostDir};
 use super::heredoc_script::HeredocScript;
 use super::layer_indexes::LayerIndexes;
@@ -82,8 +83,27 @@ impl StepRunner {
 
     /// A namespace of RUN's default network for one step.
     pub(crate) async fn default_network(&self) -> Result<SandboxLease> {
-        let pool = self.network_pool.get_or_try_init(|| NetworkPool::start(&self.network)).await?;
-        pool.acquire().await
+        self.network_pool().await?.acquire().await
+    }
+
+    /// RUN's default network, set up on first use.
+    async fn network_pool(&self) -> Result<&Arc<NetworkPool>> {
+        self.network_pool.get_or_try_init(|| NetworkPool::start(&self.network)).await
+    }
+
+    /// What `--add-host NAME:host-gateway` names: this worker's side of
+    /// RUN's default network, the gateway of its bridge (set up if no step
+    /// has used it yet). With `--network host` the address is this host's
+    /// own; with `--network none` the name resolves but nothing routes to it.
+    async fn host_gateway(&self) -> Result<IpAddr> {
+        if let Some(why) = self.network.policy().refusal(NetworkMode::Default) {
+            return Err(Error::new(
+                tonic::Code::FailedPrecondition,
+                format!("--add-host NAME:{HOST_GATEWAY} names the gateway of RUN's default network, and {why}"),
+            ));
+        }
+        let pool = self.network_pool().await.with_context(|| format!("finding the {HOST_GATEWAY} for --add-host"))?;
+        Ok(IpAddr::V4(pool.gateway()))
     }
 
     /// containerd, connected or started on first use.
@@ -195,7 +215,8 @@ impl StepRunner {
         };
         let cas = &*self.cas;
         let parent = containerd.ensure_chain(cas, &spec.parent).await?;
-        let hosts = HostsFiles::create(&session.hosts)?;
+        let gateway = if need_gateway(&session.hosts) { Some(self.host_gateway().await?) } else { None };
+        let hosts = HostsFiles::create(&session.hosts, gateway)?;
         let mut spec_mounts: Vec<SpecMount> = hosts.as_ref().map(|h| h.mount(host_network)).into_iter().collect();
         let mut views = Vec::new();
         let mut scratch = Vec::new();
