@@ -346,7 +346,8 @@ fn checksum_is_verified_and_lets_rebuilds_work_offline() {
     assert_eq!(image.read("/pinned.txt"), content);
 }
 
-/// A bare repository served by `git daemon`, and a work tree that pushes to it.
+/// Bare repositories served by `git daemon`, each with a work tree that
+/// pushes to it; `repo` is there from the start.
 struct GitServer {
     dir: tempfile::TempDir,
     port: u16,
@@ -358,8 +359,6 @@ impl GitServer {
         let dir = tempfile::tempdir().unwrap();
         let served = dir.path().join("served");
         std::fs::create_dir_all(&served).unwrap();
-        git(dir.path(), &["init", "--quiet", "--bare", served.join("repo.git").to_str().unwrap()]);
-        git(dir.path(), &["init", "--quiet", "-b", "main", "work"]);
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let daemon = Command::new("git")
             .args(["daemon", "--export-all", "--reuseaddr", "--listen=127.0.0.1"])
@@ -375,17 +374,37 @@ impl GitServer {
             assert!(std::time::Instant::now() < deadline, "git daemon did not start");
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        GitServer { dir, port, daemon }
+        let server = GitServer { dir, port, daemon };
+        server.add_repo("repo");
+        server
     }
 
-    fn work(&self) -> std::path::PathBuf {
-        self.dir.path().join("work")
+    /// A new served repository `name` and its work tree, whose origin is
+    /// the served one (so submodules can be added at relative URLs).
+    fn add_repo(&self, name: &str) {
+        let bare = self.served(name);
+        git(self.dir.path(), &["init", "--quiet", "--bare", "-b", "main", bare.to_str().unwrap()]);
+        let work = self.work_of(name);
+        git(self.dir.path(), &["init", "--quiet", "-b", "main", work.to_str().unwrap()]);
+        git(&work, &["remote", "add", "origin", &self.url_of(name, "")]);
+    }
+
+    fn served(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join("served").join(format!("{name}.git"))
+    }
+
+    fn work_of(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join("work").join(name)
     }
 
     /// Writes files (`*.sh` executable), commits them on main and pushes
     /// main (and `tag`).
     fn commit(&self, files: &[(&str, &str)], tag: Option<&str>) {
-        let work = self.work();
+        self.commit_in("repo", files, tag);
+    }
+
+    fn commit_in(&self, name: &str, files: &[(&str, &str)], tag: Option<&str>) {
+        let work = self.work_of(name);
         for (path, content) in files {
             let full = work.join(path);
             std::fs::create_dir_all(full.parent().unwrap()).unwrap();
@@ -396,7 +415,7 @@ impl GitServer {
         }
         git(&work, &["add", "-A"]);
         git(&work, &["-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "--quiet", "-m", "change"]);
-        let remote = self.dir.path().join("served/repo.git");
+        let remote = self.served(name);
         let mut push = vec!["push", "--quiet", "--force", remote.to_str().unwrap(), "main"];
         if let Some(tag) = tag {
             git(&work, &["tag", tag]);
@@ -405,8 +424,25 @@ impl GitServer {
         git(&work, &push);
     }
 
+    /// Adds `url` as a submodule at `path` of `name`'s work tree (committed
+    /// with the next `commit_in`).
+    fn add_submodule(&self, name: &str, url: &str, path: &str) {
+        let add = ["-c", "protocol.file.allow=always", "submodule", "add", "--quiet", url, path];
+        git(&self.work_of(name), &add);
+    }
+
     fn url(&self, fragment: &str) -> String {
-        format!("git://127.0.0.1:{}/repo.git#{fragment}", self.port)
+        self.url_of("repo", fragment)
+    }
+
+    /// `name`'s URL, `#fragment` after it unless empty.
+    fn url_of(&self, name: &str, fragment: &str) -> String {
+        let url = format!("git://127.0.0.1:{}/{name}.git", self.port);
+        if fragment.is_empty() {
+            url
+        } else {
+            format!("{url}#{fragment}")
+        }
     }
 }
 
@@ -467,4 +503,48 @@ fn git_sources_are_checked_out_and_keyed_by_commit() {
     assert!(!failed.ok());
     assert!(failed.stderr().contains(&format!("ADD {}", server.url("nope"))), "{}", failed.stderr());
     assert!(failed.stderr().contains("couldn't find remote ref nope"), "{}", failed.stderr());
+}
+
+#[test]
+fn git_submodules_are_checked_out_recursively() {
+    let server = GitServer::start();
+    for name in ["lib", "deep"] {
+        server.add_repo(name);
+    }
+    server.commit_in("deep", &[("deep.txt", "deep v1\n")], None);
+    server.add_submodule("lib", &server.url_of("deep", ""), "inner");
+    server.commit_in("lib", &[("lib.txt", "lib v1\n")], None);
+    // At a URL relative to the superproject's, as repositories often have them.
+    server.add_submodule("repo", "../lib.git", "vendor/lib");
+    server.commit(&[("README.md", "top\n")], None);
+    let dockerfile = format!(
+        "FROM {}\nADD {} /src/\nADD {} /part\n",
+        fixture().base(),
+        server.url("main"),
+        server.url("main:vendor")
+    );
+    let project = Project::new(&[("Dockerfile", &dockerfile)]);
+
+    let (build, image) = build_image(&project, &[]);
+    let image = image.unwrap_or_else(|| panic!("{}", build.stderr()));
+    assert_eq!(image.read("/src/README.md"), "top\n");
+    assert_eq!(image.read("/src/vendor/lib/lib.txt"), "lib v1\n");
+    assert_eq!(image.read("/src/vendor/lib/inner/deep.txt"), "deep v1\n", "submodules of submodules too");
+    assert!(image.read("/src/.gitmodules").contains("../lib.git"));
+    assert_eq!(meta(&image, "/src/vendor/lib/inner").mode() & 0o7777, 0o755);
+    for git_dir in ["/src/.git", "/src/vendor/lib/.git", "/src/vendor/lib/inner/.git"] {
+        assert!(!image.exists(git_dir), "{git_dir}: no .git without --keep-git-dir");
+    }
+    assert_eq!(image.read("/part/lib/inner/deep.txt"), "deep v1\n", "a subdirectory holding a submodule");
+
+    // A submodule on this host's file system is not read, as in BuildKit.
+    server.add_repo("local");
+    server.commit_in("local", &[("secret.txt", "builder's file\n")], None);
+    server.add_submodule("repo", server.served("local").to_str().unwrap(), "local");
+    server.commit(&[("README.md", "top v2\n")], None);
+    let failed = project.build(&[]);
+    assert!(!failed.ok());
+    let stderr = failed.stderr();
+    assert!(stderr.contains(&format!("ADD {}", server.url("main"))), "{stderr}");
+    assert!(stderr.contains("transport 'file' not allowed"), "{stderr}");
 }

@@ -261,27 +261,35 @@ async fn download(
     Ok((Some(file), RemoteFileNote { digest: hasher.finish(), mtime, etag, last_modified }))
 }
 
-/// Fetches `url`'s ref (shallow when the server allows) and checks it out
-/// in a temporary directory under the state dir.
+/// Fetches `url`'s ref (shallow when the server allows) and checks it out,
+/// submodules included, in a temporary directory under the state dir.
 async fn fetch_git(state: &EngineStores, url: &GitUrl) -> Result<Fetched> {
     std::fs::create_dir_all(&state.remote_files_dir)?;
     let checkout = tempfile::Builder::new().prefix("git-").tempdir_in(&state.remote_files_dir)?;
     let dir = checkout.path();
     git(url, dir, &["init", "--quiet"]).await?;
+    // As origin, so that submodules at relative URLs resolve against it.
+    git(url, dir, &["remote", "add", "origin", &url.remote]).await?;
     let reference = if url.reference.is_empty() { "HEAD" } else { url.reference.as_str() };
-    let shallow = git(url, dir, &["fetch", "--quiet", "--depth=1", "--no-tags", &url.remote, reference]).await;
+    let shallow = git(url, dir, &["fetch", "--quiet", "--depth=1", "--no-tags", "origin", reference]).await;
     let target = match shallow {
         Ok(_) => "FETCH_HEAD",
         // Servers may refuse a commit that no ref names: fetch every branch
         // and tag, then look for it.
         Err(_) if is_commit_like(reference) => {
-            let all = ["fetch", "--quiet", "--tags", &url.remote, "+refs/heads/*:refs/remotes/origin/*"];
+            let all = ["fetch", "--quiet", "--tags", "origin", "+refs/heads/*:refs/remotes/origin/*"];
             git(url, dir, &all).await?;
             reference
         }
         Err(e) => return Err(e),
     };
     git(url, dir, &["-c", "advice.detachedHead=false", "checkout", "--quiet", target]).await?;
+    // Submodules as BuildKit checks them out: all of them, recursively,
+    // shallow; none from this host's file system (`file://` or a path), which
+    // a repository could otherwise use to read the builder's files.
+    let submodules =
+        ["-c", "protocol.file.allow=user", "submodule", "update", "--quiet", "--init", "--recursive", "--depth=1"];
+    git(url, dir, &submodules).await?;
     let commit = git(url, dir, &["rev-parse", "HEAD"]).await?.trim().to_string();
     let top = dir.canonicalize()?;
     let root =
