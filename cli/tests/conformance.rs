@@ -170,7 +170,7 @@ fn memobuild_command(case: &Case, prepared: &Prepared, state: &Path, dest: &Path
         .arg(&prepared.dockerfile)
         .arg("--output")
         .arg(format!("type=oci,dest={},tar=false", dest.display()))
-        .args(case.flags())
+        .args(case.flags(prepared))
         .arg(&prepared.context)
         .env_remove("SOURCE_DATE_EPOCH");
     command
@@ -182,7 +182,7 @@ fn docker_command(case: &Case, prepared: &Prepared, docker_host: &str, tag: &str
     command
         .args(["build", "--progress", "plain", "--network", "host", "-t", tag, "-f"])
         .arg(&prepared.dockerfile)
-        .args(case.flags())
+        .args(case.flags(prepared))
         .arg(&prepared.context);
     command
 }

@@ -217,3 +217,65 @@ fn ssh_agents_are_forwarded_to_the_run() {
     assert!(!failed.ok());
     assert!(failed.stderr().contains("SSH agent \"gh\" is required"), "{}", failed.stderr());
 }
+
+/// This host's `ssh-add`, the libraries it loads and its loader, copied to
+/// `dir` so that a busybox step can run it: `dir/ld.so --library-path
+/// dir/lib dir/ssh-add`.
+fn ssh_add_bundle(dir: &Path) {
+    std::fs::create_dir_all(dir.join("lib")).unwrap();
+    let ssh_add = sh("sh", &["-c", "command -v ssh-add"]);
+    let ssh_add = ssh_add.trim();
+    std::fs::copy(ssh_add, dir.join("ssh-add")).unwrap();
+    for line in sh("ldd", &[ssh_add]).lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            [name, "=>", path, ..] if path.starts_with('/') => {
+                std::fs::copy(path, dir.join("lib").join(name)).unwrap();
+            }
+            [loader, ..] if loader.starts_with('/') => {
+                std::fs::copy(loader, dir.join("ld.so")).unwrap();
+            }
+            _ => {}
+        }
+    }
+    assert!(dir.join("ld.so").exists(), "no loader in ldd's output for {ssh_add}");
+}
+
+/// The SHA256 fingerprint of the key whose private file is `key`.
+fn fingerprint(key: &Path) -> String {
+    let public = format!("{}.pub", key.display());
+    let listed = sh("ssh-keygen", &["-l", "-f", &public]);
+    listed.split_whitespace().nth(1).unwrap().to_string()
+}
+
+#[test]
+fn ssh_add_in_the_run_lists_the_forwarded_keys() {
+    let agent = Agent::start();
+    let keys = tempfile::tempdir().unwrap();
+    let (agent_key, file_key) = (keys.path().join("agent_key"), keys.path().join("file_key"));
+    for key in [&agent_key, &file_key] {
+        sh("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()]);
+    }
+    let added = Command::new("ssh-add")
+        .args(["-q", agent_key.to_str().unwrap()])
+        .env("SSH_AUTH_SOCK", agent.socket())
+        .status()
+        .unwrap();
+    assert!(added.success(), "ssh-add to the test's agent");
+    let list = "/tools/ld.so --library-path /tools/lib /tools/ssh-add -l";
+    let (project, _) = project(&format!(
+        "RUN --mount=type=bind,source=tools,target=/tools --mount=type=ssh {list} > /default-keys\n\
+         RUN --mount=type=bind,source=tools,target=/tools --mount=type=ssh,id=deploy {list} > /deploy-keys\n"
+    ));
+    ssh_add_bundle(&project.path().join("tools"));
+    let deploy = format!("deploy={}", file_key.display());
+    let (build, image) =
+        build_image(&project, &["--ssh", "default", "--ssh", &deploy], &[("SSH_AUTH_SOCK", &agent.socket())]);
+    assert!(build.ok(), "{}", build.stderr());
+    let image = image.unwrap();
+    let (from_agent, from_file) = (fingerprint(&agent_key), fingerprint(&file_key));
+    let default_keys = image.read("/default-keys");
+    assert!(default_keys.contains(&from_agent) && !default_keys.contains(&from_file), "{default_keys}");
+    let deploy_keys = image.read("/deploy-keys");
+    assert!(deploy_keys.contains(&from_file) && !deploy_keys.contains(&from_agent), "{deploy_keys}");
+}

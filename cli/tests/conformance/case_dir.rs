@@ -28,6 +28,10 @@ pub struct CaseOptions {
     /// Secret id -> file in the case directory.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// `--ssh ID=KEY` ids: each gets a fresh ed25519 key, the same for both
+    /// builders (no agent needed: both load the key themselves).
+    #[serde(default)]
+    pub ssh: Vec<String>,
     /// Context path -> octal mode to give it before building.
     #[serde(default)]
     pub modes: BTreeMap<String, String>,
@@ -85,10 +89,13 @@ pub enum Builder {
 }
 
 /// A case laid out for one build: the Dockerfile with the base images'
-/// addresses filled in, and a copy of the context with fixed modes.
+/// addresses filled in, a copy of the context with fixed modes, and the
+/// case's SSH keys.
 pub struct Prepared {
     pub dockerfile: PathBuf,
     pub context: PathBuf,
+    /// `--ssh` id -> private key file.
+    ssh_keys: Vec<(String, PathBuf)>,
     _dir: tempfile::TempDir,
 }
 
@@ -150,11 +157,23 @@ impl Case {
             let mode = u32::from_str_radix(mode, 8).unwrap_or_else(|e| panic!("{}: mode {mode}: {e}", self.name));
             std::fs::set_permissions(context.join(rel), std::fs::Permissions::from_mode(mode)).unwrap();
         }
-        Prepared { dockerfile, context, _dir: dir }
+        let mut ssh_keys = Vec::new();
+        for id in &self.options.ssh {
+            let key = dir.path().join(format!("ssh-{id}"));
+            let made = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&key)
+                .status()
+                .unwrap_or_else(|e| panic!("{}: ssh-keygen (apt-get install openssh-client): {e}", self.name));
+            assert!(made.success(), "{}: ssh-keygen failed", self.name);
+            ssh_keys.push((id.clone(), key));
+        }
+        Prepared { dockerfile, context, ssh_keys, _dir: dir }
     }
 
-    /// `--build-arg`, `--target` and `--secret` flags, the same for both builders.
-    pub fn flags(&self) -> Vec<String> {
+    /// `--build-arg`, `--target`, `--secret` and `--ssh` flags, the same for
+    /// both builders.
+    pub fn flags(&self, prepared: &Prepared) -> Vec<String> {
         let mut flags = Vec::new();
         for (k, v) in &self.options.build_args {
             flags.push("--build-arg".to_string());
@@ -167,6 +186,10 @@ impl Case {
         for (id, file) in &self.options.secrets {
             flags.push("--secret".to_string());
             flags.push(format!("id={id},src={}", self.dir.join(file).display()));
+        }
+        for (id, key) in &prepared.ssh_keys {
+            flags.push("--ssh".to_string());
+            flags.push(format!("{id}={}", key.display()));
         }
         flags
     }
