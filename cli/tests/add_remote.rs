@@ -360,8 +360,11 @@ impl GitServer {
         let served = dir.path().join("served");
         std::fs::create_dir_all(&served).unwrap();
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let daemon = Command::new("git")
-            .args(["daemon", "--export-all", "--reuseaddr", "--listen=127.0.0.1"])
+        // git-daemon itself: `git daemon` runs it as a child, which killing
+        // `git` would leave behind.
+        let exec_path = sh("git", &["--exec-path"]);
+        let daemon = Command::new(Path::new(exec_path.trim()).join("git-daemon"))
+            .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1"])
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", served.display()))
             .arg(&served)
