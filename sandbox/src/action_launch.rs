@@ -11,8 +11,11 @@ pub(super) struct ActionLaunch {
     pub(super) working_dir: CString,
     /// Binding the input root, after the template's steps.
     pub(super) ops: Vec<MountOp>,
+    /// The user and group, as the action sees them (inside `userns`).
     pub(super) uid: u32,
     pub(super) gid: u32,
+    /// The user namespace to join (root actions), else the host's.
+    pub(super) userns: Option<RawFd>,
     /// `None`: the host's network; else the slot's empty namespace.
     pub(super) netns: Option<RawFd>,
     /// The slot's `cgroup.procs` files.

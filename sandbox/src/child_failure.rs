@@ -17,6 +17,7 @@ pub(super) enum ChildStep {
     Network,
     Limits,
     Stdio,
+    UserNamespace,
     Privileges,
     Seccomp,
     WorkingDir,
@@ -46,6 +47,7 @@ impl ChildFailure {
             ChildStep::Seccomp => (10, 0),
             ChildStep::WorkingDir => (11, 0),
             ChildStep::Exec => (12, 0),
+            ChildStep::UserNamespace => (13, 0),
         };
         self.0.store((kind << 48) | (u64::from(index) << 32) | u64::from(errno as u32), Ordering::SeqCst);
     }
@@ -67,6 +69,7 @@ impl ChildFailure {
             9 => ChildStep::Privileges,
             10 => ChildStep::Seccomp,
             11 => ChildStep::WorkingDir,
+            13 => ChildStep::UserNamespace,
             _ => ChildStep::Exec,
         };
         Some((step, (value & 0xffff_ffff) as u32 as i32))
@@ -83,6 +86,7 @@ impl fmt::Display for ChildStep {
             ChildStep::Network => "joining the empty network namespace",
             ChildStep::Limits => "setting rlimits",
             ChildStep::Stdio => "redirecting stdio",
+            ChildStep::UserNamespace => "joining the root actions' user namespace",
             ChildStep::Privileges => "dropping privileges",
             ChildStep::Seccomp => "installing the seccomp filter",
             ChildStep::WorkingDir => "entering the working directory",

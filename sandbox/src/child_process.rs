@@ -117,6 +117,11 @@ unsafe fn enter(args: &ChildArgs<'_>) -> Result<Infallible, (ChildStep, i32)> {
     // Every other descriptor of the worker closes at exec.
     libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC);
 
+    // Joining a user namespace gives every capability in it, and a full
+    // bounding set: everything below comes after.
+    if let Some(userns) = launch.userns {
+        check(libc::setns(userns, libc::CLONE_NEWUSER), ChildStep::UserNamespace)?;
+    }
     for capability in 0..=template.last_capability {
         check(libc::prctl(libc::PR_CAPBSET_DROP, capability), ChildStep::Privileges)?;
     }

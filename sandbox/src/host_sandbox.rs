@@ -45,13 +45,19 @@ impl HostSandbox {
     /// started is gone when this returns (or is dropped).
     pub async fn run(&self, spec: &SandboxedCommand<'_>, cancel: CancellationToken) -> Result<SandboxedExit> {
         let program = spec.program;
-        let (uid, gid) = if spec.as_root { (0, 0) } else { (self.config.uid, self.config.gid) };
+        // Who the action is on the host (owning its input root's
+        // directories), and who it is in its own eyes.
+        let (owner, user, userns) = match (spec.as_root, &self.template.root_userns) {
+            (false, _) => ((self.config.uid, self.config.gid), (self.config.uid, self.config.gid), None),
+            (true, Some(userns)) => ((self.config.uid, self.config.gid), (0, 0), Some(userns.as_raw_fd())),
+            (true, None) => ((0, 0), (0, 0), None),
+        };
         let slot = {
             let pool = self.pool.clone();
             let (root, stdout, stderr) =
                 (spec.root.to_path_buf(), spec.stdout.to_path_buf(), spec.stderr.to_path_buf());
             tokio::task::spawn_blocking(move || -> Result<_> {
-                give_dirs(&root, uid, gid)?;
+                give_dirs(&root, owner.0, owner.1)?;
                 let stdout = create(&stdout)?;
                 let stderr = create(&stderr)?;
                 Ok((pool.acquire()?, stdout, stderr))
@@ -66,8 +72,9 @@ impl HostSandbox {
             env: spec.env.iter().map(|(k, v)| c_string(format!("{k}={v}"))).collect::<Result<_>>()?,
             working_dir: c_path(spec.working_dir)?,
             ops: self.template.root.input_root_ops(spec.root)?,
-            uid,
-            gid,
+            uid: user.0,
+            gid: user.1,
+            userns,
             netns: (!spec.network).then(|| slot.netns.as_raw_fd()),
             cgroup_procs: slot.cgroup.as_ref().map(|c| c.procs.clone()).unwrap_or_default(),
             stdout,

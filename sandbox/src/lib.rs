@@ -13,7 +13,11 @@
 //!   worker's own and reused;
 //! - rlimits, every capability dropped (bounding set included), an
 //!   unprivileged uid/gid, `no_new_privs` and a seccomp filter
-//!   ([`syscall_policy`], also the RUN steps' OCI seccomp profile).
+//!   ([`syscall_policy`], also the RUN steps' OCI seccomp profile);
+//! - an action that asks for root (`dockerRunAsRoot`) is uid 0 of a user
+//!   namespace made once per worker, whose 0 is the unprivileged uid on
+//!   the host (where the kernel allows user namespaces; else it is the
+//!   host's uid 0, still without capabilities).
 //!
 //! No helper program runs per action.
 
@@ -26,6 +30,7 @@ mod input_dirs;
 mod launcher;
 mod mount_op;
 mod root_template;
+mod root_user_namespace;
 mod sandbox_config;
 mod sandbox_template;
 mod sandboxed_command;

@@ -13,9 +13,10 @@ pub struct SandboxConfig {
     /// Paths inside `read_only` ones the action must not see: an empty
     /// directory or file covers each (e.g. `/etc/shadow`).
     pub hidden: Vec<PathBuf>,
-    /// The user and group actions run as, unless their platform sets
-    /// `dockerRunAsRoot` (then uid 0, still without capabilities). Must not
-    /// be the file cache's owner, 65534.
+    /// The user and group actions run as on the host. An action whose
+    /// platform sets `dockerRunAsRoot` is uid and gid 0 of a user namespace
+    /// that maps 0 to these (still without capabilities). Must not be the
+    /// file cache's owner, 65534.
     pub uid: u32,
     pub gid: u32,
     /// Memory (RAM) of one action, page cache and `/tmp` included; over it

@@ -5,6 +5,7 @@ use memobuild_proto::{Result, ResultExt};
 use seccompiler::BpfProgram;
 
 use super::root_template::RootTemplate;
+use super::root_user_namespace::root_user_namespace;
 use super::seccomp_program::seccomp_programs;
 use super::SandboxConfig;
 
@@ -18,6 +19,9 @@ pub(super) struct SandboxTemplate {
     pub(super) open_files: u64,
     /// The highest capability number this kernel knows.
     pub(super) last_capability: libc::c_int,
+    /// Where actions that ask for root run; `None` when the kernel refused
+    /// to make it (they then run as uid 0 of the host, without capabilities).
+    pub(super) root_userns: Option<OwnedFd>,
 }
 
 impl SandboxTemplate {
@@ -34,6 +38,13 @@ impl SandboxTemplate {
             dev_null: std::fs::File::open("/dev/null").context("opening /dev/null")?.into(),
             open_files: config.open_files.min(open_files_hard_limit()),
             last_capability,
+            root_userns: match root_user_namespace(config.uid, config.gid) {
+                Ok(namespace) => Some(namespace),
+                Err(e) => {
+                    tracing::warn!(error = %e, "actions that ask for root will run as the host's uid 0 (without capabilities)");
+                    None
+                }
+            },
         })
     }
 }

@@ -207,3 +207,35 @@ async fn many_actions_at_once_each_in_their_own_sandbox() {
         assert_eq!(stdout, format!("{i}\n"), "each action has its own /tmp");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_is_root_only_in_its_own_user_namespace() {
+    root_only!();
+    let fx = Fixture::new().await;
+    let input = fx.file("input.txt", b"from the cache\n", false).await;
+    let root = fx.dir(Directory { files: vec![input], ..Default::default() }).await;
+    let script = "id -u; cat /proc/self/uid_map /proc/self/gid_map; stat -c %u /usr/bin/env; \
+                  echo made > made; stat -c %u made; echo more >> input.txt || echo input-refused; \
+                  chown 1 made || echo chown-refused";
+    let cmd = command(&["sh", "-c", script], &[]);
+    let action = Action {
+        command_digest: Some(fx.proto(&cmd).await.to_proto()),
+        input_root_digest: Some(root.to_proto()),
+        platform: as_root(),
+        ..Default::default()
+    };
+    let action = fx.proto(&action).await;
+    let outcome = fx.executor.execute(&action, "w", CancellationToken::new()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&fx.read(outcome.result.stdout_digest.as_ref().unwrap()).await).into_owned();
+    let lines: Vec<Vec<&str>> = stdout.lines().map(|l| l.split_whitespace().collect()).collect();
+    let sandbox = SandboxConfig::default();
+    // uid 0 inside, the sandbox's unprivileged uid and gid outside.
+    assert_eq!(lines[0], ["0"], "{stdout}");
+    assert_eq!(lines[1], ["0", &sandbox.uid.to_string(), "1"], "{stdout}");
+    assert_eq!(lines[2], ["0", &sandbox.gid.to_string(), "1"], "{stdout}");
+    // The host's root owns nothing in here: its files show as the overflow uid.
+    assert_eq!(lines[3], ["65534"], "{stdout}");
+    assert_eq!(lines[4], ["0"], "what it makes is its own: {stdout}");
+    assert!(stdout.contains("input-refused\n"), "an input file of the cache stays read-only: {stdout}");
+    assert!(stdout.contains("chown-refused\n"), "no capabilities in its namespace either: {stdout}");
+}
