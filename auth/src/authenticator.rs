@@ -1,12 +1,13 @@
 //! Turns a request's credentials into a [`Principal`], from a principals
 //! file that is read again whenever it changes.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use memobuild_proto::{Error, Result};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use sha2::{Digest as _, Sha256};
 use tonic::Code;
 use x509_parser::extensions::GeneralName;
@@ -27,7 +28,13 @@ pub struct Authenticator {
     file: RwLock<Arc<PrincipalsFile>>,
     /// Tokens that live only in this process (the in-process worker's).
     internal: RwLock<Vec<([u8; 32], Arc<Principal>)>>,
+    /// The names of client certificates seen, by their DER, so that a
+    /// connection's certificate is parsed once, not on every request.
+    certificate_names: Mutex<HashMap<Vec<u8>, Arc<[String]>>>,
 }
+
+/// Client certificates whose names are kept; past it the cache starts over.
+const CERTIFICATES_KEPT: usize = 1024;
 
 impl Authenticator {
     /// An authenticator over the principals file at `path` (read now: a bad
@@ -42,6 +49,7 @@ impl Authenticator {
             path: path.map(Path::to_path_buf),
             file: RwLock::new(Arc::new(file)),
             internal: RwLock::new(Vec::new()),
+            certificate_names: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -113,7 +121,19 @@ impl Authenticator {
     }
 
     fn by_certificate(&self, der: &[u8]) -> Result<Arc<Principal>> {
-        let names = certificate_names(der)?;
+        let known = self.certificate_names.lock().get(der).cloned();
+        let names = match known {
+            Some(names) => names,
+            None => {
+                let names: Arc<[String]> = certificate_names(der)?.into();
+                let mut cache = self.certificate_names.lock();
+                if cache.len() >= CERTIFICATES_KEPT {
+                    cache.clear();
+                }
+                cache.insert(der.to_vec(), names.clone());
+                names
+            }
+        };
         let file = self.file.read().clone();
         names.iter().find_map(|name| file.certificates.get(name).cloned()).ok_or_else(|| {
             unauthenticated(format!("the client certificate ({}) maps to no principal", names.join(", ")))
