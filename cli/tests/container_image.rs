@@ -120,7 +120,7 @@ fn pinned_image() -> String {
 }
 
 const SCRIPT: &str = "mkdir -p out && { cat /etc/lower-file; id -u; pwd; cat input.txt; \
-                      grep CapEff /proc/self/status; } > out/result";
+                      grep CapEff /proc/self/status; echo \"$BASE_VAR $PATH\"; } > out/result";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn actions_run_in_their_image_without_privileges_and_cannot_touch_their_inputs() {
@@ -129,13 +129,14 @@ async fn actions_run_in_their_image_without_privileges_and_cannot_touch_their_in
     let image = pinned_image();
 
     // The image's own files, the sandbox's unprivileged user, the input root
-    // bound at its mount, no capabilities.
+    // bound at its mount, no capabilities, the image's Env under the
+    // action's variables (its PATH wins).
     let job = Job { script: SCRIPT, input: b"hello input\n", properties: &[("container-image", &image)] };
     let (response, result) = run(&server, &job).await;
     assert_eq!(response.status.as_ref().map(|s| s.code).unwrap_or(0), 0, "{response:?}");
     assert_eq!(
         result.as_deref(),
-        Some("from the base image\n65532\n/memobuild/input\nhello input\nCapEff:\t0000000000000000\n"),
+        Some("from the base image\n65532\n/memobuild/input\nhello input\nCapEff:\t0000000000000000\nfrom-base /bin\n"),
         "stderr: {}",
         stderr(&server, &response).await
     );

@@ -30,7 +30,8 @@ const TAG_TTL: Duration = Duration::from_secs(60);
 /// An image is pulled into the CAS and unpacked into containerd snapshots
 /// once (concurrent actions wait for the first); the snapshots outlive the
 /// worker. The action's input root is bound read-write at
-/// [`INPUT_ROOT_MOUNT`], its working directory below it. It runs as the
+/// [`INPUT_ROOT_MOUNT`], its working directory below it, its environment the
+/// image's `Env` with the action's variables over it. It runs as the
 /// sandbox's unprivileged user (uid 0 with `dockerRunAsRoot`), without
 /// capabilities, with no_new_privs, the default seccomp profile, the pids
 /// limit and the sandbox's memory limit; its changes to the image's
@@ -51,6 +52,8 @@ pub struct ImageRunner {
 struct PreparedImage {
     /// The top chain id; `None` for an image without layers.
     chain: Option<String>,
+    /// The image config's `Env` (`NAME=value`).
+    env: Vec<String>,
     resolved_at: Instant,
 }
 
@@ -66,14 +69,14 @@ impl ImageRunner {
         ImageRunner { host, steps, cas, registry, sandbox, network, images: Mutex::default() }
     }
 
-    /// The snapshot chain of `image`, pulled and unpacked on first use (a
-    /// tag again once [`TAG_TTL`] has passed).
-    async fn chain(&self, image: &ImageReference) -> Result<Option<String>> {
+    /// `image` unpacked, pulled on first use (a tag again once [`TAG_TTL`]
+    /// has passed).
+    async fn prepared(&self, image: &ImageReference) -> Result<PreparedImage> {
         let slot = self.images.lock().entry(image.as_written().to_string()).or_default().clone();
         let mut prepared = slot.lock().await;
         if let Some(ready) = prepared.as_ref() {
             if image.digest().is_some() || ready.resolved_at.elapsed() < TAG_TTL {
-                return Ok(ready.chain.clone());
+                return Ok(ready.clone());
             }
         }
         let started = Instant::now();
@@ -84,8 +87,10 @@ impl ImageRunner {
             .await
             .with_context(|| format!("unpacking {}", pulled.resolved))?;
         tracing::info!(image = %pulled.resolved, layers = pulled.layers.len(), elapsed = ?started.elapsed(), "container image ready");
-        *prepared = Some(PreparedImage { chain: chain.clone(), resolved_at: Instant::now() });
-        Ok(chain)
+        let env = pulled.config.config().as_ref().and_then(|c| c.env().clone()).unwrap_or_default();
+        let ready = PreparedImage { chain, env, resolved_at: Instant::now() };
+        *prepared = Some(ready.clone());
+        Ok(ready)
     }
 
     async fn run_in_image(
@@ -94,7 +99,7 @@ impl ImageRunner {
         image: ImageReference,
         cancel: CancellationToken,
     ) -> Result<RunOutcome> {
-        let chain = self.chain(&image).await.with_context(|| format!("container-image {}", image.as_written()))?;
+        let image = self.prepared(&image).await.with_context(|| format!("container-image {}", image.as_written()))?;
         let (uid, gid) = if spec.as_root { (0, 0) } else { (self.sandbox.uid, self.sandbox.gid) };
         let root = spec.root.clone();
         blocking(move || memobuild_sandbox::give_dirs(&root, uid, gid)).await?;
@@ -113,7 +118,7 @@ impl ImageRunner {
         let container = ContainerSpec {
             id_hint: "action".into(),
             argv: spec.argv.clone(),
-            env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            env: merged_env(&image.env, &spec.env),
             cwd: container_path(&spec.root, &spec.working_dir)?,
             user: Some(format!("{uid}:{gid}")),
             network,
@@ -132,7 +137,7 @@ impl ImageRunner {
         let (logs, chunks) = tokio::sync::mpsc::unbounded_channel();
         let writer = tokio::spawn(write_streams(chunks, spec.stdout.clone(), spec.stderr.clone()));
         let containerd = self.steps.containerd().await?;
-        let outcome = containerd.run(&*self.cas, chain.as_deref(), &container, logs, cancel).await;
+        let outcome = containerd.run(&*self.cas, image.chain.as_deref(), &container, logs, cancel).await;
         drop(lease);
         writer.await.map_err(|e| Error::internal(format!("writing the action's output: {e}")))??;
         let outcome = outcome?;
@@ -192,6 +197,22 @@ async fn write_streams(
     Ok(())
 }
 
+/// The environment of an action in an image: the image's `Env`, then the
+/// action's variables, which replace the image's of the same name (as
+/// `docker run -e` does).
+fn merged_env(image: &[String], action: &[(String, String)]) -> Vec<String> {
+    let set_by_action = |entry: &String| {
+        let name = entry.split_once('=').map_or(entry.as_str(), |(name, _)| name);
+        action.iter().any(|(k, _)| k == name)
+    };
+    image
+        .iter()
+        .filter(|entry| !set_by_action(entry))
+        .cloned()
+        .chain(action.iter().map(|(k, v)| format!("{k}={v}")))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +223,13 @@ mod tests {
         assert_eq!(container_path(root, root).unwrap(), "/memobuild/input");
         assert_eq!(container_path(root, &root.join("pkg/sub")).unwrap(), "/memobuild/input/pkg/sub");
         assert!(container_path(root, Path::new("/elsewhere")).is_err());
+    }
+
+    #[test]
+    fn the_actions_variables_replace_the_images() {
+        let image = ["PATH=/usr/bin:/bin".to_string(), "LANG=C.UTF-8".to_string(), "BARE".to_string()];
+        let action = [("PATH".to_string(), "/opt/bin".to_string()), ("CC".to_string(), "gcc".to_string())];
+        assert_eq!(merged_env(&image, &action), ["LANG=C.UTF-8", "BARE", "PATH=/opt/bin", "CC=gcc"]);
+        assert_eq!(merged_env(&[], &action), ["PATH=/opt/bin", "CC=gcc"]);
     }
 }
