@@ -10,7 +10,7 @@
 #   ROUNDS=N (default 3)
 #   MODES="off text otlp" (the default; any of them)
 #   PERF=DIR: record each server's CPU samples with call stacks (perf record
-#   --call-graph dwarf) in DIR/MODE-ROUND.data; loadtest/perf-share.sh gives
+#   --call-graph dwarf -F 999) in DIR/MODE-ROUND.data; loadtest/perf-share.sh gives
 #   the share of them in given functions (the metrics', say).
 set -u
 T=${BIN:-target/release}
@@ -29,7 +29,7 @@ run() { # mode round
   PID=$!
   for _ in $(seq 150); do (exec 3<>/dev/tcp/127.0.0.1/37477) 2>/dev/null && break; sleep 0.2; done
   if [ -n "${PERF:-}" ]; then
-    perf record -q --call-graph dwarf -F 499 -p $PID -o "$PERF/$mode-$r.data" 2>>"$S.perf" &
+    perf record -q --call-graph dwarf -F 999 -p $PID -o "$PERF/$mode-$r.data" 2>>"$S.perf" &
     PERF_PID=$!
     sleep 1
   fi
