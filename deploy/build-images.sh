@@ -8,7 +8,10 @@
 #   memobuild/s3:dev          deploy/images/s3         (moto)
 # Checks: `memobuild --version`, containerd and runc run inside the image, and
 # deploy/docker-compose.yml passes the compose schema. With --up it also brings
-# the compose cluster up in that dockerd and runs a remote build against it.
+# the compose cluster up in that dockerd, runs a remote build with a RUN step
+# on it and a Bazel build (tests/bazel-workspace) with it as remote executor.
+# On a host whose capability bounding set lacks CAP_SYS_RESOURCE the workers
+# run with deploy/docker-compose.no-sys-resource.yml over the compose file.
 #
 # Usage: deploy/build-images.sh [--up] [--keep]   (as root)
 # Env: MEMOBUILD_BIN (a built binary; default: cargo build --release),
@@ -36,23 +39,27 @@ die() { log "error: $*"; exit 1; }
 
 work=$(mktemp -d /tmp/mb-images.XXXXXX)
 dockerd_pid=""
+registry_started=false
+compose=(docker-compose -p mbdev -f deploy/docker-compose.yml)
 cleanup() {
   local rc=$?
   if [ -n "$dockerd_pid" ]; then
     if $up && ! $keep; then
-      docker-compose -p mbdev -f deploy/docker-compose.yml down -v >/dev/null 2>&1 || true
+      "${compose[@]}" down -v >/dev/null 2>&1 || true
     fi
     if ! $keep; then
       kill "$dockerd_pid" 2>/dev/null || true
       wait "$dockerd_pid" 2>/dev/null || true
     fi
   fi
+  if $registry_started && ! $keep; then bash scripts/registry.sh stop 5000; fi
   if $keep; then log "kept $work (DOCKER_HOST=$DOCKER_HOST)"; else rm -rf "$work"; fi
   exit $rc
 }
 trap cleanup EXIT
 
 # 1. Base images, in the local registry the Dockerfiles name.
+bash scripts/registry.sh status 5000 >/dev/null || registry_started=true
 bash scripts/registry.sh start 5000
 bash scripts/base-images.sh debian
 bash scripts/base-images.sh push 127.0.0.1:5000
@@ -112,17 +119,70 @@ bash deploy/check-compose.sh
 # 6. The compose cluster, for real, in the private dockerd.
 if $up; then
   command -v docker-compose >/dev/null || die "--up needs docker-compose (apt-get install docker-compose)"
-  docker-compose -p mbdev -f deploy/docker-compose.yml up -d
-  for _ in $(seq 120); do
-    [ "$(docker inspect -f '{{.State.Health.Status}}' mbdev_scheduler_1 2>/dev/null)" = healthy ] && break
+  command -v bazel >/dev/null || die "--up needs bazel (apt-get install bazel-bootstrap)"
+  # A privileged container asks runc for every capability the kernel knows.
+  bounding=$((16#$(awk '/^CapBnd:/ {print $2}' /proc/self/status)))
+  missing=$(((1 << ($(cat /proc/sys/kernel/cap_last_cap) + 1)) - 1 & ~bounding))
+  if ((missing == 1 << 24)); then
+    log "this host's capability bounding set lacks CAP_SYS_RESOURCE: workers run with docker-compose.no-sys-resource.yml"
+    compose+=(-f deploy/docker-compose.no-sys-resource.yml)
+  elif ((missing != 0)); then
+    die "this host's capability bounding set lacks capabilities $(printf '%#x' "$missing") (bit = number): privileged workers cannot start"
+  fi
+  start=$SECONDS
+  "${compose[@]}" up -d
+  cluster=(--endpoint grpc://127.0.0.1:8981)
+  for _ in $(seq 180); do
+    [ "$("$bin" workers "${cluster[@]}" 2>/dev/null | tail -n +2 | wc -l)" = 2 ] && break
     sleep 1
   done
-  docker-compose -p mbdev -f deploy/docker-compose.yml ps
+  "${compose[@]}" ps
+  workers=$("$bin" workers "${cluster[@]}") || die "the compose scheduler does not answer"
+  [ "$(tail -n +2 <<<"$workers" | wc -l)" = 2 ] ||
+    { "${compose[@]}" logs --tail 30 >&2; die "two workers did not connect to the compose scheduler: $workers"; }
+  log "compose cluster up, two workers connected, in $((SECONDS - start)) s"
+
+  # A RUN step needs no base image here: busybox (static) is the step's shell.
+  start=$SECONDS
   mkdir -p "$work/app"
-  printf 'FROM scratch\nCOPY hello.txt /\n' >"$work/app/Dockerfile"
-  echo "built on the compose cluster" >"$work/app/hello.txt"
-  "$bin" remote build --endpoint grpc://127.0.0.1:8981 --output "type=oci,dest=$work/app.tar" "$work/app" ||
-    { docker-compose -p mbdev -f deploy/docker-compose.yml logs --tail 30 >&2; die "remote build on the compose cluster failed"; }
-  log "remote build on the compose cluster: ok ($work/app.tar)"
+  cp /bin/busybox "$work/app/busybox"
+  printf '%s\n' 'FROM scratch' 'COPY busybox /bin/busybox' \
+    'RUN ["/bin/busybox", "sh", "-c", "echo built on the compose cluster > /hello.txt"]' >"$work/app/Dockerfile"
+  "$bin" remote build "${cluster[@]}" --progress plain --output "type=local,dest=$work/app-out" "$work/app" \
+    >"$work/remote.log" 2>&1 ||
+    { cat "$work/remote.log" >&2; "${compose[@]}" logs --tail 30 >&2; die "remote build on the compose cluster failed"; }
+  [ "$(cat "$work/app-out/hello.txt")" = "built on the compose cluster" ] ||
+    die "the RUN step's file is not in the remote build's output: $(ls -R "$work/app-out")"
+  build_id=$(awk '/^build / { print $2; exit }' "$work/remote.log")
+  run_step=$("$bin" builds inspect "${cluster[@]}" "$build_id" | grep RUN) ||
+    die "build $build_id on the compose cluster shows no RUN step"
+  ran_on=""
+  for service in worker-1 worker-2; do
+    grep -q " $(docker inspect -f '{{.Config.Hostname}}' "mbdev_${service}_1"):" <<<"$run_step" && ran_on=$service
+  done
+  [ -n "$ran_on" ] || die "the RUN step of build $build_id ran on no compose worker: $run_step"
+  log "remote build with a RUN step on compose's $ran_on: ok in $((SECONDS - start)) s"
+
+  # Bazel, with the compose scheduler as its remote executor and cache.
+  start=$SECONDS
+  mkdir -p "$work/bazel"
+  tar -C tests/bazel-workspace --exclude='./bazel-*' -cf - . | tar -C "$work/bazel" -xf -
+  bazel_run() { (cd "$work/bazel" && bazel --output_user_root="$work/bazel-root" "$@"); }
+  bazel_run build --remote_executor=grpc://127.0.0.1:8981 //:chain_c //:indep_numbers >"$work/bazel.log" 2>&1 ||
+    { cat "$work/bazel.log" >&2; bazel_run shutdown; die "bazel build against the compose cluster failed"; }
+  bazel_run shutdown
+  grep -E '^INFO: [0-9]+ processes' "$work/bazel.log" >&2
+  grep -qE 'processes: .*[0-9]+ remote' "$work/bazel.log" && ! grep -qE 'processes: .*(local|linux-sandbox)' "$work/bazel.log" ||
+    die "bazel did not run its actions on the compose cluster: $(cat "$work/bazel.log")"
+  [ "$(tail -1 "$work/bazel/bazel-bin/chain_c.txt")" = 4 ] || die "bazel's chain_c.txt is wrong"
+  # Bazel's actions are REAPI actions (kind="action"), counted by the worker that ran them.
+  ran=0
+  for port in 9092 9093; do
+    n=$(curl -sf "127.0.0.1:$port/metrics" | awk '/^memobuild_worker_executions_total\{kind="action"/ { n += $2 } END { print n + 0 }')
+    log "the worker on admin port $port ran $n actions"
+    ran=$((ran + n))
+  done
+  ((ran >= 4)) || die "the compose workers ran $ran actions, fewer than the 4 bazel sent"
+  log "bazel build on the compose cluster: ok in $((SECONDS - start)) s"
 fi
 log "done"

@@ -126,9 +126,15 @@ unsafe fn enter(args: &ChildArgs<'_>) -> Result<Infallible, (ChildStep, i32)> {
         check(libc::prctl(libc::PR_CAPBSET_DROP, capability), ChildStep::Privileges)?;
     }
     check(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), ChildStep::Privileges)?;
-    check(libc::setgroups(0, null()), ChildStep::Privileges)?;
-    check(libc::setresgid(launch.gid, launch.gid, launch.gid), ChildStep::Privileges)?;
-    check(libc::setresuid(launch.uid, launch.uid, launch.uid), ChildStep::Privileges)?;
+    // Raw syscalls, not glibc's wrappers: those change every thread's ids by
+    // signalling the threads glibc knows of, which here are the worker's (same
+    // memory), by tid in the child's own PID namespace. A worker that is PID 1
+    // (a container's entry point) has a thread whose tid is the child's pid,
+    // so the child kept signalling itself and never reached exec.
+    let (uid, gid) = (libc::c_long::from(launch.uid), libc::c_long::from(launch.gid));
+    check(libc::syscall(libc::SYS_setgroups, 0, null::<libc::gid_t>()), ChildStep::Privileges)?;
+    check(libc::syscall(libc::SYS_setresgid, gid, gid, gid), ChildStep::Privileges)?;
+    check(libc::syscall(libc::SYS_setresuid, uid, uid, uid), ChildStep::Privileges)?;
     let header = CapHeader { version: CAPABILITY_VERSION, pid: 0 };
     let none = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
     check(libc::syscall(libc::SYS_capset, &header, none.as_ptr()), ChildStep::Privileges)?;

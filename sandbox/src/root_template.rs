@@ -40,8 +40,10 @@ pub(super) struct RootTemplate {
 impl RootTemplate {
     pub(super) fn new(config: &SandboxConfig) -> Result<Self> {
         super::stale_dirs::remove_stale(&std::env::temp_dir(), ROOT_PREFIX);
-        let name = format!("{ROOT_PREFIX}{}-{}", std::process::id(), INSTANCES.fetch_add(1, Ordering::Relaxed));
+        let pid = std::process::id();
+        let name = format!("{ROOT_PREFIX}{pid}-{}", INSTANCES.fetch_add(1, Ordering::Relaxed));
         let new_root_path = std::env::temp_dir().join(name);
+        super::stale_dirs::remove_left(&new_root_path, pid);
         std::fs::create_dir(&new_root_path).with_context(|| format!("creating {}", new_root_path.display()))?;
         let mut template = RootTemplate {
             new_root: c_path(&new_root_path)?,

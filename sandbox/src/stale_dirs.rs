@@ -12,18 +12,27 @@ pub(super) fn remove_stale(parent: &Path, prefix: &str) {
         if Path::new("/proc").join(pid.to_string()).exists() {
             continue;
         }
-        let dir = entry.path();
-        if let Ok(children) = std::fs::read_dir(&dir) {
-            for child in children.flatten() {
-                if child.file_type().is_ok_and(|t| t.is_dir()) {
-                    let _ = std::fs::remove_dir(child.path());
-                }
+        remove_left(&entry.path(), pid);
+    }
+}
+
+/// Removes `dir`, named after `pid`, and its empty subdirectories, if a dead
+/// worker left them there. Also called on the name a worker is about to use:
+/// an earlier process with the same pid (a container's entry point has the
+/// same pid at every start) may have left it, and remove_stale keeps it
+/// since that pid is alive.
+pub(super) fn remove_left(dir: &Path, pid: u32) {
+    if let Ok(children) = std::fs::read_dir(dir) {
+        for child in children.flatten() {
+            if child.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = std::fs::remove_dir(child.path());
             }
         }
-        match std::fs::remove_dir(&dir) {
-            Ok(()) => tracing::info!(path = %dir.display(), pid, "removed what a dead worker left"),
-            Err(e) => tracing::debug!(path = %dir.display(), error = %e, "a dead worker's directory stays"),
-        }
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => tracing::info!(path = %dir.display(), pid, "removed what a dead worker left"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::debug!(path = %dir.display(), error = %e, "a dead worker's directory stays"),
     }
 }
 

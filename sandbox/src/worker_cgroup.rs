@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use memobuild_proto::{Error, Result, ResultExt};
 
-use super::stale_dirs::remove_stale;
+use super::stale_dirs::{remove_left, remove_stale};
 
 /// Where the cgroup filesystems are mounted.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -42,7 +42,8 @@ impl WorkerCgroup {
         if memory_bytes.is_none() && pids.is_none() {
             return Ok(None);
         }
-        let name = format!("{CGROUP_PREFIX}{}-{}", std::process::id(), INSTANCES.fetch_add(1, Ordering::Relaxed));
+        let pid = std::process::id();
+        let name = format!("{CGROUP_PREFIX}{pid}-{}", INSTANCES.fetch_add(1, Ordering::Relaxed));
         let own = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
         let v2 = Path::new(CGROUP_ROOT).join("cgroup.controllers").exists();
         let mut dirs = Vec::new();
@@ -52,6 +53,7 @@ impl WorkerCgroup {
             remove_stale(&base, CGROUP_PREFIX);
             enable_controllers(&base)?;
             let dir = base.join(&name);
+            remove_left(&dir, pid);
             create_dir(&dir)?;
             write(&dir.join("cgroup.subtree_control"), "+memory +pids")?;
             dirs.push((dir, None));
@@ -76,6 +78,7 @@ impl WorkerCgroup {
                 let base = Path::new(CGROUP_ROOT).join(controller).join(path.trim_start_matches('/'));
                 remove_stale(&base, CGROUP_PREFIX);
                 let dir = base.join(&name);
+                remove_left(&dir, pid);
                 create_dir(&dir)?;
                 dirs.push((dir, Some(controller)));
             }

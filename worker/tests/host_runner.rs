@@ -176,3 +176,48 @@ async fn dropping_a_run_midway_kills_its_processes() {
         assert_eq!(gone(&marker).await, Vec::<String>::new(), "{sandbox:?}");
     }
 }
+
+/// A worker that is PID 1 of its PID namespace (a container's entry point,
+/// restarted) runs sandboxed commands: the test runs itself again under
+/// `unshare --pid --fork`, where it is PID 1, and runs `true` in the namespace
+/// sandbox.
+#[test]
+fn a_worker_that_is_pid_1_runs_sandboxed_commands() {
+    const AS_PID_1: &str = "MEMOBUILD_TEST_AS_PID_1";
+    if !is_root() {
+        eprintln!("skipped: the namespace sandbox needs root");
+        return;
+    }
+    if std::env::var_os(AS_PID_1).is_some() {
+        assert_eq!(std::process::id(), 1);
+        // What an earlier PID 1 (the same container, before a restart) left.
+        std::fs::create_dir_all(std::env::temp_dir().join("memobuild-sandbox-1-0")).unwrap();
+        let own_cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        if let Some(path) = own_cgroup.lines().find_map(|l| l.split_once(":memory:").map(|(_, path)| path)) {
+            std::fs::create_dir_all(format!("/sys/fs/cgroup/memory{path}/memobuild-1-0/slot-0")).unwrap();
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(HostRunner::with_sandbox(Sandbox::Namespaces).check()).unwrap();
+        return;
+    }
+    let mut child = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "a_worker_that_is_pid_1_runs_sandboxed_commands", "--nocapture"])
+        .env(AS_PID_1, "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("as PID 1, the sandboxed `true` did not finish in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && text.contains("1 passed"), "{text}");
+}
