@@ -169,7 +169,7 @@ impl BuildRun {
                 .ok_or_else(|| Error::internal(format!("stage {index} finished without a result")))?,
         };
         // Metadata-only steps with no time before them (first in a stage
-        // from scratch): they take the next step's.
+        // from scratch): they take the next step's that has one.
         let mut undated: Vec<usize> = Vec::new();
         for (i, step) in stage.steps.iter().enumerate().skip(1) {
             if self.cancel.is_cancelled() {
@@ -199,10 +199,11 @@ impl BuildRun {
                 }
             }
         }
-        let now = self.settings.timestamp();
+        // Nothing after them built anything either (metadata over scratch):
+        // the Unix epoch, the usual time of reproducible images, so that
+        // rebuilds give the same image.
         for i in undated {
-            state.history[i].created = rfc3339(now);
-            state.history[i].built_at = Some(now);
+            state.history[i].created = rfc3339(0);
         }
         Ok(state)
     }

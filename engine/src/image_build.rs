@@ -156,10 +156,13 @@ impl ImageBuild {
         let mut image_config = target.config.clone();
         image_config.labels.extend(self.labels.iter().cloned());
         // The latest time in the history: an unchanged build gives the same
-        // config, so the same image id and manifest, as BuildKit does.
+        // config, so the same image id and manifest, as BuildKit does. An
+        // image with no time at all (metadata over `scratch`, or over a base
+        // without history) takes the Unix epoch, the usual time of
+        // reproducible images, rather than this build's.
         let created = match run.settings.source_date_epoch {
             Some(epoch) => rfc3339(epoch),
-            None => image.created().unwrap_or_else(|| rfc3339(run.settings.timestamp())),
+            None => image.created().unwrap_or_else(|| rfc3339(0)),
         };
         let config = Bytes::from(image.config_json(&image_config, &self.platform, &created));
         let image_id = crate::export::image_id(&config);

@@ -25,7 +25,10 @@ pub struct History {
 impl History {
     fn to_json(&self) -> Value {
         let mut entry = Map::new();
-        entry.insert("created".into(), json!(self.created));
+        // A base image's entry may have no time; "" is no RFC 3339 time.
+        if !self.created.is_empty() {
+            entry.insert("created".into(), json!(self.created));
+        }
         entry.insert("created_by".into(), json!(self.created_by));
         if let Some(comment) = &self.comment {
             entry.insert("comment".into(), json!(comment));
