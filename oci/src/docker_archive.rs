@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use memobuild_cas::BlobStore;
-use memobuild_proto::{Digest, Error, Result, ResultExt};
+use memobuild_proto::{Digest, DigestFunction, Error, Result, ResultExt};
 use serde::Serialize;
 
 use crate::built_image::BuiltImage;
 use crate::compression::{compress_layer, Compression};
 use crate::image_reference::ImageReference;
 use crate::oci_layout_writer::write_tar_atomically;
+use crate::output_mark::OutputMark;
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -73,8 +74,16 @@ async fn write(image: &BuiltImage, store: &dyn BlobStore, dest: &Path, tags: &[S
         blobs.insert(blob_path(blob), Some(*blob));
     }
     blobs.insert(blob_path(&config_digest), None);
+    // An archive of the same blobs (their paths name their digests) and
+    // manifest (tags included) that is still as written is left alone.
+    let manifest_digest = Digest::of(DigestFunction::Sha256, &manifest);
+    let parts = blobs.keys().map(|path| (path.as_str(), path.clone()));
+    let mark = OutputMark::of("docker-archive", parts.chain([("manifest.json", manifest_digest.hex())]));
+    if mark.is_on(dest) {
+        return Ok(());
+    }
     let config = image.config.clone();
-    write_tar_atomically(dest, None, |mut tar| async move {
+    write_tar_atomically(dest, Some(&mark), |mut tar| async move {
         tar.directory("blobs/").await?;
         tar.directory("blobs/sha256/").await?;
         for (path, blob) in &blobs {
