@@ -126,6 +126,10 @@ pub struct WorkerSection {
     /// `hidden`), their user and limits.
     #[serde(default)]
     pub sandbox: SandboxConfig,
+    /// The most bytes one layer of an action's `container-image` may
+    /// decompress to; a bigger one fails the action, naming it.
+    #[serde(default = "default_max_layer_bytes")]
+    pub max_layer_bytes: u64,
 }
 
 impl SchedulerSection {
@@ -178,6 +182,7 @@ impl WorkerSection {
             containerd_address: None,
             network: NetworkConfig::default(),
             sandbox: SandboxConfig::default(),
+            max_layer_bytes: default_max_layer_bytes(),
         }
     }
 }

@@ -485,7 +485,9 @@ async fn worker(
     // With containerd, actions may also name a `container-image`.
     let actions: Arc<dyn Runner> = match &runner {
         Some(steps) => {
-            let registry = RegistryClient::from_docker_config().context("reading registry credentials")?;
+            let registry = RegistryClient::from_docker_config()
+                .context("reading registry credentials")?
+                .with_max_layer_bytes(section.max_layer_bytes);
             Arc::new(ImageRunner::new(host, steps.clone(), cas.clone(), registry, sandbox))
         }
         None => host,

@@ -233,3 +233,20 @@ async fn an_action_over_the_memory_limit_in_an_image_fails_naming_the_limit() {
     assert_eq!(result.as_deref(), Some("fine\n"));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_layer_over_the_workers_max_layer_bytes_fails_the_action_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = memobuild_cli::config::ServerConfig::embedded(dir.path());
+    config.worker.as_mut().unwrap().max_layer_bytes = 4096;
+    let server = TestServer::start_with(config).await;
+    let image = pinned_image();
+    let job = Job { script: SCRIPT, input: b"x", properties: &[("container-image", &image)] };
+    let (response, result) = run(&server, &job).await;
+    let status = response.status.expect("a status");
+    assert_ne!(status.code, 0, "{response:?}");
+    assert!(status.message.contains("decompresses to more than the 4096 bytes allowed"), "{}", status.message);
+    assert!(status.message.contains("sha256:"), "the layer is not named: {}", status.message);
+    assert_eq!(result, None);
+    server.stop().await;
+}

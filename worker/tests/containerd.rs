@@ -118,6 +118,14 @@ impl Fixture {
         let snapshots = self.ctr(&["snapshots", "ls"]);
         let active: Vec<&str> = snapshots.lines().filter(|l| l.contains(&prefix) && l.contains("Active")).collect();
         assert!(active.is_empty(), "active snapshots left: {active:?}");
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        assert!(!mounts.contains(&prefix), "mounts left: {mounts}");
+        let rootfs_dirs: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.contains(&prefix))
+            .collect();
+        assert!(rootfs_dirs.is_empty(), "rootfs directories left: {rootfs_dirs:?}");
     }
 
     /// Removes this test's committed snapshots (top first) and leaves.
@@ -269,6 +277,23 @@ async fn a_second_step_sees_the_first_and_a_view_shows_the_files() {
     let empty = fx.ctd.mount_view(None).await.unwrap();
     assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
     empty.release().await.unwrap();
+    fx.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steps_chain_is_committed_when_the_step_returns() {
+    let mut fx = Fixture::new("commit").await;
+    let parent = fx.base_chain.clone();
+    let (tx, _rx) = unbounded_channel();
+    let spec = fx.spec("first", "echo x > /x");
+    let outcome = fx.ctd.run(&fx.store, Some(&parent), &spec, tx, CancellationToken::new()).await.unwrap();
+    let chain = outcome.chain_id.unwrap();
+    fx.chains.push(chain.clone());
+    // The task may still be being deleted; the chain is already there.
+    let info = fx.ctr(&["snapshots", "info", &chain]);
+    assert!(info.to_lowercase().contains("committed"), "{info}");
+    let (next, stdout, stderr) = fx.run(&chain, &fx.spec("second", "cat /x")).await;
+    assert_eq!((next.exit_code, stdout.as_str()), (0, "x\n"), "{stderr}");
     fx.finish().await;
 }
 

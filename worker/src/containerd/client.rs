@@ -178,7 +178,7 @@ impl Containerd {
     }
 
     /// Returns once the cleanups of the steps that finished so far are done
-    /// (tasks and containers deleted, snapshots committed or removed).
+    /// (tasks, containers and uncommitted snapshots removed).
     pub async fn settle(&self) {
         loop {
             let pending = std::mem::take(&mut *self.inner.cleanups.lock());
@@ -187,12 +187,6 @@ impl Containerd {
             }
             futures::future::join_all(pending).await;
         }
-    }
-
-    /// Returns once no step of this process is still committing `chain_id`
-    /// (see [`Containerd::run`]).
-    pub(super) async fn committed(&self, chain_id: &str) {
-        drop(self.chain_lock(chain_id).lock().await);
     }
 
     /// The in-process lock for unpacking `chain_id`.

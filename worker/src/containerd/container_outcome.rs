@@ -15,7 +15,7 @@ pub struct ContainerOutcome {
     /// diff id), stored in the blob store; only on exit 0.
     pub layer: Option<Layer>,
     /// The chain id of the parent stack plus `layer`, committed as a
-    /// snapshot in the background (this process's `run`, `ensure_chain` and
-    /// `mount_view` wait for it); `Some` exactly when `layer` is.
+    /// snapshot (unless that failed: `ensure_chain` then unpacks it from the
+    /// layer); `Some` exactly when `layer` is.
     pub chain_id: Option<String>,
 }

@@ -247,10 +247,11 @@ impl HashingWriter {
         HashingWriter { inner: std::io::BufWriter::with_capacity(1 << 20, file), hasher: sha2::Sha256::new(), size: 0 }
     }
 
+    /// Flushes the tar; no sync: it is a temporary file the blob store
+    /// copies, and keeping the blob is the store's job.
     fn finish(mut self) -> Result<Digest> {
         self.inner.flush().context("writing the layer tar")?;
-        let file = self.inner.into_inner().map_err(|e| Error::from(e.into_error()).context("writing the layer tar"))?;
-        file.sync_all().context("writing the layer tar")?;
+        self.inner.into_inner().map_err(|e| Error::from(e.into_error()).context("writing the layer tar"))?;
         Ok(Digest::new(DigestFunction::Sha256, self.hasher.finalize().into(), self.size))
     }
 }

@@ -17,6 +17,7 @@ mod layer_chain;
 mod layer_stack;
 mod lease;
 mod log_chunk;
+mod mount_point;
 mod mounted_view;
 mod phase_clock;
 mod private_daemon;

@@ -1,12 +1,12 @@
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use containerd_client::services::v1::snapshots::ViewSnapshotRequest;
-use memobuild_proto::{Error, Result, ResultExt};
-use nix::mount::MntFlags;
+use memobuild_proto::{Error, Result};
 
 use super::lease::{delete_lease, Lease};
+use super::mount_point::MountPoint;
 use super::snapshot_mounts::SnapshotMounts;
 use super::{Containerd, SNAPSHOTTER};
 
@@ -18,11 +18,9 @@ const VIEW_LEASE_TTL: Duration = Duration::from_secs(6 * 3600);
 /// or, failing that, on drop.
 #[derive(Debug)]
 pub struct MountedView {
-    path: PathBuf,
-    mounted: bool,
+    mount: MountPoint,
     /// The view snapshot and its lease; `None` for an empty root.
     snapshot: Option<(Containerd, String, String)>,
-    released: bool,
 }
 
 impl Containerd {
@@ -30,11 +28,8 @@ impl Containerd {
     /// directory; `None` gives an empty directory.
     pub async fn mount_view(&self, parent: Option<&str>) -> Result<MountedView> {
         let name = format!("memobuild-view-{}", uuid::Uuid::new_v4().simple());
-        let path = std::env::temp_dir().join(&name);
-        std::fs::create_dir(&path).with_context(|| format!("creating view directory {}", path.display()))?;
-        let mut view = MountedView { path, mounted: false, snapshot: None, released: false };
+        let mut view = MountedView { mount: MountPoint::create(&name)?, snapshot: None };
         let Some(parent) = parent else { return Ok(view) };
-        self.committed(parent).await;
         let lease = Lease::create(self, "view", VIEW_LEASE_TTL).await?;
         view.snapshot = Some((self.clone(), name.clone(), lease.id().to_string()));
         let request = ViewSnapshotRequest {
@@ -51,8 +46,7 @@ impl Containerd {
             .into_inner()
             .mounts;
         let mounts = SnapshotMounts::parse(mounts)?;
-        mounts.mount_at(&view.path).map_err(|e| e.context(format!("mounting a view of snapshot {parent}")))?;
-        view.mounted = true;
+        view.mount.mount(&mounts).map_err(|e| e.context(format!("mounting a view of snapshot {parent}")))?;
         Ok(view)
     }
 }
@@ -60,40 +54,24 @@ impl Containerd {
 impl MountedView {
     /// Where the view is mounted.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.mount.path()
     }
 
     /// Unmounts the view and removes its snapshot and directory.
     pub async fn release(mut self) -> Result<()> {
-        self.released = true;
-        self.unmount()?;
-        if let Some((containerd, key, lease)) = self.snapshot.take() {
+        let snapshot = self.snapshot.take();
+        self.mount.release()?;
+        if let Some((containerd, key, lease)) = snapshot {
             containerd.remove_snapshot(&key).await?;
             delete_lease(&containerd, &lease, false).await?;
         }
         Ok(())
     }
-
-    fn unmount(&mut self) -> Result<()> {
-        if self.mounted {
-            nix::mount::umount2(&self.path, MntFlags::MNT_DETACH)
-                .map_err(|e| Error::internal(format!("unmounting view {}: {e}", self.path.display())))?;
-            self.mounted = false;
-        }
-        match std::fs::remove_dir(&self.path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::from(e).context(format!("removing view directory {}", self.path.display()))),
-        }
-    }
 }
 
 impl Drop for MountedView {
     fn drop(&mut self) {
-        if self.released {
-            return;
-        }
-        if let Err(e) = self.unmount() {
+        if let Err(e) = self.mount.release() {
             tracing::warn!(error = %e, "dropping a mounted view");
         }
         if let Some((containerd, key, lease)) = self.snapshot.take() {

@@ -19,11 +19,12 @@ use tracing::Instrument;
 
 use super::diff_writer::DiffWriter;
 use super::lease::Lease;
+use super::mount_point::MountPoint;
 use super::phase_clock::PhaseClock;
 use super::runtime_spec::runtime_spec;
 use super::snapshot_mounts::SnapshotMounts;
 use super::stdio_fifos::StdioFifos;
-use super::step_cleanup::{SnapshotFate, StepCleanup, TaskState, KILL_GRACE, SIGKILL};
+use super::step_cleanup::{StepCleanup, TaskState, KILL_GRACE, SIGKILL};
 use super::user_resolver::resolve_user;
 use super::{ContainerOutcome, ContainerPurpose, ContainerSpec, Containerd, LogChunk, SNAPSHOTTER};
 
@@ -42,9 +43,10 @@ impl Containerd {
     /// 0 a [`ContainerPurpose::Step`]'s changes become an uncompressed
     /// layer, stored in `store` and committed as the snapshot of the new
     /// chain id; otherwise nothing is kept. A timeout or `cancel` kills the
-    /// task. The task, container, active snapshot and lease are always
-    /// cleaned up, in the background once the outcome is known (or this
-    /// future dropped): see [`StepCleanup`].
+    /// task. The snapshot is committed before this returns; the task,
+    /// container, uncommitted snapshot and lease are always cleaned up, in
+    /// the background once the outcome is known (or this future dropped):
+    /// see [`StepCleanup`].
     pub async fn run(
         &self,
         store: &dyn BlobStore,
@@ -80,9 +82,6 @@ impl Containerd {
         clock: &mut PhaseClock,
     ) -> Result<ContainerOutcome> {
         let lease = cleanup.lease().to_string();
-        if let Some(parent) = parent {
-            self.committed(parent).await;
-        }
         let prepare = PrepareSnapshotRequest {
             snapshotter: SNAPSHOTTER.to_string(),
             key: id.to_string(),
@@ -96,7 +95,7 @@ impl Containerd {
             })?
             .into_inner()
             .mounts;
-        cleanup.snapshot = SnapshotFate::Remove;
+        cleanup.snapshot = true;
         clock.mark("prepare_snapshot");
         let mounts = SnapshotMounts::parse(mounts)?;
         let upper = mounts
@@ -104,8 +103,14 @@ impl Containerd {
             .map(PathBuf::from)
             .ok_or_else(|| Error::internal(format!("snapshot {id} has no writable directory")))?;
         let lower = mounts.lower_stack();
+        // MemoBuild mounts the rootfs itself rather than have the shim do it,
+        // so that it can be unmounted, and the snapshot committed, as soon as
+        // the step's processes are gone, without waiting for the task's
+        // deletion.
+        let rootfs = cleanup.rootfs.insert(MountPoint::create(&format!("memobuild-rootfs-{id}"))?);
+        rootfs.mount(&mounts.for_step()).map_err(|e| e.context("mounting the step's rootfs"))?;
         let user = resolve_user(&lower, spec.user.as_deref())?;
-        let runtime = runtime_spec(spec, &user, id)?;
+        let runtime = runtime_spec(spec, &user, id, rootfs.path())?;
         let spec_json = serde_json::to_vec(&runtime.spec)
             .map_err(|e| Error::internal(format!("encoding the runtime spec: {e}")))?;
         clock.mark("runtime_spec");
@@ -115,8 +120,6 @@ impl Containerd {
             labels: HashMap::from([("memobuild.step".to_string(), spec.id_hint.clone())]),
             runtime: Some(Runtime { name: RUNTIME.to_string(), options: None }),
             spec: Some(prost_types::Any { type_url: SPEC_TYPE_URL.to_string(), value: spec_json }),
-            snapshotter: SNAPSHOTTER.to_string(),
-            snapshot_key: id.to_string(),
             ..Default::default()
         };
         ContainersClient::new(self.channel())
@@ -130,7 +133,6 @@ impl Containerd {
         let mut tasks = TasksClient::new(self.channel());
         let create = CreateTaskRequest {
             container_id: id.to_string(),
-            rootfs: mounts.step_mounts(),
             stdin: String::new(),
             stdout: fifos.stdout().to_string_lossy().into_owned(),
             stderr: fifos.stderr().to_string_lossy().into_owned(),
@@ -200,6 +202,9 @@ impl Containerd {
         drop(fifos);
         clock.mark("output");
         tracing::debug!(container = id, exit_code, timed_out, cancelled, oom_killed, "step ended");
+        if let Some(rootfs) = cleanup.rootfs.as_mut() {
+            rootfs.release()?;
+        }
 
         let mut outcome = ContainerOutcome { exit_code, timed_out, cancelled, oom_killed, layer: None, chain_id: None };
         if exit_code != 0 || timed_out || cancelled || spec.purpose == ContainerPurpose::Action {
@@ -212,11 +217,13 @@ impl Containerd {
         let diff_id = result?;
         clock.mark("capture_layer");
         let chain_id = next_chain_id(parent, &diff_id);
-        // The task is deleted (and its rootfs unmounted) before the snapshot
-        // is committed, in the background; until then the chain's lock
-        // holds back whoever needs the chain.
-        let unpacking = self.chain_lock(&chain_id).lock_owned().await;
-        cleanup.snapshot = SnapshotFate::Commit { chain_id: chain_id.clone(), _unpacking: unpacking };
+        // Should the commit fail, the cleanup removes the snapshot and a
+        // later step that needs the chain unpacks it from the stored layer.
+        match self.commit_snapshot(id, &chain_id, &lease).await {
+            Ok(()) => cleanup.snapshot = false,
+            Err(e) => tracing::warn!(container = id, chain_id, error = %e, "committing the step's snapshot"),
+        }
+        clock.mark("commit_snapshot");
         outcome.layer = Some(Layer::uncompressed(diff_id));
         outcome.chain_id = Some(chain_id);
         Ok(outcome)

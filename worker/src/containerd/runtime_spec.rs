@@ -122,8 +122,14 @@ fn spec_error(what: &str) -> impl Fn(oci_spec::OciSpecError) -> Error + '_ {
     move |e| Error::internal(format!("building the runtime spec ({what}): {e}"))
 }
 
-/// Builds the spec for container `container_id`.
-pub(super) fn runtime_spec(spec: &ContainerSpec, user: &ResolvedUser, container_id: &str) -> Result<RuntimeSpec> {
+/// Builds the spec for container `container_id`, whose root filesystem is
+/// mounted at `rootfs`.
+pub(super) fn runtime_spec(
+    spec: &ContainerSpec,
+    user: &ResolvedUser,
+    container_id: &str,
+    rootfs: &Path,
+) -> Result<RuntimeSpec> {
     if spec.argv.is_empty() {
         return Err(Error::invalid_argument(format!("step {}: empty command", spec.id_hint)));
     }
@@ -311,7 +317,7 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, user: &ResolvedUser, container_
     let spec = SpecBuilder::default()
         .version("1.0.2")
         .process(process)
-        .root(RootBuilder::default().path("rootfs").readonly(false).build().map_err(spec_error("root"))?)
+        .root(RootBuilder::default().path(rootfs).readonly(false).build().map_err(spec_error("root"))?)
         .hostname(hostname)
         .mounts(mounts)
         .linux(linux)
@@ -373,7 +379,7 @@ mod tests {
             ..Default::default()
         };
         let user = ResolvedUser { uid: 1000, gid: 100, additional_gids: vec![10], home: "/home/u".into() };
-        let built = runtime_spec(&spec, &user, "c1").expect("spec");
+        let built = runtime_spec(&spec, &user, "c1", Path::new("/rootfs")).expect("spec");
         let json = serde_json::to_value(&built.spec).expect("json");
         assert_eq!(json["process"]["user"]["uid"], 1000);
         assert_eq!(json["process"]["user"]["umask"], 0o022, "whatever umask the builder has");
@@ -416,7 +422,8 @@ mod tests {
             ..Default::default()
         };
         let user = ResolvedUser { uid: 0, gid: 0, additional_gids: vec![], home: "/root".into() };
-        let json = serde_json::to_value(&runtime_spec(&spec, &user, "c2").expect("spec").spec).expect("json");
+        let json = serde_json::to_value(&runtime_spec(&spec, &user, "c2", Path::new("/rootfs")).expect("spec").spec)
+            .expect("json");
         let hosts: Vec<&serde_json::Value> =
             json["mounts"].as_array().expect("mounts").iter().filter(|m| m["destination"] == "/etc/hosts").collect();
         assert_eq!(hosts.len(), 1, "{hosts:?}");

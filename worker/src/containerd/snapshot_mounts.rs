@@ -63,8 +63,9 @@ impl SnapshotMounts {
     /// The mounts for a step's rootfs: a writable overlay gets the features
     /// that would change its upper directory turned off, where the kernel
     /// knows them.
-    pub(super) fn step_mounts(&self) -> Vec<Mount> {
-        self.with_features_off(|parameter| Path::new(OVERLAY_PARAMETERS).join(parameter).exists())
+    pub(super) fn for_step(&self) -> SnapshotMounts {
+        let mounts = self.with_features_off(|parameter| Path::new(OVERLAY_PARAMETERS).join(parameter).exists());
+        SnapshotMounts { mounts, ..self.clone() }
     }
 
     fn with_features_off(&self, known: impl Fn(&str) -> bool) -> Vec<Mount> {

@@ -4,9 +4,9 @@ use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{DeleteContainerRequest, DeleteTaskRequest, KillRequest, WaitRequest};
 use memobuild_proto::Error;
-use tokio::sync::OwnedMutexGuard;
 
 use super::lease::delete_lease;
+use super::mount_point::MountPoint;
 use super::Containerd;
 
 /// How long a task may take to go after SIGKILL.
@@ -23,39 +23,29 @@ pub(super) enum TaskState {
     Exited,
 }
 
-/// What becomes of the step's active snapshot.
-pub(super) enum SnapshotFate {
-    Absent,
-    Remove,
-    /// Committed as the step's chain id. The chain's in-process lock is
-    /// held until then, so a later step that needs the chain
-    /// ([`Containerd::ensure_chain`]) waits for the commit instead of
-    /// unpacking the layer again.
-    Commit {
-        chain_id: String,
-        _unpacking: OwnedMutexGuard<()>,
-    },
-}
-
 /// What a step made that has to go once its outcome is known: the task, the
-/// container, the active snapshot (committed or removed) and the lease.
+/// container, the rootfs mount, the active snapshot (unless it was
+/// committed) and the lease.
 ///
-/// Deleting a task (runc's delete, unmounting the rootfs, the shim's exit)
-/// takes tens of milliseconds, so it happens in the background when this is
-/// dropped, off the step's path, whether the step finished or its future
-/// was dropped midway. [`Containerd::settle`] waits for it.
+/// Deleting a task (runc's delete, the shim's exit) takes tens of
+/// milliseconds, so it happens in the background when this is dropped, off
+/// the step's path, whether the step finished or its future was dropped
+/// midway. [`Containerd::settle`] waits for it.
 pub(super) struct StepCleanup {
     containerd: Containerd,
     id: String,
     lease: String,
     pub(super) task: TaskState,
     pub(super) container: bool,
-    pub(super) snapshot: SnapshotFate,
+    /// The step's rootfs, unmounted once its processes are gone.
+    pub(super) rootfs: Option<MountPoint>,
+    /// Whether the active snapshot is there to remove.
+    pub(super) snapshot: bool,
 }
 
 impl StepCleanup {
     pub(super) fn new(containerd: Containerd, id: String, lease: String) -> Self {
-        StepCleanup { containerd, id, lease, task: TaskState::Absent, container: false, snapshot: SnapshotFate::Absent }
+        StepCleanup { containerd, id, lease, task: TaskState::Absent, container: false, rootfs: None, snapshot: false }
     }
 
     /// The lease the step's objects are created under.
@@ -72,7 +62,8 @@ impl Drop for StepCleanup {
             lease: std::mem::take(&mut self.lease),
             task: self.task,
             container: self.container,
-            snapshot: std::mem::replace(&mut self.snapshot, SnapshotFate::Absent),
+            rootfs: self.rootfs.take(),
+            snapshot: self.snapshot,
         };
         self.containerd.spawn_cleanup(&job.id.clone(), job.run());
     }
@@ -84,11 +75,12 @@ struct Job {
     lease: String,
     task: TaskState,
     container: bool,
-    snapshot: SnapshotFate,
+    rootfs: Option<MountPoint>,
+    snapshot: bool,
 }
 
 impl Job {
-    async fn run(self) {
+    async fn run(mut self) {
         let started = Instant::now();
         let (containerd, id) = (&self.containerd, self.id.as_str());
         let warn = |what: &str, status: tonic::Status| {
@@ -96,17 +88,26 @@ impl Job {
                 tracing::warn!(container = id, error = %Error::from(status), "cleaning up: {what}");
             }
         };
-        if self.task != TaskState::Absent {
-            let mut tasks = TasksClient::new(containerd.channel());
-            if self.task == TaskState::Live {
-                let kill =
-                    KillRequest { container_id: id.to_string(), exec_id: String::new(), signal: SIGKILL, all: true };
-                if let Err(status) = tasks.kill(containerd.request(kill, None)).await {
-                    warn("killing the task", status);
-                }
-                let wait = WaitRequest { container_id: id.to_string(), exec_id: String::new() };
-                let _ = tokio::time::timeout(KILL_GRACE, tasks.wait(containerd.request(wait, None))).await;
+        let mut tasks = TasksClient::new(containerd.channel());
+        if self.task == TaskState::Live {
+            let kill = KillRequest { container_id: id.to_string(), exec_id: String::new(), signal: SIGKILL, all: true };
+            if let Err(status) = tasks.kill(containerd.request(kill, None)).await {
+                warn("killing the task", status);
             }
+            let wait = WaitRequest { container_id: id.to_string(), exec_id: String::new() };
+            let _ = tokio::time::timeout(KILL_GRACE, tasks.wait(containerd.request(wait, None))).await;
+        }
+        if let Some(mut rootfs) = self.rootfs.take() {
+            if let Err(e) = rootfs.release() {
+                tracing::warn!(container = id, error = %e, "cleaning up: unmounting the rootfs");
+            }
+        }
+        if self.snapshot {
+            if let Err(e) = containerd.remove_snapshot(id).await {
+                tracing::warn!(container = id, error = %e, "cleaning up: removing the snapshot");
+            }
+        }
+        if self.task != TaskState::Absent {
             let delete = DeleteTaskRequest { container_id: id.to_string() };
             if let Err(status) = tasks.delete(containerd.request(delete, None)).await {
                 warn("deleting the task", status);
@@ -118,24 +119,6 @@ impl Job {
                 ContainersClient::new(containerd.channel()).delete(containerd.request(delete, None)).await
             {
                 warn("deleting the container", status);
-            }
-        }
-        match self.snapshot {
-            SnapshotFate::Absent => {}
-            SnapshotFate::Remove => {
-                if let Err(e) = containerd.remove_snapshot(id).await {
-                    tracing::warn!(container = id, error = %e, "cleaning up: removing the snapshot");
-                }
-            }
-            SnapshotFate::Commit { chain_id, _unpacking } => {
-                // On failure the chain is unpacked from its stored layer
-                // when a later step needs it.
-                if let Err(e) = containerd.commit_snapshot(id, &chain_id, &self.lease).await {
-                    tracing::warn!(container = id, chain_id, error = %e, "cleaning up: committing the step's snapshot");
-                    if let Err(e) = containerd.remove_snapshot(id).await {
-                        tracing::warn!(container = id, error = %e, "cleaning up: removing the snapshot");
-                    }
-                }
             }
         }
         if let Err(e) = delete_lease(containerd, &self.lease, false).await {
