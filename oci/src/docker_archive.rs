@@ -1,17 +1,15 @@
 //! Writing an image in `docker save` format, for `docker load`.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use memobuild_cas::BlobStore;
-use memobuild_proto::{Digest, DigestFunction, Error, Result, ResultExt};
+use memobuild_proto::{Error, Result, ResultExt};
 use serde::Serialize;
 
 use crate::built_image::BuiltImage;
 use crate::compression::{compress_layer, Compression};
 use crate::image_reference::ImageReference;
-use crate::oci_layout_writer::write_tar_atomically;
-use crate::output_mark::OutputMark;
+use crate::tar_output::{blob_path, write_archive, ArchiveEntry, EntryContent};
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -21,13 +19,10 @@ struct ManifestEntry {
     layers: Vec<String>,
 }
 
-fn blob_path(digest: &Digest) -> String {
-    format!("blobs/sha256/{}", digest.hex())
-}
-
-/// Writes `image` as a docker-archive tar at `dest` (atomically,
-/// deterministically): `manifest.json` (`[{Config, RepoTags, Layers}]`) and
-/// the config and layers under `blobs/sha256/`. Layers stay gzip or
+/// Writes `image` as a docker-archive tar at `dest`, as the OCI layout tar
+/// is written (deterministic, updated in place when MemoBuild wrote it):
+/// the layers bottom first and the config under `blobs/sha256/`, then
+/// `manifest.json` (`[{Config, RepoTags, Layers}]`). Layers stay gzip or
 /// uncompressed as stored; zstd layers are written uncompressed, which
 /// every `docker load` accepts. `tags` are image names (`name:tag`).
 pub async fn write_docker_archive(
@@ -69,31 +64,12 @@ async fn write(image: &BuiltImage, store: &dyn BlobStore, dest: &Path, tags: &[S
     }];
     let manifest =
         serde_json::to_vec(&manifest).map_err(|e| Error::internal(format!("serialising manifest.json: {e}")))?;
-    let mut blobs: BTreeMap<String, Option<Digest>> = BTreeMap::new();
-    for blob in &layer_blobs {
-        blobs.insert(blob_path(blob), Some(*blob));
-    }
-    blobs.insert(blob_path(&config_digest), None);
-    // An archive of the same blobs (their paths name their digests) and
-    // manifest (tags included) that is still as written is left alone.
-    let manifest_digest = Digest::of(DigestFunction::Sha256, &manifest);
-    let parts = blobs.keys().map(|path| (path.as_str(), path.clone()));
-    let mark = OutputMark::of("docker-archive", parts.chain([("manifest.json", manifest_digest.hex())]));
-    if mark.is_on(dest) {
-        return Ok(());
-    }
-    let config = image.config.clone();
-    write_tar_atomically(dest, Some(&mark), |mut tar| async move {
-        tar.directory("blobs/").await?;
-        tar.directory("blobs/sha256/").await?;
-        for (path, blob) in &blobs {
-            match blob {
-                Some(digest) => tar.blob(path, store, digest).await?,
-                None => tar.file(path, &config).await?,
-            }
-        }
-        tar.file("manifest.json", &manifest).await?;
-        Ok(tar)
-    })
-    .await
+    let mut entries = vec![
+        ArchiveEntry::new("blobs/", EntryContent::Directory),
+        ArchiveEntry::new("blobs/sha256/", EntryContent::Directory),
+    ];
+    entries.extend(layer_blobs.into_iter().map(ArchiveEntry::blob));
+    entries.push(ArchiveEntry::new(blob_path(&config_digest), EntryContent::Bytes(image.config.clone())));
+    entries.push(ArchiveEntry::new("manifest.json", EntryContent::Bytes(manifest.into())));
+    write_archive(dest, "docker-archive", entries, store).await
 }

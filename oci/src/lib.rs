@@ -23,6 +23,7 @@ mod output_mark;
 mod pulled_image;
 mod registry_client;
 mod registry_connection;
+mod tar_output;
 mod tar_stream;
 
 pub use blob_io::DEFAULT_MAX_LAYER_BYTES;

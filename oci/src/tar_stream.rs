@@ -8,7 +8,8 @@ use memobuild_cas::{BlobStore, ByteRange};
 use memobuild_proto::{Digest, Error, Result};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-const BLOCK: usize = 512;
+/// A tar block: a header, or a piece of an entry's data.
+pub(crate) const BLOCK: usize = 512;
 
 /// Writes `name` verbatim (a trailing `/` kept) into the header's name
 /// field; fails when it does not fit in 100 bytes.
@@ -31,6 +32,35 @@ fn fill(field: &mut [u8], value: &[u8], what: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The header of a directory entry as [`TarStream`] writes it.
+pub(crate) fn directory_header(path: &str) -> Result<tar::Header> {
+    header(path, tar::EntryType::Directory, 0, 0o755)
+}
+
+/// The header of a file entry of `size` bytes as [`TarStream`] writes it.
+pub(crate) fn file_header(path: &str, size: u64) -> Result<tar::Header> {
+    header(path, tar::EntryType::Regular, size, 0o644)
+}
+
+fn header(path: &str, kind: tar::EntryType, size: u64, mode: u32) -> Result<tar::Header> {
+    let mut header = tar::Header::new_ustar();
+    set_name(&mut header, path.as_bytes()).map_err(|e| Error::invalid_argument(format!("tar entry {path}: {e}")))?;
+    header.set_entry_type(kind);
+    header.set_size(size);
+    header.set_mode(mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_cksum();
+    Ok(header)
+}
+
+/// The bytes after an entry's data that fill its last block.
+pub(crate) fn padding(size: u64) -> u64 {
+    (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64
+}
+
+/// Writes entries to `out` from where it stands.
 pub(crate) struct TarStream<W> {
     out: W,
 }
@@ -40,28 +70,14 @@ impl<W: AsyncWrite + Unpin> TarStream<W> {
         TarStream { out }
     }
 
-    fn header(path: &str, kind: tar::EntryType, size: u64, mode: u32) -> Result<tar::Header> {
-        let mut header = tar::Header::new_ustar();
-        set_name(&mut header, path.as_bytes())
-            .map_err(|e| Error::invalid_argument(format!("tar entry {path}: {e}")))?;
-        header.set_entry_type(kind);
-        header.set_size(size);
-        header.set_mode(mode);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(0);
-        header.set_cksum();
-        Ok(header)
-    }
-
     pub(crate) async fn directory(&mut self, path: &str) -> Result<()> {
-        let header = Self::header(path, tar::EntryType::Directory, 0, 0o755)?;
+        let header = directory_header(path)?;
         self.out.write_all(header.as_bytes()).await?;
         Ok(())
     }
 
     pub(crate) async fn file(&mut self, path: &str, data: &[u8]) -> Result<()> {
-        let header = Self::header(path, tar::EntryType::Regular, data.len() as u64, 0o644)?;
+        let header = file_header(path, data.len() as u64)?;
         self.out.write_all(header.as_bytes()).await?;
         self.out.write_all(data).await?;
         self.pad(data.len() as u64).await
@@ -69,7 +85,7 @@ impl<W: AsyncWrite + Unpin> TarStream<W> {
 
     /// A file holding the blob, copied from the store chunk by chunk.
     pub(crate) async fn blob(&mut self, path: &str, store: &dyn BlobStore, digest: &Digest) -> Result<()> {
-        let header = Self::header(path, tar::EntryType::Regular, digest.size(), 0o644)?;
+        let header = file_header(path, digest.size())?;
         self.out.write_all(header.as_bytes()).await?;
         let mut stream = store.get(digest, ByteRange::ALL).await?;
         let mut written = 0u64;
@@ -92,7 +108,7 @@ impl<W: AsyncWrite + Unpin> TarStream<W> {
     }
 
     async fn pad(&mut self, size: u64) -> Result<()> {
-        let rest = (BLOCK - (size % BLOCK as u64) as usize) % BLOCK;
+        let rest = padding(size) as usize;
         self.out.write_all(&[0u8; BLOCK][..rest]).await?;
         Ok(())
     }

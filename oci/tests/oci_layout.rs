@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::{busybox_layout, config_for, hello_image, hello_layer, require, run, store, umoci_unpack};
+use common::{
+    busybox_layout, config_for, hello_image, hello_layer, require, run, store, umoci_unpack, xattr_supported,
+};
 use memobuild_cas::BlobStore;
 use memobuild_oci::{read_oci_layout, write_oci_layout, Layer, OciDestination, DEFAULT_MAX_LAYER_BYTES};
 use memobuild_proto::{Digest, DigestFunction};
@@ -202,9 +204,16 @@ async fn writes_layouts_as_directory_and_tar() {
     assert_eq!(std::fs::read(&tar_a).unwrap(), std::fs::read(&tar_b).unwrap());
     let listing = run(Command::new("tar").arg("-tvf").arg(&tar_a));
     let names: Vec<&str> = listing.lines().map(|l| l.split_whitespace().last().unwrap()).collect();
-    let mut sorted = names.clone();
-    sorted.sort();
-    assert_eq!(names, sorted);
+    // What changes most comes last: layers bottom first, then the config,
+    // the manifest and index.json.
+    let blob = |hex: String| format!("blobs/sha256/{hex}");
+    let manifest_hex = image.manifest_digest().trim_start_matches("sha256:").to_string();
+    let expected = ["blobs/", "blobs/sha256/", "oci-layout"]
+        .map(String::from)
+        .into_iter()
+        .chain(image.layers.iter().map(|l| blob(l.blob.hex())))
+        .chain([blob(image.config_digest().hex()), blob(manifest_hex), "index.json".to_string()]);
+    assert_eq!(names, expected.collect::<Vec<_>>());
     assert!(listing.lines().all(|l| l.contains("0/0") && l.contains("1970-01-01")), "{listing}");
     let unpacked = dir.path().join("from-tar");
     std::fs::create_dir(&unpacked).unwrap();
@@ -216,13 +225,4 @@ async fn writes_layouts_as_directory_and_tar() {
         .await
         .unwrap();
     assert_eq!(back.manifest_digest, image.manifest_digest());
-}
-
-/// Whether the filesystem of `path` keeps user extended attributes.
-fn xattr_supported(path: &Path) -> bool {
-    let probe = path.with_extension("probe");
-    std::fs::write(&probe, b"").unwrap();
-    let ok = xattr::set(&probe, "user.probe", b"1").is_ok();
-    std::fs::remove_file(&probe).unwrap();
-    ok
 }

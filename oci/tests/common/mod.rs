@@ -164,3 +164,12 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// Whether the filesystem of `path` keeps user extended attributes.
+pub fn xattr_supported(path: &Path) -> bool {
+    let probe = path.with_extension("probe");
+    std::fs::write(&probe, b"").unwrap();
+    let ok = xattr::set(&probe, "user.probe", b"1").is_ok();
+    std::fs::remove_file(&probe).unwrap();
+    ok
+}
