@@ -243,7 +243,7 @@ async fn an_image_layer_over_the_workers_max_layer_bytes_fails_the_action_naming
     let image = pinned_image();
     let job = Job { script: SCRIPT, input: b"x", properties: &[("container-image", &image)] };
     let (response, result) = run(&server, &job).await;
-    let status = response.status.expect("a status");
+    let status = response.status.clone().expect("a status");
     assert_ne!(status.code, 0, "{response:?}");
     assert!(status.message.contains("decompresses to more than the 4096 bytes allowed"), "{}", status.message);
     assert!(status.message.contains("sha256:"), "the layer is not named: {}", status.message);

@@ -21,6 +21,8 @@ pub const DIFF_IDS_DIR: &str = "diff-ids";
 pub const STAT_CACHE_DIR: &str = "context-cache";
 pub const REMOTE_FILES_DIR: &str = "remote-files";
 pub const RECORDS_DIR: &str = "builds";
+/// The log of the last `memobuild finish-steps`.
+pub const FINISH_STEPS_LOG: &str = "finish-steps.log";
 
 /// The embedded node of a local build: the engine's stores and the step
 /// runner (whose containerd starts on first use only: a fully cached build
@@ -75,8 +77,13 @@ impl LocalState {
     }
 
     /// Stops a private containerd this build started, if no other build
-    /// still uses it.
+    /// still uses it. The steps' cleanups still under way go to a
+    /// `memobuild finish-steps` process where they can, instead of being
+    /// waited for (its log: `finish-steps.log`).
     pub async fn shutdown(&self) -> Result<()> {
-        self.runner.shutdown().await
+        if let Some((address, remains)) = self.runner.shutdown_handing_over().await? {
+            super::finish_steps::hand_over(&address, remains, &self.dir.join(FINISH_STEPS_LOG)).await;
+        }
+        Ok(())
     }
 }

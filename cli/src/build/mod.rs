@@ -4,6 +4,7 @@
 //! the engine's ([`memobuild_engine::ImageBuild`]).
 
 mod build_command;
+mod finish_steps;
 mod flag_values;
 mod local_state;
 mod progress;
@@ -13,5 +14,6 @@ mod run_limits;
 pub use build_command::{
     anyhow_of, cancel_on_signals, explain_cache, run, write_results, BuildArgs, BuildInputs, BuildOutcome,
 };
+pub use finish_steps::{finish_steps, FINISH_STEPS};
 pub use progress::{render, ProgressMode, StepCounts};
 pub use prune::{prune, PruneArgs, PruneReport};

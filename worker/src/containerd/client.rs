@@ -11,6 +11,7 @@ use memobuild_proto::{Error, Result};
 use tonic::metadata::MetadataValue;
 
 use super::private_daemon::PrivateDaemon;
+use super::step_cleanup::StepRemains;
 
 /// The containerd namespace of everything MemoBuild creates.
 pub const NAMESPACE: &str = "memobuild";
@@ -39,8 +40,8 @@ struct Inner {
     daemon: Option<PrivateDaemon>,
     /// Serializes unpacking the same chain id within this process.
     chain_locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Cleanups of finished steps still under way.
-    cleanups: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Cleanups of finished steps still under way, and what each has to do.
+    cleanups: parking_lot::Mutex<Vec<(tokio::task::JoinHandle<()>, StepRemains)>>,
 }
 
 impl Containerd {
@@ -50,10 +51,7 @@ impl Containerd {
     /// [`Containerd::start_private`]).
     pub async fn connect_or_start(address: Option<&Path>, state_dir: &Path) -> Result<Containerd> {
         if let Some(address) = address {
-            let channel = probe(address).await.map_err(|e| {
-                e.context(format!("connecting to containerd at {} (--containerd-address)", address.display()))
-            })?;
-            return Ok(Self::from_parts(channel, address.to_path_buf(), None));
+            return Self::connect(address).await;
         }
         let system = Path::new(SYSTEM_SOCKET);
         if system.exists() {
@@ -66,6 +64,14 @@ impl Containerd {
             }
         }
         Self::start_private(state_dir).await
+    }
+
+    /// Connects to the containerd at `address`.
+    pub async fn connect(address: &Path) -> Result<Containerd> {
+        let channel = probe(address).await.map_err(|e| {
+            e.context(format!("connecting to containerd at {} (--containerd-address)", address.display()))
+        })?;
+        Ok(Self::from_parts(channel, address.to_path_buf(), None))
     }
 
     /// Starts a private containerd under `state_dir/containerd/`, or joins
@@ -165,16 +171,17 @@ impl Containerd {
         }
     }
 
-    /// Runs the cleanup of step `id` in the background; [`Containerd::settle`]
+    /// Runs the cleanup of a step in the background; [`Containerd::settle`]
     /// waits for it.
-    pub(super) fn spawn_cleanup(&self, id: &str, job: impl std::future::Future<Output = ()> + Send + 'static) {
+    pub(super) fn spawn_cleanup(&self, remains: StepRemains) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(container = id, "cannot clean up the step's container: no runtime");
+            tracing::warn!(?remains, "cannot clean up the step's container: no runtime");
             return;
         };
+        let (containerd, job) = (self.clone(), remains.clone());
         let mut cleanups = self.inner.cleanups.lock();
-        cleanups.retain(|job| !job.is_finished());
-        cleanups.push(runtime.spawn(job));
+        cleanups.retain(|(job, _)| !job.is_finished());
+        cleanups.push((runtime.spawn(async move { job.clean(&containerd).await }), remains));
     }
 
     /// Returns once the cleanups of the steps that finished so far are done
@@ -185,8 +192,33 @@ impl Containerd {
             if pending.is_empty() {
                 return;
             }
-            futures::future::join_all(pending).await;
+            futures::future::join_all(pending.into_iter().map(|(job, _)| job)).await;
         }
+    }
+
+    /// Stops the step cleanups still under way and returns what they had to
+    /// do, for another process to finish ([`StepRemains::finish`]), so that
+    /// this one need not wait. `None`, with nothing stopped, for a private
+    /// containerd (it stops with its last user, after the cleanups) or when
+    /// a step's task may still be running ([`Containerd::settle`] then).
+    pub fn hand_over_cleanups(&self) -> Option<Vec<StepRemains>> {
+        if self.is_private() {
+            return None;
+        }
+        let mut cleanups = self.inner.cleanups.lock();
+        cleanups.retain(|(job, _)| !job.is_finished());
+        if cleanups.iter().any(|(_, remains)| remains.task_may_run()) {
+            return None;
+        }
+        Some(
+            cleanups
+                .drain(..)
+                .map(|(job, remains)| {
+                    job.abort();
+                    remains
+                })
+                .collect(),
+        )
     }
 
     /// The in-process lock for unpacking `chain_id`.

@@ -36,3 +36,4 @@ pub use container_spec::{ContainerPurpose, ContainerSpec, SpecMount, StepNetwork
 pub use log_chunk::LogChunk;
 pub use memobuild_engine::ResourceLimits;
 pub use mounted_view::MountedView;
+pub use step_cleanup::StepRemains;

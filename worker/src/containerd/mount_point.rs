@@ -1,6 +1,7 @@
 use std::path::{Path, PathBuf};
 
 use memobuild_proto::{Error, Result, ResultExt};
+use nix::errno::Errno;
 use nix::mount::MntFlags;
 
 use super::snapshot_mounts::SnapshotMounts;
@@ -11,7 +12,6 @@ use super::snapshot_mounts::SnapshotMounts;
 #[derive(Debug)]
 pub(super) struct MountPoint {
     path: PathBuf,
-    mounted: bool,
     released: bool,
 }
 
@@ -20,36 +20,31 @@ impl MountPoint {
     pub(super) fn create(name: &str) -> Result<MountPoint> {
         let path = std::env::temp_dir().join(name);
         std::fs::create_dir(&path).with_context(|| format!("creating mount point {}", path.display()))?;
-        Ok(MountPoint { path, mounted: false, released: false })
+        Ok(MountPoint { path, released: false })
     }
 
     /// Mounts `mounts` here.
     pub(super) fn mount(&mut self, mounts: &SnapshotMounts) -> Result<()> {
-        mounts.mount_at(&self.path)?;
-        self.mounted = true;
-        Ok(())
+        mounts.mount_at(&self.path)
     }
 
     pub(super) fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Unmounts (lazily: whatever still holds the mount keeps it) and
-    /// removes the directory. Done once; dropping does it when nothing did.
+    /// Unmounts and removes the directory (see [`release_mount_point`]).
+    /// Done once; dropping does it when nothing did.
     pub(super) fn release(&mut self) -> Result<()> {
         if std::mem::replace(&mut self.released, true) {
             return Ok(());
         }
-        if self.mounted {
-            nix::mount::umount2(&self.path, MntFlags::MNT_DETACH)
-                .map_err(|e| Error::internal(format!("unmounting {}: {e}", self.path.display())))?;
-            self.mounted = false;
-        }
-        match std::fs::remove_dir(&self.path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::from(e).context(format!("removing mount point {}", self.path.display()))),
-        }
+        release_mount_point(&self.path)
+    }
+
+    /// The path, for whoever releases it later by path; `None` once
+    /// released. Dropping no longer releases it.
+    pub(super) fn into_path(mut self) -> Option<PathBuf> {
+        (!std::mem::replace(&mut self.released, true)).then(|| self.path.clone())
     }
 }
 
@@ -58,5 +53,19 @@ impl Drop for MountPoint {
         if let Err(e) = self.release() {
             tracing::warn!(error = %e, "dropping a mount point");
         }
+    }
+}
+
+/// Unmounts what is mounted at `path`, if anything (lazily: whatever still
+/// holds the mount keeps it), and removes the directory, if it is there.
+pub(super) fn release_mount_point(path: &Path) -> Result<()> {
+    match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+        Err(e) => return Err(Error::internal(format!("unmounting {}: {e}", path.display()))),
+    }
+    match std::fs::remove_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::from(e).context(format!("removing mount point {}", path.display()))),
     }
 }

@@ -95,7 +95,7 @@ impl Containerd {
             })?
             .into_inner()
             .mounts;
-        cleanup.snapshot = true;
+        cleanup.remains.snapshot = true;
         clock.mark("prepare_snapshot");
         let mounts = SnapshotMounts::parse(mounts)?;
         let upper = mounts
@@ -126,7 +126,7 @@ impl Containerd {
             .create(self.request(CreateContainerRequest { container: Some(container) }, Some(&lease)))
             .await
             .map_err(|s| Error::from(s).context("creating the container"))?;
-        cleanup.container = true;
+        cleanup.remains.container = true;
         clock.mark("create_container");
 
         let mut fifos = StdioFifos::create(id, logs)?;
@@ -140,7 +140,7 @@ impl Containerd {
             ..Default::default()
         };
         tasks.create(self.request(create, None)).await.map_err(|s| Error::from(s).context("creating the task"))?;
-        cleanup.task = TaskState::Live;
+        cleanup.remains.task = TaskState::Live;
         clock.mark("create_task");
 
         // Wait before start, so a quick exit is not missed.
@@ -192,7 +192,7 @@ impl Containerd {
             .into_inner()
             .exit_status;
         let exit_code = exit_status as i32;
-        cleanup.task = TaskState::Exited;
+        cleanup.remains.task = TaskState::Exited;
         // The task's cgroup stays until the task is deleted.
         let cgroup = runtime.spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
         let oom_killed = exit_code != 0 && cgroup.is_some_and(|path| memobuild_sandbox::oom_kills(&path) > 0);
@@ -220,7 +220,7 @@ impl Containerd {
         // Should the commit fail, the cleanup removes the snapshot and a
         // later step that needs the chain unpacks it from the stored layer.
         match self.commit_snapshot(id, &chain_id, &lease).await {
-            Ok(()) => cleanup.snapshot = false,
+            Ok(()) => cleanup.remains.snapshot = false,
             Err(e) => tracing::warn!(container = id, chain_id, error = %e, "committing the step's snapshot"),
         }
         clock.mark("commit_snapshot");

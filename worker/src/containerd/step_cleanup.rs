@@ -1,12 +1,14 @@
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{DeleteContainerRequest, DeleteTaskRequest, KillRequest, WaitRequest};
-use memobuild_proto::Error;
+use memobuild_proto::{Error, Result};
+use serde::{Deserialize, Serialize};
 
 use super::lease::delete_lease;
-use super::mount_point::MountPoint;
+use super::mount_point::{release_mount_point, MountPoint};
 use super::Containerd;
 
 /// How long a task may take to go after SIGKILL.
@@ -14,7 +16,7 @@ pub(super) const KILL_GRACE: Duration = Duration::from_secs(30);
 pub(super) const SIGKILL: u32 = 9;
 
 /// Where a step's task stands when its cleanup takes over.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) enum TaskState {
     Absent,
     /// Created, maybe running: it is killed first.
@@ -33,56 +35,66 @@ pub(super) enum TaskState {
 /// midway. [`Containerd::settle`] waits for it.
 pub(super) struct StepCleanup {
     containerd: Containerd,
-    id: String,
-    lease: String,
-    pub(super) task: TaskState,
-    pub(super) container: bool,
+    pub(super) remains: StepRemains,
     /// The step's rootfs, unmounted once its processes are gone.
     pub(super) rootfs: Option<MountPoint>,
-    /// Whether the active snapshot is there to remove.
-    pub(super) snapshot: bool,
 }
 
 impl StepCleanup {
     pub(super) fn new(containerd: Containerd, id: String, lease: String) -> Self {
-        StepCleanup { containerd, id, lease, task: TaskState::Absent, container: false, rootfs: None, snapshot: false }
+        let remains =
+            StepRemains { id, lease, task: TaskState::Absent, container: false, rootfs: None, snapshot: false };
+        StepCleanup { containerd, remains, rootfs: None }
     }
 
     /// The lease the step's objects are created under.
     pub(super) fn lease(&self) -> &str {
-        &self.lease
+        &self.remains.lease
     }
 }
 
 impl Drop for StepCleanup {
     fn drop(&mut self) {
-        let job = Job {
-            containerd: self.containerd.clone(),
-            id: std::mem::take(&mut self.id),
-            lease: std::mem::take(&mut self.lease),
-            task: self.task,
-            container: self.container,
-            rootfs: self.rootfs.take(),
-            snapshot: self.snapshot,
-        };
-        self.containerd.spawn_cleanup(&job.id.clone(), job.run());
+        let mut remains = self.remains.clone();
+        remains.rootfs = self.rootfs.take().and_then(MountPoint::into_path);
+        self.containerd.spawn_cleanup(remains);
     }
 }
 
-struct Job {
-    containerd: Containerd,
+/// What is left to remove of one step: plain data, so that another process
+/// can finish the job (see [`Containerd::hand_over_cleanups`]). Every part
+/// may already be gone.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepRemains {
     id: String,
     lease: String,
-    task: TaskState,
-    container: bool,
-    rootfs: Option<MountPoint>,
-    snapshot: bool,
+    pub(super) task: TaskState,
+    pub(super) container: bool,
+    /// Where the step's rootfs is, or was, mounted.
+    rootfs: Option<PathBuf>,
+    /// Whether the active snapshot is there to remove.
+    pub(super) snapshot: bool,
 }
 
-impl Job {
-    async fn run(mut self) {
+impl StepRemains {
+    /// Finishes what steps left on the containerd at `address` (the
+    /// cleanups another process handed over), all at once.
+    pub async fn finish(address: &Path, remains: Vec<StepRemains>) -> Result<()> {
+        let containerd = Containerd::connect(address).await?;
+        futures::future::join_all(remains.into_iter().map(|r| r.clean(&containerd))).await;
+        Ok(())
+    }
+
+    /// Whether the step's task may still be running.
+    pub(super) fn task_may_run(&self) -> bool {
+        self.task == TaskState::Live
+    }
+
+    /// Kills the task if it may still run, unmounts the rootfs, removes the
+    /// snapshot, then deletes the task, the container and the lease.
+    pub(super) async fn clean(self, containerd: &Containerd) {
         let started = Instant::now();
-        let (containerd, id) = (&self.containerd, self.id.as_str());
+        let id = self.id.as_str();
         let warn = |what: &str, status: tonic::Status| {
             if status.code() != tonic::Code::NotFound {
                 tracing::warn!(container = id, error = %Error::from(status), "cleaning up: {what}");
@@ -97,8 +109,8 @@ impl Job {
             let wait = WaitRequest { container_id: id.to_string(), exec_id: String::new() };
             let _ = tokio::time::timeout(KILL_GRACE, tasks.wait(containerd.request(wait, None))).await;
         }
-        if let Some(mut rootfs) = self.rootfs.take() {
-            if let Err(e) = rootfs.release() {
+        if let Some(rootfs) = &self.rootfs {
+            if let Err(e) = release_mount_point(rootfs) {
                 tracing::warn!(container = id, error = %e, "cleaning up: unmounting the rootfs");
             }
         }

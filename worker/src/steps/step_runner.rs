@@ -26,7 +26,7 @@ use super::layer_indexes::LayerIndexes;
 use super::layer_plan::LayerPlan;
 use super::remote_files::materialize_remote;
 use super::run_secrets::RunSecrets;
-use crate::containerd::{ContainerPurpose, ContainerSpec, Containerd, LogChunk, SpecMount, StepNetwork};
+use crate::containerd::{ContainerPurpose, ContainerSpec, Containerd, LogChunk, SpecMount, StepNetwork, StepRemains};
 use crate::network::{NetworkConfig, NetworkPool, SandboxLease};
 
 /// Log lines a failed RUN's error repeats.
@@ -131,6 +131,19 @@ impl StepRunner {
             }
             None => Ok("no containerd yet: a private one starts on the first RUN".into()),
         }
+    }
+
+    /// As [`StepRunner::shutdown`], but the step cleanups still under way
+    /// are returned, with the address of their containerd, rather than
+    /// waited for, when another process can finish them (see
+    /// [`crate::containerd::Containerd::hand_over_cleanups`]).
+    pub async fn shutdown_handing_over(&self) -> Result<Option<(PathBuf, Vec<StepRemains>)>> {
+        let handed = self
+            .containerd
+            .get()
+            .and_then(|c| c.hand_over_cleanups().map(|remains| (c.address().to_path_buf(), remains)));
+        self.shutdown().await?;
+        Ok(handed.filter(|(_, remains)| !remains.is_empty()))
     }
 
     /// Stops a private containerd this runner started, unless another

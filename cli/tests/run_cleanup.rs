@@ -1,0 +1,76 @@
+//! On a containerd it did not start, `memobuild build` does not wait for its
+//! last RUN steps' tasks to be deleted: it hands them to `memobuild
+//! finish-steps`, which removes them after the build has exited. Nothing
+//! is left behind.
+#![allow(clippy::unwrap_used)]
+
+#[path = "image_build/harness.rs"]
+mod harness;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use harness::{fixture, Project, Unpacked};
+use memobuild_worker::containerd::{Containerd, NAMESPACE};
+
+fn ctr(address: &Path, args: &[&str]) -> String {
+    let output = Command::new("ctr").arg("--address").arg(address).args(["--namespace", NAMESPACE]).args(args).output();
+    let output = output.unwrap();
+    assert!(output.status.success(), "ctr {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn the_last_steps_are_removed_after_the_build_exits() {
+    // A containerd the builds do not own, as a system one would be.
+    let daemon_dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let containerd = runtime.block_on(Containerd::start_private(daemon_dir.path())).unwrap();
+    let address = containerd.address().to_path_buf();
+
+    let dockerfile = format!("FROM {}\nRUN echo one > /one.txt\nRUN cat /one.txt > /two.txt\n", fixture().base());
+    let project = Project::new(&[("Dockerfile", &dockerfile)]);
+    let out = project.path().join("image.tar");
+    let build = project.build(&[
+        "--containerd-address",
+        address.to_str().unwrap(),
+        "-t",
+        "cleanup:1",
+        "--output",
+        &format!("type=oci,dest={}", out.display()),
+    ]);
+    assert!(build.ok(), "{}", build.stderr());
+    assert_eq!(build.ran(), ["0.1", "0.2"]);
+    assert_eq!(Unpacked::from_oci_tar(&out, "1").read("/two.txt"), "one\n");
+
+    // The build handed its steps over; within seconds nothing of them is left.
+    let log = project.state_dir().join("finish-steps.log");
+    assert!(log.is_file(), "no memobuild finish-steps was started");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let containers = ctr(&address, &["containers", "ls", "-q"]);
+        let tasks = ctr(&address, &["tasks", "ls", "-q"]);
+        let snapshots = ctr(&address, &["snapshots", "ls"]);
+        let active: Vec<&str> = snapshots.lines().filter(|l| l.ends_with("Active")).collect();
+        if containers.trim().is_empty() && tasks.trim().is_empty() && active.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left behind: {containers} {tasks} {active:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let rootfs: Vec<&str> = mounts.lines().filter(|l| l.contains("memobuild-rootfs-memobuild-step")).collect();
+    let ours: Vec<&&str> = rootfs.iter().filter(|l| l.contains(daemon_dir.path().to_str().unwrap())).collect();
+    assert!(ours.is_empty(), "rootfs mounts left: {ours:?}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(!logged.contains("WARN") && !logged.contains("ERROR"), "{logged}");
+
+    // The steps' snapshots were committed: a rebuild with one more step
+    // runs only that step, on top of them.
+    project.write("Dockerfile", &format!("{dockerfile}RUN cat /two.txt /one.txt > /three.txt\n"));
+    let build = project.build(&["--containerd-address", address.to_str().unwrap()]);
+    assert!(build.ok(), "{}", build.stderr());
+    assert_eq!((build.ran(), build.cached()), (vec!["0.3".to_string()], vec!["0.1".to_string(), "0.2".to_string()]));
+    runtime.block_on(containerd.shutdown()).unwrap();
+}
