@@ -120,6 +120,10 @@ impl Containerd {
             labels: HashMap::from([("memobuild.step".to_string(), spec.id_hint.clone())]),
             runtime: Some(Runtime { name: RUNTIME.to_string(), options: None }),
             spec: Some(prost_types::Any { type_url: SPEC_TYPE_URL.to_string(), value: spec_json }),
+            // Not for mounting (see above): the reference keeps containerd's
+            // collector off the active snapshot however long the step runs.
+            snapshotter: SNAPSHOTTER.to_string(),
+            snapshot_key: id.to_string(),
             ..Default::default()
         };
         ContainersClient::new(self.channel())
