@@ -79,13 +79,10 @@ enum Command {
     /// containerd (all of them when a layer's diff id is unknown). Refuses
     /// while a build uses the state dir.
     Prune(PruneArgs),
-    /// Finishes removing the containers a build's last RUN steps left
-    /// (`memobuild build` hands them over rather than waiting).
+    /// Removes what a build left: its last RUN steps' containers and its
+    /// network (`memobuild build` hands them over rather than waiting).
     #[command(name = build::FINISH_STEPS, hide = true)]
-    FinishSteps {
-        #[arg(long)]
-        containerd_address: PathBuf,
-    },
+    FinishSteps,
 }
 
 #[derive(Args)]
@@ -335,7 +332,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             std::io::stdout().write_all(&script)?;
             Ok(())
         }
-        Command::FinishSteps { containerd_address } => build::finish_steps(&containerd_address).await,
+        Command::FinishSteps => build::finish_steps().await,
         Command::ExplainCache(args) => {
             let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
             let text = build::explain_cache(&args, &state_dir)?;

@@ -1,7 +1,7 @@
 //! On a containerd it did not start, `memobuild build` does not wait for its
-//! last RUN steps' tasks to be deleted: it hands them to `memobuild
-//! finish-steps`, which removes them after the build has exited. Nothing
-//! is left behind.
+//! last RUN steps' tasks to be deleted, nor for its default network to be
+//! removed: it hands them to `memobuild finish-steps`, which removes them
+//! after the build has exited. Nothing is left behind.
 #![allow(clippy::unwrap_used)]
 
 #[path = "image_build/harness.rs"]
@@ -63,7 +63,15 @@ fn the_last_steps_are_removed_after_the_build_exits() {
     let rootfs: Vec<&str> = mounts.lines().filter(|l| l.contains("memobuild-rootfs-memobuild-step")).collect();
     let ours: Vec<&&str> = rootfs.iter().filter(|l| l.contains(daemon_dir.path().to_str().unwrap())).collect();
     assert!(ours.is_empty(), "rootfs mounts left: {ours:?}");
-    let logged = std::fs::read_to_string(&log).unwrap();
+    // The default network's bridge goes last.
+    let logged = loop {
+        let logged = std::fs::read_to_string(&log).unwrap();
+        if logged.contains("removed the build's network") {
+            break logged;
+        }
+        assert!(Instant::now() < deadline, "the bridge was not removed: {logged}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(!logged.contains("WARN") && !logged.contains("ERROR"), "{logged}");
 
     // The steps' snapshots were committed: a rebuild with one more step

@@ -77,12 +77,14 @@ impl LocalState {
     }
 
     /// Stops a private containerd this build started, if no other build
-    /// still uses it. The steps' cleanups still under way go to a
-    /// `memobuild finish-steps` process where they can, instead of being
-    /// waited for (its log: `finish-steps.log`).
+    /// still uses it. What another process can remove (the last steps'
+    /// containers, the default network's bridge) goes to `memobuild
+    /// finish-steps` instead of being waited for (its log:
+    /// `finish-steps.log`).
     pub async fn shutdown(&self) -> Result<()> {
-        if let Some((address, remains)) = self.runner.shutdown_handing_over().await? {
-            super::finish_steps::hand_over(&address, remains, &self.dir.join(FINISH_STEPS_LOG)).await;
+        let leftovers = self.runner.hand_over().await?;
+        if !leftovers.is_empty() {
+            super::finish_steps::hand_over(leftovers, &self.dir.join(FINISH_STEPS_LOG)).await;
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ mod nat_bridge;
 mod network_config;
 mod sandbox_pool;
 
+pub use nat_bridge::NatBridge;
 pub use network_config::{Ipv4Cidr, NetworkConfig};
 pub use sandbox_pool::{NetworkPool, SandboxLease};
 

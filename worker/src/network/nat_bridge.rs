@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use memobuild_proto::{Error, Result, ResultExt};
 use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
 
 use super::{run_tool, NetworkConfig};
 
@@ -17,7 +18,9 @@ const NETNS_DIR: &str = "/run/netns";
 /// This network namespace's links.
 const LINKS_DIR: &str = "/sys/class/net";
 
-/// The bridge this worker owns, `mbrN` on `A.B.N.0/24`.
+/// The bridge this worker owns, `mbrN` on `A.B.N.0/24`. Plain data: the
+/// process it is handed to ([`NatBridge::hand_to`]) can remove it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NatBridge {
     index: u8,
     base: [u8; 2],
@@ -82,6 +85,13 @@ impl NatBridge {
     /// The name of the `slot`-th namespace, and of its host-side veth.
     pub fn sandbox_names(&self, slot: u8) -> (String, String) {
         (format!("{}-{slot}", self.name()), format!("mbv{}x{slot}", self.index))
+    }
+
+    /// Names process `pid` the bridge's owner, so that no other worker
+    /// takes the bridge over while `pid` lives.
+    pub fn hand_to(&self, pid: u32) -> Result<()> {
+        std::fs::write(self.owner_file(), pid.to_string())
+            .with_context(|| format!("writing {}", self.owner_file().display()))
     }
 
     fn owner_file(&self) -> PathBuf {

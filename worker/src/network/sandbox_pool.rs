@@ -33,6 +33,8 @@ pub struct NetworkPool {
     /// Address slots not held by any namespace.
     free: Mutex<Vec<u8>>,
     refilling: AtomicBool,
+    /// The bridge is another process's to remove.
+    handed_over: AtomicBool,
 }
 
 /// A namespace a step holds; it goes back to the pool when dropped.
@@ -107,6 +109,7 @@ impl NetworkPool {
             idle: Mutex::new(Vec::new()),
             free: Mutex::new((FIRST_HOST..=LAST_HOST).rev().collect()),
             refilling: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
         }))
     }
 
@@ -177,12 +180,28 @@ impl NetworkPool {
     }
 
     /// Stops the forwarder, removes the namespaces, the bridge and its
-    /// table.
+    /// table (unless the bridge was handed over).
     pub async fn shutdown(&self) {
+        self.stop_serving().await;
+        if !self.handed_over.load(Ordering::SeqCst) {
+            self.bridge.remove().await;
+        }
+    }
+
+    /// Stops the forwarder and gives up the bridge, namespaces and table
+    /// without removing them: another process removes them
+    /// ([`NatBridge::remove`]) once it owns the bridge
+    /// ([`NatBridge::hand_to`]).
+    pub async fn hand_over(&self) -> NatBridge {
+        self.handed_over.store(true, Ordering::SeqCst);
+        self.stop_serving().await;
+        self.bridge.clone()
+    }
+
+    async fn stop_serving(&self) {
         if let Some(dns) = self.dns.lock().await.take() {
             dns.stop().await;
         }
         self.idle.lock().clear();
-        self.bridge.remove().await;
     }
 }

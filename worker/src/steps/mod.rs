@@ -13,6 +13,7 @@ mod heredoc_script;
 mod layer_indexes;
 mod layer_plan;
 mod layer_stack_view;
+mod leftovers;
 mod local_executor;
 mod planned_view;
 mod remote_files;
@@ -22,6 +23,7 @@ mod ssh_agents;
 mod step_actions;
 mod step_runner;
 
+pub use leftovers::Leftovers;
 pub use local_executor::LocalExecutor;
 pub use ssh_agents::{SshAgents, SshSpec};
 pub use step_actions::StepActions;

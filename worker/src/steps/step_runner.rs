@@ -24,9 +24,10 @@ use super::fs_view::{FsView, HostDir};
 use super::heredoc_script::HeredocScript;
 use super::layer_indexes::LayerIndexes;
 use super::layer_plan::LayerPlan;
+use super::leftovers::Leftovers;
 use super::remote_files::materialize_remote;
 use super::run_secrets::RunSecrets;
-use crate::containerd::{ContainerPurpose, ContainerSpec, Containerd, LogChunk, SpecMount, StepNetwork, StepRemains};
+use crate::containerd::{ContainerPurpose, ContainerSpec, Containerd, LogChunk, SpecMount, StepNetwork};
 use crate::network::{NetworkConfig, NetworkPool, SandboxLease};
 
 /// Log lines a failed RUN's error repeats.
@@ -133,17 +134,25 @@ impl StepRunner {
         }
     }
 
-    /// As [`StepRunner::shutdown`], but the step cleanups still under way
-    /// are returned, with the address of their containerd, rather than
-    /// waited for, when another process can finish them (see
-    /// [`crate::containerd::Containerd::hand_over_cleanups`]).
-    pub async fn shutdown_handing_over(&self) -> Result<Option<(PathBuf, Vec<StepRemains>)>> {
-        let handed = self
-            .containerd
-            .get()
-            .and_then(|c| c.hand_over_cleanups().map(|remains| (c.address().to_path_buf(), remains)));
+    /// Stops as [`StepRunner::shutdown`] does, but leaves what another
+    /// process can remove: the cleanups of the last steps, when their
+    /// containerd is not a private one and no task may still run (see
+    /// [`Containerd::hand_over_cleanups`]), and the default network's
+    /// bridge. The caller hands them over ([`Leftovers::hand_to`]) or
+    /// finishes them itself ([`Leftovers::finish`]).
+    pub async fn hand_over(&self) -> Result<Leftovers> {
+        let mut leftovers = Leftovers::default();
+        if let Some(containerd) = self.containerd.get() {
+            let remains = containerd.hand_over_cleanups().filter(|remains| !remains.is_empty());
+            leftovers.steps = remains.map(|remains| (containerd.address().to_path_buf(), remains));
+            // Whatever was not handed over goes before the bridge.
+            containerd.settle().await;
+        }
+        if let Some(pool) = self.network_pool.get() {
+            leftovers.bridge = Some(pool.hand_over().await);
+        }
         self.shutdown().await?;
-        Ok(handed.filter(|(_, remains)| !remains.is_empty()))
+        Ok(leftovers)
     }
 
     /// Stops a private containerd this runner started, unless another
