@@ -21,6 +21,33 @@ fn ctr(address: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// The shim processes of the containerd at `address`.
+fn shims(address: &Path) -> Vec<String> {
+    let address = address.to_string_lossy().into_owned();
+    let command_lines = std::fs::read_dir("/proc").unwrap().filter_map(|entry| {
+        let path = entry.ok()?.path().join("cmdline");
+        Some(String::from_utf8_lossy(&std::fs::read(path).ok()?).replace('\0', " "))
+    });
+    command_lines.filter(|line| line.contains("containerd-shim") && line.contains(&address)).collect()
+}
+
+/// Waits until the containerd at `address` has no container, task, active
+/// snapshot or shim process left; fails at `deadline`.
+fn wait_until_no_step_is_left(address: &Path, deadline: Instant) {
+    loop {
+        let containers = ctr(address, &["containers", "ls", "-q"]);
+        let tasks = ctr(address, &["tasks", "ls", "-q"]);
+        let snapshots = ctr(address, &["snapshots", "ls"]);
+        let active: Vec<&str> = snapshots.lines().filter(|l| l.ends_with("Active")).collect();
+        let shims = shims(address);
+        if containers.trim().is_empty() && tasks.trim().is_empty() && active.is_empty() && shims.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "left behind: {containers} {tasks} {active:?} {shims:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn the_last_steps_are_removed_after_the_build_exits() {
     // A containerd the builds do not own, as a system one would be.
@@ -48,17 +75,7 @@ fn the_last_steps_are_removed_after_the_build_exits() {
     let log = project.state_dir().join("finish-steps.log");
     assert!(log.is_file(), "no memobuild finish-steps was started");
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let containers = ctr(&address, &["containers", "ls", "-q"]);
-        let tasks = ctr(&address, &["tasks", "ls", "-q"]);
-        let snapshots = ctr(&address, &["snapshots", "ls"]);
-        let active: Vec<&str> = snapshots.lines().filter(|l| l.ends_with("Active")).collect();
-        if containers.trim().is_empty() && tasks.trim().is_empty() && active.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "left behind: {containers} {tasks} {active:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_no_step_is_left(&address, deadline);
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     let rootfs: Vec<&str> = mounts.lines().filter(|l| l.contains("memobuild-rootfs-memobuild-step")).collect();
     let ours: Vec<&&str> = rootfs.iter().filter(|l| l.contains(daemon_dir.path().to_str().unwrap())).collect();
@@ -80,5 +97,7 @@ fn the_last_steps_are_removed_after_the_build_exits() {
     let build = project.build(&["--containerd-address", address.to_str().unwrap()]);
     assert!(build.ok(), "{}", build.stderr());
     assert_eq!((build.ran(), build.cached()), (vec!["0.3".to_string()], vec!["0.1".to_string(), "0.2".to_string()]));
+    // Stopping containerd under memobuild finish-steps would strand a shim.
+    wait_until_no_step_is_left(&address, Instant::now() + Duration::from_secs(30));
     runtime.block_on(containerd.shutdown()).unwrap();
 }

@@ -12,6 +12,7 @@ use tonic::metadata::MetadataValue;
 
 use super::private_daemon::PrivateDaemon;
 use super::step_cleanup::StepRemains;
+use tokio_util::sync::CancellationToken;
 
 /// The containerd namespace of everything MemoBuild creates.
 pub const NAMESPACE: &str = "memobuild";
@@ -40,8 +41,8 @@ struct Inner {
     daemon: Option<PrivateDaemon>,
     /// Serializes unpacking the same chain id within this process.
     chain_locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Cleanups of finished steps still under way, and what each has to do.
-    cleanups: parking_lot::Mutex<Vec<(tokio::task::JoinHandle<()>, StepRemains)>>,
+    /// Cleanups of finished steps still under way.
+    cleanups: parking_lot::Mutex<Vec<CleanupJob>>,
 }
 
 impl Containerd {
@@ -178,10 +179,12 @@ impl Containerd {
             tracing::warn!(?remains, "cannot clean up the step's container: no runtime");
             return;
         };
-        let (containerd, job) = (self.clone(), remains.clone());
+        let (left, stop) = (Arc::new(parking_lot::Mutex::new(remains)), CancellationToken::new());
+        let (containerd, job_left, job_stop) = (self.clone(), left.clone(), stop.clone());
+        let handle = runtime.spawn(async move { StepRemains::clean(&job_left, &containerd, &job_stop).await });
         let mut cleanups = self.inner.cleanups.lock();
-        cleanups.retain(|(job, _)| !job.is_finished());
-        cleanups.push((runtime.spawn(async move { job.clean(&containerd).await }), remains));
+        cleanups.retain(|job| !job.handle.is_finished());
+        cleanups.push(CleanupJob { handle, left, stop });
     }
 
     /// Returns once the cleanups of the steps that finished so far are done
@@ -192,33 +195,38 @@ impl Containerd {
             if pending.is_empty() {
                 return;
             }
-            futures::future::join_all(pending.into_iter().map(|(job, _)| job)).await;
+            futures::future::join_all(pending.into_iter().map(|job| job.handle)).await;
         }
     }
 
-    /// Stops the step cleanups still under way and returns what they had to
-    /// do, for another process to finish ([`StepRemains::finish`]), so that
-    /// this one need not wait. `None`, with nothing stopped, for a private
-    /// containerd (it stops with its last user, after the cleanups) or when
-    /// a step's task may still be running ([`Containerd::settle`] then).
-    pub fn hand_over_cleanups(&self) -> Option<Vec<StepRemains>> {
+    /// Stops the step cleanups still under way, each before its next part
+    /// (never in the middle of a call to containerd), and returns what they
+    /// had left to do, for another process to finish
+    /// ([`StepRemains::finish`]), so that this one need not wait for the
+    /// slow parts. `None`, with nothing stopped, for a private containerd
+    /// (it stops with its last user, after the cleanups) or when a step's
+    /// task may still be running ([`Containerd::settle`] then).
+    pub async fn hand_over_cleanups(&self) -> Option<Vec<StepRemains>> {
         if self.is_private() {
             return None;
         }
-        let mut cleanups = self.inner.cleanups.lock();
-        cleanups.retain(|(job, _)| !job.is_finished());
-        if cleanups.iter().any(|(_, remains)| remains.task_may_run()) {
-            return None;
+        let jobs = {
+            let mut cleanups = self.inner.cleanups.lock();
+            cleanups.retain(|job| !job.handle.is_finished());
+            if cleanups.iter().any(|job| job.left.lock().task_may_run()) {
+                return None;
+            }
+            std::mem::take(&mut *cleanups)
+        };
+        for job in &jobs {
+            job.stop.cancel();
         }
-        Some(
-            cleanups
-                .drain(..)
-                .map(|(job, remains)| {
-                    job.abort();
-                    remains
-                })
-                .collect(),
-        )
+        let mut left = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let _ = job.handle.await;
+            left.push(job.left.lock().clone());
+        }
+        Some(left.into_iter().filter(|remains| !remains.is_empty()).collect())
     }
 
     /// The in-process lock for unpacking `chain_id`.
@@ -227,6 +235,14 @@ impl Containerd {
         locks.retain(|_, lock| Arc::strong_count(lock) > 1);
         locks.entry(chain_id.to_string()).or_default().clone()
     }
+}
+
+/// A step's cleanup under way: what it has left, kept up to date part by
+/// part, and how to stop it between parts.
+struct CleanupJob {
+    handle: tokio::task::JoinHandle<()>,
+    left: Arc<parking_lot::Mutex<StepRemains>>,
+    stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Containerd {

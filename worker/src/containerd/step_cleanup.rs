@@ -5,7 +5,9 @@ use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{DeleteContainerRequest, DeleteTaskRequest, KillRequest, WaitRequest};
 use memobuild_proto::{Error, Result};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use super::lease::delete_lease;
 use super::mount_point::{release_mount_point, MountPoint};
@@ -42,14 +44,20 @@ pub(super) struct StepCleanup {
 
 impl StepCleanup {
     pub(super) fn new(containerd: Containerd, id: String, lease: String) -> Self {
-        let remains =
-            StepRemains { id, lease, task: TaskState::Absent, container: false, rootfs: None, snapshot: false };
+        let remains = StepRemains {
+            id,
+            lease: Some(lease),
+            task: TaskState::Absent,
+            container: false,
+            rootfs: None,
+            snapshot: false,
+        };
         StepCleanup { containerd, remains, rootfs: None }
     }
 
     /// The lease the step's objects are created under.
     pub(super) fn lease(&self) -> &str {
-        &self.remains.lease
+        self.remains.lease.as_deref().unwrap_or_default()
     }
 }
 
@@ -67,7 +75,7 @@ impl Drop for StepCleanup {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StepRemains {
     id: String,
-    lease: String,
+    lease: Option<String>,
     pub(super) task: TaskState,
     pub(super) container: bool,
     /// Where the step's rootfs is, or was, mounted.
@@ -81,7 +89,9 @@ impl StepRemains {
     /// cleanups another process handed over), all at once.
     pub async fn finish(address: &Path, remains: Vec<StepRemains>) -> Result<()> {
         let containerd = Containerd::connect(address).await?;
-        futures::future::join_all(remains.into_iter().map(|r| r.clean(&containerd))).await;
+        let never = CancellationToken::new();
+        let jobs = remains.into_iter().map(Mutex::new).collect::<Vec<_>>();
+        futures::future::join_all(jobs.iter().map(|left| StepRemains::clean(left, &containerd, &never))).await;
         Ok(())
     }
 
@@ -90,51 +100,73 @@ impl StepRemains {
         self.task == TaskState::Live
     }
 
+    /// Whether nothing is left.
+    pub(super) fn is_empty(&self) -> bool {
+        self.task == TaskState::Absent
+            && !self.container
+            && self.rootfs.is_none()
+            && !self.snapshot
+            && self.lease.is_none()
+    }
+
     /// Kills the task if it may still run, unmounts the rootfs, removes the
-    /// snapshot, then deletes the task, the container and the lease.
-    pub(super) async fn clean(self, containerd: &Containerd) {
+    /// snapshot, then deletes the task, the container and the lease,
+    /// noting in `left` each part that is gone (a failure is logged, not
+    /// retried). Once `stop` is cancelled it stops before the next part,
+    /// never in the middle of one: `left` then says what another process
+    /// has to do.
+    pub(super) async fn clean(left: &Mutex<StepRemains>, containerd: &Containerd, stop: &CancellationToken) {
         let started = Instant::now();
-        let id = self.id.as_str();
+        let remains = left.lock().clone();
+        let id = remains.id.as_str();
         let warn = |what: &str, status: tonic::Status| {
             if status.code() != tonic::Code::NotFound {
                 tracing::warn!(container = id, error = %Error::from(status), "cleaning up: {what}");
             }
         };
         let mut tasks = TasksClient::new(containerd.channel());
-        if self.task == TaskState::Live {
+        if remains.task == TaskState::Live {
             let kill = KillRequest { container_id: id.to_string(), exec_id: String::new(), signal: SIGKILL, all: true };
             if let Err(status) = tasks.kill(containerd.request(kill, None)).await {
                 warn("killing the task", status);
             }
             let wait = WaitRequest { container_id: id.to_string(), exec_id: String::new() };
             let _ = tokio::time::timeout(KILL_GRACE, tasks.wait(containerd.request(wait, None))).await;
+            left.lock().task = TaskState::Exited;
         }
-        if let Some(rootfs) = &self.rootfs {
+        if let Some(rootfs) = &remains.rootfs {
             if let Err(e) = release_mount_point(rootfs) {
                 tracing::warn!(container = id, error = %e, "cleaning up: unmounting the rootfs");
             }
+            left.lock().rootfs = None;
         }
-        if self.snapshot {
+        if remains.snapshot && !stop.is_cancelled() {
             if let Err(e) = containerd.remove_snapshot(id).await {
                 tracing::warn!(container = id, error = %e, "cleaning up: removing the snapshot");
             }
+            left.lock().snapshot = false;
         }
-        if self.task != TaskState::Absent {
+        if remains.task != TaskState::Absent && !stop.is_cancelled() {
             let delete = DeleteTaskRequest { container_id: id.to_string() };
             if let Err(status) = tasks.delete(containerd.request(delete, None)).await {
                 warn("deleting the task", status);
             }
+            left.lock().task = TaskState::Absent;
         }
-        if self.container {
+        if remains.container && !stop.is_cancelled() {
             let delete = DeleteContainerRequest { id: id.to_string() };
             if let Err(status) =
                 ContainersClient::new(containerd.channel()).delete(containerd.request(delete, None)).await
             {
                 warn("deleting the container", status);
             }
+            left.lock().container = false;
         }
-        if let Err(e) = delete_lease(containerd, &self.lease, false).await {
-            tracing::warn!(container = id, error = %e, "cleaning up: deleting the lease");
+        if let Some(lease) = remains.lease.as_deref().filter(|_| !stop.is_cancelled()) {
+            if let Err(e) = delete_lease(containerd, lease, false).await {
+                tracing::warn!(container = id, error = %e, "cleaning up: deleting the lease");
+            }
+            left.lock().lease = None;
         }
         tracing::debug!(container = id, elapsed = ?started.elapsed(), "step cleaned up");
     }

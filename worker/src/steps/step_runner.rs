@@ -143,7 +143,7 @@ impl StepRunner {
     pub async fn hand_over(&self) -> Result<Leftovers> {
         let mut leftovers = Leftovers::default();
         if let Some(containerd) = self.containerd.get() {
-            let remains = containerd.hand_over_cleanups().filter(|remains| !remains.is_empty());
+            let remains = containerd.hand_over_cleanups().await.filter(|remains| !remains.is_empty());
             leftovers.steps = remains.map(|remains| (containerd.address().to_path_buf(), remains));
             // Whatever was not handed over goes before the bridge.
             containerd.settle().await;
