@@ -179,12 +179,14 @@ impl Containerd {
             tracing::warn!(?remains, "cannot clean up the step's container: no runtime");
             return;
         };
-        let (left, stop) = (Arc::new(parking_lot::Mutex::new(remains)), CancellationToken::new());
-        let (containerd, job_left, job_stop) = (self.clone(), left.clone(), stop.clone());
-        let handle = runtime.spawn(async move { StepRemains::clean(&job_left, &containerd, &job_stop).await });
+        let left = Arc::new(parking_lot::Mutex::new(remains));
+        let (stop, hurry) = (CancellationToken::new(), CancellationToken::new());
+        let (containerd, job_left, job_stop, job_hurry) = (self.clone(), left.clone(), stop.clone(), hurry.clone());
+        let handle =
+            runtime.spawn(async move { StepRemains::clean(&job_left, &containerd, &job_stop, &job_hurry).await });
         let mut cleanups = self.inner.cleanups.lock();
         cleanups.retain(|job| !job.handle.is_finished());
-        cleanups.push(CleanupJob { handle, left, stop });
+        cleanups.push(CleanupJob { handle, left, stop, hurry });
     }
 
     /// Returns once the cleanups of the steps that finished so far are done
@@ -194,6 +196,9 @@ impl Containerd {
             let pending = std::mem::take(&mut *self.inner.cleanups.lock());
             if pending.is_empty() {
                 return;
+            }
+            for job in &pending {
+                job.hurry.cancel();
             }
             futures::future::join_all(pending.into_iter().map(|job| job.handle)).await;
         }
@@ -220,6 +225,7 @@ impl Containerd {
         };
         for job in &jobs {
             job.stop.cancel();
+            job.hurry.cancel();
         }
         let mut left = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -242,7 +248,10 @@ impl Containerd {
 struct CleanupJob {
     handle: tokio::task::JoinHandle<()>,
     left: Arc<parking_lot::Mutex<StepRemains>>,
+    /// Stops it before its next part.
     stop: CancellationToken,
+    /// Ends its delay.
+    hurry: CancellationToken,
 }
 
 impl std::fmt::Debug for Containerd {

@@ -13,6 +13,9 @@ use super::lease::delete_lease;
 use super::mount_point::{release_mount_point, MountPoint};
 use super::Containerd;
 
+/// How long a step's cleanup waits before its calls to containerd (see
+/// [`StepRemains::clean`]).
+const CLEANUP_DELAY: Duration = Duration::from_millis(50);
 /// How long a task may take to go after SIGKILL.
 pub(super) const KILL_GRACE: Duration = Duration::from_secs(30);
 pub(super) const SIGKILL: u32 = 9;
@@ -89,9 +92,10 @@ impl StepRemains {
     /// cleanups another process handed over), all at once.
     pub async fn finish(address: &Path, remains: Vec<StepRemains>) -> Result<()> {
         let containerd = Containerd::connect(address).await?;
-        let never = CancellationToken::new();
+        let (never, now) = (CancellationToken::new(), CancellationToken::new());
+        now.cancel();
         let jobs = remains.into_iter().map(Mutex::new).collect::<Vec<_>>();
-        futures::future::join_all(jobs.iter().map(|left| StepRemains::clean(left, &containerd, &never))).await;
+        futures::future::join_all(jobs.iter().map(|left| StepRemains::clean(left, &containerd, &never, &now))).await;
         Ok(())
     }
 
@@ -109,13 +113,21 @@ impl StepRemains {
             && self.lease.is_none()
     }
 
-    /// Kills the task if it may still run, unmounts the rootfs, removes the
-    /// snapshot, then deletes the task, the container and the lease,
-    /// noting in `left` each part that is gone (a failure is logged, not
+    /// Kills the task if it may still run and unmounts the rootfs; then,
+    /// [`CLEANUP_DELAY`] later or once `hurry` is cancelled, removes the
+    /// snapshot and deletes the task, the container and the lease. Each
+    /// part that is gone is noted in `left` (a failure is logged, not
     /// retried). Once `stop` is cancelled it stops before the next part,
     /// never in the middle of one: `left` then says what another process
-    /// has to do.
-    pub(super) async fn clean(left: &Mutex<StepRemains>, containerd: &Containerd, stop: &CancellationToken) {
+    /// has to do. The delay lets a build that ends right after its last
+    /// step hand that step's cleanup over whole, rather than wait for a
+    /// task's deletion in flight.
+    pub(super) async fn clean(
+        left: &Mutex<StepRemains>,
+        containerd: &Containerd,
+        stop: &CancellationToken,
+        hurry: &CancellationToken,
+    ) {
         let started = Instant::now();
         let remains = left.lock().clone();
         let id = remains.id.as_str();
@@ -139,6 +151,10 @@ impl StepRemains {
                 tracing::warn!(container = id, error = %e, "cleaning up: unmounting the rootfs");
             }
             left.lock().rootfs = None;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(CLEANUP_DELAY) => {}
+            () = hurry.cancelled() => {}
         }
         if remains.snapshot && !stop.is_cancelled() {
             if let Err(e) = containerd.remove_snapshot(id).await {
