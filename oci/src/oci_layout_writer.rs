@@ -14,7 +14,7 @@ use crate::built_image::BuiltImage;
 use crate::image_reference::ImageReference;
 use crate::manifest::{OCI_INDEX, OCI_MANIFEST};
 use crate::output_mark::OutputMark;
-use crate::tar_output::{blob_path, parent_of, set_mode, write_archive, ArchiveEntry, EntryContent};
+use crate::tar_output::{blob_path, distinct, parent_of, set_mode, write_archive, ArchiveEntry, EntryContent};
 
 /// `org.opencontainers.image.ref.name`
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -108,7 +108,7 @@ pub async fn write_oci_layout(
 ) -> Result<()> {
     let entries = layout_entries(image, tags)?;
     match dest {
-        OciDestination::Directory(path) => write_directory(&entries, store, path)
+        OciDestination::Directory(path) => write_directory(&distinct(entries), store, path)
             .await
             .with_context(|| format!("writing OCI layout directory {}", path.display())),
         OciDestination::Tar(path) => write_archive(path, "oci-layout-tar", entries, store)

@@ -95,6 +95,12 @@ pub(crate) fn blob_path(digest: &Digest) -> String {
     format!("blobs/sha256/{}", digest.hex())
 }
 
+/// `entries` without those whose path came before (a blob listed twice).
+pub(crate) fn distinct(entries: Vec<ArchiveEntry>) -> Vec<ArchiveEntry> {
+    let mut seen = HashSet::new();
+    entries.into_iter().filter(|e| seen.insert(e.path.clone())).collect()
+}
+
 /// An entry as an old archive must hold it to be kept.
 struct ExpectedEntry {
     header: tar::Header,
@@ -124,8 +130,7 @@ pub(crate) async fn write_archive(
     entries: Vec<ArchiveEntry>,
     store: &dyn BlobStore,
 ) -> Result<()> {
-    let mut seen = HashSet::new();
-    let entries: Vec<ArchiveEntry> = entries.into_iter().filter(|e| seen.insert(e.path.clone())).collect();
+    let entries = distinct(entries);
     let mark = OutputMark::of(kind, entries.iter().map(|e| (e.path.as_str(), e.content.id())));
     if mark.is_on(dest) {
         return Ok(());
