@@ -165,13 +165,15 @@ impl Agent {
             .stderr(Stdio::null())
             .spawn()
             .expect("ssh-agent (apt-get install openssh-client)");
+        // The socket exists from `bind` on; connections succeed from `listen` on.
+        let listening = || std::os::unix::net::UnixStream::connect(&socket).is_ok();
         for _ in 0..500 {
-            if socket.exists() {
+            if listening() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        assert!(socket.exists(), "ssh-agent made no socket");
+        assert!(listening(), "ssh-agent does not listen on {}", socket.display());
         Agent { child, dir }
     }
 

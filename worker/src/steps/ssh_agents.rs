@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use memobuild_proto::{Error, Result, ResultExt};
 
-/// How long a private ssh-agent may take to create its socket.
+/// How long a private ssh-agent may take to listen on its socket.
 const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One `--ssh` flag: `default`, `ID`, or `ID=SOCKET` / `ID=KEY[,KEY...]`.
@@ -131,15 +131,16 @@ impl PrivateAgent {
             })?;
         let mut agent = PrivateAgent { child, socket, _dir: dir };
         let deadline = Instant::now() + AGENT_START_TIMEOUT;
-        while !agent.socket.exists() {
+        // Its socket exists from `bind` on, but refuses connections until `listen`.
+        while std::os::unix::net::UnixStream::connect(&agent.socket).is_err() {
             if let Some(status) = agent.child.try_wait().context("waiting for ssh-agent")? {
                 return Err(Error::invalid_argument(format!(
-                    "--ssh {id}: ssh-agent exited ({status}) before creating its socket"
+                    "--ssh {id}: ssh-agent exited ({status}) before listening on its socket"
                 )));
             }
             if Instant::now() > deadline {
                 return Err(Error::invalid_argument(format!(
-                    "--ssh {id}: ssh-agent did not create its socket within {AGENT_START_TIMEOUT:?}"
+                    "--ssh {id}: ssh-agent did not listen on its socket within {AGENT_START_TIMEOUT:?}"
                 )));
             }
             std::thread::sleep(Duration::from_millis(20));
