@@ -18,8 +18,8 @@ pub(super) struct ActionLaunch {
     pub(super) userns: Option<RawFd>,
     /// `None`: the host's network; else the slot's empty namespace.
     pub(super) netns: Option<RawFd>,
-    /// The slot's `cgroup.procs` files.
-    pub(super) cgroup_procs: Vec<CString>,
+    /// The files that put a process in the slot's cgroups.
+    pub(super) cgroup_joins: Vec<CString>,
     pub(super) stdout: OwnedFd,
     pub(super) stderr: OwnedFd,
 }

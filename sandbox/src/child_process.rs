@@ -77,8 +77,8 @@ unsafe fn enter(args: &ChildArgs<'_>) -> Result<Infallible, (ChildStep, i32)> {
     }
     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
 
-    for procs in &launch.cgroup_procs {
-        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+    for join in &launch.cgroup_joins {
+        let fd = libc::open(join.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
         check(fd, ChildStep::JoinCgroup)?;
         let written = libc::write(fd, b"0".as_ptr().cast(), 1);
         libc::close(fd);

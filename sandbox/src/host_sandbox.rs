@@ -76,7 +76,7 @@ impl HostSandbox {
             gid: user.1,
             userns,
             netns: (!spec.network).then(|| slot.netns.as_raw_fd()),
-            cgroup_procs: slot.cgroup.as_ref().map(|c| c.procs.clone()).unwrap_or_default(),
+            cgroup_joins: slot.cgroup.as_ref().map(|c| c.join_files.clone()).unwrap_or_default(),
             stdout,
             stderr,
         };

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use libc::{c_char, c_int};
 use memobuild_proto::{Error, Result};
+use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use super::action_launch::ActionLaunch;
@@ -13,7 +14,7 @@ use super::sandbox_template::SandboxTemplate;
 
 /// The child's stack (it only runs the setup code, then execs).
 const STACK_BYTES: usize = 256 << 10;
-/// Launches waiting for the launcher thread.
+/// Launches waiting for a launcher thread.
 const QUEUE: usize = 64;
 
 /// A started action: pid 1 of its PID namespace.
@@ -27,11 +28,13 @@ struct Request {
     reply: oneshot::Sender<Result<Launched>>,
 }
 
-/// A thread that starts sandboxed children, one `clone` each: new PID,
+/// Threads that start sandboxed children, one `clone` each: new PID,
 /// mount, IPC and UTS namespaces, sharing this process's memory until the
 /// child execs (as `posix_spawn` does, so nothing of the worker's memory is
-/// copied). Children die with the thread (`PR_SET_PDEATHSIG`), that is when
-/// the launcher is dropped.
+/// copied). A thread is stopped from its `clone` until the child execs, so
+/// there are as many as CPUs, for children to set up side by side.
+/// Children die with their thread (`PR_SET_PDEATHSIG`), that is when the
+/// launcher is dropped.
 pub(super) struct Launcher {
     requests: std::sync::mpsc::SyncSender<Request>,
 }
@@ -39,30 +42,21 @@ pub(super) struct Launcher {
 impl Launcher {
     pub(super) fn start(template: Arc<SandboxTemplate>) -> Result<Self> {
         let (requests, queue) = std::sync::mpsc::sync_channel::<Request>(QUEUE);
-        std::thread::Builder::new()
-            .name("sandbox-launcher".into())
-            .spawn(move || {
-                // SAFETY: blocks signals on this thread only, so a child
-                // never runs one of the worker's handlers before exec.
-                #[allow(unsafe_code)]
-                unsafe {
-                    let mut all: libc::sigset_t = std::mem::zeroed();
-                    libc::sigfillset(&mut all);
-                    libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
-                }
-                let mut stack = vec![0u8; STACK_BYTES];
-                while let Ok(request) = queue.recv() {
-                    let launched = launch(&template, &request.launch, &mut stack);
-                    let _ = request.reply.send(launched);
-                }
-            })
-            .map_err(|e| Error::internal(format!("starting the sandbox launcher thread: {e}")))?;
+        let queue = Arc::new(Mutex::new(queue));
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for index in 0..threads {
+            let (template, queue) = (template.clone(), queue.clone());
+            std::thread::Builder::new()
+                .name(format!("launcher-{index}"))
+                .spawn(move || serve(&template, &queue))
+                .map_err(|e| Error::internal(format!("starting a sandbox launcher thread: {e}")))?;
+        }
         Ok(Launcher { requests })
     }
 
     pub(super) async fn launch(&self, launch: ActionLaunch) -> Result<Launched> {
         let (reply, answer) = oneshot::channel();
-        let gone = || Error::internal("the sandbox launcher thread is gone");
+        let gone = || Error::internal("the sandbox launcher threads are gone");
         match self.requests.try_send(Request { launch, reply }) {
             Ok(()) => {}
             Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(gone()),
@@ -76,6 +70,28 @@ impl Launcher {
             }
         }
         answer.await.map_err(|_| gone())?
+    }
+}
+
+/// One launcher thread: launches what it takes from `queue` until the
+/// launcher is dropped.
+fn serve(template: &SandboxTemplate, queue: &Mutex<std::sync::mpsc::Receiver<Request>>) {
+    // SAFETY: blocks signals on this thread only, so a child never runs one
+    // of the worker's handlers before exec.
+    #[allow(unsafe_code)]
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+    }
+    let mut stack = vec![0u8; STACK_BYTES];
+    loop {
+        // One idle thread waits on the queue at a time, holding the lock
+        // until a request comes (and not while it launches).
+        let next = queue.lock().recv();
+        let Ok(request) = next else { return };
+        let launched = launch(template, &request.launch, &mut stack);
+        let _ = request.reply.send(launched);
     }
 }
 

@@ -29,8 +29,11 @@ pub(super) struct WorkerCgroup {
 /// One slot's cgroups, reused by one action after another.
 pub(super) struct CgroupSlot {
     dirs: Vec<PathBuf>,
-    /// The `cgroup.procs` files a child joins by writing `0` to them.
-    pub(super) procs: Vec<CString>,
+    /// The files a child joins by writing `0` to them: on cgroup v1 the
+    /// `tasks` file, which moves the (single-threaded) child without the
+    /// kernel's global lock on every thread group, whose taking waits for an
+    /// RCU grace period (milliseconds) each time; on v2, `cgroup.procs`.
+    pub(super) join_files: Vec<CString>,
     /// Where the kernel counts OOM kills (`oom_kill N`).
     oom_counter: Option<PathBuf>,
 }
@@ -88,14 +91,15 @@ impl WorkerCgroup {
 
     /// Creates slot `index`'s cgroups with the limits.
     pub(super) fn slot(&self, index: usize) -> Result<CgroupSlot> {
-        let mut slot = CgroupSlot { dirs: Vec::new(), procs: Vec::new(), oom_counter: None };
+        let mut slot = CgroupSlot { dirs: Vec::new(), join_files: Vec::new(), oom_counter: None };
         for (parent, controller) in &self.dirs {
             let dir = parent.join(format!("slot-{index}"));
             create_dir(&dir)?;
             slot.dirs.push(dir.clone());
-            let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
-                .map_err(|e| Error::internal(e.to_string()))?;
-            slot.procs.push(procs);
+            let join = if self.v2 { "cgroup.procs" } else { "tasks" };
+            let join =
+                CString::new(dir.join(join).as_os_str().as_bytes()).map_err(|e| Error::internal(e.to_string()))?;
+            slot.join_files.push(join);
             let memory = controller.is_none_or(|c| c == "memory");
             let pids = controller.is_none_or(|c| c == "pids");
             match (self.memory_bytes, memory, self.v2) {
