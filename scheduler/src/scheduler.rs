@@ -692,17 +692,17 @@ impl Scheduler {
         }
     }
 
-    /// A worker reports the end of an action.
+    /// A worker reports the end of an action. Its slot is free at once, for
+    /// the next action; the result is cached, then the operation completes.
     pub async fn finish(&self, worker: &str, finished: Finished) {
         let name = finished.operation.clone();
+        // Only the worker that holds the operation may finish it (a worker
+        // that lost its lease may report late).
+        let held = |e: &Entry| e.record.stage != Stage::Completed && e.record.worker.as_deref() == Some(worker);
         let (instance, digest, cacheable) = {
             let state = self.state.lock();
             match state.operations.get(&name) {
-                // Only the worker that holds the operation may finish it (a
-                // worker that lost its lease may report late).
-                Some(e) if e.record.stage != Stage::Completed && e.record.worker.as_deref() == Some(worker) => {
-                    (e.record.instance_name.clone(), e.record.action_digest, !e.info.do_not_cache)
-                }
+                Some(e) if held(e) => (e.record.instance_name.clone(), e.record.action_digest, !e.info.do_not_cache),
                 _ => {
                     tracing::debug!(operation = %name, %worker, "result for an operation no longer running; ignored");
                     return;
@@ -712,16 +712,13 @@ impl Scheduler {
         let status = finished.status.unwrap_or_default();
         let mut response =
             ExecuteResponse { result: finished.result, status: Some(status.clone()), ..Default::default() };
+        let mut cache = None;
         match (&response.result, Error::from_rpc_status(&status)) {
             (Some(result), None) => {
                 let code = result.exit_code;
                 response.message = format!("action {digest} ran on {worker}: exit code {code}");
                 self.metrics.outcome(if code == 0 { "succeeded" } else { "failed" });
-                if code == 0 && cacheable {
-                    if let Err(e) = self.action_cache.update(&instance, &digest, result).await {
-                        tracing::warn!(%digest, error = %e, "could not cache an action result");
-                    }
-                }
+                cache = (code == 0 && cacheable).then_some(result);
             }
             (_, error) => {
                 let error =
@@ -734,23 +731,32 @@ impl Scheduler {
         // A step's layer stays unpacked on the worker that made it.
         let made = response.result.as_ref().and_then(|r| r.output_files.iter().find(|f| f.path == LAYER_OUTPUT));
         let made = made.and_then(|f| Digest::from_proto_field(digest.function(), f.digest.as_ref(), "layer").ok());
-        let mut state = self.state.lock();
-        if let Some(w) = state.workers.get_mut(worker) {
-            w.running.remove(&name);
-            if let Some(layer) = made {
-                w.recent_roots.push_front(layer);
-                w.recent_roots.truncate(RECENT_ROOTS);
+        {
+            let mut state = self.state.lock();
+            if let Some(w) = state.workers.get_mut(worker) {
+                w.running.remove(&name);
+                if let Some(layer) = made {
+                    w.recent_roots.push_front(layer);
+                    w.recent_roots.truncate(RECENT_ROOTS);
+                }
+            }
+            self.refresh_gauges(&state);
+        }
+        self.dispatch();
+        if let Some(result) = cache {
+            if let Err(e) = self.action_cache.update(&instance, &digest, result).await {
+                tracing::warn!(%digest, error = %e, "could not cache an action result");
             }
         }
+        let mut state = self.state.lock();
         if let Some(mut entry) = state.operations.remove(&name) {
-            if entry.record.stage != Stage::Completed {
+            // Unless its lease expired meanwhile and it went back to the queue.
+            if held(&entry) {
                 self.finish_entry(&mut state, &mut entry, response);
             }
             state.operations.insert(name, entry);
         }
         self.refresh_gauges(&state);
-        drop(state);
-        self.dispatch();
     }
 
     /// Output a worker sends for an action it runs; output for anything

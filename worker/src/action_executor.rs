@@ -83,7 +83,8 @@ impl ActionExecutor {
         let span = tracing::info_span!("execute", action = %action_digest, worker = worker_name);
         let dir = self.scratch.take().await?;
         let outcome = self.execute_in(dir.path(), action_digest, worker_name, cancel).instrument(span).await;
-        dir.release().await;
+        // Cleaned for the next action after this one's result is out.
+        tokio::spawn(dir.release());
         outcome.with_context(|| format!("executing action {}", action_digest.subject()))
     }
 

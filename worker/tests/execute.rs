@@ -100,7 +100,7 @@ async fn runs_a_command_over_inputs_and_uploads_its_outputs() {
     let stamps: Vec<(i64, i32)> = stamps.iter().map(|t| t.map(|t| (t.seconds, t.nanos)).unwrap()).collect();
     assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{stamps:?}");
     assert!(meta.queued_timestamp.is_none());
-    assert!(fx.no_action_dirs_left());
+    assert!(fx.no_action_dirs_left().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +145,7 @@ async fn a_failing_command_is_a_result_with_its_exit_code_and_stderr() {
     let e = run(&fx, action).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("no-such-tool-here"), "{e}");
-    assert!(fx.no_action_dirs_left());
+    assert!(fx.no_action_dirs_left().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,7 +162,7 @@ async fn timeout_kills_the_whole_process_group_and_keeps_partial_output() {
     assert_eq!(fx.read(outcome.result.stderr_digest.as_ref().unwrap()).await, "err\n");
     assert_eq!(outcome.result.exit_code, 128 + 9);
     assert_eq!(gone(&marker).await, Vec::<String>::new());
-    assert!(fx.no_action_dirs_left());
+    assert!(fx.no_action_dirs_left().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,7 +186,7 @@ async fn cancel_stops_the_command_and_cleans_up() {
     canceller.await.unwrap();
     assert_eq!(e.code(), Code::Cancelled, "{e}");
     assert_eq!(gone(&marker).await, Vec::<String>::new());
-    assert!(fx.no_action_dirs_left());
+    assert!(fx.no_action_dirs_left().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,7 +221,7 @@ async fn missing_blobs_are_all_named() {
 
     let e = run(&fx, Digest::of(F, b"no action")).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
-    assert!(fx.no_action_dirs_left());
+    assert!(fx.no_action_dirs_left().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,7 +264,7 @@ async fn unsafe_names_and_output_paths_are_invalid_arguments() {
     cmd.working_directory = "../..".into();
     let action = fx.action(&cmd, empty, 0).await;
     assert_eq!(run(&fx, action).await.unwrap_err().code(), Code::InvalidArgument);
-    assert!(fx.no_action_dirs_left());
+    assert!(fx.no_action_dirs_left().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,5 +356,5 @@ async fn concurrent_executions_share_the_cache_and_fetch_each_blob_once() {
         assert_eq!(fx.read(result.stdout_digest.as_ref().unwrap()).await, format!("{}\n", 6 << 20));
     }
     assert_eq!(fx.cas.gets.lock().get(&Digest::of(F, &big)), Some(&1));
-    assert!(fx.no_action_dirs_left());
+    assert!(fx.no_action_dirs_left().await);
 }

@@ -122,12 +122,24 @@ impl Fixture {
 
     /// Whether nothing of finished actions is left: action directories
     /// are reused, but without input roots and with empty streams.
-    pub fn no_action_dirs_left(&self) -> bool {
-        std::fs::read_dir(self.actions_dir()).unwrap().all(|entry| {
-            let dir = entry.unwrap().path();
-            let empty = |name: &str| std::fs::metadata(dir.join(name)).map(|m| m.len() == 0).unwrap_or(true);
-            !dir.join("root").exists() && empty("stdout") && empty("stderr")
-        })
+    /// Whether every action directory is clean within a few seconds (they
+    /// are cleaned in the background once an action's result is out).
+    pub async fn no_action_dirs_left(&self) -> bool {
+        let clean = || {
+            std::fs::read_dir(self.actions_dir()).unwrap().all(|entry| {
+                let dir = entry.unwrap().path();
+                let empty = |name: &str| std::fs::metadata(dir.join(name)).map(|m| m.len() == 0).unwrap_or(true);
+                !dir.join("root").exists() && empty("stdout") && empty("stderr")
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !clean() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        true
     }
 }
 
