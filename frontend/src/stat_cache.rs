@@ -75,8 +75,12 @@ impl StatCache {
         self.new.insert(path.to_string(), CachedFile { stat, blake3: digest.hex() });
     }
 
-    /// Writes the cache (only the files seen in this scan), atomically.
+    /// Writes the cache (only the files seen in this scan), atomically;
+    /// not at all when this scan found what the last one did.
     pub fn save(self) -> Result<()> {
+        if self.new == self.old {
+            return Ok(());
+        }
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }

@@ -91,6 +91,23 @@ fn stat_cache_skips_unchanged_files() {
 }
 
 #[test]
+fn the_stat_cache_is_rewritten_only_when_the_context_changed() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = sample();
+    let cache = tempfile::tempdir().unwrap();
+    let scanner = ContextScanner::new(dir.path(), DockerIgnore::default()).with_cache_dir(cache.path());
+    scanner.scan().unwrap();
+    let file = || fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().path()).next().unwrap();
+    let written = fs::metadata(file()).unwrap().ino();
+    scanner.scan().unwrap();
+    assert_eq!(fs::metadata(file()).unwrap().ino(), written, "an unchanged context left the cache as it was");
+    write(dir.path(), "README.md", "# changed\n");
+    scanner.scan().unwrap();
+    assert_ne!(fs::metadata(file()).unwrap().ino(), written, "a changed file is recorded");
+    assert_eq!(scanner.scan().unwrap().1.hashed, 0);
+}
+
+#[test]
 fn fresh_files_are_not_trusted_by_the_cache() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("new"), "x").unwrap();
