@@ -30,9 +30,9 @@ pub(super) struct WorkerCgroup {
 pub(super) struct CgroupSlot {
     dirs: Vec<PathBuf>,
     /// The files a child joins by writing `0` to them: on cgroup v1 the
-    /// `tasks` file, which moves the (single-threaded) child without the
-    /// kernel's global lock on every thread group, whose taking waits for an
-    /// RCU grace period (milliseconds) each time; on v2, `cgroup.procs`.
+    /// `tasks` file, which moves the (single-threaded) child without taking
+    /// the kernel's global thread-group lock, whose taking can wait for an
+    /// RCU grace period (milliseconds); on v2, `cgroup.procs`.
     pub(super) join_files: Vec<CString>,
     /// Where the kernel counts OOM kills (`oom_kill N`).
     oom_counter: Option<PathBuf>,
