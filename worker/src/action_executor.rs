@@ -84,7 +84,7 @@ impl ActionExecutor {
         let dir = self.scratch.take().await?;
         let outcome = self.execute_in(dir.path(), action_digest, worker_name, cancel).instrument(span).await;
         // Cleaned for the next action after this one's result is out.
-        tokio::spawn(dir.release());
+        drop(dir);
         outcome.with_context(|| format!("executing action {}", action_digest.subject()))
     }
 

@@ -23,12 +23,11 @@ struct Pool {
     made: usize,
 }
 
-/// One action's directory, given back clean when the action is done, also
-/// when its future is dropped midway.
+/// One action's directory, cleaned in the background and given back when
+/// it is dropped (the action done, or its future dropped midway).
 pub(crate) struct ScratchDir {
     path: PathBuf,
     pool: Arc<ScratchDirs>,
-    returned: bool,
 }
 
 impl ScratchDirs {
@@ -65,7 +64,7 @@ impl ScratchDirs {
                 path
             }
         };
-        Ok(ScratchDir { path, pool: self.clone(), returned: false })
+        Ok(ScratchDir { path, pool: self.clone() })
     }
 }
 
@@ -73,20 +72,10 @@ impl ScratchDir {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
-
-    /// Cleans the directory and gives it back.
-    pub(crate) async fn release(mut self) {
-        self.returned = true;
-        let (path, pool) = (self.path.clone(), self.pool.clone());
-        let _ = tokio::task::spawn_blocking(move || clean_and_return(path, &pool)).await;
-    }
 }
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
-        if self.returned {
-            return;
-        }
         let (path, pool) = (self.path.clone(), self.pool.clone());
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => drop(handle.spawn_blocking(move || clean_and_return(path, &pool))),
@@ -144,6 +133,13 @@ pub(crate) fn force_remove_dir_all(path: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// Waits until `count` directories are back in the pool.
+    async fn returned(pool: &ScratchDirs, count: usize) {
+        while pool.state.lock().free.len() < count {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     #[tokio::test]
     async fn directories_come_back_clean_and_are_reused() {
         let dir = tempfile::tempdir().unwrap();
@@ -152,7 +148,8 @@ mod tests {
         let path = first.path().to_path_buf();
         std::fs::create_dir_all(path.join("root/sub")).unwrap();
         std::fs::write(path.join("stdout"), "old output").unwrap();
-        first.release().await;
+        drop(first);
+        returned(&pool, 1).await;
         assert!(!path.join("root").exists());
         assert_eq!(std::fs::read(path.join("stdout")).unwrap(), b"");
 
@@ -163,8 +160,8 @@ mod tests {
         assert_ne!(other.path(), path);
         std::fs::create_dir(other.path().join("root")).unwrap();
         drop(other);
-        again.release().await;
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        drop(again);
+        returned(&pool, 2).await;
         let left: Vec<_> = std::fs::read_dir(dir.path().join("actions"))
             .unwrap()
             .map(|e| e.unwrap().path().join("root").exists())
