@@ -76,9 +76,11 @@ impl StatCache {
     }
 
     /// Writes the cache (only the files seen in this scan), atomically;
-    /// not at all when this scan found what the last one did.
+    /// not at all when this scan has nothing to add to it. Entries of files
+    /// since deleted or changed too recently to record are then left in
+    /// place: an entry only ever matches the stat it was recorded with.
     pub fn save(self) -> Result<()> {
-        if self.new == self.old {
+        if self.new.iter().all(|(path, file)| self.old.get(path) == Some(file)) {
             return Ok(());
         }
         if let Some(dir) = self.path.parent() {

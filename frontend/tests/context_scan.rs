@@ -101,6 +101,11 @@ fn the_stat_cache_is_rewritten_only_when_the_context_changed() {
     let written = fs::metadata(file()).unwrap().ino();
     scanner.scan().unwrap();
     assert_eq!(fs::metadata(file()).unwrap().ino(), written, "an unchanged context left the cache as it was");
+    // A file changed too recently to trust, or deleted: nothing to record.
+    fs::write(dir.path().join("README.md"), "# just now\n").unwrap();
+    fs::remove_file(dir.path().join("src/main.rs")).unwrap();
+    assert_eq!(scanner.scan().unwrap().1.hashed, 1);
+    assert_eq!(fs::metadata(file()).unwrap().ino(), written, "nothing new to remember");
     write(dir.path(), "README.md", "# changed\n");
     scanner.scan().unwrap();
     assert_ne!(fs::metadata(file()).unwrap().ino(), written, "a changed file is recorded");
