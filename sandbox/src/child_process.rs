@@ -142,13 +142,12 @@ unsafe fn enter(args: &ChildArgs<'_>) -> Result<Infallible, (ChildStep, i32)> {
     check(libc::chdir(launch.working_dir.as_ptr()), ChildStep::WorkingDir)?;
     check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), ChildStep::Seccomp)?;
     libc::umask(0o022);
-    for program in &template.seccomp {
-        let filter = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut libc::sock_filter };
-        check(
-            libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &filter as *const libc::sock_fprog),
-            ChildStep::Seccomp,
-        )?;
-    }
+    let program = &template.seccomp;
+    let filter = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut libc::sock_filter };
+    check(
+        libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &filter as *const libc::sock_fprog),
+        ChildStep::Seccomp,
+    )?;
     let mut none: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut none);
     libc::sigprocmask(libc::SIG_SETMASK, &none, null_mut());

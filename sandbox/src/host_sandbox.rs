@@ -80,7 +80,6 @@ impl HostSandbox {
             stdout,
             stderr,
         };
-        let oom_before = slot.cgroup.as_ref().map_or(0, |c| c.oom_kills());
         let launched = match self.launcher.launch(launch).await {
             Ok(launched) => launched,
             Err(e) => {
@@ -107,7 +106,7 @@ impl HostSandbox {
             }
         };
         let exit_code = status.context("waiting for the sandboxed command")?;
-        let oom_killed = child.slot.as_ref().and_then(|s| s.cgroup.as_ref()).map_or(0, |c| c.oom_kills()) > oom_before;
+        let oom_killed = child.slot.as_mut().and_then(|s| s.cgroup.as_mut()).is_some_and(|c| c.oom_killed());
         child.finish();
         Ok(SandboxedExit {
             exit_code,
@@ -195,7 +194,11 @@ impl Drop for RunningChild {
             unsafe {
                 libc::waitpid(pid, &mut status, 0)
             };
-            if let Some(slot) = slot {
+            if let Some(mut slot) = slot {
+                // What the killed command's memory did is no one's now.
+                if let Some(cgroup) = slot.cgroup.as_mut() {
+                    cgroup.oom_killed();
+                }
                 pool.release(slot);
             }
         };

@@ -2,17 +2,16 @@ use std::ffi::CString;
 use std::os::fd::OwnedFd;
 
 use memobuild_proto::{Result, ResultExt};
-use seccompiler::BpfProgram;
 
 use super::root_template::RootTemplate;
 use super::root_user_namespace::root_user_namespace;
-use super::seccomp_program::seccomp_programs;
+use super::seccomp_program::seccomp_program;
 use super::SandboxConfig;
 
 /// What every sandboxed child shares, prepared once per worker.
 pub(super) struct SandboxTemplate {
     pub(super) root: RootTemplate,
-    pub(super) seccomp: [BpfProgram; 2],
+    pub(super) seccomp: Vec<libc::sock_filter>,
     pub(super) hostname: CString,
     /// The action's stdin.
     pub(super) dev_null: OwnedFd,
@@ -33,7 +32,7 @@ impl SandboxTemplate {
             .unwrap_or(40);
         Ok(SandboxTemplate {
             root: RootTemplate::new(config)?,
-            seccomp: seccomp_programs()?,
+            seccomp: seccomp_program(),
             hostname: c"memobuild".into(),
             dev_null: std::fs::File::open("/dev/null").context("opening /dev/null")?.into(),
             open_files: config.open_files.min(open_files_hard_limit()),

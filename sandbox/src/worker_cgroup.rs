@@ -36,6 +36,8 @@ pub(super) struct CgroupSlot {
     pub(super) join_files: Vec<CString>,
     /// Where the kernel counts OOM kills (`oom_kill N`).
     oom_counter: Option<PathBuf>,
+    /// The count when last read.
+    oom_kills_seen: u64,
 }
 
 impl WorkerCgroup {
@@ -91,7 +93,7 @@ impl WorkerCgroup {
 
     /// Creates slot `index`'s cgroups with the limits.
     pub(super) fn slot(&self, index: usize) -> Result<CgroupSlot> {
-        let mut slot = CgroupSlot { dirs: Vec::new(), join_files: Vec::new(), oom_counter: None };
+        let mut slot = CgroupSlot { dirs: Vec::new(), join_files: Vec::new(), oom_counter: None, oom_kills_seen: 0 };
         for (parent, controller) in &self.dirs {
             let dir = parent.join(format!("slot-{index}"));
             create_dir(&dir)?;
@@ -119,6 +121,7 @@ impl WorkerCgroup {
                 write(&dir.join("pids.max"), &max.to_string())?;
             }
         }
+        slot.oom_killed();
         Ok(slot)
     }
 }
@@ -132,9 +135,13 @@ impl Drop for WorkerCgroup {
 }
 
 impl CgroupSlot {
-    /// How many times the kernel's OOM killer struck in this slot so far.
-    pub(super) fn oom_kills(&self) -> u64 {
-        self.oom_counter.as_deref().map_or(0, oom_kill_count)
+    /// Whether the kernel's OOM killer struck in this slot since the last
+    /// call (or since the slot was made).
+    pub(super) fn oom_killed(&mut self) -> bool {
+        let kills = self.oom_counter.as_deref().map_or(0, oom_kill_count);
+        let struck = kills > self.oom_kills_seen;
+        self.oom_kills_seen = kills;
+        struck
     }
 }
 
