@@ -15,7 +15,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::file_watch::watch_files;
 use crate::principals_file::TokenEntry;
-use crate::{Capability, Principal, PrincipalsFile};
+use crate::{Principal, PrincipalsFile};
 
 /// The SHA-256 of a bearer token, as the principals file holds it.
 pub fn hash_token(token: &str) -> [u8; 32] {
@@ -26,8 +26,6 @@ pub fn hash_token(token: &str) -> [u8; 32] {
 pub struct Authenticator {
     path: Option<PathBuf>,
     file: RwLock<Arc<PrincipalsFile>>,
-    /// Tokens that live only in this process (the in-process worker's).
-    internal: RwLock<Vec<([u8; 32], Arc<Principal>)>>,
     /// The names of client certificates seen, by their DER, so that a
     /// connection's certificate is parsed once, not on every request.
     certificate_names: Mutex<HashMap<Vec<u8>, Arc<[String]>>>,
@@ -39,7 +37,7 @@ const CERTIFICATES_KEPT: usize = 1024;
 impl Authenticator {
     /// An authenticator over the principals file at `path` (read now: a bad
     /// file is an error at start), or over no file (client certificates
-    /// with no mapping, and internal tokens, only).
+    /// with no mapping only).
     pub fn load(path: Option<&Path>) -> Result<Arc<Self>> {
         let file = match path {
             Some(path) => PrincipalsFile::load(path)?,
@@ -48,7 +46,6 @@ impl Authenticator {
         Ok(Arc::new(Authenticator {
             path: path.map(Path::to_path_buf),
             file: RwLock::new(Arc::new(file)),
-            internal: RwLock::new(Vec::new()),
             certificate_names: Mutex::new(HashMap::new()),
         }))
     }
@@ -67,14 +64,6 @@ impl Authenticator {
             *this.file.write() = Arc::new(file);
             Ok(summary)
         });
-    }
-
-    /// A fresh random token for `principal`, known only to this process.
-    pub fn add_internal(&self, name: &str, capabilities: &[Capability]) -> String {
-        let token = hex::encode(rand::random::<[u8; 32]>());
-        let principal = Arc::new(Principal::new(name, capabilities, None));
-        self.internal.write().push((hash_token(&token), principal));
-        token
     }
 
     /// The caller of a request with these headers and, over TLS, this
@@ -100,9 +89,6 @@ impl Authenticator {
             _ => return Err(unauthenticated("the authorization header is not \"Bearer <token>\"".to_string())),
         };
         let hash = hash_token(token);
-        if let Some((_, principal)) = self.internal.read().iter().find(|(h, _)| *h == hash) {
-            return Ok(principal.clone());
-        }
         let file = self.file.read().clone();
         let Some(TokenEntry { principal, expires }) = file.tokens.get(&hash) else {
             return Err(unauthenticated("unknown or revoked bearer token".to_string()));
@@ -195,8 +181,5 @@ mod tests {
         assert_eq!(e.code(), Code::Unauthenticated);
         let e = auth.authenticate(&http::HeaderMap::new(), None).unwrap_err();
         assert!(e.message().contains("requires credentials"), "{}", e.message());
-        let internal = auth.add_internal("in-process-worker", &[Capability::Worker]);
-        let p = auth.authenticate(&headers(&format!("Bearer {internal}")), None).unwrap();
-        assert!(p.has(Capability::Worker));
     }
 }

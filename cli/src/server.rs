@@ -1,33 +1,40 @@
 //! `memobuild server` / `memobuild cas`: the REAPI CAS, ByteStream, action
 //! cache and capabilities on one gRPC port, plus the admin listener.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use memobuild_auth::{AuthLayer, Capability, ServerTls};
+use futures::StreamExt;
+use memobuild_auth::{AuthLayer, ServerTls};
 use memobuild_cas::service::{cas_routes, CapabilitiesService, CasMetrics, CasState};
 use memobuild_cas::{
-    expand_env, grpc_channel_with, ActionCache, BlobStore, CasLimits, ClientCredentials, GrpcActionCache, GrpcChannel,
-    GrpcStore, MetadataConfig, MeteredStore, PinLeases, StoreConfig, StoreMetrics, SystemClock, VerifiedStore,
+    expand_env, grpc_channel_with, ActionCache, BlobStore, CasLimits, ClientCredentials, GrpcActionCache, GrpcStore,
+    MetadataConfig, MeteredStore, PinLeases, StoreConfig, StoreMetrics, SystemClock, VerifiedStore,
 };
 use memobuild_engine::NetworkPolicy;
 use memobuild_oci::RegistryClient;
 use memobuild_proto::reapi::capabilities_server::CapabilitiesServer;
 use memobuild_proto::reapi::{digest_function, ExecutionCapabilities};
+use memobuild_proto::worker::WorkerMessage;
 use memobuild_proto::DigestFunction;
 use memobuild_scheduler::{
-    add_build_service, add_execution_services, BuildManager, BuildStore, OperationStore, PostgresBuildStore,
-    PostgresOperationStore, Scheduler, SchedulerConfig, SchedulerMetrics, SqliteBuildStore, SqliteOperationStore,
+    add_build_service, add_execution_services, serve_worker, BuildManager, BuildStore, OperationStore,
+    PostgresBuildStore, PostgresOperationStore, Scheduler, SchedulerConfig, SchedulerMetrics, SqliteBuildStore,
+    SqliteOperationStore,
 };
 use memobuild_worker::steps::{StepActions, StepRunner};
 use memobuild_worker::{
-    run_worker, ActionExecutor, Executors, HostRunner, ImageRunner, Runner, WorkerIdentity, WorkerMonitor,
+    run_worker, ActionExecutor, Executors, HostRunner, ImageRunner, Runner, SchedulerLink, SchedulerMessages,
+    WorkerIdentity, WorkerMonitor,
 };
 use prometheus::core::Collector;
 use prometheus::{IntCounter, IntGauge, Registry};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
@@ -224,16 +231,9 @@ impl Node {
         let request_layer = RequestLayer::new(&registry)?;
         let auth_layer = AuthLayer::new(security.authenticator.clone());
         let mut in_process_worker = None;
-        if let (Some(section), Some(_)) = (&worker_section, &scheduler) {
-            let channel = in_process_worker_channel(
-                address,
-                &security,
-                &routes,
-                (request_layer.clone(), auth_layer.clone()),
-                token.clone(),
-            )
-            .await?;
-            let worker = worker(section, state.cas.clone(), channel, (&registry, &mut health), token.clone()).await?;
+        if let (Some(section), Some(scheduler)) = (&worker_section, &scheduler) {
+            let link = InProcessLink(scheduler.clone());
+            let worker = worker(section, state.cas.clone(), link, (&registry, &mut health), token.clone()).await?;
             in_process_worker = Some(tokio::spawn(async move {
                 if let Err(e) = worker.await {
                     tracing::error!(error = %e, "worker stopped");
@@ -286,43 +286,21 @@ async fn serve_grpc(
     .context("serving gRPC")
 }
 
-/// The channel of the worker inside this process to its scheduler: the
-/// gRPC port itself when it is plain, else a private plain loopback port
-/// serving the same routes. With auth on, it presents a token only this
-/// process knows, for a worker principal.
-async fn in_process_worker_channel(
-    address: std::net::SocketAddr,
-    security: &Security,
-    routes: &tonic::service::Routes,
-    layers: (RequestLayer, AuthLayer),
-    token: CancellationToken,
-) -> anyhow::Result<GrpcChannel> {
-    let credentials = ClientCredentials {
-        token: security
-            .authenticator
-            .as_ref()
-            .map(|a| a.add_internal("memobuild-in-process-worker", &[Capability::Worker])),
-        ..ClientCredentials::default()
-    };
-    let address = match security.tls {
-        None => address,
-        Some(_) => {
-            let listener = TcpListener::bind("127.0.0.1:0").await.context("binding the in-process worker's port")?;
-            let private = listener.local_addr()?;
-            let routes = routes.clone();
-            tokio::spawn(async move {
-                if let Err(e) = serve_grpc(routes, listener, None, layers, token).await {
-                    tracing::error!(error = %e, "the in-process worker's port stopped");
-                }
-            });
-            private
-        }
-    };
-    let address = match address.ip().is_unspecified() {
-        true => std::net::SocketAddr::from(([127, 0, 0, 1], address.port())),
-        false => address,
-    };
-    Ok(grpc_channel_with(&format!("grpc://{address}"), &credentials)?)
+/// The link of the worker inside this process to its scheduler: the
+/// session's messages go through channels, not gRPC. The worker is this
+/// process's own, so it needs no credentials.
+struct InProcessLink(Arc<Scheduler>);
+
+#[tonic::async_trait]
+impl SchedulerLink for InProcessLink {
+    async fn open(
+        &self,
+        outgoing: mpsc::UnboundedReceiver<WorkerMessage>,
+    ) -> memobuild_proto::Result<SchedulerMessages> {
+        let incoming = UnboundedReceiverStream::new(outgoing).map(Ok::<_, Infallible>);
+        let received = serve_worker(&self.0, None, incoming).await?;
+        Ok(UnboundedReceiverStream::new(received).map(Ok).boxed())
+    }
 }
 
 fn cancel_on(shutdown: impl Future<Output = ()> + Send + 'static, token: CancellationToken) {
@@ -464,7 +442,7 @@ async fn start_scheduler(
 async fn worker(
     section: &WorkerSection,
     cas: Arc<dyn BlobStore>,
-    scheduler: GrpcChannel,
+    scheduler: impl SchedulerLink + 'static,
     (registry, health): (&Registry, &mut Health),
     shutdown: CancellationToken,
 ) -> anyhow::Result<impl Future<Output = memobuild_proto::Result<()>>> {

@@ -38,7 +38,9 @@ pub use postgres_build_store::PostgresBuildStore;
 pub use postgres_operation_store::PostgresOperationStore;
 pub use queue_executor::QueueExecutor;
 pub use scheduler::{OperationSnapshot, Scheduler, SchedulerConfig};
-pub use service::{add_build_service, add_execution_services, ExecutionService, OperationsService, WorkerApiService};
+pub use service::{
+    add_build_service, add_execution_services, serve_worker, ExecutionService, OperationsService, WorkerApiService,
+};
 pub use sqlite_build_store::SqliteBuildStore;
 pub use sqlite_operation_store::SqliteOperationStore;
 pub use worker_status::{QueueStatus, WorkerStatus};

@@ -108,6 +108,12 @@ struct Entry {
 }
 
 impl Entry {
+    /// Still running on `worker`: only that worker may finish it (a worker
+    /// that lost its lease may report late).
+    fn held_by(&self, worker: &str) -> bool {
+        self.record.stage != Stage::Completed && self.record.worker.as_deref() == Some(worker)
+    }
+
     fn snapshot(&self) -> OperationSnapshot {
         OperationSnapshot {
             name: self.record.name.clone(),
@@ -638,10 +644,7 @@ impl Scheduler {
             let State { operations, queue, .. } = &mut *state;
             // Only what this worker held before (a restart, a reconnect): a
             // worker cannot claim another's operation, or a queued one.
-            let held = |e: &&mut Entry| {
-                e.record.stage != Stage::Completed && e.record.worker.as_deref() == Some(hello.name.as_str())
-            };
-            if let Some(entry) = operations.get_mut(name).filter(held) {
+            if let Some(entry) = operations.get_mut(name).filter(|e| e.held_by(&hello.name)) {
                 queue.remove(name);
                 entry.record.stage = Stage::Executing;
                 entry.record.worker = Some(hello.name.clone());
@@ -693,32 +696,32 @@ impl Scheduler {
     }
 
     /// A worker reports the end of an action. Its slot is free at once, for
-    /// the next action; the result is cached, then the operation completes.
-    pub async fn finish(&self, worker: &str, finished: Finished) {
+    /// the next action; then, in the background (the returned task), the
+    /// result is cached and the operation completes.
+    pub fn finish(self: &Arc<Self>, worker: &str, finished: Finished) -> tokio::task::JoinHandle<()> {
         let name = finished.operation.clone();
-        // Only the worker that holds the operation may finish it (a worker
-        // that lost its lease may report late).
-        let held = |e: &Entry| e.record.stage != Stage::Completed && e.record.worker.as_deref() == Some(worker);
         let (instance, digest, cacheable) = {
             let state = self.state.lock();
             match state.operations.get(&name) {
-                Some(e) if held(e) => (e.record.instance_name.clone(), e.record.action_digest, !e.info.do_not_cache),
+                Some(e) if e.held_by(worker) => {
+                    (e.record.instance_name.clone(), e.record.action_digest, !e.info.do_not_cache)
+                }
                 _ => {
                     tracing::debug!(operation = %name, %worker, "result for an operation no longer running; ignored");
-                    return;
+                    return tokio::spawn(async {});
                 }
             }
         };
         let status = finished.status.unwrap_or_default();
         let mut response =
             ExecuteResponse { result: finished.result, status: Some(status.clone()), ..Default::default() };
-        let mut cache = None;
+        let mut cache = false;
         match (&response.result, Error::from_rpc_status(&status)) {
             (Some(result), None) => {
                 let code = result.exit_code;
                 response.message = format!("action {digest} ran on {worker}: exit code {code}");
                 self.metrics.outcome(if code == 0 { "succeeded" } else { "failed" });
-                cache = (code == 0 && cacheable).then_some(result);
+                cache = code == 0 && cacheable;
             }
             (_, error) => {
                 let error =
@@ -743,20 +746,23 @@ impl Scheduler {
             self.refresh_gauges(&state);
         }
         self.dispatch();
-        if let Some(result) = cache {
-            if let Err(e) = self.action_cache.update(&instance, &digest, result).await {
-                tracing::warn!(%digest, error = %e, "could not cache an action result");
+        let (scheduler, worker) = (self.clone(), worker.to_string());
+        tokio::spawn(async move {
+            if let Some(result) = response.result.as_ref().filter(|_| cache) {
+                if let Err(e) = scheduler.action_cache.update(&instance, &digest, result).await {
+                    tracing::warn!(%digest, error = %e, "could not cache an action result");
+                }
             }
-        }
-        let mut state = self.state.lock();
-        if let Some(mut entry) = state.operations.remove(&name) {
-            // Unless its lease expired meanwhile and it went back to the queue.
-            if held(&entry) {
-                self.finish_entry(&mut state, &mut entry, response);
+            let mut state = scheduler.state.lock();
+            if let Some(mut entry) = state.operations.remove(&name) {
+                // Unless its lease expired meanwhile and it went back to the queue.
+                if entry.held_by(&worker) {
+                    scheduler.finish_entry(&mut state, &mut entry, response);
+                }
+                state.operations.insert(name, entry);
             }
-            state.operations.insert(name, entry);
-        }
-        self.refresh_gauges(&state);
+            scheduler.refresh_gauges(&state);
+        })
     }
 
     /// Output a worker sends for an action it runs; output for anything

@@ -95,7 +95,7 @@ async fn inputs_of_a_queued_or_running_action_are_never_evicted_and_are_let_go_a
         result: Some(ActionResult { exit_code: 0, ..Default::default() }),
         status: Some(rpc::Status::default()),
     };
-    scheduler.finish("w1", finished).await;
+    scheduler.finish("w1", finished).await.unwrap();
     updates.wait_for(|s| s.stage == Stage::Completed).await.unwrap();
 
     // Released (in the background): the inputs are offered for eviction again.

@@ -141,7 +141,7 @@ async fn identical_actions_run_once_and_then_hit_the_cache() {
     assert_eq!(first.borrow().name, second.borrow().name);
     let operation = w.assigned().await;
     assert!(w.idle(), "the same action was assigned twice");
-    scheduler.finish(&w.name, finished(&operation, 0)).await;
+    scheduler.finish(&w.name, finished(&operation, 0)).await.unwrap();
     for receiver in [first, second] {
         let done = completed(receiver).await;
         assert_eq!(done.response.unwrap().result.unwrap().exit_code, 0);
@@ -159,7 +159,7 @@ async fn failed_actions_are_not_cached() {
     let action = h.action(&["false"], &[]).await;
     let receiver = scheduler.execute(execute(action, 0, false), "c").await.unwrap();
     let operation = w.assigned().await;
-    scheduler.finish(&w.name, finished(&operation, 3)).await;
+    scheduler.finish(&w.name, finished(&operation, 3)).await.unwrap();
     let done = completed(receiver).await.response.unwrap();
     assert_eq!(done.result.unwrap().exit_code, 3);
     assert!(done.message.contains("exit code 3"), "{}", done.message);
@@ -208,7 +208,7 @@ async fn lower_priority_values_run_first() {
     let mut order = Vec::new();
     for _ in 0..3 {
         let operation = w.assigned().await;
-        scheduler.finish(&w.name, finished(&operation, 0)).await;
+        scheduler.finish(&w.name, finished(&operation, 0)).await.unwrap();
         order.push(operation);
     }
     assert_eq!(order, vec![names[1].clone(), names[2].clone(), names[0].clone()]);
@@ -275,8 +275,8 @@ async fn queued_and_running_work_survives_a_restart() {
     let session = scheduler.connect_worker(&hello, sender, None).unwrap();
     let mut w = FakeWorker { name: "w".into(), messages, session };
     assert_eq!(w.assigned().await, queued_name);
-    scheduler.finish("w", finished(&running_name, 0)).await;
-    scheduler.finish("w", finished(&queued_name, 0)).await;
+    scheduler.finish("w", finished(&running_name, 0)).await.unwrap();
+    scheduler.finish("w", finished(&queued_name, 0)).await.unwrap();
     for name in [&queued_name, &running_name] {
         assert_eq!(completed(scheduler.watch(name).unwrap()).await.response.unwrap().result.unwrap().exit_code, 0);
     }

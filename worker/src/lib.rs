@@ -46,4 +46,4 @@ pub use image_runner::{ImageRunner, INPUT_ROOT_MOUNT};
 pub use memobuild_sandbox::SandboxConfig;
 pub use runner::{RunOutcome, RunSpec, Runner};
 pub use worker_monitor::{WorkKind, WorkerMonitor};
-pub use worker_session::{run_worker, Executors, WorkerIdentity};
+pub use worker_session::{run_worker, Executors, SchedulerLink, SchedulerMessages, WorkerIdentity};

@@ -2,6 +2,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use futures::StreamExt;
 use memobuild_cas::GrpcChannel;
 use memobuild_engine::STEP_PROPERTY;
 use memobuild_proto::build::step_log;
@@ -9,7 +12,8 @@ use memobuild_proto::reapi::platform::Property;
 use memobuild_proto::worker::worker_api_client::WorkerApiClient;
 use memobuild_proto::worker::ANY_VALUE;
 use memobuild_proto::worker::{
-    scheduler_message, worker_message, Assign, Finished, Heartbeat, Hello, Output, StepSession, WorkerMessage,
+    scheduler_message, worker_message, Assign, Finished, Heartbeat, Hello, Output, SchedulerMessage, StepSession,
+    WorkerMessage,
 };
 use memobuild_proto::{rpc, Digest, DigestFunction, Error, Result};
 use parking_lot::Mutex;
@@ -38,18 +42,37 @@ pub struct WorkerIdentity {
     pub slots: u32,
 }
 
-/// A worker's link to the scheduler: it dials, announces itself, runs what
-/// it is assigned, reports results and heartbeats, and reconnects (naming
-/// what it still runs) when the stream breaks. Returns once `shutdown`
-/// fires; running actions are cancelled.
+/// What the scheduler sends a worker.
+pub type SchedulerMessages = BoxStream<'static, Result<SchedulerMessage>>;
+
+/// How a worker reaches its scheduler: over gRPC ([`GrpcChannel`]), or
+/// directly when both live in one process.
+#[async_trait]
+pub trait SchedulerLink: Send + Sync {
+    /// Opens a session: the scheduler reads `outgoing`, which starts with
+    /// the worker's Hello, and answers with its own messages.
+    async fn open(&self, outgoing: mpsc::UnboundedReceiver<WorkerMessage>) -> Result<SchedulerMessages>;
+}
+
+#[async_trait]
+impl SchedulerLink for GrpcChannel {
+    async fn open(&self, outgoing: mpsc::UnboundedReceiver<WorkerMessage>) -> Result<SchedulerMessages> {
+        let response = WorkerApiClient::new(self.clone()).session(UnboundedReceiverStream::new(outgoing)).await?;
+        Ok(response.into_inner().map(|m| m.map_err(Error::from)).boxed())
+    }
+}
+
+/// A worker's session with the scheduler: it connects, announces itself,
+/// runs what it is assigned, reports results and heartbeats, and reconnects
+/// (naming what it still runs) when the session breaks. Returns once
+/// `shutdown` fires; running actions are cancelled.
 pub async fn run_worker(
     identity: WorkerIdentity,
     executors: Executors,
-    scheduler: impl Into<GrpcChannel>,
+    scheduler: impl SchedulerLink,
     monitor: WorkerMonitor,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let scheduler: GrpcChannel = scheduler.into();
     monitor.set_slots(identity.slots);
     let running: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
     let (results, mut finished) = mpsc::unbounded_channel::<Finished>();
@@ -68,9 +91,8 @@ pub async fn run_worker(
             running: running.lock().keys().cloned().collect(),
         };
         let _ = outgoing.send(message(worker_message::Kind::Hello(hello)));
-        let mut client = WorkerApiClient::new(scheduler.clone());
-        let mut incoming = match client.session(UnboundedReceiverStream::new(stream)).await {
-            Ok(response) => response.into_inner(),
+        let mut incoming = match scheduler.open(stream).await {
+            Ok(incoming) => incoming,
             Err(e) => {
                 monitor.link(Some(format!("cannot reach the scheduler: {}", e.message())));
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach the scheduler");
@@ -90,8 +112,8 @@ pub async fn run_worker(
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                received = incoming.message() => match received {
-                    Ok(Some(m)) => match m.kind {
+                received = incoming.next() => match received {
+                    Some(Ok(m)) => match m.kind {
                         Some(scheduler_message::Kind::Assign(assign)) => {
                             // Beat at least three times per lease, whatever lease the scheduler keeps.
                             if let Some(lease) = assign.lease.as_ref().map(lease_duration) {
@@ -112,7 +134,7 @@ pub async fn run_worker(
                         }
                         None => {}
                     },
-                    Ok(None) | Err(_) => {
+                    None | Some(Err(_)) => {
                         monitor.link(Some("the scheduler stream ended; reconnecting".into()));
                         tracing::warn!("scheduler stream ended; reconnecting");
                         break;

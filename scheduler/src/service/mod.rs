@@ -17,7 +17,7 @@ use prost::Message;
 pub use build::BuildServiceImpl;
 pub use execution::ExecutionService;
 pub use operations::OperationsService;
-pub use worker_api::WorkerApiService;
+pub use worker_api::{serve_worker, WorkerApiService};
 
 use memobuild_auth::{Capability, Principal};
 use memobuild_proto::{Error, Result};
