@@ -624,8 +624,8 @@ impl Scheduler {
         Ok(())
     }
 
-    /// A worker opened a session as `principal` (none without auth);
-    /// returns its session number.
+    /// A worker opened a session as `principal` (none without auth, and
+    /// for the worker in this process); returns its session number.
     pub fn connect_worker(
         &self,
         hello: &Hello,
