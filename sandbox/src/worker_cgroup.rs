@@ -121,6 +121,7 @@ impl WorkerCgroup {
                 write(&dir.join("pids.max"), &max.to_string())?;
             }
         }
+        // Kills counted before this slot's first action are none of its.
         slot.oom_killed();
         Ok(slot)
     }

@@ -120,10 +120,9 @@ impl Fixture {
         self.dir.path().join("work/actions")
     }
 
-    /// Whether nothing of finished actions is left: action directories
-    /// are reused, but without input roots and with empty streams.
-    /// Whether every action directory is clean within a few seconds (they
-    /// are cleaned in the background once an action's result is out).
+    /// Whether nothing of finished actions is left within a few seconds:
+    /// action directories are reused, but without input roots and with
+    /// empty streams (cleaned in the background once a result is out).
     pub async fn no_action_dirs_left(&self) -> bool {
         let clean = || {
             std::fs::read_dir(self.actions_dir()).unwrap().all(|entry| {
