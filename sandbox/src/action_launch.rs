@@ -1,7 +1,7 @@
 use std::ffi::CString;
 use std::os::fd::{OwnedFd, RawFd};
 
-use super::mount_op::MountOp;
+use super::root_template::InputRoot;
 
 /// Everything the child needs for one action, prepared before the clone.
 pub(super) struct ActionLaunch {
@@ -9,8 +9,7 @@ pub(super) struct ActionLaunch {
     pub(super) argv: Vec<CString>,
     pub(super) env: Vec<CString>,
     pub(super) working_dir: CString,
-    /// Binding the input root, after the template's steps.
-    pub(super) ops: Vec<MountOp>,
+    pub(super) input_root: InputRoot,
     /// The user and group, as the action sees them (inside `userns`).
     pub(super) uid: u32,
     pub(super) gid: u32,

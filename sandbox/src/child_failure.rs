@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum ChildStep {
     JoinCgroup,
-    /// A step of the fixed root (`template`) or of the action's own.
+    EnterRoot,
+    /// A step of the action's own mounts: the template's `action_ops`,
+    /// then its input root's.
     Mount {
-        template: bool,
         index: u32,
     },
-    PivotRoot,
+    InputRoot,
     Hostname,
     Network,
     Limits,
@@ -36,9 +37,9 @@ impl ChildFailure {
     pub(super) fn record(&self, step: ChildStep, errno: i32) {
         let (kind, index) = match step {
             ChildStep::JoinCgroup => (1, 0),
-            ChildStep::Mount { template: true, index } => (2, index),
-            ChildStep::Mount { template: false, index } => (3, index),
-            ChildStep::PivotRoot => (4, 0),
+            ChildStep::EnterRoot => (2, 0),
+            ChildStep::Mount { index } => (3, index),
+            ChildStep::InputRoot => (4, 0),
             ChildStep::Hostname => (5, 0),
             ChildStep::Network => (6, 0),
             ChildStep::Limits => (7, 0),
@@ -59,9 +60,9 @@ impl ChildFailure {
         let step = match value >> 48 {
             0 => return None,
             1 => ChildStep::JoinCgroup,
-            2 => ChildStep::Mount { template: true, index },
-            3 => ChildStep::Mount { template: false, index },
-            4 => ChildStep::PivotRoot,
+            2 => ChildStep::EnterRoot,
+            3 => ChildStep::Mount { index },
+            4 => ChildStep::InputRoot,
             5 => ChildStep::Hostname,
             6 => ChildStep::Network,
             7 => ChildStep::Limits,
@@ -80,8 +81,9 @@ impl fmt::Display for ChildStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = match self {
             ChildStep::JoinCgroup => "joining the slot's cgroup",
-            ChildStep::Mount { .. } => "building the root",
-            ChildStep::PivotRoot => "entering the root",
+            ChildStep::EnterRoot => "entering the sandbox's root",
+            ChildStep::Mount { .. } => "mounting the action's own filesystems",
+            ChildStep::InputRoot => "attaching the input root",
             ChildStep::Hostname => "setting the hostname",
             ChildStep::Network => "joining the empty network namespace",
             ChildStep::Limits => "setting rlimits",

@@ -85,21 +85,26 @@ unsafe fn enter(args: &ChildArgs<'_>) -> Result<Infallible, (ChildStep, i32)> {
         check(written as i64, ChildStep::JoinCgroup)?;
     }
 
-    let root = c"/".as_ptr();
-    check(libc::mount(null(), root, null(), libc::MS_REC | libc::MS_PRIVATE, null()), ChildStep::PivotRoot)?;
-    for (index, op) in template.root.ops.iter().enumerate() {
-        op.apply().map_err(|e| (ChildStep::Mount { template: true, index: index as u32 }, e))?;
+    // A private copy of the worker's prepared root, then what is the
+    // action's own (see root_template).
+    check(libc::setns(template.root.namespace.as_raw_fd(), libc::CLONE_NEWNS), ChildStep::EnterRoot)?;
+    check(libc::unshare(libc::CLONE_NEWNS), ChildStep::EnterRoot)?;
+    let input = &launch.input_root;
+    for (index, op) in template.root.action_ops.iter().chain(&input.ops).enumerate() {
+        op.apply().map_err(|e| (ChildStep::Mount { index: index as u32 }, e))?;
     }
-    for (index, op) in launch.ops.iter().enumerate() {
-        op.apply().map_err(|e| (ChildStep::Mount { template: false, index: index as u32 }, e))?;
-    }
-    let here = c".".as_ptr();
-    check(libc::chdir(template.root.new_root.as_ptr()), ChildStep::PivotRoot)?;
-    check(libc::syscall(libc::SYS_pivot_root, here, here), ChildStep::PivotRoot)?;
-    check(libc::umount2(here, libc::MNT_DETACH), ChildStep::PivotRoot)?;
-    check(libc::chdir(root), ChildStep::PivotRoot)?;
-    let sealed = libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-    check(libc::mount(null(), root, null(), sealed, null()), ChildStep::PivotRoot)?;
+    let empty = c"".as_ptr();
+    let attach = libc::syscall(
+        libc::SYS_move_mount,
+        input.tree.as_raw_fd(),
+        empty,
+        libc::AT_FDCWD,
+        input.mount_point.as_ptr(),
+        libc::MOVE_MOUNT_F_EMPTY_PATH,
+    );
+    check(attach, ChildStep::InputRoot)?;
+    let remount = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
+    check(libc::mount(null(), input.mount_point.as_ptr(), null(), remount, null()), ChildStep::InputRoot)?;
 
     let hostname = template.hostname.as_bytes();
     check(libc::sethostname(hostname.as_ptr().cast(), hostname.len()), ChildStep::Hostname)?;

@@ -44,7 +44,9 @@ impl HostSandbox {
     /// Runs `spec` to its end, its timeout or `cancel`; every process it
     /// started is gone when this returns (or is dropped).
     pub async fn run(&self, spec: &SandboxedCommand<'_>, cancel: CancellationToken) -> Result<SandboxedExit> {
-        let program = spec.program;
+        let (program, working_dir) = (c_path(spec.program)?, c_path(spec.working_dir)?);
+        let argv = spec.argv.iter().map(|a| c_string(a.clone())).collect::<Result<_>>()?;
+        let env = spec.env.iter().map(|(k, v)| c_string(format!("{k}={v}"))).collect::<Result<_>>()?;
         // Who the action is on the host (owning its input root's
         // directories), and who it is in its own eyes.
         let (owner, user, userns) = match (spec.as_root, &self.template.root_userns) {
@@ -53,25 +55,26 @@ impl HostSandbox {
             (true, None) => ((0, 0), (0, 0), None),
         };
         let slot = {
-            let pool = self.pool.clone();
+            let (pool, template) = (self.pool.clone(), self.template.clone());
             let (root, stdout, stderr) =
                 (spec.root.to_path_buf(), spec.stdout.to_path_buf(), spec.stderr.to_path_buf());
             tokio::task::spawn_blocking(move || -> Result<_> {
                 give_dirs(&root, owner.0, owner.1)?;
+                let input_root = template.root.input_root(&root)?;
                 let stdout = create(&stdout)?;
                 let stderr = create(&stderr)?;
-                Ok((pool.acquire()?, stdout, stderr))
+                Ok((pool.acquire()?, input_root, stdout, stderr))
             })
             .await
             .map_err(|e| Error::internal(e.to_string()))?
         };
-        let (slot, stdout, stderr) = slot?;
+        let (slot, input_root, stdout, stderr) = slot?;
         let launch = ActionLaunch {
-            program: c_path(program)?,
-            argv: spec.argv.iter().map(|a| c_string(a.clone())).collect::<Result<_>>()?,
-            env: spec.env.iter().map(|(k, v)| c_string(format!("{k}={v}"))).collect::<Result<_>>()?,
-            working_dir: c_path(spec.working_dir)?,
-            ops: self.template.root.input_root_ops(spec.root)?,
+            program,
+            argv,
+            env,
+            working_dir,
+            input_root,
             uid: user.0,
             gid: user.1,
             userns,

@@ -29,7 +29,7 @@ struct Request {
 }
 
 /// Threads that start sandboxed children, one `clone` each: new PID,
-/// mount, IPC and UTS namespaces, sharing this process's memory until the
+/// IPC and UTS namespaces (the mount namespace is the template's, copied), sharing this process's memory until the
 /// child execs (as `posix_spawn` does, so nothing of the worker's memory is
 /// copied). A thread is stopped from its `clone` until the child execs, so
 /// there are as many as CPUs, for children to set up side by side.
@@ -105,7 +105,6 @@ fn launch(template: &SandboxTemplate, launch: &ActionLaunch, stack: &mut [u8]) -
     let flags = libc::CLONE_VM
         | libc::CLONE_VFORK
         | libc::CLONE_NEWPID
-        | libc::CLONE_NEWNS
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS
         | libc::CLONE_PIDFD
@@ -139,8 +138,10 @@ fn launch(template: &SandboxTemplate, launch: &ActionLaunch, stack: &mut [u8]) -
             libc::waitpid(pid, &mut status, 0)
         };
         let what = match step {
-            ChildStep::Mount { template: true, index } => template.root.ops.get(index as usize).map(|o| o.to_string()),
-            ChildStep::Mount { template: false, index } => launch.ops.get(index as usize).map(|o| o.to_string()),
+            ChildStep::Mount { index } => {
+                template.root.action_ops.iter().chain(&launch.input_root.ops).nth(index as usize).map(|o| o.to_string())
+            }
+            ChildStep::InputRoot => Some(format!("{:?}", launch.input_root.mount_point)),
             ChildStep::Exec => Some(format!("{:?}", launch.program)),
             _ => None,
         };

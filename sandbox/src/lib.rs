@@ -1,12 +1,14 @@
 //! The root worker's sandbox for REAPI actions ([`HostSandbox`]): one `clone` per action into new
-//! PID, mount, IPC and UTS namespaces (sharing the worker's memory until
+//! PID, IPC and UTS namespaces (sharing the worker's memory until
 //! exec, from a launcher thread), then, before exec:
 //!
-//! - a root of its own: a read-only tmpfs with the configured host
-//!   directories (`/usr`, `/etc`, ...) bound read-only, hidden paths covered,
-//!   the input root bound read-write at its own path, a private `/tmp` and
-//!   `/dev/shm`, a fresh `/proc` (`/proc/sys` read-only) and a minimal `/dev`;
-//!   nothing else of the host, the worker's state directory included;
+//! - a root of its own: a private copy of a mount namespace the worker
+//!   prepared once, whose root is a read-only tmpfs with the configured host
+//!   directories (`/usr`, `/etc`, ...) bound read-only, hidden paths covered
+//!   and a minimal read-only `/dev`; the action then mounts its own private
+//!   `/tmp` and `/dev/shm`, a fresh `/proc` (`/proc/sys` read-only), and
+//!   its input root read-write at its own path; nothing else of the host,
+//!   the worker's state directory included;
 //! - an empty network namespace (only `lo`) made once per slot and joined,
 //!   unless the action asks for network;
 //! - a cgroup per slot (memory and pids limits) made once under the

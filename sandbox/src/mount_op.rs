@@ -21,6 +21,11 @@ pub(super) enum MountOp {
         target: CString,
         flags: libc::c_ulong,
     },
+    /// New flags for the mount at `target` (`MS_RDONLY`, ...).
+    Remount {
+        target: CString,
+        flags: libc::c_ulong,
+    },
     /// A filesystem (`tmpfs`, `proc`) with its flags and options.
     Fresh {
         fstype: CString,
@@ -54,10 +59,10 @@ impl MountOp {
                     if rc != 0 || *flags == 0 {
                         rc
                     } else {
-                        let remount = libc::MS_BIND | libc::MS_REMOUNT | *flags;
-                        libc::mount(null(), target.as_ptr(), null(), remount, null())
+                        remount(target, *flags)
                     }
                 }
+                MountOp::Remount { target, flags } => remount(target, *flags),
                 MountOp::Fresh { fstype, target, flags, data } => {
                     libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), *flags, data.as_ptr().cast())
                 }
@@ -74,12 +79,22 @@ impl MountOp {
     }
 }
 
+/// Sets the flags of the mount at `target`, not of its filesystem.
+fn remount(target: &CString, flags: libc::c_ulong) -> libc::c_int {
+    // SAFETY: a NUL-terminated path; no other pointer.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mount(null(), target.as_ptr(), null(), libc::MS_BIND | libc::MS_REMOUNT | flags, null())
+    }
+}
+
 impl fmt::Display for MountOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             MountOp::Mkdir { path, .. } => write!(f, "creating directory {path:?}"),
             MountOp::Symlink { target, path } => write!(f, "creating symlink {path:?} -> {target:?}"),
             MountOp::Bind { source, target, .. } => write!(f, "binding {source:?} on {target:?}"),
+            MountOp::Remount { target, .. } => write!(f, "changing the flags of {target:?}"),
             MountOp::Fresh { fstype, target, .. } => write!(f, "mounting {fstype:?} on {target:?}"),
             MountOp::CharDevice { path, .. } => write!(f, "creating device {path:?}"),
         }

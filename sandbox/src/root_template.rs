@@ -1,7 +1,15 @@
-use std::collections::BTreeSet;
+//! The actions' root, built once per worker in a mount namespace of its
+//! own: every action joins that namespace and takes a private copy of it
+//! (a handful of mounts), then mounts only what is its own. Before, each
+//! action copied the host's mount table, made some 25 mounts and called
+//! `pivot_root`, which walks every thread of the system.
+#![allow(unsafe_code)]
+
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::ptr::null;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use memobuild_proto::{Error, Result, ResultExt};
@@ -20,21 +28,39 @@ const DEV_LINKS: [(&str, &str); 4] = [
     ("stdout", "/proc/self/fd/1"),
     ("stderr", "/proc/self/fd/2"),
 ];
+/// Each action's own filesystems, mounted over the shared root's
+/// directories; an input root below one of them gets its mount point there.
+const PRIVATE_DIRS: [&str; 2] = ["/tmp", "/dev/shm"];
 
-/// The part of every action's root that does not depend on the action:
-/// the steps building it under `new_root` (an empty directory this worker
-/// made, a mount point only inside the actions' mount namespaces).
-/// The names of the template roots, before `{pid}-{n}`.
+/// The names of the template roots' host directories, before `{pid}-{n}`.
 const ROOT_PREFIX: &str = "memobuild-sandbox-";
 
+/// The root every action of this worker starts from: a read-only tmpfs
+/// with the configured host directories bound read-only, hidden paths
+/// covered and a minimal read-only `/dev`, held in its own mount namespace.
 pub(super) struct RootTemplate {
-    pub(super) new_root: CString,
-    new_root_path: PathBuf,
-    pub(super) ops: Vec<MountOp>,
-    /// Directories the steps create (host-side names, without `new_root`).
-    created: BTreeSet<PathBuf>,
+    /// The mount namespace an action joins (then copies with `unshare`).
+    pub(super) namespace: OwnedFd,
+    /// The root's tmpfs, writable: where input roots' mount points are made.
+    writable_root: OwnedFd,
+    /// The steps every action runs in its copy: a private `/tmp` and
+    /// `/dev/shm`, a fresh `/proc` with `/proc/sys` read-only.
+    pub(super) action_ops: Vec<MountOp>,
     /// The read-only binds, where no input root may be.
     read_only: Vec<PathBuf>,
+    /// An empty host directory, the root's mount point in the namespace.
+    host_dir: PathBuf,
+}
+
+/// An action's input root, ready to be attached in its namespace.
+pub(super) struct InputRoot {
+    /// A detached copy of the input root's mount (`open_tree`).
+    pub(super) tree: OwnedFd,
+    /// Where it goes: its own path.
+    pub(super) mount_point: CString,
+    /// Directories the action makes, after [`RootTemplate::action_ops`],
+    /// for a mount point below its private `/tmp` or `/dev/shm`.
+    pub(super) ops: Vec<MountOp>,
 }
 
 impl RootTemplate {
@@ -42,92 +68,32 @@ impl RootTemplate {
         super::stale_dirs::remove_stale(&std::env::temp_dir(), ROOT_PREFIX);
         let pid = std::process::id();
         let name = format!("{ROOT_PREFIX}{pid}-{}", INSTANCES.fetch_add(1, Ordering::Relaxed));
-        let new_root_path = std::env::temp_dir().join(name);
-        super::stale_dirs::remove_left(&new_root_path, pid);
-        std::fs::create_dir(&new_root_path).with_context(|| format!("creating {}", new_root_path.display()))?;
-        let mut template = RootTemplate {
-            new_root: c_path(&new_root_path)?,
-            new_root_path,
-            ops: Vec::new(),
-            created: BTreeSet::new(),
-            read_only: Vec::new(),
-        };
-        let tmpfs = |target: &Path, flags: libc::c_ulong, data: String| -> Result<MountOp> {
-            Ok(MountOp::Fresh { fstype: c"tmpfs".into(), target: c_path(target)?, flags, data: c_string(data)? })
-        };
-        let root = template.inside(Path::new("/"));
-        template.ops.push(tmpfs(&root, libc::MS_NOSUID | libc::MS_NODEV, "mode=755,size=1m".into())?);
-        template.created.insert(PathBuf::from("/"));
-
-        let sealed = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-        for dir in &config.read_only {
-            let Ok(meta) = std::fs::symlink_metadata(dir) else { continue };
-            if !dir.is_absolute() {
-                return Err(Error::invalid_argument(format!("sandbox read_only {}: not absolute", dir.display())));
-            }
-            template.mkdirs(dir.parent().unwrap_or(Path::new("/")))?;
-            let target = template.inside(dir);
-            if meta.is_symlink() {
-                let link = std::fs::read_link(dir).with_context(|| format!("reading {}", dir.display()))?;
-                template.ops.push(MountOp::Symlink { target: c_path(&link)?, path: c_path(&target)? });
-            } else if meta.is_dir() {
-                template.mkdir(dir, 0o755)?;
-                template.ops.push(MountOp::Bind { source: c_path(dir)?, target: c_path(&target)?, flags: sealed });
-                template.read_only.push(dir.clone());
-            }
+        let host_dir = std::env::temp_dir().join(name);
+        super::stale_dirs::remove_left(&host_dir, pid);
+        std::fs::create_dir(&host_dir).with_context(|| format!("creating {}", host_dir.display()))?;
+        let mut plan = Plan { host_dir: host_dir.clone(), ops: Vec::new(), read_only: Vec::new() };
+        let built = plan.fill(config).and_then(|()| {
+            let action_ops = action_ops(config)?;
+            let (namespace, writable_root) = build(&plan.host_dir, &plan.ops)?;
+            Ok(RootTemplate {
+                namespace,
+                writable_root,
+                action_ops,
+                read_only: plan.read_only,
+                host_dir: host_dir.clone(),
+            })
+        });
+        if built.is_err() {
+            let _ = std::fs::remove_dir(&host_dir);
         }
-        for path in &config.hidden {
-            let Ok(real) = std::fs::canonicalize(path) else { continue };
-            if !template.read_only.iter().any(|d| real.starts_with(d)) {
-                continue;
-            }
-            let target = c_path(&template.inside(&real))?;
-            template.ops.push(if real.is_dir() {
-                MountOp::Fresh {
-                    fstype: c"tmpfs".into(),
-                    target,
-                    flags: sealed | libc::MS_NOEXEC,
-                    data: c"mode=0".into(),
-                }
-            } else {
-                MountOp::Bind { source: c"/dev/null".into(), target, flags: sealed }
-            });
-        }
-
-        let tmp_size = config.tmp_bytes;
-        template.mkdir(Path::new("/tmp"), 0o1777)?;
-        let target = template.inside(Path::new("/tmp"));
-        template.ops.push(tmpfs(&target, libc::MS_NOSUID | libc::MS_NODEV, format!("mode=1777,size={tmp_size}"))?);
-
-        template.mkdir(Path::new("/proc"), 0o555)?;
-        let proc = template.inside(Path::new("/proc"));
-        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-        template.ops.push(MountOp::Fresh { fstype: c"proc".into(), target: c_path(&proc)?, flags, data: c"".into() });
-        let sys = c_path(&proc.join("sys"))?;
-        template.ops.push(MountOp::Bind { source: sys.clone(), target: sys, flags: sealed | libc::MS_NOEXEC });
-        if Path::new("/proc/sysrq-trigger").exists() {
-            let sysrq = c_path(&proc.join("sysrq-trigger"))?;
-            template.ops.push(MountOp::Bind { source: c"/dev/null".into(), target: sysrq, flags: sealed });
-        }
-
-        template.mkdir(Path::new("/dev"), 0o755)?;
-        let dev = template.inside(Path::new("/dev"));
-        template.ops.push(tmpfs(&dev, libc::MS_NOSUID | libc::MS_NOEXEC, "mode=755,size=64k".into())?);
-        for (name, major, minor) in DEVICES {
-            template.ops.push(MountOp::CharDevice { path: c_path(&dev.join(name))?, major, minor });
-        }
-        for (name, target) in DEV_LINKS {
-            template.ops.push(MountOp::Symlink { target: c_string(target.into())?, path: c_path(&dev.join(name))? });
-        }
-        template.mkdir(Path::new("/dev/shm"), 0o1777)?;
-        let shm = dev.join("shm");
-        template.ops.push(tmpfs(&shm, libc::MS_NOSUID | libc::MS_NODEV, format!("mode=1777,size={tmp_size}"))?);
-        Ok(template)
+        built
     }
 
-    /// The steps binding `input_root` (absolute) read-write at its own
-    /// path, after the template's.
-    pub(super) fn input_root_ops(&self, input_root: &Path) -> Result<Vec<MountOp>> {
+    /// `input_root` (absolute, a directory) bound read-write at its own
+    /// path: its mount point is made in the shared root (an empty
+    /// directory, read-only to actions), or by the action below its
+    /// private `/tmp` or `/dev/shm`.
+    pub(super) fn input_root(&self, input_root: &Path) -> Result<InputRoot> {
         if !input_root.is_absolute() || input_root.components().any(|c| c == Component::ParentDir) {
             return Err(Error::internal(format!("input root {} is not a plain absolute path", input_root.display())));
         }
@@ -138,27 +104,129 @@ impl RootTemplate {
                 dir.display()
             )));
         }
+        let private = PRIVATE_DIRS.iter().map(Path::new).find(|d| input_root.starts_with(d) && input_root != *d);
         let mut ops = Vec::new();
-        let mut path = PathBuf::from("/");
-        for component in input_root.components().skip(1) {
-            path.push(component);
-            if !self.created.contains(&path) {
-                ops.push(MountOp::Mkdir { path: c_path(&self.inside(&path))?, mode: 0o755 });
+        match private {
+            Some(base) => {
+                let mut path = base.to_path_buf();
+                for component in input_root.strip_prefix(base).unwrap_or(input_root).components() {
+                    path.push(component);
+                    ops.push(MountOp::Mkdir { path: c_path(&path)?, mode: 0o755 });
+                }
+            }
+            None if input_root.starts_with("/proc")
+                || input_root.starts_with("/dev")
+                || input_root == Path::new("/") =>
+            {
+                return Err(Error::invalid_argument(format!(
+                    "the input root {} would hide the sandbox's own filesystems",
+                    input_root.display()
+                )));
+            }
+            None => self.make_mount_point(input_root)?,
+        }
+        let tree = open_tree(input_root).with_context(|| format!("opening the input root {}", input_root.display()))?;
+        Ok(InputRoot { tree, mount_point: c_path(input_root)?, ops })
+    }
+
+    /// `path` and its parents in the shared root.
+    fn make_mount_point(&self, path: &Path) -> Result<()> {
+        let mut relative = PathBuf::new();
+        for component in path.components().skip(1) {
+            relative.push(component);
+            let name = c_path(&relative)?;
+            // SAFETY: a NUL-terminated path relative to a descriptor we own.
+            let rc = unsafe { libc::mkdirat(self.writable_root.as_raw_fd(), name.as_ptr(), 0o755) };
+            let error = std::io::Error::last_os_error();
+            if rc != 0 && error.raw_os_error() != Some(libc::EEXIST) {
+                return Err(Error::internal(format!(
+                    "making the mount point {} in the sandbox's root: {error}",
+                    path.display()
+                )));
             }
         }
-        let target = c_path(&self.inside(input_root))?;
-        ops.push(MountOp::Bind { source: c_path(input_root)?, target, flags: libc::MS_NOSUID | libc::MS_NODEV });
-        Ok(ops)
+        Ok(())
+    }
+}
+
+impl Drop for RootTemplate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.host_dir);
+    }
+}
+
+/// The template's steps, run once in its namespace.
+struct Plan {
+    host_dir: PathBuf,
+    ops: Vec<MountOp>,
+    read_only: Vec<PathBuf>,
+}
+
+impl Plan {
+    fn fill(&mut self, config: &SandboxConfig) -> Result<()> {
+        let root = self.host_dir.clone();
+        self.ops.push(tmpfs(&root, libc::MS_NOSUID | libc::MS_NODEV, "mode=755,size=1m")?);
+        let sealed = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+        for dir in &config.read_only {
+            let Ok(meta) = std::fs::symlink_metadata(dir) else { continue };
+            if !dir.is_absolute() {
+                return Err(Error::invalid_argument(format!("sandbox read_only {}: not absolute", dir.display())));
+            }
+            self.mkdirs(dir.parent().unwrap_or(Path::new("/")))?;
+            let target = self.inside(dir);
+            if meta.is_symlink() {
+                let link = std::fs::read_link(dir).with_context(|| format!("reading {}", dir.display()))?;
+                self.ops.push(MountOp::Symlink { target: c_path(&link)?, path: c_path(&target)? });
+            } else if meta.is_dir() {
+                self.mkdir(dir, 0o755)?;
+                self.ops.push(MountOp::Bind { source: c_path(dir)?, target: c_path(&target)?, flags: sealed });
+                self.read_only.push(dir.clone());
+            }
+        }
+        for path in &config.hidden {
+            let Ok(real) = std::fs::canonicalize(path) else { continue };
+            if !self.read_only.iter().any(|d| real.starts_with(d)) {
+                continue;
+            }
+            let target = c_path(&self.inside(&real))?;
+            self.ops.push(if real.is_dir() {
+                MountOp::Fresh {
+                    fstype: c"tmpfs".into(),
+                    target,
+                    flags: sealed | libc::MS_NOEXEC,
+                    data: c"mode=0".into(),
+                }
+            } else {
+                MountOp::Bind { source: c"/dev/null".into(), target, flags: sealed }
+            });
+        }
+        for (dir, mode) in [("/tmp", 0o1777), ("/proc", 0o555), ("/dev", 0o755)] {
+            self.mkdir(Path::new(dir), mode)?;
+        }
+        let dev = self.inside(Path::new("/dev"));
+        self.ops.push(tmpfs(&dev, libc::MS_NOSUID | libc::MS_NOEXEC, "mode=755,size=64k")?);
+        for (name, major, minor) in DEVICES {
+            self.ops.push(MountOp::CharDevice { path: c_path(&dev.join(name))?, major, minor });
+        }
+        for (name, target) in DEV_LINKS {
+            self.ops.push(MountOp::Symlink { target: c_string(target.into())?, path: c_path(&dev.join(name))? });
+        }
+        self.mkdir(Path::new("/dev/shm"), 0o1777)?;
+        // Shared by every action: read-only, device nodes still usable.
+        let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NOEXEC;
+        self.ops.push(MountOp::Remount { target: c_path(&dev)?, flags });
+        Ok(())
     }
 
     /// `path` (absolute) under the new root.
     fn inside(&self, path: &Path) -> PathBuf {
-        self.new_root_path.join(path.strip_prefix("/").unwrap_or(path))
+        self.host_dir.join(path.strip_prefix("/").unwrap_or(path))
     }
 
     fn mkdir(&mut self, path: &Path, mode: libc::mode_t) -> Result<()> {
-        if self.created.insert(path.to_path_buf()) {
-            self.ops.push(MountOp::Mkdir { path: c_path(&self.inside(path))?, mode });
+        let path = c_path(&self.inside(path))?;
+        if !self.ops.iter().any(|op| matches!(op, MountOp::Mkdir { path: p, .. } if *p == path)) {
+            self.ops.push(MountOp::Mkdir { path, mode });
         }
         Ok(())
     }
@@ -174,10 +242,105 @@ impl RootTemplate {
     }
 }
 
-impl Drop for RootTemplate {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.new_root_path);
+/// What every action mounts in its copy of the namespace.
+fn action_ops(config: &SandboxConfig) -> Result<Vec<MountOp>> {
+    let tmp_data = format!("mode=1777,size={}", config.tmp_bytes);
+    let mut ops = Vec::new();
+    for dir in PRIVATE_DIRS {
+        ops.push(tmpfs(Path::new(dir), libc::MS_NOSUID | libc::MS_NODEV, &tmp_data)?);
     }
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    ops.push(MountOp::Fresh { fstype: c"proc".into(), target: c"/proc".into(), flags, data: c"".into() });
+    let sealed = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    ops.push(MountOp::Bind { source: c"/proc/sys".into(), target: c"/proc/sys".into(), flags: sealed });
+    if Path::new("/proc/sysrq-trigger").exists() {
+        ops.push(MountOp::Bind { source: c"/dev/null".into(), target: c"/proc/sysrq-trigger".into(), flags: sealed });
+    }
+    Ok(ops)
+}
+
+fn tmpfs(target: &Path, flags: libc::c_ulong, data: &str) -> Result<MountOp> {
+    Ok(MountOp::Fresh { fstype: c"tmpfs".into(), target: c_path(target)?, flags, data: c_string(data.into())? })
+}
+
+/// Builds the template in a new mount namespace, from a thread of its own
+/// (a thread may take a mount namespace of its own; the process keeps the
+/// host's): the namespace and a writable handle on its root.
+fn build(host_dir: &Path, ops: &[MountOp]) -> Result<(OwnedFd, OwnedFd)> {
+    let host_dir = c_path(host_dir)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| build_here(&host_dir, ops))
+            .join()
+            .map_err(|_| Error::internal("building the sandbox's root panicked"))?
+    })
+}
+
+fn build_here(host_dir: &CString, ops: &[MountOp]) -> Result<(OwnedFd, OwnedFd)> {
+    let os = |what: &str| {
+        Error::internal(format!("building the sandbox's root: {what}: {}", std::io::Error::last_os_error()))
+    };
+    let (root, here) = (c"/".as_ptr(), c".".as_ptr());
+    // SAFETY: syscalls on this thread's own mount namespace and NUL-terminated strings.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(os("unshare"));
+        }
+        // This thread's own (the umask is the filesystem context's, which
+        // the unshare made private): devices and directories get the
+        // modes asked for.
+        libc::umask(0);
+        let namespace = libc::open(c"/proc/thread-self/ns/mnt".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if namespace < 0 {
+            return Err(os("opening /proc/thread-self/ns/mnt"));
+        }
+        let namespace = OwnedFd::from_raw_fd(namespace);
+        if libc::mount(null(), root, null(), libc::MS_REC | libc::MS_PRIVATE, null()) != 0 {
+            return Err(os("making the mounts private"));
+        }
+        for op in ops {
+            op.apply().map_err(|errno| {
+                Error::internal(format!(
+                    "building the sandbox's root: {op}: {}",
+                    std::io::Error::from_raw_os_error(errno)
+                ))
+            })?;
+        }
+        let writable_root = open_tree_at(host_dir.as_ptr(), 0).map_err(|_| os("open_tree of the root"))?;
+        if libc::chdir(host_dir.as_ptr()) != 0
+            || libc::syscall(libc::SYS_pivot_root, here, here) != 0
+            || libc::umount2(here, libc::MNT_DETACH) != 0
+            || libc::chdir(root) != 0
+        {
+            return Err(os("entering the root"));
+        }
+        let sealed = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+        if libc::mount(null(), root, null(), sealed, null()) != 0 {
+            return Err(os("making the root read-only"));
+        }
+        Ok((namespace, writable_root))
+    }
+}
+
+/// A detached copy of the mounts at `path` (and below), to attach
+/// elsewhere with `move_mount`.
+fn open_tree(path: &Path) -> Result<OwnedFd> {
+    let path = c_path(path)?;
+    open_tree_at(path.as_ptr(), libc::AT_RECURSIVE as libc::c_uint).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOSYS) => Error::internal("the namespace sandbox needs Linux 5.2 or later (open_tree)"),
+        _ => Error::internal(format!("open_tree: {e}")),
+    })
+}
+
+fn open_tree_at(path: *const libc::c_char, flags: libc::c_uint) -> std::io::Result<OwnedFd> {
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | flags;
+    // SAFETY: `path` is NUL-terminated; the kernel returns a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path, flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is new and ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 pub(super) fn c_path(path: &Path) -> Result<CString> {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 pub struct SandboxConfig {
     /// Host paths bound read-only at the same place (symlinks such as
     /// `/bin -> usr/bin` are recreated as symlinks); missing ones are skipped.
+    /// Bound once, when the sandbox starts: a mount made below one later is not seen.
     pub read_only: Vec<PathBuf>,
     /// Paths inside `read_only` ones the action must not see: an empty
     /// directory or file covers each (e.g. `/etc/shadow`).

@@ -208,6 +208,49 @@ async fn many_actions_at_once_each_in_their_own_sandbox() {
     }
 }
 
+/// Every action starts from one root prepared by the worker: what an action
+/// writes anywhere must be gone for the next one, wherever the worker's
+/// state dir is (its input roots are mounted below `/tmp`, in the action's
+/// own `/tmp`, or in the shared root otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_leaves_nothing_for_the_next() {
+    root_only!();
+    let outside_tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    for fx in [Fixture::new().await, Fixture::in_dir(outside_tmp, 64 << 20, HostRunner::new()).await] {
+        let marker = unique_marker();
+        let state = fx.dir.path().join("work");
+        let leave = format!(
+            "echo x > /dev/null && echo devices-work; \
+             for dir in / /dev /usr /tmp /dev/shm {state} {state}/actions ..; do \
+               touch $dir/left-{marker} 2>/dev/null && echo wrote $dir; \
+               mkdir $dir/dir-{marker} 2>/dev/null && echo made $dir; done; \
+             echo made-here > here; pwd",
+            state = state.display()
+        );
+        let look = format!(
+            "ls -a / /dev /tmp /dev/shm {state}/actions | grep -e -{marker} || echo nothing-left",
+            state = state.display()
+        );
+        for platform in [None, as_root()] {
+            let (outcome, stdout, stderr) = run(&fx, &leave, platform.clone(), 0).await;
+            assert_eq!(outcome.result.exit_code, 0, "{platform:?}: {stderr}");
+            assert!(stdout.starts_with("devices-work\n"), "{platform:?}: {stdout}{stderr}");
+            let written: Vec<&str> =
+                stdout.lines().filter(|l| l.starts_with("wrote") || l.starts_with("made")).collect();
+            assert_eq!(
+                written,
+                ["wrote /tmp", "made /tmp", "wrote /dev/shm", "made /dev/shm"],
+                "{platform:?}: {stdout}"
+            );
+            let input_root = stdout.lines().last().unwrap();
+            assert!(input_root.starts_with(&state.display().to_string()), "the input root at its own path: {stdout}");
+            let (outcome, stdout, stderr) = run(&fx, &look, platform.clone(), 0).await;
+            assert_eq!(outcome.result.exit_code, 0, "{platform:?}: {stderr}");
+            assert_eq!(stdout, "nothing-left\n", "{platform:?}: {stderr}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_is_root_only_in_its_own_user_namespace() {
     root_only!();

@@ -68,8 +68,12 @@ impl Fixture {
     }
 
     pub async fn with_runner(cache_max_bytes: u64, runner: HostRunner) -> Self {
+        Self::in_dir(tempfile::tempdir().unwrap(), cache_max_bytes, runner).await
+    }
+
+    /// The worker's state in `dir`.
+    pub async fn in_dir(dir: TempDir, cache_max_bytes: u64, runner: HostRunner) -> Self {
         let cas = Arc::new(CountingStore::default());
-        let dir = tempfile::tempdir().unwrap();
         let executor =
             ActionExecutor::new(cas.clone(), dir.path().join("work"), cache_max_bytes, Arc::new(runner)).await.unwrap();
         Fixture { cas, dir, executor }
