@@ -35,7 +35,7 @@ struct CapData {
 /// What [`child_main`] gets.
 pub(super) struct ChildArgs<'a> {
     pub(super) template: &'a SandboxTemplate,
-    pub(super) launch: &'a ActionLaunch,
+    pub(super) launch: &'a ActionLaunch<'a>,
     pub(super) argv: &'a [*const c_char],
     pub(super) envp: &'a [*const c_char],
     pub(super) failure: &'a ChildFailure,
@@ -77,7 +77,8 @@ unsafe fn enter(args: &ChildArgs<'_>) -> Result<Infallible, (ChildStep, i32)> {
     }
     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
 
-    for join in &launch.cgroup_joins {
+    let request = launch.request;
+    for join in launch.cgroup_joins {
         let fd = libc::open(join.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
         check(fd, ChildStep::JoinCgroup)?;
         let written = libc::write(fd, b"0".as_ptr().cast(), 1);
@@ -124,7 +125,7 @@ unsafe fn enter(args: &ChildArgs<'_>) -> Result<Infallible, (ChildStep, i32)> {
 
     // Joining a user namespace gives every capability in it, and a full
     // bounding set: everything below comes after.
-    if let Some(userns) = launch.userns {
+    if let Some(userns) = request.userns {
         check(libc::setns(userns, libc::CLONE_NEWUSER), ChildStep::UserNamespace)?;
     }
     for capability in 0..=template.last_capability {
@@ -136,7 +137,7 @@ unsafe fn enter(args: &ChildArgs<'_>) -> Result<Infallible, (ChildStep, i32)> {
     // memory), by tid in the child's own PID namespace. A worker that is PID 1
     // (a container's entry point) has a thread whose tid is the child's pid,
     // so the child kept signalling itself and never reached exec.
-    let (uid, gid) = (libc::c_long::from(launch.uid), libc::c_long::from(launch.gid));
+    let (uid, gid) = (libc::c_long::from(request.uid), libc::c_long::from(request.gid));
     check(libc::syscall(libc::SYS_setgroups, 0, null::<libc::gid_t>()), ChildStep::Privileges)?;
     check(libc::syscall(libc::SYS_setresgid, gid, gid, gid), ChildStep::Privileges)?;
     check(libc::syscall(libc::SYS_setresuid, uid, uid, uid), ChildStep::Privileges)?;
@@ -144,7 +145,7 @@ unsafe fn enter(args: &ChildArgs<'_>) -> Result<Infallible, (ChildStep, i32)> {
     let none = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
     check(libc::syscall(libc::SYS_capset, &header, none.as_ptr()), ChildStep::Privileges)?;
 
-    check(libc::chdir(launch.working_dir.as_ptr()), ChildStep::WorkingDir)?;
+    check(libc::chdir(request.working_dir.as_ptr()), ChildStep::WorkingDir)?;
     check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), ChildStep::Seccomp)?;
     libc::umask(0o022);
     let program = &template.seccomp;
@@ -156,6 +157,6 @@ unsafe fn enter(args: &ChildArgs<'_>) -> Result<Infallible, (ChildStep, i32)> {
     let mut none: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut none);
     libc::sigprocmask(libc::SIG_SETMASK, &none, null_mut());
-    libc::execve(launch.program.as_ptr(), args.argv.as_ptr(), args.envp.as_ptr());
+    libc::execve(request.program.as_ptr(), args.argv.as_ptr(), args.envp.as_ptr());
     Err((ChildStep::Exec, errno()))
 }

@@ -1,5 +1,4 @@
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use memobuild_proto::{Error, Result, ResultExt};
@@ -7,14 +6,13 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio_util::sync::CancellationToken;
 
-use super::action_launch::ActionLaunch;
+use super::action_launch::ActionRequest;
 use super::launcher::{Launched, Launcher};
 use super::root_template::{c_path, c_string};
 use super::sandbox_template::SandboxTemplate;
 use super::slot_pool::{Slot, SlotPool};
 use super::worker_cgroup::WorkerCgroup;
 use super::SandboxConfig;
-use crate::input_dirs::give_dirs;
 use crate::sandboxed_command::{SandboxedCommand, SandboxedExit};
 
 /// The owner of the file cache's entries, which actions must not be.
@@ -37,8 +35,9 @@ impl HostSandbox {
         }
         let template = Arc::new(SandboxTemplate::new(&config)?);
         let cgroup = WorkerCgroup::create(config.memory_bytes, config.pids).context("making the sandbox cgroups")?;
-        let launcher = Launcher::start(template.clone())?;
-        Ok(HostSandbox { config, template, pool: Arc::new(SlotPool::new(cgroup)), launcher })
+        let pool = Arc::new(SlotPool::new(cgroup));
+        let launcher = Launcher::start(template.clone(), pool.clone())?;
+        Ok(HostSandbox { config, template, pool, launcher })
     }
 
     /// Runs `spec` to its end, its timeout or `cancel`; every process it
@@ -54,42 +53,21 @@ impl HostSandbox {
             (true, Some(userns)) => ((self.config.uid, self.config.gid), (0, 0), Some(userns.as_raw_fd())),
             (true, None) => ((0, 0), (0, 0), None),
         };
-        let slot = {
-            let (pool, template) = (self.pool.clone(), self.template.clone());
-            let (root, stdout, stderr) =
-                (spec.root.to_path_buf(), spec.stdout.to_path_buf(), spec.stderr.to_path_buf());
-            tokio::task::spawn_blocking(move || -> Result<_> {
-                give_dirs(&root, owner.0, owner.1)?;
-                let input_root = template.root.input_root(&root)?;
-                let stdout = create(&stdout)?;
-                let stderr = create(&stderr)?;
-                Ok((pool.acquire()?, input_root, stdout, stderr))
-            })
-            .await
-            .map_err(|e| Error::internal(e.to_string()))?
-        };
-        let (slot, input_root, stdout, stderr) = slot?;
-        let launch = ActionLaunch {
+        let request = ActionRequest {
             program,
             argv,
             env,
             working_dir,
-            input_root,
+            root: spec.root.to_path_buf(),
+            owner,
             uid: user.0,
             gid: user.1,
             userns,
-            netns: (!spec.network).then(|| slot.netns.as_raw_fd()),
-            cgroup_joins: slot.cgroup.as_ref().map(|c| c.join_files.clone()).unwrap_or_default(),
-            stdout,
-            stderr,
+            network: spec.network,
+            stdout: spec.stdout.to_path_buf(),
+            stderr: spec.stderr.to_path_buf(),
         };
-        let launched = match self.launcher.launch(launch).await {
-            Ok(launched) => launched,
-            Err(e) => {
-                self.pool.release(slot);
-                return Err(e);
-            }
-        };
+        let (launched, slot) = self.launcher.launch(request).await?;
         let mut child = RunningChild::new(launched, slot, self.pool.clone())?;
         let sleep = async {
             match spec.timeout {
@@ -210,9 +188,4 @@ impl Drop for RunningChild {
             Err(_) => reap(),
         }
     }
-}
-
-fn create(path: &PathBuf) -> Result<OwnedFd> {
-    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    Ok(file.into())
 }

@@ -1,16 +1,19 @@
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 use std::ptr::null;
 use std::sync::Arc;
 
 use libc::{c_char, c_int};
-use memobuild_proto::{Error, Result};
+use memobuild_proto::{Error, Result, ResultExt};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use super::action_launch::ActionLaunch;
+use super::action_launch::{ActionLaunch, ActionRequest};
 use super::child_failure::{ChildFailure, ChildStep};
 use super::child_process::{child_main, ChildArgs};
 use super::sandbox_template::SandboxTemplate;
+use super::slot_pool::{Slot, SlotPool};
+use crate::input_dirs::give_dirs;
 
 /// The child's stack (it only runs the setup code, then execs).
 const STACK_BYTES: usize = 256 << 10;
@@ -24,11 +27,19 @@ pub(super) struct Launched {
 }
 
 struct Request {
-    launch: ActionLaunch,
-    reply: oneshot::Sender<Result<Launched>>,
+    action: ActionRequest,
+    reply: oneshot::Sender<Result<(Launched, Slot)>>,
 }
 
-/// Threads that start sandboxed children, one `clone` each: new PID,
+/// What a launcher thread works with.
+struct Shared {
+    template: Arc<SandboxTemplate>,
+    pool: Arc<SlotPool>,
+    queue: Mutex<std::sync::mpsc::Receiver<Request>>,
+}
+
+/// Threads that prepare an action (its input root, stream files and slot)
+/// and start its sandboxed child, one `clone` each: new PID,
 /// IPC and UTS namespaces (the mount namespace is the template's, copied), sharing this process's memory until the
 /// child execs (as `posix_spawn` does, so nothing of the worker's memory is
 /// copied). A thread is stopped from its `clone` until the child execs, so
@@ -40,24 +51,25 @@ pub(super) struct Launcher {
 }
 
 impl Launcher {
-    pub(super) fn start(template: Arc<SandboxTemplate>) -> Result<Self> {
+    pub(super) fn start(template: Arc<SandboxTemplate>, pool: Arc<SlotPool>) -> Result<Self> {
         let (requests, queue) = std::sync::mpsc::sync_channel::<Request>(QUEUE);
-        let queue = Arc::new(Mutex::new(queue));
+        let shared = Arc::new(Shared { template, pool, queue: Mutex::new(queue) });
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         for index in 0..threads {
-            let (template, queue) = (template.clone(), queue.clone());
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("launcher-{index}"))
-                .spawn(move || serve(&template, &queue))
+                .spawn(move || serve(&shared))
                 .map_err(|e| Error::internal(format!("starting a sandbox launcher thread: {e}")))?;
         }
         Ok(Launcher { requests })
     }
 
-    pub(super) async fn launch(&self, launch: ActionLaunch) -> Result<Launched> {
+    /// The started action and the slot it holds.
+    pub(super) async fn launch(&self, action: ActionRequest) -> Result<(Launched, Slot)> {
         let (reply, answer) = oneshot::channel();
         let gone = || Error::internal("the sandbox launcher threads are gone");
-        match self.requests.try_send(Request { launch, reply }) {
+        match self.requests.try_send(Request { action, reply }) {
             Ok(()) => {}
             Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(gone()),
             // The queue is bounded: a full one is waited for off the runtime.
@@ -75,7 +87,7 @@ impl Launcher {
 
 /// One launcher thread: launches what it takes from `queue` until the
 /// launcher is dropped.
-fn serve(template: &SandboxTemplate, queue: &Mutex<std::sync::mpsc::Receiver<Request>>) {
+fn serve(shared: &Shared) {
     // SAFETY: blocks signals on this thread only, so a child never runs one
     // of the worker's handlers before exec.
     #[allow(unsafe_code)]
@@ -88,18 +100,54 @@ fn serve(template: &SandboxTemplate, queue: &Mutex<std::sync::mpsc::Receiver<Req
     loop {
         // One idle thread waits on the queue at a time, holding the lock
         // until a request comes (and not while it launches).
-        let next = queue.lock().recv();
+        let next = shared.queue.lock().recv();
         let Ok(request) = next else { return };
-        let launched = launch(template, &request.launch, &mut stack);
-        let _ = request.reply.send(launched);
+        let started = prepare_and_launch(shared, &request.action, &mut stack);
+        // Nobody waits any more (the run was dropped): the child goes.
+        if let Err(Ok((launched, slot))) = request.reply.send(started) {
+            // SAFETY: SIGKILL through our own pidfd, then reaps our own child.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::syscall(libc::SYS_pidfd_send_signal, launched.pidfd.as_raw_fd(), libc::SIGKILL, 0, 0);
+                libc::waitpid(launched.pid, &mut 0, 0);
+            }
+            shared.pool.release(slot);
+        }
     }
 }
 
-fn launch(template: &SandboxTemplate, launch: &ActionLaunch, stack: &mut [u8]) -> Result<Launched> {
+fn prepare_and_launch(shared: &Shared, request: &ActionRequest, stack: &mut [u8]) -> Result<(Launched, Slot)> {
+    give_dirs(&request.root, request.owner.0, request.owner.1)?;
+    let input_root = shared.template.root.input_root(&request.root)?;
+    let (stdout, stderr) = (create(&request.stdout)?, create(&request.stderr)?);
+    let slot = shared.pool.acquire()?;
+    let launch = ActionLaunch {
+        request,
+        input_root,
+        netns: (!request.network).then(|| slot.netns.as_raw_fd()),
+        cgroup_joins: slot.cgroup.as_ref().map(|c| c.join_files.as_slice()).unwrap_or_default(),
+        stdout,
+        stderr,
+    };
+    match launch_child(&shared.template, &launch, stack) {
+        Ok(launched) => Ok((launched, slot)),
+        Err(e) => {
+            shared.pool.release(slot);
+            Err(e)
+        }
+    }
+}
+
+fn create(path: &Path) -> Result<OwnedFd> {
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(file.into())
+}
+
+fn launch_child(template: &SandboxTemplate, launch: &ActionLaunch<'_>, stack: &mut [u8]) -> Result<Launched> {
     let pointers = |strings: &[std::ffi::CString]| -> Vec<*const c_char> {
         strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(null())).collect()
     };
-    let (argv, envp) = (pointers(&launch.argv), pointers(&launch.env));
+    let (argv, envp) = (pointers(&launch.request.argv), pointers(&launch.request.env));
     let failure = ChildFailure::new();
     let args = ChildArgs { template, launch, argv: &argv, envp: &envp, failure: &failure };
     let flags = libc::CLONE_VM
@@ -142,7 +190,7 @@ fn launch(template: &SandboxTemplate, launch: &ActionLaunch, stack: &mut [u8]) -
                 template.root.action_ops.iter().chain(&launch.input_root.ops).nth(index as usize).map(|o| o.to_string())
             }
             ChildStep::InputRoot => Some(format!("{:?}", launch.input_root.mount_point)),
-            ChildStep::Exec => Some(format!("{:?}", launch.program)),
+            ChildStep::Exec => Some(format!("{:?}", launch.request.program)),
             _ => None,
         };
         let error = std::io::Error::from_raw_os_error(errno);
