@@ -328,6 +328,10 @@ fn open_tree(path: &Path) -> Result<OwnedFd> {
     let path = c_path(path)?;
     open_tree_at(path.as_ptr(), libc::AT_RECURSIVE as libc::c_uint).map_err(|e| match e.raw_os_error() {
         Some(libc::ENOSYS) => Error::internal("the namespace sandbox needs Linux 5.2 or later (open_tree)"),
+        Some(libc::EPERM) => Error::internal(format!(
+            "open_tree: {e} (in a container, the worker needs CAP_SYS_ADMIN and a seccomp profile that allows \
+             open_tree and move_mount: privileged, or seccomp unconfined)"
+        )),
         _ => Error::internal(format!("open_tree: {e}")),
     })
 }
