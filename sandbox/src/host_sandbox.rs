@@ -7,7 +7,7 @@ use tokio::io::Interest;
 use tokio_util::sync::CancellationToken;
 
 use super::action_launch::ActionRequest;
-use super::launcher::{Launched, Launcher};
+use super::launcher::{kill, reap, Launched, Launcher};
 use super::root_template::{c_path, c_string};
 use super::sandbox_template::SandboxTemplate;
 use super::slot_pool::{Slot, SlotPool};
@@ -143,13 +143,8 @@ impl RunningChild {
         }
     }
 
-    /// SIGKILL to pid 1 of the namespace: the kernel kills the rest.
     fn kill(&self) {
-        // SAFETY: a signal through our own pidfd.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::syscall(libc::SYS_pidfd_send_signal, self.pidfd.get_ref().as_raw_fd(), libc::SIGKILL, 0, 0);
-        }
+        kill(self.pidfd.get_ref());
     }
 
     /// Returns the slot of a reaped child.
@@ -168,24 +163,15 @@ impl Drop for RunningChild {
         }
         self.kill();
         let (pid, slot, pool) = (self.pid, self.slot.take(), self.pool.clone());
-        let reap = move || {
-            let mut status = 0;
-            // SAFETY: our own child, killed above.
-            #[allow(unsafe_code)]
-            unsafe {
-                libc::waitpid(pid, &mut status, 0)
-            };
-            if let Some(mut slot) = slot {
-                // What the killed command's memory did is no one's now.
-                if let Some(cgroup) = slot.cgroup.as_mut() {
-                    cgroup.oom_killed();
-                }
-                pool.release(slot);
+        let reap_and_release = move || {
+            reap(pid);
+            if let Some(slot) = slot {
+                pool.release_killed(slot);
             }
         };
         match tokio::runtime::Handle::try_current() {
-            Ok(handle) => drop(handle.spawn_blocking(reap)),
-            Err(_) => reap(),
+            Ok(handle) => drop(handle.spawn_blocking(reap_and_release)),
+            Err(_) => reap_and_release(),
         }
     }
 }

@@ -39,11 +39,12 @@ struct Shared {
 }
 
 /// Threads that prepare an action (its input root, stream files and slot)
-/// and start its sandboxed child, one `clone` each: new PID,
-/// IPC and UTS namespaces (the mount namespace is the template's, copied), sharing this process's memory until the
-/// child execs (as `posix_spawn` does, so nothing of the worker's memory is
-/// copied). A thread is stopped from its `clone` until the child execs, so
-/// there are as many as CPUs, for children to set up side by side.
+/// and start its sandboxed child, one `clone` each: new PID, IPC and UTS
+/// namespaces (the mount namespace is the template's, joined and copied),
+/// sharing this process's memory until the child execs (as `posix_spawn`
+/// does, so nothing of the worker's memory is copied). A thread is stopped
+/// from its `clone` until the child execs, so there are as many as CPUs,
+/// for children to set up side by side.
 /// Children die with their thread (`PR_SET_PDEATHSIG`), that is when the
 /// launcher is dropped.
 pub(super) struct Launcher {
@@ -105,14 +106,29 @@ fn serve(shared: &Shared) {
         let started = prepare_and_launch(shared, &request.action, &mut stack);
         // Nobody waits any more (the run was dropped): the child goes.
         if let Err(Ok((launched, slot))) = request.reply.send(started) {
-            // SAFETY: SIGKILL through our own pidfd, then reaps our own child.
-            #[allow(unsafe_code)]
-            unsafe {
-                libc::syscall(libc::SYS_pidfd_send_signal, launched.pidfd.as_raw_fd(), libc::SIGKILL, 0, 0);
-                libc::waitpid(launched.pid, &mut 0, 0);
-            }
-            shared.pool.release(slot);
+            kill(&launched.pidfd);
+            reap(launched.pid);
+            shared.pool.release_killed(slot);
         }
+    }
+}
+
+/// SIGKILL to a launched child, pid 1 of its namespace: the kernel kills
+/// the rest.
+pub(super) fn kill(pidfd: &OwnedFd) {
+    // SAFETY: a signal through a pidfd we own.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), libc::SIGKILL, 0, 0);
+    }
+}
+
+/// Waits for a launched (and killed) child's exit.
+pub(super) fn reap(pid: libc::pid_t) {
+    // SAFETY: our own child, not yet reaped, so its pid is still its own.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::waitpid(pid, &mut 0, 0);
     }
 }
 

@@ -44,4 +44,13 @@ impl SlotPool {
     pub(super) fn release(&self, slot: Slot) {
         self.free.lock().push(slot);
     }
+
+    /// Returns the slot of a command killed before anyone read its end:
+    /// what its memory did is no one's now.
+    pub(super) fn release_killed(&self, mut slot: Slot) {
+        if let Some(cgroup) = slot.cgroup.as_mut() {
+            cgroup.oom_killed();
+        }
+        self.release(slot);
+    }
 }
