@@ -1,8 +1,8 @@
 //! The actions' root, built once per worker in a mount namespace of its
 //! own: every action joins that namespace and takes a private copy of it
-//! (a handful of mounts), then mounts only what is its own. Before, each
-//! action copied the host's mount table, made some 25 mounts and called
-//! `pivot_root`, which walks every thread of the system.
+//! (a handful of mounts), then mounts only what is its own. Building the
+//! root per action would copy the host's whole mount table, make some 25
+//! mounts and call `pivot_root`, which walks every thread of the system.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -306,7 +306,8 @@ fn build_here(host_dir: &CString, ops: &[MountOp]) -> Result<(OwnedFd, OwnedFd)>
                 ))
             })?;
         }
-        let writable_root = open_tree_at(host_dir.as_ptr(), 0).map_err(|_| os("open_tree of the root"))?;
+        let writable_root = open_tree_at(host_dir.as_ptr(), 0)
+            .map_err(|e| Error::internal(format!("building the sandbox's root: {}", open_tree_error(e))))?;
         if libc::chdir(host_dir.as_ptr()) != 0
             || libc::syscall(libc::SYS_pivot_root, here, here) != 0
             || libc::umount2(here, libc::MNT_DETACH) != 0
@@ -326,14 +327,19 @@ fn build_here(host_dir: &CString, ops: &[MountOp]) -> Result<(OwnedFd, OwnedFd)>
 /// elsewhere with `move_mount`.
 fn open_tree(path: &Path) -> Result<OwnedFd> {
     let path = c_path(path)?;
-    open_tree_at(path.as_ptr(), libc::AT_RECURSIVE as libc::c_uint).map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOSYS) => Error::internal("the namespace sandbox needs Linux 5.2 or later (open_tree)"),
-        Some(libc::EPERM) => Error::internal(format!(
+    open_tree_at(path.as_ptr(), libc::AT_RECURSIVE as libc::c_uint).map_err(|e| Error::internal(open_tree_error(e)))
+}
+
+/// What a failed `open_tree` means for the sandbox.
+fn open_tree_error(e: std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOSYS) => "open_tree: the namespace sandbox needs Linux 5.2 or later".to_string(),
+        Some(libc::EPERM) => format!(
             "open_tree: {e} (in a container, the worker needs CAP_SYS_ADMIN and a seccomp profile that allows \
              open_tree and move_mount: privileged, or seccomp unconfined)"
-        )),
-        _ => Error::internal(format!("open_tree: {e}")),
-    })
+        ),
+        _ => format!("open_tree: {e}"),
+    }
 }
 
 fn open_tree_at(path: *const libc::c_char, flags: libc::c_uint) -> std::io::Result<OwnedFd> {
