@@ -551,3 +551,45 @@ fn git_submodules_are_checked_out_recursively() {
     assert!(stderr.contains(&format!("ADD {}", server.url("main"))), "{stderr}");
     assert!(stderr.contains("transport 'file' not allowed"), "{stderr}");
 }
+
+/// BuildKit's query form of git URLs (Dockerfile 1.18): `tag`, `branch`,
+/// `checksum`, `subdir`, `submodules` and `keep-git-dir`.
+#[test]
+fn git_url_queries_pick_the_ref_pin_the_commit_and_skip_submodules() {
+    let server = GitServer::start();
+    server.add_repo("lib");
+    server.commit_in("lib", &[("lib.txt", "lib\n")], None);
+    server.add_submodule("repo", "../lib.git", "vendor/lib");
+    server.commit(&[("docs/guide.txt", "guide v1\n")], Some("v1"));
+    let v1 = sh("git", &["-C", server.work_of("repo").to_str().unwrap(), "rev-parse", "HEAD"]).trim().to_string();
+    server.commit(&[("docs/guide.txt", "guide v2\n")], None);
+    let remote = server.url("");
+    let dockerfile = format!(
+        "FROM {}\nADD {remote}?tag=v1&subdir=docs /v1\nADD {remote}?branch=main&submodules=false /main\n\
+         ADD {remote}?checksum={short}&keep-git-dir=true /pinned\n",
+        fixture().base(),
+        short = &v1[..12],
+    );
+    let project = Project::new(&[("Dockerfile", &dockerfile)]);
+    let (build, image) = build_image(&project, &[]);
+    let image = image.unwrap_or_else(|| panic!("{}", build.stderr()));
+    assert_eq!(image.read("/v1/guide.txt"), "guide v1\n");
+    assert_eq!(image.read("/main/docs/guide.txt"), "guide v2\n");
+    assert!(image.exists("/main/vendor/lib") && !image.exists("/main/vendor/lib/lib.txt"), "no submodules");
+    assert_eq!(image.read("/pinned/docs/guide.txt"), "guide v1\n");
+    assert_eq!(image.read("/pinned/vendor/lib/lib.txt"), "lib\n");
+    assert!(image.exists("/pinned/.git"), "keep-git-dir=true keeps .git");
+
+    // A ref that is not at the pinned commit fails, naming both.
+    let wrong = format!("FROM {}\nADD {remote}?branch=main&checksum={short} /x\n", fixture().base(), short = &v1[..12]);
+    let failed = Project::new(&[("Dockerfile", &wrong)]).build(&[]);
+    assert!(!failed.ok());
+    assert!(failed.stderr().contains(&format!("not the checksum {}", &v1[..12])), "{}", failed.stderr());
+
+    // An unknown key is refused before any step runs, naming the line.
+    let unknown = format!("FROM {}\nADD {remote}?depth=1 /x\n", fixture().base());
+    let refused = Project::new(&[("Dockerfile", &unknown)]).build(&[]);
+    assert!(!refused.ok());
+    assert!(refused.stderr().contains("unknown git URL query key \"depth\""), "{}", refused.stderr());
+    assert!(refused.stderr().contains("Dockerfile:2"), "{}", refused.stderr());
+}

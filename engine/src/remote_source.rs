@@ -270,7 +270,11 @@ async fn fetch_git(state: &EngineStores, url: &GitUrl) -> Result<Fetched> {
     git(url, dir, &["init", "--quiet"]).await?;
     // As origin, so that submodules at relative URLs resolve against it.
     git(url, dir, &["remote", "add", "origin", &url.remote]).await?;
-    let reference = if url.reference.is_empty() { "HEAD" } else { url.reference.as_str() };
+    let reference = match (url.reference.as_str(), url.checksum.as_str()) {
+        ("", "") => "HEAD",
+        ("", checksum) => checksum,
+        (reference, _) => reference,
+    };
     let shallow = git(url, dir, &["fetch", "--quiet", "--depth=1", "--no-tags", "origin", reference]).await;
     let target = match shallow {
         Ok(_) => "FETCH_HEAD",
@@ -287,10 +291,18 @@ async fn fetch_git(state: &EngineStores, url: &GitUrl) -> Result<Fetched> {
     // Submodules as BuildKit checks them out: all of them, recursively,
     // shallow; none from this host's file system (`file://` or a path), which
     // a repository could otherwise use to read the builder's files.
-    let submodules =
-        ["-c", "protocol.file.allow=user", "submodule", "update", "--quiet", "--init", "--recursive", "--depth=1"];
-    git(url, dir, &submodules).await?;
+    if url.submodules {
+        let submodules =
+            ["-c", "protocol.file.allow=user", "submodule", "update", "--quiet", "--init", "--recursive", "--depth=1"];
+        git(url, dir, &submodules).await?;
+    }
     let commit = git(url, dir, &["rev-parse", "HEAD"]).await?.trim().to_string();
+    if !commit.starts_with(&url.checksum) {
+        return Err(Error::new(
+            tonic::Code::FailedPrecondition,
+            format!("ADD {url}: the ref is at commit {commit}, not the checksum {}", url.checksum),
+        ));
+    }
     let top = dir.canonicalize()?;
     let root =
         top.join(&url.subdir).canonicalize().ok().filter(|r| r.starts_with(&top) && r.is_dir()).ok_or_else(|| {

@@ -16,15 +16,20 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
-    pub fn of(source: &str) -> SourceKind {
+    /// The kind of `source`; an error only for a git URL that does not parse.
+    pub fn of(source: &str) -> Result<SourceKind, String> {
         if let Some(rest) = source.strip_prefix("http://").or_else(|| source.strip_prefix("https://")) {
             let path = rest.split(['?', '#']).next().unwrap_or(rest);
-            return if path.ends_with(".git") { SourceKind::Git(GitUrl::parse(source)) } else { SourceKind::Http };
+            return if path.ends_with(".git") {
+                GitUrl::parse(source).map(SourceKind::Git)
+            } else {
+                Ok(SourceKind::Http)
+            };
         }
         if source.starts_with("git://") || source.starts_with("ssh://") || is_scp_like(source) {
-            return SourceKind::Git(GitUrl::parse(source));
+            return GitUrl::parse(source).map(SourceKind::Git);
         }
-        SourceKind::Path
+        Ok(SourceKind::Path)
     }
 }
 
@@ -80,16 +85,16 @@ mod tests {
     use super::*;
 
     fn is_git(source: &str) -> bool {
-        matches!(SourceKind::of(source), SourceKind::Git(_))
+        matches!(SourceKind::of(source), Ok(SourceKind::Git(_)))
     }
 
     #[test]
     fn sources_are_told_apart_as_buildkit_does() {
         for path in ["src/", "a:b", "./git@x:y", "file.git", "*.txt", "ftp://x/y", "dir/user@host:x"] {
-            assert_eq!(SourceKind::of(path), SourceKind::Path, "{path}");
+            assert_eq!(SourceKind::of(path), Ok(SourceKind::Path), "{path}");
         }
         for http in ["http://x/y.tar.gz", "https://x/a.git.tar", "https://x/", "https://x/y?name=a.git"] {
-            assert_eq!(SourceKind::of(http), SourceKind::Http, "{http}");
+            assert_eq!(SourceKind::of(http), Ok(SourceKind::Http), "{http}");
         }
         for git in [
             "git://127.0.0.1:9418/repo.git#v1",
@@ -97,18 +102,23 @@ mod tests {
             "git@github.com:moby/buildkit.git",
             "deploy_user@git.example.com:team/r#main:sub",
             "https://github.com/moby/buildkit.git#v0.14.0",
+            "https://github.com/moby/buildkit.git?tag=v0.14.0&subdir=docs",
             "http://host/r.git",
         ] {
             assert!(is_git(git), "{git}");
         }
         assert_eq!(
             SourceKind::of("https://github.com/moby/buildkit.git#v0.14.0:docs"),
-            SourceKind::Git(GitUrl {
+            Ok(SourceKind::Git(GitUrl {
                 remote: "https://github.com/moby/buildkit.git".into(),
                 reference: "v0.14.0".into(),
                 subdir: "docs".into(),
-            })
+                checksum: String::new(),
+                submodules: true,
+                keep_git_dir: false,
+            }))
         );
+        assert!(SourceKind::of("https://x/r.git?depth=1").unwrap_err().contains("depth"));
     }
 
     #[test]

@@ -610,7 +610,8 @@ impl<'a> StagePlanner<'a> {
                 }
                 CopySource::Path(raw) => {
                     let path = ex.word(&self.scope, &mut reads, raw, src_at)?;
-                    let kind = SourceKind::of(&path);
+                    let instruction = if copy.add { "ADD" } else { "COPY" };
+                    let kind = SourceKind::of(&path).map_err(|e| ex.error(src_at, format!("{instruction} {e}")))?;
                     if kind != SourceKind::Path && !copy.add {
                         return Err(ex.error(src_at, format!("COPY source {path:?} is a URL: only ADD can fetch URLs")));
                     }
@@ -661,6 +662,9 @@ impl<'a> StagePlanner<'a> {
         if checksum.is_some() && !matches!(sources.as_slice(), [SourceDefinition::Http { .. }]) {
             return Err(ex.error(at, "ADD --checksum can only be used with one HTTP(S) URL source"));
         }
+        // `?keep-git-dir=true` on a git source says what `--keep-git-dir` does.
+        let keep_git_dir = copy.keep_git_dir
+            || sources.iter().any(|s| matches!(s, SourceDefinition::Git { repository, .. } if repository.keep_git_dir));
         let definition = StepDefinition::Copy {
             add: copy.add,
             origin,
@@ -671,7 +675,7 @@ impl<'a> StagePlanner<'a> {
             link: copy.link,
             parents: copy.parents,
             excludes,
-            keep_git_dir: copy.keep_git_dir,
+            keep_git_dir,
             checksum,
             unpack: copy.unpack,
         };
