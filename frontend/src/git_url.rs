@@ -46,15 +46,16 @@ impl GitUrl {
     /// with a fragment too, is an error naming it.
     pub fn parse(source: &str) -> Result<GitUrl, String> {
         let (rest, fragment) = source.split_once('#').unwrap_or((source, ""));
+        let (remote, query) = rest.split_once('?').map_or((rest, None), |(remote, query)| (remote, Some(query)));
         let mut url = GitUrl {
-            remote: rest.to_string(),
+            remote: remote.to_string(),
             reference: String::new(),
             subdir: String::new(),
             checksum: String::new(),
             submodules: true,
             keep_git_dir: false,
         };
-        let Some((remote, query)) = rest.split_once('?') else {
+        let Some(query) = query else {
             let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
             url.reference = reference.to_string();
             url.subdir = subdir.trim_matches('/').to_string();
@@ -63,7 +64,6 @@ impl GitUrl {
         if !fragment.is_empty() {
             return Err(format!("{source}: a git URL takes a ?query or a #fragment, not both"));
         }
-        url.remote = remote.to_string();
         let mut seen = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));

@@ -11,6 +11,7 @@ use libc::{c_char, c_int, c_void};
 
 use super::action_launch::ActionLaunch;
 use super::child_failure::{ChildFailure, ChildStep};
+use super::mount_op::remount;
 use super::sandbox_template::SandboxTemplate;
 
 /// `_LINUX_CAPABILITY_VERSION_3`.
@@ -104,8 +105,7 @@ unsafe fn enter(args: &ChildArgs<'_>) -> Result<Infallible, (ChildStep, i32)> {
         libc::MOVE_MOUNT_F_EMPTY_PATH,
     );
     check(attach, ChildStep::InputRoot)?;
-    let remount = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
-    check(libc::mount(null(), input.mount_point.as_ptr(), null(), remount, null()), ChildStep::InputRoot)?;
+    check(remount(&input.mount_point, libc::MS_NOSUID | libc::MS_NODEV), ChildStep::InputRoot)?;
 
     let hostname = template.hostname.as_bytes();
     check(libc::sethostname(hostname.as_ptr().cast(), hostname.len()), ChildStep::Hostname)?;

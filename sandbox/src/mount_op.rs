@@ -1,4 +1,4 @@
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fmt;
 use std::ptr::null;
 
@@ -79,8 +79,9 @@ impl MountOp {
     }
 }
 
-/// Sets the flags of the mount at `target`, not of its filesystem.
-fn remount(target: &CString, flags: libc::c_ulong) -> libc::c_int {
+/// Sets the flags of the mount at `target`, not of its filesystem
+/// (async-signal-safe); the `mount` call's return value.
+pub(super) fn remount(target: &CStr, flags: libc::c_ulong) -> libc::c_int {
     // SAFETY: a NUL-terminated path; no other pointer.
     #[allow(unsafe_code)]
     unsafe {

@@ -5,7 +5,7 @@
 //! mounts and call `pivot_root`, which walks every thread of the system.
 #![allow(unsafe_code)]
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use memobuild_proto::{Error, Result, ResultExt};
 
-use super::mount_op::MountOp;
+use super::mount_op::{remount, MountOp};
 use super::SandboxConfig;
 
 static INSTANCES: AtomicU64 = AtomicU64::new(0);
@@ -125,8 +125,9 @@ impl RootTemplate {
             }
             None => self.make_mount_point(input_root)?,
         }
-        let tree = open_tree(input_root).with_context(|| format!("opening the input root {}", input_root.display()))?;
-        Ok(InputRoot { tree, mount_point: c_path(input_root)?, ops })
+        let mount_point = c_path(input_root)?;
+        let tree = open_tree(input_root, &mount_point)?;
+        Ok(InputRoot { tree, mount_point, ops })
     }
 
     /// `path` and its parents in the shared root.
@@ -315,8 +316,7 @@ fn build_here(host_dir: &CString, ops: &[MountOp]) -> Result<(OwnedFd, OwnedFd)>
         {
             return Err(os("entering the root"));
         }
-        let sealed = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-        if libc::mount(null(), root, null(), sealed, null()) != 0 {
+        if remount(c"/", libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV) != 0 {
             return Err(os("making the root read-only"));
         }
         Ok((namespace, writable_root))
@@ -325,9 +325,9 @@ fn build_here(host_dir: &CString, ops: &[MountOp]) -> Result<(OwnedFd, OwnedFd)>
 
 /// A detached copy of the mounts at `path` (and below), to attach
 /// elsewhere with `move_mount`.
-fn open_tree(path: &Path) -> Result<OwnedFd> {
-    let path = c_path(path)?;
-    open_tree_at(path.as_ptr(), libc::AT_RECURSIVE as libc::c_uint).map_err(|e| Error::internal(open_tree_error(e)))
+fn open_tree(path: &Path, c_path: &CStr) -> Result<OwnedFd> {
+    open_tree_at(c_path.as_ptr(), libc::AT_RECURSIVE as libc::c_uint)
+        .map_err(|e| Error::internal(format!("opening the input root {}: {}", path.display(), open_tree_error(e))))
 }
 
 /// What a failed `open_tree` means for the sandbox.
