@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use memobuild_cas::{grpc_channel_with, BlobStore, GrpcChannel, GrpcStore};
-use memobuild_engine::{image_of, layer_of, BuiltOutput, EventSender, ExportRequest, OutputSpec};
+use memobuild_engine::{image_of, layer_of, BuiltOutput, EventSender, ExportRequest, OutputSpec, DOCKER_IMAGE_CONTEXT};
 use memobuild_frontend::{BuildContext, ContextEntry};
 use memobuild_oci::{ImageReference, RegistryClient};
 use memobuild_proto::build::build_service_client::BuildServiceClient;
@@ -138,8 +138,11 @@ async fn build(args: RemoteBuildArgs) -> anyhow::Result<Option<String>> {
              (use --secret, or build locally with memobuild build)"
         );
     }
-    if !build.build_contexts.is_empty() {
-        bail!("--build-context names paths on this machine, which a remote build cannot read");
+    if let Some((name, value)) = build.build_contexts.iter().find(|(_, v)| !v.starts_with(DOCKER_IMAGE_CONTEXT)) {
+        bail!(
+            "--build-context {name}={value}: a remote build takes docker-image://REF contexts only, as the cluster \
+             cannot read paths on this machine"
+        );
     }
     let state_dir = build.state_dir.clone().unwrap_or_else(default_state_dir);
     let inputs = BuildInputs::read(build, state_dir.join("context-cache"))?;
@@ -263,6 +266,7 @@ async fn request(args: &BuildArgs, inputs: &BuildInputs, instance: &str) -> anyh
         registry_credentials: push_credentials(args, inputs).await?,
         dry_run: args.dry_run,
         check: args.check(),
+        build_contexts: args.build_contexts.iter().cloned().collect(),
     })
 }
 

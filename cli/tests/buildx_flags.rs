@@ -187,3 +187,56 @@ fn unsupported_requests_fail_and_say_why() {
     assert!(text.contains("--output type=docker,dest=FILE"), "{text}");
     assert!(!std::path::Path::new(&out).exists());
 }
+
+/// A gzipped tar of `files`, as `tar -cz` would write it.
+fn context_tar(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default()));
+    for (name, content) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, name, content.as_bytes()).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+#[test]
+fn context_and_dockerfile_from_stdin() {
+    let base = fixture().base();
+    let project = Project::new(&[("app.txt", "from the directory\n")]);
+    let (output, oci) = oci_output(&project, "image.tar");
+    let dir = project.path().display().to_string();
+
+    // `-f -`: the Dockerfile from stdin, the context from the directory.
+    let dockerfile = format!("FROM {base}\nCOPY app.txt /app.txt\nRUN cat /app.txt > /seen\n");
+    let build = project.build_from_stdin(&["-t", "img:1", "-o", &output, "-f", "-", &dir], dockerfile.as_bytes());
+    assert!(build.ok(), "{}", build.stderr());
+    let image = Unpacked::from_oci_tar(std::path::Path::new(&oci), "1");
+    assert_eq!(image.read("seen"), "from the directory\n");
+
+    // `-`: a compressed tar of the context, its Dockerfile named by -f.
+    let tar = context_tar(&[
+        ("ci/Dockerfile", &format!("FROM {base}\nCOPY app.txt /app.txt\nRUN cat /app.txt > /seen\n")),
+        ("app.txt", "from the tar\n"),
+    ]);
+    let build = project.build_from_stdin(&["-t", "img:1", "-o", &output, "-f", "ci/Dockerfile", "-"], &tar);
+    assert!(build.ok(), "{}", build.stderr());
+    let image = Unpacked::from_oci_tar(std::path::Path::new(&oci), "1");
+    assert_eq!(image.read("seen"), "from the tar\n");
+
+    // `-` with a Dockerfile alone: an empty context, so a COPY finds nothing.
+    let alone = format!("FROM {base}\nRUN echo alone > /seen\n");
+    let build = project.build_from_stdin(&["-t", "img:1", "-o", &output, "-"], alone.as_bytes());
+    assert!(build.ok(), "{}", build.stderr());
+    let image = Unpacked::from_oci_tar(std::path::Path::new(&oci), "1");
+    assert_eq!(image.read("seen"), "alone\n");
+    let copying = format!("FROM {base}\nCOPY app.txt /\n");
+    let build = project.build_from_stdin(&["-o", &output, "-"], copying.as_bytes());
+    assert!(!build.ok());
+    assert!(build.stderr().contains("app.txt"), "{}", build.stderr());
+
+    let both = project.build_from_stdin(&["-f", "-", "-"], b"");
+    assert!(!both.ok());
+    assert!(both.stderr().contains("cannot both be read from stdin"), "{}", both.stderr());
+}

@@ -233,12 +233,87 @@ fn oci_layout_bases_and_clear_errors() {
     assert!(build.ok(), "{}", build.stderr());
     assert_eq!(Unpacked::from_oci_tar(&out, "1").read("/copy"), "from the base image\n");
 
+    // A registry image in its place, for FROM and for COPY --from alike.
+    project.write("Dockerfile.image", "FROM base\nCOPY --from=tools /etc/lower-file /tool\nRUN cat /tool > /copy\n");
+    let image = format!("docker-image://{}", fixture().base());
+    let build = project.build(&[
+        "-f",
+        project.path().join("Dockerfile.image").to_str().unwrap(),
+        "--build-context",
+        &format!("base={image}"),
+        "--build-context",
+        &format!("tools={image}"),
+        "-t",
+        "x:1",
+        "-o",
+        &format!("type=oci,dest={}", out.display()),
+    ]);
+    assert!(build.ok(), "{}", build.stderr());
+    assert_eq!(Unpacked::from_oci_tar(&out, "1").read("/copy"), "from the base image\n");
+    for (value, says) in [
+        ("docker-image://Not/Lower", "must be lowercase"),
+        ("oci-layout://", "needs a path"),
+        ("ftp://example.com/x", "only docker-image://REF"),
+    ] {
+        let bad = project.build(&["--build-context", &format!("base={value}")]);
+        assert!(!bad.ok());
+        assert!(bad.stderr().contains(&format!("--build-context base={value}")), "{}", bad.stderr());
+        assert!(bad.stderr().contains(says), "{}", bad.stderr());
+    }
+
     let direct = project.build(&["-f", project.path().join("Dockerfile.direct").to_str().unwrap()]);
     assert!(direct.ok(), "{}", direct.stderr());
 
     let missing = project.build(&["-f", project.path().join("Dockerfile.missing").to_str().unwrap()]);
     assert!(!missing.ok());
     assert!(missing.stderr().contains("base/nothing:here"), "{}", missing.stderr());
+}
+
+#[test]
+fn a_directory_as_a_named_context() {
+    let tools = tempfile::tempdir().unwrap();
+    let write = |path: &str, content: &str| {
+        let full = tools.path().join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, content).unwrap();
+    };
+    write("bin/tool.sh", "#!/bin/sh\necho tool ran\n");
+    std::os::unix::fs::symlink("bin/tool.sh", tools.path().join("tool")).unwrap();
+    write("data.txt", "version 1\n");
+    write("secret.txt", "never in the image\n");
+    write(".dockerignore", "secret.txt\n");
+    sh("chmod", &["755", tools.path().join("bin/tool.sh").to_str().unwrap()]);
+    let project = Project::new(&[(
+        "Dockerfile",
+        &format!(
+            "FROM tools AS t\nFROM {}\nCOPY --from=tools / /opt/\nCOPY --from=t /bin/tool.sh /usr/local/bin/\n\
+             RUN /opt/tool > /ran && ls -a /opt > /listing\n",
+            fixture().base()
+        ),
+    )]);
+    let out = project.path().join("image.tar");
+    let dest = format!("type=oci,dest={}", out.display());
+    let context = format!("tools={}", tools.path().display());
+    let build = project.build(&["--build-context", &context, "-t", "x:1", "-o", &dest]);
+    assert!(build.ok(), "{}", build.stderr());
+    let image = Unpacked::from_oci_tar(&out, "1");
+    assert_eq!(image.read("/opt/data.txt"), "version 1\n");
+    assert_eq!(image.read("/ran"), "tool ran\n", "the symlink and the executable mode came along");
+    assert_eq!(image.read("/listing"), ".\n..\n.dockerignore\nbin\ndata.txt\ntool\n", "its .dockerignore applied");
+    assert!(image.exists("/usr/local/bin/tool.sh"), "FROM the context gives a stage with its files");
+
+    let again = project.build(&["--build-context", &context, "-t", "x:1", "-o", &dest]);
+    assert!(again.ok(), "{}", again.stderr());
+    assert!(again.ran().is_empty(), "an unchanged directory re-runs nothing: {:?}", again.ran());
+    write("data.txt", "version 2\n");
+    let changed = project.build(&["--build-context", &context, "-t", "x:1", "-o", &dest]);
+    assert!(changed.ok(), "{}", changed.stderr());
+    assert!(!changed.ran().is_empty(), "a changed file re-runs the steps reading it");
+    assert_eq!(Unpacked::from_oci_tar(&out, "1").read("/opt/data.txt"), "version 2\n");
+
+    let missing = project.build(&["--build-context", "tools=/nonexistent/tools", "-o", &dest]);
+    assert!(!missing.ok());
+    assert!(missing.stderr().contains("--build-context tools=/nonexistent/tools: no such directory"), "{}", missing.stderr());
 }
 
 #[test]

@@ -396,6 +396,26 @@ fn a_secret_leaves_no_trace_in_the_cluster() {
 }
 
 #[test]
+fn a_named_image_context_replaces_from_and_paths_are_refused() {
+    let client = Client::new(&shared_cluster().endpoint());
+    let marker = unique();
+    let project =
+        Project::new(&[("Dockerfile", &format!("FROM tools\nRUN echo {marker} && cat /etc/lower-file > /copy\n"))]);
+    let out = tempfile::tempdir().unwrap();
+    let tar = out.path().join("image.tar");
+    let dest = format!("type=oci,dest={}", tar.display());
+    let image = format!("tools=docker-image://{}", fixture().base());
+    let build = client.build(project.path(), &["-t", "named:1", "-o", &dest, "--build-context", &image], &[]);
+    build.assert_ok();
+    assert_eq!(Unpacked::from_oci_tar(&tar, "1").read("/copy"), "from the base image\n");
+
+    let layout = format!("tools=oci-layout://{}", fixture().layout.display());
+    let refused = client.build(project.path(), &["-o", &dest, "--build-context", &layout], &[]);
+    assert!(!refused.ok());
+    assert!(refused.stderr.contains("docker-image://REF contexts only"), "{}", refused.stderr);
+}
+
+#[test]
 fn a_failing_step_names_its_line_and_exit_code() {
     let client = Client::new(&shared_cluster().endpoint());
     let marker = unique();

@@ -3,7 +3,7 @@
 //! config and pins its digest.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memobuild_frontend::{BaseImage, BuildGraph, ImageConfig, Origin, StageBase, StepDefinition};
@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::docker_healthcheck::DockerHealthcheck;
 use crate::image_state::{History, ImageState};
+use crate::local_context::local_context_image;
 use crate::EngineStores;
 use memobuild_proto::build::BuildEvent;
 
@@ -48,8 +49,14 @@ pub fn resolve_step(reference: &str) -> String {
     format!("resolve {reference}")
 }
 
-/// Resolves and pulls `references`. `--build-context NAME=oci-layout://PATH[:TAG]`
-/// entries in `contexts` replace a reference by a local layout.
+/// The scheme of a `--build-context` naming a registry image.
+pub const DOCKER_IMAGE_CONTEXT: &str = "docker-image://";
+/// The scheme of a `--build-context` naming an OCI layout on this machine.
+const OCI_LAYOUT_CONTEXT: &str = "oci-layout://";
+
+/// Resolves and pulls `references`. `--build-context NAME=docker-image://REF`
+/// and `NAME=oci-layout://PATH[:TAG]` entries in `contexts` replace a
+/// reference by another image or by a local layout.
 pub async fn resolve_images(
     state: &EngineStores,
     references: &[String],
@@ -61,8 +68,12 @@ pub async fn resolve_images(
     for reference in references {
         let step = resolve_step(reference);
         let _ = events.send(BuildEvent::started(&step, format!("resolve image {reference}")));
-        let source = contexts.get(reference).map(String::as_str).unwrap_or(reference);
-        let pulled = pull(state, source, platform).await.with_context(|| format!("FROM {reference}"));
+        let pulled = match contexts.get(reference) {
+            Some(value) => pull_context(state, value, platform)
+                .await
+                .with_context(|| format!("--build-context {reference}={value}")),
+            None => pull(state, reference, platform).await.with_context(|| format!("FROM {reference}")),
+        };
         let pulled = match pulled {
             Ok(p) => p,
             Err(e) => {
@@ -79,8 +90,19 @@ pub async fn resolve_images(
     Ok(resolved)
 }
 
+/// The image a `--build-context` value names: a registry image, an OCI
+/// layout or a directory.
+async fn pull_context(state: &EngineStores, value: &str, platform: &str) -> Result<PulledImage> {
+    match value.strip_prefix(DOCKER_IMAGE_CONTEXT) {
+        Some(reference) => pull(state, reference, platform).await,
+        None if value.starts_with(OCI_LAYOUT_CONTEXT) => pull(state, value, platform).await,
+        None => local_context_image(Path::new(value), platform, &*state.cas).await,
+    }
+}
+
+/// A FROM's image: a registry reference or `oci-layout://PATH[:TAG]`.
 async fn pull(state: &EngineStores, source: &str, platform: &str) -> Result<PulledImage> {
-    if let Some(layout) = source.strip_prefix("oci-layout://") {
+    if let Some(layout) = source.strip_prefix(OCI_LAYOUT_CONTEXT) {
         let (path, tag) = split_layout(layout);
         let (cas, memo, max_layer_bytes) = (&*state.cas, state.diff_ids.as_deref(), state.registry.max_layer_bytes());
         return read_oci_layout(&PathBuf::from(path), tag, platform, cas, memo, max_layer_bytes).await;
@@ -165,14 +187,22 @@ fn convert(pulled: &PulledImage) -> (ImageConfig, Vec<History>) {
     (config, history)
 }
 
-/// Checks a `--build-context` value: only OCI layouts are supported.
+/// Checks a `--build-context` value: a registry image
+/// (`docker-image://REF`), an OCI layout (`oci-layout://PATH[:TAG]`) or a
+/// directory on this machine.
 pub fn check_build_context(name: &str, value: &str) -> Result<()> {
-    if value.starts_with("oci-layout://") {
-        Ok(())
-    } else {
-        Err(Error::invalid_argument(format!(
-            "--build-context {name}={value}: only oci-layout://PATH[:TAG] contexts are supported"
-        )))
+    let flag = format!("--build-context {name}={value}");
+    if let Some(reference) = value.strip_prefix(DOCKER_IMAGE_CONTEXT) {
+        return reference.parse::<ImageReference>().map(|_| ()).map_err(|e| e.context(flag));
+    }
+    match value.strip_prefix(OCI_LAYOUT_CONTEXT) {
+        Some("") => Err(Error::invalid_argument(format!("{flag}: oci-layout:// needs a path"))),
+        Some(_) => Ok(()),
+        None if value.contains("://") => Err(Error::invalid_argument(format!(
+            "{flag}: only docker-image://REF, oci-layout://PATH[:TAG] and directories are supported"
+        ))),
+        None if Path::new(value).is_dir() => Ok(()),
+        None => Err(Error::invalid_argument(format!("{flag}: no such directory"))),
     }
 }
 

@@ -17,6 +17,7 @@ mod export;
 mod host_entry;
 mod image_build;
 mod image_state;
+mod local_context;
 mod network_policy;
 mod output_spec;
 mod remote_file_note;
@@ -28,7 +29,7 @@ mod step_action;
 mod step_executor;
 mod wire_image;
 
-pub use base_images::resolve_step;
+pub use base_images::{resolve_step, DOCKER_IMAGE_CONTEXT};
 pub use build_record::{explain, BuildRecord, StepRecord};
 pub use build_run::BuildSettings;
 pub use docker_load::check_docker;

@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 use memobuild_cas::{tree_blobs, walk_tree, ActionResults, BlobStore, CacheKind};
 use memobuild_engine::{
     exported_image, layer_descriptor, parse_entitlement, parse_network, BuildSettings, BuiltOutput, ContextFiles,
-    EngineStores, ExportRequest, HostEntry, ImageBuild, NetworkPolicy, ResourceLimits, Secrets, HOST_ENTITLEMENT,
-    INSECURE_ENTITLEMENT,
+    EngineStores, ExportRequest, HostEntry, ImageBuild, NetworkPolicy, ResourceLimits, Secrets, DOCKER_IMAGE_CONTEXT,
+    HOST_ENTITLEMENT, INSECURE_ENTITLEMENT,
 };
 use memobuild_frontend::{plan_text, BuildContext, BuildOptions, Platform};
 use memobuild_oci::{Compression, DirectoryDiffIdMemo, RegistryClient};
@@ -573,6 +573,11 @@ fn image_build(request: &BuildRequest, context: Arc<BuildContext>) -> Result<Ima
         .iter()
         .map(|h| h.parse::<HostEntry>().map_err(Error::invalid_argument))
         .collect::<Result<Vec<_>>>()?;
+    if let Some((name, value)) = request.build_contexts.iter().find(|(_, v)| !v.starts_with(DOCKER_IMAGE_CONTEXT)) {
+        return Err(Error::invalid_argument(format!(
+            "--build-context {name}={value}: a remote build takes docker-image://REF contexts only"
+        )));
+    }
     let mut exports = Vec::new();
     for wanted in &request.exports {
         let compression = match wanted.compression.as_str() {
@@ -594,7 +599,7 @@ fn image_build(request: &BuildRequest, context: Arc<BuildContext>) -> Result<Ima
         build_args: request.build_args.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         target: Some(request.target.clone()).filter(|t| !t.is_empty()),
         platform,
-        build_contexts: BTreeMap::new(),
+        build_contexts: request.build_contexts.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         settings: BuildSettings {
             no_cache: request.no_cache,
             source_date_epoch: request.source_date_epoch,

@@ -15,6 +15,7 @@ use memobuild_frontend::{BuildContext, ContextScanner, DockerIgnore, NetworkMode
 use memobuild_worker::steps::{SshAgents, SshSpec};
 use tokio_util::sync::CancellationToken;
 
+use super::build_source::BuildSource;
 use super::flag_values::{attestation_off, parse_annotation, reject_cache_transfer};
 use super::local_state::LocalState;
 use super::progress::{render, ProgressMode, StepCounts};
@@ -23,9 +24,10 @@ use super::run_limits::RunLimitArgs;
 /// The flags of `docker buildx build` that memobuild takes.
 #[derive(clap::Args, Clone, Debug)]
 pub struct BuildArgs {
-    /// The build context directory.
+    /// The build context directory, or - to read a tar of it (plain or
+    /// compressed), or a Dockerfile alone, from stdin.
     pub context: PathBuf,
-    /// The Dockerfile [default: CONTEXT/Dockerfile].
+    /// The Dockerfile, - for stdin [default: CONTEXT/Dockerfile].
     #[arg(short = 'f', long = "file")]
     pub file: Option<PathBuf>,
     /// Name and tag of the image (repeatable); used by outputs and --push.
@@ -68,7 +70,8 @@ pub struct BuildArgs {
     /// Accepted for compatibility: memobuild always resolves tags against the registry.
     #[arg(long)]
     pub pull: bool,
-    /// An extra named context: NAME=oci-layout://PATH[:TAG] (repeatable).
+    /// An image a FROM or --from names replaced: NAME=docker-image://REF or
+    /// NAME=oci-layout://PATH[:TAG] (repeatable).
     #[arg(long = "build-context", value_parser = parse_pair)]
     pub build_contexts: Vec<(String, String)>,
     /// A secret for RUN --mount=type=secret: id=ID,src=FILE | id=ID,env=VAR | id=ID
@@ -178,18 +181,21 @@ pub struct BuildInputs {
     pub secrets: Arc<Secrets>,
     pub limits: ResourceLimits,
     pub mode: ProgressMode,
+    /// A context read from stdin, unpacked for the build's length.
+    _stdin_context: Option<tempfile::TempDir>,
 }
 
 impl BuildInputs {
     /// Reads the Dockerfile, scans the context (with the stat cache in
     /// `stat_cache`) and checks every flag.
     pub fn read(args: &BuildArgs, stat_cache: PathBuf) -> anyhow::Result<Self> {
-        let context_dir =
-            args.context.canonicalize().with_context(|| format!("build context {}", args.context.display()))?;
-        let dockerfile = args.file.clone().unwrap_or_else(|| context_dir.join("Dockerfile"));
-        let text = std::fs::read_to_string(&dockerfile).with_context(|| format!("reading {}", dockerfile.display()))?;
-        let ignore = DockerIgnore::load(&context_dir, Some(&dockerfile)).map_err(anyhow_of)?;
-        let scanner = ContextScanner::new(&context_dir, ignore).with_cache_dir(stat_cache);
+        let source = BuildSource::read(&args.context, args.file.as_deref())?;
+        let context_dir = source.context_dir;
+        let ignore = DockerIgnore::load(&context_dir, source.dockerfile_path.as_deref()).map_err(anyhow_of)?;
+        let mut scanner = ContextScanner::new(&context_dir, ignore);
+        if source.stdin_context.is_none() {
+            scanner = scanner.with_cache_dir(stat_cache);
+        }
         let (context, _) = tokio::task::block_in_place(|| scanner.scan()).map_err(anyhow_of)?;
         let platform = match &args.platform {
             Some(p) => p.parse::<Platform>().map_err(anyhow_of)?,
@@ -210,8 +216,8 @@ impl BuildInputs {
         let mode =
             if args.quiet { ProgressMode::Quiet } else { args.progress.resolve(std::io::stderr().is_terminal()) };
         Ok(BuildInputs {
-            dockerfile_name: dockerfile.to_string_lossy().to_string(),
-            dockerfile: text,
+            dockerfile_name: source.dockerfile_name,
+            dockerfile: source.dockerfile,
             context_dir,
             context: Arc::new(context),
             platform,
@@ -220,6 +226,7 @@ impl BuildInputs {
             secrets: Arc::new(Secrets::load(&args.secrets).map_err(anyhow_of)?),
             limits: args.limits.resource_limits()?,
             mode,
+            _stdin_context: source.stdin_context,
         })
     }
 

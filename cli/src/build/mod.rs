@@ -4,6 +4,7 @@
 //! the engine's ([`memobuild_engine::ImageBuild`]).
 
 mod build_command;
+mod build_source;
 mod finish_steps;
 mod flag_values;
 mod local_state;

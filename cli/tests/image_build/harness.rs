@@ -138,6 +138,15 @@ pub struct Build {
 }
 
 impl Build {
+    /// The build's output with the JSON progress events of its stderr.
+    fn of(output: Output) -> Build {
+        let events = String::from_utf8_lossy(&output.stderr)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect();
+        Build { output, events }
+    }
+
     pub fn ok(&self) -> bool {
         self.output.status.success()
     }
@@ -208,12 +217,28 @@ impl Project {
     }
 
     pub fn build_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Build {
-        let output = self.memobuild("build", args, env);
-        let events = String::from_utf8_lossy(&output.stderr)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .collect();
-        Build { output, events }
+        Build::of(self.memobuild("build", args, env))
+    }
+
+    /// `memobuild build --progress json ARGS` with `stdin` as its input;
+    /// ARGS name the context (`-` or a directory) themselves.
+    pub fn build_from_stdin(&self, args: &[&str], stdin: &[u8]) -> Build {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_memobuild"))
+            .args(["build", "--progress", "json", "--state-dir"])
+            .arg(self.state.path())
+            .args(args)
+            .env_remove("SOURCE_DATE_EPOCH")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        let data = stdin.to_vec();
+        let writer = std::thread::spawn(move || std::io::Write::write_all(&mut input, &data));
+        let output = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        Build::of(output)
     }
 
     pub fn memobuild(&self, command: &str, args: &[&str], env: &[(&str, &str)]) -> Output {

@@ -2,7 +2,7 @@
 //! WORKDIR as builtin steps (see [`StepRunner`]), and the in-process
 //! [`LocalExecutor`] that `memobuild build` runs them through.
 
-mod archive;
+pub mod archive;
 mod cache_mount;
 mod chmod;
 mod context_files;

@@ -1,0 +1,176 @@
+//! Where a build's context and Dockerfile come from, as `docker build`
+//! reads them: a directory, or `-` for standard input. `-f -` reads the
+//! Dockerfile from stdin; a context of `-` reads stdin as a tar of the
+//! context (plain or compressed with gzip, bzip2, xz or zstd, its
+//! Dockerfile inside), or else as the Dockerfile of an empty context.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use memobuild_worker::steps::archive::Archive;
+use tempfile::TempDir;
+
+/// The name errors give a Dockerfile read from stdin, as BuildKit's do.
+const STDIN_DOCKERFILE: &str = "Dockerfile";
+
+/// The context directory and the Dockerfile of a build.
+pub struct BuildSource {
+    /// Canonical.
+    pub context_dir: PathBuf,
+    /// As errors name it.
+    pub dockerfile_name: String,
+    pub dockerfile: String,
+    /// The Dockerfile's path on disk; `None` when it came from stdin.
+    pub dockerfile_path: Option<PathBuf>,
+    /// Where a context read from stdin was unpacked, removed with this.
+    /// Such a context is new each build, so it has no stat cache.
+    pub stdin_context: Option<TempDir>,
+}
+
+impl BuildSource {
+    /// The source named by the `CONTEXT` argument and `-f`.
+    pub fn read(context: &Path, file: Option<&Path>) -> anyhow::Result<Self> {
+        let stdin = Path::new("-");
+        match (context == stdin, file) {
+            (true, Some(f)) if f == stdin => {
+                bail!("the build context and the Dockerfile cannot both be read from stdin (-)")
+            }
+            (true, file) => Self::from_stdin(std::io::stdin().lock(), file),
+            (false, Some(f)) if f == stdin => {
+                let context_dir = canonical_context(context)?;
+                Ok(Self::stdin_dockerfile(context_dir, read_stdin(std::io::stdin().lock())?, None))
+            }
+            (false, file) => {
+                let context_dir = canonical_context(context)?;
+                let path = file.map(Path::to_path_buf).unwrap_or_else(|| context_dir.join("Dockerfile"));
+                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                Ok(BuildSource {
+                    context_dir,
+                    dockerfile_name: path.to_string_lossy().to_string(),
+                    dockerfile: text,
+                    dockerfile_path: Some(path),
+                    stdin_context: None,
+                })
+            }
+        }
+    }
+
+    /// A context of `-`: `input` holds a tar of the context, unpacked into
+    /// a directory of its own (`file` names its Dockerfile inside), or the
+    /// Dockerfile of an empty context.
+    fn from_stdin(mut input: impl Read, file: Option<&Path>) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("memobuild-context-").tempdir().context("making a directory")?;
+        let spooled = dir.path().join("stdin");
+        let mut spool = std::fs::File::create(&spooled).context("saving stdin")?;
+        std::io::copy(&mut input, &mut spool).context("reading the build context from stdin")?;
+        drop(spool);
+        let context_dir = dir.path().join("context");
+        std::fs::create_dir(&context_dir).context("making a directory for the context")?;
+        let Some(archive) = Archive::detect(&spooled).map_err(super::anyhow_of)? else {
+            if let Some(file) = file {
+                bail!("-f {}: stdin holds a Dockerfile, not a context archive to find it in", file.display());
+            }
+            let text = std::fs::read(&spooled).context("reading the Dockerfile from stdin")?;
+            let text = String::from_utf8(text).context("the Dockerfile from stdin is not UTF-8")?;
+            let mut source = Self::stdin_dockerfile(context_dir, text, Some(dir));
+            source.context_dir = source.context_dir.canonicalize().context("the stdin context")?;
+            return Ok(source);
+        };
+        let reader = archive.reader(std::fs::File::open(&spooled)?).map_err(super::anyhow_of)?;
+        let mut tar = tar::Archive::new(reader);
+        tar.set_preserve_permissions(true);
+        tar.unpack(&context_dir).context("unpacking the build context from stdin")?;
+        std::fs::remove_file(&spooled).context("removing the saved stdin")?;
+        let context_dir = context_dir.canonicalize().context("the stdin context")?;
+        let relative = file.unwrap_or(Path::new("Dockerfile"));
+        let path = context_dir.join(relative.strip_prefix("/").unwrap_or(relative));
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {} from the build context on stdin", relative.display()))?;
+        Ok(BuildSource {
+            context_dir,
+            dockerfile_name: relative.to_string_lossy().to_string(),
+            dockerfile: text,
+            dockerfile_path: Some(path),
+            stdin_context: Some(dir),
+        })
+    }
+
+    fn stdin_dockerfile(context_dir: PathBuf, text: String, stdin_context: Option<TempDir>) -> Self {
+        BuildSource {
+            context_dir,
+            dockerfile_name: STDIN_DOCKERFILE.to_string(),
+            dockerfile: text,
+            dockerfile_path: None,
+            stdin_context,
+        }
+    }
+}
+
+fn canonical_context(context: &Path) -> anyhow::Result<PathBuf> {
+    context.canonicalize().with_context(|| format!("build context {}", context.display()))
+}
+
+fn read_stdin(mut input: impl Read) -> anyhow::Result<String> {
+    let mut text = String::new();
+    input.read_to_string(&mut text).context("reading the Dockerfile from stdin")?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::io::Write;
+
+    use super::*;
+
+    fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, content) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(content.len() as u64);
+            header.set_mode(0o755);
+            header.set_cksum();
+            builder.append_data(&mut header, name, content.as_bytes()).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_tar_on_stdin_is_the_context_with_its_dockerfile() {
+        let tar =
+            tar_of(&[("Dockerfile", "FROM scratch\nCOPY app /\n"), ("app", "hello"), ("ci/Dockerfile", "FROM x\n")]);
+        let source = BuildSource::from_stdin(&tar[..], None).unwrap();
+        assert_eq!(source.dockerfile, "FROM scratch\nCOPY app /\n");
+        assert_eq!(std::fs::read_to_string(source.context_dir.join("app")).unwrap(), "hello");
+        assert!(!source.context_dir.join("stdin").exists());
+        let named = BuildSource::from_stdin(&tar[..], Some(Path::new("ci/Dockerfile"))).unwrap();
+        assert_eq!((named.dockerfile.as_str(), named.dockerfile_name.as_str()), ("FROM x\n", "ci/Dockerfile"));
+    }
+
+    #[test]
+    fn a_compressed_tar_on_stdin_is_unpacked_too() {
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gzip.write_all(&tar_of(&[("Dockerfile", "FROM scratch\n")])).unwrap();
+        let source = BuildSource::from_stdin(&gzip.finish().unwrap()[..], None).unwrap();
+        assert_eq!(source.dockerfile, "FROM scratch\n");
+    }
+
+    #[test]
+    fn anything_else_on_stdin_is_the_dockerfile_of_an_empty_context() {
+        let source = BuildSource::from_stdin(&b"FROM scratch\n"[..], None).unwrap();
+        assert_eq!((source.dockerfile.as_str(), source.dockerfile_name.as_str()), ("FROM scratch\n", "Dockerfile"));
+        assert_eq!(std::fs::read_dir(&source.context_dir).unwrap().count(), 0);
+        let dir = source.stdin_context.as_ref().unwrap().path().to_path_buf();
+        drop(source);
+        assert!(!dir.exists(), "the stdin context is removed with its source");
+        let err = BuildSource::from_stdin(&b"FROM scratch\n"[..], Some(Path::new("other"))).err().unwrap();
+        assert!(err.to_string().contains("stdin holds a Dockerfile"), "{err}");
+    }
+
+    #[test]
+    fn stdin_cannot_be_both() {
+        let err = BuildSource::read(Path::new("-"), Some(Path::new("-"))).err().unwrap();
+        assert!(err.to_string().contains("cannot both be read from stdin"), "{err}");
+    }
+}
