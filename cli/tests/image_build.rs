@@ -313,7 +313,11 @@ fn a_directory_as_a_named_context() {
 
     let missing = project.build(&["--build-context", "tools=/nonexistent/tools", "-o", &dest]);
     assert!(!missing.ok());
-    assert!(missing.stderr().contains("--build-context tools=/nonexistent/tools: no such directory"), "{}", missing.stderr());
+    assert!(
+        missing.stderr().contains("--build-context tools=/nonexistent/tools: no such directory"),
+        "{}",
+        missing.stderr()
+    );
 }
 
 #[test]

@@ -413,6 +413,13 @@ fn a_named_image_context_replaces_from_and_paths_are_refused() {
     let refused = client.build(project.path(), &["-o", &dest, "--build-context", &layout], &[]);
     assert!(!refused.ok());
     assert!(refused.stderr.contains("docker-image://REF contexts only"), "{}", refused.stderr);
+
+    // Nor does a Dockerfile name a path on the cluster's machines.
+    project
+        .write("Dockerfile", &format!("FROM oci-layout://{}:busybox\nRUN echo {marker}\n", fixture().layout.display()));
+    let refused = client.build(project.path(), &["-o", &dest], &[]);
+    assert!(!refused.ok());
+    assert!(refused.stderr.contains("a remote build cannot read an OCI layout"), "{}", refused.stderr);
 }
 
 #[test]

@@ -54,9 +54,9 @@ pub const DOCKER_IMAGE_CONTEXT: &str = "docker-image://";
 /// The scheme of a `--build-context` naming an OCI layout on this machine.
 const OCI_LAYOUT_CONTEXT: &str = "oci-layout://";
 
-/// Resolves and pulls `references`. `--build-context NAME=docker-image://REF`
-/// and `NAME=oci-layout://PATH[:TAG]` entries in `contexts` replace a
-/// reference by another image or by a local layout.
+/// Resolves and pulls `references`. `--build-context` entries in
+/// `contexts` replace a reference by another image, a local layout or a
+/// directory.
 pub async fn resolve_images(
     state: &EngineStores,
     references: &[String],
@@ -185,6 +185,18 @@ fn convert(pulled: &PulledImage) -> (ImageConfig, Vec<History>) {
         })
         .collect();
     (config, history)
+}
+
+/// Refuses the images a build on a cluster must not read: OCI layouts are
+/// paths on the machine the build runs on, not on its client's.
+pub fn check_cluster_references(references: &[String]) -> Result<()> {
+    match references.iter().find(|r| r.starts_with(OCI_LAYOUT_CONTEXT)) {
+        Some(reference) => Err(Error::invalid_argument(format!(
+            "{reference}: a remote build cannot read an OCI layout (a path on the cluster's machines); push the \
+             image to a registry and name it there"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Checks a `--build-context` value: a registry image

@@ -17,7 +17,9 @@ use memobuild_proto::{Error, Result};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::base_images::{base_images, check_build_context, image_references, resolve_images};
+use crate::base_images::{
+    base_images, check_build_context, check_cluster_references, image_references, resolve_images,
+};
 use crate::build_record::StepRecord;
 use crate::build_run::{BuildRun, BuildSettings};
 use crate::export::{export, ExportRequest};
@@ -35,7 +37,8 @@ pub struct ImageBuild {
     pub build_args: BTreeMap<String, String>,
     pub target: Option<String>,
     pub platform: Platform,
-    /// `--build-context NAME=oci-layout://PATH[:TAG]`.
+    /// `--build-context NAME=VALUE`: a directory, `docker-image://REF` or
+    /// `oci-layout://PATH[:TAG]` in place of the image NAME.
     pub build_contexts: BTreeMap<String, String>,
     pub settings: BuildSettings,
     /// `--label`, over the Dockerfile's LABEL.
@@ -93,6 +96,9 @@ impl ImageBuild {
         loop {
             let references: Vec<String> =
                 image_references(&graph).into_iter().filter(|r| !images.contains_key(r)).collect();
+            if matches!(self.context_files, ContextFiles::Cas) {
+                check_cluster_references(&references)?;
+            }
             // A check needs the base images (their WORKDIR, ONBUILD), not the
             // remote sources: they are planned unpinned.
             let wanted: Vec<_> = remote_sources(&graph)

@@ -70,8 +70,8 @@ pub struct BuildArgs {
     /// Accepted for compatibility: memobuild always resolves tags against the registry.
     #[arg(long)]
     pub pull: bool,
-    /// An image a FROM or --from names replaced: NAME=docker-image://REF or
-    /// NAME=oci-layout://PATH[:TAG] (repeatable).
+    /// An image a FROM or --from names replaced: NAME=DIR,
+    /// NAME=docker-image://REF or NAME=oci-layout://PATH[:TAG] (repeatable).
     #[arg(long = "build-context", value_parser = parse_pair)]
     pub build_contexts: Vec<(String, String)>,
     /// A secret for RUN --mount=type=secret: id=ID,src=FILE | id=ID,env=VAR | id=ID
