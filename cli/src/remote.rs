@@ -145,7 +145,7 @@ async fn build(args: RemoteBuildArgs) -> anyhow::Result<Option<String>> {
         );
     }
     let state_dir = build.state_dir.clone().unwrap_or_else(default_state_dir);
-    let inputs = BuildInputs::read(build, state_dir.join("context-cache"))?;
+    let inputs = BuildInputs::read(build, state_dir.join("context-cache")).await?;
     let channel = channel(&args.endpoint)?;
     let credentials = args.endpoint.client.credentials()?;
     let cas =

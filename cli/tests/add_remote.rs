@@ -593,3 +593,35 @@ fn git_url_queries_pick_the_ref_pin_the_commit_and_skip_submodules() {
     assert!(refused.stderr().contains("unknown git URL query key \"depth\""), "{}", refused.stderr());
     assert!(refused.stderr().contains("Dockerfile:2"), "{}", refused.stderr());
 }
+
+#[test]
+fn a_git_url_is_a_build_context() {
+    let server = GitServer::start();
+    let dockerfile = format!("FROM {}\nCOPY . /src/\n", fixture().base());
+    server.commit(&[("app/Dockerfile", &dockerfile), ("app/hello.txt", "v1\n"), ("README.md", "top\n")], Some("v1"));
+    server.commit(&[("app/hello.txt", "v2\n")], None);
+    let project = Project::new(&[]);
+    let out = project.path().join("image.tar");
+    let dest = format!("type=oci,dest={}", out.display());
+
+    // A tag and a subdirectory: the context is that directory at that tag.
+    let build = project.build_from_stdin(&["-t", "img:1", "-o", &dest, &server.url("v1:app")], b"");
+    assert!(build.ok(), "{}", build.stderr());
+    let image = Unpacked::from_oci_tar(&out, "1");
+    assert_eq!(image.read("/src/hello.txt"), "v1\n");
+    assert!(!image.exists("/src/README.md"));
+
+    // The whole repository at main, its Dockerfile named inside it; no .git.
+    let url = server.url("main");
+    let build = project.build_from_stdin(&["-t", "img:1", "-o", &dest, "-f", "app/Dockerfile", &url], b"");
+    assert!(build.ok(), "{}", build.stderr());
+    let image = Unpacked::from_oci_tar(&out, "1");
+    assert_eq!(image.read("/src/app/hello.txt"), "v2\n");
+    assert_eq!(image.read("/src/README.md"), "top\n");
+    assert!(!image.exists("/src/.git"), "the checkout's .git stays out of the context");
+
+    let missing = server.url("no-such-ref");
+    let build = project.build_from_stdin(&["-o", &dest, &missing], b"");
+    assert!(!build.ok());
+    assert!(build.stderr().contains(&format!("build context {missing}")), "{}", build.stderr());
+}

@@ -15,6 +15,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use futures::{StreamExt, TryStreamExt};
 use memobuild_frontend::{BuildGraph, GitUrl, RemoteSource, SourceDefinition, StepDefinition};
 use memobuild_proto::{Digest, DigestFunction, DigestHasher, Error, Result, ResultExt};
+use tempfile::TempDir;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
@@ -261,62 +262,87 @@ async fn download(
     Ok((Some(file), RemoteFileNote { digest: hasher.finish(), mtime, etag, last_modified }))
 }
 
-/// Fetches `url`'s ref (shallow when the server allows) and checks it out,
-/// submodules included, in a temporary directory under the state dir.
 async fn fetch_git(state: &EngineStores, url: &GitUrl) -> Result<Fetched> {
     std::fs::create_dir_all(&state.remote_files_dir)?;
-    let checkout = tempfile::Builder::new().prefix("git-").tempdir_in(&state.remote_files_dir)?;
-    let dir = checkout.path();
-    git(url, dir, &["init", "--quiet"]).await?;
-    // As origin, so that submodules at relative URLs resolve against it.
-    git(url, dir, &["remote", "add", "origin", &url.remote]).await?;
-    let reference = match (url.reference.as_str(), url.checksum.as_str()) {
-        ("", "") => "HEAD",
-        ("", checksum) => checksum,
-        (reference, _) => reference,
-    };
-    let shallow = git(url, dir, &["fetch", "--quiet", "--depth=1", "--no-tags", "origin", reference]).await;
-    let target = match shallow {
-        Ok(_) => "FETCH_HEAD",
-        // Servers may refuse a commit that no ref names: fetch every branch
-        // and tag, then look for it.
-        Err(_) if is_commit_like(reference) => {
-            let all = ["fetch", "--quiet", "--tags", "origin", "+refs/heads/*:refs/remotes/origin/*"];
-            git(url, dir, &all).await?;
-            reference
+    let checkout = GitCheckout::fetch(url, &state.remote_files_dir, &format!("ADD {url}")).await?;
+    Ok(Fetched::Git { commit: checkout.commit, root: checkout.root, _checkout: checkout.dir })
+}
+
+/// A git repository checked out at the ref a [`GitUrl`] names.
+pub struct GitCheckout {
+    pub commit: String,
+    /// The subdirectory the URL asks for, canonical.
+    pub root: PathBuf,
+    /// The whole checkout, removed with this.
+    pub dir: TempDir,
+}
+
+impl GitCheckout {
+    /// Fetches `url`'s ref (shallow when the server allows) and checks it
+    /// out, submodules included, in a new directory under `parent`; `what`
+    /// begins the errors (`ADD URL`).
+    pub async fn fetch(url: &GitUrl, parent: &Path, what: &str) -> Result<GitCheckout> {
+        let checkout = tempfile::Builder::new().prefix("git-").tempdir_in(parent)?;
+        let dir = checkout.path();
+        git(what, dir, &["init", "--quiet"]).await?;
+        // As origin, so that submodules at relative URLs resolve against it.
+        git(what, dir, &["remote", "add", "origin", &url.remote]).await?;
+        let reference = match (url.reference.as_str(), url.checksum.as_str()) {
+            ("", "") => "HEAD",
+            ("", checksum) => checksum,
+            (reference, _) => reference,
+        };
+        let shallow = git(what, dir, &["fetch", "--quiet", "--depth=1", "--no-tags", "origin", reference]).await;
+        let target = match shallow {
+            Ok(_) => "FETCH_HEAD",
+            // Servers may refuse a commit that no ref names: fetch every
+            // branch and tag, then look for it.
+            Err(_) if is_commit_like(reference) => {
+                let all = ["fetch", "--quiet", "--tags", "origin", "+refs/heads/*:refs/remotes/origin/*"];
+                git(what, dir, &all).await?;
+                reference
+            }
+            Err(e) => return Err(e),
+        };
+        git(what, dir, &["-c", "advice.detachedHead=false", "checkout", "--quiet", target]).await?;
+        // Submodules as BuildKit checks them out: all of them, recursively,
+        // shallow; none from this host's file system (`file://` or a path),
+        // which a repository could otherwise use to read the builder's files.
+        if url.submodules {
+            let submodules = [
+                "-c",
+                "protocol.file.allow=user",
+                "submodule",
+                "update",
+                "--quiet",
+                "--init",
+                "--recursive",
+                "--depth=1",
+            ];
+            git(what, dir, &submodules).await?;
         }
-        Err(e) => return Err(e),
-    };
-    git(url, dir, &["-c", "advice.detachedHead=false", "checkout", "--quiet", target]).await?;
-    // Submodules as BuildKit checks them out: all of them, recursively,
-    // shallow; none from this host's file system (`file://` or a path), which
-    // a repository could otherwise use to read the builder's files.
-    if url.submodules {
-        let submodules =
-            ["-c", "protocol.file.allow=user", "submodule", "update", "--quiet", "--init", "--recursive", "--depth=1"];
-        git(url, dir, &submodules).await?;
+        let commit = git(what, dir, &["rev-parse", "HEAD"]).await?.trim().to_string();
+        if !commit.starts_with(&url.checksum) {
+            return Err(Error::new(
+                tonic::Code::FailedPrecondition,
+                format!("{what}: the ref is at commit {commit}, not the checksum {}", url.checksum),
+            ));
+        }
+        let top = dir.canonicalize()?;
+        let root = top.join(&url.subdir).canonicalize().ok().filter(|r| r.starts_with(&top) && r.is_dir()).ok_or_else(
+            || Error::not_found(format!("{what}: {:?} is not a directory in commit {commit}", url.subdir)),
+        )?;
+        Ok(GitCheckout { commit, root, dir: checkout })
     }
-    let commit = git(url, dir, &["rev-parse", "HEAD"]).await?.trim().to_string();
-    if !commit.starts_with(&url.checksum) {
-        return Err(Error::new(
-            tonic::Code::FailedPrecondition,
-            format!("ADD {url}: the ref is at commit {commit}, not the checksum {}", url.checksum),
-        ));
-    }
-    let top = dir.canonicalize()?;
-    let root =
-        top.join(&url.subdir).canonicalize().ok().filter(|r| r.starts_with(&top) && r.is_dir()).ok_or_else(|| {
-            Error::not_found(format!("ADD {url}: {:?} is not a directory in commit {commit}", url.subdir))
-        })?;
-    Ok(Fetched::Git { commit, root, _checkout: checkout })
 }
 
 fn is_commit_like(reference: &str) -> bool {
     (7..=40).contains(&reference.len()) && reference.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Runs `git ARGS` in `dir`; its stdout, or an error with what git said.
-async fn git(url: &GitUrl, dir: &Path, args: &[&str]) -> Result<String> {
+/// Runs `git ARGS` in `dir`; its stdout, or an error (beginning with
+/// `what`) with what git said.
+async fn git(what: &str, dir: &Path, args: &[&str]) -> Result<String> {
     let output = tokio::process::Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -330,14 +356,14 @@ async fn git(url: &GitUrl, dir: &Path, args: &[&str]) -> Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::new(
                 tonic::Code::FailedPrecondition,
-                format!("ADD {url}: git is not installed (git sources are fetched with the git command)"),
+                format!("{what}: git is not installed (git sources are fetched with the git command)"),
             ))
         }
-        Err(e) => return Err(Error::internal(format!("ADD {url}: running git: {e}"))),
+        Err(e) => return Err(Error::internal(format!("{what}: running git: {e}"))),
     };
     if !output.status.success() {
         let said = String::from_utf8_lossy(&output.stderr);
-        return Err(Error::not_found(format!("ADD {url}: git {} failed: {}", args.join(" "), said.trim())));
+        return Err(Error::not_found(format!("{what}: git {} failed: {}", args.join(" "), said.trim())));
     }
     Ok(String::from_utf8_lossy(&output.stdout).to_string())
 }

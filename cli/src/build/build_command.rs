@@ -24,8 +24,8 @@ use super::run_limits::RunLimitArgs;
 /// The flags of `docker buildx build` that memobuild takes.
 #[derive(clap::Args, Clone, Debug)]
 pub struct BuildArgs {
-    /// The build context directory, or - to read a tar of it (plain or
-    /// compressed), or a Dockerfile alone, from stdin.
+    /// The build context: a directory, a git URL (URL#REF:DIR), or - to read
+    /// a tar of it (plain or compressed), or a Dockerfile alone, from stdin.
     pub context: PathBuf,
     /// The Dockerfile, - for stdin [default: CONTEXT/Dockerfile].
     #[arg(short = 'f', long = "file")]
@@ -181,19 +181,19 @@ pub struct BuildInputs {
     pub secrets: Arc<Secrets>,
     pub limits: ResourceLimits,
     pub mode: ProgressMode,
-    /// A context read from stdin, unpacked for the build's length.
-    _stdin_context: Option<tempfile::TempDir>,
+    /// A context from stdin or git, kept for the build's length.
+    _temporary: Option<tempfile::TempDir>,
 }
 
 impl BuildInputs {
     /// Reads the Dockerfile, scans the context (with the stat cache in
     /// `stat_cache`) and checks every flag.
-    pub fn read(args: &BuildArgs, stat_cache: PathBuf) -> anyhow::Result<Self> {
-        let source = BuildSource::read(&args.context, args.file.as_deref())?;
+    pub async fn read(args: &BuildArgs, stat_cache: PathBuf) -> anyhow::Result<Self> {
+        let source = BuildSource::read(&args.context, args.file.as_deref()).await?;
         let context_dir = source.context_dir;
         let ignore = DockerIgnore::load(&context_dir, source.dockerfile_path.as_deref()).map_err(anyhow_of)?;
         let mut scanner = ContextScanner::new(&context_dir, ignore);
-        if source.stdin_context.is_none() {
+        if source.temporary.is_none() {
             scanner = scanner.with_cache_dir(stat_cache);
         }
         let (context, _) = tokio::task::block_in_place(|| scanner.scan()).map_err(anyhow_of)?;
@@ -226,7 +226,7 @@ impl BuildInputs {
             secrets: Arc::new(Secrets::load(&args.secrets).map_err(anyhow_of)?),
             limits: args.limits.resource_limits()?,
             mode,
-            _stdin_context: source.stdin_context,
+            _temporary: source.temporary,
         })
     }
 
@@ -319,7 +319,7 @@ pub async fn run(args: BuildArgs, state_dir: PathBuf) -> anyhow::Result<BuildOut
 }
 
 async fn build(args: &BuildArgs, state: Arc<LocalState>) -> anyhow::Result<BuildOutcome> {
-    let inputs = BuildInputs::read(args, state.stat_cache_dir())?;
+    let inputs = BuildInputs::read(args, state.stat_cache_dir()).await?;
     let ssh = tokio::task::block_in_place(|| SshAgents::start(&args.ssh)).map_err(anyhow_of)?;
     let builds = !args.dry_run && !args.check();
     if builds && inputs.outputs.iter().any(|o| matches!(o, OutputSpec::Load { .. })) {

@@ -1,13 +1,17 @@
 //! Where a build's context and Dockerfile come from, as `docker build`
-//! reads them: a directory, or `-` for standard input. `-f -` reads the
-//! Dockerfile from stdin; a context of `-` reads stdin as a tar of the
-//! context (plain or compressed with gzip, bzip2, xz or zstd, its
-//! Dockerfile inside), or else as the Dockerfile of an empty context.
+//! reads them: a directory, a git URL, or `-` for standard input. A git
+//! URL (`https://host/repo.git#ref:subdir`, or BuildKit's `?ref=&subdir=`
+//! form) is checked out here, its `.git` left out unless `keep-git-dir`.
+//! `-f -` reads the Dockerfile from stdin; a context of `-` reads stdin as
+//! a tar of the context (plain or compressed with gzip, bzip2, xz or zstd,
+//! its Dockerfile inside), or else as the Dockerfile of an empty context.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use memobuild_engine::GitCheckout;
+use memobuild_frontend::SourceKind;
 use memobuild_worker::steps::archive::Archive;
 use tempfile::TempDir;
 
@@ -23,34 +27,59 @@ pub struct BuildSource {
     pub dockerfile: String,
     /// The Dockerfile's path on disk; `None` when it came from stdin.
     pub dockerfile_path: Option<PathBuf>,
-    /// Where a context read from stdin was unpacked, removed with this.
-    /// Such a context is new each build, so it has no stat cache.
-    pub stdin_context: Option<TempDir>,
+    /// Where a context from stdin or git was put, removed with this. Such
+    /// a context is new each build, so it has no stat cache.
+    pub temporary: Option<TempDir>,
 }
 
 impl BuildSource {
     /// The source named by the `CONTEXT` argument and `-f`.
-    pub fn read(context: &Path, file: Option<&Path>) -> anyhow::Result<Self> {
+    pub async fn read(context: &Path, file: Option<&Path>) -> anyhow::Result<Self> {
         let stdin = Path::new("-");
+        let kind = SourceKind::of(&context.to_string_lossy()).map_err(|e| anyhow::anyhow!("build context: {e}"))?;
         match (context == stdin, file) {
             (true, Some(f)) if f == stdin => {
                 bail!("the build context and the Dockerfile cannot both be read from stdin (-)")
             }
-            (true, file) => Self::from_stdin(std::io::stdin().lock(), file),
-            (false, Some(f)) if f == stdin => {
-                let context_dir = canonical_context(context)?;
-                Ok(Self::stdin_dockerfile(context_dir, read_stdin(std::io::stdin().lock())?, None))
-            }
+            (true, file) => tokio::task::block_in_place(|| Self::from_stdin(std::io::stdin().lock(), file)),
             (false, file) => {
-                let context_dir = canonical_context(context)?;
-                let path = file.map(Path::to_path_buf).unwrap_or_else(|| context_dir.join("Dockerfile"));
+                let (context_dir, temporary) = match kind {
+                    SourceKind::Git(url) => {
+                        let what = format!("build context {url}");
+                        let checkout =
+                            GitCheckout::fetch(&url, &std::env::temp_dir(), &what).await.map_err(super::anyhow_of)?;
+                        if !url.keep_git_dir {
+                            std::fs::remove_dir_all(checkout.dir.path().join(".git")).context("removing .git")?;
+                        }
+                        (checkout.root, Some(checkout.dir))
+                    }
+                    SourceKind::Http => bail!(
+                        "build context {}: only git URLs are fetched; download an archive and pass it as - on stdin",
+                        context.display()
+                    ),
+                    SourceKind::Path => (canonical_context(context)?, None),
+                };
+                if file == Some(stdin) {
+                    let text = tokio::task::block_in_place(|| read_stdin(std::io::stdin().lock()))?;
+                    return Ok(Self::stdin_dockerfile(context_dir, text, temporary));
+                }
+                let path = match (file, &temporary) {
+                    (Some(file), Some(_)) => context_dir.join(file.strip_prefix("/").unwrap_or(file)),
+                    (Some(file), None) => file.to_path_buf(),
+                    (None, _) => context_dir.join("Dockerfile"),
+                };
                 let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                let dockerfile_name = match (file, &temporary) {
+                    (Some(file), Some(_)) => file.to_string_lossy().to_string(),
+                    (None, Some(_)) => "Dockerfile".to_string(),
+                    _ => path.to_string_lossy().to_string(),
+                };
                 Ok(BuildSource {
                     context_dir,
-                    dockerfile_name: path.to_string_lossy().to_string(),
+                    dockerfile_name,
                     dockerfile: text,
                     dockerfile_path: Some(path),
-                    stdin_context: None,
+                    temporary,
                 })
             }
         }
@@ -92,17 +121,17 @@ impl BuildSource {
             dockerfile_name: relative.to_string_lossy().to_string(),
             dockerfile: text,
             dockerfile_path: Some(path),
-            stdin_context: Some(dir),
+            temporary: Some(dir),
         })
     }
 
-    fn stdin_dockerfile(context_dir: PathBuf, text: String, stdin_context: Option<TempDir>) -> Self {
+    fn stdin_dockerfile(context_dir: PathBuf, text: String, temporary: Option<TempDir>) -> Self {
         BuildSource {
             context_dir,
             dockerfile_name: STDIN_DOCKERFILE.to_string(),
             dockerfile: text,
             dockerfile_path: None,
-            stdin_context,
+            temporary,
         }
     }
 }
@@ -161,16 +190,16 @@ mod tests {
         let source = BuildSource::from_stdin(&b"FROM scratch\n"[..], None).unwrap();
         assert_eq!((source.dockerfile.as_str(), source.dockerfile_name.as_str()), ("FROM scratch\n", "Dockerfile"));
         assert_eq!(std::fs::read_dir(&source.context_dir).unwrap().count(), 0);
-        let dir = source.stdin_context.as_ref().unwrap().path().to_path_buf();
+        let dir = source.temporary.as_ref().unwrap().path().to_path_buf();
         drop(source);
         assert!(!dir.exists(), "the stdin context is removed with its source");
         let err = BuildSource::from_stdin(&b"FROM scratch\n"[..], Some(Path::new("other"))).err().unwrap();
         assert!(err.to_string().contains("stdin holds a Dockerfile"), "{err}");
     }
 
-    #[test]
-    fn stdin_cannot_be_both() {
-        let err = BuildSource::read(Path::new("-"), Some(Path::new("-"))).err().unwrap();
+    #[tokio::test]
+    async fn stdin_cannot_be_both() {
+        let err = BuildSource::read(Path::new("-"), Some(Path::new("-"))).await.err().unwrap();
         assert!(err.to_string().contains("cannot both be read from stdin"), "{err}");
     }
 }
