@@ -283,12 +283,17 @@ fn a_directory_as_a_named_context() {
     write("secret.txt", "never in the image\n");
     write(".dockerignore", "secret.txt\n");
     sh("chmod", &["755", tools.path().join("bin/tool.sh").to_str().unwrap()]);
+    let base = fixture().base();
+    // The RUN's mounts in one step: a cache mount's stage is waited for, not
+    // mounted, so the bind mounts after it get their own sources.
     let project = Project::new(&[(
         "Dockerfile",
         &format!(
-            "FROM tools AS t\nFROM {}\nCOPY --from=tools / /opt/\nCOPY --from=t /bin/tool.sh /usr/local/bin/\n\
-             RUN /opt/tool > /ran && ls -a /opt > /listing\n",
-            fixture().base()
+            "FROM tools AS t\nFROM {base} AS other\nRUN echo other > /other.txt\n\
+             FROM {base}\nCOPY --from=tools / /opt/\nCOPY --from=t /bin/tool.sh /usr/local/bin/\n\
+             RUN /opt/tool > /ran && ls -a /opt > /listing\n\
+             RUN --mount=type=cache,from=other,target=/c --mount=from=tools,target=/t --mount=from={base},target=/b \
+             cat /t/data.txt > /mounted && cat /b/etc/lower-file > /from-image\n"
         ),
     )]);
     let out = project.path().join("image.tar");
@@ -301,6 +306,8 @@ fn a_directory_as_a_named_context() {
     assert_eq!(image.read("/ran"), "tool ran\n", "the symlink and the executable mode came along");
     assert_eq!(image.read("/listing"), ".\n..\n.dockerignore\nbin\ndata.txt\ntool\n", "its .dockerignore applied");
     assert!(image.exists("/usr/local/bin/tool.sh"), "FROM the context gives a stage with its files");
+    assert_eq!(image.read("/mounted"), "version 1\n", "RUN --mount=from=NAME mounts the context");
+    assert_eq!(image.read("/from-image"), "from the base image\n", "RUN --mount=from=IMAGE mounts the image");
 
     let again = project.build(&["--build-context", &context, "-t", "x:1", "-o", &dest]);
     assert!(again.ok(), "{}", again.stderr());
@@ -309,7 +316,9 @@ fn a_directory_as_a_named_context() {
     let changed = project.build(&["--build-context", &context, "-t", "x:1", "-o", &dest]);
     assert!(changed.ok(), "{}", changed.stderr());
     assert!(!changed.ran().is_empty(), "a changed file re-runs the steps reading it");
-    assert_eq!(Unpacked::from_oci_tar(&out, "1").read("/opt/data.txt"), "version 2\n");
+    let image = Unpacked::from_oci_tar(&out, "1");
+    assert_eq!(image.read("/opt/data.txt"), "version 2\n");
+    assert_eq!(image.read("/mounted"), "version 2\n", "a mounted context's change re-runs the RUN");
 
     let missing = project.build(&["--build-context", "tools=/nonexistent/tools", "-o", &dest]);
     assert!(!missing.ok());

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memobuild_frontend::{BaseImage, BuildGraph, ImageConfig, Origin, StageBase, StepDefinition};
+use memobuild_frontend::{BaseImage, BuildGraph, ImageConfig, MountType, Origin, StageBase, StepDefinition};
 use memobuild_oci::{read_oci_layout, ImageReference, PulledImage};
 use memobuild_proto::{Error, Result, ResultExt};
 use serde::Deserialize;
@@ -26,7 +26,8 @@ pub struct ResolvedImage {
     pub state: ImageState,
 }
 
-/// The image references a graph names: stage bases and COPY --from images.
+/// The image references a graph names: stage bases, COPY --from images and
+/// the images RUN bind-mounts.
 pub fn image_references(graph: &BuildGraph) -> Vec<String> {
     let mut refs = Vec::new();
     for stage in &graph.stages {
@@ -34,8 +35,13 @@ pub fn image_references(graph: &BuildGraph) -> Vec<String> {
             refs.push(reference.clone());
         }
         for step in &stage.steps {
-            if let StepDefinition::Copy { origin: Origin::Image { reference }, .. } = &step.definition {
-                refs.push(reference.clone());
+            match &step.definition {
+                StepDefinition::Copy { origin: Origin::Image { reference }, .. } => refs.push(reference.clone()),
+                StepDefinition::Run { mounts, .. } => refs.extend(mounts.iter().filter_map(|m| match &m.origin {
+                    Some(Origin::Image { reference }) if m.mount.kind == MountType::Bind => Some(reference.clone()),
+                    _ => None,
+                })),
+                _ => {}
             }
         }
     }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
-use memobuild_frontend::{BuildGraph, NetworkMode, Origin, SecurityMode, Stage, StageBase, Step, StepDefinition};
+use memobuild_frontend::{
+    BuildGraph, MountType, NetworkMode, Origin, SecurityMode, Stage, StageBase, Step, StepDefinition,
+};
 use memobuild_oci::Layer;
 use memobuild_proto::build::BuildEvent;
 use memobuild_proto::{Error, Result};
@@ -260,15 +262,46 @@ impl BuildRun {
         dated
     }
 
-    /// The filesystems a step reads besides its parent.
+    /// The filesystems a step reads besides its parent. A RUN's are its
+    /// bind mounts from a stage or an image, in mount order, as the runner
+    /// takes them; a stage a cache mount names is waited for, not mounted.
     fn sources(&self, step: &Step, deps: &HashMap<usize, StageResult>) -> Result<Vec<Vec<Layer>>> {
+        let stage_layers = |d: &usize| {
+            deps.get(d).map(|s| s.layers.clone()).ok_or_else(|| Error::internal(format!("stage {d} has no result")))
+        };
         let mut sources = Vec::new();
-        for d in &step.depends_on {
-            let stage = deps.get(d).ok_or_else(|| Error::internal(format!("stage {d} has no result")))?;
-            sources.push(stage.layers.clone());
-        }
-        if let StepDefinition::Copy { origin: Origin::Image { reference }, .. } = &step.definition {
-            sources.push(self.image(reference)?.state.layers.clone());
+        match &step.definition {
+            StepDefinition::Run { mounts, .. } => {
+                let mut stages = step.depends_on.iter();
+                for mount in mounts {
+                    let bind = mount.mount.kind == MountType::Bind;
+                    match &mount.origin {
+                        Some(Origin::Stage { .. }) => {
+                            let stage = stages.next().ok_or_else(|| {
+                                Error::internal(format!(
+                                    "step {}: a mount's stage is not among its dependencies",
+                                    step.id
+                                ))
+                            })?;
+                            if bind {
+                                sources.push(stage_layers(stage)?);
+                            }
+                        }
+                        Some(Origin::Image { reference }) if bind => {
+                            sources.push(self.image(reference)?.state.layers.clone())
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            definition => {
+                for d in &step.depends_on {
+                    sources.push(stage_layers(d)?);
+                }
+                if let StepDefinition::Copy { origin: Origin::Image { reference }, .. } = definition {
+                    sources.push(self.image(reference)?.state.layers.clone());
+                }
+            }
         }
         Ok(sources)
     }
