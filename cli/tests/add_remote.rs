@@ -624,4 +624,13 @@ fn a_git_url_is_a_build_context() {
     let build = project.build_from_stdin(&["-o", &dest, &missing], b"");
     assert!(!build.ok());
     assert!(build.stderr().contains(&format!("build context {missing}")), "{}", build.stderr());
+
+    // A git URL as a named context, its .git left out too.
+    project.write("Dockerfile", &format!("FROM {}\nCOPY --from=src / /named/\n", fixture().base()));
+    let named = format!("src={}", server.url("v1"));
+    let build = project.build(&["-t", "img:1", "-o", &dest, "--build-context", &named]);
+    assert!(build.ok(), "{}", build.stderr());
+    let image = Unpacked::from_oci_tar(&out, "1");
+    assert_eq!(image.read("/named/app/hello.txt"), "v1\n");
+    assert!(!image.exists("/named/.git"));
 }

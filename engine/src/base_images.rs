@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memobuild_frontend::{BaseImage, BuildGraph, ImageConfig, MountType, Origin, StageBase, StepDefinition};
+use memobuild_frontend::{
+    BaseImage, BuildGraph, ImageConfig, MountType, Origin, SourceKind, StageBase, StepDefinition,
+};
 use memobuild_oci::{read_oci_layout, ImageReference, PulledImage};
 use memobuild_proto::{Error, Result, ResultExt};
 use serde::Deserialize;
@@ -14,6 +16,7 @@ use serde::Deserialize;
 use crate::docker_healthcheck::DockerHealthcheck;
 use crate::image_state::{History, ImageState};
 use crate::local_context::local_context_image;
+use crate::remote_source::GitCheckout;
 use crate::EngineStores;
 use memobuild_proto::build::BuildEvent;
 
@@ -99,10 +102,19 @@ pub async fn resolve_images(
 /// The image a `--build-context` value names: a registry image, an OCI
 /// layout or a directory.
 async fn pull_context(state: &EngineStores, value: &str, platform: &str) -> Result<PulledImage> {
-    match value.strip_prefix(DOCKER_IMAGE_CONTEXT) {
-        Some(reference) => pull(state, reference, platform).await,
-        None if value.starts_with(OCI_LAYOUT_CONTEXT) => pull(state, value, platform).await,
-        None => local_context_image(Path::new(value), platform, &*state.cas).await,
+    if let Some(reference) = value.strip_prefix(DOCKER_IMAGE_CONTEXT) {
+        return pull(state, reference, platform).await;
+    }
+    if value.starts_with(OCI_LAYOUT_CONTEXT) {
+        return pull(state, value, platform).await;
+    }
+    match SourceKind::of(value).map_err(Error::invalid_argument)? {
+        SourceKind::Git(url) => {
+            std::fs::create_dir_all(&state.remote_files_dir)?;
+            let checkout = GitCheckout::fetch_context(&url, &state.remote_files_dir, &format!("git {url}")).await?;
+            local_context_image(&checkout.root, platform, &*state.cas).await
+        }
+        _ => local_context_image(Path::new(value), platform, &*state.cas).await,
     }
 }
 
@@ -213,11 +225,13 @@ pub fn check_build_context(name: &str, value: &str) -> Result<()> {
     if let Some(reference) = value.strip_prefix(DOCKER_IMAGE_CONTEXT) {
         return reference.parse::<ImageReference>().map(|_| ()).map_err(|e| e.context(flag));
     }
+    let git = SourceKind::of(value).map_err(|e| Error::invalid_argument(format!("{flag}: {e}")))?;
     match value.strip_prefix(OCI_LAYOUT_CONTEXT) {
         Some("") => Err(Error::invalid_argument(format!("{flag}: oci-layout:// needs a path"))),
         Some(_) => Ok(()),
+        None if matches!(git, SourceKind::Git(_)) => Ok(()),
         None if value.contains("://") => Err(Error::invalid_argument(format!(
-            "{flag}: only docker-image://REF, oci-layout://PATH[:TAG] and directories are supported"
+            "{flag}: only docker-image://REF, oci-layout://PATH[:TAG], git URLs and directories are supported"
         ))),
         None if Path::new(value).is_dir() => Ok(()),
         None => Err(Error::invalid_argument(format!("{flag}: no such directory"))),

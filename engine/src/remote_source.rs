@@ -334,6 +334,17 @@ impl GitCheckout {
         )?;
         Ok(GitCheckout { commit, root, dir: checkout })
     }
+
+    /// [`GitCheckout::fetch`] for a build context: its `.git` is left out
+    /// unless the URL keeps it (`keep-git-dir=true`), as BuildKit does.
+    pub async fn fetch_context(url: &GitUrl, parent: &Path, what: &str) -> Result<GitCheckout> {
+        let checkout = Self::fetch(url, parent, what).await?;
+        if !url.keep_git_dir {
+            std::fs::remove_dir_all(checkout.dir.path().join(".git"))
+                .map_err(|e| Error::internal(format!("{what}: removing .git: {e}")))?;
+        }
+        Ok(checkout)
+    }
 }
 
 fn is_commit_like(reference: &str) -> bool {

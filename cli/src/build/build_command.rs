@@ -70,7 +70,7 @@ pub struct BuildArgs {
     /// Accepted for compatibility: memobuild always resolves tags against the registry.
     #[arg(long)]
     pub pull: bool,
-    /// An image a FROM or --from names replaced: NAME=DIR,
+    /// An image a FROM or --from names replaced: NAME=DIR, NAME=GIT-URL,
     /// NAME=docker-image://REF or NAME=oci-layout://PATH[:TAG] (repeatable).
     #[arg(long = "build-context", value_parser = parse_pair)]
     pub build_contexts: Vec<(String, String)>,

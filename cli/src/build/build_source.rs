@@ -46,11 +46,9 @@ impl BuildSource {
                 let (context_dir, temporary) = match kind {
                     SourceKind::Git(url) => {
                         let what = format!("build context {url}");
-                        let checkout =
-                            GitCheckout::fetch(&url, &std::env::temp_dir(), &what).await.map_err(super::anyhow_of)?;
-                        if !url.keep_git_dir {
-                            std::fs::remove_dir_all(checkout.dir.path().join(".git")).context("removing .git")?;
-                        }
+                        let checkout = GitCheckout::fetch_context(&url, &std::env::temp_dir(), &what)
+                            .await
+                            .map_err(super::anyhow_of)?;
                         (checkout.root, Some(checkout.dir))
                     }
                     SourceKind::Http => bail!(
