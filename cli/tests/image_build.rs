@@ -250,6 +250,23 @@ fn oci_layout_bases_and_clear_errors() {
     ]);
     assert!(build.ok(), "{}", build.stderr());
     assert_eq!(Unpacked::from_oci_tar(&out, "1").read("/copy"), "from the base image\n");
+    // A stage of the context's name is replaced, never built (this one would fail).
+    project.write(
+        "Dockerfile.stage",
+        "FROM scratch AS Base\nCOPY not-in-the-context /\nFROM base\nRUN cat /etc/lower-file > /copy\n",
+    );
+    let build = project.build(&[
+        "-f",
+        project.path().join("Dockerfile.stage").to_str().unwrap(),
+        "--build-context",
+        &format!("base={image}"),
+        "-t",
+        "x:1",
+        "-o",
+        &format!("type=oci,dest={}", out.display()),
+    ]);
+    assert!(build.ok(), "{}", build.stderr());
+    assert_eq!(Unpacked::from_oci_tar(&out, "1").read("/copy"), "from the base image\n");
     for (value, says) in [
         ("docker-image://Not/Lower", "must be lowercase"),
         ("oci-layout://", "needs a path"),

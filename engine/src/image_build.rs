@@ -86,6 +86,7 @@ impl ImageBuild {
             target: self.target.clone(),
             target_platform: self.platform.clone(),
             check: self.check,
+            named_contexts: self.build_contexts.keys().map(|name| name.to_ascii_lowercase()).collect(),
             ..BuildOptions::default()
         };
         // Plan; resolve the images and fetch the sources the plan names; plan

@@ -1,6 +1,6 @@
 //! What a build is asked for, besides the Dockerfile and the context.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{ImageConfig, Platform};
 
@@ -50,6 +50,10 @@ pub struct BuildOptions {
     /// Without a `--target` every stage is planned, and `# check=error=true`
     /// does not fail the plan: the caller reports the warnings and fails.
     pub check: bool,
+    /// The names `--build-context` gives (lowercase): a stage of such a
+    /// name is replaced, so FROM and `--from` that name read the image the
+    /// context resolves to, never the stage.
+    pub named_contexts: BTreeSet<String>,
 }
 
 impl Default for BuildOptions {
@@ -62,6 +66,7 @@ impl Default for BuildOptions {
             base_images: BTreeMap::new(),
             remote_sources: BTreeMap::new(),
             check: false,
+            named_contexts: BTreeSet::new(),
         }
     }
 }

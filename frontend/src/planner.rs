@@ -117,7 +117,10 @@ impl<'a> Planner<'a> {
             lexer: ShellLexer::new(self.dockerfile.directives.escape),
             options: self.options,
             global: Scope::default(),
-            stage_names: stages.iter().map(|s| s.from_instruction.stage.clone()).collect(),
+            stage_names: stages
+                .iter()
+                .map(|s| s.from_instruction.stage.clone().filter(|name| !self.options.named_contexts.contains(name)))
+                .collect(),
         };
         expander.global = expander.global_scope(&global_args)?;
         self.check_default_bases(&expander, &global_args, &stages, &mut linter);

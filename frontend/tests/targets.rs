@@ -8,7 +8,7 @@ mod common;
 use std::fmt::Write as _;
 
 use common::{context, options};
-use memobuild_frontend::{plan_text, BuildContext};
+use memobuild_frontend::{plan_text, BuildContext, StageBase};
 
 /// A broken stage: each line fails when the stage is built, not before.
 const BROKEN: &str = "FROM base AS broken
@@ -82,4 +82,17 @@ fn every_target_of_the_corpus_file_with_an_unused_broken_stage() {
     assert!(plan_text("Dockerfile", &text, &ctx, &options(&[])).is_ok());
     let e = plan_target(&text, &ctx, "broken").unwrap_err();
     assert!(e.starts_with("Dockerfile:5:1: invalid port"), "{e}");
+}
+
+#[test]
+fn a_named_context_replaces_the_stage_of_its_name() {
+    let text = "FROM scratch AS Tools\nCOPY does-not-exist /x\nFROM tools\nRUN --mount=from=tools,target=/t true\nCOPY --from=tools /a /b\n";
+    let mut named = options(&[]);
+    named.named_contexts.insert("tools".to_string());
+    let graph = plan_text("Dockerfile", text, &context(&[("a", "a")]), &named).unwrap();
+    assert_eq!(graph.stages.len(), 1, "the replaced stage is not planned");
+    assert_eq!(graph.stages[0].base, StageBase::Image { reference: "tools".to_string() });
+    assert!(graph.stages[0].depends_on.is_empty());
+    let err = plan_text("Dockerfile", text, &context(&[("a", "a")]), &options(&[])).err().unwrap();
+    assert!(err.message().contains("does-not-exist"), "{}", err.message());
 }

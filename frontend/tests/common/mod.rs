@@ -36,6 +36,7 @@ pub fn options(args: &[(&str, &str)]) -> BuildOptions {
         base_images: Default::default(),
         remote_sources: Default::default(),
         check: false,
+        named_contexts: Default::default(),
     }
 }
 
