@@ -62,6 +62,8 @@ pub fn resolve_step(reference: &str) -> String {
 pub const DOCKER_IMAGE_CONTEXT: &str = "docker-image://";
 /// The scheme of a `--build-context` naming an OCI layout on this machine.
 const OCI_LAYOUT_CONTEXT: &str = "oci-layout://";
+/// Under the remote files dir: the stat caches and layers of directory contexts.
+const NAMED_CONTEXTS_DIR: &str = "named-contexts";
 
 /// Resolves and pulls `references`. `--build-context` entries in
 /// `contexts` replace a reference by another image, a local layout or a
@@ -108,13 +110,14 @@ async fn pull_context(state: &EngineStores, value: &str, platform: &str) -> Resu
     if value.starts_with(OCI_LAYOUT_CONTEXT) {
         return pull(state, value, platform).await;
     }
+    let memos = state.remote_files_dir.join(NAMED_CONTEXTS_DIR);
+    std::fs::create_dir_all(&memos)?;
     match SourceKind::of(value).map_err(Error::invalid_argument)? {
         SourceKind::Git(url) => {
-            std::fs::create_dir_all(&state.remote_files_dir)?;
-            let checkout = GitCheckout::fetch_context(&url, &state.remote_files_dir, &format!("git {url}")).await?;
-            local_context_image(&checkout.root, platform, &*state.cas).await
+            let checkout = GitCheckout::fetch_context(&url, &state.remote_files_dir, &url.to_string()).await?;
+            local_context_image(&checkout.root, platform, &*state.cas, &memos).await
         }
-        _ => local_context_image(Path::new(value), platform, &*state.cas).await,
+        _ => local_context_image(Path::new(value), platform, &*state.cas, &memos).await,
     }
 }
 

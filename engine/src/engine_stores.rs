@@ -16,6 +16,7 @@ pub struct EngineStores {
     pub registry: RegistryClient,
     /// Diff ids of pulled compressed layers, when kept.
     pub diff_ids: Option<Arc<dyn DiffIdMemo>>,
-    /// Notes of files `ADD URL` fetched, and git checkouts.
+    /// Notes of files `ADD URL` fetched, git checkouts, and what directory
+    /// contexts were last made of.
     pub remote_files_dir: PathBuf,
 }
