@@ -233,40 +233,29 @@ fn oci_layout_bases_and_clear_errors() {
     assert!(build.ok(), "{}", build.stderr());
     assert_eq!(Unpacked::from_oci_tar(&out, "1").read("/copy"), "from the base image\n");
 
+    // `/copy` of the image built from `dockerfile` with `contexts`.
+    let copy_built_with = |dockerfile: &str, contexts: &[String]| {
+        let dockerfile = project.path().join(dockerfile).display().to_string();
+        let output = format!("type=oci,dest={}", out.display());
+        let mut args = vec!["-f", &dockerfile, "-t", "x:1", "-o", &output];
+        for context in contexts {
+            args.extend(["--build-context", context]);
+        }
+        let build = project.build(&args);
+        assert!(build.ok(), "{}", build.stderr());
+        Unpacked::from_oci_tar(&out, "1").read("/copy")
+    };
     // A registry image in its place, for FROM and for COPY --from alike.
     project.write("Dockerfile.image", "FROM base\nCOPY --from=tools /etc/lower-file /tool\nRUN cat /tool > /copy\n");
     let image = format!("docker-image://{}", fixture().base());
-    let build = project.build(&[
-        "-f",
-        project.path().join("Dockerfile.image").to_str().unwrap(),
-        "--build-context",
-        &format!("base={image}"),
-        "--build-context",
-        &format!("tools={image}"),
-        "-t",
-        "x:1",
-        "-o",
-        &format!("type=oci,dest={}", out.display()),
-    ]);
-    assert!(build.ok(), "{}", build.stderr());
-    assert_eq!(Unpacked::from_oci_tar(&out, "1").read("/copy"), "from the base image\n");
+    let contexts = [format!("base={image}"), format!("tools={image}")];
+    assert_eq!(copy_built_with("Dockerfile.image", &contexts), "from the base image\n");
     // A stage of the context's name is replaced, never built (this one would fail).
     project.write(
         "Dockerfile.stage",
         "FROM scratch AS Base\nCOPY not-in-the-context /\nFROM base\nRUN cat /etc/lower-file > /copy\n",
     );
-    let build = project.build(&[
-        "-f",
-        project.path().join("Dockerfile.stage").to_str().unwrap(),
-        "--build-context",
-        &format!("base={image}"),
-        "-t",
-        "x:1",
-        "-o",
-        &format!("type=oci,dest={}", out.display()),
-    ]);
-    assert!(build.ok(), "{}", build.stderr());
-    assert_eq!(Unpacked::from_oci_tar(&out, "1").read("/copy"), "from the base image\n");
+    assert_eq!(copy_built_with("Dockerfile.stage", &contexts[..1]), "from the base image\n");
     for (value, says) in [
         ("docker-image://Not/Lower", "must be lowercase"),
         ("oci-layout://", "needs a path"),
