@@ -61,24 +61,16 @@ impl BuildSource {
                     let text = tokio::task::block_in_place(|| read_stdin(std::io::stdin().lock()))?;
                     return Ok(Self::stdin_dockerfile(context_dir, text, temporary));
                 }
-                let path = match (file, &temporary) {
-                    (Some(file), Some(_)) => context_dir.join(file.strip_prefix("/").unwrap_or(file)),
-                    (Some(file), None) => file.to_path_buf(),
-                    (None, _) => context_dir.join("Dockerfile"),
+                let (path, name) = match (file, &temporary) {
+                    (_, Some(_)) => dockerfile_inside(&context_dir, file),
+                    (Some(file), None) => (file.to_path_buf(), file.to_string_lossy().to_string()),
+                    (None, None) => {
+                        let path = context_dir.join("Dockerfile");
+                        let name = path.to_string_lossy().to_string();
+                        (path, name)
+                    }
                 };
-                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-                let dockerfile_name = match (file, &temporary) {
-                    (Some(file), Some(_)) => file.to_string_lossy().to_string(),
-                    (None, Some(_)) => "Dockerfile".to_string(),
-                    _ => path.to_string_lossy().to_string(),
-                };
-                Ok(BuildSource {
-                    context_dir,
-                    dockerfile_name,
-                    dockerfile: text,
-                    dockerfile_path: Some(path),
-                    temporary,
-                })
+                Self::with_dockerfile(context_dir, path, name, temporary)
             }
         }
     }
@@ -110,17 +102,19 @@ impl BuildSource {
         tar.unpack(&context_dir).context("unpacking the build context from stdin")?;
         std::fs::remove_file(&spooled).context("removing the saved stdin")?;
         let context_dir = context_dir.canonicalize().context("the stdin context")?;
-        let relative = file.unwrap_or(Path::new("Dockerfile"));
-        let path = context_dir.join(relative.strip_prefix("/").unwrap_or(relative));
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {} from the build context on stdin", relative.display()))?;
-        Ok(BuildSource {
-            context_dir,
-            dockerfile_name: relative.to_string_lossy().to_string(),
-            dockerfile: text,
-            dockerfile_path: Some(path),
-            temporary: Some(dir),
-        })
+        let (path, name) = dockerfile_inside(&context_dir, file);
+        Self::with_dockerfile(context_dir, path, name, Some(dir))
+    }
+
+    /// The source whose Dockerfile is the file at `path`, named `name`.
+    fn with_dockerfile(
+        context_dir: PathBuf,
+        path: PathBuf,
+        name: String,
+        temporary: Option<TempDir>,
+    ) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading the Dockerfile {name}"))?;
+        Ok(BuildSource { context_dir, dockerfile_name: name, dockerfile: text, dockerfile_path: Some(path), temporary })
     }
 
     fn stdin_dockerfile(context_dir: PathBuf, text: String, temporary: Option<TempDir>) -> Self {
@@ -132,6 +126,14 @@ impl BuildSource {
             temporary,
         }
     }
+}
+
+/// The Dockerfile `file` names in a context made for this build (from
+/// stdin or git): relative to it, `Dockerfile` by default. Its path, and
+/// the name errors give it.
+fn dockerfile_inside(context_dir: &Path, file: Option<&Path>) -> (PathBuf, String) {
+    let relative = file.unwrap_or(Path::new("Dockerfile"));
+    (context_dir.join(relative.strip_prefix("/").unwrap_or(relative)), relative.to_string_lossy().to_string())
 }
 
 fn canonical_context(context: &Path) -> anyhow::Result<PathBuf> {
