@@ -169,7 +169,10 @@ async fn a_fork_bomb_is_held_by_the_pids_limit() {
     let config = SandboxConfig { pids: Some(64), ..SandboxConfig::default() };
     let fx = Fixture::with_runner(64 << 20, HostRunner::with_config(config)).await;
     let marker = unique_marker();
-    let script = format!("b() {{ sleep {marker} & b | b & }}; b; wait");
+    // The bomb goes off in a subshell: the top shell forks nothing after
+    // it, so no failed fork can end it (dash exits on one), and it waits
+    // for its own sleep until the timeout.
+    let script = format!("sleep {marker} & (b() {{ sleep {marker} & b | b & }}; b); wait");
     let (outcome, _, stderr) = run(&fx, &script, None, 3).await;
     assert_eq!(outcome.status.as_ref().map(|s| s.code()), Some(tonic::Code::DeadlineExceeded), "{stderr}");
     assert!(stderr.contains("Cannot fork"), "{stderr}");
