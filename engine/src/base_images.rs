@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memobuild_frontend::{
-    BaseImage, BuildGraph, ImageConfig, MountType, Origin, SourceKind, StageBase, StepDefinition,
+    BaseImage, BuildGraph, GitUrl, ImageConfig, MountType, Origin, SourceKind, StageBase, StepDefinition,
 };
 use memobuild_oci::{read_oci_layout, ImageReference, PulledImage};
 use memobuild_proto::{Error, Result, ResultExt};
@@ -80,7 +80,7 @@ pub async fn resolve_images(
         let step = resolve_step(reference);
         let _ = events.send(BuildEvent::started(&step, format!("resolve image {reference}")));
         let pulled = match contexts.get(reference) {
-            Some(value) => pull_context(state, value, platform)
+            Some(value) => pull_context(state, reference, value, platform)
                 .await
                 .with_context(|| format!("--build-context {reference}={value}")),
             None => pull(state, reference, platform).await.with_context(|| format!("FROM {reference}")),
@@ -101,23 +101,22 @@ pub async fn resolve_images(
     Ok(resolved)
 }
 
-/// The image a `--build-context` value names: a registry image, an OCI
-/// layout or a directory.
-async fn pull_context(state: &EngineStores, value: &str, platform: &str) -> Result<PulledImage> {
-    if let Some(reference) = value.strip_prefix(DOCKER_IMAGE_CONTEXT) {
-        return pull(state, reference, platform).await;
-    }
-    if value.starts_with(OCI_LAYOUT_CONTEXT) {
-        return pull(state, value, platform).await;
-    }
+/// The image a `--build-context` names: a registry image, an OCI layout,
+/// a git checkout or a directory.
+async fn pull_context(state: &EngineStores, name: &str, value: &str, platform: &str) -> Result<PulledImage> {
     let memos = state.remote_files_dir.join(NAMED_CONTEXTS_DIR);
-    std::fs::create_dir_all(&memos)?;
-    match SourceKind::of(value).map_err(Error::invalid_argument)? {
-        SourceKind::Git(url) => {
+    match NamedContext::parse(name, value)? {
+        NamedContext::Image(reference) => pull(state, reference, platform).await,
+        NamedContext::Layout => pull(state, value, platform).await,
+        NamedContext::Git(url) => {
+            std::fs::create_dir_all(&memos)?;
             let checkout = GitCheckout::fetch_context(&url, &state.remote_files_dir, &url.to_string()).await?;
             local_context_image(&checkout.root, platform, &*state.cas, &memos).await
         }
-        _ => local_context_image(Path::new(value), platform, &*state.cas, &memos).await,
+        NamedContext::Directory => {
+            std::fs::create_dir_all(&memos)?;
+            local_context_image(Path::new(value), platform, &*state.cas, &memos).await
+        }
     }
 }
 
@@ -221,23 +220,41 @@ pub fn check_cluster_references(references: &[String]) -> Result<()> {
 }
 
 /// Checks a `--build-context` value: a registry image
-/// (`docker-image://REF`), an OCI layout (`oci-layout://PATH[:TAG]`) or a
-/// directory on this machine.
+/// (`docker-image://REF`), an OCI layout (`oci-layout://PATH[:TAG]`), a git
+/// URL or a directory on this machine.
 pub fn check_build_context(name: &str, value: &str) -> Result<()> {
-    let flag = format!("--build-context {name}={value}");
-    if let Some(reference) = value.strip_prefix(DOCKER_IMAGE_CONTEXT) {
-        return reference.parse::<ImageReference>().map(|_| ()).map_err(|e| e.context(flag));
-    }
-    let git = SourceKind::of(value).map_err(|e| Error::invalid_argument(format!("{flag}: {e}")))?;
-    match value.strip_prefix(OCI_LAYOUT_CONTEXT) {
-        Some("") => Err(Error::invalid_argument(format!("{flag}: oci-layout:// needs a path"))),
-        Some(_) => Ok(()),
-        None if matches!(git, SourceKind::Git(_)) => Ok(()),
-        None if value.contains("://") => Err(Error::invalid_argument(format!(
-            "{flag}: only docker-image://REF, oci-layout://PATH[:TAG], git URLs and directories are supported"
-        ))),
-        None if Path::new(value).is_dir() => Ok(()),
-        None => Err(Error::invalid_argument(format!("{flag}: no such directory"))),
+    NamedContext::parse(name, value).map(|_| ())
+}
+
+/// What a `--build-context NAME=VALUE` names, checked.
+enum NamedContext<'a> {
+    /// The reference after `docker-image://`.
+    Image(&'a str),
+    Layout,
+    Git(GitUrl),
+    Directory,
+}
+
+impl<'a> NamedContext<'a> {
+    fn parse(name: &str, value: &'a str) -> Result<Self> {
+        let flag = format!("--build-context {name}={value}");
+        if let Some(reference) = value.strip_prefix(DOCKER_IMAGE_CONTEXT) {
+            return match reference.parse::<ImageReference>() {
+                Ok(_) => Ok(NamedContext::Image(reference)),
+                Err(e) => Err(e.context(flag)),
+            };
+        }
+        let kind = SourceKind::of(value).map_err(|e| Error::invalid_argument(format!("{flag}: {e}")))?;
+        match (value.strip_prefix(OCI_LAYOUT_CONTEXT), kind) {
+            (Some(""), _) => Err(Error::invalid_argument(format!("{flag}: oci-layout:// needs a path"))),
+            (Some(_), _) => Ok(NamedContext::Layout),
+            (None, SourceKind::Git(url)) => Ok(NamedContext::Git(url)),
+            (None, _) if value.contains("://") => Err(Error::invalid_argument(format!(
+                "{flag}: only docker-image://REF, oci-layout://PATH[:TAG], git URLs and directories are supported"
+            ))),
+            (None, _) if Path::new(value).is_dir() => Ok(NamedContext::Directory),
+            (None, _) => Err(Error::invalid_argument(format!("{flag}: no such directory"))),
+        }
     }
 }
 
