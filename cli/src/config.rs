@@ -118,6 +118,9 @@ pub struct WorkerSection {
     /// containerd's socket [default: /run/containerd/containerd.sock, else a
     /// private containerd under `work_dir`, started on the first RUN].
     pub containerd_address: Option<PathBuf>,
+    /// Run RUN steps in a user namespace, `"HOST_ID[:SIZE]"`: ids 0 to
+    /// SIZE-1 (default 65536) inside are host ids from HOST_ID up.
+    pub userns_remap: Option<String>,
     /// What RUN steps may reach (`egress`, `host`, `blocked`), and how
     /// their default network is laid out (`subnets`, `resolv_conf`).
     #[serde(default)]
@@ -180,6 +183,7 @@ impl WorkerSection {
             properties: default_properties(),
             dockerfile_steps: true,
             containerd_address: None,
+            userns_remap: None,
             network: NetworkConfig::default(),
             sandbox: SandboxConfig::default(),
             max_layer_bytes: default_max_layer_bytes(),

@@ -180,6 +180,9 @@ struct WorkerArgs {
     /// else a private containerd under the state dir, started on the first RUN].
     #[arg(long, env = "CONTAINERD_ADDRESS")]
     containerd_address: Option<PathBuf>,
+    /// Run RUN steps in a user namespace: ids 0 to SIZE-1 (default 65536) are host ids from HOST_ID up.
+    #[arg(long, value_name = "HOST_ID[:SIZE]")]
+    userns_remap: Option<String>,
     /// Run only REAPI actions, no Dockerfile steps (no containerd needed).
     #[arg(long)]
     no_dockerfile_steps: bool,
@@ -437,6 +440,7 @@ fn worker_section(args: &WorkerArgs) -> anyhow::Result<(WorkerSection, Option<st
     section.cache_max_bytes = args.cache_max_bytes.unwrap_or(section.cache_max_bytes);
     section.properties.extend(args.properties.iter().cloned());
     section.containerd_address = args.containerd_address.clone().or(section.containerd_address);
+    section.userns_remap = args.userns_remap.clone().or(section.userns_remap);
     section.dockerfile_steps &= !args.no_dockerfile_steps;
     section.network.egress &= !args.forbid_egress;
     section.network.host |= args.allow_host_network;

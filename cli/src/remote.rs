@@ -138,6 +138,9 @@ async fn build(args: RemoteBuildArgs) -> anyhow::Result<Option<String>> {
              (use --secret, or build locally with memobuild build)"
         );
     }
+    if build.userns_remap.is_some() {
+        bail!("--userns-remap is a setting of the cluster's workers ([worker] userns_remap), not of a remote build");
+    }
     if let Some((name, value)) = build.build_contexts.iter().find(|(_, v)| !v.starts_with(DOCKER_IMAGE_CONTEXT)) {
         bail!(
             "--build-context {name}={value}: a remote build takes docker-image://REF contexts only, as the cluster \

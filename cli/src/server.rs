@@ -25,6 +25,7 @@ use memobuild_scheduler::{
     PostgresBuildStore, PostgresOperationStore, Scheduler, SchedulerConfig, SchedulerMetrics, SqliteBuildStore,
     SqliteOperationStore,
 };
+use memobuild_worker::containerd::IdMap;
 use memobuild_worker::steps::{StepActions, StepRunner};
 use memobuild_worker::{
     run_worker, ActionExecutor, Executors, HostRunner, ImageRunner, Runner, SchedulerLink, SchedulerMessages,
@@ -39,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 use crate::admin::{self, Admin};
+use crate::build::anyhow_of;
 use crate::config::{OperationStoreConfig, SchedulerSection, ServerConfig, WorkerSection};
 use crate::dashboard::Dashboard;
 use crate::health::{ContainerdCheck, DatabaseCheck, Health, RedisCheck, StoreCheck, WorkerLinkCheck};
@@ -452,13 +454,21 @@ async fn worker(
     sandbox.hidden.push(section.work_dir.clone());
     let host = Arc::new(HostRunner::with_config(sandbox.clone()));
     host.check().await.context("checking the worker's sandbox")?;
+    let userns_remap = section
+        .userns_remap
+        .as_deref()
+        .map(IdMap::parse_remap)
+        .transpose()
+        .map_err(anyhow_of)
+        .context("[worker] userns_remap")?;
     let runner = section.dockerfile_steps.then(|| {
-        Arc::new(StepRunner::new(
+        let steps = StepRunner::new(
             cas.clone(),
             section.containerd_address.clone(),
             section.work_dir.join("steps"),
             section.network.clone(),
-        ))
+        );
+        Arc::new(steps.with_user_namespace(userns_remap))
     });
     // With containerd, actions may also name a `container-image`.
     let actions: Arc<dyn Runner> = match &runner {

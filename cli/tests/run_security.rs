@@ -50,3 +50,42 @@ fn insecure_runs_need_the_entitlement() {
     assert!(caps & (1 << 21) != 0, "CAP_SYS_ADMIN in insecure mode: {status}");
     assert_eq!(image.read("/mount").trim(), "mounted");
 }
+
+/// `--userns-remap`: every RUN step's root is a host id of the map, devices
+/// cannot be made, and the files a step sees through its mounts (a cache,
+/// another stage, the context) and the ones it leaves keep their owners.
+#[test]
+fn run_steps_in_a_user_namespace() {
+    use std::os::unix::fs::MetadataExt;
+    let dockerfile = format!(
+        "FROM {base} AS files\n\
+         RUN mkdir /owned && echo hi > /owned/f && chown 1000:1000 /owned/f\n\
+         FROM {base}\n\
+         RUN --mount=type=cache,target=/c --mount=from=files,source=/owned,target=/from \
+             --mount=type=bind,source=ctx.txt,target=/ctx.txt \
+             cat /proc/self/uid_map > /uidmap && stat -c %u:%g /from/f > /from-owner && cat /ctx.txt > /ctx \
+             && echo cached > /c/x && cat /c/x > /cache-read \
+             && (mknod /null c 1 3 2>/dev/null && echo made || echo refused) > /mknod \
+             && mkdir /made && chown 1000:1000 /made\n",
+        base = fixture().base()
+    );
+    let project = Project::new(&[("Dockerfile", &dockerfile), ("ctx.txt", "from the context")]);
+    let image = project.built_image(&["--userns-remap", "100000:65536"]);
+    assert_eq!(image.read("/uidmap").split_whitespace().collect::<Vec<_>>(), ["0", "100000", "65536"]);
+    assert_eq!(image.read("/from-owner").trim(), "1000:1000", "another stage's owners, through the map");
+    assert_eq!(image.read("/ctx"), "from the context");
+    assert_eq!(image.read("/cache-read").trim(), "cached");
+    assert_eq!(image.read("/mknod").trim(), "refused", "no devices in a user namespace");
+    let made = std::fs::symlink_metadata(image.rootfs().join("made")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (1000, 1000), "owners shifted back into the layer");
+    let root_file = std::fs::symlink_metadata(image.rootfs().join("uidmap")).unwrap();
+    assert_eq!(root_file.uid(), 0);
+
+    let again = project.build(&[]);
+    assert!(again.ok(), "{}", again.stderr());
+    assert!(again.ran().is_empty(), "the namespace is not in any cache key: {:?}", again.ran());
+
+    let bad = project.build(&["--userns-remap", "10"]);
+    assert!(!bad.ok());
+    assert!(bad.stderr().contains("--userns-remap"), "{}", bad.stderr());
+}

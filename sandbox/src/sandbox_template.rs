@@ -4,8 +4,8 @@ use std::os::fd::OwnedFd;
 use memobuild_proto::{Result, ResultExt};
 
 use super::root_template::RootTemplate;
-use super::root_user_namespace::root_user_namespace;
 use super::seccomp_program::seccomp_program;
+use super::user_namespace::{user_namespace, IdMap};
 use super::SandboxConfig;
 
 /// What every sandboxed child shares, prepared once per worker.
@@ -37,7 +37,7 @@ impl SandboxTemplate {
             dev_null: std::fs::File::open("/dev/null").context("opening /dev/null")?.into(),
             open_files: config.open_files.min(open_files_hard_limit()),
             last_capability,
-            root_userns: match root_user_namespace(config.uid, config.gid) {
+            root_userns: match user_namespace(IdMap { uid: config.uid, gid: config.gid, size: 1 }) {
                 Ok(namespace) => Some(namespace),
                 Err(e) => {
                     tracing::warn!(error = %e, "actions that ask for root will run as the host's uid 0 (without capabilities)");

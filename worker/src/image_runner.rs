@@ -133,6 +133,7 @@ impl ImageRunner {
             hostname: "localhost".into(),
             insecure: false,
             purpose: ContainerPurpose::Action,
+            user_namespace: None,
         };
         let (logs, chunks) = tokio::sync::mpsc::unbounded_channel();
         let writer = tokio::spawn(write_streams(chunks, spec.stdout.clone(), spec.stderr.clone()));

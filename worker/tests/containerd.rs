@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -93,6 +94,20 @@ impl Fixture {
             entries.insert(path, (kind, data));
         }
         entries
+    }
+
+    /// The owners and modes of a layer's entries: path -> (uid, gid, mode).
+    async fn owners(&self, layer: &Layer) -> BTreeMap<String, (u64, u64, u32)> {
+        let bytes = self.store.get_bytes(&layer.blob).await.unwrap();
+        let mut archive = tar::Archive::new(&bytes[..]);
+        let mut owners = BTreeMap::new();
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let header = entry.header();
+            owners.insert(path, (header.uid().unwrap(), header.gid().unwrap(), header.mode().unwrap() & 0o7777));
+        }
+        owners
     }
 
     fn ctr(&self, args: &[&str]) -> String {
@@ -261,7 +276,7 @@ async fn a_second_step_sees_the_first_and_a_view_shows_the_files() {
     assert_eq!(entries.keys().collect::<Vec<_>>(), ["two"]);
 
     let top = second.chain_id.unwrap();
-    let view = fx.ctd.mount_view(Some(&top)).await.unwrap();
+    let view = fx.ctd.mount_view(Some(&top), None).await.unwrap();
     assert_eq!(std::fs::read_to_string(view.path().join("one")).unwrap(), "from-one\n");
     assert_eq!(std::fs::read_to_string(view.path().join("two")).unwrap(), "two\n");
     assert!(view.path().join("bin/busybox").is_file());
@@ -271,10 +286,10 @@ async fn a_second_step_sees_the_first_and_a_view_shows_the_files() {
     assert!(!path.exists());
 
     // A single-layer view (a bind mount) and the empty root.
-    let base_view = fx.ctd.mount_view(Some(&fx.base_chain)).await.unwrap();
+    let base_view = fx.ctd.mount_view(Some(&fx.base_chain), None).await.unwrap();
     assert_eq!(std::fs::read_to_string(base_view.path().join("marker")).unwrap(), fx.tag);
     drop(base_view);
-    let empty = fx.ctd.mount_view(None).await.unwrap();
+    let empty = fx.ctd.mount_view(None, None).await.unwrap();
     assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
     empty.release().await.unwrap();
     fx.finish().await;
@@ -433,7 +448,7 @@ async fn concurrent_ensure_chain_and_a_gzip_base() {
     other.shutdown().await.unwrap();
     assert_eq!(fx.ctd.ensure_chain(&fx.store, &[]).await.unwrap(), None);
 
-    let view = fx.ctd.mount_view(Some(&chain)).await.unwrap();
+    let view = fx.ctd.mount_view(Some(&chain), None).await.unwrap();
     assert_eq!(std::fs::read_to_string(view.path().join("marker")).unwrap(), format!("{}-gz", fx.tag));
     view.release().await.unwrap();
 
@@ -468,7 +483,7 @@ async fn users_of_one_state_dir_share_the_daemon_and_the_last_stops_it() {
     assert!(Path::new(&format!("/proc/{pid}")).exists(), "the second user still needs it");
     let store = MemoryStore::new();
     assert_eq!(second.ensure_chain(&store, &[]).await.unwrap(), None);
-    let view = second.mount_view(None).await.unwrap();
+    let view = second.mount_view(None, None).await.unwrap();
     view.release().await.unwrap();
     second.shutdown().await.unwrap();
     assert!(!dir.path().join("containerd/containerd.pid").exists());
@@ -526,10 +541,61 @@ async fn a_view_of_a_deep_chain_mounts() {
         fx.chains.push(Layer::chain_ids(&layers).last().unwrap().clone());
     }
     let top = fx.ctd.ensure_chain(&fx.store, &layers).await.unwrap().unwrap();
-    let view = fx.ctd.mount_view(Some(&top)).await.unwrap();
+    let view = fx.ctd.mount_view(Some(&top), None).await.unwrap();
     assert_eq!(std::fs::read_to_string(view.path().join("deep/0")).unwrap(), "layer 0");
     assert_eq!(std::fs::read_to_string(view.path().join("deep/79")).unwrap(), "layer 79");
     assert!(view.path().join("marker").exists());
     view.release().await.unwrap();
+    fx.finish().await;
+}
+
+/// `--userns-remap`: the step's root is a host id of the map; it sees the
+/// image's and a cache mount's root-owned files as its own, what it writes
+/// to the cache is host root's, and the layer it leaves (owners, set-id
+/// bits) is the one the same step leaves without the namespace. A later
+/// step and a view of the result see the owners it set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_namespace_maps_root_and_leaves_the_same_layer() {
+    use memobuild_worker::containerd::{IdMap, SpecMount};
+    const MAP: IdMap = IdMap { uid: 100000, gid: 100000, size: 65536 };
+    let mut fx = Fixture::new("userns").await;
+    let parent = fx.base_chain.clone();
+    let cache = tempfile::tempdir().unwrap();
+    std::fs::write(cache.path().join("host-file"), "h").unwrap();
+    let script = "mkdir /made && echo x > /made/f && chown 1234:2345 /made/f \
+        && cp /bin/busybox /made/suid && chmod 4755 /made/suid && echo more >> /marker \
+        && stat -c %u:%g /etc/passwd /cache/host-file && echo c > /cache/c";
+    let mut plain = fx.spec("plain", script);
+    plain.source_date_epoch = Some(1_700_000_000);
+    plain.mounts = vec![SpecMount::Cache { source: cache.path().into(), target: "/cache".into() }];
+    let remapped =
+        ContainerSpec { id_hint: fx.spec("remapped", "").id_hint, user_namespace: Some(MAP), ..plain.clone() };
+
+    let (outcome, stdout, stderr) = fx.run(&parent, &remapped).await;
+    assert_eq!(outcome.exit_code, 0, "{stderr}");
+    assert_eq!(stdout, "0:0\n0:0\n", "host root's files are the step's root's");
+    let written = std::fs::metadata(cache.path().join("c")).unwrap();
+    assert_eq!((written.uid(), written.gid()), (0, 0), "the step's root writes as host root through the map");
+    let owners = fx.owners(outcome.layer.as_ref().unwrap()).await;
+    assert_eq!(owners["made/f"], (1234, 2345, 0o644));
+    assert_eq!(owners["made/suid"], (0, 0, 0o4755), "the setuid bit survives the shift back");
+    assert_eq!(owners["made/"].0, 0);
+
+    std::fs::remove_file(cache.path().join("c")).unwrap();
+    let (without, _, stderr) = fx.run(&parent, &plain).await;
+    assert_eq!(without.exit_code, 0, "{stderr}");
+    assert_eq!(outcome.layer, without.layer, "the same layer with and without the namespace");
+
+    let chain = outcome.chain_id.clone().unwrap();
+    let mut probe = fx.spec("probe", "cat /proc/self/uid_map; stat -c %u:%g:%a /made/f /made/suid /from/f");
+    probe.user_namespace = Some(MAP);
+    let view = fx.ctd.mount_view(Some(&chain), Some(MAP)).await.unwrap();
+    probe.mounts = vec![SpecMount::View { source: view.path().join("made"), target: "/from".into(), readonly: true }];
+    let (seen, stdout, stderr) = fx.run(&chain, &probe).await;
+    view.release().await.unwrap();
+    assert_eq!(seen.exit_code, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["0", "100000", "65536"]);
+    assert_eq!(lines[1..], ["1234:2345:644", "0:0:4755", "1234:2345:644"]);
     fx.finish().await;
 }

@@ -12,6 +12,7 @@ use memobuild_engine::{
     OutputSpec, ResourceLimits, SecretSpec, Secrets, HOST_ENTITLEMENT, INSECURE_ENTITLEMENT,
 };
 use memobuild_frontend::{BuildContext, ContextScanner, DockerIgnore, NetworkMode, Platform};
+use memobuild_worker::containerd::IdMap;
 use memobuild_worker::steps::{SshAgents, SshSpec};
 use tokio_util::sync::CancellationToken;
 
@@ -132,6 +133,14 @@ pub struct BuildArgs {
     /// containerd's socket [default: /run/containerd/containerd.sock, else a private one].
     #[arg(long, env = "CONTAINERD_ADDRESS")]
     pub containerd_address: Option<PathBuf>,
+    /// Run RUN steps in a user namespace whose ids 0 to SIZE-1 (default 65536) are host ids from
+    /// HOST_ID up: the step's root is not the host's root.
+    #[arg(long, env = "MEMOBUILD_USERNS_REMAP", value_name = "HOST_ID[:SIZE]", value_parser = parse_userns_remap)]
+    pub userns_remap: Option<IdMap>,
+}
+
+fn parse_userns_remap(text: &str) -> Result<IdMap, String> {
+    IdMap::parse_remap(text).map_err(|e| e.message().to_string())
 }
 
 /// `--call`: the frontend methods memobuild has.
@@ -310,7 +319,9 @@ pub async fn write_results(
 
 /// Runs `memobuild build` (or `--dry-run`).
 pub async fn run(args: BuildArgs, state_dir: PathBuf) -> anyhow::Result<BuildOutcome> {
-    let state = Arc::new(LocalState::open(&state_dir, args.containerd_address.clone()).await.map_err(anyhow_of)?);
+    let state = Arc::new(
+        LocalState::open(&state_dir, args.containerd_address.clone(), args.userns_remap).await.map_err(anyhow_of)?,
+    );
     let result = build(&args, state.clone()).await;
     let stopped = state.shutdown().await;
     let outcome = result?;

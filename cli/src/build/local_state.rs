@@ -9,6 +9,7 @@ use memobuild_cas::{ActionCache, ActionResults, BlobStore, FilesystemStore, Veri
 use memobuild_engine::EngineStores;
 use memobuild_oci::{DirectoryDiffIdMemo, RegistryClient};
 use memobuild_proto::{Result, ResultExt};
+use memobuild_worker::containerd::IdMap;
 use memobuild_worker::network::NetworkConfig;
 use memobuild_worker::steps::{LocalExecutor, StepRunner};
 
@@ -34,7 +35,7 @@ pub struct LocalState {
 }
 
 impl LocalState {
-    pub async fn open(dir: &Path, containerd_address: Option<PathBuf>) -> Result<Self> {
+    pub async fn open(dir: &Path, containerd_address: Option<PathBuf>, userns_remap: Option<IdMap>) -> Result<Self> {
         let context = || format!("opening the state dir {}", dir.display());
         let blobs = FilesystemStore::open_shared(dir.join(CAS_DIR), false).await.with_context(context)?;
         let results = FilesystemStore::open_shared(dir.join(ACTION_CACHE_DIR), false).await.with_context(context)?;
@@ -52,7 +53,8 @@ impl LocalState {
         };
         // A laptop's own builds may use its network (with --allow network.host).
         let network = NetworkConfig { host: true, ..NetworkConfig::default() };
-        let runner = StepRunner::new(cas, containerd_address, dir.to_path_buf(), network);
+        let runner =
+            StepRunner::new(cas, containerd_address, dir.to_path_buf(), network).with_user_namespace(userns_remap);
         Ok(LocalState { dir: dir.to_path_buf(), stores: Arc::new(stores), runner: Arc::new(runner) })
     }
 

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::ResourceLimits;
+use super::{IdMap, ResourceLimits};
 
 /// One RUN step (or REAPI action) to run in a container.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -32,6 +32,9 @@ pub struct ContainerSpec {
     /// security.insecure`.
     pub insecure: bool,
     pub purpose: ContainerPurpose,
+    /// Run in a user namespace with this map (`--userns-remap`); RUN steps
+    /// only (an action's inputs are the worker's file cache, never shifted).
+    pub user_namespace: Option<IdMap>,
 }
 
 /// What a container runs for.
@@ -72,13 +75,20 @@ pub enum SpecMount {
     /// A host directory the caller keeps across builds (created if missing),
     /// bound read-write.
     Cache { source: PathBuf, target: String },
+    /// A path in a view of a committed chain (a stage or an image), mounted
+    /// through the step's user namespace already when it has one (see
+    /// [`crate::containerd::Containerd::mount_view`]).
+    View { source: PathBuf, target: String, readonly: bool },
 }
 
 impl SpecMount {
     /// The absolute path inside the container.
     pub fn target(&self) -> &str {
         match self {
-            SpecMount::Bind { target, .. } | SpecMount::Tmpfs { target } | SpecMount::Cache { target, .. } => target,
+            SpecMount::Bind { target, .. }
+            | SpecMount::Tmpfs { target }
+            | SpecMount::Cache { target, .. }
+            | SpecMount::View { target, .. } => target,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use containerd_client::services::v1::snapshots::ViewSnapshotRequest;
 use memobuild_proto::{Error, Result};
 
+use super::id_remap::{IdMap, IdmappedMounts};
 use super::lease::{delete_lease, Lease};
 use super::mount_point::MountPoint;
 use super::snapshot_mounts::SnapshotMounts;
@@ -25,8 +26,9 @@ pub struct MountedView {
 
 impl Containerd {
     /// Mounts the committed chain `parent` read-only at a temporary
-    /// directory; `None` gives an empty directory.
-    pub async fn mount_view(&self, parent: Option<&str>) -> Result<MountedView> {
+    /// directory; `None` gives an empty directory. With `map`, its files are
+    /// seen through that user namespace map, for a step that runs in it.
+    pub async fn mount_view(&self, parent: Option<&str>, map: Option<IdMap>) -> Result<MountedView> {
         let name = format!("memobuild-view-{}", uuid::Uuid::new_v4().simple());
         let mut view = MountedView { mount: MountPoint::create(&name)?, snapshot: None };
         let Some(parent) = parent else { return Ok(view) };
@@ -46,6 +48,12 @@ impl Containerd {
             .into_inner()
             .mounts;
         let mounts = SnapshotMounts::parse(mounts)?;
+        // The idmapped layers may go once the view's mount holds them.
+        let mut idmapped = map.map(|map| IdmappedMounts::create(&format!("{name}-idmap"), map)).transpose()?;
+        let mounts = match idmapped.as_mut() {
+            Some(idmapped) => mounts.remapped(idmapped)?,
+            None => mounts,
+        };
         view.mount.mount(&mounts).map_err(|e| e.context(format!("mounting a view of snapshot {parent}")))?;
         Ok(view)
     }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::diff_writer::DiffWriter;
+use super::id_remap::{unshift, IdmappedMounts};
 use super::lease::Lease;
 use super::mount_point::MountPoint;
 use super::phase_clock::PhaseClock;
@@ -26,7 +27,7 @@ use super::snapshot_mounts::SnapshotMounts;
 use super::stdio_fifos::StdioFifos;
 use super::step_cleanup::{StepCleanup, TaskState, KILL_GRACE, SIGKILL};
 use super::user_resolver::resolve_user;
-use super::{ContainerOutcome, ContainerPurpose, ContainerSpec, Containerd, LogChunk, SNAPSHOTTER};
+use super::{ContainerOutcome, ContainerPurpose, ContainerSpec, Containerd, LogChunk, SpecMount, SNAPSHOTTER};
 
 /// The runtime shim.
 const RUNTIME: &str = "io.containerd.runc.v2";
@@ -103,12 +104,30 @@ impl Containerd {
             .map(PathBuf::from)
             .ok_or_else(|| Error::internal(format!("snapshot {id} has no writable directory")))?;
         let lower = mounts.lower_stack();
+        let mounts_for_step = mounts.for_step();
         // MemoBuild mounts the rootfs itself rather than have the shim do it,
         // so that it can be unmounted, and the snapshot committed, as soon as
         // the step's processes are gone, without waiting for the task's
         // deletion.
         let rootfs = cleanup.rootfs.insert(MountPoint::create(&format!("memobuild-rootfs-{id}"))?);
-        rootfs.mount(&mounts.for_step()).map_err(|e| e.context("mounting the step's rootfs"))?;
+        for mount in &spec.mounts {
+            create_cache_dir(mount)?;
+        }
+        // In a user namespace, the layers and the host paths bound in are
+        // seen through its map; the idmapped mounts may go once the rootfs
+        // and the task's own mounts hold them.
+        let mut idmapped =
+            spec.user_namespace.map(|map| IdmappedMounts::create(&format!("memobuild-idmap-{id}"), map)).transpose()?;
+        let remapped_spec;
+        let (step_mounts, spec) = match idmapped.as_mut() {
+            None => (mounts_for_step, spec),
+            Some(idmapped) => {
+                let mounts = spec.mounts.iter().map(|m| idmapped.bind_source(m)).collect::<Result<Vec<_>>>()?;
+                remapped_spec = ContainerSpec { mounts, ..spec.clone() };
+                (mounts_for_step.remapped(idmapped)?, &remapped_spec)
+            }
+        };
+        rootfs.mount(&step_mounts).map_err(|e| e.context("mounting the step's rootfs"))?;
         let user = resolve_user(&lower, spec.user.as_deref())?;
         let runtime = runtime_spec(spec, &user, id, rootfs.path())?;
         let spec_json = serde_json::to_vec(&runtime.spec)
@@ -145,6 +164,7 @@ impl Containerd {
         };
         tasks.create(self.request(create, None)).await.map_err(|s| Error::from(s).context("creating the task"))?;
         cleanup.remains.task = TaskState::Live;
+        drop(idmapped);
         clock.mark("create_task");
 
         // Wait before start, so a quick exit is not missed.
@@ -215,6 +235,13 @@ impl Containerd {
             return Ok(outcome);
         }
 
+        if let Some(map) = spec.user_namespace {
+            let upper = upper.clone();
+            tokio::task::spawn_blocking(move || unshift(&upper, map))
+                .await
+                .map_err(|e| Error::internal(format!("shifting the step's files back: {e}")))??;
+            clock.mark("unshift");
+        }
         let tar_path = std::env::temp_dir().join(format!("memobuild-layer-{id}.tar"));
         let result = self.capture(store, &upper, &lower, &runtime.mount_targets, spec, &tar_path).await;
         let _ = std::fs::remove_file(&tar_path);
@@ -263,6 +290,13 @@ impl Containerd {
         tracing::debug!(layer = %digest, "captured the step's layer");
         Ok(digest)
     }
+}
+
+/// Creates the host directory of a cache mount, if missing.
+fn create_cache_dir(mount: &SpecMount) -> Result<()> {
+    let SpecMount::Cache { source, target } = mount else { return Ok(()) };
+    std::fs::create_dir_all(source)
+        .with_context(|| format!("creating cache directory {} for {target}", source.display()))
 }
 
 /// `chain(parent, diff_id)` as the OCI image spec defines it.

@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 use memobuild_proto::{Error, Result};
 use oci_spec::runtime::{
     get_default_maskedpaths, get_default_mounts, get_default_readonly_paths, Capabilities, Capability, LinuxBuilder,
-    LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder,
-    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use super::seccomp_profile::default_seccomp;
@@ -220,16 +220,11 @@ pub(super) fn runtime_spec(
             )));
         }
         let (typ, source, options): (&str, PathBuf, Vec<&str>) = match mount {
-            SpecMount::Bind { source, readonly, .. } => {
+            SpecMount::Bind { source, readonly, .. } | SpecMount::View { source, readonly, .. } => {
                 ("bind", source.clone(), vec!["rbind", if *readonly { "ro" } else { "rw" }])
             }
             SpecMount::Tmpfs { .. } => ("tmpfs", PathBuf::from("tmpfs"), vec!["nosuid", "nodev", "mode=1777"]),
-            SpecMount::Cache { source, .. } => {
-                std::fs::create_dir_all(source).map_err(|e| {
-                    Error::from(e).context(format!("creating cache directory {} for {target}", source.display()))
-                })?;
-                ("bind", source.clone(), vec!["rbind", "rw"])
-            }
+            SpecMount::Cache { source, .. } => ("bind", source.clone(), vec!["rbind", "rw"]),
         };
         mounts.push(bind_or_mount(typ, &source, target, &options)?);
     }
@@ -261,6 +256,14 @@ pub(super) fn runtime_spec(
     };
     if let Some(network) = network {
         namespaces.push(network.map_err(spec_error("network namespace"))?);
+    }
+    if spec.user_namespace.is_some() {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::User)
+                .build()
+                .map_err(spec_error("user namespace"))?,
+        );
     }
 
     let deny_all =
@@ -299,7 +302,15 @@ pub(super) fn runtime_spec(
         }
         resources = resources.cpu(cpu.build().map_err(spec_error("cpu"))?);
     }
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default();
+    if let Some(map) = spec.user_namespace {
+        let mapping =
+            |host: u32| LinuxIdMappingBuilder::default().container_id(0u32).host_id(host).size(map.size).build();
+        linux = linux
+            .uid_mappings(vec![mapping(map.uid).map_err(spec_error("uid map"))?])
+            .gid_mappings(vec![mapping(map.gid).map_err(spec_error("gid map"))?]);
+    }
+    let linux = linux
         .namespaces(namespaces)
         .cgroups_path(PathBuf::from(format!("/memobuild/{container_id}")))
         .resources(resources.build().map_err(spec_error("resources"))?);

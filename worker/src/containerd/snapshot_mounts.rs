@@ -4,6 +4,7 @@ use containerd_client::types::Mount;
 use memobuild_proto::{Error, Result};
 use nix::mount::MsFlags;
 
+use super::id_remap::{shift_root, IdmappedMounts};
 use super::layer_stack::LayerStack;
 
 /// The kernel reads at most one page of mount options; overlay mounts of
@@ -82,6 +83,33 @@ impl SnapshotMounts {
             }
         }
         mounts
+    }
+
+    /// These mounts with every layer below seen through the map of
+    /// `idmapped`: each lower directory (or a lone read-only layer) replaced
+    /// by an idmapped mount of it, and the writable directory's top given to
+    /// the map (the kernel cannot idmap a writable overlay directory; see
+    /// [`super::id_remap`]).
+    pub(super) fn remapped(&self, idmapped: &mut IdmappedMounts) -> Result<SnapshotMounts> {
+        let mut mounts = self.mounts.clone();
+        for mount in &mut mounts {
+            if mount.r#type == "overlay" {
+                for option in &mut mount.options {
+                    let Some(lowers) = option.strip_prefix("lowerdir=") else { continue };
+                    let mapped = lowers
+                        .split(':')
+                        .map(|lower| idmapped.mount(Path::new(lower), true).map(|p| p.to_string_lossy().into_owned()))
+                        .collect::<Result<Vec<_>>>()?;
+                    *option = format!("lowerdir={}", mapped.join(":"));
+                }
+            } else if self.upper.is_none() {
+                mount.source = idmapped.mount(Path::new(&mount.source), true)?.to_string_lossy().into_owned();
+            }
+        }
+        if let Some(upper) = &self.upper {
+            shift_root(upper, idmapped.map())?;
+        }
+        Ok(SnapshotMounts { mounts, ..self.clone() })
     }
 
     pub(super) fn upper(&self) -> Option<&Path> {

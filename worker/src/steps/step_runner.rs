@@ -27,7 +27,7 @@ use super::layer_plan::LayerPlan;
 use super::leftovers::Leftovers;
 use super::remote_files::materialize_remote;
 use super::run_secrets::RunSecrets;
-use crate::containerd::{ContainerPurpose, ContainerSpec, Containerd, LogChunk, SpecMount, StepNetwork};
+use crate::containerd::{ContainerPurpose, ContainerSpec, Containerd, IdMap, LogChunk, SpecMount, StepNetwork};
 use crate::network::{NetworkConfig, NetworkPool, SandboxLease};
 
 /// Log lines a failed RUN's error repeats.
@@ -55,6 +55,8 @@ pub struct StepRunner {
     network_pool: OnceCell<Arc<NetworkPool>>,
     /// What COPY, ADD and WORKDIR read of their parent filesystem.
     layer_indexes: LayerIndexes,
+    /// The user namespace RUN steps run in (`--userns-remap`), if any.
+    user_namespace: Option<IdMap>,
 }
 
 impl StepRunner {
@@ -74,7 +76,14 @@ impl StepRunner {
             containerd: OnceCell::new(),
             network,
             network_pool: OnceCell::new(),
+            user_namespace: None,
         }
+    }
+
+    /// RUN steps run in a user namespace with `map` (`--userns-remap`).
+    pub fn with_user_namespace(mut self, map: Option<IdMap>) -> Self {
+        self.user_namespace = map;
+        self
     }
 
     /// What RUN steps may reach here.
@@ -254,24 +263,24 @@ impl StepRunner {
                 MountType::Tmpfs => spec_mounts.push(SpecMount::Tmpfs { target }),
                 MountType::Bind => {
                     let source_path = m.mount.source.clone().unwrap_or_default();
-                    let host = match &m.origin {
+                    let readonly = m.mount.readonly;
+                    match &m.origin {
                         Some(Origin::Context) | None => {
                             let dir = tempfile::tempdir()?;
-                            let path = materialize_context(session, cas, &source_path, dir.path()).await?;
+                            let source = materialize_context(session, cas, &source_path, dir.path()).await?;
                             scratch.push(dir);
-                            path
+                            spec_mounts.push(SpecMount::Bind { source, target, readonly });
                         }
                         Some(_) => {
                             let layers = spec.sources.get(from_index).cloned().unwrap_or_default();
                             from_index += 1;
                             let chain = containerd.ensure_chain(cas, &layers).await?;
-                            let view = containerd.mount_view(chain.as_deref()).await?;
-                            let path = super::rootfs::host_path(view.path(), &source_path)?;
+                            let view = containerd.mount_view(chain.as_deref(), self.user_namespace).await?;
+                            let source = super::rootfs::host_path(view.path(), &source_path)?;
                             views.push(view);
-                            path
+                            spec_mounts.push(SpecMount::View { source, target, readonly });
                         }
-                    };
-                    spec_mounts.push(SpecMount::Bind { source: host, target, readonly: m.mount.readonly });
+                    }
                 }
                 MountType::Secret => spec_mounts.extend(private.secret(&m.mount)?),
                 MountType::Ssh => spec_mounts.extend(private.ssh(&m.mount)?),
@@ -299,6 +308,7 @@ impl StepRunner {
             hostname: "memobuild".into(),
             insecure: *security == SecurityMode::Insecure,
             purpose: ContainerPurpose::Step,
+            user_namespace: self.user_namespace,
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let tail: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -392,7 +402,7 @@ impl StepRunner {
                 let containerd = self.containerd().await?;
                 let layers = spec.sources.first().cloned().unwrap_or_default();
                 let chain = containerd.ensure_chain(cas, &layers).await?;
-                Some(containerd.mount_view(chain.as_deref()).await?)
+                Some(containerd.mount_view(chain.as_deref(), None).await?)
             }
         };
         let request = CopyRequest {
@@ -439,7 +449,7 @@ impl StepRunner {
         }
         let containerd = self.containerd().await?;
         let chain = containerd.ensure_chain(cas, &spec.parent).await?;
-        let view = containerd.mount_view(chain.as_deref()).await?;
+        let view = containerd.mount_view(chain.as_deref(), None).await?;
         let planned = tokio::task::block_in_place(|| plan(&HostDir(view.path())));
         view.release().await?;
         planned
