@@ -381,3 +381,34 @@ async fn blocked_networks_are_not_reached() {
     assert_unreached("/outside", &image.read("/outside"), HELLO);
     server.stop().await;
 }
+
+/// `[worker] userns_remap`: a cluster worker's RUN steps run in its user
+/// namespace (on the default network, whose namespace the worker made), and
+/// the image keeps the owners a step set; a bad map stops the worker,
+/// naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_worker_runs_steps_in_its_user_namespace() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::embedded(&dir.path().join("server"));
+    config.worker.as_mut().unwrap().userns_remap = Some("300000:70000".into());
+    let server = TestServer::start_with(config).await;
+    let project = project("RUN cat /proc/self/uid_map > /uidmap && mkdir /made && chown 1000:1000 /made\n");
+    let output = tokio::task::block_in_place(|| remote_build(&server, &project, &[]));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let image = Unpacked::from_oci_tar(&project.path().join("image.tar"), "1");
+    assert_eq!(image.read("/uidmap").split_whitespace().collect::<Vec<_>>(), ["0", "300000", "70000"]);
+    let made = std::fs::symlink_metadata(image.rootfs().join("made")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (1000, 1000));
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_memobuild"))
+        .args(["worker", "--userns-remap", "5:70000"])
+        .args(["--scheduler", &format!("grpc://{}", server.addr), "--cas", &format!("grpc://{}", server.addr)])
+        .arg("--state-dir")
+        .arg(dir.path().join("worker"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("userns_remap") && stderr.contains("at or above the size"), "{stderr}");
+}

@@ -135,7 +135,7 @@ pub struct BuildArgs {
     pub containerd_address: Option<PathBuf>,
     /// Run RUN steps in a user namespace whose ids 0 to SIZE-1 (default 65536) are host ids from
     /// HOST_ID up: the step's root is not the host's root.
-    #[arg(long, env = "MEMOBUILD_USERNS_REMAP", value_name = "HOST_ID[:SIZE]", value_parser = parse_userns_remap)]
+    #[arg(long, value_name = "HOST_ID[:SIZE]", value_parser = parse_userns_remap)]
     pub userns_remap: Option<IdMap>,
 }
 

@@ -17,6 +17,7 @@ use memobuild_oci::ResolvedUser;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Where the shared-memory tmpfs is mounted.
 const SHM: &str = "/dev/shm";
+const SYS: &str = "/sys";
 /// cgroup v1's memory+swap limit; without it (no swap accounting) only
 /// memory is limited, as Docker does.
 const CGROUP_V1_MEMSW: &str = "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes";
@@ -202,6 +203,16 @@ pub(super) fn runtime_spec(
         .map_err(spec_error("process"))?;
 
     let mut mounts: Vec<Mount> = get_default_mounts();
+    // A user namespace may mount sysfs only in a network namespace of its
+    // own: in a joined one (or the host's) it gets the host's, read-only,
+    // as Docker does.
+    if spec.user_namespace.is_some() && spec.network != StepNetwork::Isolated {
+        let host_sys = bind_or_mount("bind", Path::new(SYS), SYS, &["rbind", "nosuid", "noexec", "nodev", "ro"])?;
+        // In its place: the cgroup mount below it comes after.
+        for sys in mounts.iter_mut().filter(|m| m.destination() == Path::new(SYS)) {
+            *sys = host_sys.clone();
+        }
+    }
     if let Some(size) = spec.limits.shm_size {
         let shm = mounts.iter_mut().find(|m| m.destination() == Path::new(SHM));
         if let Some(shm) = shm {
@@ -369,7 +380,7 @@ fn bind_or_mount(typ: &str, source: &Path, target: &str, options: &[&str]) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::containerd::ResourceLimits;
+    use crate::containerd::{IdMap, ResourceLimits};
 
     #[test]
     fn spec_has_the_namespaces_mounts_and_user() {
@@ -417,6 +428,37 @@ mod tests {
         assert!(namespaces.contains(&"network"), "{namespaces:?}");
         assert!(built.mount_targets.iter().any(|t| t == "/tmp/t"));
         assert!(built.mount_targets.iter().any(|t| t == "/proc"));
+    }
+
+    #[test]
+    fn a_user_namespace_maps_ids_and_binds_sysfs_in_a_joined_network() {
+        let map = IdMap { uid: 100000, gid: 200000, size: 65536 };
+        let spec = |network| ContainerSpec {
+            id_hint: "t".into(),
+            argv: vec!["true".into()],
+            network,
+            user_namespace: Some(map),
+            ..Default::default()
+        };
+        let user = ResolvedUser { uid: 0, gid: 0, additional_gids: vec![], home: "/root".into() };
+        let json = |spec: &ContainerSpec| {
+            serde_json::to_value(&runtime_spec(spec, &user, "c3", Path::new("/rootfs")).expect("spec").spec)
+                .expect("json")
+        };
+        let sys = |json: &serde_json::Value| {
+            json["mounts"].as_array().expect("mounts").iter().find(|m| m["destination"] == SYS).expect("/sys")["type"]
+                .clone()
+        };
+        let own = json(&spec(StepNetwork::Isolated));
+        assert_eq!(
+            own["linux"]["uidMappings"][0],
+            serde_json::json!({"containerID": 0, "hostID": 100000, "size": 65536})
+        );
+        assert_eq!(own["linux"]["gidMappings"][0]["hostID"], 200000);
+        assert!(own["linux"]["namespaces"].as_array().expect("ns").iter().any(|n| n["type"] == "user"));
+        assert_eq!(sys(&own), "sysfs", "its own network namespace: a sysfs of its own");
+        let joined = json(&spec(StepNetwork::Joined { netns: "/run/netns/n".into(), resolv_conf: "/r".into() }));
+        assert_eq!(sys(&joined), "bind", "a joined network namespace: the host's /sys, read-only");
     }
 
     #[test]
