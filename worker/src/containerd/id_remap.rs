@@ -11,6 +11,7 @@
 //!   which are shifted back once its processes are gone ([`unshift`]),
 //!   before the layer is read and the snapshot committed.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -21,7 +22,8 @@ use memobuild_proto::{Result, ResultExt};
 pub use memobuild_sandbox::IdMap;
 
 use super::mount_point::release_mount_point;
-use super::SpecMount;
+use super::snapshot_mounts::SnapshotMounts;
+use super::{ContainerSpec, SpecMount};
 
 /// The xattr of file capabilities.
 const CAPABILITY_XATTR: &str = "security.capability";
@@ -78,7 +80,9 @@ impl IdmappedMounts {
         if is_dir { std::fs::create_dir(&target) } else { std::fs::File::create(&target).map(drop) }
             .with_context(|| format!("creating {}", target.display()))?;
         self.entries.push(target.clone());
-        memobuild_sandbox::mount_idmapped(source, &target, self.namespace.as_fd(), read_only)?;
+        memobuild_sandbox::mount_idmapped(source, &target, self.namespace.as_fd(), read_only).map_err(|e| {
+            e.context("--userns-remap needs idmapped mounts: Linux 5.19 or later, and a filesystem that has them")
+        })?;
         Ok(target)
     }
 
@@ -115,6 +119,34 @@ impl Drop for IdmappedMounts {
         if let Err(e) = self.release() {
             tracing::warn!(error = %e, dir = %self.dir.display(), "removing idmapped mounts");
         }
+    }
+}
+
+/// What a step's container is made of, as its user namespace sees it.
+pub(super) struct StepView<'a> {
+    /// The rootfs: its layers seen through the map.
+    pub(super) mounts: SnapshotMounts,
+    /// The spec, with its mounts' host sources seen through the map.
+    pub(super) spec: Cow<'a, ContainerSpec>,
+    /// The idmapped mounts both use: they may go once the rootfs is mounted
+    /// and the task has made its own mounts.
+    pub(super) idmapped: Option<IdmappedMounts>,
+}
+
+impl<'a> StepView<'a> {
+    /// `spec` and its rootfs `mounts` for the container `id`: as they are
+    /// without a user namespace.
+    pub(super) fn of(spec: &'a ContainerSpec, mounts: SnapshotMounts, id: &str) -> Result<StepView<'a>> {
+        let Some(map) = spec.user_namespace else {
+            return Ok(StepView { mounts, spec: Cow::Borrowed(spec), idmapped: None });
+        };
+        let mut idmapped = IdmappedMounts::create(&format!("memobuild-idmap-{id}"), map)?;
+        let binds = spec.mounts.iter().map(|m| idmapped.bind_source(m)).collect::<Result<Vec<_>>>()?;
+        Ok(StepView {
+            mounts: mounts.remapped(&mut idmapped)?,
+            spec: Cow::Owned(ContainerSpec { mounts: binds, ..spec.clone() }),
+            idmapped: Some(idmapped),
+        })
     }
 }
 

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::diff_writer::DiffWriter;
-use super::id_remap::{unshift, IdmappedMounts};
+use super::id_remap::{unshift, StepView};
 use super::lease::Lease;
 use super::mount_point::MountPoint;
 use super::phase_clock::PhaseClock;
@@ -104,7 +104,6 @@ impl Containerd {
             .map(PathBuf::from)
             .ok_or_else(|| Error::internal(format!("snapshot {id} has no writable directory")))?;
         let lower = mounts.lower_stack();
-        let mounts_for_step = mounts.for_step();
         // MemoBuild mounts the rootfs itself rather than have the shim do it,
         // so that it can be unmounted, and the snapshot committed, as soon as
         // the step's processes are gone, without waiting for the task's
@@ -113,20 +112,8 @@ impl Containerd {
         for mount in &spec.mounts {
             create_cache_dir(mount)?;
         }
-        // In a user namespace, the layers and the host paths bound in are
-        // seen through its map; the idmapped mounts may go once the rootfs
-        // and the task's own mounts hold them.
-        let mut idmapped =
-            spec.user_namespace.map(|map| IdmappedMounts::create(&format!("memobuild-idmap-{id}"), map)).transpose()?;
-        let remapped_spec;
-        let (step_mounts, spec) = match idmapped.as_mut() {
-            None => (mounts_for_step, spec),
-            Some(idmapped) => {
-                let mounts = spec.mounts.iter().map(|m| idmapped.bind_source(m)).collect::<Result<Vec<_>>>()?;
-                remapped_spec = ContainerSpec { mounts, ..spec.clone() };
-                (mounts_for_step.remapped(idmapped)?, &remapped_spec)
-            }
-        };
+        let StepView { mounts: step_mounts, spec, idmapped } = StepView::of(spec, mounts.for_step(), id)?;
+        let spec = &*spec;
         rootfs.mount(&step_mounts).map_err(|e| e.context("mounting the step's rootfs"))?;
         let user = resolve_user(&lower, spec.user.as_deref())?;
         let runtime = runtime_spec(spec, &user, id, rootfs.path())?;
