@@ -597,5 +597,11 @@ async fn a_user_namespace_maps_root_and_leaves_the_same_layer() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["0", "100000", "65536"]);
     assert_eq!(lines[1..], ["1234:2345:644", "0:0:4755", "1234:2345:644"]);
+
+    // A failed step leaves nothing behind either (`run` checks).
+    let mut failing = fx.spec("failing", "touch /x; exit 3");
+    failing.user_namespace = Some(MAP);
+    let (failed, _, _) = fx.run(&parent, &failing).await;
+    assert_eq!((failed.exit_code, failed.layer), (3, None));
     fx.finish().await;
 }
