@@ -33,7 +33,7 @@ impl IdMap {
     /// lie above the mapped one, so that no host id is both a mapped id and
     /// the host side of another.
     pub fn parse_remap(text: &str) -> Result<IdMap> {
-        let invalid = |why: String| Error::invalid_argument(format!("--userns-remap {text:?}: {why}"));
+        let invalid = |why: String| Error::invalid_argument(format!("{text:?}: {why}"));
         let (host, size) = match text.split_once(':') {
             Some((host, size)) => (host, Some(size)),
             None => (text, None),
@@ -48,7 +48,7 @@ impl IdMap {
         }
         if host < size {
             return Err(invalid(format!(
-                "the host ids must start at or above the size ({size}), apart from the ids they map"
+                "the host ids must start at or above the size ({size}), so that they do not overlap the ids they map"
             )));
         }
         if host.checked_add(size).is_none() {
@@ -148,7 +148,7 @@ mod tests {
             ("4294967000:65536", "past the largest id"),
         ] {
             let error = IdMap::parse_remap(bad).expect_err(bad).to_string();
-            assert!(error.contains(why) && error.contains("--userns-remap"), "{bad}: {error}");
+            assert!(error.contains(why) && error.contains(&format!("{bad:?}")), "{bad}: {error}");
         }
     }
 
