@@ -29,7 +29,7 @@ log() { printf '[conformance] %s\n' "$*" >&2; }
 if [ "$mode" = check ]; then
   status=0
   MEMOBUILD_CONFORMANCE_CASES="$cases" cargo test -q --workspace --locked --test conformance \
-    -- memobuild_builds_what_buildkit_builds >/dev/null 2>&1 || status=$?
+    -- --exact memobuild_builds_what_buildkit_builds >/dev/null 2>&1 || status=$?
   table="$CARGO_TARGET_DIR/tmp/conformance-table.txt"
   if [ -f "$table" ]; then cat "$table"; else log "no table: the test did not get that far (rerun with cargo test --workspace --locked --test conformance)"; fi
   exit $status

@@ -194,11 +194,12 @@ fn docker(docker_host: &str) -> Command {
     command
 }
 
-fn build_with_memobuild(case: &Case, bases: &Bases, state: &Path) -> Built {
+/// `extra`: flags of MemoBuild's own, added to the case's.
+fn build_with_memobuild(case: &Case, bases: &Bases, state: &Path, extra: &[&str]) -> Built {
     let prepared = case.prepare(Builder::MemoBuild, &bases.registry);
     let out_dir = tempfile::tempdir().unwrap();
     let dest = out_dir.path().join("image");
-    let output = memobuild_command(case, &prepared, state, &dest).output().unwrap();
+    let output = memobuild_command(case, &prepared, state, &dest).args(extra).output().unwrap();
     let log = String::from_utf8_lossy(&output.stderr).to_string();
     let outcome = if output.status.success() {
         Outcome::Built(ImageView::read(&dest, &bases.images))
@@ -233,6 +234,20 @@ fn build_with_buildkit(case: &Case, bases: &Bases, docker_host: &str) -> Built {
 /// writes it to `$CARGO_TARGET_TMPDIR/conformance-table.txt`.
 #[test]
 fn memobuild_builds_what_buildkit_builds() {
+    conform(&[], "conformance-table.txt");
+}
+
+/// The same with every RUN step in a user namespace: the images are still
+/// BuildKit's.
+#[test]
+fn memobuild_builds_what_buildkit_builds_with_userns_remap() {
+    conform(&["--userns-remap", "100000"], "conformance-table-userns.txt");
+}
+
+/// Builds the selected cases with MemoBuild (`extra` added to their flags)
+/// and asserts each is what BuildKit built; the table goes to `table_file`
+/// under `$CARGO_TARGET_TMPDIR`.
+fn conform(extra: &[&str], table_file: &str) {
     let all = load_cases(&suite_dir().join("cases"));
     assert!(all.len() >= 80, "the corpus has {} cases, fewer than 80", all.len());
     let cases = selected(all);
@@ -244,15 +259,15 @@ fn memobuild_builds_what_buildkit_builds() {
             Ok(expected) => expected,
             Err(stale) => return Row::new(case, Status::Stale, vec![stale]),
         };
-        let built = build_with_memobuild(case, &bases, states[thread].path());
+        let built = build_with_memobuild(case, &bases, states[thread].path(), extra);
         verdict::judge(case, &expected, &built.outcome, &built.log)
     });
     let table = verdict::table(&rows, started.elapsed());
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("conformance-table.txt");
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(table_file);
     std::fs::write(&path, &table).unwrap();
     eprintln!("{table}\n(table written to {})", path.display());
     let failing: Vec<String> = rows.iter().filter(|r| r.fails_suite()).map(|r| r.summary()).collect();
-    assert!(failing.is_empty(), "{} case(s) differ from BuildKit:\n{}", failing.len(), failing.join("\n"));
+    assert!(failing.is_empty(), "{} case(s) differ from BuildKit {extra:?}:\n{}", failing.len(), failing.join("\n"));
 }
 
 /// `scripts/conformance.sh --refresh`: builds the selected cases with
