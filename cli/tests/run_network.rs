@@ -411,4 +411,5 @@ async fn a_cluster_worker_runs_steps_in_its_user_namespace() {
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("userns_remap") && stderr.contains("at or above the size"), "{stderr}");
+    server.stop().await;
 }
