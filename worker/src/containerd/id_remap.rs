@@ -103,12 +103,7 @@ impl IdmappedMounts {
 
     fn release(&mut self) -> Result<()> {
         for entry in self.entries.drain(..).rev() {
-            if entry.is_dir() {
-                release_mount_point(&entry)?;
-            } else {
-                let _ = nix::mount::umount2(&entry, nix::mount::MntFlags::MNT_DETACH);
-                std::fs::remove_file(&entry).with_context(|| format!("removing {}", entry.display()))?;
-            }
+            release_mount_point(&entry)?;
         }
         std::fs::remove_dir(&self.dir).with_context(|| format!("removing {}", self.dir.display()))
     }

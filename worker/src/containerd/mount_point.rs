@@ -57,13 +57,18 @@ impl Drop for MountPoint {
 }
 
 /// Unmounts what is mounted at `path`, if anything (lazily: whatever still
-/// holds the mount keeps it), and removes the directory, if it is there.
+/// holds the mount keeps it), and removes the directory (or the file, for a
+/// mount of a file), if it is there.
 pub(super) fn release_mount_point(path: &Path) -> Result<()> {
     match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
         Err(e) => return Err(Error::internal(format!("unmounting {}: {e}", path.display()))),
     }
-    match std::fs::remove_dir(path) {
+    let removed = match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.is_dir() => std::fs::remove_file(path),
+        _ => std::fs::remove_dir(path),
+    };
+    match removed {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::from(e).context(format!("removing mount point {}", path.display()))),
