@@ -23,7 +23,9 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::build::{anyhow_of, cancel_on_signals, render, write_results, BuildArgs, BuildInputs, ProgressMode};
+use crate::build::{
+    anyhow_of, cancel_on_signals, render, write_results, BuildArgs, BuildInputs, ContextPart, ProgressMode,
+};
 use crate::config::default_state_dir;
 use crate::credentials::ClientArgs;
 
@@ -148,7 +150,8 @@ async fn build(args: RemoteBuildArgs) -> anyhow::Result<Option<String>> {
         );
     }
     let state_dir = build.state_dir.clone().unwrap_or_else(default_state_dir);
-    let inputs = BuildInputs::read(build, state_dir.join("context-cache")).await?;
+    // The cluster plans the build, so it gets the whole context.
+    let inputs = BuildInputs::read(build, state_dir.join("context-cache"), ContextPart::Whole).await?;
     let channel = channel(&args.endpoint)?;
     let credentials = args.endpoint.client.credentials()?;
     let cas =

@@ -492,3 +492,34 @@ fn a_metadata_only_scratch_image_is_the_same_on_every_build() {
     assert_eq!(String::from_utf8_lossy(&again.output.stdout), String::from_utf8_lossy(&first.output.stdout));
     assert_eq!([written(&oci), written(&docker)], before, "the rebuild made another image or wrote an output again");
 }
+
+/// A build scans only the context paths its Dockerfile names, as BuildKit
+/// sends only those: a file elsewhere that no REAPI tree can hold (a name
+/// that is not UTF-8) does not stop it, though `COPY .` is refused for it.
+/// A source that leads out of that part (a symlink) makes the build scan
+/// the rest, so a change there is built, never served from the cache.
+#[test]
+fn a_build_scans_only_the_context_it_names() {
+    use std::os::unix::ffi::OsStrExt;
+    let project = Project::new(&[
+        ("Dockerfile", "FROM scratch\nCOPY app.txt /\n"),
+        ("app.txt", "app\n"),
+        ("data/real.txt", "one\n"),
+    ]);
+    let junk = project.path().join(std::ffi::OsStr::from_bytes(b"junk-\xff"));
+    std::fs::write(&junk, "x").unwrap();
+    assert_eq!(project.built_image(&[]).read("/app.txt"), "app\n");
+
+    project.write("Dockerfile", "FROM scratch\nCOPY . /all/\n");
+    let build = project.build(&[]);
+    assert!(!build.ok());
+    assert!(build.stderr().contains("is not UTF-8"), "{}", build.stderr());
+
+    std::fs::remove_file(&junk).unwrap();
+    std::os::unix::fs::symlink("data/real.txt", project.path().join("link.txt")).unwrap();
+    project.write("Dockerfile", "FROM scratch\nCOPY app.txt link.txt /\n");
+    let image = project.built_image(&[]);
+    assert_eq!((image.read("/app.txt"), image.read("/link.txt")), ("app\n".into(), "one\n".into()));
+    project.write("data/real.txt", "two\n");
+    assert_eq!(project.built_image(&[]).read("/link.txt"), "two\n");
+}

@@ -33,6 +33,9 @@ pub struct ImageBuild {
     pub dockerfile_name: String,
     pub dockerfile: String,
     pub context: Arc<BuildContext>,
+    /// For a `context` that holds only part of its directory: how to scan
+    /// all of it, when planning looks outside that part.
+    pub whole_context: Option<WholeContext>,
     pub context_files: ContextFiles,
     pub build_args: BTreeMap<String, String>,
     pub target: Option<String>,
@@ -56,6 +59,9 @@ pub struct ImageBuild {
     pub check: bool,
 }
 
+/// Scans the whole of a build context.
+pub type WholeContext = Box<dyn FnOnce() -> Result<BuildContext> + Send>;
+
 /// What a build made.
 pub struct BuiltOutput {
     /// `sha256:` digest of the config; `None` in a dry run.
@@ -72,7 +78,7 @@ impl ImageBuild {
     /// Runs the build; steps that must run go to `executor`. Cancelling
     /// `cancel` stops running steps and exports nothing.
     pub async fn run(
-        self,
+        mut self,
         stores: Arc<EngineStores>,
         executor: Arc<dyn StepExecutor>,
         events: &EventSender,
@@ -179,7 +185,16 @@ impl ImageBuild {
 }
 
 impl ImageBuild {
-    fn plan(&self, options: &BuildOptions) -> Result<memobuild_frontend::BuildGraph> {
+    /// Plans the Dockerfile; again with the whole context if the plan
+    /// looked outside the part of it that was scanned.
+    fn plan(&mut self, options: &BuildOptions) -> Result<memobuild_frontend::BuildGraph> {
+        let planned = plan_text(&self.dockerfile_name, &self.dockerfile, &self.context, options);
+        let Some(path) = self.context.outside_scope() else { return planned };
+        tracing::debug!(path, "the build reads more of its context than was scanned: scanning all of it");
+        let scan = self.whole_context.take().ok_or_else(|| {
+            Error::internal(format!("the build reads {path:?}, outside the part of its context that was sent"))
+        })?;
+        self.context = Arc::new(tokio::task::block_in_place(scan)?);
         plan_text(&self.dockerfile_name, &self.dockerfile, &self.context, options)
     }
 }

@@ -2,11 +2,12 @@
 //! COPY/ADD sources can be looked up and digested.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
 
 use memobuild_proto::{protobuf, reapi, Digest, DigestFunction, DigestHasher, Error, Result};
 use prost::Message;
 
-use crate::{clean_path, DockerIgnore, IgnorePattern};
+use crate::{clean_path, ContextScope, DockerIgnore, IgnorePattern};
 
 /// One path of the context.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +35,10 @@ pub struct BuildContext {
     /// Files that are hard links of one another: each member of a group
     /// (two or more files) to the group's first path.
     hardlinks: BTreeMap<String, String>,
+    /// What of the context directory was read.
+    scope: ContextScope,
+    /// The first path a lookup wanted from outside `scope`.
+    outside: OnceLock<String>,
 }
 
 const DIR_MODE: u32 = 0o755;
@@ -151,7 +156,7 @@ impl BuildContext {
             Some(ContextEntry::Directory { digest, .. }) => *digest,
             _ => return Err(Error::internal("context root not digested")),
         };
-        Ok(BuildContext { root, directories, entries, hardlinks })
+        Ok(BuildContext { root, directories, entries, hardlinks, scope: ContextScope::Whole, outside: OnceLock::new() })
     }
 
     /// Rebuilds a context from its root digest and `Directory` messages (as a
@@ -219,7 +224,36 @@ impl BuildContext {
             directories: BTreeMap::new(),
             entries: BTreeMap::new(),
             hardlinks: BTreeMap::new(),
+            scope: ContextScope::Whole,
+            outside: OnceLock::new(),
         })
+    }
+
+    /// The same context, saying that it holds only `scope` of its
+    /// directory: a lookup outside it finds nothing and is remembered.
+    pub fn with_scope(mut self, scope: ContextScope) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    pub fn scope(&self) -> &ContextScope {
+        &self.scope
+    }
+
+    /// The first path a lookup wanted from outside the scope: what was
+    /// planned with this context must be planned again with all of it.
+    pub fn outside_scope(&self) -> Option<&str> {
+        self.outside.get().map(String::as_str)
+    }
+
+    /// Whether `path` is known (`whole`: with everything under it); if
+    /// not, it is remembered as wanted from outside the scope.
+    fn in_scope(&self, path: &str, whole: bool) -> bool {
+        let known = if whole { self.scope.holds(path) } else { self.scope.knows(path) };
+        if !known {
+            let _ = self.outside.set(path.to_string());
+        }
+        known
     }
 
     /// The digest of the root `Directory`.
@@ -264,6 +298,9 @@ impl BuildContext {
         while let Some(component) = pending.pop() {
             current.push(component);
             let joined = current.join("/");
+            if !self.in_scope(&joined, false) {
+                return Ok(None);
+            }
             match self.entries.get(&joined) {
                 None => return Ok(None),
                 Some(ContextEntry::File { .. }) if !pending.is_empty() => return Ok(None),
@@ -313,6 +350,9 @@ impl BuildContext {
                     next.insert(join(base, &component));
                     continue;
                 }
+                if !self.in_scope(&dir, true) {
+                    continue;
+                }
                 let matcher = IgnorePattern::glob(&component)?;
                 for name in self.children(&dir) {
                     if matcher.matches(name) {
@@ -340,6 +380,9 @@ impl BuildContext {
     /// `exclude` matches: paths relative to `path`, or its name for a file;
     /// with `under` (`COPY --parents`), relative to where `path` lands.
     pub fn selection_digest(&self, path: &str, exclude: &DockerIgnore, under: Option<&str>) -> Option<Digest> {
+        if !self.in_scope(path, true) {
+            return None;
+        }
         let entry = self.entries.get(path)?;
         match entry {
             ContextEntry::Directory { digest, .. } if exclude.is_empty() => Some(*digest),

@@ -1,8 +1,8 @@
-//! Walks a build context directory, applies `.dockerignore`, hashes every
-//! regular file with BLAKE3 in parallel (reusing the stat cache) and builds
-//! the context's REAPI trees.
+//! Walks a build context directory (all of it, or the paths a build names),
+//! applies `.dockerignore`, hashes every regular file with BLAKE3 in
+//! parallel (reusing the stat cache) and builds the context's REAPI trees.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use memobuild_proto::{Digest, DigestFunction, Error, Result, ResultExt};
 
 use crate::stat_cache::{FileStat, StatCache};
-use crate::{BuildContext, ContextNode, DockerIgnore};
+use crate::{BuildContext, ContextNode, ContextScope, DockerIgnore};
 
 /// Counters of one scan.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,6 +31,15 @@ pub struct ContextScanner {
     ignore: DockerIgnore,
     cache_dir: Option<PathBuf>,
     threads: usize,
+}
+
+/// What a walk found, before files are hashed.
+#[derive(Default)]
+struct Found {
+    nodes: BTreeMap<String, ContextNode>,
+    /// The mode of every directory walked or passed through.
+    dir_modes: BTreeMap<String, u32>,
+    files: Vec<PendingFile>,
 }
 
 struct PendingFile {
@@ -58,15 +67,29 @@ impl ContextScanner {
         self
     }
 
-    /// Scans the context.
+    /// Scans the whole context.
     pub fn scan(&self) -> Result<(BuildContext, ScanStats)> {
+        self.scan_within(&ContextScope::Whole)
+    }
+
+    /// Scans the part of the context in `scope`. The whole context is
+    /// scanned instead when the part cannot be read on its own: a directory
+    /// above one of its paths is a symlink, or a file in it has hard links
+    /// (which may be other files of the context).
+    pub fn scan_within(&self, scope: &ContextScope) -> Result<(BuildContext, ScanStats)> {
         let start_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
         let root =
             std::fs::canonicalize(&self.root).with_context(|| format!("build context {}", self.root.display()))?;
-        let mut nodes = BTreeMap::new();
-        let mut dir_modes = BTreeMap::new();
-        let mut files = Vec::new();
-        self.walk(&root, "", &mut nodes, &mut dir_modes, &mut files)?;
+        let mut found = Found::default();
+        match scope {
+            ContextScope::Whole => self.walk(&root, "", &mut found)?,
+            ContextScope::Paths(paths) => {
+                if !self.walk_paths(&root, paths, &mut found)? || found.files.iter().any(|f| f.linked.is_some()) {
+                    return self.scan();
+                }
+            }
+        }
+        let Found { mut nodes, dir_modes, files } = found;
 
         let mut cache = self.cache_dir.as_ref().map(|d| StatCache::open(d, &root));
         let mut digests: Vec<Option<Digest>> =
@@ -100,25 +123,54 @@ impl ContextScanner {
         if let Some(mode) = dir_modes.get("") {
             nodes.insert(String::new(), ContextNode::Directory { mode: *mode });
         }
-        if let Some(c) = cache {
+        if let Some(mut c) = cache {
+            c.keep_outside(scope);
             // A cache that cannot be written only costs speed next time.
             if let Err(e) = c.save() {
                 tracing::warn!(error = %e, "could not save the context stat cache");
             }
         }
-        Ok((BuildContext::from_linked_nodes(nodes, hardlinks)?, stats))
+        let context = BuildContext::from_linked_nodes(nodes, hardlinks)?.with_scope(scope.clone());
+        Ok((context, stats))
     }
 
-    fn walk(
-        &self,
-        dir: &Path,
-        rel: &str,
-        nodes: &mut BTreeMap<String, ContextNode>,
-        dir_modes: &mut BTreeMap<String, u32>,
-        files: &mut Vec<PendingFile>,
-    ) -> Result<()> {
+    /// Reads each of `paths` with everything under it, and the directories
+    /// above them; `false` if one of those is not a directory (a symlink
+    /// would lead elsewhere in the context).
+    fn walk_paths(&self, root: &Path, paths: &BTreeSet<String>, found: &mut Found) -> Result<bool> {
+        let lstat = |rel: &str| match std::fs::symlink_metadata(root.join(rel)) {
+            Ok(meta) => Ok(Some(meta)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", root.join(rel).display())),
+        };
+        if let Some(meta) = lstat("")? {
+            found.dir_modes.insert(String::new(), meta.mode() & 0o7777);
+        }
+        'paths: for path in paths {
+            for above in path.match_indices('/').map(|(i, _)| &path[..i]) {
+                let Some(meta) = lstat(above)? else { continue 'paths };
+                if !meta.is_dir() {
+                    return Ok(false);
+                }
+                let excluded = self.ignore.is_excluded(above);
+                if excluded && !self.ignore.has_exclusions() {
+                    continue 'paths;
+                }
+                found.dir_modes.insert(above.to_string(), meta.mode() & 0o7777);
+                if !excluded {
+                    found.nodes.insert(above.to_string(), ContextNode::Directory { mode: meta.mode() & 0o7777 });
+                }
+            }
+            if let Some(meta) = lstat(path)? {
+                self.visit(&root.join(path), path.clone(), &meta, found)?;
+            }
+        }
+        Ok(true)
+    }
+
+    fn walk(&self, dir: &Path, rel: &str, found: &mut Found) -> Result<()> {
         let meta = std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
-        dir_modes.insert(rel.to_string(), meta.mode() & 0o7777);
+        found.dir_modes.insert(rel.to_string(), meta.mode() & 0o7777);
         let read = std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
         for entry in read {
             let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
@@ -130,37 +182,44 @@ impl ContextScanner {
                 ))
             })?;
             let rel = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-            let excluded = self.ignore.is_excluded(&rel);
             let meta = std::fs::symlink_metadata(&abs).with_context(|| format!("reading {}", abs.display()))?;
-            let kind = meta.file_type();
-            if kind.is_dir() {
-                if excluded && !self.ignore.has_exclusions() {
-                    continue;
-                }
-                if !excluded {
-                    nodes.insert(rel.clone(), ContextNode::Directory { mode: meta.mode() & 0o7777 });
-                }
-                self.walk(&abs, &rel, nodes, dir_modes, files)?;
-            } else if excluded {
-                continue;
-            } else if kind.is_symlink() {
-                let target = std::fs::read_link(&abs).with_context(|| format!("reading link {}", abs.display()))?;
-                let target = target.into_os_string().into_string().map_err(|t| {
-                    Error::invalid_argument(format!("{}: symlink target {t:?} is not UTF-8", abs.display()))
-                })?;
-                nodes.insert(rel, ContextNode::Symlink { target });
-            } else if kind.is_file() {
-                let stat = FileStat {
-                    size: meta.size(),
-                    mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-                    inode: meta.ino(),
-                    mode: meta.mode(),
-                };
-                let linked = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
-                files.push(PendingFile { rel, abs, stat, linked });
-            }
-            // Sockets, fifos and devices are not part of a build context.
+            self.visit(&abs, rel, &meta, found)?;
         }
+        Ok(())
+    }
+
+    /// Records one path of the context (walking into a directory), unless
+    /// `.dockerignore` leaves it out.
+    fn visit(&self, abs: &Path, rel: String, meta: &std::fs::Metadata, found: &mut Found) -> Result<()> {
+        let excluded = self.ignore.is_excluded(&rel);
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            if excluded && !self.ignore.has_exclusions() {
+                return Ok(());
+            }
+            if !excluded {
+                found.nodes.insert(rel.clone(), ContextNode::Directory { mode: meta.mode() & 0o7777 });
+            }
+            self.walk(abs, &rel, found)?;
+        } else if excluded {
+            return Ok(());
+        } else if kind.is_symlink() {
+            let target = std::fs::read_link(abs).with_context(|| format!("reading link {}", abs.display()))?;
+            let target = target.into_os_string().into_string().map_err(|t| {
+                Error::invalid_argument(format!("{}: symlink target {t:?} is not UTF-8", abs.display()))
+            })?;
+            found.nodes.insert(rel, ContextNode::Symlink { target });
+        } else if kind.is_file() {
+            let stat = FileStat {
+                size: meta.size(),
+                mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+                inode: meta.ino(),
+                mode: meta.mode(),
+            };
+            let linked = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
+            found.files.push(PendingFile { rel, abs: abs.to_path_buf(), stat, linked });
+        }
+        // Sockets, fifos and devices are not part of a build context.
         Ok(())
     }
 

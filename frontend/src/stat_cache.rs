@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use memobuild_proto::{Digest, DigestFunction, Error, Result, ResultExt};
 use serde::{Deserialize, Serialize};
 
+use crate::ContextScope;
+
 /// What `lstat` says about a regular file; equal stats mean equal content
 /// (as long as the mtime is not too recent, see [`StatCache::insert`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,7 +77,18 @@ impl StatCache {
         self.new.insert(path.to_string(), CachedFile { stat, blake3: digest.hex() });
     }
 
-    /// Writes the cache (only the files seen in this scan), atomically;
+    /// Keeps the entries of files outside `scope`, which this scan did not
+    /// look at.
+    pub fn keep_outside(&mut self, scope: &ContextScope) {
+        for (path, file) in &self.old {
+            if !scope.holds(path) {
+                self.new.entry(path.clone()).or_insert_with(|| file.clone());
+            }
+        }
+    }
+
+    /// Writes the cache (the files seen in this scan, and those kept by
+    /// [`StatCache::keep_outside`]), atomically;
     /// not at all when this scan has nothing to add to it. Entries of files
     /// since deleted or changed too recently to record are then left in
     /// place: an entry only ever matches the stat it was recorded with.

@@ -7,7 +7,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use memobuild_frontend::{ContextEntry, ContextScanner, DockerIgnore};
+use memobuild_frontend::{
+    context_scope, plan_text, BuildOptions, ContextEntry, ContextScanner, ContextScope, DockerIgnore, Dockerfile,
+    ScanStats,
+};
 use memobuild_proto::{Digest, DigestFunction};
 
 fn write(root: &Path, rel: &str, data: &str) {
@@ -211,4 +214,88 @@ fn a_tree_with_a_false_hard_link_is_refused() {
     directories.insert(digest, message);
     let error = memobuild_frontend::BuildContext::from_tree(&digest, &directories).unwrap_err();
     assert!(error.message().contains("context hard link \"b\""), "{}", error.message());
+}
+
+fn scan_part(dir: &Path, paths: &[&str], ignore: &[&str]) -> (memobuild_frontend::BuildContext, ScanStats) {
+    let scope = ContextScope::of_paths(paths.iter().map(|p| p.to_string()));
+    ContextScanner::new(dir, DockerIgnore::from_patterns(ignore).unwrap()).scan_within(&scope).unwrap()
+}
+
+fn step_keys(dockerfile: &str, context: &memobuild_frontend::BuildContext) -> Vec<(String, String)> {
+    let graph = plan_text("Dockerfile", dockerfile, context, &BuildOptions::default()).unwrap();
+    graph.steps().map(|s| (s.instruction.clone(), s.key.hex())).collect()
+}
+
+/// A build scans only the paths its Dockerfile names, and plans exactly
+/// as it would with the whole context.
+#[test]
+fn the_part_a_dockerfile_names_is_scanned_alone_and_plans_the_same() {
+    let dir = sample();
+    write(dir.path(), "src/skip.key", "secret");
+    let dockerfile = "FROM scratch\nCOPY src/*.rs /src/\nCOPY build.sh /\nCOPY --from=other /x /y\n";
+    let parsed = Dockerfile::parse("Dockerfile", dockerfile).unwrap();
+    let scope = context_scope(&parsed);
+    assert_eq!(scope, ContextScope::of_paths(["src".to_string(), "build.sh".to_string()]));
+    let ignore = DockerIgnore::from_patterns(&["**/*.key"]).unwrap();
+    let (part, stats) = ContextScanner::new(dir.path(), ignore.clone()).scan_within(&scope).unwrap();
+    assert_eq!(stats.files, 3, "src/main.rs, src/lib.rs and build.sh; not README.md, target/ or the ignored key");
+    assert!(part.entry("README.md").is_none() && part.entry("src/skip.key").is_none());
+    let (whole, _) = ContextScanner::new(dir.path(), ignore).scan().unwrap();
+    let dockerfile = "FROM scratch\nCOPY src/*.rs /src/\nCOPY build.sh /\n";
+    assert_eq!(step_keys(dockerfile, &part), step_keys(dockerfile, &whole));
+    assert_eq!(part.outside_scope(), None);
+}
+
+/// A lookup outside the scanned part finds nothing and is remembered, so
+/// the build plans again with the whole context: a symlink leading
+/// elsewhere, another file, a wildcard over an unscanned directory, the
+/// context root.
+#[test]
+fn a_lookup_outside_the_scanned_part_is_remembered() {
+    let dir = sample();
+    let outside = |paths: &[&str], lookup: &dyn Fn(&memobuild_frontend::BuildContext)| {
+        let (part, _) = scan_part(dir.path(), paths, &[]);
+        lookup(&part);
+        part.outside_scope().map(str::to_string)
+    };
+    let resolve =
+        |path: &'static str| move |c: &memobuild_frontend::BuildContext| assert_eq!(c.resolve(path).unwrap(), None);
+    assert_eq!(outside(&["link"], &resolve("link")), Some("src".into()), "link -> src/main.rs");
+    assert_eq!(outside(&["src"], &resolve("README.md")), Some("README.md".into()));
+    assert_eq!(outside(&["src/main.rs"], &|c| assert!(c.glob("src/*.rs").unwrap().is_empty())), Some("src".into()));
+    let root = |c: &memobuild_frontend::BuildContext| {
+        assert_eq!(c.selection_digest("", &DockerIgnore::default(), None), None);
+    };
+    assert_eq!(outside(&["src"], &root), Some(String::new()));
+    assert_eq!(outside(&["src"], &resolve("src/nope.rs")), None, "a missing file in a scanned directory is missing");
+    assert_eq!(outside(&["missing/file"], &resolve("missing/file")), None);
+}
+
+/// A part that cannot be read on its own is read whole: a file in it with
+/// other hard links (they may be elsewhere in the context), or a symlink
+/// above one of its paths.
+#[test]
+fn a_part_with_hard_links_or_a_symlinked_parent_is_read_whole() {
+    let dir = sample();
+    fs::hard_link(dir.path().join("README.md"), dir.path().join("src/readme-link.md")).unwrap();
+    let (context, stats) = scan_part(dir.path(), &["src"], &[]);
+    assert_eq!((stats.files, context.scope()), (6, &ContextScope::Whole));
+    let dir = sample();
+    std::os::unix::fs::symlink("src", dir.path().join("code")).unwrap();
+    let (context, _) = scan_part(dir.path(), &["code/main.rs"], &[]);
+    assert_eq!(context.scope(), &ContextScope::Whole);
+}
+
+/// A part's scan keeps the stat cache's entries of the rest, so a later
+/// whole scan reads nothing again.
+#[test]
+fn a_part_scan_keeps_the_rest_of_the_stat_cache() {
+    let dir = sample();
+    let cache = tempfile::tempdir().unwrap();
+    let scanner = ContextScanner::new(dir.path(), DockerIgnore::default()).with_cache_dir(cache.path());
+    assert_eq!(scanner.scan().unwrap().1.hashed, 5);
+    write(dir.path(), "src/main.rs", "fn main() { changed() }\n");
+    let scope = ContextScope::of_paths(["src".to_string()]);
+    assert_eq!(scanner.scan_within(&scope).unwrap().1.hashed, 1);
+    assert_eq!(scanner.scan().unwrap().1.hashed, 0);
 }

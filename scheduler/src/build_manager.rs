@@ -595,6 +595,7 @@ fn image_build(request: &BuildRequest, context: Arc<BuildContext>) -> Result<Ima
         dockerfile_name: request.dockerfile_name.clone(),
         dockerfile: request.dockerfile.clone(),
         context,
+        whole_context: None,
         context_files: ContextFiles::Cas,
         build_args: request.build_args.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         target: Some(request.target.clone()).filter(|t| !t.is_empty()),

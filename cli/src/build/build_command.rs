@@ -9,9 +9,11 @@ use anyhow::Context;
 use memobuild_engine::{
     check_docker, metadata, parse_entitlement, parse_network, write_iidfile, write_metadata_file, write_outputs,
     BuildRecord, BuildSettings, BuiltOutput, ContextFiles, EventSender, ExportRequest, HostEntry, ImageBuild,
-    OutputSpec, ResourceLimits, SecretSpec, Secrets, HOST_ENTITLEMENT, INSECURE_ENTITLEMENT,
+    OutputSpec, ResourceLimits, SecretSpec, Secrets, WholeContext, HOST_ENTITLEMENT, INSECURE_ENTITLEMENT,
 };
-use memobuild_frontend::{BuildContext, ContextScanner, DockerIgnore, NetworkMode, Platform};
+use memobuild_frontend::{
+    context_scope, BuildContext, ContextScanner, ContextScope, DockerIgnore, Dockerfile, NetworkMode, Platform,
+};
 use memobuild_worker::containerd::IdMap;
 use memobuild_worker::steps::{SshAgents, SshSpec};
 use tokio_util::sync::CancellationToken;
@@ -177,6 +179,16 @@ pub fn anyhow_of(e: memobuild_proto::Error) -> anyhow::Error {
     anyhow::anyhow!("{}", e.message())
 }
 
+/// How much of the context a build scans before it plans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContextPart {
+    /// All of it.
+    Whole,
+    /// The paths the Dockerfile names; planning scans the rest if it needs
+    /// more (a base image's ONBUILD, a symlink leading elsewhere).
+    Named,
+}
+
 /// What a build needs from its flags and files, read and checked before
 /// anything runs: the same for `memobuild build` and `memobuild remote build`.
 pub struct BuildInputs {
@@ -184,6 +196,7 @@ pub struct BuildInputs {
     pub dockerfile: String,
     pub context_dir: PathBuf,
     pub context: Arc<BuildContext>,
+    scanner: ContextScanner,
     pub platform: Platform,
     pub outputs: Vec<OutputSpec>,
     pub source_date_epoch: Option<u64>,
@@ -195,9 +208,9 @@ pub struct BuildInputs {
 }
 
 impl BuildInputs {
-    /// Reads the Dockerfile, scans the context (with the stat cache in
-    /// `stat_cache`) and checks every flag.
-    pub async fn read(args: &BuildArgs, stat_cache: PathBuf) -> anyhow::Result<Self> {
+    /// Reads the Dockerfile, scans `part` of the context (with the stat
+    /// cache in `stat_cache`) and checks every flag.
+    pub async fn read(args: &BuildArgs, stat_cache: PathBuf, part: ContextPart) -> anyhow::Result<Self> {
         let source = BuildSource::read(&args.context, args.file.as_deref()).await?;
         let context_dir = source.context_dir;
         let ignore = DockerIgnore::load(&context_dir, source.dockerfile_path.as_deref()).map_err(anyhow_of)?;
@@ -205,7 +218,12 @@ impl BuildInputs {
         if source.temporary.is_none() {
             scanner = scanner.with_cache_dir(stat_cache);
         }
-        let (context, _) = tokio::task::block_in_place(|| scanner.scan()).map_err(anyhow_of)?;
+        // A Dockerfile that does not parse is reported when it is planned.
+        let scope = match (part, Dockerfile::parse(&source.dockerfile_name, &source.dockerfile)) {
+            (ContextPart::Named, Ok(dockerfile)) => context_scope(&dockerfile),
+            _ => ContextScope::Whole,
+        };
+        let (context, _) = tokio::task::block_in_place(|| scanner.scan_within(&scope)).map_err(anyhow_of)?;
         let platform = match &args.platform {
             Some(p) => p.parse::<Platform>().map_err(anyhow_of)?,
             None => Platform::host(),
@@ -229,6 +247,7 @@ impl BuildInputs {
             dockerfile: source.dockerfile,
             context_dir,
             context: Arc::new(context),
+            scanner,
             platform,
             outputs,
             source_date_epoch,
@@ -246,6 +265,10 @@ impl BuildInputs {
             dockerfile_name: self.dockerfile_name.clone(),
             dockerfile: self.dockerfile.clone(),
             context: self.context.clone(),
+            whole_context: (*self.context.scope() != ContextScope::Whole).then(|| {
+                let scanner = self.scanner.clone();
+                Box::new(move || scanner.scan().map(|(context, _)| context)) as WholeContext
+            }),
             context_files,
             build_args: args.build_args.iter().cloned().collect(),
             target: args.target.clone(),
@@ -330,7 +353,7 @@ pub async fn run(args: BuildArgs, state_dir: PathBuf) -> anyhow::Result<BuildOut
 }
 
 async fn build(args: &BuildArgs, state: Arc<LocalState>) -> anyhow::Result<BuildOutcome> {
-    let inputs = BuildInputs::read(args, state.stat_cache_dir()).await?;
+    let inputs = BuildInputs::read(args, state.stat_cache_dir(), ContextPart::Named).await?;
     let ssh = tokio::task::block_in_place(|| SshAgents::start(&args.ssh)).map_err(anyhow_of)?;
     let builds = !args.dry_run && !args.check();
     if builds && inputs.outputs.iter().any(|o| matches!(o, OutputSpec::Load { .. })) {

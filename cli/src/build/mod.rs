@@ -13,7 +13,7 @@ mod prune;
 mod run_limits;
 
 pub use build_command::{
-    anyhow_of, cancel_on_signals, explain_cache, run, write_results, BuildArgs, BuildInputs, BuildOutcome,
+    anyhow_of, cancel_on_signals, explain_cache, run, write_results, BuildArgs, BuildInputs, BuildOutcome, ContextPart,
 };
 pub use finish_steps::{finish_steps, FINISH_STEPS};
 pub use progress::{render, ProgressMode, StepCounts};
