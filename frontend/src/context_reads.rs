@@ -71,8 +71,8 @@ fn literal(lexer: ShellLexer, word: &str) -> Option<String> {
 }
 
 /// The elements of a source path before its first wildcard, as a clean
-/// relative path (`..` at the root stays there, as planning refuses a path
-/// that leads out of the context); `None` when that is the context root.
+/// relative path (a `..` above the root is dropped: planning refuses such
+/// a path anyway); `None` when that is the context root.
 fn fixed_part(path: &str) -> Option<String> {
     let cleaned = clean_path(&format!("/{path}"));
     let fixed: Vec<&str> = cleaned.split('/').filter(|c| !c.is_empty()).take_while(|c| !has_wildcard(c)).collect();
