@@ -77,7 +77,7 @@ fn the_last_steps_are_removed_after_the_build_exits() {
     let deadline = Instant::now() + Duration::from_secs(30);
     wait_until_no_step_is_left(&address, deadline);
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let rootfs: Vec<&str> = mounts.lines().filter(|l| l.contains("memobuild-rootfs-memobuild-step")).collect();
+    let rootfs: Vec<&str> = mounts.lines().filter(|l| l.contains(".rootfs-memobuild-step")).collect();
     let ours: Vec<&&str> = rootfs.iter().filter(|l| l.contains(daemon_dir.path().to_str().unwrap())).collect();
     assert!(ours.is_empty(), "rootfs mounts left: {ours:?}");
     // The default network's bridge goes last.
@@ -98,6 +98,73 @@ fn the_last_steps_are_removed_after_the_build_exits() {
     assert!(build.ok(), "{}", build.stderr());
     assert_eq!((build.ran(), build.cached()), (vec!["0.3".to_string()], vec!["0.1".to_string(), "0.2".to_string()]));
     // Stopping containerd under memobuild finish-steps would strand a shim.
+    wait_until_no_step_is_left(&address, Instant::now() + Duration::from_secs(30));
+    runtime.block_on(containerd.shutdown()).unwrap();
+}
+
+/// The mount points of builds whose process is gone (a build killed in
+/// the middle of a RUN), in the temporary directory with the process id
+/// in their names.
+fn abandoned_rootfs_mounts(pid: u32) -> Vec<String> {
+    let marker = format!("/memobuild.{pid}.rootfs-");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mounts.lines().filter(|l| l.contains(&marker)).map(str::to_string).collect()
+}
+
+/// A build killed in the middle of a RUN leaves that step's rootfs
+/// mounted; the next build that runs a step unmounts and removes it.
+#[test]
+fn a_killed_builds_rootfs_mount_is_removed_by_the_next_build() {
+    let daemon_dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let containerd = runtime.block_on(Containerd::start_private(daemon_dir.path())).unwrap();
+    let address = containerd.address().to_path_buf();
+    let project = Project::new(&[("Dockerfile", &format!("FROM {}\nRUN sleep 120\n", fixture().base()))]);
+    let mut killed = Command::new(env!("CARGO_BIN_EXE_memobuild"))
+        .args(["build", "--progress", "json", "--state-dir"])
+        .arg(project.state_dir())
+        .arg("--containerd-address")
+        .arg(&address)
+        .arg(project.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = killed.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while abandoned_rootfs_mounts(pid).is_empty() {
+        assert!(Instant::now() < deadline, "the RUN step never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(abandoned_rootfs_mounts(pid).len(), 1, "the killed build's rootfs stays mounted");
+
+    let next = Project::new(&[("Dockerfile", &format!("FROM {}\nRUN echo next > /next.txt\n", fixture().base()))]);
+    let build = next.build(&["--containerd-address", address.to_str().unwrap()]);
+    assert!(build.ok(), "{}", build.stderr());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !abandoned_rootfs_mounts(pid).is_empty() {
+        assert!(Instant::now() < deadline, "{:?}", abandoned_rootfs_mounts(pid));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(&format!("memobuild.{pid}.")))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // The killed build's task still runs in containerd: remove it.
+    let ctr_quietly = |args: &[&str]| {
+        let mut command = Command::new("ctr");
+        command.arg("--address").arg(&address).args(["--namespace", NAMESPACE]).args(args).output().unwrap()
+    };
+    for id in ctr(&address, &["containers", "ls", "-q"]).lines() {
+        ctr_quietly(&["tasks", "delete", "--force", id]);
+        ctr_quietly(&["containers", "delete", id]);
+        ctr_quietly(&["snapshots", "rm", id]);
+    }
     wait_until_no_step_is_left(&address, Instant::now() + Duration::from_secs(30));
     runtime.block_on(containerd.shutdown()).unwrap();
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use memobuild_proto::{Result, ResultExt};
 pub use memobuild_sandbox::IdMap;
 
-use super::mount_point::release_mount_point;
+use super::mount_point::{owned_dir, release_mount_point};
 use super::snapshot_mounts::SnapshotMounts;
 use super::{ContainerSpec, SpecMount};
 
@@ -63,7 +63,7 @@ impl IdmappedMounts {
     /// An empty directory `name` under the temporary directory.
     pub(super) fn create(name: &str, map: IdMap) -> Result<IdmappedMounts> {
         let namespace = namespace(map)?;
-        let dir = std::env::temp_dir().join(name);
+        let dir = owned_dir(name);
         std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(IdmappedMounts { map, namespace, dir, entries: Vec::new() })
     }
@@ -135,7 +135,7 @@ impl<'a> StepView<'a> {
         let Some(map) = spec.user_namespace else {
             return Ok(StepView { mounts, spec: Cow::Borrowed(spec), idmapped: None });
         };
-        let mut idmapped = IdmappedMounts::create(&format!("memobuild-idmap-{id}"), map)?;
+        let mut idmapped = IdmappedMounts::create(&format!("idmap-{id}"), map)?;
         let binds = spec.mounts.iter().map(|m| idmapped.bind_source(m)).collect::<Result<Vec<_>>>()?;
         Ok(StepView {
             mounts: mounts.remapped(&mut idmapped)?,

@@ -108,7 +108,7 @@ impl Containerd {
         // so that it can be unmounted, and the snapshot committed, as soon as
         // the step's processes are gone, without waiting for the task's
         // deletion.
-        let rootfs = cleanup.rootfs.insert(MountPoint::create(&format!("memobuild-rootfs-{id}"))?);
+        let rootfs = cleanup.rootfs.insert(MountPoint::create(&format!("rootfs-{id}"))?);
         for mount in &spec.mounts {
             create_cache_dir(mount)?;
         }
