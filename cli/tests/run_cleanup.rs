@@ -48,12 +48,18 @@ fn wait_until_no_step_is_left(address: &Path, deadline: Instant) {
     }
 }
 
+/// A containerd the builds do not own, as a system one would be, with
+/// its directory and the runtime that stops it.
+fn private_containerd() -> (tempfile::TempDir, tokio::runtime::Runtime, Containerd) {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let containerd = runtime.block_on(Containerd::start_private(dir.path())).unwrap();
+    (dir, runtime, containerd)
+}
+
 #[test]
 fn the_last_steps_are_removed_after_the_build_exits() {
-    // A containerd the builds do not own, as a system one would be.
-    let daemon_dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let containerd = runtime.block_on(Containerd::start_private(daemon_dir.path())).unwrap();
+    let (daemon_dir, runtime, containerd) = private_containerd();
     let address = containerd.address().to_path_buf();
 
     let dockerfile = format!("FROM {}\nRUN echo one > /one.txt\nRUN cat /one.txt > /two.txt\n", fixture().base());
@@ -115,12 +121,13 @@ fn abandoned_rootfs_mounts(pid: u32) -> Vec<String> {
 /// mounted; the next build that runs a step unmounts and removes it.
 #[test]
 fn a_killed_builds_rootfs_mount_is_removed_by_the_next_build() {
-    let daemon_dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let containerd = runtime.block_on(Containerd::start_private(daemon_dir.path())).unwrap();
+    let (_daemon_dir, runtime, containerd) = private_containerd();
     let address = containerd.address().to_path_buf();
+    // A temporary directory of their own: other builds would sweep too.
+    let tmp = tempfile::tempdir().unwrap();
     let project = Project::new(&[("Dockerfile", &format!("FROM {}\nRUN sleep 120\n", fixture().base()))]);
     let mut killed = Command::new(env!("CARGO_BIN_EXE_memobuild"))
+        .env("TMPDIR", tmp.path())
         .args(["build", "--progress", "json", "--state-dir"])
         .arg(project.state_dir())
         .arg("--containerd-address")
@@ -141,14 +148,15 @@ fn a_killed_builds_rootfs_mount_is_removed_by_the_next_build() {
     assert_eq!(abandoned_rootfs_mounts(pid).len(), 1, "the killed build's rootfs stays mounted");
 
     let next = Project::new(&[("Dockerfile", &format!("FROM {}\nRUN echo next > /next.txt\n", fixture().base()))]);
-    let build = next.build(&["--containerd-address", address.to_str().unwrap()]);
+    let tmpdir = tmp.path().to_str().unwrap();
+    let build = next.build_with_env(&["--containerd-address", address.to_str().unwrap()], &[("TMPDIR", tmpdir)]);
     assert!(build.ok(), "{}", build.stderr());
     let deadline = Instant::now() + Duration::from_secs(10);
     while !abandoned_rootfs_mounts(pid).is_empty() {
         assert!(Instant::now() < deadline, "{:?}", abandoned_rootfs_mounts(pid));
         std::thread::sleep(Duration::from_millis(50));
     }
-    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|name| name.starts_with(&format!("memobuild.{pid}.")))

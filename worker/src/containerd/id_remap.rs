@@ -60,7 +60,7 @@ pub(super) struct IdmappedMounts {
 }
 
 impl IdmappedMounts {
-    /// An empty directory `name` under the temporary directory.
+    /// This process's empty directory `name` (see [`owned_dir`]).
     pub(super) fn create(name: &str, map: IdMap) -> Result<IdmappedMounts> {
         let namespace = namespace(map)?;
         let dir = owned_dir(name);

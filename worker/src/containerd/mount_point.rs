@@ -136,11 +136,7 @@ fn remove_abandoned(path: &Path) -> Result<()> {
     if !mounts_under(path)?.is_empty() {
         return Err(Error::internal(format!("{} still holds mounts", path.display())));
     }
-    let removed = match std::fs::symlink_metadata(path) {
-        Ok(meta) if !meta.is_dir() => std::fs::remove_file(path),
-        _ => std::fs::remove_dir_all(path),
-    };
-    removed.with_context(|| format!("removing {}", path.display()))
+    std::fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))
 }
 
 /// The mount points at or under `path` in this mount namespace, in the
