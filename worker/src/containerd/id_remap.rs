@@ -21,7 +21,7 @@ use std::sync::Arc;
 use memobuild_proto::{Result, ResultExt};
 pub use memobuild_sandbox::IdMap;
 
-use super::mount_point::{owned_dir, release_mount_point};
+use super::mount_point::{create_owned_dir, release_mount_point};
 use super::snapshot_mounts::SnapshotMounts;
 use super::{ContainerSpec, SpecMount};
 
@@ -60,12 +60,10 @@ pub(super) struct IdmappedMounts {
 }
 
 impl IdmappedMounts {
-    /// This process's empty directory `name` (see [`owned_dir`]).
+    /// This process's empty directory `name` (see [`create_owned_dir`]).
     pub(super) fn create(name: &str, map: IdMap) -> Result<IdmappedMounts> {
         let namespace = namespace(map)?;
-        let dir = owned_dir(name);
-        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(IdmappedMounts { map, namespace, dir, entries: Vec::new() })
+        Ok(IdmappedMounts { map, namespace, dir: create_owned_dir(name)?, entries: Vec::new() })
     }
 
     pub(super) fn map(&self) -> IdMap {

@@ -17,11 +17,9 @@ pub(super) struct MountPoint {
 }
 
 impl MountPoint {
-    /// Creates this process's empty directory `name` (see [`owned_dir`]).
+    /// Creates this process's empty directory `name` (see [`create_owned_dir`]).
     pub(super) fn create(name: &str) -> Result<MountPoint> {
-        let path = owned_dir(name);
-        std::fs::create_dir(&path).with_context(|| format!("creating mount point {}", path.display()))?;
-        Ok(MountPoint { path, released: false })
+        Ok(MountPoint { path: create_owned_dir(name)?, released: false })
     }
 
     /// Mounts `mounts` here.
@@ -61,10 +59,7 @@ impl Drop for MountPoint {
 /// holds the mount keeps it), and removes the directory (or the file, for a
 /// mount of a file), if it is there.
 pub(super) fn release_mount_point(path: &Path) -> Result<()> {
-    match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
-        Err(e) => return Err(Error::internal(format!("unmounting {}: {e}", path.display()))),
-    }
+    unmount_lazily(path)?;
     let removed = match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.is_dir() => std::fs::remove_file(path),
         _ => std::fs::remove_dir(path),
@@ -76,25 +71,36 @@ pub(super) fn release_mount_point(path: &Path) -> Result<()> {
     }
 }
 
-/// What the names of the directories in [`owned_dir`] start with.
+/// Detaches what is mounted at `path`; nothing mounted, or no `path`, is
+/// no error.
+fn unmount_lazily(path: &Path) -> Result<()> {
+    match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(Error::internal(format!("unmounting {}: {e}", path.display()))),
+    }
+}
+
+/// What the names of the directories in [`create_owned_dir`] start with.
 const OWNED_PREFIX: &str = "memobuild.";
 
-/// Where this process makes its mount point or staging directory `name`:
+/// Creates this process's empty mount point or staging directory `name`:
 /// `memobuild.PID.NAME` under the temporary directory. A process killed
 /// in the middle of a step leaves its mounts there; the first call in
 /// each process starts [`sweep_abandoned`] in the background, which
 /// removes those of processes that are gone. (Processes that share a
 /// temporary directory must share a PID namespace, as they do on one
 /// host or in one pod.)
-pub(super) fn owned_dir(name: &str) -> PathBuf {
+pub(super) fn create_owned_dir(name: &str) -> Result<PathBuf> {
     static SWEEP: Once = Once::new();
     SWEEP.call_once(|| {
         std::thread::spawn(|| sweep_abandoned(&std::env::temp_dir()));
     });
-    std::env::temp_dir().join(format!("{OWNED_PREFIX}{}.{name}", std::process::id()))
+    let path = std::env::temp_dir().join(format!("{OWNED_PREFIX}{}.{name}", std::process::id()));
+    std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(path)
 }
 
-/// Unmounts and removes every directory in `dir` made by [`owned_dir`] in
+/// Unmounts and removes every directory in `dir` made by [`create_owned_dir`] in
 /// a process that no longer runs; returns how many. A directory with a
 /// mount that will not go is left whole: removing its files would remove
 /// the mounted ones.
@@ -119,7 +125,7 @@ pub(super) fn sweep_abandoned(dir: &Path) -> usize {
     swept
 }
 
-/// The process id in a name made by [`owned_dir`].
+/// The process id in a name made by [`create_owned_dir`].
 fn owner_pid(name: &str) -> Option<u32> {
     let (pid, _) = name.strip_prefix(OWNED_PREFIX)?.split_once('.')?;
     pid.parse().ok()
@@ -128,10 +134,7 @@ fn owner_pid(name: &str) -> Option<u32> {
 /// Unmounts everything at or under `path`, deepest first, then removes it.
 fn remove_abandoned(path: &Path) -> Result<()> {
     for mount in mounts_under(path)?.iter().rev() {
-        match nix::mount::umount2(mount, MntFlags::MNT_DETACH) {
-            Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
-            Err(e) => return Err(Error::internal(format!("unmounting {}: {e}", mount.display()))),
-        }
+        unmount_lazily(mount)?;
     }
     if !mounts_under(path)?.is_empty() {
         return Err(Error::internal(format!("{} still holds mounts", path.display())));
