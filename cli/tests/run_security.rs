@@ -89,3 +89,67 @@ fn run_steps_in_a_user_namespace() {
     assert!(!bad.ok());
     assert!(bad.stderr().contains("--userns-remap"), "{}", bad.stderr());
 }
+
+/// `capx set PATH` gives PATH `cap_net_raw+ep`; `capx get PATH` prints its
+/// `security.capability` in hex, or `none`. Static, so it runs in busybox.
+const CAPX: &str = r#"
+#include <stdio.h>
+#include <string.h>
+#include <sys/xattr.h>
+static const unsigned char NET_RAW[20] = {1, 0, 0, 2, 0, 0x20};
+int main(int argc, char **argv) {
+    unsigned char value[64];
+    if (argc != 3) return 2;
+    if (strcmp(argv[1], "set") == 0) {
+        if (setxattr(argv[2], "security.capability", NET_RAW, sizeof NET_RAW, 0) == 0) return 0;
+        perror("setxattr");
+        return 1;
+    }
+    ssize_t n = getxattr(argv[2], "security.capability", value, sizeof value);
+    if (n < 0) { puts("none"); return 0; }
+    for (ssize_t i = 0; i < n; i++) printf("%02x", value[i]);
+    putchar('\n');
+    return 0;
+}
+"#;
+
+/// File capabilities set by a RUN stay in its layer, reach another stage
+/// through `COPY --from`, are seen by the next RUN and are in the image,
+/// as with BuildKit; in a user namespace too, where the kernel records
+/// them against the namespace's root.
+#[test]
+fn file_capabilities_survive_run_copy_and_the_image() {
+    let project = Project::new(&[(
+        "Dockerfile",
+        &format!(
+            "FROM {base} AS build\n\
+             COPY capx /capx\n\
+             RUN cp /bin/busybox /ping && /capx set /ping\n\
+             FROM {base}\n\
+             COPY capx /capx\n\
+             COPY --from=build /ping /opt/ping\n\
+             RUN /capx get /opt/ping > /seen && /capx get /capx > /seen-plain\n",
+            base = fixture().base()
+        ),
+    )]);
+    std::fs::write(project.path().join("capx.c"), CAPX).unwrap();
+    let capx = project.path().join("capx");
+    harness::sh(
+        "cc",
+        &["-static", "-O", "-o", capx.to_str().unwrap(), project.path().join("capx.c").to_str().unwrap()],
+    );
+    let net_raw = "0100000200200000000000000000000000000000";
+
+    let capabilities = |image: &harness::Unpacked, path: &str| -> String {
+        let value = xattr::get(image.rootfs().join(path), "security.capability").unwrap();
+        value.unwrap_or_default().iter().map(|b| format!("{b:02x}")).collect()
+    };
+    for args in [&[][..], &["--no-cache", "--userns-remap", "100000:65536"][..]] {
+        let image = project.built_image(args);
+        assert_eq!(image.read("/seen").trim(), net_raw, "{args:?}: the next RUN sees the copied file's capabilities");
+        assert_eq!(image.read("/seen-plain").trim(), "none", "{args:?}");
+        assert_eq!(capabilities(&image, "opt/ping"), net_raw, "{args:?}: in the image");
+        let stage = project.built_image(&[args, &["--target", "build"][..]].concat());
+        assert_eq!(capabilities(&stage, "ping"), net_raw, "{args:?}: in the RUN's own layer");
+    }
+}

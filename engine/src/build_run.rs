@@ -330,12 +330,14 @@ impl BuildRun {
             *network = self.settings.network_of(*network);
         }
         let egress = matches!(&definition, StepDefinition::Run { network: NetworkMode::Default, .. });
+        let file_capabilities = matches!(&definition, StepDefinition::Run { .. }) || !sources.is_empty();
         let spec = StepSpec {
             definition,
             parent: state.layers.clone(),
             sources,
             source_date_epoch: self.settings.source_date_epoch,
             egress,
+            file_capabilities,
         };
         let action = StepAction::of_step(&spec, argv, env);
         let task = StepTask {

@@ -116,7 +116,7 @@ impl Scan {
                 None => {
                     let mut file = std::fs::File::open(root.join(path))?;
                     let size = file.metadata()?.len();
-                    writer.add_file(path, *mode, 0, 0, mtime, &mut file, size)
+                    writer.add_file(path, *mode, 0, 0, mtime, None, &mut file, size)
                 }
             },
         }

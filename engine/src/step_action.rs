@@ -81,6 +81,12 @@ pub struct StepSpec {
     /// apart from the offline runs cached before, whose layers may differ.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub egress: bool,
+    /// A step whose layer may hold file capabilities (a RUN, a COPY from
+    /// another stage or image). Layers have kept them since this flag came
+    /// in: it keys these steps apart from those cached before, whose layers
+    /// lost them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub file_capabilities: bool,
 }
 
 impl StepSpec {
@@ -310,6 +316,7 @@ mod tests {
             sources: Vec::new(),
             source_date_epoch: epoch,
             egress: false,
+            file_capabilities: false,
         }
     }
 

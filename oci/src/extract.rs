@@ -15,6 +15,7 @@ use memobuild_proto::{Error, Result};
 
 use crate::blob_io::{blob_reader, blocking, io_error, oci_digest, HashingReader};
 use crate::compression::Compression;
+use crate::file_capabilities::{may_apply, unsupported, PAX_XATTR_PREFIX};
 use crate::layer::Layer;
 
 /// Bounds on what [`extract_layers`] writes.
@@ -41,8 +42,9 @@ const MAX_SYMLINK_HOPS: u32 = 40;
 /// directory. No entry reaches outside `dest`: `..` components are refused,
 /// absolute paths are taken relative to `dest`, symlinks met on the way are
 /// resolved as if `dest` were the root, and hard links must point at
-/// entries inside `dest`. Keeps modes, symlinks, hard links and mtimes, and
-/// owners when running as root; device nodes only as root.
+/// entries inside `dest`. Keeps modes, symlinks, hard links and mtimes, the
+/// xattrs of files and directories (file capabilities among them) but
+/// `trusted.*`, and owners when running as root; device nodes only as root.
 pub async fn extract_layers(store: &dyn BlobStore, layers: &[Layer], dest: &Path, limits: ExtractLimits) -> Result<()> {
     extract(store, layers, dest, limits, Whiteouts::Delete).await
 }
@@ -173,6 +175,7 @@ impl Unpacker {
             }
             return Ok(());
         }
+        let xattrs = entry_xattrs(entry)?;
         let header = entry.header();
         let kind = header.entry_type();
         let mode = header.mode().map_err(invalid)? & 0o7777;
@@ -195,6 +198,7 @@ impl Unpacker {
                         fs::DirBuilder::new().mode(0o755).create(&path)?;
                     }
                 }
+                self.set_xattrs(&path, &xattrs)?;
                 self.dirs.push(DirMeta { path, mode, mtime, owner });
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
@@ -211,6 +215,8 @@ impl Unpacker {
                 io::copy(entry, &mut file).map_err(io_error)?;
                 drop(file);
                 finish_metadata(&path, mode, mtime, owner)?;
+                // After the owner: a change of owner drops file capabilities.
+                self.set_xattrs(&path, &xattrs)?;
             }
             tar::EntryType::Symlink => {
                 let target = entry.link_name_bytes().ok_or_else(|| invalid("symlink without a target"))?.into_owned();
@@ -279,6 +285,25 @@ impl Unpacker {
         Ok(())
     }
 
+    /// Sets the xattrs an entry carries on `path`, leaving out those
+    /// [`may_apply`] refuses and those this filesystem or process cannot set.
+    fn set_xattrs(&self, path: &Path, xattrs: &[(String, Vec<u8>)]) -> Result<()> {
+        for (name, value) in xattrs {
+            if !may_apply(name) {
+                tracing::debug!(layer = %self.layer, path = %path.display(), name, "not applying a trusted xattr");
+                continue;
+            }
+            match xattr::set(path, name, value) {
+                Ok(()) => {}
+                Err(e) if unsupported(&e) => {
+                    tracing::debug!(layer = %self.layer, path = %path.display(), name, error = %e, "skipping an xattr");
+                }
+                Err(e) => return Err(invalid(format!("xattr {name:?}: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
     fn mark_written(&mut self, rel: &Path) {
         let mut current = Some(rel);
         while let Some(path) = current.filter(|p| !p.as_os_str().is_empty()) {
@@ -338,6 +363,19 @@ fn clear_lower(dir: &Path, dir_rel: &Path, written: &HashSet<PathBuf>) -> Result
         }
     }
     Ok(())
+}
+
+/// The xattrs an entry carries (its `SCHILY.xattr.NAME` PAX records); a
+/// record that cannot be read as one is not an xattr.
+fn entry_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(String, Vec<u8>)>> {
+    let Some(records) = entry.pax_extensions().map_err(io_error)? else { return Ok(Vec::new()) };
+    Ok(records
+        .flatten()
+        .filter_map(|record| {
+            let name = record.key().ok()?.strip_prefix(PAX_XATTR_PREFIX)?;
+            Some((name.to_string(), record.value_bytes().to_vec()))
+        })
+        .collect())
 }
 
 fn invalid(e: impl std::fmt::Display) -> Error {

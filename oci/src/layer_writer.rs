@@ -8,6 +8,7 @@ use memobuild_cas::BlobStore;
 use memobuild_proto::{Error, Result};
 
 use crate::blob_io::{put_file, HashingWriter};
+use crate::file_capabilities::CAPABILITY_PAX_RECORD;
 use crate::layer::Layer;
 use crate::tar_stream::{set_link, set_name};
 
@@ -54,11 +55,12 @@ impl LayerWriter {
 
     pub fn add_directory(&mut self, path: &str, mode: u32, uid: u64, gid: u64, mtime: u64) -> Result<()> {
         let path = normalize(path, true)?;
-        self.append(&path, tar::EntryType::Directory, mode, uid, gid, mtime, None, 0, &mut io::empty())
+        let fields = Fields { mode, uid, gid, mtime, ..Fields::new(tar::EntryType::Directory) };
+        self.append(&path, fields, 0, &mut io::empty())
     }
 
     /// A regular file of `size` bytes read from `content` (an error when it
-    /// yields fewer).
+    /// yields fewer), with its file capabilities when it has some.
     #[allow(clippy::too_many_arguments)]
     pub fn add_file(
         &mut self,
@@ -67,16 +69,20 @@ impl LayerWriter {
         uid: u64,
         gid: u64,
         mtime: u64,
+        capabilities: Option<&[u8]>,
         content: &mut dyn Read,
         size: u64,
     ) -> Result<()> {
         let path = normalize(path, false)?;
-        self.append(&path, tar::EntryType::Regular, mode, uid, gid, mtime, None, size, content)
+        let fields = Fields { mode, uid, gid, mtime, capabilities, ..Fields::new(tar::EntryType::Regular) };
+        self.append(&path, fields, size, content)
     }
 
     pub fn add_symlink(&mut self, path: &str, target: &str, uid: u64, gid: u64, mtime: u64) -> Result<()> {
         let path = normalize(path, false)?;
-        self.append(&path, tar::EntryType::Symlink, 0o777, uid, gid, mtime, Some(target), 0, &mut io::empty())
+        let fields =
+            Fields { mode: 0o777, uid, gid, mtime, link: Some(target), ..Fields::new(tar::EntryType::Symlink) };
+        self.append(&path, fields, 0, &mut io::empty())
     }
 
     /// A hard link to `target`, a file added earlier (a layer path). The
@@ -85,7 +91,8 @@ impl LayerWriter {
     pub fn add_hardlink(&mut self, path: &str, target: &str, mode: u32, uid: u64, gid: u64, mtime: u64) -> Result<()> {
         let path = normalize(path, false)?;
         let target = normalize(target, false)?;
-        self.append(&path, tar::EntryType::Link, mode, uid, gid, mtime, Some(&target), 0, &mut io::empty())
+        let fields = Fields { mode, uid, gid, mtime, link: Some(&target), ..Fields::new(tar::EntryType::Link) };
+        self.append(&path, fields, 0, &mut io::empty())
     }
 
     /// Marks `path` deleted: an empty `.wh.NAME` file beside it.
@@ -95,29 +102,17 @@ impl LayerWriter {
             Some((dir, name)) => format!("{dir}/.wh.{name}"),
             None => format!(".wh.{path}"),
         };
-        self.append(&whiteout, tar::EntryType::Regular, 0o600, 0, 0, 0, None, 0, &mut io::empty())
+        self.append(&whiteout, Fields::marker(), 0, &mut io::empty())
     }
 
     /// Hides everything lower layers have in directory `path`: the
     /// `.wh..wh..opq` marker inside it.
     pub fn add_opaque_whiteout(&mut self, path: &str) -> Result<()> {
         let dir = normalize(path, true)?;
-        self.append(&format!("{dir}.wh..wh..opq"), tar::EntryType::Regular, 0o600, 0, 0, 0, None, 0, &mut io::empty())
+        self.append(&format!("{dir}.wh..wh..opq"), Fields::marker(), 0, &mut io::empty())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn append(
-        &mut self,
-        path: &str,
-        kind: tar::EntryType,
-        mode: u32,
-        uid: u64,
-        gid: u64,
-        mtime: u64,
-        link: Option<&str>,
-        size: u64,
-        content: &mut dyn Read,
-    ) -> Result<()> {
+    fn append(&mut self, path: &str, fields: Fields<'_>, size: u64, content: &mut dyn Read) -> Result<()> {
         if let Some(e) = &self.open_error {
             return Err(Error::internal(e.clone()));
         }
@@ -127,6 +122,7 @@ impl LayerWriter {
         let Some(builder) = self.builder.as_mut() else {
             return Err(Error::internal("the layer writer is closed"));
         };
+        let Fields { kind, mode, uid, gid, mtime, link, capabilities } = fields;
         let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
         let mut header = tar::Header::new_ustar();
         header.set_entry_type(kind);
@@ -149,6 +145,9 @@ impl LayerWriter {
         }
         if path.len() > NAME_FIELD {
             pax.push(("path", path.as_bytes().to_vec()));
+        }
+        if let Some(capabilities) = capabilities {
+            pax.push((CAPABILITY_PAX_RECORD, capabilities.to_vec()));
         }
         set_name(&mut header, truncated(path))?;
         if let Some(link) = link {
@@ -182,6 +181,30 @@ impl LayerWriter {
             .await
             .map_err(|e| e.context(format!("storing layer sha256:{}", digest.hex())))?;
         Ok(Layer::uncompressed(digest))
+    }
+}
+
+/// What one entry's header says besides its path and size.
+struct Fields<'a> {
+    kind: tar::EntryType,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: u64,
+    /// A link's target.
+    link: Option<&'a str>,
+    /// A regular file's `security.capability`.
+    capabilities: Option<&'a [u8]>,
+}
+
+impl Fields<'_> {
+    fn new(kind: tar::EntryType) -> Self {
+        Fields { kind, mode: 0, uid: 0, gid: 0, mtime: 0, link: None, capabilities: None }
+    }
+
+    /// A whiteout marker: an empty regular file, 0600, root's, time 0.
+    fn marker() -> Self {
+        Fields { mode: 0o600, ..Fields::new(tar::EntryType::Regular) }
     }
 }
 

@@ -9,6 +9,7 @@ mod diff_id_memo;
 mod docker_archive;
 mod docker_config;
 mod extract;
+mod file_capabilities;
 mod fs_entry;
 mod image_reference;
 mod image_users;
@@ -32,6 +33,10 @@ pub use compression::{compress_layer, Compression, MEDIA_TYPE_DOCKER_TAR};
 pub use diff_id_memo::{DiffIdMemo, DirectoryDiffIdMemo};
 pub use docker_archive::write_docker_archive;
 pub use extract::{extract_layer_to_overlay_upper, extract_layers, ExtractLimits};
+pub use file_capabilities::{
+    capability_revision, read_file_capabilities, without_namespace_root, CAPABILITY_PAX_RECORD, CAPABILITY_REVISION_2,
+    CAPABILITY_REVISION_3, CAPABILITY_REVISION_MASK, CAPABILITY_V2_BYTES, CAPABILITY_V3_BYTES, CAPABILITY_XATTR,
+};
 pub use fs_entry::{FsEntry, FsKind};
 pub use image_reference::ImageReference;
 pub use image_users::{ImageUsers, NumericUserGroup, ResolvedUser};

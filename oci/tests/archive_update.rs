@@ -41,7 +41,7 @@ fn check(kind: Kind, tar: &Path, layers: usize) {
 async fn layer(store: &dyn BlobStore, path: &str, byte: u8, size: usize) -> Layer {
     let mut writer = LayerWriter::new();
     let data = vec![byte; size];
-    writer.add_file(path, 0o644, 0, 0, 1_700_000_000, &mut data.as_slice(), size as u64).unwrap();
+    writer.add_file(path, 0o644, 0, 0, 1_700_000_000, None, &mut data.as_slice(), size as u64).unwrap();
     writer.finish(store).await.unwrap()
 }
 

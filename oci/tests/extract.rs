@@ -59,23 +59,23 @@ async fn applies_whiteouts_links_and_metadata() {
     let store = store();
     let mut lower = LayerWriter::new();
     lower.add_directory("etc", 0o755, 0, 0, 100).unwrap();
-    lower.add_file("etc/keep", 0o640, 12, 34, 1_600_000_000, &mut &b"keep"[..], 4).unwrap();
-    lower.add_file("etc/gone", 0o644, 0, 0, 100, &mut &b"gone"[..], 4).unwrap();
+    lower.add_file("etc/keep", 0o640, 12, 34, 1_600_000_000, None, &mut &b"keep"[..], 4).unwrap();
+    lower.add_file("etc/gone", 0o644, 0, 0, 100, None, &mut &b"gone"[..], 4).unwrap();
     lower.add_directory("opq", 0o700, 0, 0, 100).unwrap();
-    lower.add_file("opq/old", 0o644, 0, 0, 100, &mut &b"old"[..], 3).unwrap();
+    lower.add_file("opq/old", 0o644, 0, 0, 100, None, &mut &b"old"[..], 3).unwrap();
     lower.add_directory("opq/sub", 0o755, 0, 0, 100).unwrap();
-    lower.add_file("opq/sub/deep", 0o644, 0, 0, 100, &mut &b"deep"[..], 4).unwrap();
+    lower.add_file("opq/sub/deep", 0o644, 0, 0, 100, None, &mut &b"deep"[..], 4).unwrap();
     lower.add_symlink("etc/link", "keep", 0, 0, 100).unwrap();
     lower.add_hardlink("etc/hard", "etc/keep", 0o640, 12, 34, 1_600_000_000).unwrap();
     let long = format!("{}/file", "d".repeat(120));
-    lower.add_file(&long, 0o755, 0, 0, 100, &mut &b"long"[..], 4).unwrap();
+    lower.add_file(&long, 0o755, 0, 0, 100, None, &mut &b"long"[..], 4).unwrap();
     let lower = lower.finish(&store).await.unwrap();
     let lower = compress_layer(&store, &lower, Compression::Gzip).await.unwrap();
 
     let mut upper = LayerWriter::new();
     upper.add_whiteout("etc/gone").unwrap();
     upper.add_directory("opq", 0o755, 0, 0, 200).unwrap();
-    upper.add_file("opq/new", 0o644, 0, 0, 200, &mut &b"new"[..], 3).unwrap();
+    upper.add_file("opq/new", 0o644, 0, 0, 200, None, &mut &b"new"[..], 3).unwrap();
     upper.add_opaque_whiteout("opq").unwrap();
     let upper = upper.finish(&store).await.unwrap();
     let upper = compress_layer(&store, &upper, Compression::Zstd).await.unwrap();
@@ -209,4 +209,82 @@ async fn overlay_upper_keeps_whiteouts_as_overlayfs_does() {
         .await
         .unwrap_err();
     assert!(err.message().contains("not its diff id"), "{err}");
+}
+
+/// `cap_net_raw+ep` as `setcap` writes it: revision 2, effective, permitted.
+const NET_RAW: [u8; 20] = [1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+/// File capabilities survive writing and unpacking (after the change of
+/// owner, which drops them), other xattrs are applied, `trusted.*` ones
+/// (overlayfs's own instructions) never.
+#[tokio::test(flavor = "multi_thread")]
+async fn file_capabilities_and_xattrs_are_kept_but_trusted_ones() {
+    let store = store();
+    let mut writer = LayerWriter::new();
+    writer.add_file("bin/ping", 0o755, 1000, 1000, 100, Some(&NET_RAW), &mut &b"ping"[..], 4).unwrap();
+    writer.add_file("bin/plain", 0o755, 0, 0, 100, None, &mut &b"plain"[..], 5).unwrap();
+    let written = writer.finish(&store).await.unwrap();
+    let bytes = store.get_bytes(&written.blob).await.unwrap();
+    let mut archive = tar::Archive::new(&bytes[..]);
+    let mut records = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().display().to_string();
+        for record in entry.pax_extensions().unwrap().into_iter().flatten() {
+            let record = record.unwrap();
+            records.push((path.clone(), record.key().unwrap().to_string(), record.value_bytes().to_vec()));
+        }
+    }
+    assert_eq!(records, [("bin/ping".into(), "SCHILY.xattr.security.capability".into(), NET_RAW.to_vec())]);
+
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, kind, xattrs) in [
+        ("etc/", tar::EntryType::Directory, vec![("SCHILY.xattr.user.origin", &b"base"[..])]),
+        (
+            "etc/conf",
+            tar::EntryType::Regular,
+            vec![("SCHILY.xattr.user.origin", &b"conf"[..]), ("SCHILY.xattr.trusted.overlay.opaque", &b"y"[..])],
+        ),
+    ] {
+        builder.append_pax_extensions(xattrs).unwrap();
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(kind);
+        header.set_mode(0o755);
+        header.set_size(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(100);
+        builder.append_data(&mut header, name, &b""[..]).unwrap();
+    }
+    let tar = Bytes::from(builder.into_inner().unwrap());
+    let digest = Digest::of(DigestFunction::Sha256, &tar);
+    store.put_bytes(&digest, tar).await.unwrap();
+    let with_xattrs = Layer::uncompressed(digest);
+
+    let root = nix::unistd::geteuid().is_root();
+    let output = tempfile::tempdir().unwrap();
+    let upper = tempfile::tempdir().unwrap();
+    extract_layers(&store, &[written.clone(), with_xattrs.clone()], output.path(), ExtractLimits::default())
+        .await
+        .unwrap();
+    for layer in [&written, &with_xattrs] {
+        memobuild_oci::extract_layer_to_overlay_upper(&store, layer, upper.path(), ExtractLimits::default())
+            .await
+            .unwrap();
+    }
+    for dir in [output.path(), upper.path()] {
+        let get = |path: &str, name: &str| xattr::get(dir.join(path), name).unwrap();
+        if root {
+            assert_eq!(std::fs::metadata(dir.join("bin/ping")).unwrap().uid(), 1000);
+            assert_eq!(get("bin/ping", "security.capability"), Some(NET_RAW.to_vec()), "kept after the chown");
+        }
+        assert_eq!(get("bin/plain", "security.capability"), None);
+        if common::xattr_supported(dir) {
+            assert_eq!(get("etc", "user.origin").as_deref(), Some(&b"base"[..]));
+            assert_eq!(get("etc/conf", "user.origin").as_deref(), Some(&b"conf"[..]));
+        }
+        if root {
+            assert_eq!(get("etc/conf", "trusted.overlay.opaque"), None, "a trusted xattr is not applied");
+        }
+    }
 }

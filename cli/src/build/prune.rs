@@ -586,6 +586,7 @@ mod tests {
                 sources: Vec::new(),
                 source_date_epoch: None,
                 egress: false,
+                file_capabilities: false,
             };
             let action = StepAction::of_step(&spec, Vec::new(), Vec::new());
             let stores = &state.stores;

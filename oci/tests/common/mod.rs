@@ -81,7 +81,7 @@ pub async fn hello_layer(store: &dyn BlobStore, text: &str) -> Layer {
     let mut writer = LayerWriter::new();
     writer.add_directory("hello", 0o755, 0, 0, 1_700_000_000).unwrap();
     let mut content = text.as_bytes();
-    writer.add_file("hello/world.txt", 0o644, 0, 0, 1_700_000_000, &mut content, text.len() as u64).unwrap();
+    writer.add_file("hello/world.txt", 0o644, 0, 0, 1_700_000_000, None, &mut content, text.len() as u64).unwrap();
     writer.finish(store).await.unwrap()
 }
 

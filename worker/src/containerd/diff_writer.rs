@@ -6,6 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use memobuild_oci::{read_file_capabilities, CAPABILITY_PAX_RECORD};
 use memobuild_proto::{Digest, DigestFunction, Error, Result, ResultExt};
 use sha2::Digest as _;
 use tar::{EntryType, Header};
@@ -20,7 +21,8 @@ const OPAQUE_MARKER: &str = ".wh..wh..opq";
 /// Turns the upper directory of an overlay snapshot (what one step changed)
 /// into an OCI layer tar: regular files, directories, symlinks, hardlinks
 /// (the same inode twice), device nodes and FIFOs with their uid, gid and
-/// mode; overlay whiteouts as `.wh.NAME` and opaque directories as the
+/// mode, regular files with their file capabilities (as BuildKit's layers,
+/// no other xattrs); overlay whiteouts as `.wh.NAME` and opaque directories as the
 /// directory plus `.wh..wh..opq`. Entries are sorted by path and mtimes are
 /// clamped to `source_date_epoch` when given, so the same changes give the
 /// same bytes.
@@ -129,7 +131,11 @@ impl DiffWriter<'_> {
             }
             header.set_entry_type(EntryType::Regular);
             header.set_size(meta.len());
-            let file = File::open(self.upper.join(&entry.rel))?;
+            let path = self.upper.join(&entry.rel);
+            if let Some(capabilities) = read_file_capabilities(&path)? {
+                builder.append_pax_extensions([(CAPABILITY_PAX_RECORD, capabilities.as_slice())])?;
+            }
+            let file = File::open(path)?;
             let mut reader = ExactReader { inner: file.take(meta.len()), left: meta.len() };
             return builder.append_data(&mut header, &entry.rel, &mut reader);
         }
@@ -285,9 +291,9 @@ mod tests {
             .collect()
     }
 
-    /// What a layer must not depend on: extended attributes (the tar holds
-    /// none), access times and ctimes (never written), and mtimes past the
-    /// epoch.
+    /// What a layer must not depend on: extended attributes other than
+    /// file capabilities, access times and ctimes (never written), and
+    /// mtimes past the epoch.
     #[test]
     fn xattrs_atimes_and_late_mtimes_do_not_reach_the_layer() {
         let layer = |scramble: bool| {
@@ -348,5 +354,40 @@ mod tests {
         for entry in archive.entries().expect("entries") {
             assert!(entry.expect("entry").header().mtime().expect("mtime") <= 1_000);
         }
+    }
+
+    /// A file's capabilities go into the layer as a PAX record, revision 3
+    /// ones (set in a user namespace) without their namespace's root. Needs
+    /// root: skipped otherwise.
+    #[test]
+    fn file_capabilities_reach_the_layer() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let upper = tempfile::tempdir().expect("tempdir");
+        let root = upper.path();
+        let mut v3 = vec![1, 0, 0, 3, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        v3.extend_from_slice(&100_000u32.to_le_bytes());
+        std::fs::write(root.join("ping"), "ping").expect("write");
+        xattr::set(root.join("ping"), "security.capability", &v3).expect("setcap");
+        std::fs::write(root.join("plain"), "plain").expect("write");
+        let lower = LayerStack::new(Vec::new());
+        let writer = DiffWriter { upper: root, lower: &lower, mount_targets: &[], source_date_epoch: None };
+        let out = tempfile::tempdir().expect("tempdir");
+        let tar_path = out.path().join("layer.tar");
+        writer.write(File::create(&tar_path).expect("create")).expect("write");
+        let mut archive = tar::Archive::new(File::open(&tar_path).expect("open"));
+        let mut records = Vec::new();
+        for entry in archive.entries().expect("entries") {
+            let mut entry = entry.expect("entry");
+            let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            for record in entry.pax_extensions().expect("pax").into_iter().flatten() {
+                let record = record.expect("record");
+                records.push((path.clone(), record.key().expect("key").to_string(), record.value_bytes().to_vec()));
+            }
+        }
+        let mut v2 = v3[..20].to_vec();
+        v2[3] = 2;
+        assert_eq!(records, [("ping".to_string(), CAPABILITY_PAX_RECORD.to_string(), v2)]);
     }
 }

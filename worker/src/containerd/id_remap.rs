@@ -18,22 +18,16 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use memobuild_oci::{
+    capability_revision, without_namespace_root, CAPABILITY_REVISION_3, CAPABILITY_V2_BYTES, CAPABILITY_V3_BYTES,
+    CAPABILITY_XATTR,
+};
 use memobuild_proto::{Result, ResultExt};
 pub use memobuild_sandbox::IdMap;
 
 use super::mount_point::{create_owned_dir, release_mount_point};
 use super::snapshot_mounts::SnapshotMounts;
 use super::{ContainerSpec, SpecMount};
-
-/// The xattr of file capabilities.
-const CAPABILITY_XATTR: &str = "security.capability";
-/// Revisions of `struct vfs_cap_data` (the top byte of its first word):
-/// 3 carries the root id of the namespace that set it, 2 does not.
-const CAPABILITY_REVISION_MASK: u32 = 0xFF00_0000;
-const CAPABILITY_REVISION_2: u32 = 0x0200_0000;
-const CAPABILITY_REVISION_3: u32 = 0x0300_0000;
-const CAPABILITY_V2_BYTES: usize = 20;
-const CAPABILITY_V3_BYTES: usize = 24;
 
 /// The user namespace of `map`, made once per process.
 fn namespace(map: IdMap) -> Result<Arc<OwnedFd>> {
@@ -193,23 +187,21 @@ fn unshift_one(path: &Path, meta: &std::fs::Metadata, map: IdMap) -> Result<()> 
 /// File capabilities as a process of any namespace may use them: a
 /// revision 3 value whose root is the map's root becomes revision 2.
 fn plain_capabilities(value: &[u8], map: IdMap) -> Vec<u8> {
-    let word = |at: usize| value.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    let Some(magic) = word(0) else { return value.to_vec() };
-    let is_ours = magic & CAPABILITY_REVISION_MASK == CAPABILITY_REVISION_3
+    let root = value.get(CAPABILITY_V2_BYTES..).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+    let is_ours = capability_revision(value) == Some(CAPABILITY_REVISION_3)
         && value.len() == CAPABILITY_V3_BYTES
-        && word(CAPABILITY_V2_BYTES) == Some(map.uid);
-    if !is_ours {
-        return value.to_vec();
+        && root == Some(map.uid);
+    if is_ours {
+        without_namespace_root(value)
+    } else {
+        value.to_vec()
     }
-    let magic = (magic & !CAPABILITY_REVISION_MASK) | CAPABILITY_REVISION_2;
-    let mut plain = magic.to_le_bytes().to_vec();
-    plain.extend_from_slice(&value[4..CAPABILITY_V2_BYTES]);
-    plain
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use memobuild_oci::CAPABILITY_REVISION_2;
 
     const MAP: IdMap = IdMap { uid: 100000, gid: 100000, size: 65536 };
 

@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use memobuild_frontend::{http_file_name, BuildContext, ContextEntry, DockerIgnore, ParentsPath, SourceDefinition};
-use memobuild_oci::FsKind;
+use memobuild_oci::{read_file_capabilities, FsKind};
 use memobuild_proto::{Error, Result, ResultExt};
 
 use super::archive::{safe_member_path, Archive, MAX_ARCHIVE_MEMBER};
@@ -135,7 +135,11 @@ pub fn plan_copy(
                 let at = copier.place(parent, &target)?;
                 let size = std::fs::metadata(&host).with_context(|| format!("reading {}", host.display()))?.len();
                 let meta = Meta { mtime: mtime.unwrap_or(copier.mtime), ..copier.meta(0o600, 0, 0, false) };
-                copier.put(parent, &at, Entry::File(meta, Content::File { path: host, size, expect: None }))?;
+                copier.put(
+                    parent,
+                    &at,
+                    Entry::File(meta, Content::File { path: host, size, expect: None, capabilities: None }),
+                )?;
             }
             Item::Checkout(root) => {
                 let at = copier.place_dir(parent, request.dest)?;
@@ -444,7 +448,8 @@ impl Copier {
                 }
                 let at = self.place(parent, &target)?;
                 let meta = self.meta(*mode, 0, 0, false);
-                let content = Content::File { path: host, size: digest.size(), expect: Some(*digest) };
+                let content =
+                    Content::File { path: host, size: digest.size(), expect: Some(*digest), capabilities: None };
                 self.put(parent, &at, Entry::File(meta, content))?;
             }
             ContextEntry::Symlink { target } => {
@@ -467,8 +472,12 @@ impl Copier {
                     let at = if root.is_empty() { rel.to_string() } else { format!("{root}/{rel}") };
                     let entry = match e {
                         ContextEntry::File { digest, mode } => {
-                            let content =
-                                Content::File { path: dir.join(p), size: digest.size(), expect: Some(*digest) };
+                            let content = Content::File {
+                                path: dir.join(p),
+                                size: digest.size(),
+                                expect: Some(*digest),
+                                capabilities: None,
+                            };
                             self.context_file(context, p, &at, Entry::File(self.meta(*mode, 0, 0, false), content))
                         }
                         ContextEntry::Directory { mode, .. } => Entry::Directory(self.meta(*mode, 0, 0, true)),
@@ -576,7 +585,14 @@ impl Copier {
         } else if meta.file_type().is_symlink() {
             Entry::Symlink(m, std::fs::read_link(host)?.to_string_lossy().to_string())
         } else if meta.is_file() {
-            let file = Entry::File(m, Content::File { path: host.to_path_buf(), size: meta.len(), expect: None });
+            let capabilities = match files {
+                HostFiles::AsIs => {
+                    read_file_capabilities(host).with_context(|| format!("reading {}", host.display()))?
+                }
+                HostFiles::Checkout { .. } => None,
+            };
+            let content = Content::File { path: host.to_path_buf(), size: meta.len(), expect: None, capabilities };
+            let file = Entry::File(m, content);
             if meta.nlink() < 2 {
                 file
             } else {

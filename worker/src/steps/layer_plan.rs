@@ -27,6 +27,9 @@ pub enum Content {
         path: PathBuf,
         size: u64,
         expect: Option<Digest>,
+        /// Its `security.capability`, which the layer keeps (read from
+        /// another stage's files, whose layers are part of the key).
+        capabilities: Option<Vec<u8>>,
     },
     Bytes(Vec<u8>),
 }
@@ -131,13 +134,15 @@ impl LayerPlan {
                         m.uid,
                         m.gid,
                         m.mtime,
+                        None,
                         &mut bytes.as_slice(),
                         bytes.len() as u64,
                     )?,
-                    Entry::File(m, Content::File { path: host, size, expect }) => {
+                    Entry::File(m, Content::File { path: host, size, expect, capabilities }) => {
                         let file = std::fs::File::open(host).with_context(|| format!("reading {}", host.display()))?;
                         let mut reader = CheckedReader::new(file, host, *size, *expect);
-                        writer.add_file(path, m.mode, m.uid, m.gid, m.mtime, &mut reader, *size)?;
+                        let capabilities = capabilities.as_deref();
+                        writer.add_file(path, m.mode, m.uid, m.gid, m.mtime, capabilities, &mut reader, *size)?;
                         reader.finish()?;
                     }
                 }
