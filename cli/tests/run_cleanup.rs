@@ -21,19 +21,14 @@ fn ctr(address: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// The shim processes of the containerd at `address`: pid and command line.
-fn shim_processes(address: &Path) -> Vec<(i32, String)> {
+/// The command lines of the shim processes of the containerd at `address`.
+fn shims(address: &Path) -> Vec<String> {
     let address = address.to_string_lossy().into_owned();
     let command_lines = std::fs::read_dir("/proc").unwrap().filter_map(|entry| {
-        let entry = entry.ok()?;
-        let pid = entry.file_name().to_str()?.parse().ok()?;
-        Some((pid, String::from_utf8_lossy(&std::fs::read(entry.path().join("cmdline")).ok()?).replace('\0', " ")))
+        let path = entry.ok()?.path().join("cmdline");
+        Some(String::from_utf8_lossy(&std::fs::read(path).ok()?).replace('\0', " "))
     });
-    command_lines.filter(|(_, line)| line.contains("containerd-shim") && line.contains(&address)).collect()
-}
-
-fn shims(address: &Path) -> Vec<String> {
-    shim_processes(address).into_iter().map(|(_, line)| line).collect()
+    command_lines.filter(|line| line.contains("containerd-shim") && line.contains(&address)).collect()
 }
 
 /// Waits until the containerd at `address` has no container, task, active
@@ -123,14 +118,16 @@ fn abandoned_rootfs_mounts(pid: u32) -> Vec<String> {
 }
 
 /// A build killed in the middle of a RUN leaves that step's rootfs
-/// mounted; the next build that runs a step unmounts and removes it.
+/// mounted and its task running; the next build that runs a step unmounts
+/// and removes the rootfs, and kills and removes the task, container and
+/// snapshot.
 #[test]
 fn a_killed_builds_rootfs_mount_is_removed_by_the_next_build() {
     let (_daemon_dir, runtime, containerd) = private_containerd();
     let address = containerd.address().to_path_buf();
     // A temporary directory of their own: other builds would sweep too.
     let tmp = tempfile::tempdir().unwrap();
-    let project = Project::new(&[("Dockerfile", &format!("FROM {}\nRUN sleep 3\n", fixture().base()))]);
+    let project = Project::new(&[("Dockerfile", &format!("FROM {}\nRUN sleep 600\n", fixture().base()))]);
     let mut killed = Command::new(env!("CARGO_BIN_EXE_memobuild"))
         .env("TMPDIR", tmp.path())
         .args(["build", "--progress", "json", "--state-dir"])
@@ -170,10 +167,8 @@ fn a_killed_builds_rootfs_mount_is_removed_by_the_next_build() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 
-    // The killed build's container stays in containerd (MemoBuild does not
-    // sweep those): stop its shim, and containerd with it.
-    for (pid, _) in shim_processes(&address) {
-        Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
-    }
+    // The killed build's task, still running, is killed, and its
+    // container, snapshot and shim go too.
+    wait_until_no_step_is_left(&address, Instant::now() + Duration::from_secs(30));
     runtime.block_on(containerd.shutdown()).unwrap();
 }

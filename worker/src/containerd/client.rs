@@ -1,5 +1,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +44,8 @@ struct Inner {
     chain_locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Cleanups of finished steps still under way.
     cleanups: parking_lot::Mutex<Vec<CleanupJob>>,
+    /// Whether the steps of processes that are gone were looked for.
+    swept: AtomicBool,
 }
 
 impl Containerd {
@@ -98,6 +101,7 @@ impl Containerd {
                 daemon,
                 chain_locks: parking_lot::Mutex::new(HashMap::new()),
                 cleanups: parking_lot::Mutex::new(Vec::new()),
+                swept: AtomicBool::new(false),
             }),
         }
     }
@@ -170,6 +174,20 @@ impl Containerd {
             Err(status) if status.code() == tonic::Code::NotFound => Ok(()),
             Err(status) => Err(Error::from(status).context(format!("removing snapshot {key}"))),
         }
+    }
+
+    /// The first time only, starts [`Containerd::remove_abandoned_steps`]
+    /// in the background.
+    pub(super) fn remove_abandoned_steps_once(&self) {
+        if self.inner.swept.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let containerd = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = containerd.remove_abandoned_steps().await {
+                tracing::warn!(error = %e, "could not remove the steps of processes that are gone");
+            }
+        });
     }
 
     /// Runs the cleanup of a step in the background; [`Containerd::settle`]

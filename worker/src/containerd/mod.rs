@@ -9,6 +9,7 @@
 //! snapshots) is created under a containerd lease with an expiry, so a
 //! crashed process cannot leak it for longer than that.
 
+mod abandoned_steps;
 mod client;
 mod container_outcome;
 mod container_spec;

@@ -17,6 +17,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::abandoned_steps::{this_process, LEASE_LABEL, OWNER_LABEL};
 use super::diff_writer::DiffWriter;
 use super::id_remap::{unshift, StepView};
 use super::lease::Lease;
@@ -56,6 +57,7 @@ impl Containerd {
         logs: UnboundedSender<LogChunk>,
         cancel: CancellationToken,
     ) -> Result<ContainerOutcome> {
+        self.remove_abandoned_steps_once();
         let id = container_id(&spec.id_hint);
         let span = tracing::debug_span!("run_step", step = %spec.id_hint, container = %id);
         let ttl = spec.timeout.map(|t| t + Duration::from_secs(3600)).unwrap_or(DEFAULT_LEASE_TTL);
@@ -123,7 +125,11 @@ impl Containerd {
 
         let container = Container {
             id: id.to_string(),
-            labels: HashMap::from([("memobuild.step".to_string(), spec.id_hint.clone())]),
+            labels: HashMap::from([
+                ("memobuild.step".to_string(), spec.id_hint.clone()),
+                (OWNER_LABEL.to_string(), this_process().to_string()),
+                (LEASE_LABEL.to_string(), lease.clone()),
+            ]),
             runtime: Some(Runtime { name: RUNTIME.to_string(), options: None }),
             spec: Some(prost_types::Any { type_url: SPEC_TYPE_URL.to_string(), value: spec_json }),
             // Not for mounting (see above): the reference keeps containerd's

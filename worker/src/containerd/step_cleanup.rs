@@ -99,6 +99,12 @@ impl StepRemains {
         Ok(())
     }
 
+    /// What a step of a process that is gone may have left: everything
+    /// but the rootfs mount (see `sweep_abandoned` for those).
+    pub(super) fn abandoned(id: String, lease: Option<String>) -> Self {
+        StepRemains { id, lease, task: TaskState::Live, container: true, rootfs: None, snapshot: true }
+    }
+
     /// Whether the step's task may still be running.
     pub(super) fn task_may_run(&self) -> bool {
         self.task == TaskState::Live
