@@ -174,7 +174,11 @@ mod tests {
             BuildEvent::failed("1.1", "exit code 1"),
             BuildEvent {
                 sequence: 0,
-                kind: Some(Kind::BuildFailed(BuildFailed { code: 2, message: "step 1.1".into() })),
+                kind: Some(Kind::BuildFailed(BuildFailed {
+                    code: 2,
+                    message: "step 1.1".into(),
+                    ..BuildFailed::default()
+                })),
             },
         ];
         let view = BuildView::of("", &events);

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use futures::StreamExt;
 use memobuild_cas::{grpc_channel_with, BlobStore, GrpcChannel, GrpcStore};
 use memobuild_engine::{image_of, layer_of, BuiltOutput, EventSender, ExportRequest, OutputSpec, DOCKER_IMAGE_CONTEXT};
-use memobuild_frontend::{BuildContext, ContextEntry};
+use memobuild_frontend::{BuildContext, ContextEntry, ContextScope};
 use memobuild_oci::{ImageReference, RegistryClient};
 use memobuild_proto::build::build_service_client::BuildServiceClient;
 use memobuild_proto::build::{
@@ -150,43 +150,102 @@ async fn build(args: RemoteBuildArgs) -> anyhow::Result<Option<String>> {
         );
     }
     let state_dir = build.state_dir.clone().unwrap_or_else(default_state_dir);
-    // The cluster plans the build, so it gets the whole context.
-    let inputs = BuildInputs::read(build, state_dir.join("context-cache"), ContextPart::Whole).await?;
     let channel = channel(&args.endpoint)?;
     let credentials = args.endpoint.client.credentials()?;
     let cas =
         GrpcStore::connect_with(&args.endpoint.endpoint, &args.endpoint.instance, &credentials).map_err(anyhow_of)?;
-    let uploaded = upload_context(&cas, &inputs.context, &inputs.context_dir).await?;
-    tracing::info!(blobs = uploaded.blobs, bytes = uploaded.bytes, "uploaded the build context");
-    let request = request(build, &inputs, &args.endpoint.instance).await?;
     let mut client = BuildServiceClient::new(channel);
-    let mut request = tonic::Request::new(request);
-    if let Some(parent) = memobuild_proto::trace_parent::current().and_then(|p| p.parse().ok()) {
-        request.metadata_mut().insert(memobuild_proto::trace_parent::TRACEPARENT, parent);
-    }
-    let events = client.build(request).await.map_err(status)?.into_inner();
-    if args.detach {
-        return Ok(Some(accepted_id(events).await?));
-    }
-    let cancel = CancellationToken::new();
-    let stop = cancel_on_signals(cancel.clone());
-    let canceller = (client.clone(), args.endpoint.instance.clone(), cancel);
+    // The context paths the Dockerfile names, as `memobuild build` scans
+    // them; when the cluster's planning needs more (a base image's ONBUILD,
+    // a symlink leading elsewhere), the whole context, once. A detached
+    // build cannot be sent again, so it sends the whole context at once.
+    let mut part = if args.detach { ContextPart::Whole } else { ContextPart::Named };
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-    let renderer = tokio::spawn(render(inputs.mode, receiver));
+    let mut receiver = Some(receiver);
+    let mut renderer = None;
     let written = async {
-        let result = follow(events, &sender, Some(canceller)).await?;
-        stop.abort();
-        let built = built_output(&result, build)?;
-        let digest = write_results(build, &inputs, &cas, &built, &sender).await?;
-        Ok::<_, anyhow::Error>((digest, built.image_id))
+        loop {
+            let inputs = BuildInputs::read(build, state_dir.join("context-cache"), part).await?;
+            let uploaded = upload_context(&cas, &inputs.context, &inputs.context_dir).await?;
+            tracing::info!(blobs = uploaded.blobs, bytes = uploaded.bytes, "uploaded the build context");
+            let mut request = tonic::Request::new(request(build, &inputs, &args.endpoint.instance).await?);
+            if let Some(parent) = memobuild_proto::trace_parent::current().and_then(|p| p.parse().ok()) {
+                request.metadata_mut().insert(memobuild_proto::trace_parent::TRACEPARENT, parent);
+            }
+            let events = client.build(request).await.map_err(status)?.into_inner();
+            if args.detach {
+                return Ok(Written::Detached(accepted_id(events).await?));
+            }
+            if let Some(receiver) = receiver.take() {
+                renderer = Some(tokio::spawn(render(inputs.mode, receiver)));
+            }
+            match follow_build(&args, &client, &cas, &inputs, events, &sender).await {
+                Err(e) if part == ContextPart::Named && e.downcast_ref::<ContextPathOutside>().is_some() => {
+                    tracing::info!("{e}: sending the whole context");
+                    part = ContextPart::Whole;
+                }
+                written => return written.map(|(digest, image_id)| Written::Image { digest, image_id }),
+            }
+        }
     }
     .await;
     drop(sender);
     // The renderer prints the summary; its counts are not needed here.
-    let _ = renderer.await;
-    let (image_digest, image_id) = written?;
-    // As `memobuild build`: -q prints the image id, else the manifest digest.
-    Ok(if build.quiet { image_id } else { image_digest })
+    if let Some(renderer) = renderer {
+        let _ = renderer.await;
+    }
+    Ok(match written? {
+        Written::Detached(id) => Some(id),
+        // As `memobuild build`: -q prints the image id, else the manifest digest.
+        Written::Image { digest, image_id } => {
+            if build.quiet {
+                image_id
+            } else {
+                digest
+            }
+        }
+    })
+}
+
+/// What a remote build leaves to print.
+enum Written {
+    /// A detached build: its id.
+    Detached(String),
+    /// The image's manifest digest and id, when it has them.
+    Image { digest: Option<String>, image_id: Option<String> },
+}
+
+/// The build's path outside the context paths sent ([`BuildFailed::context_path_outside`]).
+#[derive(Debug)]
+struct ContextPathOutside(String);
+
+impl std::fmt::Display for ContextPathOutside {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the build reads {:?}, outside the context paths its Dockerfile names", self.0)
+    }
+}
+
+impl std::error::Error for ContextPathOutside {}
+
+/// Follows the build `events` tell, its progress into `sender`, then
+/// writes its outputs; returns the image's manifest digest and id.
+async fn follow_build(
+    args: &RemoteBuildArgs,
+    client: &BuildServiceClient<GrpcChannel>,
+    cas: &GrpcStore,
+    inputs: &BuildInputs,
+    events: tonic::Streaming<BuildEvent>,
+    sender: &EventSender,
+) -> anyhow::Result<(Option<String>, Option<String>)> {
+    let build = &args.build;
+    let cancel = CancellationToken::new();
+    let stop = cancel_on_signals(cancel.clone());
+    let canceller = (client.clone(), args.endpoint.instance.clone(), cancel);
+    let result = follow(events, sender, Some(canceller)).await;
+    stop.abort();
+    let built = built_output(&result?, build)?;
+    let digest = write_results(build, inputs, cas, &built, sender).await?;
+    Ok((digest, built.image_id))
 }
 
 /// What an upload sent.
@@ -273,6 +332,10 @@ async fn request(args: &BuildArgs, inputs: &BuildInputs, instance: &str) -> anyh
         dry_run: args.dry_run,
         check: args.check(),
         build_contexts: args.build_contexts.iter().cloned().collect(),
+        context_paths: match inputs.context.scope() {
+            ContextScope::Whole => Vec::new(),
+            ContextScope::Paths(paths) => paths.iter().cloned().collect(),
+        },
     })
 }
 
@@ -351,6 +414,9 @@ async fn follow(
                 tracing::info!("the cluster accepted the build");
             }
             Some(Kind::Result(result)) => break Ok(result.clone()),
+            Some(Kind::BuildFailed(failed)) if !failed.context_path_outside.is_empty() => {
+                break Err(ContextPathOutside(failed.context_path_outside.clone()).into())
+            }
             Some(Kind::BuildFailed(failed)) => break Err(anyhow::anyhow!("{}", failed.message)),
             _ => {}
         }

@@ -181,6 +181,47 @@ fn remote_and_local_builds_give_the_same_digest_and_a_rebuild_is_cached() {
     assert_eq!(plain_again.printed(), plain.printed(), "{}", plain_again.stderr);
 }
 
+/// The builds a run submitted: the `build ID` lines of its progress.
+fn submitted(stderr: &str) -> usize {
+    stderr.lines().filter(|l| l.starts_with("build ") && !l.starts_with("build finished")).count()
+}
+
+/// As `memobuild build` scans it, a remote build sends only the context
+/// paths its Dockerfile names: a file no REAPI tree can hold elsewhere in
+/// the context does not stop it. When the cluster's planning needs more
+/// (a symlink out of those paths), the CLI sends the whole context and
+/// builds again, and a change behind the symlink is never a stale hit.
+#[test]
+fn a_remote_build_sends_only_the_context_it_names() {
+    use std::os::unix::ffi::OsStrExt;
+    let client = Client::new(&shared_cluster().endpoint());
+    let marker = unique();
+    let dockerfile = |copy: &str| format!("FROM {}\nCOPY {copy} /\nRUN echo {marker} > /marker\n", fixture().base());
+    let project =
+        Project::new(&[("Dockerfile", &dockerfile("app.txt")), ("app.txt", "app\n"), ("data/real.txt", "one\n")]);
+    let junk = project.path().join(std::ffi::OsStr::from_bytes(b"junk-\xff"));
+    std::fs::write(&junk, "x").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let tar = out.path().join("part.tar");
+    let dest = format!("type=oci,dest={}", tar.display());
+    let built = client.build(project.path(), &["-t", "part:1", "-o", &dest], &[]);
+    built.assert_ok();
+    assert_eq!(submitted(&built.stderr), 1, "{}", built.stderr);
+    assert_eq!(Unpacked::from_oci_tar(&tar, "1").read("/app.txt"), "app\n");
+
+    std::fs::remove_file(&junk).unwrap();
+    std::os::unix::fs::symlink("data/real.txt", project.path().join("link.txt")).unwrap();
+    project.write("Dockerfile", &dockerfile("app.txt link.txt"));
+    for content in ["one\n", "two\n"] {
+        project.write("data/real.txt", content);
+        let built = client.build(project.path(), &["-t", "part:1", "-o", &dest], &[]);
+        built.assert_ok();
+        assert_eq!(submitted(&built.stderr), 2, "sent again with the whole context:\n{}", built.stderr);
+        let image = Unpacked::from_oci_tar(&tar, "1");
+        assert_eq!((image.read("/app.txt"), image.read("/link.txt")), ("app\n".into(), content.into()));
+    }
+}
+
 #[test]
 fn a_detached_build_can_be_attached_from_the_start() {
     let client = Client::new(&shared_cluster().endpoint());

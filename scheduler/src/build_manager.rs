@@ -18,7 +18,7 @@ use memobuild_engine::{
     EngineStores, ExportRequest, HostEntry, ImageBuild, NetworkPolicy, ResourceLimits, Secrets, DOCKER_IMAGE_CONTEXT,
     HOST_ENTITLEMENT, INSECURE_ENTITLEMENT,
 };
-use memobuild_frontend::{plan_text, BuildContext, BuildOptions, Platform};
+use memobuild_frontend::{plan_text, BuildContext, BuildOptions, ContextScope, Platform};
 use memobuild_oci::{Compression, DirectoryDiffIdMemo, RegistryClient};
 use memobuild_proto::build::{
     build_event::Kind, export, BuildAccepted, BuildEvent, BuildFailed, BuildRequest, BuildResult, BuildSummary,
@@ -210,7 +210,7 @@ impl BuildManager {
         if !request.secrets.is_empty() || !request.registry_credentials.is_empty() {
             let why = "the scheduler restarted, and this build's secrets or registry credentials were held in \
                        memory only: run it again";
-            build.end(Err(Error::unavailable(why)), 0, 0);
+            build.end(Err(Error::unavailable(why).into()), 0, 0);
             return Ok(());
         }
         build.push(BuildEvent::info(
@@ -279,7 +279,7 @@ impl BuildManager {
                 metrics.builds_running.inc();
                 match prepared.await {
                     Ok(image_build) => manager.execute(build.clone(), &request, image_build).await,
-                    Err(e) => build.end(Err(e), 0, 0),
+                    Err(e) => build.end(Err(e.into()), 0, 0),
                 }
                 metrics.builds_running.dec();
                 let summary = build.summary();
@@ -348,10 +348,13 @@ impl BuildManager {
             }
             counts
         });
+        let context = image_build.context.clone();
         // Boxed as Send: the engine's future is too deep to prove it here.
         let run: futures::future::BoxFuture<'_, _> =
             Box::pin(image_build.run(stores, executor, &events, running.cancel.clone()));
-        let outcome = run.await;
+        let outcome = run
+            .await
+            .map_err(|error| Failure { error, context_path_outside: context.outside_scope().map(str::to_string) });
         drop(events);
         let (executed, cached) = pump.await.unwrap_or_default();
         running.end(outcome, executed, cached);
@@ -450,7 +453,8 @@ impl BuildManager {
         pins.hold(holder, &blobs).await.with_context(|| format!("pinning build context {}", root.subject()))
     }
 
-    /// The build context the request names, from its tree in the CAS.
+    /// The build context the request names, from its tree in the CAS: the
+    /// part of it the request's `context_paths` name, when it names any.
     async fn context(&self, request: &BuildRequest) -> Result<Arc<BuildContext>> {
         let root = request
             .context
@@ -462,13 +466,17 @@ impl BuildManager {
             .with_context(|| format!("reading build context {}: upload it first", root.subject()))?;
         let directories: BTreeMap<Digest, _> =
             directories.into_iter().map(|d| (Digest::of(DigestFunction::Blake3, &d.encode_to_vec()), d)).collect();
-        Ok(Arc::new(BuildContext::from_tree(&root, &directories)?))
+        let context = BuildContext::from_tree(&root, &directories)?;
+        Ok(Arc::new(match request.context_paths.is_empty() {
+            true => context,
+            false => context.with_scope(ContextScope::of_paths(request.context_paths.iter().cloned())),
+        }))
     }
 }
 
 impl RunningBuild {
     /// Records how the build ended, as its last event.
-    fn end(&self, outcome: Result<BuiltOutput>, executed: u32, cached: u32) {
+    fn end(&self, outcome: std::result::Result<BuiltOutput, Failure>, executed: u32, cached: u32) {
         let (state, message, event) = match outcome {
             Ok(built) => {
                 let message = built.image_id.clone().unwrap_or_default();
@@ -481,9 +489,13 @@ impl RunningBuild {
                 };
                 (BuildState::Succeeded, message, Kind::Result(result))
             }
-            Err(e) => {
+            Err(Failure { error: e, context_path_outside }) => {
                 let state = if e.code() == tonic::Code::Cancelled { BuildState::Cancelled } else { BuildState::Failed };
-                let failed = BuildFailed { code: e.code() as i32, message: e.message().to_string() };
+                let failed = BuildFailed {
+                    code: e.code() as i32,
+                    message: e.message().to_string(),
+                    context_path_outside: context_path_outside.unwrap_or_default(),
+                };
                 (state, e.message().to_string(), Kind::BuildFailed(failed))
             }
         };
@@ -552,6 +564,19 @@ async fn flush_events(store: &dyn BuildStore, events: &mut Vec<(String, u64, Vec
         if let Err(e) = store.append_events(&id, &list).await {
             tracing::warn!(build = %id, error = %e, "cannot store build events");
         }
+    }
+}
+
+/// Why a build failed: the error, and the context path it read outside
+/// the part the client sent, if that is why.
+struct Failure {
+    error: Error,
+    context_path_outside: Option<String>,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Failure { error, context_path_outside: None }
     }
 }
 
@@ -659,7 +684,7 @@ mod tests {
         for _ in 0..100 {
             build.push(BuildEvent::log("0.1", step_log::Stream::Stdout, chunk.clone()));
         }
-        build.end(Err(Error::internal("the step failed")), 0, 0);
+        build.end(Err(Error::internal("the step failed").into()), 0, 0);
         let (events, ended) = build.events_from(0);
         assert!(ended);
         let logs = events.iter().filter(|e| matches!(e.kind, Some(Kind::Log(_)))).count();
