@@ -16,7 +16,7 @@ use memobuild_oci::{ImageReference, RegistryClient};
 use memobuild_proto::build::build_service_client::BuildServiceClient;
 use memobuild_proto::build::{
     build_event::Kind, export, BlobDigest, BuildEvent, BuildRequest, BuildResult, CancelRequest, Export,
-    ListBuildsRequest, RegistryCredential, Secret, WatchRequest,
+    ListBuildsRequest, PartialContext, RegistryCredential, Secret, WatchRequest,
 };
 use memobuild_proto::Digest;
 use prost::Message;
@@ -180,7 +180,7 @@ async fn build(args: RemoteBuildArgs) -> anyhow::Result<Option<String>> {
                 renderer = Some(tokio::spawn(render(inputs.mode, receiver)));
             }
             match follow_build(&args, &client, &cas, &inputs, events, &sender).await {
-                Err(e) if part == ContextPart::Named && e.downcast_ref::<ContextPathOutside>().is_some() => {
+                Err(e) if part == ContextPart::Named && e.downcast_ref::<WholeContextNeeded>().is_some() => {
                     tracing::info!("{e}: sending the whole context");
                     part = ContextPart::Whole;
                 }
@@ -215,17 +215,32 @@ enum Written {
     Image { digest: Option<String>, image_id: Option<String> },
 }
 
-/// The build's path outside the context paths sent ([`BuildFailed::context_path_outside`]).
+/// Why a build is sent again with the whole context.
 #[derive(Debug)]
-struct ContextPathOutside(String);
+enum WholeContextNeeded {
+    /// The build reads this path, outside the part sent
+    /// ([`BuildFailed::context_path_outside`]).
+    Outside(String),
+    /// The cluster predates partial contexts: it refused the request for
+    /// want of a whole one.
+    OldCluster,
+}
 
-impl std::fmt::Display for ContextPathOutside {
+/// How a cluster that predates partial contexts refuses them.
+const WHOLE_CONTEXT_REQUIRED: &str = "a build request needs its context's root digest";
+
+impl std::fmt::Display for WholeContextNeeded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the build reads {:?}, outside the context paths its Dockerfile names", self.0)
+        match self {
+            WholeContextNeeded::Outside(path) => {
+                write!(f, "the build reads {path:?}, outside the context paths its Dockerfile names")
+            }
+            WholeContextNeeded::OldCluster => write!(f, "the cluster takes whole contexts only"),
+        }
     }
 }
 
-impl std::error::Error for ContextPathOutside {}
+impl std::error::Error for WholeContextNeeded {}
 
 /// Follows the build `events` tell, its progress into `sender`, then
 /// writes its outputs; returns the image's manifest digest and id.
@@ -304,11 +319,21 @@ async fn request(args: &BuildArgs, inputs: &BuildInputs, instance: &str) -> anyh
     if inputs.outputs.iter().any(|o| matches!(o, OutputSpec::Local { .. })) {
         exports.push(Export { kind: export::Kind::Filesystem as i32, compression: String::new() });
     }
+    let root = BlobDigest::of(&inputs.context.root_digest());
     Ok(BuildRequest {
         instance_name: instance.to_string(),
         dockerfile_name: inputs.dockerfile_name.clone(),
         dockerfile: inputs.dockerfile.clone(),
-        context: Some(BlobDigest::of(&inputs.context.root_digest())),
+        context: match inputs.context.scope() {
+            ContextScope::Whole => Some(root.clone()),
+            ContextScope::Paths(_) => None,
+        },
+        partial_context: match inputs.context.scope() {
+            ContextScope::Whole => None,
+            ContextScope::Paths(paths) => {
+                Some(PartialContext { root: Some(root), paths: paths.iter().cloned().collect() })
+            }
+        },
         build_args: args.build_args.iter().cloned().collect(),
         target: args.target.clone().unwrap_or_default(),
         platform: args.platform.clone().unwrap_or_default(),
@@ -332,10 +357,6 @@ async fn request(args: &BuildArgs, inputs: &BuildInputs, instance: &str) -> anyh
         dry_run: args.dry_run,
         check: args.check(),
         build_contexts: args.build_contexts.iter().cloned().collect(),
-        context_paths: match inputs.context.scope() {
-            ContextScope::Whole => Vec::new(),
-            ContextScope::Paths(paths) => paths.iter().cloned().collect(),
-        },
     })
 }
 
@@ -415,7 +436,10 @@ async fn follow(
             }
             Some(Kind::Result(result)) => break Ok(result.clone()),
             Some(Kind::BuildFailed(failed)) if !failed.context_path_outside.is_empty() => {
-                break Err(ContextPathOutside(failed.context_path_outside.clone()).into())
+                break Err(WholeContextNeeded::Outside(failed.context_path_outside.clone()).into())
+            }
+            Some(Kind::BuildFailed(failed)) if failed.message == WHOLE_CONTEXT_REQUIRED => {
+                break Err(WholeContextNeeded::OldCluster.into())
             }
             Some(Kind::BuildFailed(failed)) => break Err(anyhow::anyhow!("{}", failed.message)),
             _ => {}

@@ -445,32 +445,21 @@ impl BuildManager {
 
     /// Pins every blob of the request's context for `holder`.
     async fn pin_context(&self, holder: &str, request: &BuildRequest) -> Result<()> {
-        let (Some(pins), Some(context)) = (self.scheduler.pins(), request.context.as_ref()) else {
-            return Ok(());
-        };
-        let root = context.digest(DigestFunction::Blake3, "build context")?;
+        let Some(pins) = self.scheduler.pins() else { return Ok(()) };
+        let (root, _) = context_root(request)?;
         let blobs = tree_blobs(&*self.cas, root).await?;
         pins.hold(holder, &blobs).await.with_context(|| format!("pinning build context {}", root.subject()))
     }
 
-    /// The build context the request names, from its tree in the CAS: the
-    /// part of it the request's `context_paths` name, when it names any.
+    /// The build context the request names, from its tree in the CAS.
     async fn context(&self, request: &BuildRequest) -> Result<Arc<BuildContext>> {
-        let root = request
-            .context
-            .as_ref()
-            .ok_or_else(|| Error::invalid_argument("a build request needs its context's root digest"))?
-            .digest(DigestFunction::Blake3, "build context")?;
+        let (root, scope) = context_root(request)?;
         let directories = walk_tree(&*self.cas, root)
             .await
             .with_context(|| format!("reading build context {}: upload it first", root.subject()))?;
         let directories: BTreeMap<Digest, _> =
             directories.into_iter().map(|d| (Digest::of(DigestFunction::Blake3, &d.encode_to_vec()), d)).collect();
-        let context = BuildContext::from_tree(&root, &directories)?;
-        Ok(Arc::new(match request.context_paths.is_empty() {
-            true => context,
-            false => context.with_scope(ContextScope::of_paths(request.context_paths.iter().cloned())),
-        }))
+        Ok(Arc::new(BuildContext::from_tree(&root, &directories)?.with_scope(scope)))
     }
 }
 
@@ -563,6 +552,26 @@ async fn flush_events(store: &dyn BuildStore, events: &mut Vec<(String, u64, Vec
     for (id, list) in by_build {
         if let Err(e) = store.append_events(&id, &list).await {
             tracing::warn!(build = %id, error = %e, "cannot store build events");
+        }
+    }
+}
+
+/// The root of the request's context tree, and what part of the context
+/// it holds.
+fn context_root(request: &BuildRequest) -> Result<(Digest, ContextScope)> {
+    match (&request.context, &request.partial_context) {
+        (Some(whole), None) => Ok((whole.digest(DigestFunction::Blake3, "build context")?, ContextScope::Whole)),
+        (None, Some(part)) => {
+            let root = part
+                .root
+                .as_ref()
+                .ok_or_else(|| Error::invalid_argument("a partial build context needs its root digest"))?
+                .digest(DigestFunction::Blake3, "build context")?;
+            Ok((root, ContextScope::of_paths(part.paths.iter().cloned())))
+        }
+        (None, None) => Err(Error::invalid_argument("a build request needs its context's root digest")),
+        (Some(_), Some(_)) => {
+            Err(Error::invalid_argument("a build request has a whole or a partial context, not both"))
         }
     }
 }
@@ -662,9 +671,27 @@ fn unix_ms() -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use memobuild_proto::build::step_log;
+    use memobuild_proto::build::{step_log, BlobDigest, PartialContext};
 
     use super::*;
+
+    /// A request names its context whole or in part; a cluster before
+    /// partial contexts refused one with this message, which clients
+    /// recognise.
+    #[test]
+    fn a_request_has_a_whole_or_a_partial_context() {
+        let root = BlobDigest::of(&Digest::of(DigestFunction::Blake3, b"root"));
+        let whole = BuildRequest { context: Some(root.clone()), ..BuildRequest::default() };
+        assert_eq!(context_root(&whole).unwrap().1, ContextScope::Whole);
+        let paths = vec!["src".to_string(), "app.txt".to_string()];
+        let part = PartialContext { root: Some(root.clone()), paths: paths.clone() };
+        let partial = BuildRequest { partial_context: Some(part.clone()), ..BuildRequest::default() };
+        assert_eq!(context_root(&partial).unwrap().1, ContextScope::of_paths(paths));
+        let neither = context_root(&BuildRequest::default()).unwrap_err();
+        assert_eq!(neither.message(), "a build request needs its context's root digest");
+        let both = BuildRequest { partial_context: Some(part), ..whole };
+        assert_eq!(context_root(&both).unwrap_err().code(), tonic::Code::InvalidArgument);
+    }
 
     #[test]
     fn endless_output_is_cut_with_one_note_and_the_end_still_recorded() {
