@@ -46,7 +46,12 @@ impl SqliteMetadata {
 
     /// Adds the blob's row or moves its access time forward; `stored` marks
     /// its bytes as in the store, which is when its size starts to count.
+    /// A blob is usually recorded when its write starts and marked stored
+    /// when it ends: that second call is one statement.
     async fn insert(&self, digest: &Digest, shard: &str, now_ms: i64, stored: bool) -> Result<()> {
+        if stored && self.mark_recorded(digest, shard, now_ms).await? {
+            return Ok(());
+        }
         let inserted = sqlx::query(
             "INSERT INTO blobs (function, hash, size, last_access, stored, shard) VALUES (?, ?, ?, ?, ?, ?)
              ON CONFLICT DO NOTHING",
@@ -67,19 +72,9 @@ impl SqliteMetadata {
             }
             return Ok(());
         }
-        if stored {
-            let marked =
-                sqlx::query("UPDATE blobs SET stored = 1 WHERE function = ? AND hash = ? AND size = ? AND stored = 0")
-                    .bind(function_code(digest.function()))
-                    .bind(&digest.hash()[..])
-                    .bind(digest.size() as i64)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(db_error("marking a blob stored"))?
-                    .rows_affected();
-            if marked == 1 {
-                self.total_bytes.fetch_add(digest.size(), Ordering::SeqCst);
-            }
+        // Another write may have recorded it since the first statement.
+        if stored && self.mark_recorded(digest, shard, now_ms).await? {
+            return Ok(());
         }
         sqlx::query(
             "UPDATE blobs SET last_access = MAX(last_access, ?), shard = ? WHERE function = ? AND hash = ? AND size = ?",
@@ -93,6 +88,29 @@ impl SqliteMetadata {
         .await
         .map_err(db_error("recording a blob"))?;
         Ok(())
+    }
+
+    /// Marks a recorded, not yet stored blob stored (its size counts from
+    /// now) and moves its access time forward; false when there is no such
+    /// row.
+    async fn mark_recorded(&self, digest: &Digest, shard: &str, now_ms: i64) -> Result<bool> {
+        let marked = sqlx::query(
+            "UPDATE blobs SET stored = 1, last_access = MAX(last_access, ?), shard = ?
+             WHERE function = ? AND hash = ? AND size = ? AND stored = 0",
+        )
+        .bind(now_ms)
+        .bind(shard)
+        .bind(function_code(digest.function()))
+        .bind(&digest.hash()[..])
+        .bind(digest.size() as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error("marking a blob stored"))?
+        .rows_affected();
+        if marked == 1 {
+            self.total_bytes.fetch_add(digest.size(), Ordering::SeqCst);
+        }
+        Ok(marked == 1)
     }
 
     fn uncount(&self, bytes: u64) {
