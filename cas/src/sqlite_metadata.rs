@@ -76,17 +76,9 @@ impl SqliteMetadata {
         if stored && self.mark_recorded(digest, shard, now_ms).await? {
             return Ok(());
         }
-        sqlx::query(
-            "UPDATE blobs SET last_access = MAX(last_access, ?), shard = ? WHERE function = ? AND hash = ? AND size = ?",
-        )
-        .bind(now_ms)
-        .bind(shard)
-        .bind(function_code(digest.function()))
-        .bind(&digest.hash()[..])
-        .bind(digest.size() as i64)
-        .execute(&self.pool)
-        .await
-        .map_err(db_error("recording a blob"))?;
+        let statement = "UPDATE blobs SET last_access = MAX(last_access, ?), shard = ?
+             WHERE function = ? AND hash = ? AND size = ?";
+        self.update_row(statement, digest, shard, now_ms).await.map_err(db_error("recording a blob"))?;
         Ok(())
     }
 
@@ -94,23 +86,28 @@ impl SqliteMetadata {
     /// now) and moves its access time forward; false when there is no such
     /// row.
     async fn mark_recorded(&self, digest: &Digest, shard: &str, now_ms: i64) -> Result<bool> {
-        let marked = sqlx::query(
-            "UPDATE blobs SET stored = 1, last_access = MAX(last_access, ?), shard = ?
-             WHERE function = ? AND hash = ? AND size = ? AND stored = 0",
-        )
-        .bind(now_ms)
-        .bind(shard)
-        .bind(function_code(digest.function()))
-        .bind(&digest.hash()[..])
-        .bind(digest.size() as i64)
-        .execute(&self.pool)
-        .await
-        .map_err(db_error("marking a blob stored"))?
-        .rows_affected();
+        let statement = "UPDATE blobs SET stored = 1, last_access = MAX(last_access, ?), shard = ?
+             WHERE function = ? AND hash = ? AND size = ? AND stored = 0";
+        let marked =
+            self.update_row(statement, digest, shard, now_ms).await.map_err(db_error("marking a blob stored"))?;
         if marked == 1 {
             self.total_bytes.fetch_add(digest.size(), Ordering::SeqCst);
         }
         Ok(marked == 1)
+    }
+
+    /// Runs `statement` on the blob's row, binding the access time, the
+    /// shard and the digest; returns how many rows it changed.
+    async fn update_row(&self, statement: &str, digest: &Digest, shard: &str, now_ms: i64) -> sqlx::Result<u64> {
+        let done = sqlx::query(statement)
+            .bind(now_ms)
+            .bind(shard)
+            .bind(function_code(digest.function()))
+            .bind(&digest.hash()[..])
+            .bind(digest.size() as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     fn uncount(&self, bytes: u64) {
