@@ -19,6 +19,7 @@ use memobuild_proto::build::{
     ListBuildsRequest, PartialContext, RegistryCredential, Secret, WatchRequest,
 };
 use memobuild_proto::Digest;
+use memobuild_scheduler::WHOLE_CONTEXT_REQUIRED;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -225,9 +226,6 @@ enum WholeContextNeeded {
     /// want of a whole one.
     OldCluster,
 }
-
-/// How a cluster that predates partial contexts refuses them.
-const WHOLE_CONTEXT_REQUIRED: &str = "a build request needs its context's root digest";
 
 impl std::fmt::Display for WholeContextNeeded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

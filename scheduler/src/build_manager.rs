@@ -556,6 +556,11 @@ async fn flush_events(store: &dyn BuildStore, events: &mut Vec<(String, u64, Vec
     }
 }
 
+/// How a request without a whole or a partial context is refused; clients
+/// that send a partial context recognise it as a cluster's that predates
+/// partial contexts (it said the same), and send the whole context.
+pub const WHOLE_CONTEXT_REQUIRED: &str = "a build request needs its context's root digest";
+
 /// The root of the request's context tree, and what part of the context
 /// it holds.
 fn context_root(request: &BuildRequest) -> Result<(Digest, ContextScope)> {
@@ -569,7 +574,7 @@ fn context_root(request: &BuildRequest) -> Result<(Digest, ContextScope)> {
                 .digest(DigestFunction::Blake3, "build context")?;
             Ok((root, ContextScope::of_paths(part.paths.iter().cloned())))
         }
-        (None, None) => Err(Error::invalid_argument("a build request needs its context's root digest")),
+        (None, None) => Err(Error::invalid_argument(WHOLE_CONTEXT_REQUIRED)),
         (Some(_), Some(_)) => {
             Err(Error::invalid_argument("a build request has a whole or a partial context, not both"))
         }
@@ -675,9 +680,7 @@ mod tests {
 
     use super::*;
 
-    /// A request names its context whole or in part; a cluster before
-    /// partial contexts refused one with this message, which clients
-    /// recognise.
+    /// A request names its context whole or in part.
     #[test]
     fn a_request_has_a_whole_or_a_partial_context() {
         let root = BlobDigest::of(&Digest::of(DigestFunction::Blake3, b"root"));
@@ -688,7 +691,7 @@ mod tests {
         let partial = BuildRequest { partial_context: Some(part.clone()), ..BuildRequest::default() };
         assert_eq!(context_root(&partial).unwrap().1, ContextScope::of_paths(paths));
         let neither = context_root(&BuildRequest::default()).unwrap_err();
-        assert_eq!(neither.message(), "a build request needs its context's root digest");
+        assert_eq!(neither.message(), WHOLE_CONTEXT_REQUIRED);
         let both = BuildRequest { partial_context: Some(part), ..whole };
         assert_eq!(context_root(&both).unwrap_err().code(), tonic::Code::InvalidArgument);
     }

@@ -27,7 +27,7 @@ mod build_store_tests;
 mod operation_store_tests;
 
 pub use build_dag::{BuildDag, DagNode};
-pub use build_manager::{BuildManager, RunningBuild};
+pub use build_manager::{BuildManager, RunningBuild, WHOLE_CONTEXT_REQUIRED};
 pub use build_record::{BuildState, StoredBuild};
 pub use build_store::{BuildStore, MAX_BUILD_PAGE};
 pub use metrics::SchedulerMetrics;

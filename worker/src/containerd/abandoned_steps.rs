@@ -62,8 +62,7 @@ fn is_gone(owner: &str) -> bool {
 impl Containerd {
     /// Removes the steps of processes that are gone: kills their tasks,
     /// deletes tasks and containers, removes their snapshots and leases.
-    /// Returns how many.
-    pub(super) async fn remove_abandoned_steps(&self) -> Result<usize> {
+    pub(super) async fn remove_abandoned_steps(&self) -> Result<()> {
         let containers = ContainersClient::new(self.channel())
             .list(self.request(ListContainersRequest { filters: Vec::new() }, None))
             .await
@@ -82,7 +81,7 @@ impl Containerd {
         }
         let jobs = abandoned.into_iter().map(Mutex::new).collect::<Vec<_>>();
         futures::future::join_all(jobs.iter().map(|left| StepRemains::clean(left, self, &never, &now))).await;
-        Ok(jobs.len())
+        Ok(())
     }
 }
 
