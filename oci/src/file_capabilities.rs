@@ -15,7 +15,7 @@ pub const CAPABILITY_XATTR: &str = "security.capability";
 pub const CAPABILITY_PAX_RECORD: &str = "SCHILY.xattr.security.capability";
 /// Revisions of `struct vfs_cap_data` (the top byte of its first word):
 /// 3 carries the root id of the user namespace that set it, 2 does not.
-pub const CAPABILITY_REVISION_MASK: u32 = 0xFF00_0000;
+const CAPABILITY_REVISION_MASK: u32 = 0xFF00_0000;
 pub const CAPABILITY_REVISION_2: u32 = 0x0200_0000;
 pub const CAPABILITY_REVISION_3: u32 = 0x0300_0000;
 pub const CAPABILITY_V2_BYTES: usize = 20;

@@ -35,7 +35,7 @@ pub use docker_archive::write_docker_archive;
 pub use extract::{extract_layer_to_overlay_upper, extract_layers, ExtractLimits};
 pub use file_capabilities::{
     capability_revision, read_file_capabilities, without_namespace_root, CAPABILITY_PAX_RECORD, CAPABILITY_REVISION_2,
-    CAPABILITY_REVISION_3, CAPABILITY_REVISION_MASK, CAPABILITY_V2_BYTES, CAPABILITY_V3_BYTES, CAPABILITY_XATTR,
+    CAPABILITY_REVISION_3, CAPABILITY_V2_BYTES, CAPABILITY_V3_BYTES, CAPABILITY_XATTR,
 };
 pub use fs_entry::{FsEntry, FsKind};
 pub use image_reference::ImageReference;
