@@ -86,7 +86,11 @@ impl FileServer {
     }
 
     fn put(&self, path: &str, content: &str) {
-        self.site.lock().unwrap().files.insert(path.to_string(), content.as_bytes().to_vec());
+        self.put_bytes(path, content.as_bytes().to_vec());
+    }
+
+    fn put_bytes(&self, path: &str, content: Vec<u8>) {
+        self.site.lock().unwrap().files.insert(path.to_string(), content);
     }
 
     fn url(&self, path: &str) -> String {
@@ -633,4 +637,49 @@ fn a_git_url_is_a_build_context() {
     let image = Unpacked::from_oci_tar(&out, "1");
     assert_eq!(image.read("/named/app/hello.txt"), "v1\n");
     assert!(!image.exists("/named/.git"));
+}
+
+/// A context URL that is not git's is downloaded, as BuildKit does: an
+/// archive is the context (its Dockerfile inside, or the one `-f` names),
+/// anything else is the Dockerfile of an empty context; a missing one is
+/// an error naming the URL and the server's answer.
+#[test]
+fn an_http_url_is_a_build_context() {
+    let server = FileServer::without_validators();
+    let mut archive = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default()));
+    let files = [
+        ("Dockerfile", format!("FROM {}\nCOPY app.txt /app.txt\n", fixture().base())),
+        ("docker/Other", format!("FROM {}\nCOPY app.txt /other.txt\n", fixture().base())),
+        ("app.txt", "from the archive\n".to_string()),
+    ];
+    for (name, content) in &files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        archive.append_data(&mut header, name, content.as_bytes()).unwrap();
+    }
+    server.put_bytes("/ctx.tar.gz", archive.into_inner().unwrap().finish().unwrap());
+    server.put("/Dockerfile", &format!("FROM {}\nRUN echo plain > /plain.txt\n", fixture().base()));
+    let project = Project::new(&[]);
+    let out = project.path().join("image.tar");
+    let dest = format!("type=oci,dest={}", out.display());
+
+    let build = project.build_from_stdin(&["-t", "img:1", "-o", &dest, &server.url("/ctx.tar.gz")], b"");
+    assert!(build.ok(), "{}", build.stderr());
+    assert_eq!(Unpacked::from_oci_tar(&out, "1").read("/app.txt"), "from the archive\n");
+    let args = ["-t", "img:1", "-o", &dest, "-f", "docker/Other", &server.url("/ctx.tar.gz")];
+    let build = project.build_from_stdin(&args, b"");
+    assert!(build.ok(), "{}", build.stderr());
+    assert_eq!(Unpacked::from_oci_tar(&out, "1").read("/other.txt"), "from the archive\n");
+
+    let build = project.build_from_stdin(&["-t", "img:1", "-o", &dest, &server.url("/Dockerfile")], b"");
+    assert!(build.ok(), "{}", build.stderr());
+    assert_eq!(Unpacked::from_oci_tar(&out, "1").read("/plain.txt"), "plain\n");
+
+    let missing = server.url("/missing.tar.gz");
+    let build = project.build_from_stdin(&["-o", &dest, &missing], b"");
+    assert!(!build.ok());
+    let stderr = build.stderr();
+    assert!(stderr.contains(&format!("build context {missing}")) && stderr.contains("404"), "{stderr}");
 }

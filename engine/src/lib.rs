@@ -43,7 +43,7 @@ pub use network_policy::{
 };
 pub use output_spec::OutputSpec;
 pub use remote_file_note::RemoteFileNote;
-pub use remote_source::{source_key, GitCheckout};
+pub use remote_source::{download_context, source_key, GitCheckout};
 pub use resource_limits::ResourceLimits;
 pub use secrets::{SecretSource, SecretSpec, Secrets};
 pub use step_action::{

@@ -211,9 +211,8 @@ async fn download(
     known: Option<RemoteFileNote>,
 ) -> Result<(Option<tokio::fs::File>, RemoteFileNote)> {
     use reqwest::header::{ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
-    let failed = |e: &dyn std::error::Error| Error::unavailable(format!("ADD {url}: {}", error_chain(e)));
-    let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(30)).build().map_err(|e| failed(&e))?;
-    let mut request = client.get(url);
+    let what = format!("ADD {url}");
+    let mut request = http_client(&what)?.get(url);
     if let Some(known) = &known {
         if let Some(etag) = &known.etag {
             request = request.header(IF_NONE_MATCH, etag);
@@ -222,18 +221,9 @@ async fn download(
             request = request.header(IF_MODIFIED_SINCE, date);
         }
     }
-    let response = request.send().await.map_err(|e| failed(&e))?;
-    let status = response.status();
-    if let (reqwest::StatusCode::NOT_MODIFIED, Some(known)) = (status, known) {
+    let response = request.send().await.map_err(|e| request_failed(&what, &e))?;
+    if let (reqwest::StatusCode::NOT_MODIFIED, Some(known)) = (response.status(), known) {
         return Ok((None, known));
-    }
-    if !status.is_success() {
-        return Err(Error::unavailable(format!("ADD {url}: the server answered {status}")));
-    }
-    let length = response.content_length();
-    let too_big = || Error::resource_exhausted(format!("ADD {url}: larger than the {MAX_DOWNLOAD} bytes allowed"));
-    if length.is_some_and(|n| n > MAX_DOWNLOAD) {
-        return Err(too_big());
     }
     let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let (etag, last_modified) = (header(ETAG), header(LAST_MODIFIED));
@@ -243,11 +233,47 @@ async fn download(
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_secs());
     std::fs::create_dir_all(&state.remote_files_dir)?;
-    let mut file = tokio::fs::File::from_std(tempfile::tempfile_in(&state.remote_files_dir)?);
+    let file = tempfile::tempfile_in(&state.remote_files_dir)?;
+    let (file, digest) = save_body(response, &what, file).await?;
+    Ok((Some(file), RemoteFileNote { digest, mtime, etag, last_modified }))
+}
+
+/// Downloads the build context at `url` (`memobuild build
+/// https://host/context.tar.gz`) into `file`; returns it rewound.
+pub async fn download_context(url: &str, file: std::fs::File) -> Result<std::fs::File> {
+    let what = format!("build context {url}");
+    let response = http_client(&what)?.get(url).send().await.map_err(|e| request_failed(&what, &e))?;
+    let (file, _) = save_body(response, &what, file).await?;
+    Ok(file.into_std().await)
+}
+
+/// The HTTP client of downloads; `what` names the download in errors.
+fn http_client(what: &str) -> Result<reqwest::Client> {
+    reqwest::Client::builder().connect_timeout(Duration::from_secs(30)).build().map_err(|e| request_failed(what, &e))
+}
+
+fn request_failed(what: &str, e: &dyn std::error::Error) -> Error {
+    Error::unavailable(format!("{what}: {}", error_chain(e)))
+}
+
+/// Writes a successful response's body into `file`, up to
+/// [`MAX_DOWNLOAD`] bytes, hashing it; returns the file rewound and the
+/// body's digest.
+async fn save_body(response: reqwest::Response, what: &str, file: std::fs::File) -> Result<(tokio::fs::File, Digest)> {
+    let status = response.status();
+    if !status.is_success() {
+        return Err(Error::unavailable(format!("{what}: the server answered {status}")));
+    }
+    let length = response.content_length();
+    let too_big = || Error::resource_exhausted(format!("{what}: larger than the {MAX_DOWNLOAD} bytes allowed"));
+    if length.is_some_and(|n| n > MAX_DOWNLOAD) {
+        return Err(too_big());
+    }
+    let mut file = tokio::fs::File::from_std(file);
     let mut hasher = DigestHasher::new(DigestFunction::Sha256);
     let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| failed(&e))?;
+        let chunk = chunk.map_err(|e| request_failed(what, &e))?;
         if hasher.size() + chunk.len() as u64 > MAX_DOWNLOAD {
             return Err(too_big());
         }
@@ -255,11 +281,11 @@ async fn download(
         file.write_all(&chunk).await?;
     }
     if let Some(expected) = length.filter(|n| *n != hasher.size()) {
-        return Err(Error::unavailable(format!("ADD {url}: got {} of {expected} bytes", hasher.size())));
+        return Err(Error::unavailable(format!("{what}: got {} of {expected} bytes", hasher.size())));
     }
     file.flush().await?;
     file.seek(SeekFrom::Start(0)).await?;
-    Ok((Some(file), RemoteFileNote { digest: hasher.finish(), mtime, etag, last_modified }))
+    Ok((file, hasher.finish()))
 }
 
 async fn fetch_git(state: &EngineStores, url: &GitUrl) -> Result<Fetched> {

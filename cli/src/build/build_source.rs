@@ -5,6 +5,7 @@
 //! `-f -` reads the Dockerfile from stdin; a context of `-` reads stdin as
 //! a tar of the context (plain or compressed with gzip, bzip2, xz or zstd,
 //! its Dockerfile inside), or else as the Dockerfile of an empty context.
+//! Any other http(s) URL is downloaded and read as stdin would be.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -51,10 +52,7 @@ impl BuildSource {
                             .map_err(super::anyhow_of)?;
                         (checkout.root, Some(checkout.dir))
                     }
-                    SourceKind::Http => bail!(
-                        "build context {}: only git URLs are fetched; download an archive and pass it as - on stdin",
-                        context.display()
-                    ),
+                    SourceKind::Http => return Self::download(&context.to_string_lossy(), file).await,
                     SourceKind::Path => (canonical_context(context)?, None),
                 };
                 if file == Some(stdin) {
@@ -79,29 +77,46 @@ impl BuildSource {
     /// a directory of its own (`file` names its Dockerfile inside), or the
     /// Dockerfile of an empty context.
     fn from_stdin(mut input: impl Read, file: Option<&Path>) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("memobuild-context-").tempdir().context("making a directory")?;
+        let dir = context_dir()?;
         let spooled = dir.path().join("stdin");
         let mut spool = std::fs::File::create(&spooled).context("saving stdin")?;
         std::io::copy(&mut input, &mut spool).context("reading the build context from stdin")?;
         drop(spool);
+        Self::from_spooled(dir, &spooled, file, "stdin")
+    }
+
+    /// A context URL that is not git's, as BuildKit reads it: the file it
+    /// names is a context archive or else a Dockerfile, as on stdin.
+    async fn download(url: &str, file: Option<&Path>) -> anyhow::Result<Self> {
+        let dir = context_dir()?;
+        let spooled = dir.path().join("download");
+        let into = std::fs::File::create(&spooled).context("saving the download")?;
+        memobuild_engine::download_context(url, into).await.map_err(super::anyhow_of)?;
+        tokio::task::block_in_place(|| Self::from_spooled(dir, &spooled, file, url))
+    }
+
+    /// The context saved at `spooled` in `dir`, which came from `origin`:
+    /// an archive is unpacked beside it, anything else is the Dockerfile of
+    /// an empty context.
+    fn from_spooled(dir: TempDir, spooled: &Path, file: Option<&Path>, origin: &str) -> anyhow::Result<Self> {
         let context_dir = dir.path().join("context");
         std::fs::create_dir(&context_dir).context("making a directory for the context")?;
-        let Some(archive) = Archive::detect(&spooled).map_err(super::anyhow_of)? else {
+        let Some(archive) = Archive::detect(spooled).map_err(super::anyhow_of)? else {
             if let Some(file) = file {
-                bail!("-f {}: stdin holds a Dockerfile, not a context archive to find it in", file.display());
+                bail!("-f {}: {origin} holds a Dockerfile, not a context archive to find it in", file.display());
             }
-            let text = std::fs::read(&spooled).context("reading the Dockerfile from stdin")?;
-            let text = String::from_utf8(text).context("the Dockerfile from stdin is not UTF-8")?;
+            let text = std::fs::read(spooled).with_context(|| format!("reading the Dockerfile from {origin}"))?;
+            let text = String::from_utf8(text).with_context(|| format!("the Dockerfile from {origin} is not UTF-8"))?;
             let mut source = Self::stdin_dockerfile(context_dir, text, Some(dir));
-            source.context_dir = source.context_dir.canonicalize().context("the stdin context")?;
+            source.context_dir = source.context_dir.canonicalize().context("the context directory")?;
             return Ok(source);
         };
-        let reader = archive.reader(std::fs::File::open(&spooled)?).map_err(super::anyhow_of)?;
+        let reader = archive.reader(std::fs::File::open(spooled)?).map_err(super::anyhow_of)?;
         let mut tar = tar::Archive::new(reader);
         tar.set_preserve_permissions(true);
-        tar.unpack(&context_dir).context("unpacking the build context from stdin")?;
-        std::fs::remove_file(&spooled).context("removing the saved stdin")?;
-        let context_dir = context_dir.canonicalize().context("the stdin context")?;
+        tar.unpack(&context_dir).with_context(|| format!("unpacking the build context from {origin}"))?;
+        std::fs::remove_file(spooled).context("removing the saved archive")?;
+        let context_dir = context_dir.canonicalize().context("the context directory")?;
         let (path, name) = dockerfile_inside(&context_dir, file);
         Self::with_dockerfile(context_dir, path, name, Some(dir))
     }
@@ -126,6 +141,11 @@ impl BuildSource {
             temporary,
         }
     }
+}
+
+/// A temporary directory for a context read from stdin or a URL.
+fn context_dir() -> anyhow::Result<TempDir> {
+    tempfile::Builder::new().prefix("memobuild-context-").tempdir().context("making a directory")
 }
 
 /// The Dockerfile `file` names in a context made for this build (from
