@@ -21,14 +21,15 @@ impl ContextScope {
     /// The scope of `paths` (clean relative paths); `""` (the root) makes
     /// it whole, and a path under another adds nothing.
     pub fn of_paths(paths: impl IntoIterator<Item = String>) -> Self {
-        let mut kept: BTreeSet<String> = BTreeSet::new();
         let mut sorted: Vec<String> = paths.into_iter().collect();
+        // A directory sorts before what is under it.
         sorted.sort();
+        let mut kept: BTreeSet<String> = BTreeSet::new();
         for path in sorted {
             if path.is_empty() {
                 return ContextScope::Whole;
             }
-            if !kept.iter().any(|k| under(&path, k)) {
+            if !held_in(&kept, &path) {
                 kept.insert(path);
             }
         }
@@ -39,7 +40,7 @@ impl ContextScope {
     pub fn holds(&self, path: &str) -> bool {
         match self {
             ContextScope::Whole => true,
-            ContextScope::Paths(paths) => paths.iter().any(|p| under(path, p)),
+            ContextScope::Paths(paths) => held_in(paths, path),
         }
     }
 
@@ -48,14 +49,19 @@ impl ContextScope {
     pub fn knows(&self, path: &str) -> bool {
         match self {
             ContextScope::Whole => true,
-            ContextScope::Paths(paths) => paths.iter().any(|p| under(path, p) || under(p, path)),
+            ContextScope::Paths(paths) if path.is_empty() => !paths.is_empty(),
+            ContextScope::Paths(paths) => {
+                let below = format!("{path}/");
+                held_in(paths, path) || paths.range(below.clone()..).next().is_some_and(|p| p.starts_with(&below))
+            }
         }
     }
 }
 
-/// Whether `path` is `base` or under it (`""` is above everything).
-fn under(path: &str, base: &str) -> bool {
-    base.is_empty() || path == base || path.strip_prefix(base).is_some_and(|rest| rest.starts_with('/'))
+/// Whether `path` or a directory above it is in `paths`: a lookup per
+/// level, so a scope of many paths (a request's) costs no more per path.
+fn held_in(paths: &BTreeSet<String>, path: &str) -> bool {
+    path.match_indices('/').map(|(at, _)| &path[..at]).chain(std::iter::once(path)).any(|p| paths.contains(p))
 }
 
 #[cfg(test)]
@@ -86,5 +92,21 @@ mod tests {
             assert!(!s.knows(outside), "{outside}");
         }
         assert!(ContextScope::Whole.holds("") && ContextScope::Whole.knows("anything"));
+        assert!(!scope(&[]).knows(""));
+    }
+
+    /// `a-x` sorts between `a` and `a/b`; a request may name very many
+    /// paths, and each costs a lookup per level, not one per other path.
+    #[test]
+    fn sibling_names_and_many_paths() {
+        assert_eq!(scope(&["a/b", "a-x", "a"]), scope(&["a", "a-x"]));
+        let s = scope(&["a-x/f"]);
+        assert!(s.knows("a-x") && !s.knows("a"));
+        let many: Vec<String> = (0..200_000).map(|n| format!("d{}/f{n}", n % 100)).collect();
+        let s = ContextScope::of_paths(many.clone().into_iter().chain(["d7".to_string()]));
+        let ContextScope::Paths(kept) = &s else { panic!("{s:?}") };
+        assert_eq!(kept.len(), 200_000 - 2_000 + 1, "d7's files are under d7");
+        assert!(many.iter().all(|p| s.holds(p)));
+        assert!(s.knows("d8") && !s.holds("d8") && !s.knows("d8/g"));
     }
 }
