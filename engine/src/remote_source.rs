@@ -239,12 +239,11 @@ async fn download(
 }
 
 /// Downloads the build context at `url` (`memobuild build
-/// https://host/context.tar.gz`) into `file`; returns it rewound.
-pub async fn download_context(url: &str, file: std::fs::File) -> Result<std::fs::File> {
+/// https://host/context.tar.gz`) into `file`.
+pub async fn download_context(url: &str, file: std::fs::File) -> Result<()> {
     let what = format!("build context {url}");
     let response = http_client(&what)?.get(url).send().await.map_err(|e| request_failed(&what, &e))?;
-    let (file, _) = save_body(response, &what, file).await?;
-    Ok(file.into_std().await)
+    save_body(response, &what, file).await.map(|_| ())
 }
 
 /// The HTTP client of downloads; `what` names the download in errors.

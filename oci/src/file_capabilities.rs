@@ -19,7 +19,7 @@ const CAPABILITY_REVISION_MASK: u32 = 0xFF00_0000;
 pub const CAPABILITY_REVISION_2: u32 = 0x0200_0000;
 pub const CAPABILITY_REVISION_3: u32 = 0x0300_0000;
 pub const CAPABILITY_V2_BYTES: usize = 20;
-pub const CAPABILITY_V3_BYTES: usize = 24;
+const CAPABILITY_V3_BYTES: usize = 24;
 
 /// The file capabilities of the regular file at `path`, as a layer records
 /// them: a revision 3 value becomes revision 2, since the root id of the
@@ -48,8 +48,15 @@ pub fn without_namespace_root(value: &[u8]) -> Vec<u8> {
     }
 }
 
+/// The root id a revision 3 value was set against; `None` for others.
+pub fn capability_root(value: &[u8]) -> Option<u32> {
+    let is_v3 = capability_revision(value) == Some(CAPABILITY_REVISION_3) && value.len() == CAPABILITY_V3_BYTES;
+    let root = value.get(CAPABILITY_V2_BYTES..)?;
+    is_v3.then(|| u32::from_le_bytes([root[0], root[1], root[2], root[3]]))
+}
+
 /// The revision bits of a `vfs_cap_data` value.
-pub fn capability_revision(value: &[u8]) -> Option<u32> {
+fn capability_revision(value: &[u8]) -> Option<u32> {
     let magic = value.get(..4)?;
     Some(u32::from_le_bytes([magic[0], magic[1], magic[2], magic[3]]) & CAPABILITY_REVISION_MASK)
 }
@@ -86,6 +93,13 @@ mod tests {
         assert_eq!(&plain[4..], &v3(0)[4..CAPABILITY_V2_BYTES], "the capability sets stay");
         assert_eq!(without_namespace_root(&plain), plain, "revision 2 stays as it is");
         assert_eq!(without_namespace_root(b"xy"), b"xy", "a value too short to read stays as it is");
+    }
+
+    #[test]
+    fn only_revision_3_has_a_root() {
+        assert_eq!(capability_root(&v3(100000)), Some(100000));
+        assert_eq!(capability_root(&without_namespace_root(&v3(100000))), None);
+        assert_eq!(capability_root(b"xy"), None);
     }
 
     #[test]

@@ -34,8 +34,8 @@ pub use diff_id_memo::{DiffIdMemo, DirectoryDiffIdMemo};
 pub use docker_archive::write_docker_archive;
 pub use extract::{extract_layer_to_overlay_upper, extract_layers, ExtractLimits};
 pub use file_capabilities::{
-    capability_revision, read_file_capabilities, without_namespace_root, CAPABILITY_PAX_RECORD, CAPABILITY_REVISION_2,
-    CAPABILITY_REVISION_3, CAPABILITY_V2_BYTES, CAPABILITY_V3_BYTES, CAPABILITY_XATTR,
+    capability_root, read_file_capabilities, without_namespace_root, CAPABILITY_PAX_RECORD, CAPABILITY_REVISION_2,
+    CAPABILITY_REVISION_3, CAPABILITY_V2_BYTES, CAPABILITY_XATTR,
 };
 pub use fs_entry::{FsEntry, FsKind};
 pub use image_reference::ImageReference;

@@ -18,10 +18,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memobuild_oci::{
-    capability_revision, without_namespace_root, CAPABILITY_REVISION_3, CAPABILITY_V2_BYTES, CAPABILITY_V3_BYTES,
-    CAPABILITY_XATTR,
-};
+use memobuild_oci::{capability_root, without_namespace_root, CAPABILITY_XATTR};
 use memobuild_proto::{Result, ResultExt};
 pub use memobuild_sandbox::IdMap;
 
@@ -187,21 +184,16 @@ fn unshift_one(path: &Path, meta: &std::fs::Metadata, map: IdMap) -> Result<()> 
 /// File capabilities as a process of any namespace may use them: a
 /// revision 3 value whose root is the map's root becomes revision 2.
 fn plain_capabilities(value: &[u8], map: IdMap) -> Vec<u8> {
-    let root = value.get(CAPABILITY_V2_BYTES..).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
-    let is_ours = capability_revision(value) == Some(CAPABILITY_REVISION_3)
-        && value.len() == CAPABILITY_V3_BYTES
-        && root == Some(map.uid);
-    if is_ours {
-        without_namespace_root(value)
-    } else {
-        value.to_vec()
+    match capability_root(value) == Some(map.uid) {
+        true => without_namespace_root(value),
+        false => value.to_vec(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use memobuild_oci::CAPABILITY_REVISION_2;
+    use memobuild_oci::{CAPABILITY_REVISION_2, CAPABILITY_REVISION_3, CAPABILITY_V2_BYTES};
 
     const MAP: IdMap = IdMap { uid: 100000, gid: 100000, size: 65536 };
 
