@@ -25,6 +25,8 @@
 #   debian-onefile   app.txt changed: COPY + RUN + four COPY re-run, OCI tar
 #   bigctx-onefile   one file changed in a 200 MB, 2,000-file context
 #   busybox-workdir  app.txt changed in front of WORKDIR + COPY steps only
+#   node-onefile     a Node-style context (package*.json, src/, and 20,000 files of
+#                    node_modules the Dockerfile does not name): src/index.js changed
 # Needs root (containerd, dockerd, base images).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,7 +42,7 @@ write_cases() {
   local W=$1 registry=$2 c
   for side in mb bk; do
     c="$W/ctx-$side"
-    mkdir -p "$c/small" "$c/debian/c" "$c/bigctx/data" "$c/bigctx/config" "$c/workdir"
+    mkdir -p "$c/small" "$c/debian/c" "$c/bigctx/data" "$c/bigctx/config" "$c/workdir" "$c/node/src"
     cat > "$c/small/Dockerfile" <<EOF
 FROM $registry/memobuild-base/busybox:1 AS build
 WORKDIR /src
@@ -91,6 +93,27 @@ WORKDIR /srv/www
 COPY a.txt ./
 EOF
     for f in app a b; do echo "$f" > "$c/workdir/$f.txt"; done
+    cat > "$c/node/Dockerfile" <<EOF
+FROM $registry/memobuild-base/busybox:1
+WORKDIR /app
+COPY package*.json ./
+RUN wc -c package.json package-lock.json > /app/deps.txt
+COPY src/ ./src/
+CMD ["cat", "/app/src/index.js"]
+EOF
+    echo '{"name": "app"}' > "$c/node/package.json"
+    echo '{"lockfileVersion": 3}' > "$c/node/package-lock.json"
+    echo 'console.log("hi")' > "$c/node/src/index.js"
+    python3 - "$c/node/node_modules" <<'PY'
+import os, sys
+d = sys.argv[1]
+for i in range(1000):
+    pkg = os.path.join(d, "pkg%04d" % i)
+    os.makedirs(pkg, exist_ok=True)
+    for j in range(20):
+        with open(os.path.join(pkg, "f%02d.js" % j), "w") as f:
+            f.write("module.exports = %d;\n" % j)
+PY
   done
 }
 
@@ -129,7 +152,8 @@ list_cases() {
     "debian-noop debian none -" \
     "debian-onefile debian oci app.txt" \
     "bigctx-onefile bigctx none data/f0007.bin" \
-    "busybox-workdir workdir none app.txt" |
+    "busybox-workdir workdir none app.txt" \
+    "node-onefile node none src/index.js" |
   while read -r name case output changed; do
     printf '%s\t%s\t%s\n' "$name" "$(mb_command "$W" "$case" "$output" "$changed")" \
       "$(bk_command "$W" "$case" "$output" "$changed")"

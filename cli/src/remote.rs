@@ -324,13 +324,15 @@ async fn request(args: &BuildArgs, inputs: &BuildInputs, instance: &str) -> anyh
         dockerfile: inputs.dockerfile.clone(),
         context: match inputs.context.scope() {
             ContextScope::Whole => Some(root.clone()),
-            ContextScope::Paths(_) => None,
+            ContextScope::Part(_) => None,
         },
         partial_context: match inputs.context.scope() {
             ContextScope::Whole => None,
-            ContextScope::Paths(paths) => {
-                Some(PartialContext { root: Some(root), paths: paths.iter().cloned().collect() })
-            }
+            ContextScope::Part(part) => Some(PartialContext {
+                root: Some(root),
+                paths: part.paths().iter().cloned().collect(),
+                patterns: part.patterns().collect(),
+            }),
         },
         build_args: args.build_args.iter().cloned().collect(),
         target: args.target.clone().unwrap_or_default(),

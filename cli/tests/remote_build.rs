@@ -187,10 +187,11 @@ fn submitted(stderr: &str) -> usize {
 }
 
 /// As `memobuild build` scans it, a remote build sends only the context
-/// paths its Dockerfile names: a file no REAPI tree can hold elsewhere in
-/// the context does not stop it. When the cluster's planning needs more
-/// (a symlink out of those paths), the CLI sends the whole context and
-/// builds again, and a change behind the symlink is never a stale hit.
+/// paths its Dockerfile names (and what its wildcards match): a file no
+/// REAPI tree can hold elsewhere in the context does not stop it. When the
+/// cluster's planning needs more (a symlink out of those paths), the CLI
+/// sends the whole context and builds again, and a change behind the
+/// symlink is never a stale hit.
 #[test]
 fn a_remote_build_sends_only_the_context_it_names() {
     use std::os::unix::ffi::OsStrExt;
@@ -204,6 +205,12 @@ fn a_remote_build_sends_only_the_context_it_names() {
     let out = tempfile::tempdir().unwrap();
     let tar = out.path().join("part.tar");
     let dest = format!("type=oci,dest={}", tar.display());
+    let built = client.build(project.path(), &["-t", "part:1", "-o", &dest], &[]);
+    built.assert_ok();
+    assert_eq!(submitted(&built.stderr), 1, "{}", built.stderr);
+    assert_eq!(Unpacked::from_oci_tar(&tar, "1").read("/app.txt"), "app\n");
+    // A wildcard source is sent as a pattern: the entries it matches.
+    project.write("Dockerfile", &dockerfile("*.txt"));
     let built = client.build(project.path(), &["-t", "part:1", "-o", &dest], &[]);
     built.assert_ok();
     assert_eq!(submitted(&built.stderr), 1, "{}", built.stderr);

@@ -246,10 +246,14 @@ impl BuildContext {
         self.outside.get().map(String::as_str)
     }
 
-    /// Whether `path` is known (`whole`: with everything under it); if
-    /// not, it is remembered as wanted from outside the scope.
-    fn in_scope(&self, path: &str, whole: bool) -> bool {
-        let known = if whole { self.scope.holds(path) } else { self.scope.knows(path) };
+    /// Whether the scope has what a lookup needs of `path`; if not, `path`
+    /// is remembered as wanted from outside the scope.
+    fn in_scope(&self, path: &str, need: Need) -> bool {
+        let known = match need {
+            Need::Entry => self.scope.knows(path),
+            Need::Everything => self.scope.holds(path),
+            Need::Matches(element) => self.scope.lists(path, element),
+        };
         if !known {
             let _ = self.outside.set(path.to_string());
         }
@@ -298,7 +302,7 @@ impl BuildContext {
         while let Some(component) = pending.pop() {
             current.push(component);
             let joined = current.join("/");
-            if !self.in_scope(&joined, false) {
+            if !self.in_scope(&joined, Need::Entry) {
                 return Ok(None);
             }
             match self.entries.get(&joined) {
@@ -350,7 +354,7 @@ impl BuildContext {
                     next.insert(join(base, &component));
                     continue;
                 }
-                if !self.in_scope(&dir, true) {
+                if !self.in_scope(&dir, Need::Matches(&component)) {
                     continue;
                 }
                 let matcher = IgnorePattern::glob(&component)?;
@@ -380,7 +384,7 @@ impl BuildContext {
     /// `exclude` matches: paths relative to `path`, or its name for a file;
     /// with `under` (`COPY --parents`), relative to where `path` lands.
     pub fn selection_digest(&self, path: &str, exclude: &DockerIgnore, under: Option<&str>) -> Option<Digest> {
-        if !self.in_scope(path, true) {
+        if !self.in_scope(path, Need::Everything) {
             return None;
         }
         let entry = self.entries.get(path)?;
@@ -486,6 +490,16 @@ fn join(base: &str, name: &str) -> String {
     } else {
         format!("{base}/{name}")
     }
+}
+
+/// What a lookup needs of a context's scope.
+enum Need<'a> {
+    /// The path's own entry (or that there is none).
+    Entry,
+    /// The path with everything under it.
+    Everything,
+    /// The path's entries that this path element (a pattern) matches.
+    Matches(&'a str),
 }
 
 /// Whether a path element holds Go filepath.Match wildcards.

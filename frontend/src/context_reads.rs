@@ -13,25 +13,52 @@ use crate::{
 };
 
 /// The context paths the Dockerfile's COPY and ADD (without `--from`) and
-/// RUN bind mounts (without `from=`) name, ONBUILD ones included. Whole
-/// when one of them may name anything: the context root, a variable, or a
-/// wildcard in its first element.
+/// RUN bind mounts (without `from=`) name, ONBUILD ones included; a
+/// wildcard in a source's last element (`package*.json`) is kept as a
+/// pattern, one higher up narrows it to the elements before it. Whole when
+/// one of them may name anything: the context root, a variable, or a
+/// wildcard in the first of several elements.
 pub fn context_scope(dockerfile: &Dockerfile) -> ContextScope {
     let lexer = ShellLexer::new(dockerfile.directives.escape);
-    let mut paths = Vec::new();
+    let mut named = Named::default();
     for instruction in &dockerfile.instructions {
-        if named_paths(instruction, lexer, &mut paths).is_none() {
+        if named_paths(instruction, lexer, &mut named).is_none() {
             return ContextScope::Whole;
         }
     }
-    ContextScope::of_paths(paths)
+    ContextScope::of_paths(named.paths).with_patterns(named.patterns).unwrap_or(ContextScope::Whole)
 }
 
-/// Adds the context paths one instruction names; `None` when it may name
-/// any.
-fn named_paths(instruction: &Instruction, lexer: ShellLexer, paths: &mut Vec<String>) -> Option<()> {
+/// What the instructions read so far name.
+#[derive(Default)]
+struct Named {
+    paths: Vec<String>,
+    patterns: Vec<String>,
+}
+
+impl Named {
+    /// Adds a source path; `None` when it may name anything.
+    fn add(&mut self, path: &str) -> Option<()> {
+        let cleaned = clean_path(&format!("/{path}"));
+        let elements: Vec<&str> = cleaned.split('/').filter(|c| !c.is_empty()).collect();
+        let fixed = elements.iter().take_while(|c| !has_wildcard(c)).count();
+        if fixed + 1 == elements.len() {
+            self.patterns.push(elements.join("/"));
+        } else if fixed > 0 {
+            // A `..` above the root was dropped: planning refuses such a
+            // path anyway.
+            self.paths.push(elements[..fixed].join("/"));
+        } else {
+            return None;
+        }
+        Some(())
+    }
+}
+
+/// Adds what one instruction names; `None` when it may name anything.
+fn named_paths(instruction: &Instruction, lexer: ShellLexer, named: &mut Named) -> Option<()> {
     match &instruction.kind {
-        InstructionKind::Onbuild(inner) => named_paths(inner, lexer, paths),
+        InstructionKind::Onbuild(inner) => named_paths(inner, lexer, named),
         InstructionKind::Copy(copy) | InstructionKind::Add(copy) if copy.from.is_none() => {
             for source in &copy.sources {
                 let CopySource::Path(raw) = source else { continue };
@@ -39,7 +66,7 @@ fn named_paths(instruction: &Instruction, lexer: ShellLexer, paths: &mut Vec<Str
                 if copy.add && SourceKind::of(&path).map_or(true, |kind| kind != SourceKind::Path) {
                     continue;
                 }
-                paths.push(fixed_part(&path)?);
+                named.add(&path)?;
             }
             Some(())
         }
@@ -49,7 +76,7 @@ fn named_paths(instruction: &Instruction, lexer: ShellLexer, paths: &mut Vec<Str
                     Mount::parse(&spec.raw, &mut |value| literal(lexer, value).ok_or_else(|| "a variable".to_string()))
                         .ok()?;
                 if mount.kind == MountType::Bind && mount.from.is_none() {
-                    paths.push(fixed_part(mount.source.as_deref().unwrap_or("."))?);
+                    named.add(mount.source.as_deref().unwrap_or("."))?;
                 }
             }
             Some(())
@@ -68,15 +95,6 @@ fn literal(lexer: ShellLexer, word: &str) -> Option<String> {
         })
         .ok()?;
     (!uses_variable).then_some(text)
-}
-
-/// The elements of a source path before its first wildcard, as a clean
-/// relative path (a `..` above the root is dropped: planning refuses such
-/// a path anyway); `None` when that is the context root.
-fn fixed_part(path: &str) -> Option<String> {
-    let cleaned = clean_path(&format!("/{path}"));
-    let fixed: Vec<&str> = cleaned.split('/').filter(|c| !c.is_empty()).take_while(|c| !has_wildcard(c)).collect();
-    (!fixed.is_empty()).then(|| fixed.join("/"))
 }
 
 #[cfg(test)]
@@ -100,7 +118,11 @@ mod tests {
                     COPY <<EOF /note\nhello $HOME\nEOF\n\
                     RUN --mount=type=bind,source=go.mod,target=/m --mount=type=cache,target=/c --mount=from=base,target=/b true\n\
                     ONBUILD COPY /../tools/a/../b.sh /\n";
-        assert_eq!(scope(body), paths(&["app.txt", "src", "my docs", "go.mod", "tools/b.sh"]));
+        let named = paths(&["app.txt", "my docs", "go.mod", "tools/b.sh"]).with_patterns(["src/*.go".to_string()]);
+        assert_eq!(scope(body), named.unwrap());
+        let body = "COPY package*.json ./\nCOPY src/*/main.go docs/?.md /\n";
+        let named = paths(&["src"]).with_patterns(["package*.json".to_string(), "docs/?.md".to_string()]);
+        assert_eq!(scope(body), named.unwrap());
         assert_eq!(scope("RUN true\n"), paths(&[]));
     }
 
@@ -109,7 +131,8 @@ mod tests {
         for body in [
             "COPY . /app/\n",
             "COPY ./ /app/\n",
-            "COPY *.json ./\n",
+            "COPY */package.json ./\n",
+            "COPY [a- ./\n",
             "COPY app.txt $DIR/ /app/\n",
             "COPY \"${SRC}\" /app/\n",
             "RUN --mount=type=bind,target=/src make\n",

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use memobuild_proto::{Digest, DigestFunction, Error, Result, ResultExt};
 
 use crate::stat_cache::{FileStat, StatCache};
-use crate::{BuildContext, ContextNode, ContextScope, DockerIgnore};
+use crate::{BuildContext, ContextNode, ContextScope, DockerIgnore, ScopePart};
 
 /// Counters of one scan.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -83,8 +83,13 @@ impl ContextScanner {
         let mut found = Found::default();
         match scope {
             ContextScope::Whole => self.walk(&root, "", &mut found)?,
-            ContextScope::Paths(paths) => {
-                if !self.walk_paths(&root, paths, &mut found)? || found.files.iter().any(|f| f.linked.is_some()) {
+            ContextScope::Part(part) => {
+                let Some(matched) = self.list_matches(&root, part)? else { return self.scan() };
+                let paths = match ContextScope::of_paths(part.paths().iter().cloned().chain(matched)) {
+                    ContextScope::Part(all) => all.paths().clone(),
+                    ContextScope::Whole => return self.scan(),
+                };
+                if !self.walk_paths(&root, &paths, &mut found)? || found.files.iter().any(|f| f.linked.is_some()) {
                     return self.scan();
                 }
             }
@@ -132,6 +137,42 @@ impl ContextScanner {
         }
         let context = BuildContext::from_linked_nodes(nodes, hardlinks)?.with_scope(scope.clone());
         Ok((context, stats))
+    }
+
+    /// The entries of `part`'s listed directories that its patterns match;
+    /// `None` if such a directory, or one above it, is not a directory (a
+    /// symlink would lead elsewhere in the context).
+    fn list_matches(&self, root: &Path, part: &ScopePart) -> Result<Option<Vec<String>>> {
+        let mut matched = Vec::new();
+        for dir in part.listed_dirs() {
+            let abs = root.join(dir);
+            let meta = match std::fs::symlink_metadata(&abs) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("reading {}", abs.display())),
+            };
+            let real = std::fs::canonicalize(&abs).with_context(|| format!("reading {}", abs.display()))?;
+            if !meta.is_dir() || real != root.join(dir) {
+                return Ok(None);
+            }
+            let read = std::fs::read_dir(&abs).with_context(|| format!("listing {}", abs.display()))?;
+            for entry in read {
+                let entry = entry.with_context(|| format!("listing {}", abs.display()))?;
+                let name = entry.file_name();
+                let lossy = name.to_string_lossy();
+                if !part.matches(dir, &lossy) {
+                    continue;
+                }
+                let name = name.into_string().map_err(|n| {
+                    Error::invalid_argument(format!(
+                        "{}: file name {n:?} is not UTF-8, which REAPI trees cannot hold",
+                        entry.path().display()
+                    ))
+                })?;
+                matched.push(if dir.is_empty() { name } else { format!("{dir}/{name}") });
+            }
+        }
+        Ok(Some(matched))
     }
 
     /// Reads each of `paths` with everything under it, and the directories

@@ -110,7 +110,7 @@ pub use check_rule::CheckRule;
 pub use command_line::CommandLine;
 pub use context_reads::context_scope;
 pub use context_scanner::{ContextScanner, ScanStats};
-pub use context_scope::ContextScope;
+pub use context_scope::{ContextScope, ScopePart};
 pub use copy_instruction::{CopyInstruction, CopySource};
 pub use directives::Directives;
 pub use dockerfile::Dockerfile;

@@ -235,7 +235,8 @@ fn the_part_a_dockerfile_names_is_scanned_alone_and_plans_the_same() {
     let dockerfile = "FROM scratch\nCOPY src/*.rs /src/\nCOPY build.sh /\nCOPY --from=other /x /y\n";
     let parsed = Dockerfile::parse("Dockerfile", dockerfile).unwrap();
     let scope = context_scope(&parsed);
-    assert_eq!(scope, ContextScope::of_paths(["src".to_string(), "build.sh".to_string()]));
+    let named = ContextScope::of_paths(["build.sh".to_string()]).with_patterns(["src/*.rs".to_string()]);
+    assert_eq!(scope, named.unwrap());
     let ignore = DockerIgnore::from_patterns(&["**/*.key"]).unwrap();
     let (part, stats) = ContextScanner::new(dir.path(), ignore.clone()).scan_within(&scope).unwrap();
     assert_eq!(stats.files, 3, "src/main.rs, src/lib.rs and build.sh; not README.md, target/ or the ignored key");
@@ -244,6 +245,61 @@ fn the_part_a_dockerfile_names_is_scanned_alone_and_plans_the_same() {
     let dockerfile = "FROM scratch\nCOPY src/*.rs /src/\nCOPY build.sh /\n";
     assert_eq!(step_keys(dockerfile, &part), step_keys(dockerfile, &whole));
     assert_eq!(part.outside_scope(), None);
+}
+
+/// `COPY package*.json ./` reads the entries of the context root that
+/// match, not the rest of it (a Node project's `node_modules`), and plans
+/// as the whole context would; another wildcard over that directory is
+/// outside the part.
+#[test]
+fn a_wildcard_source_reads_only_what_it_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "package.json", "{}");
+    write(root, "package-lock.json", "{\"lockfileVersion\": 3}");
+    write(root, "packages/inner/package.json", "{}");
+    write(root, "src/index.js", "main()");
+    write(root, "src/util.js", "util()");
+    write(root, "src/notes.md", "# notes");
+    write(root, "README.md", "# app");
+    for n in 0..50 {
+        write(root, &format!("node_modules/pkg{n}/index.js"), "module");
+    }
+    let dockerfile = "FROM scratch\nCOPY package*.json ./\nCOPY src/*.js ./src/\n";
+    let scope = context_scope(&Dockerfile::parse("Dockerfile", dockerfile).unwrap());
+    let (part, stats) = ContextScanner::new(root, DockerIgnore::default()).scan_within(&scope).unwrap();
+    assert_eq!(stats.files, 4, "the two package files and src's two .js files");
+    assert!(part.entry("packages").is_none() && part.entry("node_modules").is_none());
+    let (whole, _) = ContextScanner::new(root, DockerIgnore::default()).scan().unwrap();
+    assert_eq!(step_keys(dockerfile, &part), step_keys(dockerfile, &whole));
+    assert_eq!(part.outside_scope(), None);
+    assert!(part.glob("*.md").unwrap().is_empty());
+    assert_eq!(part.outside_scope(), Some(""), "the root's other entries were not read");
+
+    // What .dockerignore leaves out stays out; a listed directory behind
+    // a symlink is read whole.
+    let ignored = DockerIgnore::from_patterns(&["package-lock.json"]).unwrap();
+    let (part, stats) = ContextScanner::new(root, ignored).scan_within(&scope).unwrap();
+    assert_eq!((stats.files, part.entry("package-lock.json")), (3, None));
+    fs::rename(root.join("src"), root.join("source")).unwrap();
+    std::os::unix::fs::symlink("source", root.join("src")).unwrap();
+    let (part, _) = ContextScanner::new(root, DockerIgnore::default()).scan_within(&scope).unwrap();
+    assert_eq!(part.scope(), &ContextScope::Whole);
+}
+
+/// A file name that is not UTF-8 stops a scan only when a wildcard
+/// matches it (a whole scan refuses it wherever it is).
+#[test]
+fn a_non_utf8_name_matters_only_when_a_wildcard_matches_it() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "app.json", "{}");
+    fs::write(dir.path().join(std::ffi::OsStr::from_bytes(b"bad-\xff.txt")), "x").unwrap();
+    let scanner = ContextScanner::new(dir.path(), DockerIgnore::default());
+    let scope = |pattern: &str| ContextScope::of_paths([]).with_patterns([pattern.to_string()]).unwrap();
+    assert_eq!(scanner.scan_within(&scope("*.json")).unwrap().1.files, 1);
+    let error = scanner.scan_within(&scope("*.txt")).unwrap_err();
+    assert!(error.message().contains("is not UTF-8"), "{}", error.message());
 }
 
 /// A lookup outside the scanned part finds nothing and is remembered, so

@@ -572,7 +572,10 @@ fn context_root(request: &BuildRequest) -> Result<(Digest, ContextScope)> {
                 .as_ref()
                 .ok_or_else(|| Error::invalid_argument("a partial build context needs its root digest"))?
                 .digest(DigestFunction::Blake3, "build context")?;
-            Ok((root, ContextScope::of_paths(part.paths.iter().cloned())))
+            let scope = ContextScope::of_paths(part.paths.iter().cloned())
+                .with_patterns(part.patterns.iter().cloned())
+                .map_err(Error::invalid_argument)?;
+            Ok((root, scope))
         }
         (None, None) => Err(Error::invalid_argument(WHOLE_CONTEXT_REQUIRED)),
         (Some(_), Some(_)) => {
@@ -687,9 +690,14 @@ mod tests {
         let whole = BuildRequest { context: Some(root.clone()), ..BuildRequest::default() };
         assert_eq!(context_root(&whole).unwrap().1, ContextScope::Whole);
         let paths = vec!["src".to_string(), "app.txt".to_string()];
-        let part = PartialContext { root: Some(root.clone()), paths: paths.clone() };
+        let patterns = vec!["package*.json".to_string()];
+        let part = PartialContext { root: Some(root.clone()), paths: paths.clone(), patterns: patterns.clone() };
         let partial = BuildRequest { partial_context: Some(part.clone()), ..BuildRequest::default() };
-        assert_eq!(context_root(&partial).unwrap().1, ContextScope::of_paths(paths));
+        let scope = ContextScope::of_paths(paths).with_patterns(patterns).unwrap();
+        assert_eq!(context_root(&partial).unwrap().1, scope);
+        let bad = PartialContext { patterns: vec!["*/x.json".to_string()], ..part.clone() };
+        let bad = BuildRequest { partial_context: Some(bad), ..BuildRequest::default() };
+        assert!(context_root(&bad).unwrap_err().message().contains("only its last element"));
         let neither = context_root(&BuildRequest::default()).unwrap_err();
         assert_eq!(neither.message(), WHOLE_CONTEXT_REQUIRED);
         let both = BuildRequest { partial_context: Some(part), ..whole };
