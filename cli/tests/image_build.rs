@@ -495,8 +495,8 @@ fn a_metadata_only_scratch_image_is_the_same_on_every_build() {
 
 /// A build scans only the context paths its Dockerfile names, as BuildKit
 /// sends only those: a file elsewhere that no REAPI tree can hold (a name
-/// that is not UTF-8) does not stop it, though `COPY .` is refused for it.
-/// A source that leads out of that part (a symlink) makes the build scan
+/// that is not UTF-8) does not stop it, nor does a wildcard that does not
+/// match it, though `COPY .` is refused for it. A source that leads out of that part (a symlink) makes the build scan
 /// the rest, so a change there is built, never served from the cache.
 #[test]
 fn a_build_scans_only_the_context_it_names() {
@@ -509,6 +509,11 @@ fn a_build_scans_only_the_context_it_names() {
     let junk = project.path().join(std::ffi::OsStr::from_bytes(b"junk-\xff"));
     std::fs::write(&junk, "x").unwrap();
     assert_eq!(project.built_image(&[]).read("/app.txt"), "app\n");
+    // A wildcard reads what it matches in its directory.
+    project.write("Dockerfile", "FROM scratch\nCOPY *.txt /\n");
+    let image = project.built_image(&[]);
+    assert_eq!(image.read("/app.txt"), "app\n");
+    assert!(!image.exists("/real.txt"), "data/ is not matched");
 
     project.write("Dockerfile", "FROM scratch\nCOPY . /all/\n");
     let build = project.build(&[]);
