@@ -73,7 +73,7 @@ pub use grpc_channel::{client_tls_config, grpc_channel, grpc_channel_with, Clien
 pub use grpc_store::GrpcStore;
 pub use memory::MemoryStore;
 pub use metered::MeteredStore;
-pub use pin_leases::PinLeases;
+pub use pin_leases::{PinLeases, Urgency};
 pub use postgres_metadata::PostgresMetadata;
 pub use postgres_pool::connect_postgres;
 pub use redis_index::RedisIndex;

@@ -41,10 +41,20 @@ struct Writer {
     lease: Duration,
 }
 
+/// How soon a write that somebody waits for is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Urgency {
+    /// At once, with whatever has queued up meanwhile.
+    Now,
+    /// Within a few milliseconds, shared with the writes that come
+    /// meanwhile: for work that will wait in a queue anyway.
+    Shared,
+}
+
 /// Work for the writer task.
 enum Request {
     /// Pin `digests` for `holder`; `done` is told once they are durable.
-    Hold { holder: String, digests: Vec<Digest>, done: oneshot::Sender<Result<()>> },
+    Hold { holder: String, digests: Vec<Digest>, done: oneshot::Sender<Result<()>>, urgency: Urgency },
     /// Drop `holder`'s pins; `done`, if any, is told once they are gone.
     Release { holder: String, done: Option<oneshot::Sender<Result<()>>> },
 }
@@ -68,11 +78,11 @@ impl PinLeases {
     }
 
     /// Pins `digests` for `holder` until it is released (or stops being
-    /// renewed).
-    pub async fn hold(&self, holder: &str, digests: &[Digest]) -> Result<()> {
+    /// renewed), once the pins are written as soon as `urgency` says.
+    pub async fn hold(&self, holder: &str, digests: &[Digest], urgency: Urgency) -> Result<()> {
         self.held.lock().insert(holder.to_string());
         let (done, written) = oneshot::channel();
-        let request = Request::Hold { holder: holder.to_string(), digests: digests.to_vec(), done };
+        let request = Request::Hold { holder: holder.to_string(), digests: digests.to_vec(), done, urgency };
         self.writer.send(request).await.map_err(|_| writer_gone())?;
         written.await.map_err(|_| writer_gone())??;
         self.pinned.fetch_add(digests.len() as u64, Ordering::Relaxed);
@@ -181,8 +191,9 @@ impl Writer {
 
 /// Requests written together at most.
 const BATCH: usize = 256;
-/// How long releases nobody waits for wait for others to share their write.
-const RELEASE_WINDOW: Duration = Duration::from_millis(5);
+/// How long a write that need not be made at once waits for others to
+/// share it.
+const SHARE_WINDOW: Duration = Duration::from_millis(5);
 
 /// What the writer writes at once: pins (each holder's digests merged,
 /// each once) first, then releases.
@@ -193,14 +204,11 @@ struct Batch {
     releases: Vec<String>,
     released: Vec<oneshot::Sender<Result<()>>>,
     requests: usize,
+    /// Whether somebody waits for this batch to be written at once.
+    urgent: bool,
 }
 
 impl Batch {
-    /// Whether somebody waits for this batch to be written.
-    fn awaited(&self) -> bool {
-        !self.held.is_empty() || !self.released.is_empty()
-    }
-
     /// Adds `request`, or gives it back when it must wait for the next
     /// batch: a pin for a holder this batch releases (releases are written
     /// after pins).
@@ -212,12 +220,14 @@ impl Batch {
         }
         self.requests += 1;
         match request {
-            Request::Hold { holder, digests, done } => {
+            Request::Hold { holder, digests, done, urgency } => {
                 self.holds.entry(holder).or_default().extend(digests);
                 self.held.push(done);
+                self.urgent |= urgency == Urgency::Now;
             }
             Request::Release { holder, done } => {
                 self.releases.push(holder);
+                self.urgent |= done.is_some();
                 self.released.extend(done);
             }
         }
@@ -247,8 +257,8 @@ impl Batch {
 
 /// The writer task: takes a request, adds whatever else has queued up
 /// meanwhile, writes them together; until every [`PinLeases`] is gone.
-/// Releases nobody waits for first wait up to [`RELEASE_WINDOW`] for more
-/// to join them; a pin (awaited) is written at once.
+/// Unless somebody waits for it at once, a batch first waits up to
+/// [`SHARE_WINDOW`] for more to join it.
 async fn write_pins(writer: Arc<Writer>, mut requests: mpsc::Receiver<Request>) {
     let mut next = None;
     loop {
@@ -262,11 +272,11 @@ async fn write_pins(writer: Arc<Writer>, mut requests: mpsc::Receiver<Request>) 
         let mut batch = Batch::default();
         // A fresh batch takes any request.
         let _ = batch.add(first);
-        let deadline = tokio::time::Instant::now() + RELEASE_WINDOW;
+        let deadline = tokio::time::Instant::now() + SHARE_WINDOW;
         while batch.requests < BATCH {
             let request = match requests.try_recv() {
                 Ok(request) => Some(request),
-                Err(_) if batch.awaited() => None,
+                Err(_) if batch.urgent => None,
                 Err(_) => tokio::time::timeout_at(deadline, requests.recv()).await.ok().flatten(),
             };
             let Some(request) = request else { break };
@@ -323,8 +333,8 @@ mod tests {
         let clock = Arc::new(ManualClock::new(1_000));
         let lease = Duration::from_secs(60);
         let leases = PinLeases::start(vec![meta.clone() as Arc<dyn BlobPins>], clock.clone(), lease);
-        leases.hold("operations/1", &[a]).await.unwrap();
-        leases.hold("build/2", &[b]).await.unwrap();
+        leases.hold("operations/1", &[a], Urgency::Now).await.unwrap();
+        leases.hold("build/2", &[b], Urgency::Now).await.unwrap();
         assert!(listed(&meta, 1_000).await.is_empty());
 
         clock.advance(50_000);
@@ -343,8 +353,9 @@ mod tests {
         assert_eq!(listed(&meta, clock.now_ms()).await, vec![a, b]);
     }
 
-    /// Holds and releases queued together are written together, and a
-    /// holder released and then held again ends up held.
+    /// Holds and releases queued together are written together (holds
+    /// that may share a write too), and a holder released and then held
+    /// again ends up held.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_holds_and_releases_keep_their_order_per_holder() {
         let dir = tempfile::tempdir().unwrap();
@@ -356,7 +367,7 @@ mod tests {
         let leases = PinLeases::start(vec![meta.clone() as Arc<dyn BlobPins>], Arc::new(ManualClock::new(0)), LEASE);
         let holds = digests.iter().enumerate().map(|(i, digest)| {
             let (leases, digest) = (leases.clone(), *digest);
-            tokio::spawn(async move { leases.hold(&format!("operations/{i}"), &[digest]).await })
+            tokio::spawn(async move { leases.hold(&format!("operations/{i}"), &[digest], Urgency::Shared).await })
         });
         for hold in futures::future::join_all(holds).await {
             hold.unwrap().unwrap();
@@ -366,7 +377,7 @@ mod tests {
         for i in 0..20 {
             leases.release_later(format!("operations/{i}"));
         }
-        leases.hold("operations/0", &[digests[0]]).await.unwrap();
+        leases.hold("operations/0", &[digests[0]], Urgency::Now).await.unwrap();
         leases.release("operations/1").await.unwrap();
         assert_eq!(listed(&meta, 0).await, digests[1..20].to_vec(), "operations/0 was held again");
         assert_eq!(leases.holders(), 21);

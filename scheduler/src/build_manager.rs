@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use memobuild_cas::{tree_blobs, walk_tree, ActionResults, BlobStore, CacheKind};
+use memobuild_cas::{tree_blobs, walk_tree, ActionResults, BlobStore, CacheKind, Urgency};
 use memobuild_engine::{
     exported_image, layer_descriptor, parse_entitlement, parse_network, BuildSettings, BuiltOutput, ContextFiles,
     EngineStores, ExportRequest, HostEntry, ImageBuild, NetworkPolicy, ResourceLimits, Secrets, DOCKER_IMAGE_CONTEXT,
@@ -448,7 +448,9 @@ impl BuildManager {
         let Some(pins) = self.scheduler.pins() else { return Ok(()) };
         let (root, _) = context_root(request)?;
         let blobs = tree_blobs(&*self.cas, root).await?;
-        pins.hold(holder, &blobs).await.with_context(|| format!("pinning build context {}", root.subject()))
+        pins.hold(holder, &blobs, Urgency::Now)
+            .await
+            .with_context(|| format!("pinning build context {}", root.subject()))
     }
 
     /// The build context the request names, from its tree in the CAS.

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use memobuild_cas::{output_digests, BlobStore};
+use memobuild_cas::{output_digests, BlobStore, Urgency};
 use memobuild_engine::{BuildSession, EventSender, NetworkPolicy, StepExecutor, StepOutcome, StepTask};
 use memobuild_oci::Layer;
 use memobuild_proto::build::{step_log, BuildEvent};
@@ -41,7 +41,9 @@ impl StepExecutor for QueueExecutor {
     /// step run again rather than fail later.
     async fn keep(&self, layer: &Layer) -> Result<bool> {
         let Some(pins) = self.scheduler.pins() else { return Ok(true) };
-        pins.hold(&self.client, &[layer.blob]).await.with_context(|| format!("pinning cached layer {}", layer.blob))?;
+        pins.hold(&self.client, &[layer.blob], Urgency::Now)
+            .await
+            .with_context(|| format!("pinning cached layer {}", layer.blob))?;
         Ok(self.cas.find_missing(&[layer.blob]).await?.is_empty())
     }
 
@@ -103,7 +105,7 @@ impl QueueExecutor {
                 // Later steps and the export read these: pinned with the build.
                 if let Some(pins) = self.scheduler.pins() {
                     let outputs = output_digests(&result, &[], &task.action.digest)?;
-                    pins.hold(&self.client, &outputs)
+                    pins.hold(&self.client, &outputs, Urgency::Now)
                         .await
                         .with_context(|| format!("pinning the outputs of step action {}", task.action.digest))?;
                 }

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use memobuild_auth::Principal;
-use memobuild_cas::{get_bytes_at_most, tree_blobs, ActionResults, BlobStore, Clock, PinLeases};
+use memobuild_cas::{get_bytes_at_most, tree_blobs, ActionResults, BlobStore, Clock, PinLeases, Urgency};
 use memobuild_engine::{LAYER_OUTPUT, STEP_PARENT_PREFIX, STEP_PROPERTY};
 use memobuild_proto::reapi::{Action, Command, ExecuteRequest, ExecuteResponse};
 use memobuild_proto::worker::{
@@ -29,7 +29,8 @@ const RECENT_ROOTS: usize = 64;
 const OUTPUT_BACKLOG: usize = 1024;
 /// Records written per transaction at most.
 const PERSIST_BATCH: usize = 256;
-/// How long a write nobody waits for waits for others to share it.
+/// How long a write that need not be made at once waits for others to
+/// share it.
 const PERSIST_WINDOW: Duration = Duration::from_millis(5);
 /// The largest Action or Command read, the bound the worker applies too.
 const MAX_PROTO_BYTES: u64 = 16 << 20;
@@ -158,14 +159,16 @@ struct State {
 }
 
 enum Persist {
-    Save(Box<OperationRecord>, Option<oneshot::Sender<Result<()>>>),
+    /// Save a record, telling the one who waits, if anyone, once it is
+    /// written (as soon as the urgency says).
+    Save(Box<OperationRecord>, Option<(oneshot::Sender<Result<()>>, Urgency)>),
     Delete(String),
 }
 
 impl Persist {
-    /// Whether somebody waits for this write.
-    fn awaited(&self) -> bool {
-        matches!(self, Persist::Save(_, Some(_)))
+    /// Whether somebody waits for this write to be made at once.
+    fn urgent(&self) -> bool {
+        matches!(self, Persist::Save(_, Some((_, Urgency::Now))))
     }
 }
 
@@ -394,9 +397,11 @@ impl Scheduler {
         };
         let name = format!("operations/{}", uuid::Uuid::new_v4());
         // Inputs are pinned before the action is queued, until it completes.
+        // Behind other queued actions, its writes may wait to share theirs.
         let pins = self.config.pins.as_ref().filter(|_| cached.is_none() && !self.in_flight(&instance, &digest));
+        let urgency = if self.state.lock().queue.is_empty() { Urgency::Now } else { Urgency::Shared };
         if let Some(pins) = pins {
-            self.pin_inputs(pins, &name, &digest, &info)
+            self.pin_inputs(pins, &name, &digest, &info, urgency)
                 .await
                 .with_context(|| format!("pinning the inputs of action {digest}"))?;
         }
@@ -461,7 +466,7 @@ impl Scheduler {
                 return Err(e);
             }
             let receiver = (entry.updates.subscribe(), entry.output.subscribe());
-            let saved = self.save(&entry.record, true);
+            let saved = self.save(&entry.record, Some(urgency));
             let name = entry.record.name.clone();
             state.queue.push(entry.record.priority, client, name.clone());
             state.in_flight.insert((instance, digest), name.clone());
@@ -483,12 +488,19 @@ impl Scheduler {
 
     /// Pins what an action needs for `holder`: the Action, its Command and
     /// every blob of its input root.
-    async fn pin_inputs(&self, pins: &PinLeases, holder: &str, action: &Digest, info: &ActionInfo) -> Result<()> {
+    async fn pin_inputs(
+        &self,
+        pins: &PinLeases,
+        holder: &str,
+        action: &Digest,
+        info: &ActionInfo,
+        urgency: Urgency,
+    ) -> Result<()> {
         let mut blobs: Vec<Digest> = [Some(*action), info.command].into_iter().flatten().collect();
         if let Some(root) = info.input_root {
             blobs.extend(tree_blobs(self.cas.as_ref(), root).await?);
         }
-        pins.hold(holder, &blobs).await
+        pins.hold(holder, &blobs, urgency).await
     }
 
     /// Where pins are taken, if anywhere.
@@ -650,7 +662,7 @@ impl Scheduler {
                 entry.record.worker = Some(hello.name.clone());
                 entry.lease_expires_ms = now + self.config.lease.as_millis() as i64;
                 running.insert(name.clone());
-                self.save(&entry.record, false);
+                self.save(&entry.record, None);
                 entry.publish();
             }
         }
@@ -822,7 +834,7 @@ impl Scheduler {
             };
             let _ = worker.sender.send(message(scheduler_message::Kind::Assign(assign)));
             self.metrics.dispatch_seconds.observe((now - entry.record.queued_at_ms).max(0) as f64 / 1000.0);
-            self.save(&entry.record, false);
+            self.save(&entry.record, None);
             entry.publish();
         }
         self.refresh_gauges(&state);
@@ -865,7 +877,7 @@ impl Scheduler {
                 entry.record.worker = None;
                 entry.record.updated_at_ms = self.clock.now_ms();
                 state.queue.push(entry.record.priority, &entry.record.client, name.clone());
-                self.save(&entry.record, false);
+                self.save(&entry.record, None);
                 entry.publish();
             }
             state.operations.insert(name, entry);
@@ -918,19 +930,19 @@ impl Scheduler {
         if let Some(pins) = self.config.pins.as_ref().filter(|p| p.holds(&entry.record.name)) {
             pins.release_later(entry.record.name.clone());
         }
-        self.save(&entry.record, false);
+        self.save(&entry.record, None);
         entry.publish();
     }
 
     /// Queues a write of `record`; with `ack`, returns a receiver told when it is durable.
     /// Called under the state lock, so writes reach the store in state order.
-    fn save(&self, record: &OperationRecord, ack: bool) -> Option<oneshot::Receiver<Result<()>>> {
+    fn save(&self, record: &OperationRecord, ack: Option<Urgency>) -> Option<oneshot::Receiver<Result<()>>> {
         let (sender, receiver) = match ack {
-            true => {
+            Some(urgency) => {
                 let (s, r) = oneshot::channel();
-                (Some(s), Some(r))
+                (Some((s, urgency)), Some(r))
             }
-            false => (None, None),
+            None => (None, None),
         };
         let _ = self.persist.send(Persist::Save(Box::new(record.clone()), sender));
         receiver
@@ -976,23 +988,23 @@ pub(crate) fn timestamp(ms: i64) -> protobuf::Timestamp {
     protobuf::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
-/// Writes records in order, batching whatever has queued up. A write that
-/// nobody waits for first waits up to [`PERSIST_WINDOW`] for others to join
-/// it (an action's start and end, other actions' saves); one somebody waits
-/// for (an accepted action) is written at once with what has queued up.
+/// Writes records in order, batching whatever has queued up. Unless
+/// somebody waits for it at once (an action accepted with nothing queued
+/// ahead of it), a write first waits up to [`PERSIST_WINDOW`] for others to
+/// join it (an action's start and end, other actions' saves).
 async fn run_persister(store: Arc<dyn OperationStore>, mut requests: mpsc::UnboundedReceiver<Persist>) {
     while let Some(first) = requests.recv().await {
-        let mut awaited = first.awaited();
+        let mut urgent = first.urgent();
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + PERSIST_WINDOW;
         while batch.len() < PERSIST_BATCH {
             let next = match requests.try_recv() {
                 Ok(next) => Some(next),
-                Err(_) if awaited => None,
+                Err(_) if urgent => None,
                 Err(_) => tokio::time::timeout_at(deadline, requests.recv()).await.ok().flatten(),
             };
             let Some(next) = next else { break };
-            awaited |= next.awaited();
+            urgent |= next.urgent();
             batch.push(next);
         }
         let mut saves = Vec::new();
@@ -1001,7 +1013,7 @@ async fn run_persister(store: Arc<dyn OperationStore>, mut requests: mpsc::Unbou
             match request {
                 Persist::Save(record, ack) => {
                     saves.push(*record);
-                    acks.extend(ack);
+                    acks.extend(ack.map(|(done, _)| done));
                 }
                 Persist::Delete(name) => {
                     if let Err(e) = flush(store.as_ref(), &mut saves).await {
