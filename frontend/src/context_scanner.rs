@@ -129,9 +129,8 @@ impl ContextScanner {
             nodes.insert(String::new(), ContextNode::Directory { mode: *mode });
         }
         if let Some(mut c) = cache {
-            c.keep_outside(scope);
             // A cache that cannot be written only costs speed next time.
-            if let Err(e) = c.save() {
+            if let Err(e) = c.save(scope) {
                 tracing::warn!(error = %e, "could not save the context stat cache");
             }
         }

@@ -77,24 +77,20 @@ impl StatCache {
         self.new.insert(path.to_string(), CachedFile { stat, blake3: digest.hex() });
     }
 
-    /// Keeps the entries of files outside `scope`, which this scan did not
-    /// look at.
-    pub fn keep_outside(&mut self, scope: &ContextScope) {
-        for (path, file) in &self.old {
-            if !scope.holds(path) {
-                self.new.entry(path.clone()).or_insert_with(|| file.clone());
-            }
-        }
-    }
-
-    /// Writes the cache (the files seen in this scan, and those kept by
-    /// [`StatCache::keep_outside`]), atomically;
-    /// not at all when this scan has nothing to add to it. Entries of files
-    /// since deleted or changed too recently to record are then left in
-    /// place: an entry only ever matches the stat it was recorded with.
-    pub fn save(self) -> Result<()> {
+    /// Writes the cache, atomically: the files seen in this scan, and the
+    /// entries of files outside `scanned` (what the scan read), which it
+    /// did not look at. Not at all when this scan has nothing to add to it,
+    /// which is found without reading the rest of the cache. Entries of
+    /// files since deleted or changed too recently to record are then left
+    /// in place: an entry only ever matches the stat it was recorded with.
+    pub fn save(mut self, scanned: &ContextScope) -> Result<()> {
         if self.new.iter().all(|(path, file)| self.old.get(path) == Some(file)) {
             return Ok(());
+        }
+        for (path, file) in self.old {
+            if !scanned.holds(&path) {
+                self.new.entry(path).or_insert(file);
+            }
         }
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
