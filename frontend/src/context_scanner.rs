@@ -15,6 +15,17 @@ use memobuild_proto::{Digest, DigestFunction, Error, Result, ResultExt};
 use crate::stat_cache::{FileStat, StatCache};
 use crate::{BuildContext, ContextNode, ContextScope, DockerIgnore, ScopePart};
 
+/// A directory entry's name, which must be UTF-8 for a REAPI tree to
+/// hold it.
+fn utf8_name(entry: &std::fs::DirEntry) -> Result<String> {
+    entry.file_name().into_string().map_err(|n| {
+        Error::invalid_argument(format!(
+            "{}: file name {n:?} is not UTF-8, which REAPI trees cannot hold",
+            entry.path().display()
+        ))
+    })
+}
+
 /// Counters of one scan.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScanStats {
@@ -128,7 +139,7 @@ impl ContextScanner {
         if let Some(mode) = dir_modes.get("") {
             nodes.insert(String::new(), ContextNode::Directory { mode: *mode });
         }
-        if let Some(mut c) = cache {
+        if let Some(c) = cache {
             // A cache that cannot be written only costs speed next time.
             if let Err(e) = c.save(scope) {
                 tracing::warn!(error = %e, "could not save the context stat cache");
@@ -157,17 +168,10 @@ impl ContextScanner {
             let read = std::fs::read_dir(&abs).with_context(|| format!("listing {}", abs.display()))?;
             for entry in read {
                 let entry = entry.with_context(|| format!("listing {}", abs.display()))?;
-                let name = entry.file_name();
-                let lossy = name.to_string_lossy();
-                if !part.matches(dir, &lossy) {
+                if !part.matches(dir, &entry.file_name().to_string_lossy()) {
                     continue;
                 }
-                let name = name.into_string().map_err(|n| {
-                    Error::invalid_argument(format!(
-                        "{}: file name {n:?} is not UTF-8, which REAPI trees cannot hold",
-                        entry.path().display()
-                    ))
-                })?;
+                let name = utf8_name(&entry)?;
                 matched.push(if dir.is_empty() { name } else { format!("{dir}/{name}") });
             }
         }
@@ -215,12 +219,7 @@ impl ContextScanner {
         for entry in read {
             let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
             let abs = entry.path();
-            let name = entry.file_name().into_string().map_err(|n| {
-                Error::invalid_argument(format!(
-                    "{}: file name {n:?} is not UTF-8, which REAPI trees cannot hold",
-                    abs.display()
-                ))
-            })?;
+            let name = utf8_name(&entry)?;
             let rel = if rel.is_empty() { name } else { format!("{rel}/{name}") };
             let meta = std::fs::symlink_metadata(&abs).with_context(|| format!("reading {}", abs.display()))?;
             self.visit(&abs, rel, &meta, found)?;
