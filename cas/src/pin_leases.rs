@@ -78,7 +78,8 @@ impl PinLeases {
     }
 
     /// Pins `digests` for `holder` until it is released (or stops being
-    /// renewed), once the pins are written as soon as `urgency` says.
+    /// renewed); returns once they are written, which `urgency` says how
+    /// soon to do.
     pub async fn hold(&self, holder: &str, digests: &[Digest], urgency: Urgency) -> Result<()> {
         self.held.lock().insert(holder.to_string());
         let (done, written) = oneshot::channel();

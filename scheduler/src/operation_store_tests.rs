@@ -6,7 +6,7 @@ use memobuild_proto::{Digest, DigestFunction};
 use crate::operation_record::{OperationRecord, Stage};
 use crate::operation_store::OperationStore;
 
-fn record(name: &str, queued_at_ms: i64) -> OperationRecord {
+pub(crate) fn record(name: &str, queued_at_ms: i64) -> OperationRecord {
     OperationRecord {
         name: name.to_string(),
         instance_name: "ci/main".into(),

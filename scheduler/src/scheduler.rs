@@ -1065,3 +1065,57 @@ async fn run_janitor(scheduler: std::sync::Weak<Scheduler>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::operation_store_tests::record;
+
+    /// Remembers how many records each save wrote.
+    #[derive(Default)]
+    struct CountingStore {
+        saves: Mutex<Vec<usize>>,
+    }
+
+    #[async_trait::async_trait]
+    impl OperationStore for CountingStore {
+        async fn save(&self, records: &[OperationRecord]) -> Result<()> {
+            self.saves.lock().push(records.len());
+            Ok(())
+        }
+        async fn delete(&self, _: &[String]) -> Result<()> {
+            Ok(())
+        }
+        async fn load(&self) -> Result<Vec<OperationRecord>> {
+            Ok(Vec::new())
+        }
+        async fn delete_completed_before(&self, _: i64) -> Result<u64> {
+            Ok(0)
+        }
+    }
+
+    /// Saves `name` and waits until it is written.
+    async fn save(requests: &mpsc::UnboundedSender<Persist>, name: &str, urgency: Urgency) {
+        let (done, written) = oneshot::channel();
+        requests.send(Persist::Save(Box::new(record(name, 1)), Some((done, urgency)))).unwrap();
+        written.await.unwrap().unwrap();
+    }
+
+    /// A save that must be made at once is written alone; saves that may
+    /// share a write, a millisecond apart, are written together.
+    #[tokio::test(start_paused = true)]
+    async fn saves_that_may_wait_share_a_write() {
+        let store = Arc::new(CountingStore::default());
+        let (requests, received) = mpsc::unbounded_channel();
+        tokio::spawn(run_persister(store.clone(), received));
+        save(&requests, "operations/now", Urgency::Now).await;
+        let first = save(&requests, "operations/a", Urgency::Shared);
+        let second = async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            save(&requests, "operations/b", Urgency::Shared).await
+        };
+        tokio::join!(first, second);
+        assert_eq!(*store.saves.lock(), [1, 2]);
+    }
+}
