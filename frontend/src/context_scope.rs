@@ -12,6 +12,9 @@ use crate::IgnorePattern;
 /// The most patterns a part may have: each lookup tries those of its
 /// directory, and a part may come from the network.
 pub const MAX_SCOPE_PATTERNS: usize = 1024;
+/// The longest pattern of one path element (a file name has at most 255
+/// bytes): matching costs its length times the name's.
+const MAX_PATTERN_BYTES: usize = 1024;
 
 /// What a scan of a context directory read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -64,6 +67,9 @@ impl ContextScope {
             let (dir, element) = pattern.rsplit_once('/').unwrap_or(("", &pattern));
             if dir.split('/').any(has_wildcard) {
                 return Err(format!("context pattern {pattern:?}: only its last element may hold wildcards"));
+            }
+            if element.len() > MAX_PATTERN_BYTES {
+                return Err(format!("a context pattern's last element is longer than {MAX_PATTERN_BYTES} bytes"));
             }
             let globs = part.patterns.entry(dir.to_string()).or_default();
             if globs.iter().any(|g| g.text == element) {
@@ -240,7 +246,8 @@ mod tests {
     }
 
     /// Patterns come from requests too: one with a wildcard above its last
-    /// element, a bad character class or too many is refused.
+    /// element, a bad character class, a very long one or too many is
+    /// refused.
     #[test]
     fn bad_or_too_many_patterns_are_refused() {
         let refused = |patterns: Vec<String>| scope(&[]).with_patterns(patterns).unwrap_err();
@@ -248,5 +255,6 @@ mod tests {
         assert!(refused(vec!["src/[a-".into()]).contains("[a-"));
         let many = (0..=MAX_SCOPE_PATTERNS).map(|n| format!("d{n}/*.go")).collect();
         assert!(refused(many).contains("more than 1024 patterns"));
+        assert!(refused(vec!["*".repeat(MAX_PATTERN_BYTES + 1)]).contains("longer than 1024 bytes"));
     }
 }

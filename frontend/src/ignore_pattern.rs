@@ -67,15 +67,12 @@ impl IgnorePattern {
             let mut next = vec![false; text.len() + 1];
             match token {
                 Token::Star => {
+                    // text[..j] is matched when some reach[i], i <= j, has
+                    // no `/` in text[i..j]: one pass, not one per i.
+                    let mut open = false;
                     for j in 0..=text.len() {
-                        if reach[j] {
-                            next[j] = true;
-                            let mut k = j;
-                            while k < text.len() && text[k] != '/' {
-                                k += 1;
-                                next[k] = true;
-                            }
-                        }
+                        open = (open && text[j - 1] != '/') || reach[j];
+                        next[j] = open;
                     }
                 }
                 Token::Everything => {
@@ -238,6 +235,24 @@ mod tests {
             ("/", "/"),
         ] {
             assert_eq!(clean_path(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn stars_match_runs_without_a_slash() {
+        let glob = |p: &str| IgnorePattern::glob(p).expect("pattern");
+        for (pattern, name, want) in [
+            ("package*.json", "package.json", true),
+            ("package*.json", "package-lock.json", true),
+            ("package*.json", "packages", false),
+            ("*", "", true),
+            ("a*", "a/b", false),
+            ("*/b", "a/b", true),
+            ("*/b", "a/c/b", false),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+        ] {
+            assert_eq!(glob(pattern).matches(name), want, "{pattern} ~ {name}");
         }
     }
 
