@@ -51,9 +51,17 @@ impl IgnorePattern {
     }
 
     /// Compiles one path element of a COPY source as a Go `filepath.Match`
-    /// pattern (no `!`, no cleaning).
+    /// pattern (no `!`, no cleaning), as BuildKit matches them: `**` is two
+    /// stars, not any number of directories.
     pub fn glob(element: &str) -> Result<Self, String> {
-        let tokens = compile(element).map_err(|e| format!("pattern {element:?}: {e}"))?;
+        let tokens = compile(element)
+            .map_err(|e| format!("pattern {element:?}: {e}"))?
+            .into_iter()
+            .map(|token| match token {
+                Token::Dirs | Token::Everything => Token::Star,
+                other => other,
+            })
+            .collect();
         Ok(IgnorePattern { exclusion: false, text: element.to_string(), tokens })
     }
 
@@ -251,6 +259,8 @@ mod tests {
             ("*/b", "a/c/b", false),
             ("a*b*c", "axxbyyc", true),
             ("a*b*c", "axxbyy", false),
+            ("**.go", "main.go", true),
+            ("src**", "src-old", true),
         ] {
             assert_eq!(glob(pattern).matches(name), want, "{pattern} ~ {name}");
         }
