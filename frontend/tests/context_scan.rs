@@ -149,6 +149,7 @@ fn resolve_and_glob() {
     assert_eq!(ctx.glob("src/*.rs").unwrap(), ["src/lib.rs", "src/main.rs"]);
     assert_eq!(ctx.glob("*.md").unwrap(), ["README.md"]);
     assert_eq!(ctx.glob("s?c/m[a-z]in.rs").unwrap(), ["src/main.rs"]);
+    assert_eq!(ctx.glob("src/**.rs").unwrap(), ["src/lib.rs", "src/main.rs"], "** is two stars");
     assert!(ctx.glob("*.none").unwrap().is_empty());
 }
 
