@@ -10,7 +10,9 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use memobuild_cas::{grpc_channel_with, BlobStore, GrpcChannel, GrpcStore};
-use memobuild_engine::{image_of, layer_of, BuiltOutput, EventSender, ExportRequest, OutputSpec, DOCKER_IMAGE_CONTEXT};
+use memobuild_engine::{
+    image_of, layer_of, BuiltOutput, EventSender, ExportRequest, OutputSpec, DOCKER_IMAGE_CONTEXT, OUTSIDE_SENT_PART,
+};
 use memobuild_frontend::{BuildContext, ContextEntry, ContextScope};
 use memobuild_oci::{ImageReference, RegistryClient};
 use memobuild_proto::build::build_service_client::BuildServiceClient;
@@ -435,8 +437,12 @@ async fn follow(
                 tracing::info!("the cluster accepted the build");
             }
             Some(Kind::Result(result)) => break Ok(result.clone()),
-            Some(Kind::BuildFailed(failed)) if !failed.context_path_outside.is_empty() => {
-                break Err(WholeContextNeeded::Outside(failed.context_path_outside.clone()).into())
+            // An older cluster reported the context root as "", which the wire drops.
+            Some(Kind::BuildFailed(failed))
+                if !failed.context_path_outside.is_empty() || failed.message.ends_with(OUTSIDE_SENT_PART) =>
+            {
+                let path = Some(failed.context_path_outside.clone()).filter(|p| !p.is_empty());
+                break Err(WholeContextNeeded::Outside(path.unwrap_or_else(|| ".".into())).into());
             }
             Some(Kind::BuildFailed(failed)) if failed.message == WHOLE_CONTEXT_REQUIRED => {
                 break Err(WholeContextNeeded::OldCluster.into())

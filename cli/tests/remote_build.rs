@@ -229,6 +229,31 @@ fn a_remote_build_sends_only_the_context_it_names() {
     }
 }
 
+/// A base image's ONBUILD wildcard lists the context root, which the
+/// part the CLI sent (its Dockerfile's own `*.txt`) does not cover: the
+/// cluster says it read the root (`.`), and the CLI sends the whole
+/// context and builds again.
+#[test]
+fn a_base_images_wildcard_trigger_gets_the_whole_context() {
+    let client = Client::new(&shared_cluster().endpoint());
+    let tag = format!("{}/remote/onbuild-{}:1", fixture().registry, unique());
+    let base = Project::new(&[("Dockerfile", &format!("FROM {}\nONBUILD COPY *.md /docs/\n", fixture().base()))]);
+    client.build(base.path(), &["--push", "-t", &tag], &[]).assert_ok();
+    let project = Project::new(&[
+        ("Dockerfile", &format!("FROM {tag}\nCOPY *.txt /\n")),
+        ("app.txt", "app\n"),
+        ("README.md", "hi\n"),
+    ]);
+    let out = tempfile::tempdir().unwrap();
+    let tar = out.path().join("child.tar");
+    let built =
+        client.build(project.path(), &["-t", "child:1", "-o", &format!("type=oci,dest={}", tar.display())], &[]);
+    built.assert_ok();
+    assert_eq!(submitted(&built.stderr), 2, "sent again with the whole context:\n{}", built.stderr);
+    let image = Unpacked::from_oci_tar(&tar, "1");
+    assert_eq!((image.read("/app.txt"), image.read("/docs/README.md")), ("app\n".into(), "hi\n".into()));
+}
+
 #[test]
 fn a_detached_build_can_be_attached_from_the_start() {
     let client = Client::new(&shared_cluster().endpoint());

@@ -184,6 +184,11 @@ impl ImageBuild {
     }
 }
 
+/// How the error of a build that read outside the part of its context it
+/// was sent ends; clients recognise it from clusters that report the
+/// context root as `""` (which the wire cannot tell from no path).
+pub const OUTSIDE_SENT_PART: &str = "outside the part of its context that was sent";
+
 impl ImageBuild {
     /// Plans the Dockerfile; again with the whole context if the plan
     /// looked outside the part of it that was scanned.
@@ -191,9 +196,10 @@ impl ImageBuild {
         let planned = plan_text(&self.dockerfile_name, &self.dockerfile, &self.context, options);
         let Some(path) = self.context.outside_scope() else { return planned };
         tracing::debug!(path, "the build reads more of its context than was scanned: scanning all of it");
-        let scan = self.whole_context.take().ok_or_else(|| {
-            Error::internal(format!("the build reads {path:?}, outside the part of its context that was sent"))
-        })?;
+        let scan = self
+            .whole_context
+            .take()
+            .ok_or_else(|| Error::internal(format!("the build reads {path:?}, {OUTSIDE_SENT_PART}")))?;
         self.context = Arc::new(tokio::task::block_in_place(scan)?);
         plan_text(&self.dockerfile_name, &self.dockerfile, &self.context, options)
     }

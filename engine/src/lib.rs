@@ -36,7 +36,7 @@ pub use docker_load::check_docker;
 pub use engine_stores::EngineStores;
 pub use export::{image_id, metadata, write_iidfile, write_metadata_file, write_outputs, ExportRequest};
 pub use host_entry::{HostAddress, HostEntry, HOST_GATEWAY};
-pub use image_build::{BuiltOutput, ImageBuild, WholeContext};
+pub use image_build::{BuiltOutput, ImageBuild, WholeContext, OUTSIDE_SENT_PART};
 pub use image_state::rfc3339;
 pub use network_policy::{
     network_hint, parse_entitlement, parse_network, NetworkPolicy, HOST_ENTITLEMENT, INSECURE_ENTITLEMENT,

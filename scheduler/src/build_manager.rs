@@ -352,9 +352,8 @@ impl BuildManager {
         // Boxed as Send: the engine's future is too deep to prove it here.
         let run: futures::future::BoxFuture<'_, _> =
             Box::pin(image_build.run(stores, executor, &events, running.cancel.clone()));
-        let outcome = run
-            .await
-            .map_err(|error| Failure { error, context_path_outside: context.outside_scope().map(str::to_string) });
+        let outcome =
+            run.await.map_err(|error| Failure { error, context_path_outside: context.outside_scope().map(wire_path) });
         drop(events);
         let (executed, cached) = pump.await.unwrap_or_default();
         running.end(outcome, executed, cached);
@@ -583,6 +582,16 @@ fn context_root(request: &BuildRequest) -> Result<(Digest, ContextScope)> {
         (Some(_), Some(_)) => {
             Err(Error::invalid_argument("a build request has a whole or a partial context, not both"))
         }
+    }
+}
+
+/// A context path as `BuildFailed.context_path_outside` carries it: the
+/// root is `.`, since an empty string is no path at all on the wire.
+fn wire_path(path: &str) -> String {
+    if path.is_empty() {
+        ".".to_string()
+    } else {
+        path.to_string()
     }
 }
 
