@@ -8,6 +8,8 @@ mod common;
 use bytes::Bytes;
 use common::{data, TestServer};
 use memobuild_cli::config::ServerConfig;
+use memobuild_proto::build::build_service_client::BuildServiceClient;
+use memobuild_proto::build::{build_event, BlobDigest, BuildFailed, BuildRequest, PartialContext};
 use memobuild_proto::bytestream::{ReadRequest, WriteRequest};
 use memobuild_proto::reapi::execution_client::ExecutionClient;
 use memobuild_proto::reapi::{
@@ -399,4 +401,45 @@ async fn execute_of_an_action_declaring_a_huge_size_is_refused_unread() {
     assert_refused(&e, Code::InvalidArgument, &["16777216-byte limit of one action", &action.hex()]);
     assert_still_serves(&server, &witness).await;
     server.stop().await;
+}
+
+/// The failure a build request ends with (none if it succeeded).
+async fn build_failure(server: &TestServer, request: BuildRequest) -> BuildFailed {
+    let mut events = BuildServiceClient::new(server.channel.clone()).build(request).await.unwrap().into_inner();
+    while let Some(event) = events.message().await.unwrap() {
+        match event.kind {
+            Some(build_event::Kind::BuildFailed(failed)) => return failed,
+            Some(build_event::Kind::Result(_)) => panic!("the build succeeded"),
+            _ => {}
+        }
+    }
+    panic!("the build stream ended without a result")
+}
+
+/// A build request whose context part names too many patterns, a very
+/// long one or one with a wildcard above its last element (what a client
+/// never sends) fails with an error that names it, and the server goes
+/// on serving.
+#[tokio::test]
+async fn build_requests_with_hostile_context_patterns_fail_and_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, witness) = start(dir.path()).await;
+    let root = BlobDigest::of(&Digest::of(DigestFunction::Blake3, &Directory::default().encode_to_vec()));
+    let cases = [
+        ((0..5_000).map(|n| format!("d{n}/*.json")).collect::<Vec<_>>(), "more than 1024 patterns"),
+        (vec!["*".repeat(200_000)], "longer than 1024 bytes"),
+        (vec!["*/package.json".to_string()], "only its last element may hold wildcards"),
+    ];
+    for (patterns, needle) in cases {
+        let part = PartialContext { root: Some(root.clone()), paths: Vec::new(), patterns };
+        let request = BuildRequest {
+            dockerfile: "FROM scratch\nCOPY *.json /\n".into(),
+            partial_context: Some(part),
+            ..BuildRequest::default()
+        };
+        let failed = build_failure(&server, request).await;
+        assert_eq!(failed.code, Code::InvalidArgument as i32, "{failed:?}");
+        assert!(failed.message.contains(needle), "{needle:?} not in {:?}", failed.message);
+    }
+    assert_still_serves(&server, &witness).await;
 }
