@@ -383,4 +383,42 @@ mod tests {
         assert_eq!(listed(&meta, 0).await, digests[1..20].to_vec(), "operations/0 was held again");
         assert_eq!(leases.holders(), 21);
     }
+
+    /// Remembers how many holders each pin call wrote.
+    #[derive(Default)]
+    struct CountingPins {
+        calls: parking_lot::Mutex<Vec<usize>>,
+    }
+
+    #[async_trait::async_trait]
+    impl BlobPins for CountingPins {
+        async fn pin(&self, pins: &[(&str, &[Digest])], _: i64) -> Result<()> {
+            self.calls.lock().push(pins.len());
+            Ok(())
+        }
+        async fn renew(&self, _: &[String], _: i64) -> Result<()> {
+            Ok(())
+        }
+        async fn unpin(&self, _: &[String]) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A hold that must be written at once is written alone; holds that
+    /// may share a write, a millisecond apart, are written together.
+    #[tokio::test(start_paused = true)]
+    async fn holds_that_may_wait_share_a_write() {
+        let pins = Arc::new(CountingPins::default());
+        let leases = PinLeases::start(vec![pins.clone() as Arc<dyn BlobPins>], Arc::new(ManualClock::new(0)), LEASE);
+        let digests = [Digest::of(DigestFunction::Sha256, b"input")];
+        leases.hold("operations/now", &digests, Urgency::Now).await.unwrap();
+        let later = async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            leases.hold("operations/b", &digests, Urgency::Shared).await
+        };
+        let (a, b) = tokio::join!(leases.hold("operations/a", &digests, Urgency::Shared), later);
+        a.unwrap();
+        b.unwrap();
+        assert_eq!(*pins.calls.lock(), [1, 2]);
+    }
 }
