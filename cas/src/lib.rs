@@ -88,6 +88,6 @@ pub use store_builder::StoreBuilder;
 pub use store_config::{MetadataConfig, RedisConfig, ShardConfig, StoreConfig};
 pub use store_metrics::StoreMetrics;
 pub use tiered::TieredStore;
-pub use tree::{tree_blobs, walk_tree, TreeWalker};
+pub use tree::{blobs_of_tree, tree_blobs, walk_tree, TreeWalker};
 pub use verified::{verify_stream, VerifiedStore};
 pub use zstd_codec::{StreamDecoder, StreamEncoder};

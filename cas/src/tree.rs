@@ -25,21 +25,47 @@ pub async fn walk_tree(cas: &dyn BlobStore, root: Digest) -> Result<Vec<Director
 /// Missing subdirectories are left out, as [`walk_tree`] does.
 pub async fn tree_blobs(cas: &dyn BlobStore, root: Digest) -> Result<Vec<Digest>> {
     let mut walker = TreeWalker::new(root);
-    let mut seen = HashSet::from([root]);
-    let mut blobs = vec![root];
+    let mut blobs = TreeBlobs::new(root);
     while let Some(directory) = walker.next(cas).await? {
+        blobs.add(&directory);
+    }
+    Ok(blobs.blobs)
+}
+
+/// [`tree_blobs`] of a tree already read with [`walk_tree`].
+pub fn blobs_of_tree(root: Digest, directories: &[Directory]) -> Vec<Digest> {
+    let mut blobs = TreeBlobs::new(root);
+    for directory in directories {
+        blobs.add(directory);
+    }
+    blobs.blobs
+}
+
+/// The blobs of a tree, each once, gathered a directory at a time.
+struct TreeBlobs {
+    root: Digest,
+    seen: HashSet<Digest>,
+    blobs: Vec<Digest>,
+}
+
+impl TreeBlobs {
+    fn new(root: Digest) -> Self {
+        TreeBlobs { root, seen: HashSet::from([root]), blobs: vec![root] }
+    }
+
+    /// Adds what `directory` (one the walker yielded) names.
+    fn add(&mut self, directory: &Directory) {
         let files = directory.files.iter().map(|f| f.digest.as_ref());
         let directories = directory.directories.iter().map(|d| d.digest.as_ref());
         for digest in files.chain(directories) {
             // The walker checked every digest of the directories it yields.
-            if let Ok(digest) = Digest::from_proto_field(root.function(), digest, "digest") {
-                if seen.insert(digest) {
-                    blobs.push(digest);
+            if let Ok(digest) = Digest::from_proto_field(self.root.function(), digest, "digest") {
+                if self.seen.insert(digest) {
+                    self.blobs.push(digest);
                 }
             }
         }
     }
-    Ok(blobs)
 }
 
 /// Walks the tree under a root breadth first, one directory per step and

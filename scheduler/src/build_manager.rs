@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use memobuild_cas::{tree_blobs, walk_tree, ActionResults, BlobStore, CacheKind, Urgency};
+use memobuild_cas::{blobs_of_tree, walk_tree, ActionResults, BlobStore, CacheKind, Urgency};
 use memobuild_engine::{
     exported_image, layer_descriptor, parse_entitlement, parse_network, BuildSettings, BuiltOutput, ContextFiles,
     EngineStores, ExportRequest, HostEntry, ImageBuild, NetworkPolicy, ResourceLimits, Secrets, DOCKER_IMAGE_CONTEXT,
@@ -271,8 +271,8 @@ impl BuildManager {
                 // are pinned under its name until it ends.
                 let holder = format!("build/{}", build.id);
                 let prepared = async {
-                    let context = manager.context(&request).await?;
-                    manager.pin_context(&holder, &request).await?;
+                    let (context, blobs) = manager.context(&request).await?;
+                    manager.pin_context(&holder, &context, &blobs).await?;
                     image_build(&request, context)
                 };
                 let metrics = manager.scheduler.metrics().clone();
@@ -442,25 +442,25 @@ impl BuildManager {
         });
     }
 
-    /// Pins every blob of the request's context for `holder`.
-    async fn pin_context(&self, holder: &str, request: &BuildRequest) -> Result<()> {
+    /// Pins `blobs`, those of `context`'s tree, for `holder`.
+    async fn pin_context(&self, holder: &str, context: &BuildContext, blobs: &[Digest]) -> Result<()> {
         let Some(pins) = self.scheduler.pins() else { return Ok(()) };
-        let (root, _) = context_root(request)?;
-        let blobs = tree_blobs(&*self.cas, root).await?;
-        pins.hold(holder, &blobs, Urgency::Now)
+        pins.hold(holder, blobs, Urgency::Now)
             .await
-            .with_context(|| format!("pinning build context {}", root.subject()))
+            .with_context(|| format!("pinning build context {}", context.root_digest().subject()))
     }
 
-    /// The build context the request names, from its tree in the CAS.
-    async fn context(&self, request: &BuildRequest) -> Result<Arc<BuildContext>> {
+    /// The build context the request names, from its tree in the CAS
+    /// (read once), and every blob of that tree.
+    async fn context(&self, request: &BuildRequest) -> Result<(Arc<BuildContext>, Vec<Digest>)> {
         let (root, scope) = context_root(request)?;
         let directories = walk_tree(&*self.cas, root)
             .await
             .with_context(|| format!("reading build context {}: upload it first", root.subject()))?;
+        let blobs = blobs_of_tree(root, &directories);
         let directories: BTreeMap<Digest, _> =
             directories.into_iter().map(|d| (Digest::of(DigestFunction::Blake3, &d.encode_to_vec()), d)).collect();
-        Ok(Arc::new(BuildContext::from_tree(&root, &directories)?.with_scope(scope)))
+        Ok((Arc::new(BuildContext::from_tree(&root, &directories)?.with_scope(scope)), blobs))
     }
 }
 
