@@ -110,8 +110,10 @@ got=$(docker run --rm --network none memobuild/memobuild:dev --version)
 [ "$got" = "$want" ] || die "memobuild --version in the image printed '$got', want '$want'"
 docker run --rm --network none --entrypoint containerd memobuild/memobuild:dev --version >/dev/null ||
   die "containerd does not run in the image"
-docker run --rm --network none --entrypoint runc memobuild/memobuild:dev --version >/dev/null ||
-  die "runc does not run in the image"
+for runtime in runc crun; do
+  docker run --rm --network none --entrypoint "$runtime" memobuild/memobuild:dev --version >/dev/null ||
+    die "$runtime does not run in the image"
+done
 log "memobuild/memobuild:dev runs: $got; $(docker image inspect -f '{{.Size}}' memobuild/memobuild:dev) bytes"
 
 bash deploy/check-compose.sh

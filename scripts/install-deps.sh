@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(build-essential ca-certificates curl git procps util-linux protobuf-compiler bazel-bootstrap
-  libnetty-tcnative-jni containerd runc docker-registry skopeo umoci busybox-static debootstrap openssh-client docker.io
+  libnetty-tcnative-jni containerd runc crun docker-registry skopeo umoci busybox-static debootstrap openssh-client docker.io
   python3-venv redis-server iproute2 nftables docker-compose prometheus chromium)
 missing=()
 for p in "${packages[@]}"; do

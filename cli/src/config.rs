@@ -121,6 +121,9 @@ pub struct WorkerSection {
     /// Run RUN steps in a user namespace, `"HOST_ID[:SIZE]"`: ids 0 to
     /// SIZE-1 (default 65536) inside are host ids from HOST_ID up.
     pub userns_remap: Option<String>,
+    /// What runs RUN steps' containers: `auto` (the default: crun when it
+    /// can run here, else runc), `runc`, `crun` or a path.
+    pub oci_runtime: Option<String>,
     /// What RUN steps may reach (`egress`, `host`, `blocked`), and how
     /// their default network is laid out (`subnets`, `resolv_conf`).
     #[serde(default)]
@@ -184,6 +187,7 @@ impl WorkerSection {
             dockerfile_steps: true,
             containerd_address: None,
             userns_remap: None,
+            oci_runtime: None,
             network: NetworkConfig::default(),
             sandbox: SandboxConfig::default(),
             max_layer_bytes: default_max_layer_bytes(),

@@ -183,6 +183,10 @@ struct WorkerArgs {
     /// Run RUN steps in a user namespace: ids 0 to SIZE-1 (default 65536) are host ids from HOST_ID up.
     #[arg(long, value_name = "HOST_ID[:SIZE]")]
     userns_remap: Option<String>,
+    /// What runs RUN steps' containers: auto (crun when it can run here, else runc), runc, crun
+    /// or a path [default: auto].
+    #[arg(long, value_name = "RUNTIME")]
+    oci_runtime: Option<String>,
     /// Run only REAPI actions, no Dockerfile steps (no containerd needed).
     #[arg(long)]
     no_dockerfile_steps: bool,
@@ -441,6 +445,7 @@ fn worker_section(args: &WorkerArgs) -> anyhow::Result<(WorkerSection, Option<st
     section.properties.extend(args.properties.iter().cloned());
     section.containerd_address = args.containerd_address.clone().or(section.containerd_address);
     section.userns_remap = args.userns_remap.clone().or(section.userns_remap);
+    section.oci_runtime = args.oci_runtime.clone().or(section.oci_runtime);
     section.dockerfile_steps &= !args.no_dockerfile_steps;
     section.network.egress &= !args.forbid_egress;
     section.network.host |= args.allow_host_network;

@@ -22,6 +22,7 @@ use memobuild_proto::build::{
 };
 use memobuild_proto::Digest;
 use memobuild_scheduler::WHOLE_CONTEXT_REQUIRED;
+use memobuild_worker::containerd::OciRuntime;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -145,6 +146,9 @@ async fn build(args: RemoteBuildArgs) -> anyhow::Result<Option<String>> {
     }
     if build.userns_remap.is_some() {
         bail!("--userns-remap is a setting of the cluster's workers ([worker] userns_remap), not of a remote build");
+    }
+    if build.oci_runtime != OciRuntime::Auto {
+        bail!("--oci-runtime is a setting of the cluster's workers ([worker] oci_runtime), not of a remote build");
     }
     if let Some((name, value)) = build.build_contexts.iter().find(|(_, v)| !v.starts_with(DOCKER_IMAGE_CONTEXT)) {
         bail!(

@@ -25,7 +25,7 @@ use memobuild_scheduler::{
     PostgresBuildStore, PostgresOperationStore, Scheduler, SchedulerConfig, SchedulerMetrics, SqliteBuildStore,
     SqliteOperationStore,
 };
-use memobuild_worker::containerd::IdMap;
+use memobuild_worker::containerd::{IdMap, OciRuntime};
 use memobuild_worker::steps::{StepActions, StepRunner};
 use memobuild_worker::{
     run_worker, ActionExecutor, Executors, HostRunner, ImageRunner, Runner, SchedulerLink, SchedulerMessages,
@@ -461,6 +461,14 @@ async fn worker(
         .transpose()
         .map_err(anyhow_of)
         .context("[worker] userns_remap")?;
+    let oci_runtime: OciRuntime = section
+        .oci_runtime
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(anyhow_of)
+        .context("[worker] oci_runtime")?
+        .unwrap_or_default();
     let runner = section.dockerfile_steps.then(|| {
         let steps = StepRunner::new(
             cas.clone(),
@@ -468,7 +476,7 @@ async fn worker(
             section.work_dir.join("steps"),
             section.network.clone(),
         );
-        Arc::new(steps.with_user_namespace(userns_remap))
+        Arc::new(steps.with_user_namespace(userns_remap).with_oci_runtime(oci_runtime))
     });
     // With containerd, actions may also name a `container-image`.
     let actions: Arc<dyn Runner> = match &runner {

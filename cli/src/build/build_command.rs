@@ -14,13 +14,13 @@ use memobuild_engine::{
 use memobuild_frontend::{
     context_scope, BuildContext, ContextScanner, ContextScope, DockerIgnore, Dockerfile, NetworkMode, Platform,
 };
-use memobuild_worker::containerd::IdMap;
+use memobuild_worker::containerd::{IdMap, OciRuntime};
 use memobuild_worker::steps::{SshAgents, SshSpec};
 use tokio_util::sync::CancellationToken;
 
 use super::build_source::BuildSource;
 use super::flag_values::{attestation_off, parse_annotation, reject_cache_transfer};
-use super::local_state::LocalState;
+use super::local_state::{LocalState, StepSettings};
 use super::progress::{render, ProgressMode, StepCounts};
 use super::run_limits::RunLimitArgs;
 
@@ -139,6 +139,14 @@ pub struct BuildArgs {
     /// HOST_ID up: the step's root is not the host's root.
     #[arg(long, value_name = "HOST_ID[:SIZE]", value_parser = parse_userns_remap)]
     pub userns_remap: Option<IdMap>,
+    /// What runs RUN steps' containers: auto (crun when it is installed and can manage this
+    /// host's cgroups, else runc), runc, crun, or the path of a runc-compatible binary.
+    #[arg(long, value_name = "RUNTIME", env = "MEMOBUILD_OCI_RUNTIME", default_value = "auto", value_parser = parse_oci_runtime)]
+    pub oci_runtime: OciRuntime,
+}
+
+fn parse_oci_runtime(text: &str) -> Result<OciRuntime, String> {
+    text.parse().map_err(|e: memobuild_proto::Error| e.message().to_string())
 }
 
 fn parse_userns_remap(text: &str) -> Result<IdMap, String> {
@@ -153,6 +161,15 @@ pub enum CallMethod {
 }
 
 impl BuildArgs {
+    /// How this build runs its RUN steps here.
+    pub fn step_settings(&self) -> StepSettings {
+        StepSettings {
+            containerd_address: self.containerd_address.clone(),
+            userns_remap: self.userns_remap,
+            oci_runtime: self.oci_runtime.clone(),
+        }
+    }
+
     /// Whether only the build checks run (`--check` or `--call check`).
     pub fn check(&self) -> bool {
         self.check || self.call == Some(CallMethod::Check)
@@ -342,9 +359,7 @@ pub async fn write_results(
 
 /// Runs `memobuild build` (or `--dry-run`).
 pub async fn run(args: BuildArgs, state_dir: PathBuf) -> anyhow::Result<BuildOutcome> {
-    let state = Arc::new(
-        LocalState::open(&state_dir, args.containerd_address.clone(), args.userns_remap).await.map_err(anyhow_of)?,
-    );
+    let state = Arc::new(LocalState::open(&state_dir, &args.step_settings()).await.map_err(anyhow_of)?);
     let result = build(&args, state.clone()).await;
     let stopped = state.shutdown().await;
     let outcome = result?;

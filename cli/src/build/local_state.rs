@@ -9,7 +9,7 @@ use memobuild_cas::{ActionCache, ActionResults, BlobStore, FilesystemStore, Veri
 use memobuild_engine::EngineStores;
 use memobuild_oci::{DirectoryDiffIdMemo, RegistryClient};
 use memobuild_proto::{Result, ResultExt};
-use memobuild_worker::containerd::IdMap;
+use memobuild_worker::containerd::{IdMap, OciRuntime};
 use memobuild_worker::network::NetworkConfig;
 use memobuild_worker::steps::{LocalExecutor, StepRunner};
 
@@ -25,6 +25,17 @@ pub const RECORDS_DIR: &str = "builds";
 /// The log of the last `memobuild finish-steps`.
 pub const FINISH_STEPS_LOG: &str = "finish-steps.log";
 
+/// How a local build runs its RUN steps (`memobuild build`'s flags).
+#[derive(Clone, Debug, Default)]
+pub struct StepSettings {
+    /// containerd's socket (`--containerd-address`).
+    pub containerd_address: Option<PathBuf>,
+    /// `--userns-remap`.
+    pub userns_remap: Option<IdMap>,
+    /// `--oci-runtime`.
+    pub oci_runtime: OciRuntime,
+}
+
 /// The embedded node of a local build: the engine's stores and the step
 /// runner (whose containerd starts on first use only: a fully cached build
 /// never needs it).
@@ -35,7 +46,7 @@ pub struct LocalState {
 }
 
 impl LocalState {
-    pub async fn open(dir: &Path, containerd_address: Option<PathBuf>, userns_remap: Option<IdMap>) -> Result<Self> {
+    pub async fn open(dir: &Path, settings: &StepSettings) -> Result<Self> {
         let context = || format!("opening the state dir {}", dir.display());
         let blobs = FilesystemStore::open_shared(dir.join(CAS_DIR), false).await.with_context(context)?;
         let results = FilesystemStore::open_shared(dir.join(ACTION_CACHE_DIR), false).await.with_context(context)?;
@@ -53,8 +64,9 @@ impl LocalState {
         };
         // A laptop's own builds may use its network (with --allow network.host).
         let network = NetworkConfig { host: true, ..NetworkConfig::default() };
-        let runner =
-            StepRunner::new(cas, containerd_address, dir.to_path_buf(), network).with_user_namespace(userns_remap);
+        let runner = StepRunner::new(cas, settings.containerd_address.clone(), dir.to_path_buf(), network)
+            .with_user_namespace(settings.userns_remap)
+            .with_oci_runtime(settings.oci_runtime.clone());
         Ok(LocalState { dir: dir.to_path_buf(), stores: Arc::new(stores), runner: Arc::new(runner) })
     }
 

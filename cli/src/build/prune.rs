@@ -508,7 +508,7 @@ fn disk_usage(path: &Path) -> u64 {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::build::local_state::LocalState;
+    use crate::build::local_state::{LocalState, StepSettings};
     use memobuild_engine::{StepAction, StepSpec};
     use memobuild_frontend::StepDefinition;
     use memobuild_oci::Layer;
@@ -573,7 +573,7 @@ mod tests {
 
     async fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let state = LocalState::open(dir.path(), None, None).await.unwrap();
+        let state = LocalState::open(dir.path(), &StepSettings::default()).await.unwrap();
         // Pulled compressed (gzip's magic first): its diff id is in the memo.
         let base = put(&state, b"\x1f\x8b base layer").await;
         let mut parent = vec![Layer::uncompressed(base)];
@@ -616,7 +616,7 @@ mod tests {
 
         /// The layer of each step on a lookup, as the next build sees it.
         async fn hits(&self) -> Vec<Option<Digest>> {
-            let state = LocalState::open(self.dir.path(), None, None).await.unwrap();
+            let state = LocalState::open(self.dir.path(), &StepSettings::default()).await.unwrap();
             let mut hits = Vec::new();
             for (action, _) in &self.steps {
                 hits.push(
@@ -670,7 +670,7 @@ mod tests {
         use memobuild_proto::reapi::OutputFile;
         let f = fixture().await;
         {
-            let state = LocalState::open(f.dir.path(), None, None).await.unwrap();
+            let state = LocalState::open(f.dir.path(), &StepSettings::default()).await.unwrap();
             let results =
                 FilesystemStore::open_shared(f.dir.path().join(SERVER_ACTION_CACHE_DIR), false).await.unwrap();
             let server = ActionCache::new(std::sync::Arc::new(results), state.stores.cas.clone());
@@ -764,7 +764,7 @@ mod tests {
     #[tokio::test]
     async fn a_base_layer_pulled_uncompressed_is_its_own_diff_id() {
         let f = fixture().await;
-        let state = LocalState::open(f.dir.path(), None, None).await.unwrap();
+        let state = LocalState::open(f.dir.path(), &StepSettings::default()).await.unwrap();
         let plain = put(&state, "a tar, as is").await;
         drop(state);
         let pruner = Pruner::open(f.dir.path()).await.unwrap().unwrap();
@@ -776,7 +776,7 @@ mod tests {
     #[tokio::test]
     async fn a_build_holding_the_state_dir_keeps_prune_out() {
         let f = fixture().await;
-        let build = LocalState::open(f.dir.path(), None, None).await.unwrap();
+        let build = LocalState::open(f.dir.path(), &StepSettings::default()).await.unwrap();
         let e = Pruner::open(f.dir.path()).await.err().unwrap();
         assert!(e.message().contains("a build is using the state dir"), "{e}");
         assert!(e.message().contains(&f.dir.path().display().to_string()), "{e}");

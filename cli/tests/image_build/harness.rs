@@ -139,7 +139,7 @@ pub struct Build {
 
 impl Build {
     /// The build's output with the JSON progress events of its stderr.
-    fn of(output: Output) -> Build {
+    pub fn of(output: Output) -> Build {
         let events = String::from_utf8_lossy(&output.stderr)
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())

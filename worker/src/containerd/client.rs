@@ -11,6 +11,7 @@ use containerd_client::tonic::transport::Channel;
 use memobuild_proto::{Error, Result};
 use tonic::metadata::MetadataValue;
 
+use super::oci_runtime::{shim_options, OciRuntime};
 use super::private_daemon::PrivateDaemon;
 use super::step_cleanup::StepRemains;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Clone)]
 pub struct Containerd {
     inner: Arc<Inner>,
+    /// The OCI runtime binary of new containers; `None`: the shim's runc.
+    runtime: Option<Arc<Path>>,
 }
 
 struct Inner {
@@ -103,7 +106,23 @@ impl Containerd {
                 cleanups: parking_lot::Mutex::new(Vec::new()),
                 swept: AtomicBool::new(false),
             }),
+            runtime: None,
         }
+    }
+
+    /// New containers run with `runtime` (decided here when it is `Auto`).
+    pub fn with_oci_runtime(self, runtime: &OciRuntime) -> Containerd {
+        Containerd { runtime: runtime.binary().map(Arc::from), ..self }
+    }
+
+    /// The runc shim's options for a new container.
+    pub(super) fn runtime_options(&self) -> Option<prost_types::Any> {
+        self.runtime.as_deref().map(shim_options)
+    }
+
+    /// The OCI runtime binary of new containers, when it is not the shim's runc.
+    pub(super) fn runtime_binary(&self) -> Option<&Path> {
+        self.runtime.as_deref()
     }
 
     /// Waits for the cleanups of finished steps, then stops the private

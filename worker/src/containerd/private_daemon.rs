@@ -11,6 +11,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::client::probe;
+use super::oci_runtime::find_on_path;
 
 /// How long a freshly started containerd may take to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -108,21 +109,16 @@ async fn lock(path: PathBuf, arg: FlockArg) -> Result<Flock<File>> {
 
 /// `containerd` on `PATH`, or the clear error.
 fn find_binary() -> Result<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
-        .map(|dir| dir.join("containerd"))
-        .find(|candidate| candidate.is_file())
-        .ok_or_else(|| {
-            Error::new(
-                tonic::Code::FailedPrecondition,
-                format!(
-                    "RUN steps need containerd: no containerd answers at {} and no `containerd` binary is on PATH; \
+    find_on_path("containerd").ok_or_else(|| {
+        Error::new(
+            tonic::Code::FailedPrecondition,
+            format!(
+                "RUN steps need containerd: no containerd answers at {} and no `containerd` binary is on PATH; \
                      install it (`apt-get install containerd runc`) or pass --containerd-address",
-                    super::SYSTEM_SOCKET
-                ),
-            )
-        })
+                super::SYSTEM_SOCKET
+            ),
+        )
+    })
 }
 
 fn config_toml(dir: &Path, socket: &Path) -> String {

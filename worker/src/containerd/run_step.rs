@@ -130,7 +130,7 @@ impl Containerd {
                 (OWNER_LABEL.to_string(), this_process().to_string()),
                 (LEASE_LABEL.to_string(), lease.clone()),
             ]),
-            runtime: Some(Runtime { name: RUNTIME.to_string(), options: None }),
+            runtime: Some(Runtime { name: RUNTIME.to_string(), options: self.runtime_options() }),
             spec: Some(prost_types::Any { type_url: SPEC_TYPE_URL.to_string(), value: spec_json }),
             // Not for mounting (see above): the reference keeps containerd's
             // collector off the active snapshot however long the step runs.
@@ -155,7 +155,13 @@ impl Containerd {
             terminal: false,
             ..Default::default()
         };
-        tasks.create(self.request(create, None)).await.map_err(|s| Error::from(s).context("creating the task"))?;
+        tasks.create(self.request(create, None)).await.map_err(|s| {
+            let error = Error::from(s);
+            match self.runtime_binary() {
+                Some(binary) => error.context(format!("creating the task (OCI runtime {})", binary.display())),
+                None => error.context("creating the task"),
+            }
+        })?;
         cleanup.remains.task = TaskState::Live;
         drop(idmapped);
         clock.mark("create_task");

@@ -27,7 +27,9 @@ use super::layer_plan::LayerPlan;
 use super::leftovers::Leftovers;
 use super::remote_files::materialize_remote;
 use super::run_secrets::RunSecrets;
-use crate::containerd::{ContainerPurpose, ContainerSpec, Containerd, IdMap, LogChunk, SpecMount, StepNetwork};
+use crate::containerd::{
+    ContainerPurpose, ContainerSpec, Containerd, IdMap, LogChunk, OciRuntime, SpecMount, StepNetwork,
+};
 use crate::network::{NetworkConfig, NetworkPool, SandboxLease};
 
 /// Log lines a failed RUN's error repeats.
@@ -57,6 +59,8 @@ pub struct StepRunner {
     layer_indexes: LayerIndexes,
     /// The user namespace RUN steps run in (`--userns-remap`), if any.
     user_namespace: Option<IdMap>,
+    /// What runs RUN steps' containers (`--oci-runtime`).
+    oci_runtime: OciRuntime,
 }
 
 impl StepRunner {
@@ -77,12 +81,19 @@ impl StepRunner {
             network,
             network_pool: OnceCell::new(),
             user_namespace: None,
+            oci_runtime: OciRuntime::Auto,
         }
     }
 
     /// RUN steps run in a user namespace with `map` (`--userns-remap`).
     pub fn with_user_namespace(mut self, map: Option<IdMap>) -> Self {
         self.user_namespace = map;
+        self
+    }
+
+    /// RUN steps' containers run with `runtime` (`--oci-runtime`).
+    pub fn with_oci_runtime(mut self, runtime: OciRuntime) -> Self {
+        self.oci_runtime = runtime;
         self
     }
 
@@ -119,7 +130,11 @@ impl StepRunner {
     /// containerd, connected or started on first use.
     pub async fn containerd(&self) -> Result<&Containerd> {
         self.containerd
-            .get_or_try_init(|| Containerd::connect_or_start(self.containerd_address.as_deref(), &self.state_dir))
+            .get_or_try_init(|| async {
+                let containerd =
+                    Containerd::connect_or_start(self.containerd_address.as_deref(), &self.state_dir).await?;
+                Ok::<_, Error>(containerd.with_oci_runtime(&self.oci_runtime))
+            })
             .await
     }
 
