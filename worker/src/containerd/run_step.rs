@@ -158,7 +158,10 @@ impl Containerd {
         tasks.create(self.request(create, None)).await.map_err(|s| {
             let error = Error::from(s);
             match self.runtime_binary() {
-                Some(binary) => error.context(format!("creating the task (OCI runtime {})", binary.display())),
+                Some(binary) => error.context(format!(
+                    "creating the task with the OCI runtime {} (--oci-runtime runc runs it with runc)",
+                    binary.display()
+                )),
                 None => error.context("creating the task"),
             }
         })?;
