@@ -2,11 +2,11 @@
 # Builds MemoBuild's own images with MemoBuild (`memobuild build`), from the
 # base images scripts/base-images.sh makes locally, and checks them in a
 # private dockerd:
-#   memobuild/memobuild:dev   deploy/Dockerfile (the release binary + containerd, runc)
+#   memobuild/memobuild:dev   deploy/Dockerfile (the release binary + containerd, runc, crun)
 #   memobuild/postgres:dev    deploy/images/postgres   (for docker-compose.yml)
 #   memobuild/redis:dev       deploy/images/redis
 #   memobuild/s3:dev          deploy/images/s3         (moto)
-# Checks: `memobuild --version`, containerd and runc run inside the image, and
+# Checks: `memobuild --version`, containerd, runc and crun run inside the image, and
 # deploy/docker-compose.yml passes the compose schema. With --up it also brings
 # the compose cluster up in that dockerd, runs a remote build with a RUN step
 # on it and a Bazel build (tests/bazel-workspace) with it as remote executor.

@@ -27,6 +27,10 @@
 #   busybox-workdir  app.txt changed in front of WORKDIR + COPY steps only
 #   node-onefile     a Node-style context (package*.json, src/, and 20,000 files of
 #                    node_modules the Dockerfile does not name): src/index.js changed
+#   example-NAME     with EXAMPLES="python go node" (each needs its base image, which
+#                    setup builds with scripts/base-images.sh: minutes the first time):
+#                    examples/NAME with a new file in its sources, so every step from
+#                    the COPY of the sources on re-runs (its tests, its build), OCI tar
 # Needs root (containerd, dockerd, base images).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -115,6 +119,29 @@ for i in range(1000):
             f.write("module.exports = %d;\n" % j)
 PY
   done
+  for name in ${EXAMPLES:-}; do
+    for side in mb bk; do
+      rm -rf "$W/ctx-$side/example-$name"
+      cp -r "$ROOT/examples/$name" "$W/ctx-$side/example-$name"
+      sed -i "s|^ARG REGISTRY=.*|ARG REGISTRY=$registry|" "$W/ctx-$side/example-$name/Dockerfile"
+    done
+  done
+}
+
+# Where an example's sources take a new file (the first COPY of sources).
+example_stamp() {
+  case "$1" in
+    python) echo src/inventory/stamp.txt ;;
+    *) echo stamp.txt ;;
+  esac
+}
+
+# The base image an example builds on.
+example_base() {
+  case "$1" in
+    go) echo golang ;;
+    *) echo "$1" ;;
+  esac
 }
 
 # The command of one build: NAME CASE OUTPUT(oci|none) CHANGED-FILE(or -).
@@ -146,14 +173,16 @@ wrap() {
 list_cases() {
   local W=$1
   # name case output changed-file
-  printf '%s\n' \
+  { printf '%s\n' \
     "small-noop-oci small oci -" \
     "debian-noop-oci debian oci -" \
     "debian-noop debian none -" \
     "debian-onefile debian oci app.txt" \
     "bigctx-onefile bigctx none data/f0007.bin" \
     "busybox-workdir workdir none app.txt" \
-    "node-onefile node none src/index.js" |
+    "node-onefile node none src/index.js"
+    for name in ${EXAMPLES:-}; do echo "example-$name example-$name oci $(example_stamp "$name")"; done
+  } |
   while read -r name case output changed; do
     printf '%s\t%s\t%s\n' "$name" "$(mb_command "$W" "$case" "$output" "$changed")" \
       "$(bk_command "$W" "$case" "$output" "$changed")"
@@ -173,6 +202,11 @@ setup() {
   local registry="127.0.0.1:$port" layout="${MEMOBUILD_BASE_CACHE:-/var/cache/memobuild/base-images}/oci"
   skopeo copy -q --dest-tls-verify=false "oci:$layout:busybox" "docker://$registry/memobuild-base/busybox:1"
   skopeo copy -q --dest-tls-verify=false "oci:$layout:debian" "docker://$registry/memobuild-base/debian:bookworm"
+  for name in ${EXAMPLES:-}; do
+    local base; base=$(example_base "$name")
+    bash "$ROOT/scripts/base-images.sh" "$base" >&2
+    skopeo copy -q --dest-tls-verify=false "oci:$layout:$base" "docker://$registry/memobuild-base/$base:bookworm"
+  done
 
   local S="$W/containerd"
   cat > "$S/config.toml" <<EOF
