@@ -35,7 +35,6 @@ fn build(project: &Project, path_first: &Path, args: &[&str]) -> Build {
         .args(args)
         .arg(project.path())
         .env("PATH", path)
-        .env_remove("MEMOBUILD_OCI_RUNTIME")
         .env_remove("CONTAINERD_ADDRESS")
         .output()
         .unwrap();
@@ -113,4 +112,13 @@ fn a_runtime_that_cannot_run_is_refused_before_the_build() {
         assert!(built.stderr().contains(said), "{runtime}: {}", built.stderr());
         assert!(built.ran().is_empty());
     }
+    // A remote build's steps run on the cluster's workers, under their own setting.
+    let remote = Command::new(env!("CARGO_BIN_EXE_memobuild"))
+        .args(["remote", "build", "--endpoint", "grpc://127.0.0.1:1", "--oci-runtime", "runc"])
+        .arg(project.path())
+        .output()
+        .unwrap();
+    assert!(!remote.status.success());
+    let said = String::from_utf8_lossy(&remote.stderr);
+    assert!(said.contains("--oci-runtime is a setting of the cluster's workers ([worker] oci_runtime)"), "{said}");
 }

@@ -141,7 +141,7 @@ pub struct BuildArgs {
     pub userns_remap: Option<IdMap>,
     /// What runs RUN steps' containers: auto (crun when it is installed and can manage this
     /// host's cgroups, else runc), runc, crun, or the path of a runc-compatible binary.
-    #[arg(long, value_name = "RUNTIME", env = "MEMOBUILD_OCI_RUNTIME", default_value = "auto", value_parser = parse_oci_runtime)]
+    #[arg(long, value_name = "RUNTIME", default_value = "auto", value_parser = parse_oci_runtime)]
     pub oci_runtime: OciRuntime,
 }
 
