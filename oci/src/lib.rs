@@ -48,3 +48,4 @@ pub use oci_layout_reader::read_oci_layout;
 pub use oci_layout_writer::{write_oci_layout, OciDestination, ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME};
 pub use pulled_image::PulledImage;
 pub use registry_client::RegistryClient;
+pub use registry_connection::prepare_registry_http;

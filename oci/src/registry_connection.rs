@@ -128,13 +128,20 @@ impl Connection {
 /// The process's HTTP client for manifests, made once (it loads the TLS
 /// roots).
 fn shared_http(registry: &str) -> Result<reqwest::Client> {
-    static HTTP: OnceLock<reqwest::Client> = OnceLock::new();
-    if let Some(http) = HTTP.get() {
-        return Ok(http.clone());
+    static HTTP: OnceLock<std::result::Result<reqwest::Client, String>> = OnceLock::new();
+    // Concurrent callers wait for the one that makes it (see `prepare_registry_http`).
+    let made = HTTP
+        .get_or_init(|| reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).build().map_err(|e| e.to_string()));
+    made.clone().map_err(|e| Error::internal(format!("creating the HTTP client for {registry}: {e}")))
+}
+
+/// Makes the registries' HTTP client on a thread of its own, so that a
+/// build's first registry request finds it made: making it loads the
+/// system's TLS roots (a millisecond or two), which this overlaps with
+/// whatever the caller does first (reading the context, planning).
+pub fn prepare_registry_http() {
+    let spawned = std::thread::Builder::new().name("registry-http".into()).spawn(|| shared_http("registries"));
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "could not make the registry HTTP client ahead; it is made on first use");
     }
-    let http = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .build()
-        .map_err(|e| Error::internal(format!("creating the HTTP client for {registry}: {e}")))?;
-    Ok(HTTP.get_or_init(|| http).clone())
 }

@@ -359,6 +359,8 @@ pub async fn write_results(
 
 /// Runs `memobuild build` (or `--dry-run`).
 pub async fn run(args: BuildArgs, state_dir: PathBuf) -> anyhow::Result<BuildOutcome> {
+    // Made while the state dir opens and the context is read.
+    memobuild_oci::prepare_registry_http();
     let state = Arc::new(LocalState::open(&state_dir, &args.step_settings()).await.map_err(anyhow_of)?);
     let result = build(&args, state.clone()).await;
     let stopped = state.shutdown().await;
