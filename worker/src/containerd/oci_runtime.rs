@@ -62,7 +62,8 @@ impl OciRuntime {
                 let crun = find_on_path("crun");
                 let layout = CgroupLayout::read();
                 let chosen = crun.filter(|_| layout.crun_can_manage());
-                tracing::debug!(?layout, crun = ?chosen, "chose the OCI runtime (runc unless crun)");
+                let runtime = chosen.as_deref().map_or_else(|| "runc".to_string(), |p| p.display().to_string());
+                tracing::info!(%runtime, ?layout, "chose the OCI runtime of RUN steps (crun where it can run)");
                 chosen
             }
         }
