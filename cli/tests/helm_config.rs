@@ -85,11 +85,14 @@ fn values_map_one_to_one_to_the_config() {
         "config.worker.network.egress=false",
         "--set",
         "config.worker.properties.pool=gpu",
+        "--set",
+        "config.worker.oci_runtime=runc",
     ]);
     let worker = config.worker.unwrap();
     assert_eq!(worker.slots, Some(7));
     assert!(!worker.network.egress);
     assert_eq!(worker.properties.get("pool").map(String::as_str), Some("gpu"));
+    assert_eq!(worker.oci_runtime.as_deref(), Some("runc"));
     assert_eq!(config.limits.max_uploads, 12);
     assert_eq!(config.scheduler.unwrap().max_attempts, 5);
 }
