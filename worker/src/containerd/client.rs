@@ -11,7 +11,7 @@ use containerd_client::tonic::transport::Channel;
 use memobuild_proto::{Error, Result};
 use tonic::metadata::MetadataValue;
 
-use super::oci_runtime::{shim_options, OciRuntime};
+use super::oci_runtime::OciRuntime;
 use super::private_daemon::PrivateDaemon;
 use super::step_cleanup::StepRemains;
 use tokio_util::sync::CancellationToken;
@@ -113,11 +113,6 @@ impl Containerd {
     /// New containers run with `runtime` (decided here when it is `Auto`).
     pub fn with_oci_runtime(self, runtime: &OciRuntime) -> Containerd {
         Containerd { runtime: runtime.binary().map(Arc::from), ..self }
-    }
-
-    /// The runc shim's options for a new container.
-    pub(super) fn runtime_options(&self) -> Option<prost_types::Any> {
-        self.runtime.as_deref().map(shim_options)
     }
 
     /// The OCI runtime binary of new containers, when it is not the shim's runc.

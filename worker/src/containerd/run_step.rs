@@ -22,6 +22,7 @@ use super::diff_writer::DiffWriter;
 use super::id_remap::{unshift, StepView};
 use super::lease::Lease;
 use super::mount_point::MountPoint;
+use super::oci_runtime::shim_options;
 use super::phase_clock::PhaseClock;
 use super::runtime_spec::runtime_spec;
 use super::snapshot_mounts::SnapshotMounts;
@@ -130,7 +131,7 @@ impl Containerd {
                 (OWNER_LABEL.to_string(), this_process().to_string()),
                 (LEASE_LABEL.to_string(), lease.clone()),
             ]),
-            runtime: Some(Runtime { name: RUNTIME.to_string(), options: self.runtime_options() }),
+            runtime: Some(Runtime { name: RUNTIME.to_string(), options: self.runtime_binary().map(shim_options) }),
             spec: Some(prost_types::Any { type_url: SPEC_TYPE_URL.to_string(), value: spec_json }),
             // Not for mounting (see above): the reference keeps containerd's
             // collector off the active snapshot however long the step runs.
