@@ -85,10 +85,12 @@ pub(super) fn shim_options(binary: &Path) -> prost_types::Any {
 }
 
 /// `name` in a directory of `PATH` (or `/usr/bin`, `/usr/local/bin`), as an
-/// executable file.
+/// executable file. Relative directories of `PATH` are skipped: the path
+/// found is run by other processes, from other directories.
 pub(super) fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
+        .filter(|dir| dir.is_absolute())
         .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
         .map(|dir| dir.join(name))
         .find(|candidate| is_executable(candidate))
